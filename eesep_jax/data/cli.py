@@ -1,0 +1,64 @@
+"""`eesep data ...`: the data commands, registered on the main `eesep` parser."""
+
+import argparse
+import json
+import time
+
+_SYNTH_EXAMPLE = ("eesep data synth --out data/synth-2mix --sample-rate 8000 --num-sources 2 "
+                  "--num-train 400 --num-valid 50 --num-test 50 --noise none --seed 0")
+
+
+def synth_command(args):
+  """Synthesises the embedded eSpeak corpus and prints its manifest summary."""
+  from eesep_jax.data import synth  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  manifest = synth.synthesize_corpus(
+      args.out, sample_rate=args.sample_rate, num_sources=args.num_sources,
+      num_train=args.num_train, num_valid=args.num_valid, num_test=args.num_test,
+      noise=None if args.noise == "none" else args.noise, seed=args.seed,
+      num_workers=args.num_workers, progress=not args.quiet)
+  summary = {split: {key: info[key] for key in ("mixtures", "seconds")}
+             for split, info in manifest["splits"].items()}
+  print(json.dumps({"out": args.out, "layout": manifest["layout"], "splits": summary,
+                    "wall_seconds": round(time.perf_counter() - start, 1)}))
+
+
+def add_data_commands(subparsers):
+  """Adds `data` (with its sub-command `synth`) to the `eesep` sub-command parsers."""
+  from eesep_jax.data import synth  # Light: numpy, soundfile; no JAX.  # pylint: disable=g-import-not-at-top
+
+  data_parser = subparsers.add_parser(
+      "data", help="Dataset tools: synthesise the embedded speech corpus.",
+      description="Dataset tools. Run `eesep data COMMAND --help` for each command.")
+  commands = data_parser.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+  parser = commands.add_parser(
+      "synth", help="Synthesise a speech separation corpus with eSpeak NG (offline).",
+      description=(
+          "Synthesise a speech separation corpus from eSpeak NG voices, offline and\n"
+          "deterministic from --seed. Clean corpora are written in the wsj0-mix layout\n"
+          "(tr/cv/tt with mix, s1..sC), noisy ones in the WHAM! layout (mix_clean,\n"
+          "mix_both, mix_single, s1..sC, noise); both get LibriMix metadata CSVs."),
+      epilog=f"example:\n  {_SYNTH_EXAMPLE}",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.set_defaults(handler=synth_command)
+  parser.add_argument("--out", required=True, help="output folder (new or empty)")
+  parser.add_argument("--sample-rate", type=int, choices=synth.SAMPLE_RATES, default=8000,
+                      help="sample rate in Hz (default: 8000)")
+  parser.add_argument("--num-sources", type=int, choices=(2, 3), default=2,
+                      help="speakers per mixture (default: 2)")
+  defaults = synth.DEMO_SIZES
+  parser.add_argument("--num-train", type=int, default=defaults["num_train"],
+                      help=f"training mixtures (default: {defaults['num_train']})")
+  parser.add_argument("--num-valid", type=int, default=defaults["num_valid"],
+                      help=f"validation mixtures (default: {defaults['num_valid']})")
+  parser.add_argument("--num-test", type=int, default=defaults["num_test"],
+                      help=f"test mixtures (default: {defaults['num_test']})")
+  parser.add_argument("--noise", choices=("none", *synth.NOISES), default="none",
+                      help="background noise for noisy separation and enhancement "
+                           "(default: none)")
+  parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+  parser.add_argument("--num-workers", type=int, default=None,
+                      help="synthesis processes (default: CPU count, at most 8)")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  return data_parser

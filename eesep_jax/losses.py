@@ -1,0 +1,115 @@
+"""Permutation-invariant training objectives over every exit (METHOD.md §3, §6).
+
+The network emits `E` exits, each with estimates `[exits, batch, sources, time]` and
+variance parameters `[exits, batch, sources, blocks]`. The loss is the (optionally
+weighted) sum over exits of a per-exit objective averaged over batch and sources.
+Which estimate goes with which reference is decided by a permutation chosen **once
+per utterance, jointly over all exits** (the default), or per exit as an ablation.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+
+from eesep_jax import metrics
+from eesep_jax import probabilistic
+
+OBJECTIVES = ("nll", "snr", "si-snr")
+MEAN_LOSSES = ("nll", "snr")
+PERMUTATIONS = ("joint", "per-exit")
+
+
+def pairwise_source_loss(estimates, variance, references, *, objective, mean_loss,
+                         variance_config):
+  """Loss of every estimate against every reference.
+
+  Args:
+    estimates: `[..., sources, time]`.
+    variance: variance parameters, each `[..., sources, blocks]` (used by `nll`).
+    references: `[batch, sources, time]`, broadcastable against `estimates`' trailing
+      `[batch, sources, time]` dims.
+    objective: `"nll"` (probabilistic), `"snr"` or `"si-snr"` (negative, in dB).
+    mean_loss: with `objective="nll"`, `"snr"` trains the estimate by negative SNR and
+      the variance head by the NLL of a stopped-gradient estimate (METHOD.md §3).
+    variance_config: the `probabilistic.VarianceConfig` the parameters came from.
+
+  Returns:
+    `[..., estimate_sources, reference_sources]` losses.
+  """
+  estimate_i = estimates[..., :, None, :]
+  reference_j = references[..., None, :, :]
+  if objective == "snr":
+    return -metrics.snr(reference_j, estimate_i)
+  if objective == "si-snr":
+    return -metrics.si_snr(reference_j, estimate_i)
+  params_i = jax.tree.map(lambda p: p[..., :, None, :], variance)
+  reference_j, estimate_i = jnp.broadcast_arrays(reference_j, estimate_i)
+  if mean_loss == "nll":
+    return probabilistic.exit_nll(reference_j, estimate_i, params_i, variance_config)
+  return (-metrics.snr(reference_j, estimate_i) + probabilistic.exit_nll(
+      reference_j, jax.lax.stop_gradient(estimate_i), params_i, variance_config))
+
+
+def permutation_table(num_sources):
+  """All permutations of `num_sources` as an int array `[permutations, sources]`."""
+  return jnp.array(list(itertools.permutations(range(num_sources))), dtype=jnp.int32)
+
+
+def permutation_losses(pairwise):
+  """Mean loss of every permutation: `[..., sources, sources] -> [..., permutations]`.
+
+  Permutation `p` assigns estimate `i` to reference `table[p, i]`. Exhaustive, so meant
+  for `sources <= 4` (24 permutations).
+  """
+  num_sources = pairwise.shape[-1]
+  table = permutation_table(num_sources)
+  chosen = jnp.take_along_axis(
+      pairwise[..., None, :, :],
+      jnp.broadcast_to(table[:, :, None], pairwise.shape[:-2] + table.shape + (1,)),
+      axis=-1)[..., 0]
+  return jnp.mean(chosen, axis=-1)
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not one of {choices}")
+
+
+def separation_loss(outputs, references, *, variance_config, objective="nll",
+                    mean_loss="nll", permutation="joint", exit_weights=None):
+  """The joint objective over all exits.
+
+  Args:
+    outputs: the model's output dict: `estimates` `[exits, batch, sources, time]` and
+      `variance` (dict of `[exits, batch, sources, blocks]`).
+    references: clean sources `[batch, sources, time]`.
+    variance_config: the model's `probabilistic.VarianceConfig`.
+    objective, mean_loss: see `pairwise_source_loss`.
+    permutation: `"joint"` (one permutation per utterance minimising the weighted sum
+      over exits) or `"per-exit"` (each exit picks its own; an ablation).
+    exit_weights: optional `[exits]` weights; defaults to ones.
+
+  Returns:
+    `(loss, aux)`: the scalar loss and `{"per_exit": [exits], "permutation":
+    [batch, sources]}` (the joint permutation; for `"per-exit"`, the last exit's).
+  """
+  _check_choice("objective", objective, OBJECTIVES)
+  _check_choice("mean_loss", mean_loss, MEAN_LOSSES)
+  _check_choice("permutation", permutation, PERMUTATIONS)
+  estimates = outputs["estimates"]
+  num_exits, _, num_sources = estimates.shape[:3]
+  weights = jnp.ones((num_exits,)) if exit_weights is None else jnp.asarray(exit_weights)
+  pairwise = pairwise_source_loss(
+      estimates, outputs["variance"], references, objective=objective,
+      mean_loss=mean_loss, variance_config=variance_config)
+  per_permutation = permutation_losses(pairwise)  # [exits, batch, permutations]
+  if permutation == "joint":
+    best = jnp.argmin(jnp.einsum("e,ebp->bp", weights, per_permutation), axis=-1)
+    best = jnp.broadcast_to(best, per_permutation.shape[:2])
+  else:
+    best = jnp.argmin(per_permutation, axis=-1)
+  chosen = jnp.take_along_axis(per_permutation, best[..., None], axis=-1)[..., 0]
+  per_exit = jnp.mean(chosen, axis=-1)
+  aux = {"per_exit": per_exit, "permutation": permutation_table(num_sources)[best[-1]]}
+  return jnp.sum(weights * per_exit), aux

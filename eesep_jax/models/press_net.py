@@ -1,0 +1,243 @@
+"""PRESS-Net: a separation network with an exit, and a variance head, after every stage.
+
+    mixture [batch, time]
+      -> Encoder: Conv1D(kernel K, stride S) -> GELU (the "basis" the decoders mask)
+                  -> RMSNorm -> Dense(D)                        [batch, frames, D]
+      -> shared trunk: N_enc blocks                             [batch, frames, D]
+      -> speaker split: Dense(C·D)                              [batch, C, frames, D]
+      -> E stages, each: N_dec/E blocks (streams folded into batch), speaker attention
+         across the C streams at every frame, then its exit:
+           decoder head:  mask on the basis -> transposed conv  [batch, C, time]
+           variance head: -> probabilistic.variance_parameters  [batch, C, blocks] each
+
+Training runs all E stages with one `nn.scan` (parameters under `params["stages"]`,
+stacked on a leading `[E]` axis). The stopping loop (`eesep_jax.inference`) runs the
+same parameters one stage at a time: `PressNet.encode`, then `apply_stage` on
+`stage_params(variables, k)`.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eesep_jax import probabilistic
+from eesep_jax.models.config import PressNetConfig
+from eesep_jax.models.layers import BlockStack, LayerScale, Snake
+
+# Name of the scanned stages in `variables["params"]`.
+STAGES = "stages"
+
+
+def frame_layout(time, config):
+  """`(left_pad, right_pad, frames)` of the encoder for `time` samples.
+
+  The mixture is padded by `K - S` on the left and at least that much on the right so
+  that every sample is covered by `K / S` frames and any length works; the decoders'
+  transposed convolutions then return `left_pad + time + right_pad` samples, which
+  are cropped back to `time`.
+  """
+  kernel, stride = config.encoder_kernel, config.encoder_stride
+  left = kernel - stride
+  frames = -(-max(time + 2 * left - kernel, 0) // stride) + 1
+  right = (frames - 1) * stride + kernel - left - time
+  return left, right, frames
+
+
+def _pooling_weights(time, frames, config):
+  """`[frames, blocks]` weights that average the frames of each variance block.
+
+  A frame belongs to the block of the sample at its centre; the blocks are those of
+  `probabilistic.num_variance_blocks` (the whole signal when `block_length` is None).
+  """
+  num_blocks = probabilistic.num_variance_blocks(time, config.variance)
+  block_length = config.variance.block_length or time
+  left = config.encoder_kernel - config.encoder_stride
+  centres = np.arange(frames) * config.encoder_stride + config.encoder_kernel / 2 - left
+  block = np.clip(np.floor(centres / block_length), 0, num_blocks - 1).astype(int)
+  membership = np.eye(num_blocks, dtype=np.float32)[block]
+  return membership / np.maximum(membership.sum(axis=0), 1.0)
+
+
+def _dense(config, features, **kwargs):
+  return nn.Dense(features, dtype=config.compute_dtype, param_dtype=jnp.float32, **kwargs)
+
+
+def _norm(config):
+  return nn.RMSNorm(dtype=config.compute_dtype, param_dtype=jnp.float32)
+
+
+class Encoder(nn.Module):
+  """`[batch, time]` mixture -> (features `[batch, frames, D]`,
+  basis activations `[batch, frames, encoder_features]`)."""
+  config: PressNetConfig
+
+  @nn.compact
+  def __call__(self, mixture):
+    cfg = self.config
+    left, right, _ = frame_layout(mixture.shape[-1], cfg)
+    x = jnp.pad(mixture, ((0, 0), (left, right)))[..., None].astype(cfg.compute_dtype)
+    basis = nn.gelu(nn.Conv(
+        cfg.encoder_features, (cfg.encoder_kernel,), strides=(cfg.encoder_stride,),
+        padding="VALID", use_bias=False, dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32)(x))
+    return _dense(cfg, cfg.width)(_norm(cfg)(basis)), basis
+
+
+class SpeakerAttention(nn.Module):
+  """Multi-head attention across the `C` streams at every frame, as a pre-norm
+  residual with LayerScale. `[batch, C, frames, D] -> [batch, C, frames, D]`."""
+  config: PressNetConfig
+
+  @nn.compact
+  def __call__(self, streams, train):
+    cfg = self.config
+    x = jnp.swapaxes(streams, 1, 2)  # Attend over the sources axis.
+    y = nn.MultiHeadDotProductAttention(
+        cfg.num_heads, dtype=cfg.compute_dtype, param_dtype=jnp.float32)(_norm(cfg)(x))
+    y = nn.Dropout(cfg.dropout, deterministic=not train)(y)
+    return jnp.swapaxes(x + LayerScale()(y), 1, 2)
+
+
+class DecoderHead(nn.Module):
+  """Masks the encoder's basis activations per stream (TasNet style) and maps them
+  back to waveforms with a transposed convolution matching the encoder.
+
+  features `[batch, C, frames, D]`, basis `[batch, frames, encoder_features]`
+  -> float32 estimates `[batch, C, time]`.
+  """
+  config: PressNetConfig
+
+  @nn.compact
+  def __call__(self, features, basis, time):
+    cfg = self.config
+    batch, sources, frames, _ = features.shape
+    mask = nn.relu(_dense(cfg, cfg.encoder_features)(_norm(cfg)(features)))
+    masked = (mask * basis[:, None]).reshape(batch * sources, frames, -1)
+    waveforms = nn.ConvTranspose(
+        1, (cfg.encoder_kernel,), strides=(cfg.encoder_stride,), padding="VALID",
+        use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)(masked)
+    left = frame_layout(time, cfg)[0]
+    waveforms = waveforms[:, left:left + time, 0].astype(jnp.float32)
+    return waveforms.reshape(batch, sources, time)
+
+
+class VarianceHead(nn.Module):
+  """GLU on every frame -> mean over each variance block's frames -> Snake -> Dense.
+
+  features `[batch, C, frames, D]`, pooling `[frames, blocks]`
+  -> float32 raw outputs `[batch, C, blocks, probabilistic.num_raw_outputs]`.
+  """
+  config: PressNetConfig
+
+  @nn.compact
+  def __call__(self, features, pooling):
+    cfg = self.config
+    x = nn.glu(_dense(cfg, 2 * cfg.width)(_norm(cfg)(features)))
+    x = jnp.einsum("...fd,fb->...bd", x, pooling.astype(x.dtype))
+    x = Snake()(x).astype(jnp.float32)
+    return nn.Dense(probabilistic.num_raw_outputs(cfg.variance))(x)
+
+
+class Stage(nn.Module):
+  """One stage of the exit trunk followed by its exit; the body of the stage scan.
+
+  `__call__((carry, variance_state), mixture_length, train)` returns
+  `((carry, variance_state), exit_output)` with
+    carry: `{"features": [batch, C, frames, D], "basis": [batch, frames, F]}`
+      (`basis` passes through unchanged: every exit masks the same activations);
+    variance_state: `probabilistic.init_variance_state` running sums;
+    exit_output: `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`.
+  """
+  config: PressNetConfig
+
+  @nn.compact
+  def __call__(self, state, mixture_length, train):
+    cfg = self.config
+    carry, variance_state = state
+    batch, sources, frames, width = carry["features"].shape
+    streams = BlockStack(cfg, cfg.blocks_per_stage, name="trunk")(
+        carry["features"].reshape(batch * sources, frames, width), train)
+    streams = streams.reshape(batch, sources, frames, width)
+    streams = SpeakerAttention(cfg, name="speaker_attention")(streams, train)
+
+    estimates = DecoderHead(cfg, name="decoder")(streams, carry["basis"], mixture_length)
+    raw = VarianceHead(cfg, name="variance_head")(
+        streams, _pooling_weights(mixture_length, frames, cfg))
+    # P(ŝ) only sets the scale of the predicted variance: the likelihood must not
+    # move the estimate's power to change its own variance (and `mean_loss="snr"`
+    # relies on the NLL not reaching the estimate at all).
+    variance, variance_state = probabilistic.variance_parameters(
+        raw, jax.lax.stop_gradient(estimates), variance_state, cfg.variance)
+    carry = {"features": streams, "basis": carry["basis"]}
+    return (carry, variance_state), {"estimates": estimates, "variance": variance}
+
+
+class PressNet(nn.Module):
+  """PRESS-Net (see the module docstring).
+
+  `PressNet(config).apply(variables, mixture, train=False, rngs={"dropout": key})`
+  with `mixture` `[batch, time]` returns
+  `{"estimates": [exits, batch, C, time], "variance": {name: [exits, batch, C, blocks]}}`.
+  """
+  config: PressNetConfig
+
+  def setup(self):
+    cfg = self.config
+    self.encoder = Encoder(cfg)
+    self.shared = BlockStack(cfg, cfg.num_shared_blocks, remat=cfg.remat)
+    self.split = _dense(cfg, cfg.num_sources * cfg.width)
+    stage = nn.remat(Stage, static_argnums=(2, 3), prevent_cse=False) if cfg.remat else Stage
+    self.stages = nn.scan(
+        stage, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_exits)(cfg, name=STAGES)
+
+  def encode(self, mixture, train=False):
+    """Encoder, shared trunk and speaker split: the carry entering stage 1.
+
+    `[batch, time]` -> `{"features": [batch, C, frames, D], "basis": [batch, frames, F]}`.
+    """
+    cfg = self.config
+    features, basis = self.encoder(mixture)
+    features = self.shared(features, train)
+    batch, frames, _ = features.shape
+    # The split's bias is the learned per-source embedding.
+    streams = self.split(features).reshape(batch, frames, cfg.num_sources, cfg.width)
+    return {"features": jnp.swapaxes(streams, 1, 2), "basis": basis}
+
+  def __call__(self, mixture, train=False):
+    cfg = self.config
+    batch, time = mixture.shape
+    variance_state = probabilistic.init_variance_state(
+        (batch, cfg.num_sources), probabilistic.num_variance_blocks(time, cfg.variance),
+        cfg.variance)
+    _, outputs = self.stages((self.encode(mixture, train), variance_state), time, train)
+    return outputs
+
+
+def stage_params(variables, k):
+  """Stage `k`'s parameters (0-based; may be traced) sliced out of
+  `variables["params"]["stages"]`, where `nn.scan` stacks them on axis 0."""
+  return jax.tree.map(
+      lambda p: jax.lax.dynamic_index_in_dim(p, k, axis=0, keepdims=False),
+      variables["params"][STAGES])
+
+
+def apply_stage(config, stage_params, carry, mixture_length, variance_state):
+  """Applies one stage and its exit (inference: no dropout).
+
+  Args:
+    config: the `PressNetConfig`.
+    stage_params: one stage's parameters, e.g. `stage_params(variables, k)`.
+    carry: `PressNet.encode`'s output, or the carry the previous stage returned.
+    mixture_length: `time`, the number of samples of the mixture.
+    variance_state: `probabilistic.init_variance_state(...)` or the previous stage's.
+
+  Returns:
+    `(carry, variance_state, exit_output)`, exit_output being
+    `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`, equal
+    to slice `k` of the training forward's outputs.
+  """
+  (carry, variance_state), exit_output = Stage(config).apply(
+      {"params": stage_params}, (carry, variance_state), mixture_length, False)
+  return carry, variance_state, exit_output

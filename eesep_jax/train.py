@@ -1,0 +1,319 @@
+"""Training: state, the jit-compiled step over every exit, the loop, checkpoints, logs.
+
+`train_and_evaluate(config, workdir)` is the entry point the CLI and notebooks call.
+Restarting it with the same `workdir` resumes from the latest checkpoint exactly: the
+parameters, optimizer state, step and the data iterator's position are restored, and
+dropout keys are derived from `(seed, step)`, so a resumed run ends with the same
+parameters as an uninterrupted one.
+"""
+
+import functools
+import json
+import logging
+import pathlib
+import signal
+import time
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec
+
+from eesep_jax import config_lib
+from eesep_jax import losses
+from eesep_jax import metrics
+from eesep_jax import models
+from eesep_jax import probabilistic
+from eesep_jax import data as data_lib
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+BEST_METRIC = "valid_si_snri_last_exit"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step changes. `rng` is raw key data so checkpoints hold it."""
+  step: jax.Array
+  params: flax.core.FrozenDict
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def make_optimizer(optimizer_config, total_steps):
+  """AdamW with gradient clipping and warm-up-then-cosine decay; non-finite updates skipped.
+
+  `optax.apply_if_finite` drops any update whose gradient holds a NaN or inf and counts
+  it in its state (`total_notfinite`), which the loop logs as `skipped_steps`.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optimizer_config.learning_rate,
+      warmup_steps=optimizer_config.warmup_steps,
+      decay_steps=max(total_steps, optimizer_config.warmup_steps + 1),
+      end_value=optimizer_config.learning_rate * optimizer_config.end_learning_rate_fraction)
+  return optax.apply_if_finite(
+      optax.chain(optax.clip_by_global_norm(optimizer_config.clip_norm),
+                  optax.adamw(schedule, weight_decay=optimizer_config.weight_decay)),
+      max_consecutive_errors=optimizer_config.max_consecutive_nonfinite)
+
+
+def skipped_steps(opt_state):
+  """How many updates `optax.apply_if_finite` has dropped so far."""
+  return opt_state.total_notfinite
+
+
+def make_mesh():
+  """A 1-D data-parallel mesh over every device of every process."""
+  return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def _loss_fn(params, batch, dropout_rng, *, model, config):
+  outputs = model.apply({"params": params}, batch["mixture"], train=True,
+                        rngs={"dropout": dropout_rng})
+  # Padding beyond an example's valid length must not count as error.
+  mask = batch["mask"][None, :, None, :]
+  outputs = dict(outputs, estimates=outputs["estimates"] * mask)
+  return losses.separation_loss(
+      outputs, batch["sources"], variance_config=model.config.variance,
+      objective=config.loss.objective, mean_loss=config.loss.mean_loss,
+      permutation=config.loss.permutation, exit_weights=config.loss.exit_weights)
+
+
+def make_train_step(config, model, optimizer):
+  """The jit-compiled step: every exit (one scan) and the joint objective, one update.
+
+  Returns `step(state, batch) -> (state, metrics)`, where `batch` holds `mixture`
+  `[batch, time]`, `sources` `[batch, sources, time]` and `mask` `[batch, time]`.
+  """
+  loss_fn = functools.partial(_loss_fn, model=model, config=config)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, batch):
+    dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, dropout_rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = {"train_loss": loss, "train_loss_per_exit": aux["per_exit"],
+                    "grad_norm": optax.global_norm(grads),
+                    "skipped_steps": skipped_steps(opt_state)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+  return train_step
+
+
+def init_train_state(config, model, optimizer, example_mixture):
+  """Fresh parameters and optimizer state from `config.seed`."""
+  params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  params = model.init(params_rng, example_mixture)["params"]
+  return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
+                    rng=jax.random.key_data(dropout_rng))
+
+
+def evaluate_exits(params, model, batches):
+  """Mean per-exit validation metrics over `batches` of full-length utterances.
+
+  Returns a dict of `[exits]` lists: `si_snri` (dB, best permutation per exit) and
+  `nll` (per sample).
+  """
+  apply = jax.jit(model.apply)
+  totals, count = None, 0
+  for batch in batches:
+    outputs = apply({"params": params}, jnp.asarray(batch["mixture"]))
+    sources = jnp.asarray(batch["sources"])
+    _, aux_snr = losses.separation_loss(outputs, sources, objective="si-snr",
+                                        permutation="per-exit",
+                                        variance_config=model.config.variance)
+    _, aux_nll = losses.separation_loss(outputs, sources, permutation="per-exit",
+                                        variance_config=model.config.variance)
+    baseline = metrics.si_snr(sources, jnp.broadcast_to(
+        jnp.asarray(batch["mixture"])[:, None], sources.shape)).mean()
+    batch_totals = np.stack([-np.asarray(aux_snr["per_exit"]) - float(baseline),
+                             np.asarray(aux_nll["per_exit"])])
+    size = batch["mixture"].shape[0]
+    totals = batch_totals * size if totals is None else totals + batch_totals * size
+    count += size
+  si_snri, nll = totals / max(count, 1)
+  return {"si_snri": si_snri.tolist(), "nll": nll.tolist()}
+
+
+class MetricsWriter:
+  """Writes scalars to `metrics.jsonl` (one JSON object per line) and TensorBoard."""
+
+  def __init__(self, workdir, enabled):
+    self._enabled = enabled
+    if enabled:
+      import tensorboardX  # Heavy import kept out of `import eesep_jax.train`.
+      self._jsonl = open(pathlib.Path(workdir) / METRICS_FILE, "a", encoding="utf-8")
+      self._tensorboard = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+
+  def write(self, step, scalars):
+    if not self._enabled:
+      return
+    record = {"step": int(step), **scalars}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      values = value if isinstance(value, list) else [value]
+      for index, item in enumerate(values, start=1):
+        tag = f"{name}/exit_{index}" if isinstance(value, list) else name
+        self._tensorboard.add_scalar(tag, item, step)
+    self._tensorboard.flush()
+
+  def close(self):
+    if self._enabled:
+      self._jsonl.close()
+      self._tensorboard.close()
+
+
+def _checkpoint_manager(workdir, config):
+  preservation = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False,
+                                    n=1),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=config.checkpoint_every, preservation_policy=preservation,
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
+                               options=options)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _global_batch(local_batch, sharding):
+  """Assembles each process's slice of the batch into one globally sharded array."""
+  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for name, value in local_batch.items() if name in ("mixture", "sources", "mask")}
+
+
+def write_config(config, workdir):
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  path.write_text(config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir):
+  """The experiment config a training run saved in `workdir`."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{workdir} holds no {CONFIG_FILE}: is it a training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_params(workdir, step=None):
+  """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`."""
+  config = read_config(workdir)
+  model_config = config_lib.model_config(config)
+  manager = _checkpoint_manager(workdir, config)
+  step = step if step is not None else (manager.best_step() or manager.latest_step())
+  if step is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  return model_config, {"params": restored.state["params"]}
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Args:
+    config: an experiment `ConfigDict` (see `config_lib.base_config`).
+    workdir: where the config, checkpoints, `metrics.jsonl` and TensorBoard events go.
+
+  Returns:
+    The final `TrainState`.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_lead = jax.process_index() == 0
+  if is_lead:
+    write_config(config, workdir)
+  model_config = config_lib.model_config(config)
+  model = models.PressNet(model_config)
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes")
+
+  train_source = data_lib.training_source(config)
+  loader = data_lib.training_loader(
+      train_source, batch_size=config.batch_size // jax.process_count(),
+      segment_length=int(config.data.segment_seconds * model_config.sample_rate),
+      seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_workers=config.data.num_workers, dynamic_mixing=config.data.dynamic_mixing)
+  iterator = iter(loader)
+
+  optimizer = make_optimizer(config.optimizer, config.steps)
+  mesh = make_mesh()
+  data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  segment = int(config.data.segment_seconds * model_config.sample_rate)
+  state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)))
+  state = jax.device_put(state, replicated)
+
+  manager = _checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state),
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+    state = restored.state
+    logging.info("resumed %s from step %d", workdir, int(state.step))
+
+  train_step = make_train_step(config, model, optimizer)
+  writer = MetricsWriter(workdir, enabled=is_lead)
+  preemption = _Preemption()
+  valid_metrics = {}
+  start_step = int(state.step)
+  progress = tqdm.tqdm(total=config.steps, initial=start_step, disable=not is_lead,
+                       desc="train", unit="step", dynamic_ncols=True)
+  try:
+    for step in range(start_step + 1, config.steps + 1):
+      batch = _global_batch(next(iterator), data_sharding)
+      state, step_metrics = train_step(state, batch)
+      progress.update(1)
+      if step % config.log_every == 0 or step == config.steps:
+        scalars = jax.device_get(step_metrics)
+        record = {"train_loss": float(scalars["train_loss"]),
+                  "train_loss_per_exit": np.asarray(scalars["train_loss_per_exit"]).tolist(),
+                  "grad_norm": float(scalars["grad_norm"]),
+                  "skipped_steps": int(scalars["skipped_steps"])}
+        writer.write(step, record)
+        progress.set_postfix(loss=f"{record['train_loss']:.3f}")
+      if step % config.eval_every == 0 or step == config.steps:
+        evaluation = evaluate_exits(state.params, model, data_lib.validation_batches(config))
+        valid_metrics = {BEST_METRIC: evaluation["si_snri"][-1]}
+        writer.write(step, {"valid_si_snri": evaluation["si_snri"],
+                            "valid_nll": evaluation["nll"]})
+      preempted = preemption.requested or manager.reached_preemption(step)
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(iterator)),
+          metrics=valid_metrics or None, force=preempted or step == config.steps)
+      if preempted:
+        logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+        break
+  finally:
+    progress.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    preemption.restore()
+  return state

@@ -1,0 +1,117 @@
+"""The stopping loop against the training path (the scan over all exits)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eesep_jax import inference
+from eesep_jax import models
+from eesep_jax import probabilistic
+
+TIME = 1000
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["independent", "monotone"])
+def setup(request):
+  config = models.preset("tiny")
+  config = dataclasses.replace(
+      config, variance=dataclasses.replace(config.variance, monotone=request.param))
+  mixture = jax.random.normal(jax.random.key(1), (3, TIME))
+  variables = models.PressNet(config).init(jax.random.key(0), mixture)
+  outputs = models.PressNet(config).apply(variables, mixture)
+  return config, variables, mixture, outputs
+
+
+def _training_probabilities(config, outputs, target_snr_db):
+  """`[exits, batch]` exit probabilities computed from the training path's outputs."""
+  return np.stack([
+      probabilistic.exit_probability(
+          outputs["estimates"][k], jax.tree.map(lambda p: p[k], outputs["variance"]),
+          target_snr_db, config=config.variance)
+      for k in range(config.num_exits)])
+
+
+def test_fixed_exit_reproduces_the_training_path(setup):
+  config, variables, mixture, outputs = setup
+  for k in range(1, config.num_exits + 1):
+    result = inference.separate(variables, config, mixture, policy="fixed", exit_index=k)
+    np.testing.assert_array_equal(result.exit_index, k)
+    np.testing.assert_allclose(result.estimates, outputs["estimates"][k - 1], atol=1e-5)
+
+
+def test_probabilistic_policy_stops_at_the_first_confident_exit(setup):
+  config, variables, mixture, outputs = setup
+  target = 5.0
+  probabilities = _training_probabilities(config, outputs, target)
+  for confidence in np.unique(probabilities)[::2]:
+    result = inference.separate(variables, config, mixture, target_snr_db=target,
+                                confidence=float(confidence))
+    reached = probabilities >= confidence
+    expected = np.where(reached.any(axis=0), reached.argmax(axis=0) + 1, config.num_exits)
+    np.testing.assert_array_equal(result.exit_index, expected)
+    rows = np.arange(mixture.shape[0])
+    np.testing.assert_allclose(result.probability, probabilities[expected - 1, rows], atol=1e-6)
+    np.testing.assert_allclose(result.estimates,
+                               np.asarray(outputs["estimates"])[expected - 1, rows], atol=1e-5)
+
+
+def test_extreme_targets_exit_first_or_last(setup):
+  config, variables, mixture, _ = setup
+  easy = inference.separate(variables, config, mixture, target_snr_db=-100.0)
+  np.testing.assert_array_equal(easy.exit_index, 1)
+  hard = inference.separate(variables, config, mixture, target_snr_db=200.0)
+  np.testing.assert_array_equal(hard.exit_index, config.num_exits)
+
+
+def test_the_loop_compiles_once_per_shape(setup):
+  config, variables, mixture, _ = setup
+  inference._stopping_loop.clear_cache()
+  for target, confidence in [(0.0, 0.5), (10.0, 0.9), (30.0, 0.99)]:
+    inference.separate(variables, config, mixture, target_snr_db=target, confidence=confidence)
+  assert inference._stopping_loop._cache_size() == 1
+
+
+def test_compute_is_summed_along_the_path_taken(setup):
+  config, variables, mixture, _ = setup
+  per_exit = models.gmacs_by_exit(config, TIME)
+  assert all(later > earlier for earlier, later in zip(per_exit, per_exit[1:]))
+  for k in (1, config.num_exits):
+    result = inference.separate(variables, config, mixture, policy="fixed", exit_index=k)
+    np.testing.assert_allclose(result.gmacs, per_exit[k - 1], rtol=1e-6)
+
+
+def test_expected_snr_and_oracle_policies(setup):
+  config, variables, mixture, outputs = setup
+  target = 3.0
+  expected_snr = np.stack([
+      np.min(probabilistic.expected_snr_db(
+          outputs["estimates"][k], jax.tree.map(lambda p: p[k], outputs["variance"]),
+          config.variance), axis=-1)
+      for k in range(config.num_exits)])
+  reached = expected_snr >= target
+  expected = np.where(reached.any(axis=0), reached.argmax(axis=0) + 1, config.num_exits)
+  result = inference.separate(variables, config, mixture, policy="expected-snr",
+                              target_snr_db=target)
+  np.testing.assert_array_equal(result.exit_index, expected)
+  # Exit 2's own output, as the reference, is reached (infinite SNR) at exit 2 at the latest.
+  references = outputs["estimates"][1][:, ::-1]
+  oracle = inference.separate(variables, config, mixture, policy="oracle",
+                              target_snr_db=60.0, references=references)
+  assert np.all(np.asarray(oracle.exit_index) <= 2)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"policy": "greedy"}, "policy"),
+    ({"policy": "fixed"}, "exit_index"),
+    ({"policy": "fixed", "exit_index": 99}, "exit_index"),
+    ({"policy": "oracle"}, "references"),
+    ({"conditions": ("snr", "pesq")}, "conditions"),
+    ({"conditions": ("snr_ref",)}, "reference_power"),
+])
+def test_bad_arguments_are_named(setup, kwargs, message):
+  config, variables, mixture, _ = setup
+  with pytest.raises(ValueError, match=message):
+    inference.separate(variables, config, mixture, **kwargs)

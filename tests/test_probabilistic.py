@@ -1,0 +1,560 @@
+"""Likelihoods, parameterisations and exit probabilities against scipy and Monte Carlo."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+
+from eesep_jax import probabilistic
+
+NAMES = sorted(probabilistic.PARAMETERISATIONS)
+
+# Everything is tested under jit (also what keeps the file fast: op-by-op dispatch of
+# these functions compiles hundreds of small programs).
+student_exceedance = jax.jit(probabilistic.snr_exceedance_probability,
+                             static_argnames=("exact", "block_length"))
+gaussian_exceedance = jax.jit(probabilistic.gaussian_snr_exceedance_probability,
+                              static_argnames="block_length")
+exit_probability = jax.jit(probabilistic.exit_probability,
+                           static_argnames=("conditions", "config", "exact"))
+variance_parameters = jax.jit(probabilistic.variance_parameters, static_argnames="config")
+exit_nll = jax.jit(probabilistic.exit_nll, static_argnames="config")
+expected_snr_db = jax.jit(probabilistic.expected_snr_db, static_argnames="config")
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _rng(seed):
+  return np.random.default_rng(seed)
+
+
+def _constant_estimates(energies, time, dtype=np.float32):
+  """`[n, time]` estimates with the given energies `‖ŝ‖²`."""
+  return jnp.asarray(np.sqrt(np.asarray(energies) / time)[:, None] * np.ones((1, time)), dtype)
+
+
+def _energy(estimate):
+  return np.sum(np.square(np.asarray(estimate, np.float64)), axis=-1)
+
+
+def _threshold(energy, gamma_db):
+  return energy / (10 ** (gamma_db / 10) - 1)
+
+
+def _blocks(signal, block_length):
+  return [signal[..., i:i + block_length] for i in range(0, signal.shape[-1], block_length)]
+
+
+# ----------------------------------------------------------------------------------
+# Likelihoods.
+
+NLL_CASES = [(7, None), (64, None), (250, 100), (300, 300), (300, 64)]
+
+
+@pytest.mark.parametrize("time,block_length", NLL_CASES)
+def test_student_t_nll_matches_scipy_multivariate_t(x64, time, block_length):
+  rng = _rng(0)
+  target, estimate = rng.standard_normal((2, 2, time))
+  estimate = target + 0.3 * estimate
+  blocks = len(_blocks(target, block_length or time))
+  alpha, beta = rng.uniform(1.2, 8, (2, blocks)), rng.uniform(0.01, 0.5, (2, blocks))
+  expected = np.zeros(2)
+  for i in range(2):
+    for b, (s, s_hat) in enumerate(zip(_blocks(target[i], block_length or time),
+                                       _blocks(estimate[i], block_length or time))):
+      expected[i] -= scipy.stats.multivariate_t(
+          loc=s_hat, shape=beta[i, b] / alpha[i, b] * np.eye(s.size),
+          df=2 * alpha[i, b]).logpdf(s)
+  if block_length is None:
+    alpha, beta = alpha[:, 0], beta[:, 0]
+  nll = probabilistic.student_t_nll(target, estimate, alpha, beta, block_length=block_length)
+  np.testing.assert_allclose(nll, expected / time, rtol=1e-5)
+
+
+@pytest.mark.parametrize("time,block_length", NLL_CASES)
+def test_gaussian_nll_matches_scipy_norm(x64, time, block_length):
+  rng = _rng(1)
+  target, estimate = rng.standard_normal((2, 2, time))
+  blocks = len(_blocks(target, block_length or time))
+  variance = rng.uniform(0.1, 3, (2, blocks))
+  expected = np.zeros(2)
+  for i in range(2):
+    for b, (s, s_hat) in enumerate(zip(_blocks(target[i], block_length or time),
+                                       _blocks(estimate[i], block_length or time))):
+      expected[i] -= scipy.stats.norm(s_hat, np.sqrt(variance[i, b])).logpdf(s).sum()
+  if block_length is None:
+    variance = variance[:, 0]
+  nll = probabilistic.gaussian_nll(target, estimate, variance, block_length=block_length)
+  np.testing.assert_allclose(nll, expected / time, rtol=1e-5)
+
+
+def test_nlls_are_accurate_in_float32_at_a_million_samples():
+  time = 10 ** 6
+  rng = _rng(2)
+  target = rng.standard_normal((2, time)).astype(np.float32)
+  estimate = (target + 0.1 * rng.standard_normal((2, time))).astype(np.float32)
+  alpha, beta = np.array([3.0, 50.0]), np.array([0.02, 0.5])
+  variance = np.array([0.01, 0.02])
+  nll = probabilistic.student_t_nll(target, estimate, alpha.astype(np.float32),
+                                    beta.astype(np.float32))
+  gaussian = probabilistic.gaussian_nll(target, estimate, variance.astype(np.float32))
+  assert nll.dtype == gaussian.dtype == jnp.float32
+  # float64 references: ‖e‖²/(2β) ~ BetaPrime(T/2, α) and e is isotropic, so the
+  # density of e is that of ‖e‖² over the area of the sphere through e.
+  energy = np.sum(np.square(target.astype(np.float64) - estimate), axis=-1)
+  expected = (-scipy.stats.betaprime.logpdf(energy, time / 2, alpha, scale=2 * beta)
+              + time / 2 * np.log(np.pi) + (time / 2 - 1) * np.log(energy)
+              - scipy.special.gammaln(time / 2)) / time
+  expected_gaussian = -scipy.stats.norm(
+      estimate.astype(np.float64), np.sqrt(variance)[:, None]).logpdf(target).sum(-1) / time
+  np.testing.assert_allclose(nll, expected, rtol=1e-5)
+  np.testing.assert_allclose(gaussian, expected_gaussian, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------
+# Exceedance probabilities, one variance per utterance.
+
+ALPHAS = np.array([1.01, 3.0, 30.0, 300.0, 3000.0])
+LEVELS = np.array([0.01, 0.5, 0.99])
+GAMMA = 10.0
+
+
+def _student_case(time, exact, dtype):
+  """Estimates whose exceedance probabilities are near `LEVELS` for every `ALPHAS`."""
+  alpha, level = (g.ravel() for g in np.meshgrid(ALPHAS, LEVELS, indexing="ij"))
+  beta = np.full_like(alpha, 0.01)
+  if exact:
+    x = scipy.special.betaincinv(time / 2, alpha, level)
+    c = 2 * beta * x / (1 - x)
+  else:
+    c = beta * time / scipy.special.gammainccinv(alpha, level)
+  estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), time, dtype)
+  c = _threshold(_energy(estimate), GAMMA)
+  if exact:
+    expected = scipy.special.betainc(time / 2, alpha, c / (c + 2 * beta))
+  else:
+    expected = scipy.special.gammaincc(alpha, beta * time / c)
+  return estimate, jnp.asarray(alpha, dtype), jnp.asarray(beta, dtype), expected
+
+
+def _assert_non_positive_targets_are_met(probability_at):
+  """`S + ‖e‖² ≥ 10^(γ/10) ‖e‖²` for every error when `γ ≤ 0` (the cross term dropped).
+
+  Below 0 dB the formula's `c` would be negative: the case needs its own branch."""
+  for gamma in (0.0, -3.0, -40.0):
+    np.testing.assert_array_equal(probability_at(gamma), 1.0)
+
+
+@pytest.mark.parametrize("time,exact,atol", [
+    (50, True, 1e-9), (150, True, 5e-4), (4000, True, 2e-5), (10 ** 6, True, 1e-6),
+    (10 ** 6, False, 3e-6)])
+def test_exceedance_matches_scipy_in_float64(x64, time, exact, atol):
+  estimate, alpha, beta, expected = _student_case(time, exact, np.float64)
+  probability = student_exceedance(estimate, alpha, beta, GAMMA, exact=exact)
+  np.testing.assert_allclose(probability, expected, atol=atol)
+
+
+@pytest.mark.parametrize("time,exact,atol", [
+    (150, True, 5e-4), (4000, True, 3e-5), (10 ** 6, True, 3e-5), (4000, False, 2e-5)])
+def test_exceedance_is_accurate_in_float32(time, exact, atol):
+  estimate, alpha, beta, expected = _student_case(time, exact, np.float32)
+  probability = student_exceedance(estimate, alpha, beta, GAMMA, exact=exact)
+  np.testing.assert_allclose(probability, expected, atol=atol)
+  _assert_non_positive_targets_are_met(
+      functools.partial(student_exceedance, estimate, alpha, beta, exact=exact))
+
+
+def test_method_note_check_values():
+  """METHOD.md §4: T = 4000, α = 3, β = 0.02, γ = 15 dB gives 0.5548 and 0.5547 (with
+  `P(ŝ) ≈ 0.2492`, which the note leaves out)."""
+  # Shaped as in the float32 test above, which has compiled both forms already.
+  estimate = _constant_estimates(np.full(15, 0.249206 * 4000), 4000)
+  alpha, beta = jnp.full(15, 3.0, jnp.float32), jnp.full(15, 0.02, jnp.float32)
+  exact, asymptotic = (student_exceedance(estimate, alpha, beta, 15.0, exact=exact)[0]
+                       for exact in (True, False))
+  assert (round(float(exact), 4), round(float(asymptotic), 4)) == (0.5548, 0.5547)
+
+
+@pytest.mark.parametrize("time,exact", [(1000, True), (16000, True), (16000, False)])
+def test_exceedance_matches_monte_carlo_of_the_generative_model(time, exact):
+  """σ² ~ InvGamma(α, β), e ~ N(0, σ² I), and the true SNR of s = ŝ + e, cross term
+  included; the error along ŝ is drawn apart from the rest, so no T-long vectors."""
+  rng = _rng(3)
+  alpha, gamma, offset = (g.ravel() for g in np.meshgrid(
+      [2.0, 5.0, 20.0], [5.0, 15.0], [-2.0, 2.0], indexing="ij"))
+  beta = (alpha - 1) * 10 ** (-(gamma + offset) / 10)  # Mean SNR γ ± 2 dB at ‖ŝ‖² = T.
+  estimate = _constant_estimates(np.full(alpha.shape, float(time)), time)
+  samples = 40000
+  variance = beta[:, None] / rng.gamma(alpha[:, None], size=(alpha.size, samples))
+  along = np.sqrt(variance) * rng.standard_normal(variance.shape)
+  error = np.square(along) + variance * rng.chisquare(time - 1, variance.shape)
+  signal = time + 2 * np.sqrt(time) * along + error
+  simulated = np.mean(signal >= 10 ** (gamma[:, None] / 10) * error, axis=1)
+  probability = student_exceedance(
+      estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32),
+      jnp.asarray(gamma, jnp.float32), exact)
+  np.testing.assert_allclose(probability, simulated, atol=0.02)
+  assert np.ptp(simulated) > 0.5  # The grid spans the range that matters.
+
+
+@pytest.mark.parametrize("time,dtype,atol", [
+    (50, np.float64, 1e-9), (4000, np.float64, 1e-6), (10 ** 6, np.float64, 1e-6),
+    (50, np.float32, 1e-5), (4000, np.float32, 2e-5), (10 ** 6, np.float32, 2e-5)])
+def test_gaussian_exceedance_matches_chi2(time, dtype, atol):
+  with jax.enable_x64(dtype == np.float64):
+    variance = np.array([0.01, 0.3, 2.0])
+    level, variance = (g.ravel() for g in np.meshgrid(LEVELS, variance, indexing="ij"))
+    c = scipy.stats.chi2.ppf(level, time) * variance
+    estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), time, dtype)
+    expected = scipy.stats.chi2.cdf(_threshold(_energy(estimate), GAMMA) / variance, time)
+    probability = gaussian_exceedance(estimate, jnp.asarray(variance, dtype), GAMMA)
+    np.testing.assert_allclose(probability, expected, atol=atol)
+    _assert_non_positive_targets_are_met(
+        functools.partial(gaussian_exceedance, estimate, jnp.asarray(variance, dtype)))
+
+
+# ----------------------------------------------------------------------------------
+# Exceedance with variance blocks.
+
+BLOCK_LENGTH, BLOCK_TIME = 1000, 3500  # Blocks of 1000, 1000, 1000 and 500 samples.
+
+
+@pytest.mark.parametrize("alpha,beta", [
+    ([3.0, 4.0, 5.0, 6.0], [0.02, 0.03, 0.04, 0.05]),      # similar blocks
+    ([1.3, 8.0, 30.0, 3.0], [0.003, 0.2, 0.5, 0.02]),       # one block with infinite variance
+    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01])])      # loudness varies 100-fold
+def test_block_exceedance_matches_monte_carlo(alpha, beta):
+  rng = _rng(5)
+  alpha, beta = np.array(alpha), np.array(beta)
+  count = probabilistic.block_count(BLOCK_TIME, BLOCK_LENGTH)
+  variance = beta / rng.gamma(alpha, size=(100000, alpha.size))
+  error = np.sum(variance * rng.chisquare(count, variance.shape), axis=1)
+  c = np.quantile(error, [0.05, 0.3, 0.7, 0.9, 0.97])
+  estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), BLOCK_TIME)
+  simulated = np.mean(error <= _threshold(_energy(estimate), GAMMA)[:, None], axis=1)
+  probability_at = functools.partial(
+      student_exceedance, estimate, jnp.asarray(alpha, jnp.float32),
+      jnp.asarray(beta, jnp.float32), block_length=BLOCK_LENGTH)
+  np.testing.assert_allclose(probability_at(GAMMA), simulated, atol=0.02)
+  _assert_non_positive_targets_are_met(probability_at)
+
+
+def test_gaussian_block_exceedance_matches_monte_carlo():
+  rng = _rng(6)
+  variance = np.array([0.01, 0.002, 0.05, 0.02])
+  count = probabilistic.block_count(BLOCK_TIME, BLOCK_LENGTH)
+  error = np.sum(variance * rng.chisquare(count, (100000, variance.size)), axis=1)
+  c = np.quantile(error, [0.05, 0.3, 0.7, 0.9, 0.97])
+  estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), BLOCK_TIME)
+  simulated = np.mean(error <= _threshold(_energy(estimate), GAMMA)[:, None], axis=1)
+  probability_at = functools.partial(
+      gaussian_exceedance, estimate, jnp.asarray(variance, jnp.float32),
+      block_length=BLOCK_LENGTH)
+  np.testing.assert_allclose(probability_at(GAMMA), simulated, atol=0.01)
+  _assert_non_positive_targets_are_met(probability_at)
+
+
+# ----------------------------------------------------------------------------------
+# Exit conditions and their combination.
+
+
+def _exit_setup(likelihood, seed=7):
+  rng = _rng(seed)
+  batch, sources, time = 3, 2, 2000
+  estimate = rng.standard_normal((batch, sources, time))
+  estimate *= rng.uniform(0.1, 1, (batch, sources, 1))
+  mixture = estimate.sum(1) + 0.3 * rng.standard_normal((batch, time))
+  if likelihood == "student":
+    params = {"alpha": rng.uniform(1.5, 20, (batch, sources, 1)),
+              "beta": rng.uniform(0.001, 0.05, (batch, sources, 1))}
+  else:  # The chi-square CDF is nearly a step: put the SNR condition on its slope.
+    c = _threshold(_energy(estimate.astype(np.float32)), 8.0)
+    z = rng.uniform(-1.5, 1.5, (batch, sources))
+    params = {"variance": (c / (time + z * np.sqrt(2 * time)))[..., None]}
+  return estimate.astype(np.float32), mixture.astype(np.float32), params
+
+
+def _scipy_probability(likelihood, params, energy, gamma_db):
+  """Per-source reference: 1 for γ ≤ 0, else the incomplete beta / chi-square CDF."""
+  time = 2000
+  gamma_db = np.broadcast_to(gamma_db, energy.shape)
+  c = energy / np.where(gamma_db > 0, 10 ** (gamma_db / 10) - 1, 1.0)
+  if likelihood == "student":
+    alpha, beta = params["alpha"][..., 0], params["beta"][..., 0]
+    p = scipy.special.betainc(time / 2, alpha, c / (c + 2 * beta))
+  else:
+    p = scipy.stats.chi2.cdf(c / params["variance"][..., 0], time)
+  return np.where(gamma_db > 0, p, 1.0)
+
+
+@pytest.mark.parametrize("likelihood,conditions", [
+    ("student", ("snri",)), ("gaussian", ("snr_ref",)),  # Wiring is shared: one each.
+    ("student", ("snr", "snri", "snr_ref")), ("gaussian", ("snr", "snri", "snr_ref"))])
+def test_exit_probability_combines_conditions(likelihood, conditions):
+  estimate, mixture, params = _exit_setup(likelihood)
+  gamma, reference_power = 8.0, np.array([0.05, 0.5, 2.0])
+  energy = _energy(estimate)
+  input_snr = 10 * np.log10(energy / _energy(mixture[:, None].astype(np.float64) - estimate))
+  per_condition = {
+      "snr": _scipy_probability(likelihood, params, energy, gamma),
+      "snri": _scipy_probability(likelihood, params, energy, gamma + input_snr),
+      "snr_ref": _scipy_probability(likelihood, params,
+                                    np.broadcast_to(reference_power[:, None] * 2000,
+                                                    energy.shape), gamma)}
+  expected = np.max([per_condition[name] for name in conditions], axis=0).min(axis=-1)
+  config = probabilistic.VarianceConfig(
+      parameterisation="student-logvar" if likelihood == "student" else "gaussian-logvar")
+  probability = exit_probability(
+      estimate, jax.tree.map(jnp.float32, params), gamma, conditions=conditions,
+      mixture=mixture, reference_power=reference_power, config=config)
+  assert probability.shape == (3,)
+  np.testing.assert_allclose(probability, expected, atol=3e-5)
+  spread = np.ptp(np.stack([per_condition[name] for name in per_condition]), axis=0)
+  assert spread.max() > 0.1  # The conditions disagree, so the combination is tested.
+
+
+def test_input_snr_matches_a_direct_computation():
+  estimate, mixture, _ = _exit_setup("student")
+  est64, mix64 = estimate.astype(np.float64), mixture.astype(np.float64)
+  expected = 10 * np.log10(np.sum(est64 ** 2, -1) / np.sum((mix64[:, None] - est64) ** 2, -1))
+  np.testing.assert_allclose(probabilistic.input_snr_db(mixture, estimate), expected,
+                             atol=1e-4)
+
+
+def test_exit_probability_rejects_missing_inputs_and_unknown_conditions():
+  estimate, _, params = _exit_setup("student")
+  config = probabilistic.VarianceConfig(parameterisation="student-logvar")
+  with pytest.raises(ValueError, match="mixture"):
+    exit_probability(estimate, params, 5.0, conditions=("snri",), config=config)
+  with pytest.raises(ValueError, match="reference_power"):
+    exit_probability(estimate, params, 5.0, conditions=("snr_ref",), config=config)
+  with pytest.raises(ValueError, match="snr_ref"):
+    exit_probability(estimate, params, 5.0, conditions=("sdr",), config=config)
+
+
+@pytest.mark.parametrize("block_length", [None, 700])
+def test_expected_snr_matches_invgamma_mean(block_length):
+  rng = _rng(8)
+  estimate = rng.standard_normal((2, 2000)).astype(np.float32)
+  count = probabilistic.block_count(2000, block_length)
+  alpha, beta = rng.uniform(1.5, 9, (2, count.size)), rng.uniform(0.01, 1, (2, count.size))
+  mean = scipy.stats.invgamma(alpha, scale=beta).mean()
+  signal = _energy(estimate)
+  config = probabilistic.VarianceConfig(parameterisation="student-logvar",
+                                        block_length=block_length)
+  params = jax.tree.map(jnp.float32, {"alpha": alpha, "beta": beta})
+  np.testing.assert_allclose(expected_snr_db(estimate, params, config),
+                             10 * np.log10(signal / np.sum(count * mean, -1)), atol=1e-4)
+  np.testing.assert_allclose(
+      expected_snr_db(estimate, {"variance": jnp.float32(mean)}, config),
+      10 * np.log10(signal / np.sum(count * mean, -1)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["student-snr", "gaussian-snr"])
+def test_snr_forms_put_the_expected_snr_at_the_predicted_snr(name):
+  rng = _rng(9)
+  config = probabilistic.VarianceConfig(parameterisation=name)
+  estimate = rng.standard_normal((4, 2, 500)).astype(np.float32) * 0.2
+  raw = rng.normal(0, 5, (4, 2, 1, probabilistic.num_raw_outputs(config)))
+  raw[..., 0] = rng.uniform(-10, 40, (4, 2, 1))
+  state = probabilistic.init_variance_state((4, 2), 1, config)
+  params, _ = variance_parameters(raw, estimate, state, config)
+  np.testing.assert_allclose(expected_snr_db(estimate, params, config),
+                             raw[..., 0, 0], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------
+# Parameterisations.
+
+
+def _head_outputs(config, seed, exits, scale=3.0, batch=(2, 3), time=250):
+  """Random raw outputs and estimates (one source silent) for a sequence of exits."""
+  rng = _rng(seed)
+  blocks = probabilistic.num_variance_blocks(time, config)
+  raw = rng.normal(0, scale, (exits, *batch, blocks, probabilistic.num_raw_outputs(config)))
+  estimates = rng.standard_normal((exits, *batch, time))
+  estimates *= rng.uniform(0.01, 3, (exits, *batch, 1))
+  estimates[:, 0, 0] = 0.0
+  return jnp.asarray(raw, jnp.float32), jnp.asarray(estimates, jnp.float32)
+
+
+def _run_exits(config, raw, estimates):
+  state = probabilistic.init_variance_state(estimates.shape[1:-1], raw.shape[-2], config)
+  outputs = []
+  for k in range(raw.shape[0]):
+    params, state = variance_parameters(raw[k], estimates[k], state, config)
+    outputs.append(params)
+  return jax.tree.map(lambda *p: np.stack(p), *outputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("monotone,block_length", [(False, None), (True, 100)])
+def test_every_parameterisation_gives_floored_finite_parameters(name, monotone, block_length):
+  config = probabilistic.VarianceConfig(parameterisation=name, monotone=monotone,
+                                        block_length=block_length)
+  raw, estimates = _head_outputs(config, seed=10, exits=3)
+  raw = raw.at[1].set(1e4).at[2].set(-1e4)
+  params = _run_exits(config, raw, estimates)
+  form = probabilistic.PARAMETERISATIONS[name]
+  expected_keys = {"variance"} if form.likelihood == "gaussian" else {"alpha", "beta"}
+  assert set(params) == expected_keys
+  for value in params.values():
+    assert value.shape == raw.shape[:-1] and value.dtype == np.float32
+    assert np.all(np.isfinite(value)) and np.all(value > 0)
+  if "alpha" in params:
+    assert np.all(params["alpha"] >= config.alpha_min)
+  # The NLL and exit probability are finite on these parameters (they only depend on
+  # the likelihood and the blocks: one config per pair keeps the compilations few).
+  likelihood_config = probabilistic.VarianceConfig(
+      parameterisation=f"{form.likelihood}-logvar", block_length=block_length)
+  for k in range(3):
+    exit_params = jax.tree.map(lambda p: p[k], params)
+    nll = exit_nll(estimates[k] + 0.1, estimates[k], exit_params, likelihood_config)
+    probability = exit_probability(estimates[k], exit_params, 10.0, config=likelihood_config)
+    assert np.all(np.isfinite(nll))
+    assert probability.shape == (2,) and np.all((probability >= 0) & (probability <= 1))
+
+
+@pytest.mark.parametrize("name", ["student-snr", "gaussian-snr"])
+@pytest.mark.parametrize("monotone", [False, True])
+def test_snr_forms_are_scale_equivariant(name, monotone):
+  config = probabilistic.VarianceConfig(parameterisation=name, monotone=monotone,
+                                        block_length=100)
+  raw, estimates = _head_outputs(config, seed=11, exits=4, scale=1.0)
+  estimates = estimates.at[:, 0, 0].add(0.1)  # No silent source: above the power floor.
+  scale = 7.0
+  params = _run_exits(config, raw, estimates)
+  scaled = _run_exits(config, raw, scale * estimates)
+  key = "variance" if name.startswith("gaussian") else "beta"
+  np.testing.assert_allclose(scaled[key], scale ** 2 * params[key], rtol=1e-5)
+  if "alpha" in params:
+    np.testing.assert_allclose(scaled["alpha"], params["alpha"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_monotone_exits_never_predict_a_worse_variance(name):
+  config = probabilistic.VarianceConfig(parameterisation=name, monotone=True, block_length=100)
+  raw, estimates = _head_outputs(config, seed=12, exits=6)
+  params = _run_exits(config, raw, estimates)
+  scale = params["variance"] if "variance" in params else params["beta"]
+  assert np.all(np.diff(scale, axis=0) <= 0)
+  if "alpha" in params:
+    assert np.all(np.diff(params["alpha"], axis=0) >= 0)
+  # The plain form is not monotone on the same outputs, so the test can fail.
+  plain = _run_exits(dataclasses.replace(config, monotone=False), raw, estimates)
+  plain_scale = plain["variance"] if "variance" in plain else plain["beta"]
+  assert np.any(np.diff(plain_scale, axis=0) > 0)
+  # And its first exit is the plain form's.
+  np.testing.assert_allclose(scale[0], plain_scale[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_passes_through_unless_monotone(name):
+  config = probabilistic.VarianceConfig(parameterisation=name)
+  raw, estimates = _head_outputs(config, seed=13, exits=1)
+  state = probabilistic.init_variance_state((2, 3), raw.shape[-2], config)
+  _, new_state = variance_parameters(raw[0], estimates[0], state, config)
+  jax.tree.map(np.testing.assert_array_equal, new_state, state)
+  _, new_state = variance_parameters(
+      raw[0], estimates[0], state, dataclasses.replace(config, monotone=True))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert all(np.all(np.asarray(leaf) > 0) for leaf in jax.tree.leaves(new_state))
+
+
+def test_config_validation_lists_the_valid_names():
+  with pytest.raises(ValueError, match="student-fixed-dof") as error:
+    probabilistic.VarianceConfig(parameterisation="student")
+  assert all(name in str(error.value) for name in NAMES)
+  with pytest.raises(ValueError, match="alpha_min"):
+    probabilistic.VarianceConfig(alpha_min=1.0)
+
+
+def test_raw_output_counts_blocks_and_block_energy():
+  assert [probabilistic.num_raw_outputs(probabilistic.VarianceConfig(parameterisation=name))
+          for name in NAMES] == [1, 1, 1, 2, 2]  # sorted: gaussian-*, student-fixed-dof, ...
+  config = probabilistic.VarianceConfig(block_length=100)
+  assert probabilistic.num_variance_blocks(250, config) == 3
+  assert probabilistic.num_variance_blocks(250, probabilistic.VarianceConfig()) == 1
+  signal = _rng(14).standard_normal((2, 250)).astype(np.float32)
+  energy, count = probabilistic.block_energy(signal, 100)
+  np.testing.assert_array_equal(count, [100, 100, 50])
+  expected = [np.sum(b.astype(np.float64) ** 2, -1) for b in _blocks(signal, 100)]
+  np.testing.assert_allclose(energy, np.stack(expected, -1), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# Dispatch, jit and gradients.
+
+
+@pytest.mark.parametrize("name", ["student-logvar", "gaussian-logvar"])
+@pytest.mark.parametrize("block_length", [None, 100])
+def test_exit_nll_dispatches_to_the_likelihood(name, block_length):
+  config = probabilistic.VarianceConfig(parameterisation=name, block_length=block_length)
+  raw, estimates = _head_outputs(config, seed=15, exits=1)
+  state = probabilistic.init_variance_state((2, 3), raw.shape[-2], config)
+  params, _ = variance_parameters(raw[0], estimates[0], state, config)
+  target = estimates[0] + 0.2
+  squeeze = (lambda p: p[..., 0]) if block_length is None else (lambda p: p)
+  if name.startswith("gaussian"):
+    expected = probabilistic.gaussian_nll(target, estimates[0], squeeze(params["variance"]),
+                                          block_length=block_length)
+  else:
+    expected = probabilistic.student_t_nll(target, estimates[0], squeeze(params["alpha"]),
+                                           squeeze(params["beta"]), block_length=block_length)
+  np.testing.assert_allclose(exit_nll(target, estimates[0], params, config),
+                             expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["student-snr", "gaussian-snr"])
+def test_one_exit_runs_under_a_single_jit(name):
+  """What a model's exit does in one jitted step (the parts are checked one by one,
+  also jitted, above)."""
+  config = probabilistic.VarianceConfig(parameterisation=name, monotone=True)
+  raw, estimates = _head_outputs(config, seed=16, exits=2)
+  mixture = jnp.sum(estimates[0], axis=1)
+  state = probabilistic.init_variance_state((2, 3), raw.shape[-2], config)
+
+  @jax.jit
+  def one_exit(raw, estimate, state):
+    params, state = probabilistic.variance_parameters(raw, estimate, state, config)
+    return params, state, (
+        probabilistic.exit_nll(estimate + 0.1, estimate, params, config),
+        probabilistic.exit_probability(
+            estimate, params, 5.0, conditions=probabilistic.CONDITIONS, mixture=mixture,
+            reference_power=0.5, config=config),
+        probabilistic.expected_snr_db(estimate, params, config))
+
+  first, state, results = one_exit(raw[0], estimates[0], state)
+  second, _, _ = one_exit(raw[1], estimates[1], state)
+  assert [r.shape for r in results] == [(2, 3), (2,), (2, 3)]
+  assert all(np.all(np.isfinite(r)) for r in results)
+  key = "beta" if "beta" in first else "variance"
+  assert np.all(second[key] <= first[key])
+
+
+def test_exceedance_gradients_are_finite_across_branches():
+  """Each regime switch (γ ≤ 0, jax.scipy / Temme, BGRAT / Paulson) computes both
+  sides; the unused side's NaNs must not reach the gradient."""
+  estimate = jnp.asarray(_rng(17).standard_normal(4000), jnp.float32) * 0.5
+
+  def probabilities(scale, alpha, beta, variance, gamma):
+    signal = scale * estimate
+    return (probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, True)
+            + probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, False)
+            + probabilistic.gaussian_snr_exceedance_probability(signal, variance, gamma))
+
+  grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2, 3)))
+  for gamma in (-3.0, 0.0, 10.0, 60.0):
+    for alpha in (1.5, 100.0, 1e4):
+      for beta in (1e-6, 0.02, 1e3):
+        gradients = grad(1.0, alpha, beta, beta / alpha, gamma)
+        assert all(np.isfinite(g) for g in gradients), (gamma, alpha, beta, gradients)
