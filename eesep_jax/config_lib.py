@@ -90,10 +90,21 @@ def load_config(path, overrides=()):
   for override in overrides:
     key, value = parse_override(override)
     try:
-      config.update_from_flattened_dict({key: value})
+      _set_existing(config, key, value)
     except (KeyError, AttributeError, TypeError) as error:
       raise ValueError(f"cannot apply override {override!r} to {path}: {error}") from error
   return config
+
+
+def _set_existing(config, key, value):
+  """Sets dotted `key`, refusing keys the config does not have (a typo must not pass)."""
+  *parents, leaf = key.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  if leaf not in node:
+    raise KeyError(f"{key!r} is not a field of this config")
+  node[leaf] = value
 
 
 def model_config(config):

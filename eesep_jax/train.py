@@ -10,10 +10,10 @@ parameters as an uninterrupted one.
 import functools
 import json
 import logging
-import pathlib
 import signal
-import time
+import threading
 
+from etils import epath
 import flax
 import grain
 import jax
@@ -29,7 +29,6 @@ from eesep_jax import config_lib
 from eesep_jax import losses
 from eesep_jax import metrics
 from eesep_jax import models
-from eesep_jax import probabilistic
 from eesep_jax import data as data_lib
 
 CONFIG_FILE = "config.json"
@@ -68,9 +67,9 @@ def skipped_steps(opt_state):
   return opt_state.total_notfinite
 
 
-def make_mesh():
-  """A 1-D data-parallel mesh over every device of every process."""
-  return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices=None):
+  """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
+  return jax.sharding.Mesh(np.asarray(devices or jax.devices()), ("data",))
 
 
 def _loss_fn(params, batch, dropout_rng, *, model, config):
@@ -108,16 +107,25 @@ def make_train_step(config, model, optimizer):
   return train_step
 
 
-def init_train_state(config, model, optimizer, example_mixture):
-  """Fresh parameters and optimizer state from `config.seed`."""
-  params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  params = model.init(params_rng, example_mixture)["params"]
-  return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
-                    rng=jax.random.key_data(dropout_rng))
+def init_train_state(config, model, optimizer, example_mixture, sharding=None):
+  """Fresh parameters and optimizer state from `config.seed`, placed with `sharding`."""
+
+  def init(example_mixture):
+    params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    params = model.init(params_rng, example_mixture)["params"]
+    return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
+                      rng=jax.random.key_data(dropout_rng))
+
+  # One compiled program instead of hundreds of small dispatches.
+  return jax.jit(init, out_shardings=sharding)(example_mixture)
 
 
 def evaluate_exits(params, model, batches):
   """Mean per-exit validation metrics over `batches` of full-length utterances.
+
+  Batches are zero-padded to a few lengths (so jit compiles a few shapes); estimates
+  are zeroed beyond each utterance's `mask` so padding adds no error. `evaluate.py`
+  computes the exact full-length figures; these monitor training.
 
   Returns a dict of `[exits]` lists: `si_snri` (dB, best permutation per exit) and
   `nll` (per sample).
@@ -126,6 +134,7 @@ def evaluate_exits(params, model, batches):
   totals, count = None, 0
   for batch in batches:
     outputs = apply({"params": params}, jnp.asarray(batch["mixture"]))
+    outputs = dict(outputs, estimates=outputs["estimates"] * batch["mask"][None, :, None, :])
     sources = jnp.asarray(batch["sources"])
     _, aux_snr = losses.separation_loss(outputs, sources, objective="si-snr",
                                         permutation="per-exit",
@@ -150,8 +159,8 @@ class MetricsWriter:
     self._enabled = enabled
     if enabled:
       import tensorboardX  # Heavy import kept out of `import eesep_jax.train`.
-      self._jsonl = open(pathlib.Path(workdir) / METRICS_FILE, "a", encoding="utf-8")
-      self._tensorboard = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._jsonl = (epath.Path(workdir) / METRICS_FILE).open("a")
+      self._tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step, scalars):
     if not self._enabled:
@@ -173,31 +182,62 @@ class MetricsWriter:
 
 
 def _checkpoint_manager(workdir, config):
-  preservation = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(config.keep_checkpoints),
-      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False,
-                                    n=1),
-  ])
+  """Saves every `checkpoint_every` steps and on preemption; keeps the latest
+  `keep_checkpoints` and the best by validation SI-SNRi at the last exit."""
+  policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=config.checkpoint_every, preservation_policy=preservation,
+      save_decision_policy=policies.AnySavePolicy([
+          policies.FixedIntervalPolicy(config.checkpoint_every),
+          policies.PreemptionCheckpointingPolicy()]),
+      preservation_policy=policies.AnyPreservationPolicy([
+          policies.LatestN(config.keep_checkpoints),
+          # Higher is better: BestN keeps the end of an ascending sort.
+          policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                         keep_checkpoints_without_metrics=False)]),
+      best_fn=lambda m: m[BEST_METRIC], best_mode="max",
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints",
-                               options=options)
+  return ocp.CheckpointManager(_absolute(workdir) / "checkpoints", options=options)
+
+
+def _absolute(workdir):
+  """`workdir` as an absolute `epath.Path` (orbax needs absolute paths; `gs://` stays)."""
+  path = epath.Path(workdir)
+  return path if path.is_absolute() or "://" in str(workdir) else epath.Path(path.resolve())
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save before exiting."""
+  """Turns SIGTERM into a flag the loop checks, so it can save before exiting.
+
+  Signal handlers can only be installed from the main thread; elsewhere (a
+  notebook's worker thread) the loop still honours orbax's preemption sync point.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._installed = threading.current_thread() is threading.main_thread()
+    if self._installed:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+  """Joins a multi-host job (`jax.distributed.initialize`) before any JAX computation.
+
+  On Cloud TPU pods every argument is discovered automatically; elsewhere (several
+  processes on one machine or a GPU cluster) pass all three, e.g.
+  `initialize_distributed("127.0.0.1:1234", 2, 0)` in the first of two processes.
+  """
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def _global_batch(local_batch, sharding):
@@ -207,13 +247,13 @@ def _global_batch(local_batch, sharding):
 
 
 def write_config(config, workdir):
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = epath.Path(workdir) / CONFIG_FILE
   path.write_text(config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir):
   """The experiment config a training run saved in `workdir`."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = epath.Path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{workdir} holds no {CONFIG_FILE}: is it a training workdir?")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -242,7 +282,7 @@ def train_and_evaluate(config, workdir):
   Returns:
     The final `TrainState`.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = _absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_lead = jax.process_index() == 0
   if is_lead:
@@ -266,8 +306,7 @@ def train_and_evaluate(config, workdir):
   data_sharding = NamedSharding(mesh, PartitionSpec("data"))
   replicated = NamedSharding(mesh, PartitionSpec())
   segment = int(config.data.segment_seconds * model_config.sample_rate)
-  state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)))
-  state = jax.device_put(state, replicated)
+  state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)), replicated)
 
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
@@ -303,10 +342,14 @@ def train_and_evaluate(config, workdir):
         writer.write(step, {"valid_si_snri": evaluation["si_snri"],
                             "valid_nll": evaluation["nll"]})
       preempted = preemption.requested or manager.reached_preemption(step)
+      # A validated step is always saved, so the best checkpoint holds the
+      # parameters its metric was measured on.
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           data=grain.checkpoint.CheckpointSave(iterator)),
-          metrics=valid_metrics or None, force=preempted or step == config.steps)
+          metrics=valid_metrics or None,
+          force=preempted or bool(valid_metrics) or step == config.steps)
+      valid_metrics = {}
       if preempted:
         logging.warning("preempted at step %d: checkpoint saved, exiting", step)
         break

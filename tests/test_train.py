@@ -1,0 +1,176 @@
+"""Training: logs, checkpoints, exact resume after SIGKILL, SIGTERM saves, multi-device
+and multi-process runs that match the single-device one."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import REPO, TRAIN_STEPS, run_training, train_command, train_env
+from eesep_jax import cli
+from eesep_jax import config_lib
+from eesep_jax import models
+from eesep_jax import train
+
+
+def _metrics(workdir):
+  lines = (workdir / train.METRICS_FILE).read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
+def _train_losses(workdir):
+  return {r["step"]: r["train_loss"] for r in _metrics(workdir) if "train_loss" in r}
+
+
+def _flat_params(workdir, step):
+  _, variables = train.restore_params(workdir, step=step)
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+
+
+def _wait_for_step(workdir, process, step, timeout=600):
+  """Blocks until `metrics.jsonl` logs `step` (the run is then past it)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    assert process.poll() is None, process.stderr.read()[-4000:]
+    if (workdir / train.METRICS_FILE).exists() and any(
+        r["step"] >= step for r in _metrics(workdir)):
+      return
+    time.sleep(0.2)
+  raise TimeoutError(f"no step {step} in {workdir} after {timeout} s")
+
+
+def test_run_logs_metrics_tensorboard_config_and_checkpoints(trained_workdir):
+  records = _metrics(trained_workdir)
+  losses = _train_losses(trained_workdir)
+  assert sorted(losses) == list(range(1, TRAIN_STEPS + 1))
+  assert all(np.isfinite(v) for v in losses.values())
+  training = [r for r in records if "train_loss" in r]
+  assert all(len(r["train_loss_per_exit"]) == 3 and r["skipped_steps"] == 0
+             for r in training)
+  validation = [r for r in records if "valid_si_snri" in r]
+  assert [r["step"] for r in validation] == [TRAIN_STEPS]
+  assert len(validation[0]["valid_si_snri"]) == 3
+  assert list((trained_workdir / "tensorboard").glob("events.out.tfevents.*"))
+  config = train.read_config(trained_workdir)
+  assert config.steps == TRAIN_STEPS and config.batch_size == 8
+
+
+def test_restore_params_gives_the_init_structure(trained_workdir):
+  model_config, variables = train.restore_params(trained_workdir)
+  assert model_config == models.preset("tiny")
+  fresh = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
+                         jnp.zeros((1, 800)))
+  assert jax.tree.structure(variables) == jax.tree.structure(fresh)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, fresh)
+
+
+def test_restore_params_names_a_workdir_without_config(tmp_path):
+  with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    train.restore_params(tmp_path)
+
+
+def test_sigkill_then_restart_ends_with_the_uninterrupted_parameters(
+    tmp_path, tiny_corpus, compile_cache, trained_workdir):
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(train_command(workdir, tiny_corpus), cwd=REPO,
+                             env=train_env(compile_cache), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_step(workdir, process, 4)
+  finally:
+    process.kill()
+    process.wait()
+  assert _train_losses(workdir), "the run was killed before it logged anything"
+  run_training(workdir, tiny_corpus, compile_cache)
+
+  resumed, reference = (_flat_params(w, TRAIN_STEPS) for w in (workdir, trained_workdir))
+  assert resumed.keys() == reference.keys()
+  for name in reference:
+    np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
+  # Steps after the restart see the same batches as the uninterrupted run.
+  assert _train_losses(workdir)[TRAIN_STEPS] == _train_losses(trained_workdir)[TRAIN_STEPS]
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tiny_corpus, compile_cache):
+  workdir = tmp_path / "preempted"
+  process = subprocess.Popen(
+      train_command(workdir, tiny_corpus, "--config.steps=1000"), cwd=REPO,
+      env=train_env(compile_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True)
+  _wait_for_step(workdir, process, 3)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=300) == 0, process.stderr.read()[-4000:]
+  last_logged = max(_train_losses(workdir))
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert last_logged < 1000 and saved[-1] == last_logged
+
+
+def test_eight_devices_give_the_one_device_loss(tmp_path, tiny_corpus, compile_cache,
+                                                trained_workdir):
+  workdir = tmp_path / "eight_devices"
+  run_training(workdir, tiny_corpus, compile_cache, devices=8)
+  eight, one = _train_losses(workdir), _train_losses(trained_workdir)
+  np.testing.assert_allclose(eight[1], one[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)],
+                             rtol=1e-4, atol=1e-5)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_over_loopback_give_the_one_process_loss(
+    tmp_path, tiny_corpus, compile_cache, trained_workdir):
+  workdir = tmp_path / "two_processes"
+  coordinator = f"127.0.0.1:{_free_port()}"
+  processes = [
+      subprocess.Popen(
+          train_command(workdir, tiny_corpus, "--coordinator", coordinator,
+                        "--num-processes", "2", "--process-id", str(index)),
+          cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE, text=True)
+      for index in range(2)]
+  errors = [p.communicate(timeout=900)[1] for p in processes]
+  for process, error in zip(processes, errors):
+    assert process.returncode == 0, error[-4000:]
+  two, one = _train_losses(workdir), _train_losses(trained_workdir)
+  # Each process loads its own half of every global batch: together the same examples.
+  np.testing.assert_allclose(two[1], one[1], rtol=1e-5, atol=1e-6)
+  assert max(two) == TRAIN_STEPS
+
+
+def test_optimizer_skips_and_counts_non_finite_updates():
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  optimizer = train.make_optimizer(config.optimizer, total_steps=10)
+  params = {"w": jnp.ones(3)}
+  state = optimizer.init(params)
+  updates, state = optimizer.update({"w": jnp.array([1.0, jnp.nan, 0.0])}, state, params)
+  assert np.all(np.asarray(optax.apply_updates(params, updates)["w"]) == 1.0)
+  assert int(train.skipped_steps(state)) == 1
+  updates, state = optimizer.update({"w": jnp.ones(3)}, state, params)
+  assert int(train.skipped_steps(state)) == 1
+
+
+def test_config_overrides_from_the_command_line():
+  rest, overrides = cli._split_overrides(
+      ["train", "--config", "c.py", "--config.steps=5", "--config.model.width", "48"])
+  assert rest == ["train", "--config", "c.py"]
+  assert overrides == ["steps=5", "model.width=48"]
+  config = config_lib.load_config(REPO / "experiments/configs/demo.py",
+                                  ["steps=5", "optimizer.learning_rate=0.5",
+                                   "data.root=/somewhere"])
+  assert (config.steps, config.optimizer.learning_rate, config.data.root) == (
+      5, 0.5, "/somewhere")
+  with pytest.raises(ValueError, match="no_such_key"):
+    config_lib.load_config(REPO / "experiments/configs/demo.py", ["no_such_key=1"])
