@@ -1,0 +1,455 @@
+"""Calibration measures, post-hoc scales and guaranteed thresholds against scipy and
+simulations of the generative model (`σ² ~ InvGamma(α, β)`, `‖e‖² ~ σ² χ²_T`)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.optimize
+import scipy.stats
+
+from eesep_jax import calibration, probabilistic
+
+DB = 10 / math.log(10)
+
+
+def _rng(seed):
+  return np.random.default_rng(seed)
+
+
+def _student_energy(rng, time, alpha, beta):
+  """Error energies `E = σ² χ²_T`, `σ² ~ InvGamma(α, β)` (`β/G`, `G ~ Gamma(α)`)."""
+  alpha, beta, time = np.broadcast_arrays(alpha, beta, time)
+  return beta / rng.gamma(alpha) * rng.chisquare(time)
+
+
+def _threshold(signal_energy, gamma_db):
+  """The error energy at which the cross-term-free SNR is `γ`."""
+  return signal_energy / (10 ** (gamma_db / 10) - 1)
+
+
+# ----------------------------------------------------------------------------------
+# Reliability.
+
+
+def test_reliability_hand_computed():
+  result = calibration.reliability([0.05, 0.15, 0.12, 0.95, 1.0], [0, 1, 0, 1, 1])
+  np.testing.assert_allclose(result["edges"], np.linspace(0, 1, 11))
+  np.testing.assert_array_equal(result["count"], [1, 2, 0, 0, 0, 0, 0, 0, 0, 2])
+  np.testing.assert_allclose(result["confidence"][[0, 1, 9]], [0.05, 0.135, 0.975])
+  np.testing.assert_allclose(result["frequency"][[0, 1, 9]], [0.0, 0.5, 1.0])
+  assert np.isnan(result["confidence"][2]) and np.isnan(result["frequency"][2])
+  # (1 · |0 − 0.05| + 2 · |0.5 − 0.135| + 2 · |1 − 0.975|) / 5.
+  assert result["ece"] == pytest.approx(0.166)
+
+
+def test_reliability_separates_calibrated_from_miscalibrated():
+  rng = _rng(0)
+  p = rng.uniform(size=(20, 1000))  # Any shape: flattened.
+  calibrated = calibration.reliability(p, rng.uniform(size=p.shape) < p)
+  overconfident = calibration.reliability(p, rng.uniform(size=p.shape) < p ** 2)
+  assert calibrated["ece"] < 0.015
+  assert overconfident["ece"] > 0.15  # E|p − p²| = 1/6.
+  assert calibrated["count"].sum() == p.size
+
+
+# ----------------------------------------------------------------------------------
+# Probability integral transform.
+
+
+def test_ks_distance_matches_scipy():
+  rng = _rng(1)
+  for u in (rng.uniform(size=50), rng.uniform(size=3000) ** 1.3, rng.beta(2, 2, 777),
+            np.array([0.5])):
+    assert calibration.ks_distance(u) == pytest.approx(
+        scipy.stats.kstest(u, "uniform").statistic, abs=1e-12)
+
+
+def test_student_pit_is_uniform_under_the_generative_model():
+  rng = _rng(2)
+  n = 4000
+  time = rng.integers(2000, 8000, n)
+  alpha, beta = rng.uniform(1.5, 6, n), np.exp(rng.uniform(-8, -2, n))
+  energy = _student_energy(rng, time, alpha, beta)
+  exact = calibration.pit_values(energy / time, alpha, beta, time)
+  large_time = calibration.pit_values(energy / time, alpha, beta)
+  misspecified = calibration.pit_values(energy / time, alpha, beta / 3, time)
+  assert exact.shape == (n,) and np.all((exact >= 0) & (exact <= 1))
+  critical = 1.95 / math.sqrt(n)  # KS test at 0.1%.
+  assert calibration.ks_distance(exact) < critical
+  assert calibration.ks_distance(large_time) < critical  # E/T ≈ σ² at these lengths.
+  assert calibration.ks_distance(misspecified) > 0.3
+  # Short signals: only the exact form stays uniform.
+  short = _student_energy(rng, 20, alpha, beta)
+  assert calibration.ks_distance(calibration.pit_values(short / 20, alpha, beta, 20)) < critical
+  assert calibration.ks_distance(calibration.pit_values(short / 20, alpha, beta)) > 0.05
+
+
+def test_gaussian_pit_is_uniform_under_the_generative_model():
+  rng = _rng(3)
+  n = 4000
+  time, variance = rng.integers(100, 50000, n), np.exp(rng.uniform(-8, 0, n))
+  energy = variance * rng.chisquare(time)
+  pit = calibration.pit_values_gaussian(energy, variance, time)
+  assert calibration.ks_distance(pit) < 1.95 / math.sqrt(n)
+  assert calibration.ks_distance(calibration.pit_values_gaussian(energy, 1.2 * variance,
+                                                                 time)) > 0.3
+
+
+def test_energy_cdf_is_one_minus_the_exceedance_probability():
+  # P(SNR ≥ γ) = P(E ≤ c): the PIT at c is probabilistic's exceedance probability.
+  time, gamma = 4000, 15.0
+  alpha, beta = np.array([1.5, 3.0, 20.0]), np.array([0.01, 0.02, 0.2])
+  signal = np.array([30.0, 1300.0, 9000.0])
+  estimate = jnp.asarray(np.sqrt(signal / time)[:, None] * np.ones((1, time)), jnp.float32)
+  c = _threshold(np.sum(np.square(np.asarray(estimate, np.float64)), -1), gamma)
+  for exact in (True, False):
+    expected = probabilistic.snr_exceedance_probability(
+        estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32), gamma,
+        exact=exact)
+    got = calibration.pit_values(c / time, alpha, beta, time if exact else None)
+    np.testing.assert_allclose(got, expected, atol=2e-4)
+  variance = np.array([0.008, 0.01, 0.012])
+  expected = probabilistic.gaussian_snr_exceedance_probability(
+      estimate, jnp.asarray(variance, jnp.float32), gamma)
+  np.testing.assert_allclose(calibration.pit_values_gaussian(c, variance, time), expected,
+                             atol=2e-4)
+
+
+# ----------------------------------------------------------------------------------
+# CRPS and sharpness.
+
+# (params, T, S, realised SNR dB): typical, heavy-tailed, sharp, below the support,
+# far in the upper tail, Gaussian.
+CRPS_CASES = [
+    ({"alpha": 3.0, "beta": 0.02}, 4000, 1265.0, 16.0),
+    ({"alpha": 1.2, "beta": 0.002}, 1000, 300.0, 8.0),
+    ({"alpha": 50.0, "beta": 0.5}, 4000, 1265.0, 15.0),
+    ({"alpha": 2.0, "beta": 0.01}, 100, 3.0, -3.0),
+    ({"alpha": 3.0, "beta": 0.02}, 4000, 1265.0, 30.0),
+    ({"variance": 0.01}, 4000, 1265.0, 15.05),
+]
+
+
+def _predicted_snr_samples(rng, params, time, signal, size):
+  if "variance" in params:
+    energy = params["variance"] * rng.chisquare(time, size)
+  else:
+    energy = _student_energy(rng, np.full(size, time), params["alpha"], params["beta"])
+  return DB * np.log1p(signal / energy)
+
+
+def test_crps_matches_monte_carlo():
+  rng = _rng(4)
+  size = 200_000
+  for params, time, signal, realised in CRPS_CASES:
+    x, x_prime = _predicted_snr_samples(rng, params, time, signal, (2, size))
+    terms = np.abs(x - realised) - 0.5 * np.abs(x - x_prime)  # E|X − y| − ½ E|X − X'|.
+    stderr = terms.std() / math.sqrt(size)
+    crps = calibration.snr_crps(signal, params, realised, time)
+    assert abs(crps - terms.mean()) < 4 * stderr + 1e-4, (params, realised)
+
+
+def test_crps_matches_quadrature_and_vectorises():
+  # CRPS = ∫ (F(x) − 1{x ≥ y})² dx with F(x) = P(E ≥ c(x)) from scipy.
+  expected = []
+  for params, time, signal, realised in CRPS_CASES:
+    if "variance" in params:
+      energy = scipy.stats.chi2(time, scale=params["variance"])
+    else:
+      energy = scipy.stats.betaprime(time / 2, params["alpha"], scale=2 * params["beta"])
+    cdf = lambda x, e=energy, s=signal: e.sf(_threshold(s, x))
+    low, high = (DB * np.log1p(signal / energy.isf(level)) for level in (1e-13, 1 - 1e-13))
+    below = scipy.integrate.quad(lambda x: cdf(x) ** 2, low, min(max(realised, low), high),
+                                 limit=500, epsabs=1e-12)[0]
+    above = scipy.integrate.quad(lambda x: (1 - cdf(x)) ** 2, max(min(realised, high), low),
+                                 high, limit=500, epsabs=1e-12)[0]
+    expected.append(below + above + max(realised - high, 0) + max(low - realised, 0))
+  student = [i for i, case in enumerate(CRPS_CASES) if "alpha" in case[0]]
+  params = {name: np.array([CRPS_CASES[i][0][name] for i in student]).reshape(1, -1)
+            for name in ("alpha", "beta")}
+  time, signal, realised = (np.array([CRPS_CASES[i][j] for i in student]) for j in (1, 2, 3))
+  crps = calibration.snr_crps(signal, params, realised, time)
+  assert crps.shape == (1, len(student))
+  np.testing.assert_allclose(crps[0], np.array(expected)[student], rtol=1e-4)
+  gaussian = CRPS_CASES[-1]
+  assert calibration.snr_crps(gaussian[2], gaussian[0], gaussian[3], gaussian[1]) == (
+      pytest.approx(expected[-1], rel=1e-4))
+
+
+def test_sharpness_is_the_predicted_spread_of_the_error_energy_in_db():
+  rng = _rng(5)
+  size = 400_000
+  alpha, beta, time = np.array([[1.5, 3.0, 20.0]]), 0.01, 200
+  energy = _student_energy(rng, time, np.repeat(alpha, size, 0), beta)
+  variance = beta / rng.gamma(np.repeat(alpha, size, 0))
+  gaussian = 0.01 * rng.chisquare(time, size)
+  params = {"alpha": np.repeat(alpha, 2, 0), "beta": np.full((2, 3), beta)}
+  np.testing.assert_allclose(calibration.sharpness(params, time, axis=0),
+                             np.std(DB * np.log(energy), axis=0), rtol=0.01)
+  np.testing.assert_allclose(calibration.sharpness(params, axis=0),
+                             np.std(DB * np.log(variance), axis=0), rtol=0.01)
+  assert calibration.sharpness({"variance": np.full(4, 0.01)}, time) == pytest.approx(
+      np.std(DB * np.log(gaussian)), rel=0.01)
+  with pytest.raises(ValueError):
+    calibration.sharpness({"variance": np.ones(3)})
+
+
+# ----------------------------------------------------------------------------------
+# Target satisfaction.
+
+
+@pytest.mark.parametrize("successes,count", [(0, 10), (3, 10), (10, 10), (97, 100), (1, 1)])
+def test_target_satisfaction_interval_matches_scipy(successes, count):
+  realised = np.r_[np.full(successes, 20.0), np.full(count - successes, 5.0), [1.0, 30.0]]
+  exited = np.r_[np.ones(count, bool), [False, False]]
+  result = calibration.target_satisfaction(exited, realised, 15.0, confidence_level=0.9)
+  interval = scipy.stats.binomtest(successes, count).proportion_ci(0.9, method="exact")
+  assert result["count"] == count
+  assert result["share"] == pytest.approx(successes / count)
+  assert result["low"] == pytest.approx(interval.low, abs=1e-10)
+  assert result["high"] == pytest.approx(interval.high, abs=1e-10)
+
+
+def test_target_satisfaction_with_nobody_exited():
+  result = calibration.target_satisfaction(np.zeros(4, bool), np.full(4, 20.0), 15.0)
+  assert result["count"] == 0 and math.isnan(result["share"])
+  assert (result["low"], result["high"]) == (0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------
+# Post-hoc calibration.
+
+SCALES = np.array([3.0, 0.5])  # True β over predicted β, per exit.
+
+
+def _posthoc_population(rng, n):
+  """Predictions `[n, 2 exits]` whose true `β` is `SCALES` times the predicted one."""
+  time = rng.integers(1000, 8000, (n, 1))
+  alpha = rng.uniform(3, 8, (n, 2))
+  mean_variance = np.exp(rng.uniform(-8, -3, (n, 2)))
+  beta = (alpha - 1) * mean_variance
+  energy = _student_energy(rng, time, alpha, SCALES * beta)
+  # S puts the predicted SNR 5–25 dB from the mean error energy, around γ = 15 dB.
+  signal = time * mean_variance * 10 ** (rng.uniform(5, 25, (n, 2)) / 10)
+  return {"alpha": alpha, "beta": beta}, energy, time, signal
+
+
+def _calibration_measures(params, energy, time, signal, gamma=15.0):
+  """(ECE of P(SNR ≥ γ), KS of the PIT) with the cross-term-free realised SNR."""
+  c = _threshold(signal, gamma)
+  probability = calibration.pit_values(c / time, params["alpha"], params["beta"], time)
+  ece = calibration.reliability(probability, energy <= c)["ece"]
+  pit = calibration.pit_values(energy / time, params["alpha"], params["beta"], time)
+  return ece, calibration.ks_distance(pit)
+
+
+def test_posthoc_nll_recovers_the_scale_and_calibrates_held_out_data():
+  rng = _rng(6)
+  params, energy, time, _ = _posthoc_population(rng, 3000)
+  test_params, test_energy, test_time, test_signal = _posthoc_population(rng, 3000)
+  before = [_calibration_measures({k: v[:, i] for k, v in test_params.items()},
+                                  test_energy[:, i], test_time[:, 0], test_signal[:, i])
+            for i in range(2)]
+  for fit_alpha in (False, True):
+    scales = calibration.fit_posthoc(params, energy, time, fit_alpha=fit_alpha)
+    np.testing.assert_allclose(scales["beta_scale"], SCALES, rtol=0.1 if fit_alpha else 0.05)
+    if fit_alpha:
+      np.testing.assert_allclose(scales["alpha_excess_scale"], 1.0, rtol=0.15)
+    fitted = calibration.apply_posthoc(test_params, scales)
+    for i in range(2):
+      ece, ks = _calibration_measures({k: v[:, i] for k, v in fitted.items()},
+                                      test_energy[:, i], test_time[:, 0], test_signal[:, i])
+      assert before[i][0] > 0.1 and before[i][1] > 0.2
+      assert ece < 0.03 and ks < 0.04
+
+
+def test_posthoc_moments_recover_the_scale():
+  rng = _rng(7)
+  params, energy, time, _ = _posthoc_population(rng, 3000)
+  scales = calibration.fit_posthoc(params, energy, time, method="moments")
+  assert set(scales) == {"beta_scale"}
+  np.testing.assert_allclose(scales["beta_scale"], SCALES, rtol=0.08)
+  with pytest.raises(ValueError):
+    calibration.fit_posthoc(params, energy, time, method="moments", fit_alpha=True)
+
+
+def test_posthoc_nll_maximises_scipys_beta_prime_likelihood():
+  rng = _rng(8)
+  params, energy, time, _ = _posthoc_population(rng, 300)
+  alpha, beta, energy, time = params["alpha"][:, :1], params["beta"][:, :1], energy[:, :1], time
+
+  def nll(log_beta_scale, log_alpha_scale=0.0):
+    shape = 1 + np.exp(log_alpha_scale) * (alpha - 1)
+    scale = 2 * np.exp(log_beta_scale) * beta
+    return -np.sum(scipy.stats.betaprime.logpdf(energy, time / 2, shape, scale=scale))
+
+  one = scipy.optimize.minimize_scalar(nll, bracket=(0.0, 1.0), tol=1e-10).x
+  two = scipy.optimize.minimize(lambda x: nll(*x), [0.0, 0.0], method="Nelder-Mead",
+                                options={"xatol": 1e-8, "fatol": 1e-10}).x
+  fitted_one = calibration.fit_posthoc({"alpha": alpha, "beta": beta}, energy, time)
+  fitted_two = calibration.fit_posthoc({"alpha": alpha, "beta": beta}, energy, time,
+                                       fit_alpha=True)
+  np.testing.assert_allclose(np.log(fitted_one["beta_scale"]), [one], atol=1e-4)
+  np.testing.assert_allclose(
+      np.log([fitted_two["beta_scale"][0], fitted_two["alpha_excess_scale"][0]]), two,
+      atol=1e-3)
+
+
+def test_posthoc_gaussian():
+  rng = _rng(9)
+  time = rng.integers(1000, 8000, (2000, 1))
+  variance = np.exp(rng.uniform(-8, -3, (2000, 3)))
+  energy = np.array([2.0, 1.0, 0.3]) * variance * rng.chisquare(time, (2000, 3))
+  for method in ("nll", "moments"):
+    scales = calibration.fit_posthoc({"variance": variance}, energy, time, method=method)
+    np.testing.assert_allclose(scales["variance_scale"], [2.0, 1.0, 0.3], rtol=0.01)
+  # The NLL scale maximises scipy's chi-square likelihood.
+  best = scipy.optimize.minimize_scalar(
+      lambda c: -np.sum(scipy.stats.chi2.logpdf(energy[:, 0], time[:, 0],
+                                                scale=c * variance[:, 0])),
+      bounds=(1.0, 3.0), method="bounded", options={"xatol": 1e-9}).x
+  fitted = calibration.fit_posthoc({"variance": variance}, energy, time)
+  assert fitted["variance_scale"][0] == pytest.approx(best, rel=1e-6)
+
+
+def test_apply_posthoc_along_the_exit_axis_and_under_jit():
+  scales = {"beta_scale": np.array([2.0, 0.5, 1.0]),
+            "alpha_excess_scale": np.array([1.0, 0.1, 3.0])}
+  alpha, beta = np.full((4, 3), 1.5), np.full((4, 3), 0.2)
+  fitted = calibration.apply_posthoc({"alpha": alpha, "beta": beta}, scales)
+  np.testing.assert_allclose(fitted["beta"][0], [0.4, 0.1, 0.2])
+  np.testing.assert_allclose(fitted["alpha"][0], [1.5, 1.05, 2.5])  # 1 + s (α − 1) > 1.
+  # The model's layout: [exits, batch, sources, blocks].
+  model = {"alpha": jnp.full((3, 2, 2, 1), 1.5), "beta": jnp.full((3, 2, 2, 1), 0.2)}
+  on_model = calibration.apply_posthoc(model, scales, exit_axis=0)
+  np.testing.assert_allclose(on_model["beta"][:, 1, 0, 0], [0.4, 0.1, 0.2], rtol=1e-6)
+  # One exit's scalars, as the stopping loop would apply them.
+  one_exit = jax.jit(lambda p: calibration.apply_posthoc(
+      p, {name: value[1] for name, value in scales.items()}))(
+          {"alpha": jnp.full((2, 2, 1), 1.5), "beta": jnp.full((2, 2, 1), 0.2)})
+  np.testing.assert_allclose(one_exit["alpha"], 1.05, rtol=1e-6)
+  np.testing.assert_allclose(one_exit["beta"], 0.1, rtol=1e-6)
+  gaussian = calibration.apply_posthoc({"variance": np.ones((2, 3))},
+                                       {"variance_scale": np.array([1.0, 2.0, 3.0])})
+  np.testing.assert_allclose(gaussian["variance"][1], [1.0, 2.0, 3.0])
+  with pytest.raises(ValueError):
+    calibration.apply_posthoc({"variance": np.ones(3)}, scales)
+
+
+def test_save_and_load_posthoc(tmp_path):
+  assert calibration.load_posthoc(tmp_path) is None
+  scales = {"beta_scale": np.array([3.0, 0.5]), "alpha_excess_scale": np.array([1.0, 1.2])}
+  path = calibration.save_posthoc(tmp_path, scales)
+  assert path == tmp_path / calibration.POSTHOC_FILE
+  loaded = calibration.load_posthoc(tmp_path)
+  assert set(loaded) == set(scales)
+  for name, value in scales.items():
+    np.testing.assert_array_equal(loaded[name], value)
+  with pytest.raises(ValueError):
+    calibration.save_posthoc(tmp_path, {"beta": np.ones(2)})
+
+
+# ----------------------------------------------------------------------------------
+# Guaranteed thresholds.
+
+
+def _reference_exit(probabilities, threshold):
+  """First exit with probability ≥ λ, else the last: an argmax, unlike `exit_taken`."""
+  reached = probabilities >= threshold
+  return np.where(reached[:, :-1].any(-1), np.argmax(reached[:, :-1], -1),
+                  probabilities.shape[1] - 1)
+
+
+def test_exit_taken():
+  p = np.array([[0.2, 0.9, 0.5], [0.95, 0.1, 0.1], [0.1, 0.2, 0.3]])
+  np.testing.assert_array_equal(calibration.exit_taken(p, 0.8), [1, 0, 2])
+  np.testing.assert_array_equal(calibration.exit_taken(p, [1.0, 0.5, 0.0]),
+                                [[2, 2, 2], [1, 0, 2], [0, 0, 0]])
+  rng = _rng(10)
+  p = rng.uniform(size=(500, 4))
+  for threshold in (0.3, 0.7, 0.99):
+    np.testing.assert_array_equal(calibration.exit_taken(p, threshold),
+                                  _reference_exit(p, threshold))
+
+
+GAMMA, DELTA, EPSILON = 10.0, 0.1, 0.1
+MEANS = np.array([8.0, 12.0, 20.0])  # Mean SNR at each exit (dB).
+
+
+def _exit_population(rng, n):
+  """Three exits; exit probabilities from a noisy estimate of each utterance's
+  difficulty. The last exit fails 1.3% of the time, the first 67%."""
+  difficulty = rng.standard_normal((n, 1))
+  realised = MEANS - 4 * difficulty + 2 * rng.standard_normal((n, 3))
+  guess = difficulty + 0.5 * rng.standard_normal((n, 1))
+  probabilities = scipy.stats.norm.cdf((MEANS - 4 * guess - GAMMA) / 3)
+  return probabilities, realised
+
+
+def test_guaranteed_threshold_p_values_are_exact_binomial_tails():
+  rng = _rng(11)
+  probabilities, realised = _exit_population(rng, 200)
+  candidates = np.linspace(0, 1, 21)
+  result = calibration.guaranteed_threshold(probabilities, realised, GAMMA, DELTA, EPSILON,
+                                            candidates)
+  np.testing.assert_allclose(result["candidates"], candidates[::-1])
+  for i, threshold in enumerate(result["candidates"]):
+    taken = _reference_exit(probabilities, threshold)
+    failures = int(np.sum(realised[np.arange(200), taken] < GAMMA))
+    assert result["risk"][i] == pytest.approx(failures / 200)
+    assert result["p_values"][i] == pytest.approx(
+        scipy.stats.binomtest(failures, 200, DELTA, alternative="less").pvalue, rel=1e-9)
+    assert result["mean_exit"][i] == pytest.approx(taken.mean())
+  # Fixed-sequence testing: certified up to the first p-value above ε.
+  first_failure = np.argmax(result["p_values"] > EPSILON)
+  assert first_failure > 0
+  assert result["certified"][:first_failure].all() and not result["certified"][first_failure:].any()
+  assert result["threshold"] == result["candidates"][first_failure - 1]
+
+
+def test_guaranteed_threshold_holds_over_calibration_splits():
+  rng = _rng(12)
+  probabilities, realised = _exit_population(rng, 40_000)
+  candidates = np.linspace(0, 1, 201)
+  # Ground truth: the failure rate of each candidate over the whole population, from
+  # which calibration sets are drawn with replacement (so it is their exact risk).
+  population = np.array([
+      np.mean(realised[np.arange(len(realised)), _reference_exit(probabilities, t)] < GAMMA)
+      for t in candidates])
+  assert population.max() > 3 * DELTA and population.min() < DELTA / 3  # The risk crosses δ.
+  splits, size = 300, 1000
+  violations = naive_violations = 0
+  thresholds = []
+  for _ in range(splits):
+    index = rng.integers(0, len(realised), size)
+    result = calibration.guaranteed_threshold(probabilities[index], realised[index], GAMMA,
+                                              DELTA, EPSILON, candidates)
+    if result["threshold"] is not None:
+      thresholds.append(result["threshold"])
+      violations += population[np.searchsorted(candidates, result["threshold"])] > DELTA
+    # Without the test: the last λ, scanning down, whose calibration risk is ≤ δ.
+    naive = np.logical_and.accumulate(result["risk"] <= DELTA)
+    naive_violations += population[::-1][naive][-1] > DELTA
+  slack = 3 * math.sqrt(EPSILON * (1 - EPSILON) / splits)
+  assert violations / splits <= EPSILON + slack
+  assert naive_violations / splits > 0.3  # The check above could see a violation.
+  # Not vacuous: (nearly) always certified, well below 1, near the δ-crossing.
+  assert len(thresholds) >= 0.95 * splits
+  assert np.median(thresholds) < 0.9
+  risk = population[np.searchsorted(candidates, thresholds)]
+  assert np.mean(risk) > DELTA / 2
+
+
+def test_guaranteed_threshold_certifies_nothing_when_the_last_exit_fails():
+  rng = _rng(13)
+  probabilities, realised = _exit_population(rng, 500)
+  result = calibration.guaranteed_threshold(probabilities, realised - 10, GAMMA, DELTA, EPSILON)
+  assert result["threshold"] is None and not result["certified"].any()
+  assert result["candidates"].size == 1001
+  with pytest.raises(ValueError):
+    calibration.guaranteed_threshold(probabilities[:, :1], realised[:, :1], GAMMA, DELTA,
+                                     EPSILON)
