@@ -1,0 +1,431 @@
+"""Evaluation on full-length utterances: metrics at every exit, simulated stopping policies.
+
+    rows, summary = evaluate_model(variables, model_config, source, max_utterances=100)
+    write_report("runs/demo/eval", rows, summary)   # or `eesep evaluate --checkpoint ...`
+
+One full-depth forward per utterance (the training path, which the stopping loop
+reproduces exactly, METHOD.md §7) gives every exit's estimates and variance parameters.
+From them come the metrics of every exit and its exit probabilities for a grid of
+targets; every stopping policy of `inference.separate` is then *simulated* from these
+per-exit numbers (stop at the first exit whose condition holds, else at the last), for
+every `(target_snr_db, confidence)` of the grid, without running the network again.
+
+Estimates are matched to references by the permutation that maximises their mean
+SI-SNR, per exit. Utterances are not padded to a few bucket lengths: the network is not
+length-local (bidirectional recurrences, variance heads pooled over the whole
+utterance, `P(ŝ)` a mean over it), so zero-padding changes the variance predictions;
+jit compiles once per distinct utterance length instead.
+"""
+
+import csv
+import functools
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from eesep_jax import data
+from eesep_jax import inference
+from eesep_jax import losses
+from eesep_jax import metrics
+from eesep_jax import models
+from eesep_jax import probabilistic
+
+TARGETS_DB = (5.0, 10.0, 15.0, 20.0)
+CONFIDENCES = (0.5, 0.7, 0.9)
+JSON_FILE = "evaluation.json"
+CSV_FILE = "per_utterance.csv"
+MARKDOWN_FILE = "evaluation.md"
+# Per-exit metrics: improvements come with each, over the mixture as the estimate.
+SIGNAL_METRICS = ("si_snr", "snr", "sdr")
+ENHANCEMENT_METRICS = {"pesq": metrics.pesq, "stoi": metrics.stoi}
+# The means the summary reports for every exit and policy, when present in the rows,
+# with their Markdown headers.
+SUMMARY_METRICS = {"si_snr": "SI-SNR", "si_snri": "SI-SNRi", "snr": "SNR", "snri": "SNRi",
+                   "sdr": "SDR", "sdri": "SDRi", "pesq": "PESQ", "stoi": "STOI"}
+
+
+def probability_column(target_snr_db):
+  """Name of the row field holding the exit probability for target `γ` dB."""
+  return f"probability_{target_snr_db:g}db"
+
+
+@functools.partial(jax.jit, static_argnames=("config", "conditions", "posthoc"))
+def _exit_outputs(variables, mixture, references, targets, reference_power, *, config,
+                  conditions, posthoc):
+  outputs = models.PressNet(config).apply(variables, mixture[None])
+  estimates = outputs["estimates"][:, 0]
+  variance = jax.tree.map(lambda p: p[:, 0], outputs["variance"])
+  if posthoc is not None:
+    variance = posthoc(variance)
+  probability = jax.vmap(
+      lambda target: probabilistic.exit_probability(
+          estimates, variance, target, conditions=conditions, mixture=mixture,
+          reference_power=reference_power, config=config.variance),
+      out_axes=-1)(targets)
+  expected = jnp.min(probabilistic.expected_snr_db(estimates, variance, config.variance),
+                     axis=-1)
+  # The oracle policy's test, on the network's own output order.
+  snr_min = inference._oracle_snr(references[None], estimates)
+
+  pairwise = metrics.si_snr(references[None, None], estimates[:, :, None])
+  best = jnp.argmin(losses.permutation_losses(-pairwise), axis=-1)
+  # Estimate `i` goes to reference `table[best, i]`; `order[j]` is reference `j`'s estimate.
+  order = jnp.argsort(losses.permutation_table(config.num_sources)[best], axis=-1)
+  estimates = jnp.take_along_axis(estimates, order[..., None], axis=1)
+  variance = jax.tree.map(lambda p: jnp.take_along_axis(p, order[..., None], axis=1), variance)
+  mixture_estimate = jnp.broadcast_to(mixture, references.shape)
+  return {
+      "estimates": estimates, "order": order, "variance": variance,
+      "si_snr": metrics.si_snr(references, estimates),
+      "snr": metrics.snr(references, estimates),
+      "si_snr_input": metrics.si_snr(references, mixture_estimate),
+      "snr_input": metrics.snr(references, mixture_estimate),
+      "snr_min": snr_min, "probability": probability, "expected_snr_db": expected,
+  }
+
+
+def exit_outputs(variables, config, mixture, references, *, targets=TARGETS_DB,
+                 conditions=("snr",), reference_power=None, posthoc=None):
+  """Every exit of one utterance, from one jit-compiled full-depth forward.
+
+  Args:
+    variables: the model variables.
+    config: the model's `models.PressNetConfig`.
+    mixture: `[time]`.
+    references: `[sources, time]` clean sources.
+    targets: target SNRs `γ` in dB to compute exit probabilities for.
+    conditions, reference_power: as in `probabilistic.exit_probability`.
+    posthoc: optional post-hoc calibration, a jax function applied to the variance
+      parameters `{name: [exits, sources, blocks]}` before any probability is computed,
+      e.g. per-exit scales fitted on validation data: `functools.partial(
+      calibration.apply_posthoc, scales=..., exit_axis=0)`. It is a static jit
+      argument, so hashable: a top-level function or a `functools.partial` of one.
+
+  Returns:
+    A dict of jax arrays, sources in reference order (the per-exit best SI-SNR
+    permutation): `estimates` `[exits, sources, time]`; `order` `[exits, sources]`,
+    the network output that went to each reference; `variance`
+    `{name: [exits, sources, blocks]}`; `si_snr`, `snr` `[exits, sources]`;
+    `si_snr_input`, `snr_input` `[sources]` (the mixture as the estimate); `snr_min`
+    `[exits]`, the worst source's SNR under its best permutation (what the oracle
+    policy and "reached the target" test); `probability` `[exits, targets]`, the exit
+    probability; `expected_snr_db` `[exits]`, the worst source's expected SNR.
+  """
+  return _exit_outputs(
+      variables, jnp.asarray(mixture, jnp.float32), jnp.asarray(references, jnp.float32),
+      jnp.asarray(targets, jnp.float32), reference_power, config=config,
+      conditions=tuple(conditions), posthoc=posthoc)
+
+
+def _enhancement_scores(references, estimates, sample_rate):
+  """`({name: [exits]}, [exits])`: PESQ and STOI, means over sources, and the problems
+  met at each exit. A source that cannot be scored makes its exit's score NaN."""
+  scores = {name: np.zeros(estimates.shape[0]) for name in ENHANCEMENT_METRICS}
+  problems = [[] for _ in estimates]
+  for k, exit_estimates in enumerate(estimates):
+    for name, metric in ENHANCEMENT_METRICS.items():
+      results = [metric(reference, estimate, sample_rate)
+                 for reference, estimate in zip(references, exit_estimates)]
+      scores[name][k] = np.mean([score for score, _ in results])
+      problems[k] += [f"s{c + 1}: {problem}" for c, (_, problem) in enumerate(results)
+                      if problem]
+  return scores, ["; ".join(exit_problems) for exit_problems in problems]
+
+
+def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=TARGETS_DB,
+              enhancement_metrics=False):
+  """One row per exit of one utterance: the fields of `per_utterance.csv`.
+
+  Args:
+    example_id: the utterance's id.
+    outputs: `exit_outputs(...)` for this utterance.
+    mixture: `[time]`.
+    references: `[sources, time]`.
+    sample_rate: in Hz, for PESQ and STOI.
+    targets: the targets `outputs` was computed for.
+    enhancement_metrics: also compute PESQ and STOI (per source, then averaged).
+
+  Returns:
+    A list of dicts, one per exit: `id`, `exit` (1-based), `si_snr`, `si_snri`, `snr`,
+    `snri`, `sdr`, `sdri` (dB, means over sources), with `enhancement_metrics` `pesq`,
+    `stoi` and `problems` (why a score is NaN, else ""), then `snr_min`,
+    `probability_{γ}db` per target, `expected_snr_db`, and `{name}_s{c}`, the variance
+    parameter `name` (`alpha`, `beta`, `variance`, ...) of source `c` (a float, or a
+    list over the variance blocks).
+  """
+  outputs = jax.device_get(outputs)
+  references = np.asarray(references)
+  estimates = np.asarray(outputs["estimates"])
+  values = {name: outputs[name] for name in ("si_snr", "snr")}
+  baselines = {name: outputs[f"{name}_input"] for name in ("si_snr", "snr")}
+  values["sdr"] = metrics.sdr(references, estimates)
+  baselines["sdr"] = metrics.sdr(references, np.broadcast_to(mixture, references.shape))
+  if enhancement_metrics:
+    scores, problems = _enhancement_scores(references, estimates, sample_rate)
+  rows = []
+  for k in range(estimates.shape[0]):
+    row = {"id": example_id, "exit": k + 1}
+    for name in SIGNAL_METRICS:
+      row[name] = float(np.mean(values[name][k]))
+      row[f"{name}i"] = float(np.mean(values[name][k] - baselines[name]))
+    if enhancement_metrics:
+      row.update({name: float(scores[name][k]) for name in ENHANCEMENT_METRICS})
+      row["problems"] = problems[k]
+    row["snr_min"] = float(outputs["snr_min"][k])
+    for target, probability in zip(targets, outputs["probability"][k]):
+      row[probability_column(target)] = float(probability)
+    row["expected_snr_db"] = float(outputs["expected_snr_db"][k])
+    for name, params in sorted(outputs["variance"].items()):
+      for c, blocks in enumerate(params[k]):
+        row[f"{name}_s{c + 1}"] = float(blocks[0]) if blocks.size == 1 else blocks.tolist()
+    rows.append(row)
+  return rows
+
+
+def exit_table(rows):
+  """`(ids, table)`: `table[field]` `[utterances, exits]` for every numeric row field.
+
+  Rows are grouped by `id` in order of first appearance and sorted by `exit`.
+  """
+  by_id = {}
+  for row in rows:
+    by_id.setdefault(row["id"], []).append(row)
+  utterances = [sorted(group, key=lambda row: row["exit"]) for group in by_id.values()]
+  fields = [name for name, value in rows[0].items()
+            if isinstance(value, (int, float)) and name != "exit"]
+  table = {name: np.array([[row[name] for row in group] for group in utterances], np.float64)
+           for name in fields}
+  return list(by_id), table
+
+
+def first_exit(accept):
+  """1-based index of the first accepting exit, the last exit if none accepts.
+
+  `[..., exits]` bool -> `[...]` int.
+  """
+  accept = np.asarray(accept).copy()
+  accept[..., -1] = True
+  return np.argmax(accept, axis=-1) + 1
+
+
+def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_index=None):
+  """The exit every utterance stops at under `policy`, simulated from per-exit values.
+
+  The same rules as `inference.separate`: `"probabilistic"` stops at the first exit
+  with `P ≥ confidence` (`table` must hold `probability_column(target_snr_db)`),
+  `"expected-snr"` at the first whose worst expected SNR reaches `target_snr_db`,
+  `"oracle"` at the first whose worst true SNR does, `"fixed"` at `exit_index`.
+
+  Args:
+    table: `exit_table(rows)[1]`, fields `[utterances, exits]`.
+    policy: one of `inference.POLICIES`.
+    target_snr_db: `γ` in dB (all but `"fixed"`).
+    confidence: `p` (`"probabilistic"`).
+    exit_index: 1-based exit (`"fixed"`).
+
+  Returns:
+    `[utterances]` 1-based exit indices.
+  """
+  if policy == "probabilistic":
+    return first_exit(table[probability_column(target_snr_db)] >= confidence)
+  if policy == "expected-snr":
+    return first_exit(table["expected_snr_db"] >= target_snr_db)
+  if policy == "oracle":
+    return first_exit(table["snr_min"] >= target_snr_db)
+  if policy == "fixed":
+    return np.full(table["snr_min"].shape[0], exit_index)
+  raise ValueError(f"policy={policy!r} is not one of {inference.POLICIES}")
+
+
+def _policy_settings(policy, targets, confidences, num_exits):
+  """The `(target_snr_db, confidence, exit_index)` grid points a policy is run at."""
+  if policy == "probabilistic":
+    return [(t, p, None) for t in targets for p in confidences]
+  if policy == "fixed":
+    return [(t, None, k) for k in range(1, num_exits + 1) for t in targets]
+  return [(t, None, None) for t in targets]
+
+
+def _mean(values):
+  """Mean over the finite values (None if there are none): metrics can be undefined."""
+  finite = np.asarray(values)[np.isfinite(values)]
+  return float(finite.mean()) if finite.size else None
+
+
+def summarize(rows, *, gmacs_per_second, targets=TARGETS_DB, confidences=CONFIDENCES,
+              policies=inference.POLICIES):
+  """Per-exit means and the simulated policies over the grid, from `exit_rows` rows.
+
+  Args:
+    rows: every utterance's `exit_rows`.
+    gmacs_per_second: `[exits]` compute to reach each exit (`models.gmacs_by_exit`).
+    targets: target SNRs `γ` in dB (each must have its probability column).
+    confidences: confidence levels `p` of the probabilistic policy.
+    policies: which of `inference.POLICIES` to simulate.
+
+  Returns:
+    A JSON-ready dict: `num_utterances`; `per_exit`, per exit its `gmacs_per_second`
+    and the means of the metrics (over the utterances where they are defined) and of
+    the exit probabilities; `policies`, per policy and grid point its `mean_exit`,
+    `exit_histogram` (utterances per exit), mean `gmacs_per_second`, the metric means
+    at the exits taken, and `reached_target`, the share of utterances whose worst
+    source's SNR reaches `target_snr_db` there; `failures`, per enhancement metric the
+    rows where it could not be computed, and `problems`, those rows' `(id, exit,
+    problem)`.
+  """
+  ids, table = exit_table(rows)
+  num_exits = table["snr_min"].shape[1]
+  gmacs = np.asarray(gmacs_per_second, np.float64)
+  present = [name for name in SUMMARY_METRICS if name in table]
+  per_exit = [
+      {"exit": k + 1, "gmacs_per_second": float(gmacs[k]),
+       **{name: _mean(table[name][:, k])
+          for name in present + [probability_column(t) for t in targets]}}
+      for k in range(num_exits)]
+  results = []
+  rows_index = np.arange(len(ids))
+  for policy in policies:
+    for target, confidence, exit_index in _policy_settings(policy, targets, confidences,
+                                                           num_exits):
+      exits = policy_exits(table, policy, target_snr_db=target, confidence=confidence,
+                           exit_index=exit_index)
+      taken = {name: values[rows_index, exits - 1] for name, values in table.items()}
+      results.append({
+          "policy": policy, "target_snr_db": target, "confidence": confidence,
+          "exit_index": exit_index, "mean_exit": float(exits.mean()),
+          "exit_histogram": np.bincount(exits - 1, minlength=num_exits).tolist(),
+          "gmacs_per_second": float(gmacs[exits - 1].mean()),
+          **{name: _mean(taken[name]) for name in present},
+          "reached_target": float(np.mean(taken["snr_min"] >= target)),
+      })
+  problems = [{"id": row["id"], "exit": row["exit"], "problem": row["problems"]}
+              for row in rows if row.get("problems")]
+  return {
+      "num_utterances": len(ids), "num_exits": num_exits, "targets_db": list(targets),
+      "confidences": list(confidences), "per_exit": per_exit, "policies": results,
+      "failures": {name: int(np.sum(~np.isfinite(table[name])))
+                   for name in ENHANCEMENT_METRICS if name in table},
+      "problems": problems,
+  }
+
+
+def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
+                   confidences=CONFIDENCES, policies=inference.POLICIES,
+                   conditions=("snr",), reference_power=None, max_utterances=None,
+                   enhancement_metrics=None, posthoc=None, progress=True):
+  """Evaluates a model on full-length utterances: every exit, every simulated policy.
+
+  Args:
+    variables: the model variables.
+    model_config: its `models.PressNetConfig`.
+    source: random-access examples `{"mixture": [time], "sources": [sources, time],
+      "id"}` at the model's rate, e.g. `data.open_dataset(...)`.
+    targets: target SNRs `γ` in dB of the grid.
+    confidences: confidence levels `p` of the grid.
+    policies: which of `inference.POLICIES` to simulate.
+    conditions, reference_power: the exit conditions, as in `inference.separate`.
+    max_utterances: evaluate this many utterances, evenly spread (None: all).
+    enhancement_metrics: compute PESQ and STOI; None: only for one-source models.
+    posthoc: optional post-hoc calibration of the variance parameters, see
+      `exit_outputs`.
+    progress: show a progress bar over the utterances.
+
+  Returns:
+    `(rows, summary)`: `exit_rows` of every utterance and `summarize(rows, ...)`, with
+    the model's `gmacs_per_second_by_exit`, `sample_rate` and `conditions` added.
+  """
+  if enhancement_metrics is None:
+    enhancement_metrics = model_config.num_sources == 1
+  targets = tuple(float(t) for t in targets)
+  batches = data.evaluation_batches(source, max_examples=max_utterances)
+  total = min(max_utterances or len(source), len(source))
+  rows = []
+  for batch in tqdm.tqdm(batches, total=total, desc="evaluate", unit="utt",
+                         disable=not progress):
+    mixture, references = batch["mixture"][0], batch["sources"][0]
+    outputs = exit_outputs(variables, model_config, mixture, references, targets=targets,
+                           conditions=conditions, reference_power=reference_power,
+                           posthoc=posthoc)
+    rows += exit_rows(str(batch["id"][0]), outputs, mixture, references,
+                      sample_rate=model_config.sample_rate, targets=targets,
+                      enhancement_metrics=enhancement_metrics)
+  gmacs = models.gmacs_by_exit(model_config)
+  summary = summarize(rows, gmacs_per_second=gmacs, targets=targets,
+                      confidences=confidences, policies=policies)
+  return rows, {"sample_rate": model_config.sample_rate, "conditions": list(conditions),
+                "gmacs_per_second_by_exit": gmacs, **summary}
+
+
+def _csv_value(value):
+  if isinstance(value, float):
+    return f"{value:.6g}"
+  if isinstance(value, list):
+    return ";".join(f"{v:.6g}" for v in value)
+  return value
+
+
+def _json_ready(value):
+  """NaN and infinities as None: JSON has no such numbers."""
+  if isinstance(value, dict):
+    return {key: _json_ready(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_ready(item) for item in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _number(value, digits=2):
+  return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_report(summary):
+  """The summary as Markdown: a table of exits and one of the simulated policies."""
+  names = [name for name in SUMMARY_METRICS if name in summary["per_exit"][0]]
+  lines = [f"# Evaluation: {summary['num_utterances']} utterances, "
+           f"{summary['num_exits']} exits", "",
+           "## Every exit (means over utterances; in dB, except PESQ and STOI)", "",
+           "| exit | GMAC/s | " + " | ".join(SUMMARY_METRICS[name] for name in names) + " |",
+           "|---" * (len(names) + 2) + "|"]
+  for entry in summary["per_exit"]:
+    lines.append(f"| {entry['exit']} | {entry['gmacs_per_second']:.3f} | "
+                 + " | ".join(_number(entry[name]) for name in names) + " |")
+  lines += ["", "## Stopping policies (simulated from every exit's outputs)", "",
+            "`p / exit`: the confidence of the probabilistic policy, the exit of the fixed "
+            "one. `exits`: utterances stopping at exit 1, 2, ... `reached`: share of "
+            "utterances whose worst source's SNR reaches γ.", "",
+            "| policy | γ (dB) | p / exit | mean exit | exits | GMAC/s | SI-SNRi (dB) | reached |",
+            "|---|---|---|---|---|---|---|---|"]
+  for entry in summary["policies"]:
+    setting = entry["confidence"] if entry["exit_index"] is None else entry["exit_index"]
+    lines.append(
+        f"| {entry['policy']} | {entry['target_snr_db']:g} | "
+        f"{'–' if setting is None else f'{setting:g}'} | {entry['mean_exit']:.2f} | "
+        f"{'/'.join(map(str, entry['exit_histogram']))} | {entry['gmacs_per_second']:.3f} | "
+        f"{_number(entry['si_snri'])} | {entry['reached_target']:.0%} |")
+  for name, count in summary["failures"].items():
+    if count:
+      lines += ["", f"{SUMMARY_METRICS[name]} could not be computed for {count} "
+                    f"utterance-exits (see `problems` in {JSON_FILE})."]
+  return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir, rows, summary):
+  """Writes `evaluation.json` (the summary), `per_utterance.csv` (the rows) and
+  `evaluation.md` (`markdown_report`) to `out_dir`; returns their paths by kind."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {"json": out_dir / JSON_FILE, "csv": out_dir / CSV_FILE,
+           "markdown": out_dir / MARKDOWN_FILE}
+  paths["json"].write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False))
+  with paths["csv"].open("w", newline="") as file:
+    writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({name: _csv_value(value) for name, value in row.items()} for row in rows)
+  paths["markdown"].write_text(markdown_report(summary))
+  return paths

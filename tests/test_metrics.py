@@ -1,0 +1,125 @@
+"""Evaluation metrics against their definitions and reference libraries.
+
+SI-SNR against fast_bss_eval and SNR against numpy are in test_losses.py; here SI-SNR
+is checked against Asteroid's formula and for its mean removal, and the SDR, PESQ and
+STOI wrappers against their libraries and on signals where they must fail softly.
+"""
+
+import fast_bss_eval
+import numpy as np
+import pytest
+
+from eesep_jax import metrics
+
+RATE = 8000
+
+
+def _speech_like(seed, seconds=1.0, rate=RATE):
+  """A voiced, syllable-rate modulated harmonic tone with a little noise: enough speech
+  for PESQ's voice activity detector and STOI's silent-frame removal."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(round(seconds * rate)) / rate
+  voiced = sum(np.sin(2 * np.pi * 140 * h * t) / h for h in range(1, 8))
+  envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))
+  return 0.2 * envelope * voiced + 1e-3 * rng.standard_normal(t.size)
+
+
+def _asteroid_si_sdr(reference, estimate):
+  """Asteroid's `SingleSrcPITLossWrapper(PairwiseNegSDR("sisdr"))` in numpy float64:
+  zero-mean both, project the estimate on the reference, ratio of energies."""
+  reference = reference - reference.mean(axis=-1, keepdims=True)
+  estimate = estimate - estimate.mean(axis=-1, keepdims=True)
+  scale = (np.sum(estimate * reference, axis=-1, keepdims=True)
+           / np.sum(reference ** 2, axis=-1, keepdims=True))
+  target = scale * reference
+  return 10 * np.log10(np.sum(target ** 2, axis=-1) / np.sum((estimate - target) ** 2, axis=-1))
+
+
+def test_si_snr_matches_asteroid():
+  rng = np.random.default_rng(0)
+  reference = rng.standard_normal((3, 2, 800)) + 0.5
+  estimate = 0.8 * reference + 0.4 * rng.standard_normal((3, 2, 800)) - 0.2
+  np.testing.assert_allclose(metrics.si_snr(reference.astype(np.float32),
+                                            estimate.astype(np.float32)),
+                             _asteroid_si_sdr(reference, estimate), atol=1e-3)
+
+
+def test_si_snr_removes_the_mean_and_ignores_scale():
+  rng = np.random.default_rng(1)
+  reference = rng.standard_normal((2, 800))
+  estimate = reference + 0.5 * rng.standard_normal((2, 800))
+  base = metrics.si_snr(reference, estimate)
+  shifted = metrics.si_snr(reference + 1.0, 3.0 * estimate - 2.0)
+  np.testing.assert_allclose(shifted, base, atol=1e-3)
+  # fast_bss_eval keeps the mean unless told otherwise: its default is another metric.
+  keeps_mean = fast_bss_eval.numpy.si_sdr(reference[:, None] + 1.0, 3.0 * estimate[:, None] - 2.0)
+  assert np.all(np.abs(keeps_mean[:, 0] - base) > 1.0)
+  removes_mean = fast_bss_eval.numpy.si_sdr(reference[:, None] + 1.0,
+                                            3.0 * estimate[:, None] - 2.0, zero_mean=True)
+  np.testing.assert_allclose(removes_mean[:, 0], base, atol=1e-3)
+
+
+def test_sdr_matches_fast_bss_eval_with_its_permutation_search():
+  rng = np.random.default_rng(2)
+  references = rng.standard_normal((3, 2, 4000))
+  estimates = references + 0.5 * rng.standard_normal((3, 2, 4000)) + 0.2 * references[:, ::-1]
+  expected, permutation = fast_bss_eval.numpy.sdr(references, estimates, return_perm=True)
+  np.testing.assert_array_equal(permutation, [[0, 1]] * 3)
+  np.testing.assert_allclose(metrics.sdr(references, estimates), expected, rtol=1e-10)
+  # Broadcast a mixture against its sources, as improvements do.
+  mixture = references.sum(axis=1, keepdims=True)
+  assert metrics.sdr(references, mixture).shape == (3, 2)
+
+
+def test_sdr_forgives_a_short_filter_but_not_noise():
+  signal = _speech_like(3)
+  noisy = signal + 0.05 * np.random.default_rng(3).standard_normal(signal.size)
+  assert metrics.sdr(signal, signal) > 100
+  filtered = np.convolve(signal, [1.0, 0.5, -0.2])[:signal.size]  # Within 512 taps.
+  assert 30 < metrics.sdr(signal, filtered) < np.inf
+  assert metrics.sdr(signal, noisy) < 20
+
+
+def test_sdr_is_nan_where_undefined(monkeypatch):
+  signal = _speech_like(4)
+  assert np.isnan(metrics.sdr(np.zeros_like(signal), signal))
+  # A singular filter system (seen on pure tones) fails the library's whole batch:
+  # only the signal that causes it may lose its score.
+  sdr_loss = fast_bss_eval.numpy.sdr_loss
+
+  def singular_on_constants(estimate, reference, **kwargs):
+    if np.any(np.ptp(reference, axis=-1) == 0):
+      raise np.linalg.LinAlgError("Singular matrix")
+    return sdr_loss(estimate, reference, **kwargs)
+
+  monkeypatch.setattr(fast_bss_eval.numpy, "sdr_loss", singular_on_constants)
+  references = np.stack([signal, np.ones_like(signal)])
+  scores = metrics.sdr(references, references + 0.01)
+  assert np.isfinite(scores[0]) and np.isnan(scores[1])
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_pesq_and_stoi_rank_a_cleaner_estimate_higher(rate):
+  clean = _speech_like(5, rate=rate)
+  noise = np.random.default_rng(5).standard_normal(clean.size)
+  (pesq_clean, stoi_clean), (pesq_noisy, stoi_noisy) = (
+      (metrics.pesq(clean, clean + level * noise, rate),
+       metrics.stoi(clean, clean + level * noise, rate)) for level in (0.01, 0.1))
+  assert pesq_clean[1] is None and stoi_clean[1] is None
+  assert 1.0 <= pesq_noisy[0] < pesq_clean[0] <= 4.65
+  assert 0.0 <= stoi_noisy[0] < stoi_clean[0] <= 1.0
+
+
+def test_pesq_and_stoi_report_what_they_cannot_score():
+  silence = np.zeros(RATE)
+  score, problem = metrics.pesq(silence, silence, RATE)
+  assert np.isnan(score) and "No utterances" in problem
+  score, problem = metrics.pesq(_speech_like(6), silence, RATE)
+  assert np.isnan(score) and problem.startswith("PESQ")
+  score, problem = metrics.pesq(_speech_like(6, seconds=0.1), _speech_like(7, seconds=0.1), RATE)
+  assert np.isnan(score) and "1/4 of a second" in problem
+  score, problem = metrics.pesq(_speech_like(6), _speech_like(7), 44100)
+  assert np.isnan(score) and "44100 Hz" in problem
+  score, problem = metrics.stoi(_speech_like(6, seconds=0.05), _speech_like(7, seconds=0.05),
+                                RATE)
+  assert np.isnan(score) and "STOI" in problem
