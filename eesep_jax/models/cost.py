@@ -24,7 +24,10 @@ def count_params(config):
 
 
 def _flops(function, *args):
-  return jax.jit(function).lower(*args).cost_analysis()["flops"]
+  # Lowered for the CPU whatever the default backend: the count is then the same on
+  # every machine, and some GPU plugins return no cost analysis at all.
+  lowered = jax.jit(function).trace(*args).lower(lowering_platforms=("cpu",))
+  return lowered.cost_analysis()["flops"]
 
 
 def gmacs_by_exit(config, num_samples=None):
