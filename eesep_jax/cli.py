@@ -2,8 +2,13 @@
 
 import argparse
 import json
+import math
 import sys
 import textwrap
+import warnings
+
+_SEPARATE_EXAMPLE = ("eesep separate meeting.wav mixtures/ --checkpoint runs/demo "
+                     "--out-dir separated --target-snr 15 --confidence 0.9")
 
 
 def _add_command(subparsers, name, handler, help_text, example):
@@ -35,11 +40,142 @@ def info(args):
           f"{config.sample_rate // 1000} kHz audio")
 
 
+def train_command(args):
+  """Trains an experiment config; `--config.KEY=VALUE` flags override its fields."""
+  from eesep_jax import config_lib
+  from eesep_jax import train
+
+  if args.distributed or args.coordinator:
+    train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  config = config_lib.load_config(args.config, args.overrides)
+  train.train_and_evaluate(config, args.workdir)
+
+
+def _numbers(text):
+  """`"5,10,15"` -> `(5.0, 10.0, 15.0)`: the type of list-valued flags."""
+  try:
+    return tuple(float(item) for item in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def evaluate_command(args):
+  """Evaluates a checkpoint on full-length utterances (see `eesep_jax.evaluate`)."""
+  import ml_collections
+
+  from eesep_jax import data
+  from eesep_jax import evaluate
+  from eesep_jax import train
+
+  config = train.read_config(args.checkpoint)
+  model_config, variables = train.restore_params(args.checkpoint)
+  if args.dataset or args.data_root:
+    # Another corpus: no demo synthesis there, nor, for another kind, the training
+    # corpus's reader options.
+    if args.dataset not in (None, config.data.kind):
+      config.data.options = ml_collections.ConfigDict()
+    config.data.update(kind=args.dataset or config.data.kind,
+                       root=args.data_root or config.data.root, synthesize_if_missing=False)
+  source = data.open_split(config, args.split or config.data.test_split)
+  grid = {name: getattr(args, name) for name in ("targets", "confidences")
+          if getattr(args, name) is not None}
+  rows, summary = evaluate.evaluate_model(
+      variables, model_config, source, max_utterances=args.max_utterances,
+      enhancement_metrics=args.enhancement_metrics, **grid)
+  summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source), **summary}
+  paths = evaluate.write_report(args.out, rows, summary)
+  print(paths["markdown"].read_text())
+  print("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
 def demo(args):
   """Runs the quickstart job (see `eesep_jax.demo`)."""
   from eesep_jax import demo as demo_job
 
   demo_job.main(workdir=args.workdir)
+
+
+def _positive_int(text):
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+  return int(text)
+
+
+def _exit_index(text):
+  """`--exit-index`: a 1-based exit, or "last"."""
+  return text if text == "last" else _positive_int(text)
+
+
+def _describe(result, target_snr_db, num_exits):
+  """One line: where a separated file stopped, how sure it was, and what it cost."""
+  exits = result.exits
+  chunks = exits.exit_index.size
+  exit_note, probability_note = (
+      (f" (mean of {chunks} chunks)", " (lowest chunk)") if chunks > 1 else ("", ""))
+  # Rounded to an int, so that sums differing in their last bit do not print "-0%".
+  saved = round(100 * (1.0 - exits.total_gmacs / exits.full_depth_gmacs))
+  line = (f"{result.path}: exit {round(exits.mean_exit, 1):g} of {num_exits}{exit_note}, "
+          f"P(SNR >= {target_snr_db:g} dB) = {exits.min_probability:.2f}{probability_note}, "
+          f"{exits.total_gmacs:.3g} of {exits.full_depth_gmacs:.3g} GMAC, {saved}% saved")
+  if result.gain < 1.0:
+    line += f", scaled by {20 * math.log10(result.gain):.1f} dB so as not to clip"
+  return f"{line} -> {', '.join(result.outputs)}"
+
+
+def _chunking(args, config):
+  """`separate_long`'s chunking keywords: the flags given, else `inference`'s defaults."""
+  from eesep_jax import inference
+
+  defaults = {"chunk_seconds": inference.CHUNK_SECONDS,
+              "overlap_seconds": inference.OVERLAP_SECONDS,
+              "chunk_batch": inference.CHUNK_BATCH}
+  chunking = {name: default if getattr(args, name) is None else getattr(args, name)
+              for name, default in defaults.items()}
+  try:
+    inference.chunk_lengths(config, chunking["chunk_seconds"], chunking["overlap_seconds"])
+  except ValueError as error:
+    args.usage_error(str(error))
+  return chunking
+
+
+def separate_command(args):
+  """Separates audio files with a trained model; exit code 1 if any file failed."""
+  import tqdm
+
+  from eesep_jax import separate_files
+  from eesep_jax import train
+
+  if args.exit_index is not None and args.policy not in (None, "fixed"):
+    args.usage_error(f"--exit-index fixes the depth: it cannot go with --policy {args.policy}")
+  if args.policy == "fixed" and args.exit_index is None:
+    args.usage_error("--policy fixed needs --exit-index")
+  try:
+    config, variables = train.restore_params(args.checkpoint)
+  except FileNotFoundError as error:
+    args.usage_error(f"--checkpoint {args.checkpoint}: {error}")
+  exit_index = config.num_exits if args.exit_index == "last" else args.exit_index
+  if exit_index is not None and exit_index > config.num_exits:
+    args.usage_error(f"--exit-index {exit_index}: the model has {config.num_exits} exits")
+
+  def report(result):
+    if result.error:
+      tqdm.tqdm.write(f"error: {result.error}", file=sys.stderr)
+    elif not args.quiet:
+      tqdm.tqdm.write(_describe(result, args.target_snr, config.num_exits))
+
+  def show_warning(message, *unused_args, **unused_kwargs):
+    tqdm.tqdm.write(f"warning: {message}", file=sys.stderr)
+
+  with warnings.catch_warnings():
+    # One line per warning (a downmixed file), between the progress bar's redraws.
+    warnings.showwarning = show_warning
+    results = separate_files.separate_files(
+        args.inputs, variables=variables, config=config, out_dir=args.out_dir,
+        report=report, progress=not args.quiet,
+        policy="fixed" if exit_index else (args.policy or "probabilistic"),
+        target_snr_db=args.target_snr, confidence=args.confidence, exit_index=exit_index,
+        **_chunking(args, config))
+  return int(any(result.error for result in results))
 
 
 def build_parser():
@@ -61,13 +197,114 @@ def build_parser():
       "eesep demo --workdir runs/demo")
   parser_demo.add_argument("--workdir", default="runs/demo", help="where outputs go")
 
+  parser_train = _add_command(
+      subparsers, "train", train_command,
+      "Train (or resume) an experiment; dotted --config.KEY=VALUE flags override the config.",
+      "eesep train --config experiments/configs/demo.py --workdir runs/demo --config.steps=200")
+  parser_train.add_argument("--config", required=True, help="an experiment config file")
+  parser_train.add_argument("--workdir", required=True,
+                            help="checkpoints, config and logs (local path or gs://)")
+  parser_train.add_argument("--distributed", action="store_true",
+                            help="join a multi-host job, discovering it (Cloud TPU pods)")
+  parser_train.add_argument("--coordinator", help="host:port of process 0 (multi-process)")
+  parser_train.add_argument("--num-processes", type=int, help="processes in the job")
+  parser_train.add_argument("--process-id", type=int, help="this process's index")
+
+  parser_separate = _add_command(
+      subparsers, "separate", separate_command,
+      "Separate audio files with a trained model into OUT/<stem>_s1.wav, _s2.wav, ...; "
+      "print each file's exit, its probability and the compute it spent.",
+      _SEPARATE_EXAMPLE)
+  # Checks that involve several flags, or the model, report like argparse's own.
+  parser_separate.set_defaults(usage_error=parser_separate.error)
+  parser_separate.add_argument("inputs", nargs="+", metavar="INPUT",
+                               help="audio files, or folders of them")
+  parser_separate.add_argument("--checkpoint", required=True,
+                               help="a training workdir, e.g. runs/demo")
+  parser_separate.add_argument("--out-dir", required=True, help="where the outputs go")
+  parser_separate.add_argument(
+      "--target-snr", type=float, default=15.0,
+      help="the target SNR in dB an exit must reach (default: 15); with --exit-index, "
+           "the target of the reported probability")
+  depth = parser_separate.add_mutually_exclusive_group()
+  depth.add_argument("--confidence", type=float, default=0.9,
+                     help="the probability P(SNR >= target) the probabilistic policy "
+                          "requires (default: 0.9)")
+  depth.add_argument("--exit-index", type=_exit_index, metavar="N|last",
+                     help="stop every chunk at this 1-based exit instead")
+  parser_separate.add_argument(
+      "--policy", choices=("probabilistic", "expected-snr", "fixed"),
+      help="when to stop (default: fixed with --exit-index, else probabilistic)")
+  parser_separate.add_argument(
+      "--chunk-seconds", type=float,
+      help="long files are separated in chunks this long (default: 4, the training "
+           "segments' length)")
+  parser_separate.add_argument(
+      "--overlap-seconds", type=float,
+      help="consecutive chunks overlap and cross-fade this long; at most half a chunk "
+           "(default: 0.5)")
+  parser_separate.add_argument(
+      "--chunk-batch", type=_positive_int,
+      help="chunks separated at once: more is faster on an accelerator and needs more "
+           "memory (default: 8)")
+  parser_separate.add_argument("--quiet", action="store_true",
+                               help="print errors only: no progress bar, no per-file line")
+
+  parser_evaluate = _add_command(
+      subparsers, "evaluate", evaluate_command,
+      "Evaluate a checkpoint on full-length utterances: metrics at every exit, and every "
+      "stopping policy over a grid of targets and confidences.",
+      "eesep evaluate --checkpoint runs/demo --out runs/demo/evaluation --max-utterances 50")
+  parser_evaluate.add_argument("--checkpoint", required=True, help="a training workdir")
+  parser_evaluate.add_argument(
+      "--out", required=True,
+      help="folder for evaluation.json, per_utterance.csv and evaluation.md")
+  parser_evaluate.add_argument(
+      "--dataset", help="an open_dataset kind, e.g. wsj0-mix (default: the training data's)")
+  parser_evaluate.add_argument("--data-root", help="the dataset's folder (default: the "
+                                                   "training data's)")
+  parser_evaluate.add_argument("--split", help="default: the training config's test split")
+  parser_evaluate.add_argument("--max-utterances", type=_positive_int,
+                               help="evaluate this many, evenly spread (default: all)")
+  parser_evaluate.add_argument("--targets", type=_numbers,
+                               help="target SNRs in dB (default: 5,10,15,20)")
+  parser_evaluate.add_argument("--confidences", type=_numbers,
+                               help="confidence levels (default: 0.5,0.7,0.9)")
+  parser_evaluate.add_argument(
+      "--enhancement-metrics", action=argparse.BooleanOptionalAction,
+      help="also PESQ and STOI (default: for one-source models only)")
+
   from eesep_jax.data import cli as data_cli
   data_cli.add_data_commands(subparsers)
   return parser
 
 
+CONFIG_OVERRIDE = "--config."
+
+
+def _split_overrides(argv):
+  """Separates `--config.KEY=VALUE` (or `--config.KEY VALUE`) flags from the others."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  rest, overrides = [], []
+  while argv:
+    arg = argv.pop(0)
+    if not arg.startswith(CONFIG_OVERRIDE):
+      rest.append(arg)
+    elif "=" in arg:
+      overrides.append(arg[len(CONFIG_OVERRIDE):])
+    elif argv:
+      overrides.append(f"{arg[len(CONFIG_OVERRIDE):]}={argv.pop(0)}")
+    else:
+      raise SystemExit(f"eesep: {arg} needs a value")
+  return rest, overrides
+
+
 def main(argv=None):
+  argv, overrides = _split_overrides(argv)
   args = build_parser().parse_args(argv)
+  if overrides and args.command != "train":
+    raise SystemExit(f"eesep {args.command}: --config.* overrides only apply to `train`")
+  args.overrides = overrides
   return args.handler(args)
 
 

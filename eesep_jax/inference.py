@@ -8,13 +8,18 @@ Stage `k`'s parameters are sliced out of the same stacked tree that training use
 Compute is accounted from XLA's cost analysis of the encoder and of one stage (see
 `models.gmacs_by_exit`), summed along the path each example actually took: the
 loop body is counted once by XLA, so a cost analysis of the whole loop would be wrong.
+
+`separate_long` runs the loop on a signal of any length, in overlapping chunks of one
+shape that are matched and cross-faded back together.
 """
 
+import dataclasses
 import functools
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eesep_jax import losses
 from eesep_jax import metrics
@@ -23,6 +28,12 @@ from eesep_jax import probabilistic
 
 POLICIES = ("probabilistic", "expected-snr", "fixed", "oracle")
 CONDITIONS = ("snr", "snri", "snr_ref")
+
+# The training segments' length (`config_lib.base_config`): the network and its variance
+# head see chunks like those they learned from.
+CHUNK_SECONDS = 4.0
+OVERLAP_SECONDS = 0.5
+CHUNK_BATCH = 8
 
 
 @flax.struct.dataclass
@@ -119,6 +130,13 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
   return jax.lax.while_loop(cond, body, state)[3]
 
 
+@functools.lru_cache(maxsize=256)
+def _gmacs_by_exit(config, num_samples):
+  """`models.gmacs_by_exit`, remembered: its cost analysis lowers the model (seconds),
+  and every chunk of a long signal would ask again."""
+  return tuple(models.gmacs_by_exit(config, num_samples))
+
+
 def separate(variables, config, mixture, *, policy="probabilistic", target_snr_db=15.0,
              confidence=0.9, conditions=("snr",), exit_index=None, references=None,
              reference_power=None, exact=True):
@@ -170,9 +188,185 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
   batch, time = mixture.shape
   if references is None:
     references = jnp.zeros((batch, config.num_sources, time), mixture.dtype)
-  gmacs_by_exit = jnp.asarray(models.gmacs_by_exit(config, time), jnp.float32)
+  gmacs_by_exit = jnp.asarray(_gmacs_by_exit(config, time), jnp.float32)
   return _stopping_loop(
       variables, mixture, gmacs_by_exit, jnp.float32(target_snr_db),
       jnp.float32(confidence), jnp.int32(exit_index or config.num_exits), references,
       jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
       config=config, policy=policy, conditions=tuple(conditions), exact=exact)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkExits:
+  """Where each chunk of a long signal stopped, and what that cost.
+
+  Attributes:
+    starts: `[chunks]` first sample of each chunk, at the model's sample rate.
+    exit_index: `[chunks]` the 1-based exit each chunk stopped at.
+    probability: `[chunks]` the exit probability at that exit.
+    gmacs: `[chunks]` giga multiply-accumulates spent on each chunk.
+    full_depth_gmacs: what running every chunk to the last exit would cost.
+  """
+  starts: np.ndarray
+  exit_index: np.ndarray
+  probability: np.ndarray
+  gmacs: np.ndarray
+  full_depth_gmacs: float
+
+  @property
+  def mean_exit(self):
+    return float(np.mean(self.exit_index))
+
+  @property
+  def min_probability(self):
+    return float(np.min(self.probability))
+
+  @property
+  def total_gmacs(self):
+    return float(np.sum(self.gmacs))
+
+
+@dataclasses.dataclass(frozen=True)
+class LongSeparationResult:
+  """What `separate_long` returns: `estimates` `[sources, time]` and the chunks' `exits`."""
+  estimates: np.ndarray
+  exits: ChunkExits
+
+
+def chunk_lengths(config, chunk_seconds, overlap_seconds):
+  """`(chunk, overlap)` in samples at `config.sample_rate`.
+
+  Raises:
+    ValueError: unless `0 < overlap <= chunk / 2`: the overlap is where consecutive
+      chunks are matched and cross-faded, and a chunk's fade-in must end before its
+      fade-out starts.
+  """
+  chunk = round(chunk_seconds * config.sample_rate)
+  overlap = round(overlap_seconds * config.sample_rate)
+  if not 0 < 2 * overlap <= chunk:
+    raise ValueError(
+        f"overlap_seconds={overlap_seconds} must be positive and at most half of "
+        f"chunk_seconds={chunk_seconds} ({overlap} and {chunk} samples at "
+        f"{config.sample_rate} Hz)")
+  return chunk, overlap
+
+
+def _chunk_starts(time, chunk, hop):
+  """`[chunks]` first samples: every `hop` samples, the last chunk moved back to end
+  at `time` so that no chunk needs padding."""
+  if time <= chunk:
+    return np.zeros(1, int)
+  return np.append(np.arange(0, time - chunk, hop), time - chunk)
+
+
+def _fade_in(overlap):
+  """`[overlap]` rising half of a Hann window. It and `1 - _fade_in` sum to one, so a
+  cross-fade between two estimates of the same signal keeps its level."""
+  return np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap).astype(np.float32) ** 2
+
+
+def _chunk_weight(chunk, fade_in, fade_start, last):
+  """`[chunk]` overlap-add weight: zero before `fade_start`, fading in from there (no
+  fade-in when it is None, the first chunk), and fading out over the end unless `last`."""
+  weight = np.ones(chunk, np.float32)
+  overlap = fade_in.shape[0]
+  if fade_start is not None:
+    weight[:fade_start] = 0.0
+    weight[fade_start:fade_start + overlap] = fade_in
+  if not last:
+    weight[-overlap:] *= 1.0 - fade_in
+  return weight
+
+
+def align_sources(reference, estimates):
+  """The order of `estimates`' sources that best matches `reference`'s.
+
+  Maximises the summed inner products of matched sources, which is the same as
+  minimising their summed squared differences (the energies do not depend on the order).
+
+  Args:
+    reference: `[sources, time]`.
+    estimates: `[sources, time]`, the same stretch of signal from another chunk.
+
+  Returns:
+    `[sources]` indices: `estimates[order]` lines up with `reference`.
+  """
+  table = np.asarray(losses.permutation_table(reference.shape[0]))
+  correlation = reference.astype(np.float64) @ estimates.T.astype(np.float64)
+  scores = correlation[np.arange(reference.shape[0]), table].sum(axis=-1)
+  return table[np.argmax(scores)]
+
+
+def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
+                  overlap_seconds=OVERLAP_SECONDS, chunk_batch=CHUNK_BATCH,
+                  **separate_kwargs):
+  """Separates one signal of any length in overlapping chunks.
+
+  Chunks last `chunk_seconds` and start every `chunk_seconds - overlap_seconds`; the
+  last one is moved back to end with the signal, so every chunk holds real audio and
+  has the same shape, and the stopping loop compiles once. A signal no longer than a
+  chunk is separated whole, exactly as `separate` would. Chunks go through `separate`
+  in batches of at most `chunk_batch`, all of one size, so memory beyond the
+  `[sources, time]` output does not grow with the signal's length.
+
+  Each chunk stops on its own, at the first exit its policy accepts: with the
+  probabilistic policy, `P(SNR ≥ γ) ≥ p` holds for every chunk rather than for the
+  signal as a whole. `exits` reports every chunk's exit, probability and compute.
+
+  Sources may come out of two chunks in different orders, so each chunk's are put in
+  the order that matches the previous chunk's on their cross-fade (`align_sources`);
+  the two are then cross-faded over `overlap_seconds` with complementary Hann halves.
+
+  Args:
+    variables: the model variables, as returned by `PressNet(config).init`.
+    config: the model's `models.PressNetConfig`.
+    mixture: `[time]` at `config.sample_rate`.
+    chunk_seconds: length of a chunk.
+    overlap_seconds: how long consecutive chunks overlap; at most half a chunk.
+    chunk_batch: the most chunks separated together.
+    **separate_kwargs: `separate`'s stopping keywords (`policy`, `target_snr_db`,
+      `confidence`, `conditions`, `exit_index`, ...).
+
+  Returns:
+    A `LongSeparationResult`.
+  """
+  mixture = np.asarray(mixture, np.float32)
+  if mixture.ndim != 1 or not mixture.size:
+    raise ValueError(f"mixture must be a non-empty [time], got shape {mixture.shape}")
+  time = mixture.shape[0]
+  chunk, overlap = chunk_lengths(config, chunk_seconds, overlap_seconds)
+  starts = _chunk_starts(time, chunk, chunk - overlap)
+  chunk = min(chunk, time)
+  # As few batches as `chunk_batch` allows, filled evenly, so that padding the last
+  # one wastes less than a chunk per batch.
+  num_batches = -(-starts.size // chunk_batch)
+  batch = -(-starts.size // num_batches)
+  fade_in = _fade_in(overlap)
+  estimates = np.zeros((config.num_sources, time), np.float32)
+  per_chunk = {"exit_index": [], "probability": [], "gmacs": []}
+  previous_tail = previous_end = None
+  for first in range(0, starts.size, batch):
+    batch_starts = starts[first:first + batch]
+    # Repeating the last chunk keeps every batch the same shape, and a repeat stops
+    # where its original does, so the loop does not run longer for it.
+    padded = np.pad(batch_starts, (0, batch - batch_starts.size), mode="edge")
+    result = jax.device_get(separate(
+        variables, config, np.stack([mixture[s:s + chunk] for s in padded]),
+        **separate_kwargs))
+    for name, values in per_chunk.items():
+      values.append(getattr(result, name)[:batch_starts.size])
+    for start, chunk_estimates in zip(batch_starts, result.estimates):
+      fade_start = None
+      if previous_tail is not None:
+        fade_start = previous_end - overlap - start
+        order = align_sources(previous_tail,
+                              chunk_estimates[:, fade_start:fade_start + overlap])
+        chunk_estimates = chunk_estimates[order]
+      end = start + chunk
+      weight = _chunk_weight(chunk, fade_in, fade_start, last=end == time)
+      estimates[:, start:end] += weight * chunk_estimates
+      previous_tail, previous_end = chunk_estimates[:, -overlap:], end
+  exits = ChunkExits(
+      starts=starts, **{name: np.concatenate(values) for name, values in per_chunk.items()},
+      full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1])
+  return LongSeparationResult(estimates=estimates, exits=exits)
