@@ -12,7 +12,7 @@ def get_config():
                                   data_root="/data/VoiceBank-DEMAND", sample_rate=16000,
                                   num_sources=1)
   config.data.train_split = "train"
-  config.data.valid_split = "test"
+  config.data.valid_split = "valid"
   config.data.test_split = "test"
   config.data.segment_seconds = 2.0
   config.steps = 300_000

@@ -10,7 +10,7 @@ from eesep_jax import config_lib
 def get_config():
   config = config_lib.base_config(preset="press-4", dataset="whamr",
                                   data_root="/data/whamr/wav8k/min")
-  config.data.options.task = "sep_noisy"
+  config.data.options.task = "sep_reverb_noisy"
   config.steps = 1_000_000
   config.batch_size = 64
   config.optimizer.warmup_steps = 10_000
