@@ -31,7 +31,10 @@ from eesep_jax import probabilistic
 
 # Saved next to the checkpoints in a training workdir; `separate`/`evaluate` pick it up.
 POSTHOC_FILE = "posthoc_calibration.json"
-POSTHOC_SCALES = ("beta_scale", "alpha_excess_scale", "variance_scale")
+# The post-hoc scales each likelihood has (see `apply_posthoc`).
+LIKELIHOOD_SCALES = {"student": ("beta_scale", "alpha_excess_scale"),
+                     "gaussian": ("variance_scale",)}
+POSTHOC_SCALES = LIKELIHOOD_SCALES["student"] + LIKELIHOOD_SCALES["gaussian"]
 # dB per neper of energy: 10 log10(x) = _DB · log(x).
 _DB = 10 / math.log(10)
 
@@ -136,6 +139,48 @@ def pit_values_gaussian(error_energy, variance, num_samples):
     `[...]` PIT values in `[0, 1]`, uniform when the Gaussian model is calibrated.
   """
   return _energy_distribution({"variance": variance}, num_samples).cdf(_float(error_energy))
+
+
+def snr_exceedance(estimate_energy, params, num_samples, target_snr_db):
+  """`P(SNR ≥ γ) = P(E ≤ S/(10^(γ/10) − 1))` under the predicted distribution of `E`.
+
+  The float64 counterpart, for one variance block, of `probabilistic`'s "snr" exit
+  condition (exact beta prime for Student-t, `σ² χ²_T` for Gaussian): per source,
+  before the combination over sources, so that it can be compared with each source's
+  realised SNR. `P = 1` for `γ ≤ 0`.
+
+  Args:
+    estimate_energy: `S = ‖ŝ‖²`, `[...]`.
+    params: `{"alpha", "beta"}` or `{"variance"}`, each `[...]`.
+    num_samples: `T`, broadcastable to `[...]`.
+    target_snr_db: `γ`, scalar or broadcastable to `[...]`.
+
+  Returns:
+    `[...]` probabilities.
+  """
+  gamma = _float(target_snr_db)
+  positive = gamma > 0
+  threshold = _float(estimate_energy) / np.expm1(np.where(positive, gamma, 1.0) / _DB)
+  return np.where(positive, _energy_distribution(params, num_samples).cdf(threshold), 1.0)
+
+
+def log_energy_nll(error_energy, params, num_samples):
+  """Negative log-likelihood of the realised `log E` under the predicted distribution.
+
+  In nats, free of the signals' units (the density of `log E`, not of `E`); it differs
+  from the per-sample likelihoods of `probabilistic` (and from what `fit_posthoc`
+  minimises) only by terms free of the predictions, so it ranks predictions alike.
+
+  Args:
+    error_energy: realised `E = ‖s − ŝ‖²`, `[...]`, positive.
+    params: `{"alpha", "beta"}` or `{"variance"}`, each `[...]`.
+    num_samples: `T`, broadcastable to `[...]`.
+
+  Returns:
+    `[...]` NLL in nats (lower is better).
+  """
+  energy = _float(error_energy)
+  return -(_energy_distribution(params, num_samples).logpdf(energy) + np.log(energy))
 
 
 def ks_distance(u):
@@ -377,8 +422,9 @@ def apply_posthoc(params, scales, exit_axis=-1):
   """Applies post-hoc scales: `β ← c_β β`, `α ← 1 + c_α (α − 1)`, `σ² ← c σ²`.
 
   `α` is scaled above 1, not from 0, so that it stays above 1 (a finite mean variance,
-  METHOD.md §3) for any positive scale. Works on numpy and jax arrays alike (also
-  under jit), so the stopping loop can apply one exit's scales.
+  METHOD.md §3) for any positive scale. Parameters and scales may be numpy or jax
+  arrays (also traced, under jit), so the stopping loop can apply one exit's scales.
+  Scales of 1 give back the parameters exactly: `1 + (α − 1)` rounds to `α`.
 
   Args:
     params: `{"alpha", "beta"}` or `{"variance"}`, arrays with an exit axis.
@@ -390,13 +436,13 @@ def apply_posthoc(params, scales, exit_axis=-1):
     The rescaled parameters, a new dict with the same keys.
   """
   gaussian = _is_gaussian(params)
-  allowed = {"variance_scale"} if gaussian else {"beta_scale", "alpha_excess_scale"}
+  allowed = set(LIKELIHOOD_SCALES["gaussian" if gaussian else "student"])
   if not set(scales) <= allowed or not scales:
     raise ValueError(f"scales {sorted(scales)} do not fit parameters {sorted(params)}")
 
   def along_exits(name, value):
-    scale = _float(scales.get(name, 1.0))
-    if scale.ndim == 1:
+    scale = scales.get(name, 1.0)
+    if np.ndim(scale) == 1:
       shape = [1] * value.ndim
       shape[exit_axis] = scale.size
       scale = scale.reshape(shape)
@@ -407,6 +453,36 @@ def apply_posthoc(params, scales, exit_axis=-1):
   alpha, beta = params["alpha"], params["beta"]
   return {"alpha": 1 + along_exits("alpha_excess_scale", alpha) * (alpha - 1),
           "beta": beta * along_exits("beta_scale", beta)}
+
+
+def full_posthoc(scales, config):
+  """Every post-hoc scale of a model's likelihood, `[exits]` each; missing ones are 1.
+
+  What the stopping loop takes: one set of arrays whatever was fitted, so that it
+  compiles once (None, no calibration, gives all ones: the identity).
+
+  Args:
+    scales: `{name: [exits]}` (`fit_posthoc`, `load_posthoc`), or None.
+    config: the model's `models.PressNetConfig` (its `variance` and `num_exits`).
+
+  Returns:
+    `{name: [exits]}` float64, the names of `LIKELIHOOD_SCALES[likelihood]`.
+
+  Raises:
+    ValueError: when a scale is not one of the likelihood's, or not one per exit.
+  """
+  likelihood = probabilistic.PARAMETERISATIONS[config.variance.parameterisation].likelihood
+  names = LIKELIHOOD_SCALES[likelihood]
+  scales = scales or {}
+  if not set(scales) <= set(names):
+    raise ValueError(f"post-hoc scales {sorted(scales)} do not fit a {likelihood} "
+                     f"variance head (scales: {names})")
+  full = {name: _float(scales.get(name, np.ones(config.num_exits))) for name in names}
+  for name, value in full.items():
+    if value.shape != (config.num_exits,):
+      raise ValueError(f"post-hoc {name} has shape {value.shape}, not one value for each "
+                       f"of the model's {config.num_exits} exits")
+  return full
 
 
 def save_posthoc(workdir, scales):

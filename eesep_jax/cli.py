@@ -3,12 +3,15 @@
 import argparse
 import json
 import math
+import os
 import sys
 import textwrap
 import warnings
 
 _SEPARATE_EXAMPLE = ("eesep separate meeting.wav mixtures/ --checkpoint runs/demo "
                      "--out-dir separated --target-snr 15 --confidence 0.9")
+_CALIBRATE_EXAMPLE = ("eesep calibrate --checkpoint runs/demo --out runs/demo/calibration "
+                      "--target-snr 15 --delta 0.1 --epsilon 0.1")
 
 
 def _add_command(subparsers, name, handler, help_text, example):
@@ -59,16 +62,21 @@ def _numbers(text):
     raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def evaluate_command(args):
-  """Evaluates a checkpoint on full-length utterances (see `eesep_jax.evaluate`)."""
+def _unit_interval(text):
+  """A probability strictly between 0 and 1 (`--delta`, `--epsilon`)."""
+  try:
+    value = float(text)
+  except ValueError:
+    value = math.nan
+  if not 0.0 < value < 1.0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number strictly between 0 and 1")
+  return value
+
+
+def _data_config(args, config):
+  """The training `config` with `--dataset`/`--data-root` applied: the corpus to read."""
   import ml_collections
 
-  from eesep_jax import data
-  from eesep_jax import evaluate
-  from eesep_jax import train
-
-  config = train.read_config(args.checkpoint)
-  model_config, variables = train.restore_params(args.checkpoint)
   if args.dataset or args.data_root:
     # Another corpus: no demo synthesis there, nor, for another kind, the training
     # corpus's reader options.
@@ -76,13 +84,60 @@ def evaluate_command(args):
       config.data.options = ml_collections.ConfigDict()
     config.data.update(kind=args.dataset or config.data.kind,
                        root=args.data_root or config.data.root, synthesize_if_missing=False)
-  source = data.open_split(config, args.split or config.data.test_split)
-  grid = {name: getattr(args, name) for name in ("targets", "confidences")
+  return config
+
+
+def _grid(args):
+  """The `--targets`/`--confidences` given, as keywords."""
+  return {name: getattr(args, name) for name in ("targets", "confidences")
           if getattr(args, name) is not None}
+
+
+def _posthoc_scales(args, model_config):
+  """The post-hoc scales `eesep calibrate` saved in the checkpoint, every one of the
+  model's (`calibration.full_posthoc`), announced on stderr; None with `--no-posthoc`
+  or when there are none."""
+  from eesep_jax import calibration
+
+  scales = None if args.no_posthoc else calibration.load_posthoc(args.checkpoint)
+  if scales is None:
+    return None
+  path = os.path.join(args.checkpoint, calibration.POSTHOC_FILE)
+  try:
+    scales = calibration.full_posthoc(scales, model_config)
+  except ValueError as error:
+    raise SystemExit(f"eesep {args.command}: {path}: {error}. Run `eesep calibrate` "
+                     "again, or pass --no-posthoc.") from None
+  if not getattr(args, "quiet", False):
+    print(f"applying post-hoc calibration from {path} (--no-posthoc to ignore it)",
+          file=sys.stderr)
+  return scales
+
+
+def evaluate_command(args):
+  """Evaluates a checkpoint on full-length utterances (see `eesep_jax.evaluate`)."""
+  import functools
+
+  from eesep_jax import calibration
+  from eesep_jax import data
+  from eesep_jax import evaluate
+  from eesep_jax import train
+
+  config = _data_config(args, train.read_config(args.checkpoint))
+  model_config, variables = train.restore_params(args.checkpoint)
+  source = data.open_split(config, args.split or config.data.test_split)
+  scales = _posthoc_scales(args, model_config)
+  # The variance parameters inside `evaluate.exit_outputs` are `[exits, sources, blocks]`.
+  posthoc = None
+  if scales is not None:
+    posthoc = functools.partial(calibration.apply_posthoc, scales=scales, exit_axis=0)
   rows, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
-      enhancement_metrics=args.enhancement_metrics, **grid)
-  summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source), **summary}
+      enhancement_metrics=args.enhancement_metrics, posthoc=posthoc, **_grid(args))
+  summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
+             "posthoc_scales": None if scales is None else {
+                 name: value.tolist() for name, value in scales.items()},
+             **summary}
   paths = evaluate.write_report(args.out, rows, summary)
   print(paths["markdown"].read_text())
   print("wrote " + ", ".join(str(path) for path in paths.values()))
@@ -174,8 +229,63 @@ def separate_command(args):
         report=report, progress=not args.quiet,
         policy="fixed" if exit_index else (args.policy or "probabilistic"),
         target_snr_db=args.target_snr, confidence=args.confidence, exit_index=exit_index,
-        **_chunking(args, config))
+        posthoc_scales=_posthoc_scales(args, config), **_chunking(args, config))
   return int(any(result.error for result in results))
+
+
+def calibrate_command(args):
+  """Fits post-hoc calibration and a guaranteed threshold, and reports calibration
+  before and after (see `eesep_jax.calibration_report`)."""
+  from eesep_jax import calibration
+  from eesep_jax import calibration_report
+  from eesep_jax import data
+  from eesep_jax import train
+
+  if args.fit_alpha and args.method != "nll":
+    args.usage_error("--fit-alpha needs --method nll")
+  config = _data_config(args, train.read_config(args.checkpoint))
+  model_config, variables = train.restore_params(args.checkpoint)
+  fit_split = args.fit_split or config.data.valid_split
+  split = args.split or config.data.test_split
+  if fit_split == split:
+    print(f"warning: fitting and testing on the same split {split!r}: the test measures "
+          "after post-hoc calibration are optimistic", file=sys.stderr)
+  fit_source, test_source = data.open_split(config, fit_split), data.open_split(config, split)
+  scales, rows, report = calibration_report.calibrate(
+      variables, model_config, fit_source, test_source, method=args.method,
+      fit_alpha=args.fit_alpha, target_snr_db=args.target_snr, delta=args.delta,
+      epsilon=args.epsilon, max_utterances=args.max_utterances, **_grid(args))
+  posthoc_path = calibration.save_posthoc(args.checkpoint, scales)
+  report = {"checkpoint": str(args.checkpoint), "dataset": repr(test_source),
+            "fit_dataset": repr(fit_source), **report}
+  report["posthoc"]["path"] = str(posthoc_path)
+  paths = calibration_report.write_calibration(args.out, rows, report)
+  print(calibration_report.text_summary(report))
+  print(f"saved post-hoc scales to {posthoc_path}: `eesep evaluate` and `eesep separate` "
+        "apply them from now on (--no-posthoc to ignore them)")
+  print("wrote " + ", ".join(str(path) for path in paths.values()))
+
+
+def _add_corpus_flags(parser, confidences):
+  """`--checkpoint` and what to evaluate it on: the flags `evaluate` and `calibrate` share."""
+  parser.add_argument("--checkpoint", required=True, help="a training workdir")
+  parser.add_argument(
+      "--dataset", help="an open_dataset kind, e.g. wsj0-mix (default: the training data's)")
+  parser.add_argument("--data-root", help="the dataset's folder (default: the training "
+                                          "data's)")
+  parser.add_argument("--split", help="default: the training config's test split")
+  parser.add_argument("--max-utterances", type=_positive_int,
+                      help="evaluate this many of a split, evenly spread (default: all)")
+  parser.add_argument("--targets", type=_numbers,
+                      help="target SNRs in dB (default: 5,10,15,20)")
+  parser.add_argument("--confidences", type=_numbers,
+                      help=f"confidence levels (default: {confidences})")
+
+
+def _add_posthoc_flag(parser):
+  parser.add_argument(
+      "--no-posthoc", action="store_true",
+      help="ignore the post-hoc calibration `eesep calibrate` saved in the checkpoint")
 
 
 def build_parser():
@@ -249,30 +359,53 @@ def build_parser():
            "memory (default: 8)")
   parser_separate.add_argument("--quiet", action="store_true",
                                help="print errors only: no progress bar, no per-file line")
+  _add_posthoc_flag(parser_separate)
 
   parser_evaluate = _add_command(
       subparsers, "evaluate", evaluate_command,
       "Evaluate a checkpoint on full-length utterances: metrics at every exit, and every "
       "stopping policy over a grid of targets and confidences.",
       "eesep evaluate --checkpoint runs/demo --out runs/demo/evaluation --max-utterances 50")
-  parser_evaluate.add_argument("--checkpoint", required=True, help="a training workdir")
+  _add_corpus_flags(parser_evaluate, confidences="0.5,0.7,0.9")
   parser_evaluate.add_argument(
       "--out", required=True,
       help="folder for evaluation.json, per_utterance.csv and evaluation.md")
   parser_evaluate.add_argument(
-      "--dataset", help="an open_dataset kind, e.g. wsj0-mix (default: the training data's)")
-  parser_evaluate.add_argument("--data-root", help="the dataset's folder (default: the "
-                                                   "training data's)")
-  parser_evaluate.add_argument("--split", help="default: the training config's test split")
-  parser_evaluate.add_argument("--max-utterances", type=_positive_int,
-                               help="evaluate this many, evenly spread (default: all)")
-  parser_evaluate.add_argument("--targets", type=_numbers,
-                               help="target SNRs in dB (default: 5,10,15,20)")
-  parser_evaluate.add_argument("--confidences", type=_numbers,
-                               help="confidence levels (default: 0.5,0.7,0.9)")
-  parser_evaluate.add_argument(
       "--enhancement-metrics", action=argparse.BooleanOptionalAction,
       help="also PESQ and STOI (default: for one-source models only)")
+  _add_posthoc_flag(parser_evaluate)
+
+  parser_calibrate = _add_command(
+      subparsers, "calibrate", calibrate_command,
+      "Measure how well a checkpoint's exit probabilities are calibrated (reliability, "
+      "PIT, CRPS, target satisfaction), fit per-exit post-hoc scales on the validation "
+      "split (saved in the checkpoint folder for `evaluate` and `separate`), and certify "
+      "an exit threshold: with probability >= 1 - epsilon, at most a share delta of "
+      "utterances fall short of the target.",
+      _CALIBRATE_EXAMPLE)
+  parser_calibrate.set_defaults(usage_error=parser_calibrate.error)
+  _add_corpus_flags(parser_calibrate, confidences="0.5,0.6,0.7,0.8,0.9,0.95")
+  parser_calibrate.add_argument(
+      "--out", required=True, help="folder for calibration.json, per_utterance.csv and "
+                                   "the figures (*.png)")
+  parser_calibrate.add_argument(
+      "--fit-split", help="where the scales are fitted and the threshold certified, on "
+                          "disjoint halves (default: the training config's validation split)")
+  parser_calibrate.add_argument(
+      "--method", choices=("nll", "moments"), default="nll",
+      help="fit the scales by likelihood, or match the mean error variance (default: nll)")
+  parser_calibrate.add_argument(
+      "--fit-alpha", action="store_true",
+      help="also scale alpha - 1, the tails' weight (Student-t heads, --method nll)")
+  parser_calibrate.add_argument(
+      "--target-snr", type=float, default=15.0,
+      help="the target SNR in dB of the certified threshold (default: 15)")
+  parser_calibrate.add_argument(
+      "--delta", type=_unit_interval, default=0.1,
+      help="the share of utterances allowed to miss the target (default: 0.1)")
+  parser_calibrate.add_argument(
+      "--epsilon", type=_unit_interval, default=0.1,
+      help="the probability that the certificate is wrong (default: 0.1)")
 
   from eesep_jax.data import cli as data_cli
   data_cli.add_data_commands(subparsers)

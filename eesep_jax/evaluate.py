@@ -70,7 +70,7 @@ def _exit_outputs(variables, mixture, references, targets, reference_power, *, c
   expected = jnp.min(probabilistic.expected_snr_db(estimates, variance, config.variance),
                      axis=-1)
   # The oracle policy's test, on the network's own output order.
-  snr_min = inference._oracle_snr(references[None], estimates)
+  snr_min = inference.oracle_snr(references[None], estimates)
 
   pairwise = metrics.si_snr(references[None, None], estimates[:, :, None])
   best = jnp.argmin(losses.permutation_losses(-pairwise), axis=-1)
@@ -154,13 +154,19 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
     A list of dicts, one per exit: `id`, `exit` (1-based), `si_snr`, `si_snri`, `snr`,
     `snri`, `sdr`, `sdri` (dB, means over sources), with `enhancement_metrics` `pesq`,
     `stoi` and `problems` (why a score is NaN, else ""), then `snr_min`,
-    `probability_{γ}db` per target, `expected_snr_db`, and `{name}_s{c}`, the variance
-    parameter `name` (`alpha`, `beta`, `variance`, ...) of source `c` (a float, or a
-    list over the variance blocks).
+    `probability_{γ}db` per target, `expected_snr_db`, `num_samples` (`T`), and per
+    source `c` (in reference order) what calibration compares the predictions with:
+    `snr_s{c}` (dB), `error_energy_s{c}` (`E = ‖s − ŝ‖²`) and `estimate_energy_s{c}`
+    (`S = ‖ŝ‖²`), then `{name}_s{c}`, the variance parameter `name` (`alpha`, `beta`,
+    `variance`, ...; a float, or a list over the variance blocks).
   """
   outputs = jax.device_get(outputs)
   references = np.asarray(references)
   estimates = np.asarray(outputs["estimates"])
+  # In float64: an error energy is a sum of many small squares.
+  energies = {"error_energy": np.sum(np.square(references - estimates.astype(np.float64)),
+                                     axis=-1),
+              "estimate_energy": np.sum(np.square(estimates.astype(np.float64)), axis=-1)}
   values = {name: outputs[name] for name in ("si_snr", "snr")}
   baselines = {name: outputs[f"{name}_input"] for name in ("si_snr", "snr")}
   values["sdr"] = metrics.sdr(references, estimates)
@@ -180,6 +186,9 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
     for target, probability in zip(targets, outputs["probability"][k]):
       row[probability_column(target)] = float(probability)
     row["expected_snr_db"] = float(outputs["expected_snr_db"][k])
+    row["num_samples"] = references.shape[-1]
+    for name, per_source in (("snr", values["snr"]), *energies.items()):
+      row.update({f"{name}_s{c + 1}": float(value) for c, value in enumerate(per_source[k])})
     for name, params in sorted(outputs["variance"].items()):
       for c, blocks in enumerate(params[k]):
         row[f"{name}_s{c + 1}"] = float(blocks[0]) if blocks.size == 1 else blocks.tolist()
@@ -369,12 +378,12 @@ def _csv_value(value):
   return value
 
 
-def _json_ready(value):
+def json_ready(value):
   """NaN and infinities as None: JSON has no such numbers."""
   if isinstance(value, dict):
-    return {key: _json_ready(item) for key, item in value.items()}
+    return {key: json_ready(item) for key, item in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_ready(item) for item in value]
+    return [json_ready(item) for item in value]
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
@@ -415,6 +424,31 @@ def markdown_report(summary):
   return "\n".join(lines) + "\n"
 
 
+def write_rows(path, rows):
+  """Writes `exit_rows` rows to the CSV file `path` (6 significant digits)."""
+  with pathlib.Path(path).open("w", newline="") as file:
+    writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({name: _csv_value(value) for name, value in row.items()} for row in rows)
+
+
+def read_rows(path):
+  """The rows `write_rows` wrote to `path`: numbers as floats, `id` and text as strings
+  (values are as rounded in the file)."""
+
+  def value(name, text):
+    if name == "id":
+      return text
+    try:
+      return float(text)
+    except ValueError:
+      return text
+
+  with pathlib.Path(path).open(newline="") as file:
+    return [{name: value(name, text) for name, text in row.items()}
+            for row in csv.DictReader(file)]
+
+
 def write_report(out_dir, rows, summary):
   """Writes `evaluation.json` (the summary), `per_utterance.csv` (the rows) and
   `evaluation.md` (`markdown_report`) to `out_dir`; returns their paths by kind."""
@@ -422,10 +456,7 @@ def write_report(out_dir, rows, summary):
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {"json": out_dir / JSON_FILE, "csv": out_dir / CSV_FILE,
            "markdown": out_dir / MARKDOWN_FILE}
-  paths["json"].write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False))
-  with paths["csv"].open("w", newline="") as file:
-    writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows({name: _csv_value(value) for name, value in row.items()} for row in rows)
+  paths["json"].write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False))
+  write_rows(paths["csv"], rows)
   paths["markdown"].write_text(markdown_report(summary))
   return paths

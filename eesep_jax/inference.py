@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eesep_jax import calibration
 from eesep_jax import losses
 from eesep_jax import metrics
 from eesep_jax import models
@@ -53,7 +54,7 @@ class SeparationResult:
   gmacs: jax.Array
 
 
-def _oracle_snr(references, estimates):
+def oracle_snr(references, estimates):
   """Worst-source SNR under the best permutation: `[batch, sources, time] -> [batch]`."""
   pairwise = metrics.snr(references[:, None, :, :], estimates[:, :, None, :])
   table = losses.permutation_table(estimates.shape[1])
@@ -75,13 +76,13 @@ def _should_stop(policy, exit_output, stage, *, target_snr_db, confidence, exit_
     return jnp.min(expected, axis=-1) >= target_snr_db
   if policy == "fixed":
     return jnp.broadcast_to(stage >= exit_index, probability.shape)
-  return _oracle_snr(references, estimates) >= target_snr_db
+  return oracle_snr(references, estimates) >= target_snr_db
 
 
 @functools.partial(jax.jit, static_argnames=("config", "policy", "conditions", "exact"))
 def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
-                   exit_index, references, reference_power, *, config, policy,
-                   conditions, exact):
+                   exit_index, references, reference_power, posthoc_scales, *, config,
+                   policy, conditions, exact):
   batch, time = mixture.shape
   carry = models.PressNet(config).apply(variables, mixture, method=models.PressNet.encode)
   num_blocks = probabilistic.num_variance_blocks(time, config.variance)
@@ -91,6 +92,10 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
   def run_stage(k, carry, variance_state):
     carry, variance_state, exit_output = models.apply_stage(
         config, models.stage_params(variables, k), carry, time, variance_state)
+    # Post-hoc calibration acts on what the policies read, not on the running sums of
+    # `variance_state`, which are the network's own.
+    exit_output = {**exit_output, "variance": calibration.apply_posthoc(
+        exit_output["variance"], {name: scale[k] for name, scale in posthoc_scales.items()})}
     probability = probabilistic.exit_probability(
         exit_output["estimates"], exit_output["variance"], target_snr_db,
         conditions=conditions, mixture=mixture, reference_power=reference_power,
@@ -139,7 +144,7 @@ def _gmacs_by_exit(config, num_samples):
 
 def separate(variables, config, mixture, *, policy="probabilistic", target_snr_db=15.0,
              confidence=0.9, conditions=("snr",), exit_index=None, references=None,
-             reference_power=None, exact=True):
+             reference_power=None, exact=True, posthoc_scales=None):
   """Separate `mixture`, stopping each example at the first exit its policy accepts.
 
   Args:
@@ -159,6 +164,10 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
     references: `[batch, sources, time]` clean sources, for `policy="oracle"`.
     reference_power: scalar or `[batch]` reference power, for `"snr_ref"`.
     exact: incomplete-beta (`True`) or large-`T` gamma (`False`) exit probability.
+    posthoc_scales: per-exit post-hoc calibration `{name: [exits]}`
+      (`calibration.load_posthoc`), applied to exit `k`'s variance parameters before
+      its probability (and expected SNR) is computed; None: the identity. The scales
+      are traced inputs: other values reuse the compiled loop.
 
   Returns:
     A `SeparationResult`.
@@ -189,11 +198,15 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
   if references is None:
     references = jnp.zeros((batch, config.num_sources, time), mixture.dtype)
   gmacs_by_exit = jnp.asarray(_gmacs_by_exit(config, time), jnp.float32)
+  # Every scale of the likelihood, ones where none was fitted: one compiled loop.
+  posthoc_scales = {name: jnp.asarray(scale, jnp.float32) for name, scale
+                    in calibration.full_posthoc(posthoc_scales, config).items()}
   return _stopping_loop(
       variables, mixture, gmacs_by_exit, jnp.float32(target_snr_db),
       jnp.float32(confidence), jnp.int32(exit_index or config.num_exits), references,
       jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
-      config=config, policy=policy, conditions=tuple(conditions), exact=exact)
+      posthoc_scales, config=config, policy=policy, conditions=tuple(conditions),
+      exact=exact)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,7 +338,7 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
     overlap_seconds: how long consecutive chunks overlap; at most half a chunk.
     chunk_batch: the most chunks separated together.
     **separate_kwargs: `separate`'s stopping keywords (`policy`, `target_snr_db`,
-      `confidence`, `conditions`, `exit_index`, ...).
+      `confidence`, `conditions`, `exit_index`, `posthoc_scales`, ...).
 
   Returns:
     A `LongSeparationResult`.

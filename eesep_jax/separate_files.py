@@ -131,7 +131,7 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
     progress: show a progress bar when there are several files.
     **separate_long_kwargs: `inference.separate_long`'s chunking and stopping keywords
       (`chunk_seconds`, `overlap_seconds`, `chunk_batch`, `policy`, `target_snr_db`,
-      `confidence`, `exit_index`, ...).
+      `confidence`, `exit_index`, `posthoc_scales`, ...).
 
   Returns:
     One `FileResult` per file, in order.

@@ -10,7 +10,9 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "experiments" / "configs" / "demo.py"
@@ -33,6 +35,41 @@ def tiny_corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("corpus") / "demo"
   data.synthesize_corpus(root, num_train=16, num_valid=4, num_test=4, progress=False)
   return root
+
+
+def write_speech_mixtures(root, split, names, *, length, rate=8000, silent_s2=()):
+  """Writes two-speaker wsj0-mix-layout mixtures `root/split/{mix,s1,s2}/<name>.wav`.
+
+  Sources are harmonic tones under a 4 Hz envelope, different for every name; the
+  second source of the names in `silent_s2` is silent.
+  """
+  def speech_like(seed, pitch):
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / rate
+    voiced = sum(np.sin(2 * np.pi * pitch * h * t) / h for h in range(1, 8))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + rng.uniform(0, 2 * np.pi)))
+    return 0.2 * envelope * voiced + 1e-3 * rng.standard_normal(length)
+
+  for k, name in enumerate(names):
+    s1 = speech_like(k, 120 + 20 * k)
+    s2 = np.zeros(length) if name in silent_s2 else speech_like(10 + k, 210 + 15 * k)
+    for folder, signal in (("mix", s1 + s2), ("s1", s1), ("s2", s2)):
+      os.makedirs(root / split / folder, exist_ok=True)
+      soundfile.write(root / split / folder / f"{name}.wav", signal, rate, subtype="PCM_16")
+
+
+@pytest.fixture(scope="session")
+def model():
+  """`(config, variables)`: the tiny preset with random weights."""
+  import jax
+  import jax.numpy as jnp
+
+  from eesep_jax import models
+
+  config = models.preset("tiny")
+  # Jitted: the un-jitted init runs the stage scan op by op, several times slower.
+  variables = jax.jit(models.PressNet(config).init)(jax.random.key(0), jnp.zeros((1, 1600)))
+  return config, variables
 
 
 @pytest.fixture(scope="session")

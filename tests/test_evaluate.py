@@ -3,21 +3,17 @@ loop, the report files and the `eesep evaluate` command, on a random tiny model.
 
 import csv
 import json
-import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import soundfile
 
+from conftest import write_speech_mixtures
 from eesep_jax import cli
 from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import evaluate
 from eesep_jax import inference
 from eesep_jax import metrics
-from eesep_jax import models
 from eesep_jax import train
 
 RATE = 8000
@@ -26,34 +22,13 @@ TARGETS = (0.5, 2.0, 5.0)  # Where a random model's exit probabilities vary.
 IDS = ("u0", "u1", "silent_s2")
 
 
-def _speech_like(seed, pitch):
-  rng = np.random.default_rng(seed)
-  t = np.arange(LENGTH) / RATE
-  voiced = sum(np.sin(2 * np.pi * pitch * h * t) / h for h in range(1, 8))
-  envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + rng.uniform(0, 2 * np.pi)))
-  return 0.2 * envelope * voiced + 1e-3 * rng.standard_normal(LENGTH)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   """A wsj0-mix test split of three 1 s mixtures; the last one's second source is
   silent, so PESQ cannot score it."""
   root = tmp_path_factory.mktemp("wsj0-mix")
-  for k, name in enumerate(IDS):
-    s1 = _speech_like(k, 120 + 20 * k)
-    s2 = np.zeros(LENGTH) if name == "silent_s2" else _speech_like(10 + k, 210 + 15 * k)
-    for folder, signal in (("mix", s1 + s2), ("s1", s1), ("s2", s2)):
-      os.makedirs(root / "tt" / folder, exist_ok=True)
-      soundfile.write(root / "tt" / folder / f"{name}.wav", signal, RATE, subtype="PCM_16")
+  write_speech_mixtures(root, "tt", IDS, length=LENGTH, rate=RATE, silent_s2=("silent_s2",))
   return root
-
-
-@pytest.fixture(scope="module")
-def model():
-  config = models.preset("tiny")
-  # Jitted: the un-jitted init runs the stage scan op by op, several times slower.
-  variables = jax.jit(models.PressNet(config).init)(jax.random.key(0), jnp.zeros((1, 1600)))
-  return config, variables
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +159,9 @@ def test_report_files(evaluation, tmp_path):
   assert list(table[0]) == [
       "id", "exit", "si_snr", "si_snri", "snr", "snri", "sdr", "sdri", "pesq", "stoi",
       "problems", "snr_min", *map(evaluate.probability_column, TARGETS), "expected_snr_db",
-      "alpha_s1", "alpha_s2", "beta_s1", "beta_s2"]
+      "num_samples", "snr_s1", "snr_s2", "error_energy_s1", "error_energy_s2",
+      "estimate_energy_s1", "estimate_energy_s2", "alpha_s1", "alpha_s2", "beta_s1",
+      "beta_s2"]
   assert len(table) == len(rows)
   report = json.loads(paths["json"].read_text())  # Strict JSON: NaN became null.
   assert report["num_utterances"] == 3 and report["per_exit"][0]["sdr"] is not None

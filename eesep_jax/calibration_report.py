@@ -1,0 +1,460 @@
+"""Calibration report of evaluated exits: what `eesep calibrate` computes and writes.
+
+    rows, summary = evaluate.evaluate_model(variables, config, source)
+    _, table = evaluate.exit_table(rows)  # Or from a CSV: exit_table(read_rows(path)).
+    report = calibration_report(table, gmacs_per_second=summary["gmacs_per_second_by_exit"])
+
+The measures of METHOD.md §5 (`calibration`), over an evaluation's per-utterance,
+per-exit table, per exit and pooled over exits, for a grid of targets `γ`:
+
+- per source, the unit the variance head predicts for: reliability and ECE of
+  `P(SNR ≥ γ)` (the "snr" condition, `calibration.snr_exceedance`) against the source's
+  realised SNR; PIT values, their histogram and KS distance; CRPS of the predicted SNR;
+  NLL of the error energy; sharpness;
+- per utterance, the unit a stopping policy acts on: the probabilistic policy stops at
+  the first exit where the worst source's `P(SNR ≥ γ)` (how
+  `probabilistic.exit_probability` combines sources) reaches `p`. Target satisfaction
+  is the share of the utterances that stopped so (not those that ran out of exits and
+  took the last one) whose worst source's SNR (`snr_min`) reaches `γ`, with a
+  Clopper–Pearson interval; with the compute and SI-SNRi at the exits taken, the
+  policy's trade-off.
+
+Post-hoc scales change the variance parameters only, never the estimates, so the
+calibrated measures come from the recorded parameters with the scales applied
+(`calibration.apply_posthoc`, as `evaluate` and `separate` apply them), without running
+the network again. Only one variance block per utterance (`block_length` None) is
+supported, as in `calibration`.
+"""
+
+import functools
+import json
+import pathlib
+
+import numpy as np
+from matplotlib import figure
+
+from eesep_jax import calibration
+from eesep_jax import evaluate
+
+CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+RELIABILITY_BINS = 10
+PIT_BINS = 20
+JSON_FILE = "calibration.json"
+FIGURE_FILES = {"reliability": "reliability.png", "pit": "pit_hist.png",
+                "exit_depth": "exit_depth_hist.png", "tradeoff": "tradeoff.png"}
+_PARAMETER_NAMES = ("alpha", "beta", "variance")
+
+
+def _key(target_snr_db):
+  """JSON key of a target: `15.0 -> "15"`."""
+  return f"{target_snr_db:g}"
+
+
+def source_arrays(table):
+  """Per-source predictions and outcomes of an exit table, `[utterances, sources, exits]`.
+
+  Args:
+    table: `evaluate.exit_table(rows)[1]`, with the per-source columns of
+      `evaluate.exit_rows` and scalar variance parameters.
+
+  Returns:
+    Dict: `params` `{"alpha", "beta"}` or `{"variance"}`; `error_energy`,
+    `estimate_energy`, `snr` (realised, dB); and `num_samples` `[utterances, 1, 1]`.
+
+  Raises:
+    ValueError: when the table lacks the per-source columns, or its variance
+      parameters are lists over several blocks (not columns of the table).
+  """
+  num_sources = 0
+  while f"error_energy_s{num_sources + 1}" in table:
+    num_sources += 1
+  names = [name for name in _PARAMETER_NAMES if f"{name}_s1" in table]
+  if not num_sources or not names:
+    raise ValueError("calibration needs the per-source error energies and one variance "
+                     "block per utterance (block_length None), as evaluate.exit_rows "
+                     f"writes them; the table has {sorted(table)}")
+
+  def stack(name):
+    return np.stack([table[f"{name}_s{c}"] for c in range(1, num_sources + 1)], axis=1)
+
+  return {"params": {name: stack(name) for name in names},
+          "error_energy": stack("error_energy"), "estimate_energy": stack("estimate_energy"),
+          "snr": stack("snr"), "num_samples": table["num_samples"][:, None, :1]}
+
+
+def subset(table, index):
+  """The utterances `index` (a slice or indices) of an exit table."""
+  return {name: values[index] for name, values in table.items()}
+
+
+def fit_scales(table, method="nll", fit_alpha=False):
+  """`calibration.fit_posthoc` on every source of every utterance of an exit table."""
+  arrays = source_arrays(table)
+  return calibration.fit_posthoc(arrays["params"], arrays["error_energy"],
+                                 arrays["num_samples"], method=method, fit_alpha=fit_alpha)
+
+
+def _exceedance(arrays, targets, scales):
+  """`([targets, utterances, sources, exits] P(SNR ≥ γ), params)`, with `scales` applied."""
+  params = arrays["params"]
+  if scales is not None:
+    params = calibration.apply_posthoc(params, scales)
+  probability = np.stack([calibration.snr_exceedance(
+      arrays["estimate_energy"], params, arrays["num_samples"], target) for target in targets])
+  return probability, params
+
+
+def _at_exits(table, taken, gmacs_per_second):
+  """Compute and quality of the 0-based exits `taken` `[utterances]`."""
+  num_exits = table["si_snri"].shape[1]
+  return {"mean_exit": float(np.mean(taken + 1)),
+          "exit_histogram": np.bincount(taken, minlength=num_exits).tolist(),
+          "gmacs_per_second": float(np.mean(np.asarray(gmacs_per_second)[taken])),
+          "si_snri": float(np.mean(table["si_snri"][np.arange(taken.size), taken]))}
+
+
+def _measures(probability, outcome, pit, crps, nll, params, num_samples, targets):
+  """Calibration measures of the predictions given, pooled over their every axis but
+  the leading (targets) one of `probability` and `outcome`."""
+  reliability = [calibration.reliability(p, o, RELIABILITY_BINS)
+                 for p, o in zip(probability, outcome)]
+  ece = {_key(t): r["ece"] for t, r in zip(targets, reliability)}
+  return {
+      "ece": ece, "ece_mean": float(np.mean(list(ece.values()))),
+      "ks": calibration.ks_distance(pit), "crps": float(np.mean(crps)),
+      "nll": float(np.mean(nll)),
+      "sharpness": float(calibration.sharpness(params, num_samples)),
+      "reliability": {_key(t): {name: r[name].tolist()
+                                for name in ("confidence", "frequency", "count")}
+                      for t, r in zip(targets, reliability)},
+      "pit_histogram": np.histogram(pit, PIT_BINS, (0.0, 1.0))[0].tolist(),
+  }
+
+
+def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
+                       confidences=CONFIDENCES, scales=None):
+  """Calibration of every exit and of the probabilistic policy (see the module docstring).
+
+  Args:
+    table: `evaluate.exit_table(rows)[1]`, fields `[utterances, exits]`.
+    gmacs_per_second: `[exits]` compute to reach each exit.
+    targets: target SNRs `γ` in dB.
+    confidences: confidence levels `p` of the policy.
+    scales: post-hoc scales `{name: [exits]}` applied to the parameters; None: none.
+
+  Returns:
+    A JSON-ready dict: `per_exit`, per exit its `exit` (1-based), `gmacs_per_second`,
+    mean `si_snri` and measures; `pooled`, the measures over all exits; measures are
+    `ece` (`{γ: ECE}`), `ece_mean`, `ks`, `crps` (dB), `nll` (nats), `sharpness` (dB),
+    `reliability` (`{γ: {confidence, frequency, count}}` per bin) and `pit_histogram`
+    (`PIT_BINS` counts). `target_satisfaction`, per `(γ, p)`: `target_snr_db`,
+    `confidence`; `count` (utterances that stopped with `P ≥ p`), `share` meeting `γ`
+    (NaN if none stopped), its interval `low`, `high`; and `mean_exit`,
+    `exit_histogram`, `gmacs_per_second`, `si_snri` at the exits taken.
+  """
+  targets = [float(t) for t in targets]
+  arrays = source_arrays(table)
+  probability, params = _exceedance(arrays, targets, scales)
+  energy = arrays["error_energy"]
+  num_samples = np.broadcast_to(arrays["num_samples"], energy.shape)
+  outcome = arrays["snr"] >= np.reshape(targets, (-1, 1, 1, 1))
+  if "variance" in params:
+    pit = calibration.pit_values_gaussian(energy, params["variance"], num_samples)
+  else:
+    pit = calibration.pit_values(energy / num_samples, params["alpha"], params["beta"],
+                                 num_samples)
+  crps = calibration.snr_crps(arrays["estimate_energy"], params, arrays["snr"], num_samples)
+  nll = calibration.log_energy_nll(energy, params, num_samples)
+
+  def measures(select):
+    return _measures(select(probability), select(outcome), select(pit), select(crps),
+                     select(nll), {name: select(p) for name, p in params.items()},
+                     select(num_samples), targets)
+
+  per_exit = [{"exit": k + 1, "gmacs_per_second": float(gmacs_per_second[k]),
+               "si_snri": float(np.mean(table["si_snri"][:, k])),
+               **measures(lambda x, k=k: x[..., k])}
+              for k in range(energy.shape[-1])]
+  worst = probability.min(axis=2)  # [targets, utterances, exits].
+  rows = np.arange(worst.shape[1])
+  satisfaction = []
+  for target, per_target in zip(targets, worst):
+    for confidence, taken in zip(confidences, calibration.exit_taken(per_target, confidences)):
+      exited = per_target[rows, taken] >= confidence
+      satisfaction.append({
+          "target_snr_db": target, "confidence": float(confidence),
+          **calibration.target_satisfaction(exited, table["snr_min"][rows, taken], target),
+          **_at_exits(table, taken, gmacs_per_second)})
+  return {"per_exit": per_exit, "pooled": measures(lambda x: x),
+          "target_satisfaction": satisfaction}
+
+
+def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
+              gmacs_per_second, scales=None):
+  """A threshold certified on `calibration_table` (learn then test), tried on `test_table`.
+
+  `calibration.guaranteed_threshold` on the worst source's `P(SNR ≥ γ)` and SNR: with
+  probability `≥ 1 − ε` over the calibration utterances, stopping at the first exit
+  whose probability reaches the threshold fails `γ` on a share `≤ δ` of utterances.
+
+  Args:
+    calibration_table, test_table: exit tables (`evaluate.exit_table(rows)[1]`); the
+      calibration utterances must not be those `scales` were fitted on.
+    target_snr_db, delta, epsilon: `γ`, `δ`, `ε`.
+    gmacs_per_second: `[exits]` compute to reach each exit.
+    scales: post-hoc scales applied to both tables' parameters; None: none.
+
+  Returns:
+    A JSON-ready dict: `target_snr_db`, `delta`, `epsilon`, `threshold` (None when
+    nothing is certified), `num_utterances` (calibration), `calibration_risk` (failure
+    share there), and `test`: the failure share `risk` with its interval `low`, `high`,
+    and `mean_exit`, `exit_histogram`, `gmacs_per_second`, `si_snri` on the test
+    utterances (None without a threshold).
+  """
+  def worst_source(table):
+    return _exceedance(source_arrays(table), [target_snr_db], scales)[0][0].min(axis=1)
+
+  result = calibration.guaranteed_threshold(
+      worst_source(calibration_table), calibration_table["snr_min"], target_snr_db, delta,
+      epsilon)
+  threshold = result["threshold"]
+  entry = {"target_snr_db": float(target_snr_db), "delta": delta, "epsilon": epsilon,
+           "threshold": threshold, "num_utterances": result["num_utterances"],
+           "calibration_risk": None, "test": None}
+  if threshold is None:
+    return entry
+  entry["calibration_risk"] = float(result["risk"][result["certified"]][-1])
+  taken = calibration.exit_taken(worst_source(test_table), threshold)
+  realised = test_table["snr_min"][np.arange(taken.size), taken]
+  met = calibration.target_satisfaction(np.ones(taken.size, bool), realised, target_snr_db)
+  entry["test"] = {"risk": 1 - met["share"], "low": 1 - met["high"], "high": 1 - met["low"],
+                   **_at_exits(test_table, taken, gmacs_per_second)}
+  return entry
+
+
+def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
+              fit_alpha=False, target_snr_db=15.0, delta=0.1, epsilon=0.1,
+              targets=evaluate.TARGETS_DB, confidences=CONFIDENCES, max_utterances=None,
+              progress=True):
+  """Fits post-hoc scales and a guaranteed threshold, and reports calibration on a test set.
+
+  Both sources are evaluated once (`evaluate.evaluate_model`, no post-hoc). The fit
+  source's utterances are split into two disjoint halves, alternately in evaluation
+  order: the scales are fitted on the first; the threshold is certified on the second
+  with the scales applied, since learn then test needs probabilities that do not
+  depend on its calibration data. The test source is reported before and after the
+  scales.
+
+  Args:
+    variables: the model variables.
+    model_config: its `models.PressNetConfig`.
+    fit_source, test_source: random-access examples (`data.open_split(...)`), e.g. the
+      validation and test splits; at least two fit utterances.
+    method, fit_alpha: as in `calibration.fit_posthoc`.
+    target_snr_db, delta, epsilon: the guarantee's `γ`, `δ`, `ε` (`γ` is added to
+      `targets`).
+    targets: target SNRs `γ` in dB of the report.
+    confidences: confidence levels `p` of the report.
+    max_utterances: evaluate at most this many utterances of each source.
+    progress: show progress bars.
+
+  Returns:
+    `(scales, test_rows, report)`: the fitted scales `{name: [exits]}`, the test
+    source's `exit_rows`, and a JSON-ready dict: `num_utterances` (test),
+    `num_exits`, `num_sources`, `targets_db`, `confidences`,
+    `gmacs_per_second_by_exit`, `posthoc` (`method`, `fit_alpha`, `num_utterances`,
+    `scales`), `before` and `after` (`calibration_report` without and with the
+    scales) and `guarantee` (`guarantee`).
+  """
+  targets = tuple(sorted({float(t) for t in (*targets, target_snr_db)}))
+  evaluation = functools.partial(
+      evaluate.evaluate_model, variables, model_config, targets=targets, confidences=(),
+      policies=(), max_utterances=max_utterances, enhancement_metrics=False,
+      progress=progress)
+  fit_ids, fit_table = evaluate.exit_table(evaluation(fit_source)[0])
+  if len(fit_ids) < 2:
+    raise ValueError(f"{fit_source!r} gave {len(fit_ids)} utterance(s): fitting the scales "
+                     "and certifying the threshold need two disjoint halves")
+  scale_half, threshold_half = subset(fit_table, slice(0, None, 2)), subset(
+      fit_table, slice(1, None, 2))
+  scales = fit_scales(scale_half, method, fit_alpha)
+  test_rows, summary = evaluation(test_source)
+  test_ids, test_table = evaluate.exit_table(test_rows)
+  gmacs = summary["gmacs_per_second_by_exit"]
+  report = functools.partial(calibration_report, test_table, gmacs_per_second=gmacs,
+                             targets=targets, confidences=confidences)
+  return scales, test_rows, {
+      "num_utterances": len(test_ids), "num_exits": model_config.num_exits,
+      "num_sources": model_config.num_sources, "targets_db": list(targets),
+      "confidences": [float(p) for p in confidences], "gmacs_per_second_by_exit": gmacs,
+      "posthoc": {"method": method, "fit_alpha": fit_alpha,
+                  "num_utterances": len(scale_half["snr_min"]),
+                  "scales": {name: value.tolist() for name, value in scales.items()}},
+      "before": report(), "after": report(scales=scales),
+      "guarantee": guarantee(threshold_half, test_table, target_snr_db=target_snr_db,
+                             delta=delta, epsilon=epsilon, gmacs_per_second=gmacs,
+                             scales=scales),
+  }
+
+
+def text_summary(report):
+  """A few lines for the terminal: every exit's measures before → after post-hoc
+  calibration, and the certified threshold."""
+  lines = [f"Calibration on {report['num_utterances']} utterances (before -> after post-hoc, "
+           f"{report['posthoc']['method']} fit on {report['posthoc']['num_utterances']}):",
+           f"{'exit':>8} {'ECE':>15} {'KS':>15} {'CRPS (dB)':>15} {'NLL':>15}"]
+  panels = [(str(b["exit"]), b, a) for b, a in zip(report["before"]["per_exit"],
+                                                   report["after"]["per_exit"])]
+  for name, before, after in panels + [("all", report["before"]["pooled"],
+                                        report["after"]["pooled"])]:
+    lines.append(f"{name:>8} " + " ".join(
+        f"{f'{before[key]:.3f} -> {after[key]:.3f}':>15}"
+        for key in ("ece_mean", "ks", "crps", "nll")))
+  entry = report["guarantee"]
+  setting = (f"gamma = {entry['target_snr_db']:g} dB, delta = {entry['delta']:g}, "
+             f"epsilon = {entry['epsilon']:g}, {entry['num_utterances']} utterances")
+  if entry["threshold"] is None:
+    lines.append(f"No threshold certified ({setting}): even the last exit misses the target "
+                 "too often, or there are too few utterances.")
+  else:
+    test = entry["test"]
+    lines.append(f"Certified threshold {entry['threshold']:g} ({setting}): on the test "
+                 f"split {test['risk']:.1%} miss the target [{test['low']:.1%}, "
+                 f"{test['high']:.1%}], mean exit {test['mean_exit']:.2f}, "
+                 f"{test['gmacs_per_second']:.3g} GMAC/s.")
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------
+# Figures (matplotlib's object interface: no pyplot, no global backend).
+
+
+def _panels(count, size=2.6, columns=4):
+  """A figure with `count` square panels, at most `columns` to a row; `(figure, axes)`."""
+  columns = min(columns, count)
+  rows = -(-count // columns)
+  fig = figure.Figure(figsize=(size * columns, size * rows), layout="constrained")
+  axes = fig.subplots(rows, columns, squeeze=False).ravel()
+  for ax in axes[count:]:
+    ax.set_visible(False)
+  return fig, axes[:count]
+
+
+def _by_panel(report):
+  """`[(title, before measures, after measures)]`: every exit, then pooled."""
+  before, after = report["before"], report["after"]
+  panels = [(f"exit {b['exit']}", b, a) for b, a in zip(before["per_exit"], after["per_exit"])]
+  return panels + [("all exits", before["pooled"], after["pooled"])]
+
+
+def reliability_figure(report):
+  """Reliability diagrams, a panel per exit and one pooled: after post-hoc solid,
+  before dashed, a colour per target."""
+  panels = _by_panel(report)
+  fig, axes = _panels(len(panels))
+  colours = [f"C{i}" for i in range(len(report["targets_db"]))]
+  for ax, (title, before, after) in zip(axes, panels):
+    ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8)
+    for target, colour in zip(report["targets_db"], colours):
+      for measures, style, label in ((after, "-", f"{target:g} dB"), (before, "--", None)):
+        bins = measures["reliability"][_key(target)]
+        shown = [(c, f) for c, f, n in zip(bins["confidence"], bins["frequency"],
+                                           bins["count"]) if n]
+        ax.plot(*zip(*shown), style, marker=".", color=colour, label=label)
+    ax.set(title=f"{title}: ECE {after['ece_mean']:.3f} ({before['ece_mean']:.3f})",
+           xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(SNR ≥ γ)",
+           ylabel="observed frequency")
+    ax.title.set_fontsize("small")
+  axes[0].legend(fontsize="x-small", title="γ (dashed: before)", title_fontsize="x-small")
+  return fig
+
+
+def pit_figure(report):
+  """PIT histograms as densities (uniform: 1), a panel per exit and one pooled: after
+  post-hoc filled, before as a line."""
+  panels = _by_panel(report)
+  fig, axes = _panels(len(panels))
+  edges = np.linspace(0, 1, PIT_BINS + 1)
+  for ax, (title, before, after) in zip(axes, panels):
+    for measures, kind, label in ((after, "stepfilled", "after"), (before, "step", "before")):
+      counts = np.asarray(measures["pit_histogram"], float)
+      ax.hist(edges[:-1], edges, weights=counts * PIT_BINS / max(counts.sum(), 1),
+              histtype=kind, alpha=0.5 if kind == "stepfilled" else 1.0,
+              color="C0" if kind == "stepfilled" else "C3", label=label)
+    ax.axhline(1.0, color="0.4", linewidth=0.8)
+    ax.set(title=f"{title}: KS {after['ks']:.3f} ({before['ks']:.3f})", xlim=(0, 1),
+           xlabel="PIT u", ylabel="density")
+    ax.title.set_fontsize("small")
+  axes[0].legend(fontsize="x-small", title="post-hoc", title_fontsize="x-small")
+  return fig
+
+
+def exit_depth_figure(report):
+  """Exits taken (after post-hoc) at the guarantee's target: one bar group per
+  confidence, and the certified threshold's."""
+  target = report["guarantee"]["target_snr_db"]
+  series = [(f"p = {entry['confidence']:g}", entry["exit_histogram"])
+            for entry in report["after"]["target_satisfaction"]
+            if entry["target_snr_db"] == target]
+  if report["guarantee"]["test"] is not None:
+    series.append((f"certified λ = {report['guarantee']['threshold']:g}",
+                   report["guarantee"]["test"]["exit_histogram"]))
+  fig = figure.Figure(figsize=(6, 3.5), layout="constrained")
+  ax = fig.subplots()
+  exits = np.arange(1, report["num_exits"] + 1)
+  width = 0.8 / len(series)
+  for i, (label, histogram) in enumerate(series):
+    ax.bar(exits - 0.4 + width * (i + 0.5), histogram, width, label=label)
+  ax.set(xticks=exits, xlabel="exit", ylabel="utterances",
+         title=f"Exits taken, γ = {target:g} dB (post-hoc calibrated)")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  return fig
+
+
+def tradeoff_figure(report):
+  """SI-SNRi against GMAC/s: the probabilistic policy over the `(γ, p)` grid, a curve
+  per `γ` (after post-hoc solid, before dashed), the fixed exits as reference points
+  and the certified threshold's operating point."""
+  fig = figure.Figure(figsize=(6, 4.5), layout="constrained")
+  ax = fig.subplots()
+  fixed = report["after"]["per_exit"]
+  ax.plot([e["gmacs_per_second"] for e in fixed], [e["si_snri"] for e in fixed], "s-",
+          color="k", linewidth=0.8, label="fixed exits")
+  for entry in fixed:
+    ax.annotate(f"{entry['exit']}", (entry["gmacs_per_second"], entry["si_snri"]),
+                textcoords="offset points", xytext=(4, -10), fontsize="small")
+  for i, target in enumerate(report["targets_db"]):
+    for name, style in (("after", "o-"), ("before", "o--")):
+      points = sorted((e["gmacs_per_second"], e["si_snri"])
+                      for e in report[name]["target_satisfaction"]
+                      if e["target_snr_db"] == target)
+      ax.plot(*zip(*points), style, color=f"C{i}", markersize=3,
+              label=f"γ = {target:g} dB" if name == "after" else None)
+  if report["guarantee"]["test"] is not None:
+    test = report["guarantee"]["test"]
+    ax.plot(test["gmacs_per_second"], test["si_snri"], "*", color="C3", markersize=12,
+            label="certified threshold")
+  ax.set(xlabel="GMAC/s", ylabel="SI-SNRi (dB)",
+         title="Probabilistic exits over (γ, p) (dashed: before post-hoc)")
+  ax.legend(fontsize="small")
+  return fig
+
+
+def write_calibration(out_dir, test_rows, report):
+  """Writes `calibration.json`, `per_utterance.csv` and the `FIGURE_FILES` to `out_dir`.
+
+  Returns:
+    Their paths by kind: `json`, `csv` and the keys of `FIGURE_FILES`.
+  """
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {"json": out_dir / JSON_FILE, "csv": out_dir / evaluate.CSV_FILE}
+  paths["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
+                                      allow_nan=False))
+  evaluate.write_rows(paths["csv"], test_rows)
+  figures = {"reliability": reliability_figure, "pit": pit_figure,
+             "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure}
+  for kind, draw in figures.items():
+    paths[kind] = out_dir / FIGURE_FILES[kind]
+    draw(report).savefig(paths[kind], dpi=120)
+  return paths

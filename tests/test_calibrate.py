@@ -1,0 +1,303 @@
+"""The calibration report on simulated populations, and `eesep calibrate` end to end on
+a random tiny model: its files, and post-hoc scales picked up by `evaluate` and
+`separate`."""
+
+import contextlib
+import functools
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import write_speech_mixtures
+from eesep_jax import calibration
+from eesep_jax import calibration_report
+from eesep_jax import cli
+from eesep_jax import config_lib
+from eesep_jax import data
+from eesep_jax import evaluate
+from eesep_jax import inference
+from eesep_jax import separate_files
+from eesep_jax import train
+
+RATE = 8000
+LENGTH = RATE // 2  # One length for every utterance: one compilation.
+TARGETS = (0.5, 2.0, 5.0)  # Where a random model's exit probabilities vary.
+GMACS = (1.0, 2.0, 3.0)
+
+
+# ----------------------------------------------------------------------------------
+# Simulated populations: predictions that are calibrated or off by a known factor.
+
+
+def _population(seed, n, *, factor=1.0, gaussian=False, exits=3, sources=2):
+  """An exit table whose error energies follow the generative model of predictions
+  whose `β` (or `σ²`) is then multiplied by `factor`: calibrated for 1, overconfident
+  below 1. Later exits are 3 dB better on average."""
+  rng = np.random.default_rng(seed)
+  time = rng.integers(4000, 16000, n).astype(float)
+  shape = (n, exits, sources)
+  samples = np.broadcast_to(time[:, None, None], shape)
+  signal = samples * np.exp(rng.uniform(-6, -2, shape))
+  snr_db = rng.uniform(0, 25, shape) + 3 * np.arange(exits)[:, None]
+  mean_variance = signal / samples / 10 ** (snr_db / 10)
+  if gaussian:
+    params = {"variance": mean_variance}
+    energy = mean_variance * rng.chisquare(samples)
+  else:
+    alpha = rng.uniform(2, 8, shape)
+    params = {"alpha": alpha, "beta": (alpha - 1) * mean_variance}
+    energy = params["beta"] / rng.gamma(alpha) * rng.chisquare(samples)
+  scaled = "variance" if gaussian else "beta"
+  params[scaled] = params[scaled] * factor
+  realised = 10 * np.log10(1 + signal / energy)  # No cross term: exactly the model's SNR.
+  table = {"num_samples": np.broadcast_to(time[:, None], (n, exits)).copy(),
+           "snr_min": realised.min(axis=-1), "si_snri": realised.mean(axis=-1)}
+  for c in range(sources):
+    for name, values in (*params.items(), ("error_energy", energy),
+                         ("estimate_energy", signal), ("snr", realised)):
+      table[f"{name}_s{c + 1}"] = values[..., c]
+  return table
+
+
+def _report(table, **kwargs):
+  return calibration_report.calibration_report(table, gmacs_per_second=GMACS,
+                                               targets=(5.0, 10.0, 15.0), **kwargs)
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_calibrated_predictions_score_better_and_posthoc_recovers_them(gaussian):
+  calibrated = _report(_population(0, 1000, gaussian=gaussian))
+  overconfident_table = _population(0, 1000, factor=0.25, gaussian=gaussian)
+  overconfident = _report(overconfident_table)
+  underconfident = _report(_population(0, 1000, factor=4.0, gaussian=gaussian))
+  for worse in (overconfident, underconfident):
+    for good, bad in zip(calibrated["per_exit"] + [calibrated["pooled"]],
+                         worse["per_exit"] + [worse["pooled"]]):
+      assert good["ece_mean"] < 0.02 and bad["ece_mean"] > 0.08
+      assert good["ks"] < 0.05 and bad["ks"] > 0.3
+      assert good["crps"] < bad["crps"] and good["nll"] < bad["nll"]
+      # Sharpness does not see the level, only the spread.
+      assert good["sharpness"] == pytest.approx(bad["sharpness"])
+  # Calibrated exits keep their promise; overconfident ones do not.
+  for good, bad in zip(calibrated["target_satisfaction"],
+                       overconfident["target_satisfaction"]):
+    assert good["count"] > 100 and good["share"] >= good["confidence"] - 0.03
+    assert bad["share"] < good["share"]
+  assert min(e["share"] - e["confidence"] for e in overconfident["target_satisfaction"]) < -0.2
+
+  scales = calibration_report.fit_scales(overconfident_table)
+  np.testing.assert_allclose(scales["variance_scale" if gaussian else "beta_scale"], 4.0,
+                             rtol=0.1)
+  recovered = _report(overconfident_table, scales=scales)
+  assert recovered["pooled"]["ece_mean"] < 0.02 and recovered["pooled"]["ks"] < 0.05
+
+
+def test_report_layout():
+  report = _report(_population(1, 200))
+  assert [entry["exit"] for entry in report["per_exit"]] == [1, 2, 3]
+  assert set(report["pooled"]) == {"ece", "ece_mean", "ks", "crps", "nll", "sharpness",
+                                   "reliability", "pit_histogram"}
+  assert set(report["pooled"]["ece"]) == {"5", "10", "15"}
+  assert sum(report["pooled"]["pit_histogram"]) == 200 * 3 * 2
+  assert sum(report["per_exit"][0]["reliability"]["10"]["count"]) == 200 * 2
+  grid = {(e["target_snr_db"], e["confidence"]) for e in report["target_satisfaction"]}
+  assert grid == {(t, p) for t in (5, 10, 15) for p in calibration_report.CONFIDENCES}
+  for entry in report["target_satisfaction"]:
+    assert sum(entry["exit_histogram"]) == 200
+    assert entry["low"] <= entry["share"] <= entry["high"]
+  with pytest.raises(ValueError, match="one variance block"):
+    _report({"si_snri": np.zeros((2, 3)), "snr_min": np.zeros((2, 3))})
+
+
+def test_certified_threshold_holds_on_fresh_utterances():
+  result = calibration_report.guarantee(
+      _population(2, 1000), _population(3, 1000), target_snr_db=5.0, delta=0.1,
+      epsilon=0.1, gmacs_per_second=GMACS)
+  assert 0 < result["threshold"] < 1 and result["calibration_risk"] <= 0.1
+  test = result["test"]
+  assert test["risk"] < 0.13 and test["low"] <= test["risk"] <= test["high"]
+  assert 1 < test["mean_exit"] < 3 and sum(test["exit_histogram"]) == 1000
+  # The last exit alone misses 5 dB on ~1% of utterances: no threshold can do better.
+  assert calibration_report.guarantee(
+      _population(2, 1000), _population(3, 1000), target_snr_db=5.0, delta=0.005,
+      epsilon=0.1, gmacs_per_second=GMACS)["threshold"] is None
+
+
+def test_identity_scales_leave_parameters_bit_for_bit():
+  rng = np.random.default_rng(4)
+  params = {"alpha": (1.01 + rng.exponential(3, (5, 3))).astype(np.float32),
+            "beta": rng.exponential(1, (5, 3)).astype(np.float32)}
+  ones = {name: np.ones(3) for name in calibration.LIKELIHOOD_SCALES["student"]}
+  traced = jax.jit(lambda p, s: calibration.apply_posthoc(p, s))(
+      jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.float32, ones))
+  for result in (traced, calibration.apply_posthoc(params, ones)):
+    for name in params:
+      np.testing.assert_array_equal(np.asarray(result[name], np.float32), params[name])
+
+
+# ----------------------------------------------------------------------------------
+# `eesep calibrate` and the commands that pick its scales up, on a random tiny model.
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """Validation (4) and test (3) splits of 0.5 s two-speaker mixtures."""
+  root = tmp_path_factory.mktemp("wsj0-mix")
+  write_speech_mixtures(root, "cv", [f"cv{k}" for k in range(4)], length=LENGTH, rate=RATE)
+  write_speech_mixtures(root, "tt", [f"tt{k}" for k in range(3)], length=LENGTH, rate=RATE)
+  return root
+
+
+def _run(argv, model, corpus):
+  """`eesep ...` with the checkpoint replaced by `model` on `corpus`; `(stdout, stderr)`."""
+  config, variables = model
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(train, "read_config", lambda workdir: config_lib.base_config(
+        preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
+    patch.setattr(train, "restore_params", lambda workdir: (config, variables))
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      cli.main(argv)
+  return stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def calibrated(model, corpus, tmp_path_factory):
+  """`(checkpoint, out, stdout)` of one `eesep calibrate` run."""
+  checkpoint = tmp_path_factory.mktemp("run")
+  out = checkpoint / "calibration"
+  stdout, _ = _run(["calibrate", "--checkpoint", str(checkpoint), "--out", str(out),
+                    "--targets", "0.5,5", "--confidences", "0.3,0.6,0.9",
+                    "--target-snr", "2", "--delta", "0.5", "--epsilon", "0.5"],
+                   model, corpus)
+  return checkpoint, out, stdout
+
+
+def test_calibrate_writes_the_report_figures_and_scales(calibrated):
+  checkpoint, out, stdout = calibrated
+  report = json.loads((out / calibration_report.JSON_FILE).read_text())
+  assert report["num_utterances"] == 3 and report["targets_db"] == list(TARGETS)
+  assert report["fit_dataset"].startswith("MixtureSource(wsj0-mix 'cv'")
+  assert report["posthoc"]["num_utterances"] == 2  # Half of the 4 validation utterances.
+  for stage in ("before", "after"):
+    for entry in report[stage]["per_exit"] + [report[stage]["pooled"]]:
+      assert {"ece", "ks", "crps", "nll", "sharpness"} <= set(entry)
+      assert set(entry["ece"]) == {"0.5", "2", "5"}
+    assert {(e["target_snr_db"], e["confidence"]) for e in report[stage]["target_satisfaction"]
+            } == {(t, p) for t in TARGETS for p in (0.3, 0.6, 0.9)}
+  assert report["guarantee"]["num_utterances"] == 2
+  assert {"threshold", "delta", "epsilon", "test"} <= set(report["guarantee"])
+  for name in calibration_report.FIGURE_FILES.values():
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  rows = evaluate.read_rows(out / evaluate.CSV_FILE)
+  assert len(rows) == 3 * 3 and {"error_energy_s2", "num_samples"} <= set(rows[0])
+  scales = calibration.load_posthoc(checkpoint)
+  np.testing.assert_allclose(scales["beta_scale"], report["posthoc"]["scales"]["beta_scale"])
+  assert not np.allclose(scales["beta_scale"], 1.0)
+  assert "saved post-hoc scales" in stdout
+  assert "Certified threshold" in stdout or "No threshold certified" in stdout
+
+
+def test_report_recomputes_from_the_csv(calibrated):
+  _, out, _ = calibrated
+  report = json.loads((out / calibration_report.JSON_FILE).read_text())
+  _, table = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
+  again = calibration_report.calibration_report(
+      table, gmacs_per_second=report["gmacs_per_second_by_exit"], targets=TARGETS,
+      confidences=(0.3, 0.6, 0.9))
+  for name in ("ks", "crps", "nll", "sharpness"):  # From values rounded to 6 digits.
+    assert again["pooled"][name] == pytest.approx(report["before"]["pooled"][name], rel=1e-3)
+
+
+def test_worst_source_probability_is_the_exit_probability(calibrated):
+  """The report's per-source probabilities, combined, are what the network reported."""
+  _, out, _ = calibrated
+  _, table = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
+  arrays = calibration_report.source_arrays(table)
+  for target in TARGETS:
+    worst = calibration.snr_exceedance(arrays["estimate_energy"], arrays["params"],
+                                       arrays["num_samples"], target).min(axis=1)
+    np.testing.assert_allclose(worst, table[evaluate.probability_column(target)], atol=1e-4)
+
+
+def test_evaluate_applies_the_saved_scales(calibrated, model, corpus):
+  checkpoint, out, _ = calibrated
+  _, stderr = _run(["evaluate", "--checkpoint", str(checkpoint), "--targets", "0.5,2,5",
+                    "--out", str(checkpoint / "evaluated")], model, corpus)
+  assert "applying post-hoc calibration from" in stderr
+  # `eesep calibrate` wrote the test split's rows without post-hoc calibration.
+  _, before = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
+  _, after = evaluate.exit_table(
+      evaluate.read_rows(checkpoint / "evaluated" / evaluate.CSV_FILE))
+  scales = calibration.load_posthoc(checkpoint)
+  arrays = calibration_report.source_arrays(before)
+  for target in TARGETS:
+    column = evaluate.probability_column(target)
+    expected = calibration.snr_exceedance(
+        arrays["estimate_energy"], calibration.apply_posthoc(arrays["params"], scales),
+        arrays["num_samples"], target).min(axis=1)
+    np.testing.assert_allclose(after[column], expected, atol=1e-4)
+  assert not np.allclose(after[evaluate.probability_column(2.0)],
+                         before[evaluate.probability_column(2.0)], atol=1e-3)
+  np.testing.assert_array_equal(after["si_snr"], before["si_snr"])  # Estimates untouched.
+  report = json.loads((checkpoint / "evaluated" / evaluate.JSON_FILE).read_text())
+  np.testing.assert_allclose(report["posthoc_scales"]["beta_scale"], scales["beta_scale"])
+
+
+def test_separate_applies_scales_without_recompiling(calibrated, model, corpus):
+  config, variables = model
+  checkpoint, out, _ = calibrated
+  scales = calibration.load_posthoc(checkpoint)
+  example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
+  ids, table = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
+  arrays = calibration_report.source_arrays(table)
+  expected = calibration.snr_exceedance(
+      arrays["estimate_energy"], calibration.apply_posthoc(arrays["params"], scales),
+      arrays["num_samples"], 2.0).min(axis=1)[ids.index(example["id"])]
+  separate = functools.partial(inference.separate, variables, config,
+                               example["mixture"][None], policy="fixed", target_snr_db=2.0)
+  plain = [separate(exit_index=k).probability[0] for k in (1, 2, 3)]
+  compiled = inference._stopping_loop._cache_size()  # pylint: disable=protected-access
+  identity = {name: np.ones(3) for name in scales}
+  for k in (1, 2, 3):
+    assert separate(exit_index=k, posthoc_scales=identity).probability[0] == plain[k - 1]
+    probability = separate(exit_index=k, posthoc_scales=scales).probability[0]
+    assert probability == pytest.approx(expected[k - 1], abs=1e-4)
+  assert inference._stopping_loop._cache_size() == compiled  # pylint: disable=protected-access
+  assert not np.allclose([separate(exit_index=k, posthoc_scales=scales).probability[0]
+                          for k in (1, 2, 3)], plain, atol=1e-3)
+
+
+def test_separate_command_passes_the_saved_scales_on(calibrated, model, corpus,
+                                                     monkeypatch, tmp_path):
+  checkpoint, _, _ = calibrated
+  calls = []
+  monkeypatch.setattr(separate_files, "separate_files",
+                      lambda paths, **kwargs: calls.append(kwargs) or [])
+  argv = ["separate", "x.wav", "--checkpoint", str(checkpoint), "--out-dir", str(tmp_path)]
+  _, stderr = _run(argv, model, corpus)
+  _run([*argv, "--no-posthoc"], model, corpus)
+  _, quiet_stderr = _run([*argv, "--quiet"], model, corpus)
+  scales = calibration.load_posthoc(checkpoint)
+  np.testing.assert_array_equal(calls[0]["posthoc_scales"]["beta_scale"], scales["beta_scale"])
+  np.testing.assert_array_equal(calls[0]["posthoc_scales"]["alpha_excess_scale"], 1.0)
+  assert calls[1]["posthoc_scales"] is None
+  assert "applying post-hoc calibration" in stderr and not quiet_stderr
+
+  calibration.save_posthoc(tmp_path, {"beta_scale": np.ones(2)})  # A 2-exit model's.
+  with pytest.raises(SystemExit, match="not one value for each of the model's 3 exits"):
+    _run([*argv[:3], str(tmp_path), *argv[4:]], model, corpus)
+
+
+def test_calibrate_usage_errors(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha",
+              "--method", "moments"])
+  assert "--fit-alpha needs --method nll" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--delta", "1"])
+  assert "strictly between 0 and 1" in capsys.readouterr().err
