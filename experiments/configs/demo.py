@@ -1,5 +1,7 @@
 """The quickstart experiment: the embedded eSpeak corpus, the `tiny` preset, 2 CPU cores.
 
+About 10 minutes of training on 2 CPU cores (`make demo` runs it, then evaluates):
+
     eesep train --config experiments/configs/demo.py --workdir runs/demo --config.steps=200
 """
 
@@ -9,13 +11,13 @@ from eesep_jax import config_lib
 def get_config():
   config = config_lib.base_config(preset="tiny", dataset="wsj0-mix", data_root="data/demo")
   config.data.synthesize_if_missing = True
-  config.data.segment_seconds = 2.0
-  config.steps = 1500
-  config.batch_size = 8
+  config.data.segment_seconds = 1.0
+  config.steps = 600
+  config.batch_size = 4
   config.optimizer.learning_rate = 2e-3
-  config.optimizer.warmup_steps = 100
-  config.checkpoint_every = 250
-  config.eval_every = 500
-  config.log_every = 25
-  config.eval_max_utterances = 32
+  config.optimizer.warmup_steps = 50
+  config.checkpoint_every = 100
+  config.eval_every = 300
+  config.log_every = 10
+  config.eval_max_utterances = 8
   return config
