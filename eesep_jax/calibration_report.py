@@ -34,7 +34,9 @@ import numpy as np
 from matplotlib import figure
 
 from eesep_jax import calibration
+from eesep_jax import data
 from eesep_jax import evaluate
+from eesep_jax import train
 
 CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 RELIABILITY_BINS = 10
@@ -206,21 +208,24 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
 
   Returns:
     A JSON-ready dict: `target_snr_db`, `delta`, `epsilon`, `threshold` (None when
-    nothing is certified), `num_utterances` (calibration), `calibration_risk` (failure
-    share there), and `test`: the failure share `risk` with its interval `low`, `high`,
-    and `mean_exit`, `exit_histogram`, `gmacs_per_second`, `si_snri` on the test
-    utterances (None without a threshold).
+    nothing is certified, or when the model has one exit and so nothing stops early),
+    `num_utterances` (calibration), `calibration_risk` (failure share there), and
+    `test`: the failure share `risk` with its interval `low`, `high`, and `mean_exit`,
+    `exit_histogram`, `gmacs_per_second`, `si_snri` on the test utterances (None
+    without a threshold).
   """
   def worst_source(table):
     return _exceedance(source_arrays(table), [target_snr_db], scales)[0][0].min(axis=1)
 
+  entry = {"target_snr_db": float(target_snr_db), "delta": delta, "epsilon": epsilon,
+           "threshold": None, "num_utterances": len(calibration_table["snr_min"]),
+           "calibration_risk": None, "test": None}
+  if calibration_table["snr_min"].shape[1] < 2:
+    return entry
   result = calibration.guaranteed_threshold(
       worst_source(calibration_table), calibration_table["snr_min"], target_snr_db, delta,
       epsilon)
-  threshold = result["threshold"]
-  entry = {"target_snr_db": float(target_snr_db), "delta": delta, "epsilon": epsilon,
-           "threshold": threshold, "num_utterances": result["num_utterances"],
-           "calibration_risk": None, "test": None}
+  threshold = entry["threshold"] = result["threshold"]
   if threshold is None:
     return entry
   entry["calibration_risk"] = float(result["risk"][result["certified"]][-1])
@@ -297,6 +302,42 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
   }
 
 
+def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_split=None, split=None,
+                         **calibrate_kwargs):
+  """What `eesep calibrate` does: `calibrate` a training run, keep its scales, report.
+
+  The post-hoc scales are saved in the checkpoint folder
+  (`calibration.save_posthoc`), where `evaluate` and `separate` find them, and the
+  report goes to `out_dir` (`write_calibration`).
+
+  Args:
+    checkpoint: a training workdir.
+    out_dir: folder for `calibration.json`, `per_utterance.csv` and the figures.
+    config: the experiment config whose data is read (`data.open_split`); None: the
+      checkpoint's own (`train.read_config`).
+    fit_split: where the scales are fitted and the threshold certified; None: the
+      config's validation split.
+    split: where calibration is measured; None: the config's test split.
+    **calibrate_kwargs: `calibrate`'s keywords (`method`, `target_snr_db`, ...).
+
+  Returns:
+    `(report, paths)`: `calibrate`'s report, with `checkpoint`, `dataset` and
+    `fit_dataset` added and the scales' `path` under `posthoc`, and
+    `write_calibration`'s paths.
+  """
+  config = train.read_config(checkpoint) if config is None else config
+  model_config, variables = train.restore_params(checkpoint)
+  fit_source = data.open_split(config, fit_split or config.data.valid_split)
+  test_source = data.open_split(config, split or config.data.test_split)
+  scales, rows, report = calibrate(variables, model_config, fit_source, test_source,
+                                   **calibrate_kwargs)
+  posthoc_path = calibration.save_posthoc(checkpoint, scales)
+  report = {"checkpoint": str(checkpoint), "dataset": repr(test_source),
+            "fit_dataset": repr(fit_source), **report}
+  report["posthoc"]["path"] = str(posthoc_path)
+  return report, write_calibration(out_dir, rows, report)
+
+
 def text_summary(report):
   """A few lines for the terminal: every exit's measures before → after post-hoc
   calibration, and the certified threshold."""
@@ -313,7 +354,9 @@ def text_summary(report):
   entry = report["guarantee"]
   setting = (f"gamma = {entry['target_snr_db']:g} dB, delta = {entry['delta']:g}, "
              f"epsilon = {entry['epsilon']:g}, {entry['num_utterances']} utterances")
-  if entry["threshold"] is None:
+  if report["num_exits"] == 1:
+    lines.append("No threshold: the model has one exit, so nothing stops early.")
+  elif entry["threshold"] is None:
     lines.append(f"No threshold certified ({setting}): even the last exit misses the target "
                  "too often, or there are too few utterances.")
   else:

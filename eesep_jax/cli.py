@@ -236,33 +236,25 @@ def separate_command(args):
 def calibrate_command(args):
   """Fits post-hoc calibration and a guaranteed threshold, and reports calibration
   before and after (see `eesep_jax.calibration_report`)."""
-  from eesep_jax import calibration
   from eesep_jax import calibration_report
-  from eesep_jax import data
   from eesep_jax import train
 
   if args.fit_alpha and args.method != "nll":
     args.usage_error("--fit-alpha needs --method nll")
   config = _data_config(args, train.read_config(args.checkpoint))
-  model_config, variables = train.restore_params(args.checkpoint)
   fit_split = args.fit_split or config.data.valid_split
   split = args.split or config.data.test_split
   if fit_split == split:
     print(f"warning: fitting and testing on the same split {split!r}: the test measures "
           "after post-hoc calibration are optimistic", file=sys.stderr)
-  fit_source, test_source = data.open_split(config, fit_split), data.open_split(config, split)
-  scales, rows, report = calibration_report.calibrate(
-      variables, model_config, fit_source, test_source, method=args.method,
-      fit_alpha=args.fit_alpha, target_snr_db=args.target_snr, delta=args.delta,
-      epsilon=args.epsilon, max_utterances=args.max_utterances, **_grid(args))
-  posthoc_path = calibration.save_posthoc(args.checkpoint, scales)
-  report = {"checkpoint": str(args.checkpoint), "dataset": repr(test_source),
-            "fit_dataset": repr(fit_source), **report}
-  report["posthoc"]["path"] = str(posthoc_path)
-  paths = calibration_report.write_calibration(args.out, rows, report)
+  report, paths = calibration_report.calibrate_checkpoint(
+      args.checkpoint, args.out, config=config, fit_split=fit_split, split=split,
+      method=args.method, fit_alpha=args.fit_alpha, target_snr_db=args.target_snr,
+      delta=args.delta, epsilon=args.epsilon, max_utterances=args.max_utterances,
+      **_grid(args))
   print(calibration_report.text_summary(report))
-  print(f"saved post-hoc scales to {posthoc_path}: `eesep evaluate` and `eesep separate` "
-        "apply them from now on (--no-posthoc to ignore them)")
+  print(f"saved post-hoc scales to {report['posthoc']['path']}: `eesep evaluate` and "
+        "`eesep separate` apply them from now on (--no-posthoc to ignore them)")
   print("wrote " + ", ".join(str(path) for path in paths.values()))
 
 

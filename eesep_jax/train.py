@@ -259,6 +259,17 @@ def read_config(workdir):
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def latest_step(workdir):
+  """The step of the latest checkpoint in `workdir`; None when it holds none (or no run)."""
+  if not (epath.Path(workdir) / CONFIG_FILE).is_file():
+    return None
+  manager = _checkpoint_manager(workdir, read_config(workdir))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def restore_params(workdir, step=None):
   """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`."""
   config = read_config(workdir)

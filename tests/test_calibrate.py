@@ -127,6 +127,17 @@ def test_certified_threshold_holds_on_fresh_utterances():
       epsilon=0.1, gmacs_per_second=GMACS)["threshold"] is None
 
 
+def test_a_single_exit_model_is_reported_with_no_threshold():
+  table = _population(5, 100, exits=1)
+  report = calibration_report.calibration_report(table, gmacs_per_second=GMACS[:1],
+                                                 targets=(5.0,))
+  assert [entry["exit"] for entry in report["per_exit"]] == [1]
+  assert all(entry["mean_exit"] == 1 for entry in report["target_satisfaction"])
+  result = calibration_report.guarantee(table, table, target_snr_db=5.0, delta=0.1,
+                                        epsilon=0.1, gmacs_per_second=GMACS[:1])
+  assert result["threshold"] is None and result["num_utterances"] == 100
+
+
 def test_identity_scales_leave_parameters_bit_for_bit():
   rng = np.random.default_rng(4)
   params = {"alpha": (1.01 + rng.exponential(3, (5, 3))).astype(np.float32),

@@ -1,0 +1,123 @@
+"""The variance-parameterisation ablation: its variants, and a smoke-size run of two."""
+
+import csv
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEMO_CONFIG, REPO
+from eesep_jax import ablation
+from eesep_jax import calibration_report
+from eesep_jax import config_lib
+from eesep_jax import models
+from eesep_jax import probabilistic
+from eesep_jax import train
+
+SCRIPT = REPO / "experiments" / "ablations" / "variance_parameterisations.py"
+FULL_CONFIG = REPO / "experiments" / "configs" / "ablation_full.py"
+# Columns every row must fill with a finite number.
+MEASURED = [f"{key}_{when}" for key in ablation.MEASURES for when in ("before", "after")]
+
+
+def _overrides(variant):
+  return dict(config_lib.parse_override(text) for text in variant.overrides)
+
+
+def test_variants_are_those_of_the_issue():
+  variants = {variant.name: variant for variant in ablation.variants(models.preset("tiny"))}
+  for parameterisation in probabilistic.PARAMETERISATIONS:
+    assert _overrides(variants[parameterisation]) == {
+        "model.variance.parameterisation": parameterisation,
+        "model.variance.monotone": False}
+  assert _overrides(variants["student-snr+monotone"]) == {
+      "model.variance.parameterisation": "student-snr", "model.variance.monotone": True}
+  for depth in (1, 2, 3):  # The tiny preset: 3 exits of one block each.
+    assert _overrides(variants[f"single-exit-{depth}"]) == {
+        "model.num_exits": 1, "model.num_exit_blocks": depth, "loss.exit_weights": None}
+  assert _overrides(variants["per-exit-permutation"]) == {"loss.permutation": "per-exit"}
+  assert len(variants) == 5 + 1 + 3 + 1
+  assert all(variants[name].kind == "single-exit" for name in variants
+             if name.startswith("single-exit"))
+
+
+def test_single_exit_baselines_save_only_the_earlier_exit_heads():
+  base = config_lib.load_config(DEMO_CONFIG)
+  full_cost = models.gmacs_by_exit(config_lib.model_config(base))
+  baselines = ablation.select_variants(ablation.variants(config_lib.model_config(base)),
+                                       ["single-exit-1", "single-exit-2", "single-exit-3"])
+  cost = [models.gmacs_by_exit(config_lib.model_config(
+      config_lib.load_config(DEMO_CONFIG, variant.overrides)))[0] for variant in baselines]
+  # Depth 1 is exit 1's network; deeper ones skip the heads of the exits before theirs.
+  assert cost[0] == pytest.approx(full_cost[0], rel=1e-6)
+  head = full_cost[1] - full_cost[0] - (cost[1] - cost[0])
+  assert head > 0
+  assert cost[2] == pytest.approx(full_cost[2] - 2 * head, rel=1e-6)
+
+
+def test_every_variant_builds_on_the_full_config():
+  base = config_lib.model_config(config_lib.load_config(FULL_CONFIG))
+  for variant in ablation.variants(base):
+    model = config_lib.model_config(config_lib.load_config(FULL_CONFIG, variant.overrides))
+    if variant.kind == "single-exit":
+      depth = int(variant.name.rsplit("-", 1)[1])
+      assert (model.num_exits, model.num_exit_blocks) == (1, depth * base.blocks_per_stage)
+
+
+def test_unknown_variants_are_named():
+  with pytest.raises(ValueError, match="student-snr"):
+    ablation.select_variants(ablation.variants(models.preset("tiny")), ["student-t"])
+
+
+def test_script_help_has_an_example():
+  result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                          text=True, check=True)
+  assert "--smoke" in result.stdout and "examples:" in result.stdout
+
+
+@pytest.mark.slow
+def test_smoke_ablation_compares_every_variant(smoke_ablation):
+  out, comparison = smoke_ablation
+  with (out / ablation.FILES["csv"]).open(newline="") as file:
+    rows = list(csv.DictReader(file))
+  assert [row["variant"] for row in rows] == list(ablation.SMOKE_SUBSET)
+  for row in rows:
+    for column in MEASURED:
+      assert math.isfinite(float(row[column])), (row["variant"], column)
+    for when in ("before", "after"):
+      share = row[f"satisfaction_{when}"]
+      assert (share == "") == (row[f"exited_{when}"] == "0")
+      assert share == "" or 0.0 <= float(share) <= 1.0
+  every_exit, single_exit = rows  # student-snr, then single-exit-1.
+  assert all(math.isfinite(float(every_exit[f"si_snri_exit_{d}"])) for d in (1, 2, 3))
+  assert math.isfinite(float(single_exit["si_snri_exit_1"]))
+  assert single_exit["si_snri_exit_2"] == single_exit["si_snri_exit_3"] == ""
+  assert comparison["variants"][1]["reference"] == "student-snr"
+
+  table = (out / ablation.FILES["markdown"]).read_text()
+  assert all(f"| {name} |" in table for name in ablation.SMOKE_SUBSET)
+  assert ablation.load_comparison(out) == comparison
+  for kind in ("si_snri", "calibration"):
+    assert (out / ablation.FILES[kind]).stat().st_size > 0
+  for name in ablation.SMOKE_SUBSET:
+    assert (out / name / ablation.CALIBRATION_DIR / "reliability.png").is_file()
+    assert (out / name / "posthoc_calibration.json").is_file()
+
+
+@pytest.mark.slow
+def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation,
+                                                                monkeypatch):
+  out, comparison = smoke_ablation
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("a finished variant was run again")
+
+  monkeypatch.setattr(train, "train_and_evaluate", forbidden)
+  monkeypatch.setattr(calibration_report, "calibrate_checkpoint", forbidden)
+  again = ablation.run_ablation(DEMO_CONFIG, out, names=ablation.SMOKE_SUBSET, smoke=True)
+  assert again == comparison
+  # A finished run is not trained again, even without its result.
+  config = config_lib.load_config(
+      DEMO_CONFIG, ablation.smoke_overrides(out / ablation.CORPUS_DIR))
+  ablation.train_variant(config, out / "student-snr")

@@ -1,0 +1,47 @@
+"""The notebooks: stored without outputs, sized by a papermill `SMOKE` parameter, and
+run headless at smoke size in a kernel of this interpreter."""
+
+import re
+import sys
+
+import nbformat
+import papermill
+import pytest
+from jupyter_client.manager import KernelManager
+
+from conftest import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+# The parameter through which each notebook reuses the session's smoke ablation.
+SHARED_FOLDER = {"01_quickstart": "SMOKE_DIR", "02_variance_parameterisations": "OUT",
+                 "03_exit_calibration": "SMOKE_DIR"}
+
+
+def test_every_notebook_of_the_issue_is_there():
+  assert [path.stem for path in NOTEBOOKS] == sorted(SHARED_FOLDER)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_is_stored_clean_with_a_smoke_parameter(path):
+  notebook = nbformat.read(path, as_version=4)
+  nbformat.validate(notebook)
+  for cell in notebook.cells:
+    if cell.cell_type == "code":
+      assert not cell.outputs and cell.execution_count is None, cell.source[:60]
+  [parameters] = [cell for cell in notebook.cells
+                  if "parameters" in cell.metadata.get("tags", [])]
+  assert re.search(r"^SMOKE = False\b", parameters.source, re.MULTILINE)
+  assert re.search(rf"^{SHARED_FOLDER[path.stem]} = None\b", parameters.source, re.MULTILINE)
+
+
+def test_the_python3_kernel_is_this_interpreter():
+  assert KernelManager(kernel_name="python3").format_kernel_cmd()[0] == sys.executable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_runs_headless_at_smoke_size(path, smoke_ablation, tmp_path):
+  out, _ = smoke_ablation
+  papermill.execute_notebook(
+      str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(tmp_path),
+      parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out)}, progress_bar=False)
