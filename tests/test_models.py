@@ -13,6 +13,7 @@ import pytest
 from eesep_jax import models
 from eesep_jax import probabilistic
 from eesep_jax.models import layers
+from eesep_jax.models import press_net
 
 TIME = 801  # Odd, and not a multiple of the encoder's stride.
 
@@ -100,10 +101,12 @@ def _sequential_recurrence(decay, update):
                           run(decay[..., half:], update[..., half:], True)], axis=-1)
 
 
-def test_bidirectional_recurrence_and_its_gradient_match_a_loop():
-  decay = jax.random.uniform(jax.random.key(0), (2, 37, 6))
-  update = jax.random.normal(jax.random.key(1), (2, 37, 6))
-  weights = jax.random.normal(jax.random.key(2), (2, 37, 6))
+# Frames below, at and across the two-level scan's chunk of 32, with a partial chunk.
+@pytest.mark.parametrize("frames", [1, 32, 37, 100])
+def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames):
+  decay = jax.random.uniform(jax.random.key(0), (2, frames, 6))
+  update = jax.random.normal(jax.random.key(1), (2, frames, 6))
+  weights = jax.random.normal(jax.random.key(2), (2, frames, 6))
 
   def states_and_gradients(recurrence):
     def loss(decay, update):
@@ -115,6 +118,48 @@ def test_bidirectional_recurrence_and_its_gradient_match_a_loop():
   want = states_and_gradients(_sequential_recurrence)
   for g, w in zip(jax.tree.leaves(got(decay, update)), jax.tree.leaves(want(decay, update))):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def _values_and_gradients(module, variables, x, weights):
+  """`module`'s output and the gradients of a weighted sum of its squares with respect
+  to the input and every parameter."""
+  def loss(variables, x):
+    # `nn.ConvTranspose` keeps a trailing axis of one feature.
+    y = module.apply(variables, x).reshape(weights.shape)
+    return jnp.sum(weights * jnp.square(y)), y
+  return jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables, x)
+
+
+def _assert_same_as_flax(module, reference, input_shape, output_shape):
+  """`module` and the Flax module it stands in for: same parameters, outputs and
+  gradients."""
+  x = jax.random.normal(jax.random.key(0), input_shape)
+  variables = reference.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, module.init(jax.random.key(1), x)) == jax.tree.map(
+      jnp.shape, variables)
+  weights = jax.random.normal(jax.random.key(2), output_shape)
+  got = _values_and_gradients(module, variables, x, weights)
+  want = _values_and_gradients(reference, variables, x, weights)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+# Kernels odd and even, shorter and longer than the kernel-gradient's block of 64 frames.
+@pytest.mark.parametrize("kernel, frames", [(3, 5), (4, 70), (65, 130), (31, 200)])
+def test_depthwise_convolution_matches_flax_grouped_convolution(kernel, frames):
+  channels = 6
+  _assert_same_as_flax(
+      layers.DepthwiseConv(kernel),
+      nn.Conv(channels, (kernel,), padding="SAME", feature_group_count=channels),
+      (3, frames, channels), (3, frames, channels))
+
+
+@pytest.mark.parametrize("kernel, stride, frames", [(16, 8, 9), (4, 2, 1), (6, 3, 40)])
+def test_transposed_convolution_matches_flax(kernel, stride, frames):
+  _assert_same_as_flax(
+      press_net.TransposedConvolution(kernel, stride),
+      nn.ConvTranspose(1, (kernel,), strides=(stride,), padding="VALID", use_bias=False),
+      (2, frames, 5), (2, (frames - 1) * stride + kernel))
 
 
 def test_fresh_block_is_near_identity(tiny):

@@ -11,6 +11,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from eesep_jax.models.config import PressNetConfig
 
@@ -23,57 +24,200 @@ LAYER_SCALE_INIT = 1e-5
 _GATE_RATE_RANGE = (1e-3, 1e-1)
 
 
-def _combine(earlier, later):
-  decay_earlier, state_earlier = earlier
-  decay_later, update_later = later
-  return decay_earlier * decay_later, decay_later * state_earlier + update_later
+# What a block's backward pass keeps from its forward pass: the matmuls' outputs and
+# the recurrence's states (named so). Everything else is element-wise and is
+# recomputed inside the backward pass's own fused loops, which costs less than
+# writing it out and reading it back: on CPU a step is bound by memory traffic and by
+# the page faults of its temporary buffer, which this shrinks by a third.
+_RECURRENCE_STATES = "recurrence_states"
+_SAVED_BY_BLOCKS = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable,
+    jax.checkpoint_policies.save_only_these_names(_RECURRENCE_STATES))
+
+# Frames per chunk of the recurrence's two-level scan: the loop within chunks runs
+# this many steps, the loop across chunks `frames / _SCAN_CHUNK`.
+_SCAN_CHUNK = 32
 
 
-def _scan_frames(decay, update):
-  """`h_t = decay_t · h_{t-1} + update_t`, `h_{-1} = 0`, along axis -2."""
-  return jax.lax.associative_scan(_combine, (decay, update), axis=decay.ndim - 2)[1]
+def _scan_both_ways(decay, update, forward_first):
+  """`h_t = decay_t · h_{t∓1} + update_t` along axis -2 from a zero state, forward in time
+  for one half of the channels and backward for the other.
+
+  A two-level scan: a loop over the position within chunks of `_SCAN_CHUNK` frames
+  runs every chunk at once from a zero state, keeping each frame's state and the
+  product of the decays since the chunk began; a loop over chunks carries the state
+  across their boundaries; one element-wise pass adds it in. Against
+  `lax.associative_scan` (a tree of strided slices, `log frames` deep) this makes
+  fewer passes over memory and a several times smaller program to compile, and the
+  two directions share the loops instead of the second half being flipped in time.
+
+  Args:
+    decay, update: `[..., frames, channels]`, `channels` even.
+    forward_first: whether the first half of the channels runs forward in time.
+
+  Returns:
+    `[..., frames, channels]` states.
+  """
+  *batch, frames, channels = decay.shape
+  half = channels // 2
+  num_chunks = -(-frames // _SCAN_CHUNK)
+  axis = len(batch) + 1  # Position within a chunk.
+
+  def chunks(x, part):
+    """Half `part` (0 or 1), zero-padded at the end: `[..., chunks, _SCAN_CHUNK, half]`."""
+    x = x[..., part * half:(part + 1) * half]
+    x = jnp.pad(x, [(0, 0)] * len(batch) + [(0, num_chunks * _SCAN_CHUNK - frames), (0, 0)])
+    return x.reshape(tuple(batch) + (num_chunks, _SCAN_CHUNK, half))
+
+  parts = (0, 1) if forward_first else (1, 0)  # (forward, backward) halves.
+  inputs = [(chunks(decay, part), chunks(update, part)) for part in parts]
+
+  def within_chunks(i, carry):
+    result = []
+    for (a, u), (h, p, states, products), position in zip(
+        inputs, carry, (i, _SCAN_CHUNK - 1 - i)):
+      a_i = jax.lax.dynamic_index_in_dim(a, position, axis, keepdims=False)
+      h = a_i * h + jax.lax.dynamic_index_in_dim(u, position, axis, keepdims=False)
+      p = a_i * p
+      result.append((h, p, jax.lax.dynamic_update_index_in_dim(states, h, position, axis),
+                     jax.lax.dynamic_update_index_in_dim(products, p, position, axis)))
+    return result
+
+  zeros = jnp.zeros(tuple(batch) + (num_chunks, half), decay.dtype)
+  buffers = jnp.zeros_like(inputs[0][0])
+  carry = jax.lax.fori_loop(0, _SCAN_CHUNK, within_chunks,
+                            [(zeros, jnp.ones_like(zeros), buffers, buffers)] * 2)
+
+  def across_chunks(state, chunk):
+    h, p = chunk  # The chunk's own final state and decay product.
+    return p * state + h, state
+
+  outputs = []
+  for (h, p, states, products), reverse in zip(carry, (False, True)):
+    _, entering = jax.lax.scan(across_chunks, zeros[..., 0, :],
+                               (jnp.moveaxis(h, -2, 0), jnp.moveaxis(p, -2, 0)),
+                               reverse=reverse)
+    outputs.append(states + products * jnp.moveaxis(entering, 0, -2)[..., None, :])
+  outputs = jnp.concatenate(outputs if forward_first else outputs[::-1], axis=-1)
+  return outputs.reshape(tuple(batch) + (num_chunks * _SCAN_CHUNK, channels))[..., :frames, :]
+
+
+def _shift_frames(x, offset):
+  """`y_t = x_{t + offset}` along axis -2 for `offset` ±1, zero beyond the ends."""
+  zero = jnp.zeros_like(x[..., :1, :])
+  if offset > 0:
+    return jnp.concatenate([x[..., 1:, :], zero], axis=-2)
+  return jnp.concatenate([zero, x[..., :-1, :]], axis=-2)
+
+
+def _shift_halves(x, offset):
+  """`_shift_frames` by `offset` on the first half of the channels, `-offset` on the
+  second: one frame ahead (+1) or behind (-1) in each half's own direction."""
+  half = x.shape[-1] // 2
+  return jnp.concatenate([_shift_frames(x[..., :half], offset),
+                          _shift_frames(x[..., half:], -offset)], axis=-1)
 
 
 @jax.custom_vjp
-def _linear_recurrence(decay, update):
-  return _scan_frames(decay, update)
-
-
-def _linear_recurrence_forward(decay, update):
-  states = _scan_frames(decay, update)
-  return states, (decay, states)
-
-
-def _linear_recurrence_backward(residuals, cotangent):
-  # The adjoint of a linear recurrence is the same recurrence run backwards in time,
-  # `λ_t = g_t + decay_{t+1} λ_{t+1}`: one more scan instead of differentiating
-  # through the scan's tree of slices (several times the program to compile).
-  decay, states = residuals
-  zero_frame = jnp.zeros_like(decay[..., :1, :])
-  next_decay = jnp.concatenate([decay[..., 1:, :], zero_frame], axis=-2)
-  flip = functools.partial(jnp.flip, axis=-2)
-  adjoint = flip(_scan_frames(flip(next_decay), flip(cotangent)))
-  previous_states = jnp.concatenate([zero_frame, states[..., :-1, :]], axis=-2)
-  return adjoint * previous_states, adjoint
-
-
-_linear_recurrence.defvjp(_linear_recurrence_forward, _linear_recurrence_backward)
-
-
 def bidirectional_linear_recurrence(decay, update):
   """`h_t = decay_t · h_{t±1} + update_t` along axis -2, zero initial state: forward in
   time for the first half of the channels, backward for the second half.
 
-  Both directions share one `lax.associative_scan` (log depth, linear work) over the
-  time-flipped second half, which halves the program XLA has to compile; the
-  gradient is one more such scan. `decay`, `update`, result: `[..., frames, channels]`.
+  `decay`, `update`, result: `[..., frames, channels]`, `channels` even. The gradient
+  is one more scan (see `_recurrence_backward`).
   """
-  half = decay.shape[-1] // 2
+  return _scan_both_ways(decay, update, forward_first=True)
 
-  def flip_second_half(x):
-    return jnp.concatenate([x[..., :half], jnp.flip(x[..., half:], axis=-2)], axis=-1)
 
-  return flip_second_half(_linear_recurrence(flip_second_half(decay), flip_second_half(update)))
+def _recurrence_forward(decay, update):
+  states = bidirectional_linear_recurrence(decay, update)
+  return states, (decay, states)
+
+
+def _recurrence_backward(residuals, cotangent):
+  # The adjoint of a linear recurrence is the same recurrence run the other way in
+  # time, `λ_t = g_t + decay_{t+1} λ_{t+1}` for a forward one: one more scan instead of
+  # differentiating through the loops (a bigger program, and every step's carry saved).
+  decay, states = residuals
+  adjoint = _scan_both_ways(_shift_halves(decay, 1), cotangent, forward_first=False)
+  return adjoint * _shift_halves(states, -1), adjoint
+
+
+bidirectional_linear_recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+
+
+def _shifted_sum(padded, kernel, frames):
+  """`sum_k padded[..., k:k + frames, :] · kernel[k]`: one fused pass over the input."""
+  return sum(padded[..., k:k + frames, :] * kernel[k] for k in range(kernel.shape[0]))
+
+
+def _pad_frames(x, left, right):
+  return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(left, right), (0, 0)])
+
+
+@jax.custom_vjp
+def depthwise_convolution(x, kernel):
+  """Depthwise cross-correlation over frames with "SAME" padding, as `nn.Conv` with
+  `feature_group_count` equal to the channels computes it.
+
+  XLA:CPU runs grouped convolutions, and above all their kernel gradient (a dense
+  `[K, C, C]` convolution whose diagonal is kept), one to two orders of magnitude
+  slower than these shifted multiply-adds and the matmul of
+  `_depthwise_kernel_gradient`.
+
+  Args:
+    x: `[..., frames, channels]`.
+    kernel: `[K, channels]`.
+
+  Returns:
+    `[..., frames, channels]`.
+  """
+  size = kernel.shape[0]
+  left = (size - 1) // 2
+  return _shifted_sum(_pad_frames(x, left, size - 1 - left), kernel, x.shape[-2])
+
+
+def _depthwise_kernel_gradient(x, cotangent, size):
+  """`g[k, c] = Σ_{…, t} x_pad[…, t + k, c] · cotangent[…, t, c]` as one batched matmul.
+
+  Frames are cut into blocks of `L ≥ K − 1`; block `j` of the cotangent meets the
+  `L + K − 1` padded input frames from `j·L` on, and `P[c, s, u]` (their products
+  summed over blocks) holds every lag `u − s`. Lag `k` is the skewed diagonal
+  `P[c, s, s + k]`, which a reshape of the flattened `[L, U]` plane to
+  `[L, U + 1]` lines up as column `k`. K shifted reductions instead would read both
+  arrays K times.
+  """
+  channels, frames = x.shape[-1], x.shape[-2]
+  left = (size - 1) // 2
+  block = max(size - 1, 64)
+  num_blocks = -(-frames // block)
+  window = block + size - 1
+  x = _pad_frames(x, left, (num_blocks + 1) * block - frames - left).reshape(
+      (-1, num_blocks + 1, block, channels))
+  windows = jnp.concatenate([x[:, :-1], x[:, 1:, :size - 1]], axis=2)  # [N, J, U, C]
+  cotangent = _pad_frames(cotangent, 0, num_blocks * block - frames).reshape(
+      (-1, num_blocks, block, channels))
+  products = jnp.einsum("njsc,njuc->csu", cotangent, windows,
+                        preferred_element_type=jnp.float32)  # [C, L, U]
+  skewed = jnp.pad(products.reshape(channels, block * window), ((0, 0), (0, block)))
+  return skewed.reshape(channels, block, window + 1)[..., :size].sum(axis=1).T
+
+
+def _depthwise_convolution_forward(x, kernel):
+  return depthwise_convolution(x, kernel), (x, kernel)
+
+
+def _depthwise_convolution_backward(residuals, cotangent):
+  x, kernel = residuals
+  size = kernel.shape[0]
+  left = (size - 1) // 2
+  # The input's gradient is the same correlation with the kernel reversed.
+  x_gradient = _shifted_sum(_pad_frames(cotangent, size - 1 - left, left), kernel[::-1],
+                            x.shape[-2])
+  return x_gradient, _depthwise_kernel_gradient(x, cotangent, size).astype(kernel.dtype)
+
+
+depthwise_convolution.defvjp(_depthwise_convolution_forward, _depthwise_convolution_backward)
 
 
 def _gate_bias_init(key, shape, dtype=jnp.float32):
@@ -121,9 +265,31 @@ class BidirectionalRecurrence(nn.Module):
     # The scan runs in float32 whatever the compute dtype: products of many decays
     # lose everything in bfloat16.
     rate = jax.nn.sigmoid(logits.astype(jnp.float32))
-    states = bidirectional_linear_recurrence(1.0 - rate, rate * values.astype(jnp.float32))
+    states = checkpoint_name(
+        bidirectional_linear_recurrence(1.0 - rate, rate * values.astype(jnp.float32)),
+        _RECURRENCE_STATES)
     states = states.astype(cfg.compute_dtype)
     return dense(cfg.width, name="output")(states * output_gate)
+
+
+class DepthwiseConv(nn.Module):
+  """`depthwise_convolution` plus a bias, with the parameters `nn.Conv(C, (K,),
+  padding="SAME", feature_group_count=C)` has: `kernel` `[K, 1, C]`, `bias` `[C]`.
+
+  `[..., frames, C] -> [..., frames, C]`.
+  """
+  kernel_size: int
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, 1, channels), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return depthwise_convolution(x, kernel[:, 0]) + bias
 
 
 class DepthwiseConvolution(nn.Module):
@@ -139,11 +305,8 @@ class DepthwiseConvolution(nn.Module):
     channels = cfg.conv_expansion * cfg.width
     kwargs = dict(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     y = nn.glu(nn.Dense(2 * channels, **kwargs)(x))
-    leading, frames = y.shape[:-2], y.shape[-2]
-    y = y.reshape((-1, frames, channels))
-    y = nn.Conv(channels, (cfg.conv_kernel,), padding="SAME",
-                feature_group_count=channels, **kwargs)(y)
-    y = nn.silu(y).reshape(leading + (frames, channels))
+    # Named as the `nn.Conv` it stands in for, whose parameters it keeps.
+    y = nn.silu(DepthwiseConv(cfg.conv_kernel, name="Conv_0", **kwargs)(y))
     return nn.Dense(cfg.width, **kwargs)(y)
 
 
@@ -183,6 +346,9 @@ class BlockStack(nn.Module):
   """`num_blocks` blocks of identical shape, stacked with `nn.scan` so that compile
   time does not grow with depth; parameters under `blocks` gain a leading
   `[num_blocks]` axis. `[..., frames, width] -> [..., frames, width]`.
+
+  The backward pass keeps only what `_SAVED_BY_BLOCKS` names of each block's forward
+  pass, or nothing but the block's input with `remat`.
   """
   config: PressNetConfig
   num_blocks: int
@@ -192,7 +358,8 @@ class BlockStack(nn.Module):
   def __call__(self, x, train):
     if self.num_blocks == 0:
       return x
-    block = nn.remat(Block, static_argnums=(2,), prevent_cse=False) if self.remat else Block
+    block = nn.remat(Block, static_argnums=(2,), prevent_cse=False,
+                     policy=None if self.remat else _SAVED_BY_BLOCKS)
     blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast, length=self.num_blocks, unroll=self.config.unroll_blocks)

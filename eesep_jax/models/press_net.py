@@ -99,6 +99,36 @@ class SpeakerAttention(nn.Module):
     return jnp.swapaxes(x + LayerScale()(y), 1, 2)
 
 
+class TransposedConvolution(nn.Module):
+  """A strided transposed convolution to one channel, as `nn.ConvTranspose(1, (K,),
+  strides=(S,), padding="VALID", use_bias=False)` computes it and with its `kernel`
+  `[K, features, 1]`, written as a matmul and an overlap-add: XLA:CPU runs the
+  transposed convolution, and above all its kernel gradient, many times slower.
+
+  `[..., frames, features] -> [..., (frames - 1)·S + K]`; needs `S` to divide `K`.
+  """
+  kernel_size: int
+  stride: int
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, frames):
+    size, stride = self.kernel_size, self.stride
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (size, frames.shape[-1], 1), self.param_dtype)
+    frames, kernel = nn.dtypes.promote_dtype(frames, kernel, dtype=self.dtype)
+    # Frame `f` adds `segments[f, i]` at sample `f·S + i`; `nn.ConvTranspose` does not
+    # flip its kernel, so segment sample `i` takes kernel tap `K − 1 − i`.
+    segments = frames @ kernel[::-1, :, 0].T  # [..., frames, K]
+    hops = size // stride
+    segments = segments.reshape(segments.shape[:-1] + (hops, stride))
+    pad = [(0, 0)] * (segments.ndim - 3)
+    output = sum(jnp.pad(segments[..., m, :], pad + [(m, hops - 1 - m), (0, 0)])
+                 for m in range(hops))  # [..., frames + hops - 1, S]
+    return output.reshape(output.shape[:-2] + (-1,))
+
+
 class DecoderHead(nn.Module):
   """Masks the encoder's basis activations per stream (TasNet style) and maps them
   back to waveforms with a transposed convolution matching the encoder.
@@ -111,15 +141,13 @@ class DecoderHead(nn.Module):
   @nn.compact
   def __call__(self, features, basis, time):
     cfg = self.config
-    batch, sources, frames, _ = features.shape
     mask = nn.relu(_dense(cfg, cfg.encoder_features)(_norm(cfg)(features)))
-    masked = (mask * basis[:, None]).reshape(batch * sources, frames, -1)
-    waveforms = nn.ConvTranspose(
-        1, (cfg.encoder_kernel,), strides=(cfg.encoder_stride,), padding="VALID",
-        use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)(masked)
+    # Named as the `nn.ConvTranspose` it stands in for, whose parameters it keeps.
+    waveforms = TransposedConvolution(
+        cfg.encoder_kernel, cfg.encoder_stride, dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32, name="ConvTranspose_0")(mask * basis[:, None])
     left = frame_layout(time, cfg)[0]
-    waveforms = waveforms[:, left:left + time, 0].astype(jnp.float32)
-    return waveforms.reshape(batch, sources, time)
+    return waveforms[..., left:left + time].astype(jnp.float32)
 
 
 class VarianceHead(nn.Module):
@@ -139,6 +167,47 @@ class VarianceHead(nn.Module):
     return nn.Dense(probabilistic.num_raw_outputs(cfg.variance))(x)
 
 
+def stage_trunk(config, features, train):
+  """A stage's blocks (the `C` streams folded into the batch) and its speaker attention.
+
+  Call it inside a compact method: it creates the submodules `trunk` and
+  `speaker_attention` there. `[batch, C, frames, D] -> [batch, C, frames, D]`.
+  """
+  batch, sources, frames, width = features.shape
+  streams = BlockStack(config, config.blocks_per_stage, name="trunk")(
+      features.reshape(batch * sources, frames, width), train)
+  streams = streams.reshape(batch, sources, frames, width)
+  return SpeakerAttention(config, name="speaker_attention")(streams, train)
+
+
+def stage_exit(config, features, basis, variance_state, mixture_length):
+  """An exit: the decoder head's estimates and the variance head's parameters.
+
+  Call it inside a compact method: it creates the submodules `decoder` and
+  `variance_head` there.
+
+  Args:
+    config: the `PressNetConfig`.
+    features: `[batch, C, frames, D]`, the stage's output.
+    basis: `[batch, frames, F]`, the encoder's basis activations.
+    variance_state: `probabilistic.init_variance_state` running sums.
+    mixture_length: `time`, the number of samples of the mixture.
+
+  Returns:
+    `(variance_state, exit_output)`, exit_output being
+    `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`.
+  """
+  estimates = DecoderHead(config, name="decoder")(features, basis, mixture_length)
+  raw = VarianceHead(config, name="variance_head")(
+      features, _pooling_weights(mixture_length, features.shape[2], config))
+  # P(ŝ) only sets the scale of the predicted variance: the likelihood must not
+  # move the estimate's power to change its own variance (and `mean_loss="snr"`
+  # relies on the NLL not reaching the estimate at all).
+  variance, variance_state = probabilistic.variance_parameters(
+      raw, jax.lax.stop_gradient(estimates), variance_state, config.variance)
+  return variance_state, {"estimates": estimates, "variance": variance}
+
+
 class Stage(nn.Module):
   """One stage of the exit trunk followed by its exit; the body of the stage scan.
 
@@ -153,24 +222,11 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, state, mixture_length, train):
-    cfg = self.config
     carry, variance_state = state
-    batch, sources, frames, width = carry["features"].shape
-    streams = BlockStack(cfg, cfg.blocks_per_stage, name="trunk")(
-        carry["features"].reshape(batch * sources, frames, width), train)
-    streams = streams.reshape(batch, sources, frames, width)
-    streams = SpeakerAttention(cfg, name="speaker_attention")(streams, train)
-
-    estimates = DecoderHead(cfg, name="decoder")(streams, carry["basis"], mixture_length)
-    raw = VarianceHead(cfg, name="variance_head")(
-        streams, _pooling_weights(mixture_length, frames, cfg))
-    # P(ŝ) only sets the scale of the predicted variance: the likelihood must not
-    # move the estimate's power to change its own variance (and `mean_loss="snr"`
-    # relies on the NLL not reaching the estimate at all).
-    variance, variance_state = probabilistic.variance_parameters(
-        raw, jax.lax.stop_gradient(estimates), variance_state, cfg.variance)
-    carry = {"features": streams, "basis": carry["basis"]}
-    return (carry, variance_state), {"estimates": estimates, "variance": variance}
+    streams = stage_trunk(self.config, carry["features"], train)
+    variance_state, exit_output = stage_exit(
+        self.config, streams, carry["basis"], variance_state, mixture_length)
+    return ({"features": streams, "basis": carry["basis"]}, variance_state), exit_output
 
 
 class PressNet(nn.Module):
