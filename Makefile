@@ -20,8 +20,11 @@ demo: $(STAMP)
 	$(BIN)/python -m eesep_jax.cli demo
 
 # pytest exits 5 when it collected no test: that is a failure here, like any other non-zero code.
+# Tests run on every core (pytest-xdist): most of their time is XLA compiling, which uses
+# one core per program. `make test PYTEST_WORKERS=0` runs them in this process.
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

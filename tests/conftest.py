@@ -27,6 +27,21 @@ TRAIN_OVERRIDES = (
 )
 
 
+# Session fixtures that take minutes to build. `make test` spreads tests over CPU cores
+# with pytest-xdist, where each worker builds its own session fixtures: keeping every
+# test that needs one of these on one worker (`--dist loadgroup`) builds each once.
+EXPENSIVE_FIXTURES = ("trained_workdir", "smoke_ablation")
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist's own hook reads the groups.
+def pytest_collection_modifyitems(items):
+  for item in items:
+    for name in EXPENSIVE_FIXTURES:
+      if name in item.fixturenames:
+        item.add_marker(pytest.mark.xdist_group(name))
+        break
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
   """A wsj0-2mix-layout corpus of 16/4/4 two-speaker mixtures at 8 kHz."""
