@@ -40,10 +40,12 @@ def _summary(summary, num_exits):
                if p["policy"] == "probabilistic" and p["target_snr_db"] == TARGET_SNR_DB
                and p["confidence"] == CONFIDENCE)
   full = per_exit[-1]["gmacs_per_second"]
+  # `max` with 0.0 first: when nothing is saved, `1 - x / x` is -0.0, printed "-0%".
+  saved = max(0.0, 100 * (1 - point["gmacs_per_second"] / full))
   lines.append(
       f"Stopping at P(SNR >= {TARGET_SNR_DB:g} dB) >= {CONFIDENCE:g}: mean exit "
       f"{point['mean_exit']:.2f} of {num_exits}, {point['gmacs_per_second']:.2f} of "
-      f"{full:.2f} GMAC/s ({100 * (1 - point['gmacs_per_second'] / full):.0f}% saved), "
+      f"{full:.2f} GMAC/s ({saved:.0f}% saved), "
       f"SI-SNRi {point['si_snri']:.2f} dB, {100 * point['reached_target']:.0f}% of "
       f"utterances reached {TARGET_SNR_DB:g} dB")
   return lines

@@ -1,0 +1,96 @@
+"""The benchmark script runs, and its helpers measure what they say (no timing asserted)."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eesep_jax import models
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+  spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_help_names_the_options():
+  result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                          text=True, check=True, timeout=60)
+  assert "--quick" in result.stdout and "--out" in result.stdout
+
+
+def test_device_and_timing_helpers(bench):
+  info = bench.device_info()
+  assert {"platform", "device_kind", "cpu_count", "jax_version"} <= set(info)
+  calls = []
+  assert bench.median_time(lambda: calls.append(1), repeats=3, warmup=2) >= 0
+  assert len(calls) == 5
+  assert bench.peak_matmul_gflops(64, repeats=1) > 0
+
+
+@pytest.mark.parametrize("network, exits", [("LastExitOnly", 1), ("UnrolledPressNet", 3)])
+def test_baseline_networks_return_press_net_outputs(bench, network, exits):
+  config = models.preset("tiny")
+  mixture = jax.ShapeDtypeStruct((2, 800), jnp.float32)
+  model = getattr(bench, network)(config)
+  variables = jax.eval_shape(model.init, jax.random.key(0), mixture)
+  outputs = jax.eval_shape(model.apply, variables, mixture)
+  assert outputs["estimates"].shape == (exits, 2, config.num_sources, 800)
+  assert {v.shape[0] for v in outputs["variance"].values()} == {exits}
+  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables))
+  # The last-exit network lacks the other exits' heads, and only those.
+  assert (params < models.count_params(config)) == (network == "LastExitOnly")
+
+
+def test_train_flops_are_about_three_forward_passes(bench):
+  config = models.preset("tiny")
+  forward = 2e9 * models.gmacs_by_exit(config, 400)[-1]
+  assert bench.train_flops(config, 1, 400) == pytest.approx(3 * forward, rel=0.2)
+
+
+def _results():
+  preset = {"train_all_exits_over_last_exit": 1.1, "train_mfu": 0.1,
+            "train": {"batch": 2, "segment_samples": 800, "achieved_gflops": 3.0},
+            "stop_at_k_over_full": [0.6, 1.0], "stop_at_k_compute_fraction": [0.58, 1.0],
+            "while_loop_over_static": [1.0, 1.2]}
+  return {"device": {"device_kind": "cpu", "platform": "cpu", "cpu_count": 2,
+                     "jax_version": jax.__version__},
+          "quick": True, "presets": {"tiny": preset}, "compile_scan_e12_over_e2": 1.1,
+          "compile_unrolled_e4_over_e2": 1.6, "rtf_press4_full": 0.5,
+          "rtf_press4_stop": 0.4, "rtf_press4_stop_mean_exit": 3.5,
+          "long_file_seconds": 120.0, "long_file_peak_rss_gb": 1.0,
+          "long_file_throughput_over_60s": 0.85}
+
+
+def test_targets_flag_each_miss(bench):
+  assert bench._targets(_results()) == {
+      "tiny/train_all_exits_over_last_exit <= 1.15": True, "tiny/train_mfu >= 0.20": False,
+      "tiny/stop_at_k_over_full <= k/E + 0.05": False,
+      "tiny/stop_at_k_over_full <= compute fraction + 0.05": True,
+      "tiny/while_loop_over_static <= 1.05": False, "compile_scan_e12_over_e2 <= 1.3": True,
+      "long_file_peak_rss_gb < 3": True, "long_file_throughput_over_60s within 10%": False}
+
+
+def test_markdown_table_marks_each_target(bench, tmp_path):
+  results = tmp_path / "results.json"
+  results.write_text(json.dumps(_results()))
+  table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results)],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+  rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()
+          if line.startswith("| ")}
+  assert rows["tiny/train_all_exits_over_last_exit"].endswith("| yes |")
+  assert rows["tiny/train_mfu"].endswith("| no |")
+  assert rows["long_file_throughput_over_60s"].endswith("| no |")
+  assert rows["compile_unrolled_e4_over_e2"].endswith("| – |")
+  assert "--quick" in table.splitlines()[0]
