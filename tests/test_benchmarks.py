@@ -94,3 +94,16 @@ def test_markdown_table_marks_each_target(bench, tmp_path):
   assert rows["long_file_throughput_over_60s"].endswith("| no |")
   assert rows["compile_unrolled_e4_over_e2"].endswith("| – |")
   assert "--quick" in table.splitlines()[0]
+
+
+def test_peak_rss_is_this_process_own(bench):
+  before = bench.peak_rss_bytes()
+  block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched.
+  assert bench.peak_rss_bytes() >= before + block.nbytes // 2
+  # A child started from this (larger) process reports its own, smaller peak.
+  child = subprocess.run(
+      [sys.executable, "-c", "import importlib.util, sys; "
+       f"spec = importlib.util.spec_from_file_location('b', {str(SCRIPT)!r}); "
+       "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+       "print(m.peak_rss_bytes())"], capture_output=True, text=True, check=True, timeout=120)
+  assert int(child.stdout) < bench.peak_rss_bytes()
