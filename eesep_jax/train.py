@@ -51,8 +51,8 @@ def make_optimizer(optimizer_config, total_steps):
   `optax.apply_if_finite` drops any update whose gradient holds a NaN or inf and counts
   it in its state (`total_notfinite`), which the loop logs as `skipped_steps`. The
   inner transformations run on the parameters raveled into one vector
-  (`optax.flatten`): the same arithmetic as per leaf, in a fraction of the program
-  (half the optimizer's compile time).
+  (`optax.flatten`): the same arithmetic as per leaf, in a smaller program to
+  compile.
   """
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=optimizer_config.learning_rate,

@@ -28,7 +28,7 @@ _GATE_RATE_RANGE = (1e-3, 1e-1)
 # the recurrence's states (named so). Everything else is element-wise and is
 # recomputed inside the backward pass's own fused loops, which costs less than
 # writing it out and reading it back: on CPU a step is bound by memory traffic and by
-# the page faults of its temporary buffer, which this shrinks by a third.
+# the page faults of its temporary buffer, which this shrinks.
 _RECURRENCE_STATES = "recurrence_states"
 _SAVED_BY_BLOCKS = jax.checkpoint_policies.save_from_both_policies(
     jax.checkpoint_policies.dots_saveable,
@@ -48,7 +48,7 @@ def _scan_both_ways(decay, update, forward_first):
   product of the decays since the chunk began; a loop over chunks carries the state
   across their boundaries; one element-wise pass adds it in. Against
   `lax.associative_scan` (a tree of strided slices, `log frames` deep) this makes
-  fewer passes over memory and a several times smaller program to compile, and the
+  fewer passes over memory and a smaller program to compile, and the
   two directions share the loops instead of the second half being flipped in time.
 
   Args:
@@ -161,9 +161,8 @@ def depthwise_convolution(x, kernel):
   `feature_group_count` equal to the channels computes it.
 
   XLA:CPU runs grouped convolutions, and above all their kernel gradient (a dense
-  `[K, C, C]` convolution whose diagonal is kept), one to two orders of magnitude
-  slower than these shifted multiply-adds and the matmul of
-  `_depthwise_kernel_gradient`.
+  `[K, C, C]` convolution whose diagonal is kept), much slower than these shifted
+  multiply-adds and the matmul of `_depthwise_kernel_gradient`.
 
   Args:
     x: `[..., frames, channels]`.

@@ -103,7 +103,7 @@ class TransposedConvolution(nn.Module):
   """A strided transposed convolution to one channel, as `nn.ConvTranspose(1, (K,),
   strides=(S,), padding="VALID", use_bias=False)` computes it and with its `kernel`
   `[K, features, 1]`, written as a matmul and an overlap-add: XLA:CPU runs the
-  transposed convolution, and above all its kernel gradient, many times slower.
+  transposed convolution, and above all its kernel gradient, much slower.
 
   `[..., frames, features] -> [..., (frames - 1)·S + K]`; needs `S` to divide `K`.
   """
