@@ -107,3 +107,13 @@ def test_peak_rss_is_this_process_own(bench):
        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
        "print(m.peak_rss_bytes())"], capture_output=True, text=True, check=True, timeout=120)
   assert int(child.stdout) < bench.peak_rss_bytes()
+
+
+def test_train_step_script_times_one_step():
+  script = SCRIPT.with_name("train_step.py")
+  result = subprocess.run([sys.executable, str(script), "--batch", "1", "--samples", "800",
+                           "--repeats", "1"], capture_output=True, text=True, check=True,
+                          timeout=300)
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  assert record["preset"] == "tiny" and record["samples"] == 800
+  assert record["compile_s"] > 0 and record["step_s"] > 0
