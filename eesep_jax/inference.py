@@ -89,9 +89,9 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
   variance_state = probabilistic.init_variance_state(
       (batch, config.num_sources), num_blocks, config.variance)
 
-  def run_stage(k, carry, variance_state):
+  def run_stage(k, params, carry, variance_state):
     carry, variance_state, exit_output = models.apply_stage(
-        config, models.stage_params(variables, k), carry, time, variance_state)
+        config, params, carry, time, variance_state)
     # Post-hoc calibration acts on what the policies read, not on the running sums of
     # `variance_state`, which are the network's own.
     exit_output = {**exit_output, "variance": calibration.apply_posthoc(
@@ -103,8 +103,9 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
     return carry, variance_state, exit_output, probability
 
   def body(state):
-    k, carry, variance_state, result, done = state
-    carry, variance_state, exit_output, probability = run_stage(k, carry, variance_state)
+    k, params, carry, variance_state, result, done = state
+    carry, variance_state, exit_output, probability = run_stage(
+        k, params, carry, variance_state)
     stop = _should_stop(
         policy, exit_output, k + 1, target_snr_db=target_snr_db, confidence=confidence,
         exit_index=exit_index, probability=probability, references=references,
@@ -120,10 +121,14 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
         lambda new, old: jnp.where(
             newly_stopped.reshape((batch,) + (1,) * (old.ndim - 1)), new, old),
         stopped_now, result)
-    return k + 1, carry, variance_state, result, done | stop
+    # The next stage's parameters travel in the loop state, which XLA materialises:
+    # sliced where they are used, the dynamic slice would be fused into every
+    # element-wise fusion that reads a parameter and recomputed per element.
+    next_params = models.stage_params(variables, jnp.minimum(k + 1, config.num_exits - 1))
+    return k + 1, next_params, carry, variance_state, result, done | stop
 
   def cond(state):
-    k, _, _, _, done = state
+    k, _, _, _, _, done = state
     return (k < config.num_exits) & ~jnp.all(done)
 
   initial = SeparationResult(
@@ -131,8 +136,9 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
       exit_index=jnp.zeros((batch,), jnp.int32),
       probability=jnp.zeros((batch,), jnp.float32),
       gmacs=jnp.zeros((batch,), jnp.float32))
-  state = (jnp.int32(0), carry, variance_state, initial, jnp.zeros((batch,), bool))
-  return jax.lax.while_loop(cond, body, state)[3]
+  state = (jnp.int32(0), models.stage_params(variables, 0), carry, variance_state, initial,
+           jnp.zeros((batch,), bool))
+  return jax.lax.while_loop(cond, body, state)[4]
 
 
 @functools.lru_cache(maxsize=256)
@@ -194,9 +200,7 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
   mixture = jnp.asarray(mixture)
   if mixture.ndim != 2:
     raise ValueError(f"mixture must be [batch, time], got shape {mixture.shape}")
-  batch, time = mixture.shape
-  if references is None:
-    references = jnp.zeros((batch, config.num_sources, time), mixture.dtype)
+  time = mixture.shape[1]
   gmacs_by_exit = jnp.asarray(_gmacs_by_exit(config, time), jnp.float32)
   # Every scale of the likelihood, ones where none was fitted: one compiled loop.
   posthoc_scales = {name: jnp.asarray(scale, jnp.float32) for name, scale
