@@ -32,8 +32,7 @@ class PressNetConfig:
     conv_kernel: kernel of the long depthwise convolution, in frames.
     num_heads: heads of the speaker attention (must divide `width`).
     dropout: dropout rate on every residual sub-layer's output (training only).
-    remat: also recompute each stage's speaker attention and exit heads in the
-      backward pass, keeping only the stage's input (blocks always recompute theirs).
+    remat: recompute activations in the backward pass, per stage and per shared block.
     unroll_blocks: unroll the scans over blocks (bigger programs; also what lets
       XLA's cost analysis count every block, see `gmacs_by_exit`).
     dtype: compute dtype, "float32" or "bfloat16"; parameters stay float32.

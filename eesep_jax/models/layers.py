@@ -11,6 +11,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from eesep_jax.models.config import PressNetConfig
 
@@ -22,6 +23,16 @@ LAYER_SCALE_INIT = 1e-5
 # 10 to 1000 frames (5 ms to 0.5 s at stride 4 and 8 kHz).
 _GATE_RATE_RANGE = (1e-3, 1e-1)
 
+
+# What a block's backward pass keeps from its forward pass: the matmuls' outputs and
+# the recurrence's states (named so). Everything else is element-wise and is
+# recomputed inside the backward pass's own fused loops, which costs less than
+# writing it out and reading it back: on CPU a step is bound by memory traffic and by
+# the page faults of its temporary buffer, which this shrinks.
+_RECURRENCE_STATES = "recurrence_states"
+_SAVED_BY_BLOCKS = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable,
+    jax.checkpoint_policies.save_only_these_names(_RECURRENCE_STATES))
 
 # Frames per chunk of the recurrence's two-level scan: the loop within chunks runs
 # this many steps, the loop across chunks `frames / _SCAN_CHUNK`.
@@ -253,7 +264,9 @@ class BidirectionalRecurrence(nn.Module):
     # The scan runs in float32 whatever the compute dtype: products of many decays
     # lose everything in bfloat16.
     rate = jax.nn.sigmoid(logits.astype(jnp.float32))
-    states = bidirectional_linear_recurrence(1.0 - rate, rate * values.astype(jnp.float32))
+    states = checkpoint_name(
+        bidirectional_linear_recurrence(1.0 - rate, rate * values.astype(jnp.float32)),
+        _RECURRENCE_STATES)
     states = states.astype(cfg.compute_dtype)
     return dense(cfg.width, name="output")(states * output_gate)
 
@@ -333,20 +346,19 @@ class BlockStack(nn.Module):
   time does not grow with depth; parameters under `blocks` gain a leading
   `[num_blocks]` axis. `[..., frames, width] -> [..., frames, width]`.
 
-  The backward pass keeps each block's input only and recomputes the rest of the
-  block's forward pass: the step is bound by memory traffic, not by FLOPs, so writing
-  the activations out (even the matmuls' outputs alone) and reading them back costs
-  more than computing them again (the README's "Benchmarks" section has the
-  measurement).
+  The backward pass keeps only what `_SAVED_BY_BLOCKS` names of each block's forward
+  pass, or nothing but the block's input with `remat`.
   """
   config: PressNetConfig
   num_blocks: int
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train):
     if self.num_blocks == 0:
       return x
-    block = nn.remat(Block, static_argnums=(2,), prevent_cse=False)
+    block = nn.remat(Block, static_argnums=(2,), prevent_cse=False,
+                     policy=None if self.remat else _SAVED_BY_BLOCKS)
     blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast, length=self.num_blocks, unroll=self.config.unroll_blocks)

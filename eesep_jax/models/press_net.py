@@ -241,7 +241,7 @@ class PressNet(nn.Module):
   def setup(self):
     cfg = self.config
     self.encoder = Encoder(cfg)
-    self.shared = BlockStack(cfg, cfg.num_shared_blocks)
+    self.shared = BlockStack(cfg, cfg.num_shared_blocks, remat=cfg.remat)
     self.split = _dense(cfg, cfg.num_sources * cfg.width)
     stage = nn.remat(Stage, static_argnums=(2, 3), prevent_cse=False) if cfg.remat else Stage
     self.stages = nn.scan(
