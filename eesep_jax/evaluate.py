@@ -11,10 +11,11 @@ per-exit numbers (stop at the first exit whose condition holds, else at the last
 every `(target_snr_db, confidence)` of the grid, without running the network again.
 
 Estimates are matched to references by the permutation that maximises their mean
-SI-SNR, per exit. Utterances are not padded to a few bucket lengths: the network is not
-length-local (bidirectional recurrences, variance heads pooled over the whole
-utterance, `P(ŝ)` a mean over it), so zero-padding changes the variance predictions;
-jit compiles once per distinct utterance length instead.
+SI-SNR, per exit. Utterances are sorted by length and run `EVAL_BATCH` at a time,
+zero-padded to a multiple of `PAD_SECONDS` with their valid lengths: the network,
+the variance parameters and the probabilities then come out as for each utterance
+alone (`models.PressNet` masks the padding), and jit compiles once per bucket length
+instead of once per utterance.
 """
 
 import csv
@@ -36,6 +37,10 @@ from eesep_jax import models
 from eesep_jax import probabilistic
 
 TARGETS_DB = (5.0, 10.0, 15.0, 20.0)
+# Utterances per forward, and the step of the padded lengths (few buckets, so few
+# compilations, against the compute padding wastes).
+EVAL_BATCH = 8
+PAD_SECONDS = 1.0
 CONFIDENCES = (0.5, 0.7, 0.9)
 JSON_FILE = "evaluation.json"
 CSV_FILE = "per_utterance.csv"
@@ -54,25 +59,23 @@ def probability_column(target_snr_db):
   return f"probability_{target_snr_db:g}db"
 
 
-@functools.partial(jax.jit, static_argnames=("config", "conditions", "posthoc"))
-def _exit_outputs(variables, mixture, references, targets, reference_power, *, config,
-                  conditions, posthoc):
-  outputs = models.PressNet(config).apply(variables, mixture[None])
-  estimates = outputs["estimates"][:, 0]
-  variance = jax.tree.map(lambda p: p[:, 0], outputs["variance"])
+def _utterance_outputs(outputs, mixture, references, length, *, config, conditions,
+                       posthoc, targets, reference_power):
+  """`_exit_outputs` for one utterance of a padded batch (see `exit_outputs`)."""
+  estimates, variance = outputs["estimates"], outputs["variance"]
   if posthoc is not None:
     variance = posthoc(variance)
   probability = jax.vmap(
       lambda target: probabilistic.exit_probability(
           estimates, variance, target, conditions=conditions, mixture=mixture,
-          reference_power=reference_power, config=config.variance),
+          reference_power=reference_power, config=config.variance, lengths=length),
       out_axes=-1)(targets)
-  expected = jnp.min(probabilistic.expected_snr_db(estimates, variance, config.variance),
-                     axis=-1)
+  expected = jnp.min(probabilistic.expected_snr_db(estimates, variance, config.variance,
+                                                   lengths=length), axis=-1)
   # The oracle policy's test, on the network's own output order.
   snr_min = inference.oracle_snr(references[None], estimates)
 
-  pairwise = metrics.si_snr(references[None, None], estimates[:, :, None])
+  pairwise = metrics.si_snr(references[None, None], estimates[:, :, None], lengths=length)
   best = jnp.argmin(losses.permutation_losses(-pairwise), axis=-1)
   # Estimate `i` goes to reference `table[best, i]`; `order[j]` is reference `j`'s estimate.
   order = jnp.argsort(losses.permutation_table(config.num_sources)[best], axis=-1)
@@ -81,12 +84,32 @@ def _exit_outputs(variables, mixture, references, targets, reference_power, *, c
   mixture_estimate = jnp.broadcast_to(mixture, references.shape)
   return {
       "estimates": estimates, "order": order, "variance": variance,
-      "si_snr": metrics.si_snr(references, estimates),
+      "si_snr": metrics.si_snr(references, estimates, lengths=length),
       "snr": metrics.snr(references, estimates),
-      "si_snr_input": metrics.si_snr(references, mixture_estimate),
+      "si_snr_input": metrics.si_snr(references, mixture_estimate, lengths=length),
       "snr_input": metrics.snr(references, mixture_estimate),
       "snr_min": snr_min, "probability": probability, "expected_snr_db": expected,
   }
+
+
+@functools.partial(jax.jit, static_argnames=("config", "conditions", "posthoc"))
+def _exit_outputs(variables, mixture, references, lengths, targets, reference_power, *,
+                  config, conditions, posthoc):
+  """`exit_outputs` of a zero-padded batch `[batch, time]`, each item as if alone."""
+  outputs = models.PressNet(config).apply(variables, mixture, lengths=lengths)
+  per_utterance = functools.partial(
+      _utterance_outputs, config=config, conditions=conditions, posthoc=posthoc,
+      targets=targets, reference_power=reference_power)
+  return jax.vmap(per_utterance, in_axes=(1, 0, 0, 0))(outputs, mixture, references,
+                                                      lengths)
+
+
+def _crop(outputs, length, config):
+  """One utterance's `exit_outputs` cut from its padded batch: samples beyond
+  `length` and variance blocks beyond its own dropped."""
+  blocks = probabilistic.num_variance_blocks(length, config.variance)
+  return {**outputs, "estimates": outputs["estimates"][..., :length],
+          "variance": {name: value[..., :blocks] for name, value in outputs["variance"].items()}}
 
 
 def exit_outputs(variables, config, mixture, references, *, targets=TARGETS_DB,
@@ -116,10 +139,12 @@ def exit_outputs(variables, config, mixture, references, *, targets=TARGETS_DB,
     policy and "reached the target" test); `probability` `[exits, targets]`, the exit
     probability; `expected_snr_db` `[exits]`, the worst source's expected SNR.
   """
-  return _exit_outputs(
-      variables, jnp.asarray(mixture, jnp.float32), jnp.asarray(references, jnp.float32),
-      jnp.asarray(targets, jnp.float32), reference_power, config=config,
-      conditions=tuple(conditions), posthoc=posthoc)
+  mixture = jnp.asarray(mixture, jnp.float32)
+  outputs = _exit_outputs(
+      variables, mixture[None], jnp.asarray(references, jnp.float32)[None],
+      jnp.asarray(mixture.shape[-1:], jnp.int32), jnp.asarray(targets, jnp.float32),
+      reference_power, config=config, conditions=tuple(conditions), posthoc=posthoc)
+  return jax.tree.map(lambda x: x[0], outputs)
 
 
 def _enhancement_scores(references, estimates, sample_rate):
@@ -351,18 +376,31 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
   if enhancement_metrics is None:
     enhancement_metrics = model_config.num_sources == 1
   targets = tuple(float(t) for t in targets)
-  batches = data.evaluation_batches(source, max_examples=max_utterances)
+  batches = data.evaluation_batches(
+      source, batch_size=EVAL_BATCH, max_examples=max_utterances,
+      pad_multiple=round(PAD_SECONDS * model_config.sample_rate))
   total = min(max_utterances or len(source), len(source))
   rows = []
-  for batch in tqdm.tqdm(batches, total=total, desc="evaluate", unit="utt",
-                         disable=not progress):
-    mixture, references = batch["mixture"][0], batch["sources"][0]
-    outputs = exit_outputs(variables, model_config, mixture, references, targets=targets,
-                           conditions=conditions, reference_power=reference_power,
-                           posthoc=posthoc)
-    rows += exit_rows(str(batch["id"][0]), outputs, mixture, references,
-                      sample_rate=model_config.sample_rate, targets=targets,
-                      enhancement_metrics=enhancement_metrics)
+  progress_bar = tqdm.tqdm(total=total, desc="evaluate", unit="utt", disable=not progress)
+  for batch in batches:
+    size = batch["length"].shape[0]
+    # The last batch is filled up with copies of its last utterance: one shape per bucket.
+    filled = {name: np.concatenate([batch[name], np.repeat(batch[name][-1:],
+                                                           EVAL_BATCH - size, axis=0)])
+              for name in ("mixture", "sources", "length")}
+    outputs = jax.device_get(_exit_outputs(
+        variables, jnp.asarray(filled["mixture"]), jnp.asarray(filled["sources"]),
+        jnp.asarray(filled["length"]), jnp.asarray(targets, jnp.float32), reference_power,
+        config=model_config, conditions=tuple(conditions), posthoc=posthoc))
+    for i in range(size):
+      length = int(batch["length"][i])
+      rows += exit_rows(str(batch["id"][i]),
+                        _crop(jax.tree.map(lambda x: x[i], outputs), length, model_config),
+                        batch["mixture"][i, :length], batch["sources"][i, :, :length],
+                        sample_rate=model_config.sample_rate, targets=targets,
+                        enhancement_metrics=enhancement_metrics)
+    progress_bar.update(size)
+  progress_bar.close()
   gmacs = models.gmacs_by_exit(model_config)
   summary = summarize(rows, gmacs_per_second=gmacs, targets=targets,
                       confidences=confidences, policies=policies)

@@ -65,14 +65,14 @@ def oracle_snr(references, estimates):
 
 
 def _should_stop(policy, exit_output, stage, *, target_snr_db, confidence, exit_index,
-                 probability, references, variance_config):
+                 probability, references, lengths, variance_config):
   """Per-example stopping decision `[batch]` of `policy` at 1-based exit `stage`."""
   estimates = exit_output["estimates"]
   if policy == "probabilistic":
     return probability >= confidence
   if policy == "expected-snr":
     expected = probabilistic.expected_snr_db(estimates, exit_output["variance"],
-                                             variance_config)
+                                             variance_config, lengths=lengths[:, None])
     return jnp.min(expected, axis=-1) >= target_snr_db
   if policy == "fixed":
     return jnp.broadcast_to(stage >= exit_index, probability.shape)
@@ -80,11 +80,14 @@ def _should_stop(policy, exit_output, stage, *, target_snr_db, confidence, exit_
 
 
 @functools.partial(jax.jit, static_argnames=("config", "policy", "conditions", "exact"))
-def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
+def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, target_snr_db, confidence,
                    exit_index, references, reference_power, posthoc_scales, *, config,
                    policy, conditions, exact):
   batch, time = mixture.shape
-  carry = models.PressNet(config).apply(variables, mixture, method=models.PressNet.encode)
+  carry = models.PressNet(config).apply(variables, mixture, lengths=lengths,
+                                        method=models.PressNet.encode)
+  # Compute is linear in time: an example padded to `time` costs its own length's share.
+  gmacs_by_exit = gmacs_by_exit[:, None] * (lengths / time)
   num_blocks = probabilistic.num_variance_blocks(time, config.variance)
   variance_state = probabilistic.init_variance_state(
       (batch, config.num_sources), num_blocks, config.variance)
@@ -99,7 +102,7 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
     probability = probabilistic.exit_probability(
         exit_output["estimates"], exit_output["variance"], target_snr_db,
         conditions=conditions, mixture=mixture, reference_power=reference_power,
-        config=config.variance, exact=exact)
+        config=config.variance, exact=exact, lengths=lengths)
     return carry, variance_state, exit_output, probability
 
   def body(state):
@@ -109,14 +112,14 @@ def _stopping_loop(variables, mixture, gmacs_by_exit, target_snr_db, confidence,
     stop = _should_stop(
         policy, exit_output, k + 1, target_snr_db=target_snr_db, confidence=confidence,
         exit_index=exit_index, probability=probability, references=references,
-        variance_config=config.variance)
+        lengths=lengths, variance_config=config.variance)
     stop = stop | (k + 1 == config.num_exits)
     newly_stopped = stop & ~done
     stopped_now = SeparationResult(
         estimates=exit_output["estimates"].astype(mixture.dtype),
         exit_index=jnp.full((batch,), k + 1, jnp.int32),
         probability=probability.astype(jnp.float32),
-        gmacs=jnp.full((batch,), gmacs_by_exit[k]))
+        gmacs=gmacs_by_exit[k])
     result = jax.tree.map(
         lambda new, old: jnp.where(
             newly_stopped.reshape((batch,) + (1,) * (old.ndim - 1)), new, old),
@@ -150,7 +153,7 @@ def _gmacs_by_exit(config, num_samples):
 
 def separate(variables, config, mixture, *, policy="probabilistic", target_snr_db=15.0,
              confidence=0.9, conditions=("snr",), exit_index=None, references=None,
-             reference_power=None, exact=True, posthoc_scales=None):
+             reference_power=None, exact=True, posthoc_scales=None, lengths=None):
   """Separate `mixture`, stopping each example at the first exit its policy accepts.
 
   Args:
@@ -174,6 +177,10 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
       (`calibration.load_posthoc`), applied to exit `k`'s variance parameters before
       its probability (and expected SNR) is computed; None: the identity. The scales
       are traced inputs: other values reuse the compiled loop.
+    lengths: `[batch]` valid samples of each example, zero-padded beyond (None: all
+      of `time`). Each example then stops, and is estimated, as it would be alone at
+      its own length, so signals of many lengths can share one compiled loop; its
+      estimates are zero beyond its length and its `gmacs` are its length's.
 
   Returns:
     A `SeparationResult`.
@@ -200,13 +207,14 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
   mixture = jnp.asarray(mixture)
   if mixture.ndim != 2:
     raise ValueError(f"mixture must be [batch, time], got shape {mixture.shape}")
-  time = mixture.shape[1]
+  batch, time = mixture.shape
+  lengths = models.valid_lengths(lengths, batch, time)
   gmacs_by_exit = jnp.asarray(_gmacs_by_exit(config, time), jnp.float32)
   # Every scale of the likelihood, ones where none was fitted: one compiled loop.
   posthoc_scales = {name: jnp.asarray(scale, jnp.float32) for name, scale
                     in calibration.full_posthoc(posthoc_scales, config).items()}
   return _stopping_loop(
-      variables, mixture, gmacs_by_exit, jnp.float32(target_snr_db),
+      variables, mixture, lengths, gmacs_by_exit, jnp.float32(target_snr_db),
       jnp.float32(confidence), jnp.int32(exit_index or config.num_exits), references,
       jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
       posthoc_scales, config=config, policy=policy, conditions=tuple(conditions),
@@ -321,8 +329,10 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
 
   Chunks last `chunk_seconds` and start every `chunk_seconds - overlap_seconds`; the
   last one is moved back to end with the signal, so every chunk holds real audio and
-  has the same shape, and the stopping loop compiles once. A signal no longer than a
-  chunk is separated whole, exactly as `separate` would. Chunks go through `separate`
+  has the same shape, and the stopping loop compiles once. A signal shorter than a
+  chunk is zero-padded to one and separated with its valid length, which gives what
+  `separate` gives it alone: every file shares that one compiled loop. Chunks go
+  through `separate`
   in batches of at most `chunk_batch`, all of one size, so memory beyond the
   `[sources, time]` output does not grow with the signal's length.
 
@@ -353,7 +363,8 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   time = mixture.shape[0]
   chunk, overlap = chunk_lengths(config, chunk_seconds, overlap_seconds)
   starts = _chunk_starts(time, chunk, chunk - overlap)
-  chunk = min(chunk, time)
+  valid = min(chunk, time)  # Signal samples in each chunk.
+  mixture = np.pad(mixture, (0, chunk - valid))
   # As few batches as `chunk_batch` allows, filled evenly, so that padding the last
   # one wastes less than a chunk per batch.
   num_batches = -(-starts.size // chunk_batch)
@@ -369,21 +380,21 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
     padded = np.pad(batch_starts, (0, batch - batch_starts.size), mode="edge")
     result = jax.device_get(separate(
         variables, config, np.stack([mixture[s:s + chunk] for s in padded]),
-        **separate_kwargs))
+        lengths=np.full(batch, valid), **separate_kwargs))
     for name, values in per_chunk.items():
       values.append(getattr(result, name)[:batch_starts.size])
-    for start, chunk_estimates in zip(batch_starts, result.estimates):
+    for start, chunk_estimates in zip(batch_starts, result.estimates[..., :valid]):
       fade_start = None
       if previous_tail is not None:
         fade_start = previous_end - overlap - start
         order = align_sources(previous_tail,
                               chunk_estimates[:, fade_start:fade_start + overlap])
         chunk_estimates = chunk_estimates[order]
-      end = start + chunk
-      weight = _chunk_weight(chunk, fade_in, fade_start, last=end == time)
+      end = start + valid
+      weight = _chunk_weight(valid, fade_in, fade_start, last=end == time)
       estimates[:, start:end] += weight * chunk_estimates
       previous_tail, previous_end = chunk_estimates[:, -overlap:], end
   exits = ChunkExits(
       starts=starts, **{name: np.concatenate(values) for name, values in per_chunk.items()},
-      full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1])
+      full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk)
   return LongSeparationResult(estimates=estimates, exits=exits)

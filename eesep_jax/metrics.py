@@ -33,10 +33,25 @@ def snr(reference, estimate):
   return _db_ratio(signal, error)
 
 
-def si_snr(reference, estimate):
-  """Scale-invariant SNR (mean-removed, as in Asteroid); `[..., time] -> [...]`."""
-  reference = reference - jnp.mean(reference, axis=-1, keepdims=True)
-  estimate = estimate - jnp.mean(estimate, axis=-1, keepdims=True)
+def _remove_mean(signal, lengths):
+  """`signal` minus its mean over its first `lengths` samples, zero beyond them."""
+  if lengths is None:
+    return signal - jnp.mean(signal, axis=-1, keepdims=True)
+  lengths = jnp.asarray(lengths)[..., None]
+  valid = jnp.arange(signal.shape[-1]) < lengths
+  mean = jnp.sum(signal * valid, axis=-1, keepdims=True) / jnp.maximum(lengths, 1)
+  return (signal - mean) * valid
+
+
+def si_snr(reference, estimate, lengths=None):
+  """Scale-invariant SNR (mean-removed, as in Asteroid); `[..., time] -> [...]`.
+
+  `lengths` (broadcastable to `[...]`): each signal's valid samples, zero-padded
+  beyond; the means are taken over those, so padding does not change the value
+  (SNR needs no such care: zeros add no energy).
+  """
+  reference = _remove_mean(reference, lengths)
+  estimate = _remove_mean(estimate, lengths)
   scale = jnp.sum(reference * estimate, axis=-1, keepdims=True) / (
       jnp.sum(jnp.square(reference), axis=-1, keepdims=True) + EPS)
   projection = scale * reference

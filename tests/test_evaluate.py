@@ -94,6 +94,34 @@ def test_simulated_stopping_matches_the_stopping_loop(model, evaluation):
   assert grid_points >= 3 and len(exits_taken) >= 2
 
 
+def test_bucketed_evaluation_equals_each_utterance_alone(model, tmp_path):
+  """Utterances of three lengths share padded batches (`EVAL_BATCH`, `PAD_SECONDS`); each
+  gets the rows it gets from a forward of its own, unpadded."""
+  config, variables = model
+  for name, length in (("short", 3001), ("mid", 5555), ("long", 9100)):
+    write_speech_mixtures(tmp_path, "tt", (name,), length=length, rate=RATE)
+  source = data.open_dataset("wsj0-mix", tmp_path, "tt", sample_rate=RATE)
+  rows, _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
+                                    progress=False)
+  for name in source.ids:
+    example = source[source.ids.index(name)]
+    alone = evaluate.exit_rows(
+        name, evaluate.exit_outputs(variables, config, example["mixture"],
+                                    example["sources"], targets=TARGETS),
+        example["mixture"], example["sources"], sample_rate=RATE, targets=TARGETS)
+    bucketed = [row for row in rows if row["id"] == name]
+    assert len(bucketed) == len(alone) == config.num_exits
+    for got, want in zip(bucketed, alone):
+      assert got.keys() == want.keys()
+      for field, value in want.items():
+        if isinstance(value, str):
+          assert got[field] == value
+        elif field.startswith(("error_energy", "estimate_energy")):
+          np.testing.assert_allclose(got[field], value, rtol=1e-4, err_msg=field)
+        else:
+          np.testing.assert_allclose(got[field], value, rtol=1e-4, atol=1e-4, err_msg=field)
+
+
 def test_estimates_get_their_best_si_snr_permutation(model, evaluation):
   config, variables = model
   source, rows, _ = evaluation

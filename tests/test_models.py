@@ -167,7 +167,9 @@ def test_fresh_block_is_near_identity(tiny):
   # The shared trunk's first block, as initialised.
   params = jax.tree.map(lambda p: p[0], variables["params"]["shared"]["blocks"])
   x = jax.random.normal(jax.random.key(0), (2, 20, config.width))
-  apply = jit(lambda params: layers.Block(config).apply({"params": params}, x, False)[0])
+  every_frame = jnp.ones(x.shape[:-1] + (1,))
+  apply = jit(lambda params: layers.Block(config).apply(
+      {"params": params}, x, every_frame, False)[0])
   change = jnp.abs(apply(params) - x)
   assert 0.0 < float(jnp.max(change)) < 1e-3
   # With LayerScale at 1 the same block changes its input: the 1e-5 is what keeps it still.
@@ -211,6 +213,38 @@ def test_training_scan_equals_stage_by_stage(tiny):
       np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
   # Stages differ, so a stage applied twice would have been caught.
   assert float(jnp.max(jnp.abs(outputs["estimates"][0] - outputs["estimates"][1]))) > 1e-4
+
+
+@pytest.mark.parametrize("block_length", [None, 300])
+def test_padded_batch_gives_each_example_its_own_outputs(block_length):
+  """Zero-padded to one length with valid `lengths`, every example gets the estimates,
+  variances and exit probabilities it gets alone: what lets evaluation and `separate`
+  batch utterances of many lengths into one compiled program."""
+  config = models.preset("tiny", variance=probabilistic.VarianceConfig(
+      monotone=True, block_length=block_length))
+  variables = _init(config)
+  lengths = (TIME, 517, 64)  # 64 samples: shorter than one variance block.
+  padded = jnp.stack([jnp.pad(_mixture(1, n, seed=n)[0], (0, TIME - n)) for n in lengths])
+  # Garbage beyond each length must not matter either.
+  padded = padded + 5.0 * (jnp.arange(TIME) >= jnp.asarray(lengths)[:, None])
+  apply = jit(models.PressNet(config).apply)
+  batched = apply(variables, padded, lengths=jnp.asarray(lengths))
+  for row, n in enumerate(lengths):
+    alone = apply(variables, _mixture(1, n, seed=n))
+    estimates = batched["estimates"][:, row]
+    np.testing.assert_allclose(estimates[..., :n], alone["estimates"][:, 0], atol=1e-5)
+    np.testing.assert_array_equal(estimates[..., n:], 0.0)
+    blocks = probabilistic.num_variance_blocks(n, config.variance)
+    for name, value in alone["variance"].items():
+      np.testing.assert_allclose(batched["variance"][name][:, row, :, :blocks],
+                                 value[:, 0], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(
+        probabilistic.exit_probability(estimates, jax.tree.map(
+            lambda v: v[:, row], batched["variance"]), 10.0, config=config.variance,
+            lengths=n),
+        probabilistic.exit_probability(alone["estimates"][:, 0], jax.tree.map(
+            lambda v: v[:, 0], alone["variance"]), 10.0, config=config.variance),
+        atol=1e-5)
 
 
 def test_monotone_variance_never_gets_worse(tiny):

@@ -3,7 +3,11 @@ convolution and a gated feed-forward layer, each a pre-norm residual sub-layer w
 LayerScale. Every layer is linear in the number of frames.
 
 Blocks take `[..., frames, width]` features; leading axes are batch (the exit trunk
-folds its `C` streams into them).
+folds its `C` streams into them), and a `frame_mask` `[..., frames, 1]` that is 1 on
+an example's valid frames and 0 on the zero padding beyond them. Only the two layers
+that mix frames read it: the recurrence and the depthwise convolution see zeros
+beyond the valid frames, as an example run alone sees beyond its end, so a padded
+batch gives every example the outputs it gets alone.
 """
 
 import functools
@@ -15,9 +19,6 @@ from jax.ad_checkpoint import checkpoint_name
 
 from eesep_jax.models.config import PressNetConfig
 
-# LayerScale's initial value: every residual branch starts almost switched off, so
-# a freshly initialised deep stack is close to the identity and trains stably.
-LAYER_SCALE_INIT = 1e-5
 
 # Range of the recurrence's initial update rates `z = 1 - a`: memories of roughly
 # 10 to 1000 frames (5 ms to 0.5 s at stride 4 and 8 kHz).
@@ -227,11 +228,13 @@ def _gate_bias_init(key, shape, dtype=jnp.float32):
 
 
 class LayerScale(nn.Module):
-  """Per-channel learned scale of a residual branch, initialised at `LAYER_SCALE_INIT`."""
+  """Per-channel learned scale of a residual branch, initialised at `init_value`
+  (`PressNetConfig.layer_scale_init`)."""
+  init_value: float
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.initializers.constant(LAYER_SCALE_INIT), (x.shape[-1],))
+    scale = self.param("scale", nn.initializers.constant(self.init_value), (x.shape[-1],))
     return x * scale.astype(x.dtype)
 
 
@@ -254,7 +257,7 @@ class BidirectionalRecurrence(nn.Module):
   config: PressNetConfig
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, frame_mask):
     cfg = self.config
     hidden = 2 * cfg.rnn_expansion * cfg.width  # Both directions.
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
@@ -264,9 +267,11 @@ class BidirectionalRecurrence(nn.Module):
     # The scan runs in float32 whatever the compute dtype: products of many decays
     # lose everything in bfloat16.
     rate = jax.nn.sigmoid(logits.astype(jnp.float32))
-    states = checkpoint_name(
-        bidirectional_linear_recurrence(1.0 - rate, rate * values.astype(jnp.float32)),
-        _RECURRENCE_STATES)
+    # No update on padded frames: the backward direction then enters the valid frames
+    # from a zero state, as it does at the end of an example run alone.
+    update = rate * values.astype(jnp.float32) * frame_mask
+    states = checkpoint_name(bidirectional_linear_recurrence(1.0 - rate, update),
+                             _RECURRENCE_STATES)
     states = states.astype(cfg.compute_dtype)
     return dense(cfg.width, name="output")(states * output_gate)
 
@@ -299,11 +304,12 @@ class DepthwiseConvolution(nn.Module):
   config: PressNetConfig
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, frame_mask):
     cfg = self.config
     channels = cfg.conv_expansion * cfg.width
     kwargs = dict(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    y = nn.glu(nn.Dense(2 * channels, **kwargs)(x))
+    # Zeros on padded frames, as the convolution's own "SAME" padding beyond the end.
+    y = nn.glu(nn.Dense(2 * channels, **kwargs)(x)) * frame_mask.astype(x.dtype)
     # Named as the `nn.Conv` it stands in for, whose parameters it keeps.
     y = nn.silu(DepthwiseConv(cfg.conv_kernel, name="Conv_0", **kwargs)(y))
     return nn.Dense(cfg.width, **kwargs)(y)
@@ -314,7 +320,8 @@ class FeedForward(nn.Module):
   config: PressNetConfig
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, frame_mask):
+    del frame_mask  # Frame by frame: padding cannot reach the valid frames.
     cfg = self.config
     kwargs = dict(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     value, gate = jnp.split(nn.Dense(2 * cfg.ffn_expansion * cfg.width, **kwargs)(x), 2,
@@ -326,25 +333,27 @@ class Block(nn.Module):
   """Recurrence, depthwise convolution and feed-forward layer, each as
   `x + LayerScale(Dropout(layer(RMSNorm(x))))`.
 
-  `__call__(x, train) -> (x, None)` so that `nn.scan` can stack blocks;
-  `x`: `[..., frames, width]`.
+  `__call__(x, frame_mask, train) -> (x, None)` so that `nn.scan` can stack blocks;
+  `x`: `[..., frames, width]`, `frame_mask`: `[..., frames, 1]`.
   """
   config: PressNetConfig
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, frame_mask, train):
     cfg = self.config
     for layer in (BidirectionalRecurrence, DepthwiseConvolution, FeedForward):
-      y = layer(cfg)(nn.RMSNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)(x))
+      y = layer(cfg)(nn.RMSNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)(x),
+                     frame_mask)
       y = nn.Dropout(cfg.dropout, deterministic=not train)(y)
-      x = x + LayerScale()(y)
+      x = x + LayerScale(cfg.layer_scale_init)(y)
     return x, None
 
 
 class BlockStack(nn.Module):
   """`num_blocks` blocks of identical shape, stacked with `nn.scan` so that compile
   time does not grow with depth; parameters under `blocks` gain a leading
-  `[num_blocks]` axis. `[..., frames, width] -> [..., frames, width]`.
+  `[num_blocks]` axis. `(x [..., frames, width], frame_mask [..., frames, 1], train)
+  -> [..., frames, width]`.
 
   The backward pass keeps only what `_SAVED_BY_BLOCKS` names of each block's forward
   pass, or nothing but the block's input with `remat`.
@@ -354,12 +363,13 @@ class BlockStack(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, frame_mask, train):
     if self.num_blocks == 0:
       return x
-    block = nn.remat(Block, static_argnums=(2,), prevent_cse=False,
+    block = nn.remat(Block, static_argnums=(3,), prevent_cse=False,
                      policy=None if self.remat else _SAVED_BY_BLOCKS)
     blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast, length=self.num_blocks, unroll=self.config.unroll_blocks)
-    return blocks(self.config, name="blocks")(x, train)[0]
+        in_axes=(nn.broadcast, nn.broadcast), length=self.num_blocks,
+        unroll=self.config.unroll_blocks)
+    return blocks(self.config, name="blocks")(x, frame_mask, train)[0]

@@ -14,6 +14,11 @@ Training runs all E stages with one `nn.scan` (parameters under `params["stages"
 stacked on a leading `[E]` axis). The stopping loop (`eesep_jax.inference`) runs the
 same parameters one stage at a time: `PressNet.encode`, then `apply_stage` on
 `stage_params(variables, k)`.
+
+Every entry point takes optional valid `lengths` `[batch]` (samples): a batch of
+examples zero-padded to one length then gives each example the estimates, variances
+and probabilities it gets when run alone at its own length (see `frame_mask`), so
+utterances of many lengths can share one compiled program.
 """
 
 import flax.linen as nn
@@ -44,19 +49,43 @@ def frame_layout(time, config):
   return left, right, frames
 
 
-def _pooling_weights(time, frames, config):
-  """`[frames, blocks]` weights that average the frames of each variance block.
+def valid_lengths(lengths, batch, time):
+  """`lengths` as int32 `[batch]`, or `time` for every example when None."""
+  if lengths is None:
+    return jnp.full((batch,), time, jnp.int32)
+  return jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch,))
+
+
+def frame_mask(lengths, frames, config):
+  """`[batch, frames, 1]` float32: 1 on the frames an example of `lengths` `[batch]`
+  samples has when run alone (`frame_layout(length)`), 0 on those padding adds."""
+  kernel, stride = config.encoder_kernel, config.encoder_stride
+  own_frames = jnp.maximum(lengths + 2 * (kernel - stride) - kernel, 0)
+  own_frames = (own_frames + stride - 1) // stride + 1
+  return (jnp.arange(frames) < own_frames[:, None]).astype(jnp.float32)[..., None]
+
+
+def _pooling_weights(lengths, time, frames, config):
+  """`[batch, frames, blocks]` weights that average each variance block's frames.
 
   A frame belongs to the block of the sample at its centre; the blocks are those of
-  `probabilistic.num_variance_blocks` (the whole signal when `block_length` is None).
+  `probabilistic.num_variance_blocks(time)` (the whole signal when `block_length` is
+  None). Each example pools only its own frames into its own blocks (frames beyond
+  its last block join that block, as they do when it runs alone); blocks that lie
+  wholly in its padding get no frames.
   """
   num_blocks = probabilistic.num_variance_blocks(time, config.variance)
-  block_length = config.variance.block_length or time
   left = config.encoder_kernel - config.encoder_stride
   centres = np.arange(frames) * config.encoder_stride + config.encoder_kernel / 2 - left
-  block = np.clip(np.floor(centres / block_length), 0, num_blocks - 1).astype(int)
-  membership = np.eye(num_blocks, dtype=np.float32)[block]
-  return membership / np.maximum(membership.sum(axis=0), 1.0)
+  if config.variance.block_length is None:
+    block = jnp.zeros((lengths.shape[0], frames), jnp.int32)
+  else:
+    length = config.variance.block_length
+    own_blocks = jnp.maximum((lengths + length - 1) // length, 1)
+    block = jnp.minimum(np.floor(centres / length).clip(0).astype(np.int32)[None],
+                        own_blocks[:, None] - 1)
+  membership = jax.nn.one_hot(block, num_blocks) * frame_mask(lengths, frames, config)
+  return membership / jnp.maximum(membership.sum(axis=1, keepdims=True), 1.0)
 
 
 def _dense(config, features, **kwargs):
@@ -96,7 +125,7 @@ class SpeakerAttention(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         cfg.num_heads, dtype=cfg.compute_dtype, param_dtype=jnp.float32)(_norm(cfg)(x))
     y = nn.Dropout(cfg.dropout, deterministic=not train)(y)
-    return jnp.swapaxes(x + LayerScale()(y), 1, 2)
+    return jnp.swapaxes(x + LayerScale(cfg.layer_scale_init)(y), 1, 2)
 
 
 class TransposedConvolution(nn.Module):
@@ -134,7 +163,8 @@ class DecoderHead(nn.Module):
   back to waveforms with a transposed convolution matching the encoder.
 
   features `[batch, C, frames, D]`, basis `[batch, frames, encoder_features]`
-  -> float32 estimates `[batch, C, time]`.
+  -> float32 estimates `[batch, C, time]`. Frames beyond an example's own reach
+  only samples beyond its length, which the caller zeroes.
   """
   config: PressNetConfig
 
@@ -153,7 +183,7 @@ class DecoderHead(nn.Module):
 class VarianceHead(nn.Module):
   """GLU on every frame -> mean over each variance block's frames -> Snake -> Dense.
 
-  features `[batch, C, frames, D]`, pooling `[frames, blocks]`
+  features `[batch, C, frames, D]`, pooling `[batch, frames, blocks]`
   -> float32 raw outputs `[batch, C, blocks, probabilistic.num_raw_outputs]`.
   """
   config: PressNetConfig
@@ -162,25 +192,27 @@ class VarianceHead(nn.Module):
   def __call__(self, features, pooling):
     cfg = self.config
     x = nn.glu(_dense(cfg, 2 * cfg.width)(_norm(cfg)(features)))
-    x = jnp.einsum("...fd,fb->...bd", x, pooling.astype(x.dtype))
+    x = jnp.einsum("ncfd,nfb->ncbd", x, pooling.astype(x.dtype))
     x = Snake()(x).astype(jnp.float32)
     return nn.Dense(probabilistic.num_raw_outputs(cfg.variance))(x)
 
 
-def stage_trunk(config, features, train):
+def stage_trunk(config, features, mask, train):
   """A stage's blocks (the `C` streams folded into the batch) and its speaker attention.
 
   Call it inside a compact method: it creates the submodules `trunk` and
-  `speaker_attention` there. `[batch, C, frames, D] -> [batch, C, frames, D]`.
+  `speaker_attention` there. `features` `[batch, C, frames, D]` and `mask`
+  `[batch, frames, 1]` (`frame_mask`) -> `[batch, C, frames, D]`.
   """
   batch, sources, frames, width = features.shape
   streams = BlockStack(config, config.blocks_per_stage, name="trunk")(
-      features.reshape(batch * sources, frames, width), train)
+      features.reshape(batch * sources, frames, width), jnp.repeat(mask, sources, axis=0),
+      train)
   streams = streams.reshape(batch, sources, frames, width)
   return SpeakerAttention(config, name="speaker_attention")(streams, train)
 
 
-def stage_exit(config, features, basis, variance_state, mixture_length):
+def stage_exit(config, features, basis, lengths, variance_state, mixture_length):
   """An exit: the decoder head's estimates and the variance head's parameters.
 
   Call it inside a compact method: it creates the submodules `decoder` and
@@ -190,21 +222,26 @@ def stage_exit(config, features, basis, variance_state, mixture_length):
     config: the `PressNetConfig`.
     features: `[batch, C, frames, D]`, the stage's output.
     basis: `[batch, frames, F]`, the encoder's basis activations.
+    lengths: `[batch]` int32 valid samples of each example.
     variance_state: `probabilistic.init_variance_state` running sums.
     mixture_length: `time`, the number of samples of the mixture.
 
   Returns:
     `(variance_state, exit_output)`, exit_output being
-    `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`.
+    `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`;
+    estimates are zero beyond each example's length.
   """
+  frames = features.shape[2]
   estimates = DecoderHead(config, name="decoder")(features, basis, mixture_length)
+  estimates = estimates * (jnp.arange(mixture_length) < lengths[:, None])[:, None]
   raw = VarianceHead(config, name="variance_head")(
-      features, _pooling_weights(mixture_length, features.shape[2], config))
+      features, _pooling_weights(lengths, mixture_length, frames, config))
   # P(ŝ) only sets the scale of the predicted variance: the likelihood must not
   # move the estimate's power to change its own variance (and `mean_loss="snr"`
   # relies on the NLL not reaching the estimate at all).
   variance, variance_state = probabilistic.variance_parameters(
-      raw, jax.lax.stop_gradient(estimates), variance_state, config.variance)
+      raw, jax.lax.stop_gradient(estimates), variance_state, config.variance,
+      lengths=lengths[:, None])
   return variance_state, {"estimates": estimates, "variance": variance}
 
 
@@ -213,8 +250,9 @@ class Stage(nn.Module):
 
   `__call__((carry, variance_state), mixture_length, train)` returns
   `((carry, variance_state), exit_output)` with
-    carry: `{"features": [batch, C, frames, D], "basis": [batch, frames, F]}`
-      (`basis` passes through unchanged: every exit masks the same activations);
+    carry: `{"features": [batch, C, frames, D], "basis": [batch, frames, F],
+      "lengths": [batch]}` (`basis` and `lengths` pass through unchanged: every exit
+      masks the same activations);
     variance_state: `probabilistic.init_variance_state` running sums;
     exit_output: `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`.
   """
@@ -223,17 +261,20 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, state, mixture_length, train):
     carry, variance_state = state
-    streams = stage_trunk(self.config, carry["features"], train)
+    mask = frame_mask(carry["lengths"], carry["features"].shape[2], self.config)
+    streams = stage_trunk(self.config, carry["features"], mask, train)
     variance_state, exit_output = stage_exit(
-        self.config, streams, carry["basis"], variance_state, mixture_length)
-    return ({"features": streams, "basis": carry["basis"]}, variance_state), exit_output
+        self.config, streams, carry["basis"], carry["lengths"], variance_state,
+        mixture_length)
+    return ({**carry, "features": streams}, variance_state), exit_output
 
 
 class PressNet(nn.Module):
   """PRESS-Net (see the module docstring).
 
-  `PressNet(config).apply(variables, mixture, train=False, rngs={"dropout": key})`
-  with `mixture` `[batch, time]` returns
+  `PressNet(config).apply(variables, mixture, train=False, lengths=None,
+  rngs={"dropout": key})` with `mixture` `[batch, time]` and optional valid `lengths`
+  `[batch]` returns
   `{"estimates": [exits, batch, C, time], "variance": {name: [exits, batch, C, blocks]}}`.
   """
   config: PressNetConfig
@@ -248,26 +289,33 @@ class PressNet(nn.Module):
         stage, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_exits)(cfg, name=STAGES)
 
-  def encode(self, mixture, train=False):
+  def encode(self, mixture, train=False, lengths=None):
     """Encoder, shared trunk and speaker split: the carry entering stage 1.
 
-    `[batch, time]` -> `{"features": [batch, C, frames, D], "basis": [batch, frames, F]}`.
+    `mixture` `[batch, time]`, optional valid `lengths` `[batch]` -> `{"features":
+    [batch, C, frames, D], "basis": [batch, frames, F], "lengths": [batch]}`.
     """
     cfg = self.config
+    batch, time = mixture.shape
+    lengths = valid_lengths(lengths, batch, time)
+    # What lies beyond an example's length is not its signal, whatever the caller left.
+    mixture = mixture * (jnp.arange(time) < lengths[:, None]).astype(mixture.dtype)
     features, basis = self.encoder(mixture)
-    features = self.shared(features, train)
-    batch, frames, _ = features.shape
+    mask = frame_mask(lengths, features.shape[1], cfg)
+    features = self.shared(features, mask, train)
+    frames = features.shape[1]
     # The split's bias is the learned per-source embedding.
     streams = self.split(features).reshape(batch, frames, cfg.num_sources, cfg.width)
-    return {"features": jnp.swapaxes(streams, 1, 2), "basis": basis}
+    return {"features": jnp.swapaxes(streams, 1, 2), "basis": basis, "lengths": lengths}
 
-  def __call__(self, mixture, train=False):
+  def __call__(self, mixture, train=False, lengths=None):
     cfg = self.config
     batch, time = mixture.shape
     variance_state = probabilistic.init_variance_state(
         (batch, cfg.num_sources), probabilistic.num_variance_blocks(time, cfg.variance),
         cfg.variance)
-    _, outputs = self.stages((self.encode(mixture, train), variance_state), time, train)
+    _, outputs = self.stages((self.encode(mixture, train, lengths), variance_state), time,
+                             train)
     return outputs
 
 

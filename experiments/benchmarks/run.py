@@ -143,16 +143,16 @@ class _Trunk(nn.Module):
   config: models.PressNetConfig
 
   @nn.compact
-  def __call__(self, features, train):
-    return press_net.stage_trunk(self.config, features, train), None
+  def __call__(self, features, mask, train):
+    return press_net.stage_trunk(self.config, features, mask, train), None
 
 
 class _Exit(nn.Module):
   config: models.PressNetConfig
 
   @nn.compact
-  def __call__(self, features, basis, variance_state, mixture_length):
-    return press_net.stage_exit(self.config, features, basis, variance_state,
+  def __call__(self, features, basis, lengths, variance_state, mixture_length):
+    return press_net.stage_exit(self.config, features, basis, lengths, variance_state,
                                 mixture_length)
 
 
@@ -170,17 +170,18 @@ class LastExitOnly(models.PressNet):
   def setup(self):
     super().setup()  # `self.stages` stays unused, so it has no parameters.
     cfg = self.config
-    trunk = nn.remat(_Trunk, static_argnums=(2,), prevent_cse=False) if cfg.remat else _Trunk
+    trunk = nn.remat(_Trunk, static_argnums=(3,), prevent_cse=False) if cfg.remat else _Trunk
     self.trunks = nn.scan(
         trunk, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast, length=cfg.num_exits)(cfg)
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_exits)(cfg)
     self.last_exit = _Exit(cfg)
 
   def __call__(self, mixture, train=False):
     batch, time = mixture.shape
     carry = self.encode(mixture, train)
-    features, _ = self.trunks(carry["features"], train)
-    _, outputs = self.last_exit(features, carry["basis"],
+    mask = press_net.frame_mask(carry["lengths"], carry["features"].shape[2], self.config)
+    features, _ = self.trunks(carry["features"], mask, train)
+    _, outputs = self.last_exit(features, carry["basis"], carry["lengths"],
                                 _initial_variance_state(self.config, batch, time), time)
     return jax.tree.map(lambda x: x[None], outputs)
 
