@@ -212,6 +212,27 @@ def test_ensure_demo_corpus_builds_once(tmp_path):
     synth.ensure_demo_corpus(other, progress=False, **sizes)
 
 
+def test_heldout_set_speaks_languages_and_variants_no_training_split_uses(corpus, tmp_path):
+  root, _ = corpus
+  heldout = tmp_path / "heldout"
+  manifest = synth.ensure_heldout_corpus(heldout, progress=False)
+  assert manifest["splits"]["tt"]["mixtures"] == synth.HELDOUT["num_test"]
+  assert not any((heldout / split).exists() for split in ("tr", "cv"))
+
+  def voices(folder, group):
+    with open(folder / "speakers.csv") as file:
+      return [row for row in csv.DictReader(file) if row["group"] == group]
+
+  training = voices(root, "tr")
+  tested = voices(heldout, "tt")
+  assert {row["accent"] for row in tested} <= set(espeak.HELDOUT_VOICES)
+  assert not {row["accent"] for row in tested} & {row["accent"] for row in training}
+  assert not {row["variant"] for row in tested} & {row["variant"] for row in training}
+  source = data.open_dataset("wsj0-mix", heldout, "tt", sample_rate=8000)
+  assert len(source) == synth.HELDOUT["num_test"]
+  assert np.abs(source[0]["sources"]).max() > 0.1  # Speech, not silence.
+
+
 def test_synthesize_rejects_bad_arguments(tmp_path):
   with pytest.raises(ValueError, match="sample_rate"):
     synth.synthesize_corpus(tmp_path / "x", sample_rate=22050)

@@ -20,6 +20,7 @@ _EXPORTS = {
     "open_dataset": "readers",
     "synthesize_corpus": "synth",
     "ensure_demo_corpus": "synth",
+    "ensure_heldout_corpus": "synth",
     "training_loader": "pipeline",
     "evaluation_batches": "pipeline",
     "open_split": "pipeline",

@@ -8,6 +8,20 @@ _SYNTH_EXAMPLE = ("eesep data synth --out data/synth-2mix --sample-rate 8000 --n
                   "--num-train 400 --num-valid 50 --num-test 50 --noise none --seed 0")
 
 
+def _english():
+  from eesep_jax.data import espeak  # pylint: disable=g-import-not-at-top
+  return espeak.ENGLISH_VOICES
+
+
+def _heldout():
+  from eesep_jax.data import espeak  # pylint: disable=g-import-not-at-top
+  return espeak.HELDOUT_VOICES
+
+
+# `--accents`: where speakers' accents come from.
+_ACCENTS = {"english": _english, "heldout": _heldout}
+
+
 def synth_command(args):
   """Synthesises the embedded eSpeak corpus and prints its manifest summary."""
   from eesep_jax.data import synth  # pylint: disable=g-import-not-at-top
@@ -17,7 +31,8 @@ def synth_command(args):
       args.out, sample_rate=args.sample_rate, num_sources=args.num_sources,
       num_train=args.num_train, num_valid=args.num_valid, num_test=args.num_test,
       noise=None if args.noise == "none" else args.noise, seed=args.seed,
-      num_workers=args.num_workers, progress=not args.quiet)
+      accents=_ACCENTS[args.accents](), num_workers=args.num_workers,
+      progress=not args.quiet)
   summary = {split: {key: info[key] for key in ("mixtures", "seconds")}
              for split, info in manifest["splits"].items()}
   print(json.dumps({"out": args.out, "layout": manifest["layout"], "splits": summary,
@@ -58,6 +73,9 @@ def add_data_commands(subparsers):
                       help="background noise for noisy separation and enhancement "
                            "(default: none)")
   parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+  parser.add_argument("--accents", choices=sorted(_ACCENTS), default="english",
+                      help="speakers' accents: English eSpeak voices, or other languages' "
+                           "voices that no English corpus trains on (default: english)")
   parser.add_argument("--num-workers", type=int, default=None,
                       help="synthesis processes (default: CPU count, at most 8)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")

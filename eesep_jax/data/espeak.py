@@ -37,6 +37,10 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 # the corpus can get both.
 ENGLISH_VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
                   "en-gb-x-gbcwmd", "en-us-nyc", "en-029")
+# Voices of other languages, which the corpus's training split never uses: the
+# held-out set (`synth.HELDOUT`) speaks its English sentences with their letter-to-
+# sound rules, phonemes and intonation.
+HELDOUT_VOICES = ("de", "es", "it", "pl", "nl", "pt", "sv", "cs", "hu", "fi", "ro")
 HIGH_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Andrea", "Annie", "anika", "aunty",
                  "belinda", "grandma", "linda", "shelby", "steph", "steph3", "zac")
 LOW_VARIANTS = (
@@ -53,7 +57,7 @@ class Voice:
   """One synthetic speaker: an eSpeak voice and variant plus how they are played.
 
   Attributes:
-    accent: an eSpeak English voice, one of `ENGLISH_VOICES`.
+    accent: an eSpeak voice (language and accent), e.g. one of `ENGLISH_VOICES`.
     variant: a voice variant (formants, breathiness, roughness), one of
       `HIGH_VARIANTS` or `LOW_VARIANTS`.
     pitch: eSpeak base pitch, 0-99 (50 is the variant's own).

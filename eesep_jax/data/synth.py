@@ -19,7 +19,9 @@ How a mixture is made (WSJ0-2mix's recipe, with synthetic speech):
 - with noise, the loudest speaker is U(-6, 3) dB above the noise, as in WHAM!.
 Speakers of tr, cv and tt (and the babble talkers) use disjoint sets of eSpeak
 voice variants, each speaker with its own accent, pitch, intonation range, rate,
-word gap, vocal-tract scale and spectral tilt.
+word gap, vocal-tract scale and spectral tilt. Accents are English ones by default;
+`accents=espeak.HELDOUT_VOICES` gives speakers of other languages, which no default
+corpus trains on: `ensure_heldout_corpus` makes such a test set (`HELDOUT`).
 
 Every random choice is made up front from `seed` (one generator per split, so the
 test split does not change with `num_train`), and each utterance is spoken in
@@ -47,7 +49,7 @@ SPLITS = ("tr", "cv", "tt")
 NOISES = ("white", "pink", "babble")
 SAMPLE_RATES = (8000, 16000)
 # Speakers per split, and how many voice variants of each register each split owns.
-SPEAKERS = {"tr": 24, "cv": 8, "tt": 8}
+SPEAKERS = {"tr": 96, "cv": 8, "tt": 8}
 _VARIANTS_PER_SPLIT = {"cv": (3, 5), "tt": (3, 5), "babble": (2, 3)}  # (high, low)
 BABBLE_SPEAKERS = 5
 BABBLE_TALKERS = 4  # Simultaneous talkers in one babble noise.
@@ -103,17 +105,31 @@ def _assign_variants(seed):
   return assigned
 
 
-def _draw_voice(rng, variant):
+# Ranges speakers' voice settings are drawn from: wide, because a separation network
+# trained on few, similar voices does not carry over to voices it has not heard.
+PITCH = (20, 80)
+PITCH_RANGE = (20, 90)
+RATE_WPM = (130, 210)
+TRACT_SCALE = (0.9, 1.1)
+TILT = (-0.5, 0.5)
+
+
+def _draw_voice(rng, variant, accents):
   return espeak.Voice(
-      accent=str(rng.choice(espeak.ENGLISH_VOICES)), variant=str(variant),
-      pitch=int(rng.integers(30, 71)), pitch_range=int(rng.integers(25, 81)),
-      rate=int(rng.integers(140, 201)), word_gap=int(rng.choice([0, 0, 1, 2])),
-      tract_scale=round(float(rng.uniform(0.93, 1.07)), 4),
-      tilt=round(float(rng.uniform(-0.4, 0.4)), 4))
+      accent=str(rng.choice(accents)), variant=str(variant),
+      pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
+      pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+      rate=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+      word_gap=int(rng.choice([0, 0, 1, 2])),
+      tract_scale=round(float(rng.uniform(*TRACT_SCALE)), 4),
+      tilt=round(float(rng.uniform(*TILT)), 4))
 
 
-def draw_speakers(seed):
-  """`{group: {speaker_id: Voice}}` for tr, cv, tt and babble; variants never shared."""
+def draw_speakers(seed, accents=espeak.ENGLISH_VOICES):
+  """`{group: {speaker_id: Voice}}` for tr, cv, tt and babble; variants never shared.
+
+  Each speaker's accent is drawn from `accents`.
+  """
   variants = _assign_variants(seed)
   counts = dict(SPEAKERS, babble=BABBLE_SPEAKERS)
   speakers = {}
@@ -121,7 +137,7 @@ def draw_speakers(seed):
     rng = _rng(seed, "speakers", group)
     pool = variants[group]
     prefix = "bb" if group == "babble" else group
-    speakers[group] = {f"{prefix}{k:02d}": _draw_voice(rng, pool[k % len(pool)])
+    speakers[group] = {f"{prefix}{k:02d}": _draw_voice(rng, pool[k % len(pool)], accents)
                        for k in range(count)}
   return speakers
 
@@ -243,8 +259,8 @@ def _check_arguments(sample_rate, num_sources, noise, sizes):
 
 
 def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400,
-                      num_valid=50, num_test=50, noise=None, seed=0, num_workers=None,
-                      progress=True):
+                      num_valid=50, num_test=50, noise=None, seed=0,
+                      accents=espeak.ENGLISH_VOICES, num_workers=None, progress=True):
   """Synthesises a speech separation corpus into `out_dir` (see the module docstring).
 
   Args:
@@ -254,6 +270,7 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
     num_train, num_valid, num_test: mixtures in tr, cv and tt.
     noise: None (clean, wsj0-mix layout) or "white", "pink", "babble" (WHAM! layout).
     seed: everything is drawn from it; same arguments, same bytes.
+    accents: the eSpeak voices speakers' accents are drawn from (default: English).
     num_workers: synthesis processes (default: the CPU count, at most 8).
     progress: show a progress bar.
 
@@ -273,7 +290,8 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
   marker = os.path.join(out_dir, _IN_PROGRESS)
   open(marker, "w", encoding="utf-8").close()
 
-  speakers = draw_speakers(seed)
+  accents = tuple(accents)
+  speakers = draw_speakers(seed, accents)
   specs = [spec for split in SPLITS for spec in _plan_split(
       split, sizes[split], num_sources=num_sources, noise=noise, seed=seed,
       speakers=speakers)]
@@ -307,7 +325,7 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
       "format_version": FORMAT_VERSION,
       "arguments": {"sample_rate": sample_rate, "num_sources": num_sources,
                     "num_train": num_train, "num_valid": num_valid, "num_test": num_test,
-                    "noise": noise, "seed": seed},
+                    "noise": noise, "seed": seed, "accents": list(accents)},
       "layout": "wsj0-mix" if noise is None else "wham",
       "splits": {split: {"mixtures": sizes[split], "seconds": round(seconds[split], 3),
                          "speakers": sorted({u.speaker for spec in specs if spec.split == split
@@ -321,11 +339,17 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
   return manifest
 
 
-DEMO_SIZES = {"num_train": 400, "num_valid": 50, "num_test": 50}
+DEMO_SIZES = {"num_train": 2000, "num_valid": 50, "num_test": 50}
 
 
-def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0, progress=True,
-                       **sizes):
+# The held-out test set: speakers of other languages (`espeak.HELDOUT_VOICES`) with the
+# test split's voice variants, none of which any default training split uses.
+HELDOUT = {"num_train": 0, "num_valid": 0, "num_test": 50, "seed": 1,
+           "accents": espeak.HELDOUT_VOICES}
+
+
+def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0,
+                       accents=espeak.ENGLISH_VOICES, progress=True, **sizes):
   """Returns the manifest of the corpus at `root`, synthesising it first if missing.
 
   The default is the demo corpus: `DEMO_SIZES` clean 2-speaker mixtures of about
@@ -335,7 +359,7 @@ def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0, progres
   """
   root = os.path.abspath(os.fspath(root))
   arguments = {"sample_rate": sample_rate, "num_sources": num_sources, "seed": seed,
-               "noise": None, **DEMO_SIZES, **sizes}
+               "noise": None, "accents": list(accents), **DEMO_SIZES, **sizes}
   manifest_path = os.path.join(root, MANIFEST)
   if os.path.exists(os.path.join(root, _IN_PROGRESS)):
     shutil.rmtree(root)
@@ -347,3 +371,9 @@ def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0, progres
                             f"not {arguments}; remove it or choose another folder")
     return manifest
   return synthesize_corpus(root, progress=progress, **arguments)
+
+
+def ensure_heldout_corpus(root, *, sample_rate=8000, num_sources=2, progress=True):
+  """`ensure_demo_corpus` of the `HELDOUT` test set (its `tt` split only)."""
+  return ensure_demo_corpus(root, sample_rate=sample_rate, num_sources=num_sources,
+                            progress=progress, **HELDOUT)
