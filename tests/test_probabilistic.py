@@ -173,6 +173,36 @@ def test_exceedance_is_accurate_in_float32(time, exact, atol):
       functools.partial(student_exceedance, estimate, alpha, beta, exact=exact))
 
 
+@pytest.mark.parametrize("time", [2, 9, 50, 99])
+def test_short_signals_are_accurate_for_any_alpha(time):
+  """T < 100 up to α = 10⁵, where jax.scipy's betainc alone is off by 1e-2."""
+  alpha, level = (g.ravel() for g in np.meshgrid(
+      [1.01, 3.0, 30.0, 300.0, 1e3, 1e4, 1e5], [0.01, 0.1, 0.5, 0.9, 0.99], indexing="ij"))
+  beta = np.full_like(alpha, 0.01)
+  x = scipy.special.betaincinv(time / 2, alpha, level)
+  estimate = _constant_estimates(2 * beta * x / (1 - x) * (10 ** (GAMMA / 10) - 1), time)
+  c = _threshold(_energy(estimate), GAMMA)
+  expected = scipy.stats.betaprime.cdf(c / (2 * beta), time / 2, alpha)
+  probability = student_exceedance(estimate, jnp.asarray(alpha, jnp.float32),
+                                   jnp.asarray(beta, jnp.float32), GAMMA)
+  np.testing.assert_allclose(probability, expected, atol=5e-5)
+
+
+def test_short_signal_alpha_gradient_matches_scipy():
+  """Where jax's betainc is used (T < 100, α < 100) its derivative in α is ours."""
+  time, beta = 40, 0.01
+  alpha = np.array([1.5, 5.0, 20.0, 60.0])
+  x = scipy.special.betaincinv(time / 2, alpha, 0.3)
+  estimate = _constant_estimates(2 * beta * x / (1 - x) * (10 ** (GAMMA / 10) - 1), time)
+  z = _threshold(_energy(estimate), GAMMA) / (2 * beta)
+  step = 1e-5 * alpha
+  expected = (scipy.stats.betaprime.cdf(z, time / 2, alpha + step)
+              - scipy.stats.betaprime.cdf(z, time / 2, alpha - step)) / (2 * step)
+  gradient = jax.grad(lambda a: jnp.sum(student_exceedance(
+      estimate, a, jnp.full(4, beta, jnp.float32), GAMMA)))(jnp.asarray(alpha, jnp.float32))
+  np.testing.assert_allclose(gradient, expected, rtol=2e-3)
+
+
 def test_method_note_check_values():
   """METHOD.md §4: T = 4000, α = 3, β = 0.02, γ = 15 dB gives 0.5548 and 0.5547 (with
   `P(ŝ) ≈ 0.2492`, which the note leaves out)."""
@@ -223,44 +253,113 @@ def test_gaussian_exceedance_matches_chi2(time, dtype, atol):
 
 
 # ----------------------------------------------------------------------------------
-# Exceedance with variance blocks.
+# Exceedance with variance blocks: P(Σ_b E_b ≤ c) in the tail, against Monte Carlo.
 
 BLOCK_LENGTH, BLOCK_TIME = 1000, 3500  # Blocks of 1000, 1000, 1000 and 500 samples.
+# The exit decision is made in the upper tail; the body is checked too.
+BLOCK_LEVELS = (0.05, 0.5, 0.9, 0.95, 0.99)
+BLOCK_DRAWS = 200_000
 
 
-@pytest.mark.parametrize("alpha,beta", [
-    ([3.0, 4.0, 5.0, 6.0], [0.02, 0.03, 0.04, 0.05]),      # similar blocks
-    ([1.3, 8.0, 30.0, 3.0], [0.003, 0.2, 0.5, 0.02]),       # one block with infinite variance
-    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01])])      # loudness varies 100-fold
-def test_block_exceedance_matches_monte_carlo(alpha, beta):
-  rng = _rng(5)
+def _block_error_energy(rng, count, alpha, scale, exact=True):
+  """`[draws]` draws of the blocks' total error energy under the generative model (the
+  cross term dropped, as the exit condition does): `σ_b² ~ InvGamma(α_b, β_b)` (or
+  `σ_b² = scale` with `alpha` None), then `E_b = σ_b² χ²_{T_b}` (or `T_b σ_b²`, the
+  large-`T` form, when not `exact`)."""
+  if alpha is None:
+    variance = np.broadcast_to(scale, (BLOCK_DRAWS, count.size))
+  else:
+    variance = scale / rng.gamma(alpha, size=(BLOCK_DRAWS, count.size))
+  chi_square = rng.chisquare(count, variance.shape) if exact else count
+  return np.sum(variance * chi_square, axis=1)
+
+
+def _check_block_tail(probability_at, error, time):
+  """`c` at the Monte Carlo quantiles `BLOCK_LEVELS`: `probability_at(estimate, γ)` must
+  be the share of draws at or below `c` to within 0.01."""
+  c = np.quantile(error, BLOCK_LEVELS)
+  estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), time)
+  simulated = np.mean(error <= _threshold(_energy(estimate), GAMMA)[:, None], axis=1)
+  probability = probability_at(estimate, GAMMA)
+  assert np.all(np.isfinite(probability))
+  np.testing.assert_allclose(probability, simulated, atol=0.01)
+  _assert_non_positive_targets_are_met(functools.partial(probability_at, estimate))
+
+
+BLOCK_CASES = {  # name: (blocks, samples per block, α, β)
+    "8x4000 alpha=3": (8, 4000, 3.0, 0.02),
+    "10x400 alpha=200": (10, 400, 200.0, 0.5),
+    "2x16000 alpha=1.01": (2, 16000, 1.01, 0.003),
+    "40x400 alpha=1e3": (40, 400, 1e3, 10.0),
+    "40x400 alpha 1.01..1e3, beta 1e-3..1": (40, 400, np.geomspace(1.01, 1e3, 40),
+                                             np.geomspace(1e-3, 1.0, 40)),
+}
+
+
+@pytest.mark.parametrize("name", BLOCK_CASES)
+def test_block_exceedance_matches_monte_carlo_in_the_tail(name):
+  blocks, length, alpha, beta = BLOCK_CASES[name]
+  count = np.full(blocks, length)
+  alpha, beta = np.broadcast_to(alpha, (blocks,)), np.broadcast_to(beta, (blocks,))
+  error = _block_error_energy(_rng(5), count, alpha, beta)
+  _check_block_tail(lambda estimate, gamma: student_exceedance(
+      estimate, jnp.asarray(np.broadcast_to(alpha, (5, blocks)), jnp.float32),
+      jnp.asarray(np.broadcast_to(beta, (5, blocks)), jnp.float32), gamma,
+      block_length=length), error, blocks * length)
+
+
+@pytest.mark.parametrize("alpha,beta,exact", [
+    ([3.0, 4.0, 5.0, 6.0], [0.02, 0.03, 0.04, 0.05], True),     # similar blocks
+    ([1.3, 8.0, 30.0, 3.0], [0.003, 0.2, 0.5, 0.02], True),      # one with infinite variance
+    ([1e3, 1e3, 1e3, 3.0], [1.0, 1.1, 0.9, 3e-3], True),         # three narrow and loud
+    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01], False)])    # loudness varies 100-fold
+def test_uneven_blocks_match_monte_carlo_in_the_tail(alpha, beta, exact):
+  """A shorter last block, blocks unlike each other, and the large-`T` form."""
   alpha, beta = np.array(alpha), np.array(beta)
   count = probabilistic.block_count(BLOCK_TIME, BLOCK_LENGTH)
-  variance = beta / rng.gamma(alpha, size=(100000, alpha.size))
-  error = np.sum(variance * rng.chisquare(count, variance.shape), axis=1)
-  c = np.quantile(error, [0.05, 0.3, 0.7, 0.9, 0.97])
-  estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), BLOCK_TIME)
-  simulated = np.mean(error <= _threshold(_energy(estimate), GAMMA)[:, None], axis=1)
-  probability_at = functools.partial(
-      student_exceedance, estimate, jnp.asarray(alpha, jnp.float32),
-      jnp.asarray(beta, jnp.float32), block_length=BLOCK_LENGTH)
-  np.testing.assert_allclose(probability_at(GAMMA), simulated, atol=0.02)
-  _assert_non_positive_targets_are_met(probability_at)
+  error = _block_error_energy(_rng(6), count, alpha, beta, exact)
+  _check_block_tail(lambda estimate, gamma: student_exceedance(
+      estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32), gamma,
+      exact, block_length=BLOCK_LENGTH), error, BLOCK_TIME)
 
 
-def test_gaussian_block_exceedance_matches_monte_carlo():
-  rng = _rng(6)
-  variance = np.array([0.01, 0.002, 0.05, 0.02])
-  count = probabilistic.block_count(BLOCK_TIME, BLOCK_LENGTH)
-  error = np.sum(variance * rng.chisquare(count, (100000, variance.size)), axis=1)
-  c = np.quantile(error, [0.05, 0.3, 0.7, 0.9, 0.97])
-  estimate = _constant_estimates(c * (10 ** (GAMMA / 10) - 1), BLOCK_TIME)
-  simulated = np.mean(error <= _threshold(_energy(estimate), GAMMA)[:, None], axis=1)
-  probability_at = functools.partial(
-      gaussian_exceedance, estimate, jnp.asarray(variance, jnp.float32),
-      block_length=BLOCK_LENGTH)
-  np.testing.assert_allclose(probability_at(GAMMA), simulated, atol=0.01)
-  _assert_non_positive_targets_are_met(probability_at)
+@pytest.mark.parametrize("blocks,length,variance", [
+    (4, None, [0.01, 0.002, 0.05, 0.02]),  # BLOCK_TIME in blocks of BLOCK_LENGTH
+    (8, 4000, np.geomspace(1e-3, 0.05, 8)),
+    (40, 400, np.geomspace(1e-3, 1.0, 40))])
+def test_gaussian_block_exceedance_matches_monte_carlo_in_the_tail(blocks, length, variance):
+  variance = np.asarray(variance)
+  if length is None:
+    time, length = BLOCK_TIME, BLOCK_LENGTH
+  else:
+    time = blocks * length
+  count = probabilistic.block_count(time, length)
+  error = _block_error_energy(_rng(7), count, None, variance)
+  _check_block_tail(lambda estimate, gamma: gaussian_exceedance(
+      estimate, jnp.asarray(np.broadcast_to(variance, (5, blocks)), jnp.float32), gamma,
+      block_length=length), error, time)
+
+
+def test_block_exceedance_gradients_are_finite():
+  """Nothing trains through the exit probability today, but a gradient must not be
+  NaN: the block forms differentiate through the grids and the FFTs."""
+  # Equal blocks: one block CDF to compile (the gradients' programs are large).
+  estimate = jnp.asarray(_rng(8).standard_normal(4 * BLOCK_LENGTH), jnp.float32) * 0.3
+
+  def probabilities(alpha, beta, variance, gamma):
+    return (probabilistic.snr_exceedance_probability(
+                estimate, alpha, beta, gamma, block_length=BLOCK_LENGTH)
+            + probabilistic.gaussian_snr_exceedance_probability(
+                estimate, variance, gamma, block_length=BLOCK_LENGTH))
+
+  grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2)))
+  for gamma in (0.0, 10.0, 40.0):
+    for alpha in (1.01, 30.0, 1e3):
+      for beta in (1e-6, 0.02, 1e3):
+        alphas = jnp.array([alpha, 3.0, alpha, 1e3], jnp.float32)
+        betas = jnp.array([beta, 0.02, beta, 0.02], jnp.float32)
+        gradients = grad(alphas, betas, betas / alphas, gamma)
+        assert all(np.all(np.isfinite(g)) for g in gradients), (gamma, alpha, beta)
 
 
 # ----------------------------------------------------------------------------------
@@ -492,6 +591,140 @@ def test_raw_output_counts_blocks_and_block_energy():
 
 
 # ----------------------------------------------------------------------------------
+# Valid lengths: a zero-padded example gives what the example gives on its own.
+
+PAD_TIME = 1000
+PAD_LENGTHS = np.array([1000, 700, 350, 1])  # The last one's later blocks are all padding.
+
+
+def _padded_batch(seed, block_length, likelihood="student"):
+  """`(target, estimate, params)` of `PAD_LENGTHS` examples zero-padded to `PAD_TIME`:
+  `[4, time]` signals and `[4, blocks]` parameters."""
+  rng = _rng(seed)
+  valid = np.arange(PAD_TIME) < PAD_LENGTHS[:, None]
+  target = rng.standard_normal((4, PAD_TIME)) * valid
+  estimate = (target + 0.3 * rng.standard_normal((4, PAD_TIME))) * valid
+  blocks = probabilistic.block_count(PAD_TIME, block_length).size
+  if likelihood == "student":
+    params = {"alpha": rng.uniform(1.2, 8, (4, blocks)), "beta": rng.uniform(0.01, 0.5, (4, blocks))}
+  else:
+    params = {"variance": rng.uniform(0.01, 0.5, (4, blocks))}
+  return (jnp.asarray(target, jnp.float32), jnp.asarray(estimate, jnp.float32),
+          jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+
+
+def _unpadded(i, block_length, signals, params):
+  """Example `i` on its own: its valid samples and its blocks' parameters."""
+  length = PAD_LENGTHS[i]
+  blocks = probabilistic.block_count(length, block_length).size
+  return ([x[i:i + 1, :length] for x in signals],
+          {name: p[i:i + 1, :blocks] for name, p in params.items()})
+
+
+def _one_by_one(function, block_length, signals, params):
+  """`function(signals, params)` on every example alone, `[4, ...]`."""
+  return np.concatenate([function(*_unpadded(i, block_length, signals, params))
+                         for i in range(PAD_LENGTHS.size)])
+
+
+@pytest.mark.parametrize("likelihood", ["student", "gaussian"])
+@pytest.mark.parametrize("block_length", [None, 300])
+def test_nll_of_a_padded_example_is_its_own(likelihood, block_length):
+  target, estimate, params = _padded_batch(20, block_length, likelihood)
+  config = probabilistic.VarianceConfig(parameterisation=f"{likelihood}-logvar",
+                                        block_length=block_length)
+  blocked = params if block_length else jax.tree.map(lambda p: p[..., :1], params)
+
+  def nll(signals, params, lengths=None):
+    return exit_nll(*signals, params, config, lengths=lengths)
+
+  padded = nll((target, estimate), blocked, jnp.asarray(PAD_LENGTHS))
+  expected = _one_by_one(nll, block_length, (target, estimate), blocked)
+  np.testing.assert_allclose(padded, expected, rtol=1e-5)
+  # Padding counted as error-free samples would divide by `time` instead.
+  assert not np.allclose(nll((target, estimate), blocked), expected, rtol=1e-2)
+
+  # Blocks with no valid sample add exactly nothing, and no gradient, NaN or other.
+  gradients = jax.grad(lambda p: jnp.sum(nll((target, estimate), p, PAD_LENGTHS)))(blocked)
+  count = probabilistic.valid_block_count(PAD_TIME, block_length, PAD_LENGTHS)
+  for gradient in gradients.values():
+    assert np.all(np.isfinite(gradient))
+    np.testing.assert_array_equal(np.asarray(gradient)[np.asarray(count) == 0], 0.0)
+
+
+def test_nll_optimal_scale_is_not_shrunk_by_padding():
+  """The Student-t NLL in β is minimised at `β* = α E/T` (Gaussian: `σ² = E/T`), `T`
+  the valid samples: a 2 s utterance padded to 4 s keeps its `β*`."""
+  target, estimate, _ = _padded_batch(21, None)
+  energy = _energy(np.asarray(target) - np.asarray(estimate))
+  alpha = jnp.full(4, 3.0, jnp.float32)
+  optimum = 3.0 * energy / PAD_LENGTHS
+  slope = jax.grad(lambda beta: jnp.sum(probabilistic.student_t_nll(
+      target, estimate, alpha, beta, lengths=PAD_LENGTHS)))(jnp.asarray(optimum, jnp.float32))
+  gaussian_slope = jax.grad(lambda variance: jnp.sum(probabilistic.gaussian_nll(
+      target, estimate, variance, lengths=PAD_LENGTHS)))(jnp.asarray(energy / PAD_LENGTHS,
+                                                                     jnp.float32))
+  # Relative to the curvature's scale T/β²·β = T/β: a zero slope at the optimum.
+  np.testing.assert_allclose(slope * optimum, 0.0, atol=1e-4)
+  np.testing.assert_allclose(gaussian_slope * energy / PAD_LENGTHS, 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("block_length", [None, 300])
+def test_variance_parameters_of_a_padded_example_are_its_own(name, block_length):
+  """`P(ŝ)` is each block's power over its valid samples (floored where it has none)."""
+  config = probabilistic.VarianceConfig(parameterisation=name, block_length=block_length)
+  _, estimate, _ = _padded_batch(22, block_length)
+  blocks = probabilistic.num_variance_blocks(PAD_TIME, config)
+  raw = jnp.asarray(_rng(23).normal(0, 2, (4, blocks, probabilistic.num_raw_outputs(config))),
+                    jnp.float32)
+  state = probabilistic.init_variance_state((4,), blocks, config)
+  padded = variance_parameters(raw, estimate, state, config, lengths=PAD_LENGTHS)[0]
+  for i, length in enumerate(PAD_LENGTHS):
+    own_blocks = probabilistic.num_variance_blocks(length, config)
+    own, _ = variance_parameters(raw[i:i + 1, :own_blocks], estimate[i:i + 1, :length],
+                                 jax.tree.map(lambda x: x[:1, :own_blocks], state), config)
+    for key in own:
+      np.testing.assert_allclose(padded[key][i, :own_blocks], own[key][0], rtol=1e-5)
+  for value in padded.values():
+    assert np.all(np.isfinite(value)) and np.all(value > 0)
+
+
+@pytest.mark.parametrize("likelihood", ["student", "gaussian"])
+@pytest.mark.parametrize("block_length", [None, 300])
+def test_exit_probability_of_a_padded_example_is_its_own(likelihood, block_length):
+  """Every condition, and the expected SNR, from the valid samples only."""
+  _, estimate, params = _padded_batch(24, block_length, likelihood)
+  sources = jnp.stack([estimate, 0.5 * estimate], axis=1)  # [batch, sources, time]
+  params = jax.tree.map(lambda p: jnp.stack([p, 2 * p], axis=1), params)
+  if block_length is None:
+    params = jax.tree.map(lambda p: p[..., :1], params)
+  mixture = jnp.sum(sources, axis=1) + 0.1 * estimate
+  config = probabilistic.VarianceConfig(parameterisation=f"{likelihood}-logvar",
+                                        block_length=block_length)
+  reference_power = jnp.full(4, 0.2, jnp.float32)
+
+  def evaluate(sources, mixture, params, reference_power, lengths=None):
+    return np.stack([
+        exit_probability(sources, params, gamma, conditions=probabilistic.CONDITIONS,
+                         mixture=mixture, reference_power=reference_power, config=config,
+                         lengths=lengths)
+        for gamma in (-1.0, 3.0, 8.0)] + [
+        expected_snr_db(sources, params, config,  # Its `[...]` is [batch, sources].
+                        lengths=None if lengths is None else lengths[:, None]).min(-1)],
+        axis=-1)
+
+  padded = evaluate(sources, mixture, params, reference_power, PAD_LENGTHS)
+  for i, length in enumerate(PAD_LENGTHS):
+    blocks = probabilistic.block_count(length, block_length).size
+    own = evaluate(sources[i:i + 1, :, :length], mixture[i:i + 1, :length],
+                   {k: p[i:i + 1, :, :blocks] for k, p in params.items()},
+                   reference_power[i:i + 1])
+    np.testing.assert_allclose(padded[i], own[0], rtol=1e-4, atol=1e-5)
+  assert np.all(np.isfinite(padded))
+
+
+# ----------------------------------------------------------------------------------
 # Dispatch, jit and gradients.
 
 
@@ -544,17 +777,18 @@ def test_one_exit_runs_under_a_single_jit(name):
 def test_exceedance_gradients_are_finite_across_branches():
   """Each regime switch (γ ≤ 0, jax.scipy / Temme, BGRAT / Paulson) computes both
   sides; the unused side's NaNs must not reach the gradient."""
-  estimate = jnp.asarray(_rng(17).standard_normal(4000), jnp.float32) * 0.5
+  for time in (50, 4000):  # jax.scipy's betainc and the mirrored BGRAT below T = 100.
+    estimate = jnp.asarray(_rng(17).standard_normal(time), jnp.float32) * 0.5
 
-  def probabilities(scale, alpha, beta, variance, gamma):
-    signal = scale * estimate
-    return (probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, True)
-            + probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, False)
-            + probabilistic.gaussian_snr_exceedance_probability(signal, variance, gamma))
+    def probabilities(scale, alpha, beta, variance, gamma, estimate=estimate):
+      signal = scale * estimate
+      return (probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, True)
+              + probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, False)
+              + probabilistic.gaussian_snr_exceedance_probability(signal, variance, gamma))
 
-  grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2, 3)))
-  for gamma in (-3.0, 0.0, 10.0, 60.0):
-    for alpha in (1.5, 100.0, 1e4):
-      for beta in (1e-6, 0.02, 1e3):
-        gradients = grad(1.0, alpha, beta, beta / alpha, gamma)
-        assert all(np.isfinite(g) for g in gradients), (gamma, alpha, beta, gradients)
+    grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2, 3)))
+    for gamma in (-3.0, 0.0, 10.0, 60.0):
+      for alpha in (1.5, 100.0, 1e4):
+        for beta in (1e-30, 1e-6, 0.02, 1e3, 1e30):  # 10^±30: the clamps' edges.
+          gradients = grad(1.0, alpha, beta, beta / alpha, gamma)
+          assert all(np.isfinite(g) for g in gradients), (time, gamma, alpha, beta, gradients)
