@@ -27,16 +27,34 @@ def _db_ratio(numerator, denominator):
 
 
 def snr(reference, estimate):
-  """SNR `10 log10(‖s‖² / ‖s − ŝ‖²)` in dB; `[..., time] -> [...]`."""
+  """SNR `10 log10(‖s‖² / ‖s − ŝ‖²)` in dB; `[..., time] -> [...]`.
+
+  Zero padding adds nothing to either energy: a padded signal scores as its valid part.
+  """
   signal = jnp.sum(jnp.square(reference), axis=-1)
   error = jnp.sum(jnp.square(reference - estimate), axis=-1)
   return _db_ratio(signal, error)
 
 
-def si_snr(reference, estimate):
-  """Scale-invariant SNR (mean-removed, as in Asteroid); `[..., time] -> [...]`."""
-  reference = reference - jnp.mean(reference, axis=-1, keepdims=True)
-  estimate = estimate - jnp.mean(estimate, axis=-1, keepdims=True)
+def si_snr(reference, estimate, lengths=None):
+  """Scale-invariant SNR (mean-removed, as in Asteroid); `[..., time] -> [...]`.
+
+  Removing the mean is not invariant to zero padding (the mean changes, and the
+  padding would become `−mean`): with `lengths`, the valid samples of each example
+  (broadcastable to `[...]`; signals zero beyond them), the means are over the valid
+  samples and removed from those only, so a padded signal scores as its valid part.
+  """
+  if lengths is None:
+    reference = reference - jnp.mean(reference, axis=-1, keepdims=True)
+    estimate = estimate - jnp.mean(estimate, axis=-1, keepdims=True)
+  else:
+    lengths = jnp.asarray(lengths)[..., None]
+    valid = jnp.arange(reference.shape[-1]) < lengths
+
+    def centred(x):
+      return jnp.where(valid, x - jnp.sum(x, axis=-1, keepdims=True) / lengths, 0.0)
+
+    reference, estimate = centred(reference), centred(estimate)
   scale = jnp.sum(reference * estimate, axis=-1, keepdims=True) / (
       jnp.sum(jnp.square(reference), axis=-1, keepdims=True) + EPS)
   projection = scale * reference
