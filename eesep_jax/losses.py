@@ -21,34 +21,41 @@ PERMUTATIONS = ("joint", "per-exit")
 
 
 def pairwise_source_loss(estimates, variance, references, *, objective, mean_loss,
-                         variance_config):
+                         variance_config, lengths=None):
   """Loss of every estimate against every reference.
 
   Args:
-    estimates: `[..., sources, time]`.
+    estimates: `[..., sources, time]`, zero beyond `lengths`.
     variance: variance parameters, each `[..., sources, blocks]` (used by `nll`).
     references: `[batch, sources, time]`, broadcastable against `estimates`' trailing
-      `[batch, sources, time]` dims.
+      `[batch, sources, time]` dims; zero beyond `lengths`.
     objective: `"nll"` (probabilistic), `"snr"` or `"si-snr"` (negative, in dB).
     mean_loss: with `objective="nll"`, `"snr"` trains the estimate by negative SNR and
       the variance head by the NLL of a stopped-gradient estimate (METHOD.md §3).
     variance_config: the `probabilistic.VarianceConfig` the parameters came from.
+    lengths: `[batch]` valid samples of each example, or None (all `time`). The SNR
+      needs none (padding adds no energy); the NLL's sample counts and SI-SNR's mean
+      do.
 
   Returns:
     `[..., estimate_sources, reference_sources]` losses.
   """
   estimate_i = estimates[..., :, None, :]
   reference_j = references[..., None, :, :]
+  if lengths is not None:
+    lengths = jnp.asarray(lengths)[:, None, None]  # Over the source pairs.
   if objective == "snr":
     return -metrics.snr(reference_j, estimate_i)
   if objective == "si-snr":
-    return -metrics.si_snr(reference_j, estimate_i)
+    return -metrics.si_snr(reference_j, estimate_i, lengths)
   params_i = jax.tree.map(lambda p: p[..., :, None, :], variance)
   reference_j, estimate_i = jnp.broadcast_arrays(reference_j, estimate_i)
   if mean_loss == "nll":
-    return probabilistic.exit_nll(reference_j, estimate_i, params_i, variance_config)
+    return probabilistic.exit_nll(reference_j, estimate_i, params_i, variance_config,
+                                  lengths=lengths)
   return (-metrics.snr(reference_j, estimate_i) + probabilistic.exit_nll(
-      reference_j, jax.lax.stop_gradient(estimate_i), params_i, variance_config))
+      reference_j, jax.lax.stop_gradient(estimate_i), params_i, variance_config,
+      lengths=lengths))
 
 
 def permutation_table(num_sources):
@@ -77,7 +84,7 @@ def _check_choice(name, value, choices):
 
 
 def separation_loss(outputs, references, *, variance_config, objective="nll",
-                    mean_loss="nll", permutation="joint", exit_weights=None):
+                    mean_loss="nll", permutation="joint", exit_weights=None, lengths=None):
   """The joint objective over all exits.
 
   Args:
@@ -89,6 +96,9 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
     permutation: `"joint"` (one permutation per utterance minimising the weighted sum
       over exits) or `"per-exit"` (each exit picks its own; an ablation).
     exit_weights: optional `[exits]` weights; defaults to ones.
+    lengths: `[batch]` valid samples of each utterance (None: all `time`); estimates
+      and references must be zero beyond them. A zero-padded batch then has the loss
+      of its utterances taken one by one.
 
   Returns:
     `(loss, aux)`: the scalar loss and `{"per_exit": [exits], "permutation":
@@ -102,7 +112,7 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
   weights = jnp.ones((num_exits,)) if exit_weights is None else jnp.asarray(exit_weights)
   pairwise = pairwise_source_loss(
       estimates, outputs["variance"], references, objective=objective,
-      mean_loss=mean_loss, variance_config=variance_config)
+      mean_loss=mean_loss, variance_config=variance_config, lengths=lengths)
   per_permutation = permutation_losses(pairwise)  # [exits, batch, permutations]
   if permutation == "joint":
     best = jnp.argmin(jnp.einsum("e,ebp->bp", weights, per_permutation), axis=-1)

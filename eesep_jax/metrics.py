@@ -27,7 +27,10 @@ def _db_ratio(numerator, denominator):
 
 
 def snr(reference, estimate):
-  """SNR `10 log10(‖s‖² / ‖s − ŝ‖²)` in dB; `[..., time] -> [...]`."""
+  """SNR `10 log10(‖s‖² / ‖s − ŝ‖²)` in dB; `[..., time] -> [...]`.
+
+  Zero padding adds nothing to either energy: a padded signal scores as its valid part.
+  """
   signal = jnp.sum(jnp.square(reference), axis=-1)
   error = jnp.sum(jnp.square(reference - estimate), axis=-1)
   return _db_ratio(signal, error)
@@ -46,9 +49,11 @@ def _remove_mean(signal, lengths):
 def si_snr(reference, estimate, lengths=None):
   """Scale-invariant SNR (mean-removed, as in Asteroid); `[..., time] -> [...]`.
 
-  `lengths` (broadcastable to `[...]`): each signal's valid samples, zero-padded
-  beyond; the means are taken over those, so padding does not change the value
-  (SNR needs no such care: zeros add no energy).
+  Removing the mean is not invariant to zero padding (the mean changes, and the
+  padding would become `−mean`): with `lengths`, the valid samples of each example
+  (broadcastable to `[...]`; signals zero beyond them), the means are over the valid
+  samples and removed from those only, so a padded signal scores as its valid part.
+  SNR needs no such care: zeros add no energy.
   """
   reference = _remove_mean(reference, lengths)
   estimate = _remove_mean(estimate, lengths)

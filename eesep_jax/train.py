@@ -79,13 +79,16 @@ def make_mesh(devices=None):
 def _loss_fn(params, batch, dropout_rng, *, model, config):
   outputs = model.apply({"params": params}, batch["mixture"], train=True,
                         rngs={"dropout": dropout_rng})
-  # Padding beyond an example's valid length must not count as error.
+  # Padding beyond an example's valid length must count neither as error nor as
+  # error-free samples: estimates are zeroed there, and the likelihood counts (and
+  # SI-SNR averages over) the valid samples only.
   mask = batch["mask"][None, :, None, :]
   outputs = dict(outputs, estimates=outputs["estimates"] * mask)
   return losses.separation_loss(
       outputs, batch["sources"], variance_config=model.config.variance,
       objective=config.loss.objective, mean_loss=config.loss.mean_loss,
-      permutation=config.loss.permutation, exit_weights=config.loss.exit_weights)
+      permutation=config.loss.permutation, exit_weights=config.loss.exit_weights,
+      lengths=batch["mask"].sum(-1))
 
 
 def make_train_step(config, model, optimizer):
@@ -128,8 +131,10 @@ def evaluate_exits(params, model, batches):
   """Mean per-exit validation metrics over `batches` of full-length utterances.
 
   Batches are zero-padded to a few lengths (so jit compiles a few shapes); estimates
-  are zeroed beyond each utterance's `mask` so padding adds no error. `evaluate.py`
-  computes the exact full-length figures; these monitor training.
+  are zeroed beyond each utterance's `mask`, and the losses take its valid length, so
+  padding adds neither error nor error-free samples (the network still sees the
+  padded input). `evaluate.py` computes the exact full-length figures; these monitor
+  training.
 
   Returns a dict of `[exits]` lists: `si_snri` (dB, best permutation per exit) and
   `nll` (per sample).
@@ -140,13 +145,15 @@ def evaluate_exits(params, model, batches):
     outputs = apply({"params": params}, jnp.asarray(batch["mixture"]))
     outputs = dict(outputs, estimates=outputs["estimates"] * batch["mask"][None, :, None, :])
     sources = jnp.asarray(batch["sources"])
+    lengths = jnp.asarray(batch["mask"]).sum(-1)
     _, aux_snr = losses.separation_loss(outputs, sources, objective="si-snr",
-                                        permutation="per-exit",
+                                        permutation="per-exit", lengths=lengths,
                                         variance_config=model.config.variance)
     _, aux_nll = losses.separation_loss(outputs, sources, permutation="per-exit",
+                                        lengths=lengths,
                                         variance_config=model.config.variance)
     baseline = metrics.si_snr(sources, jnp.broadcast_to(
-        jnp.asarray(batch["mixture"])[:, None], sources.shape)).mean()
+        jnp.asarray(batch["mixture"])[:, None], sources.shape), lengths[:, None]).mean()
     batch_totals = np.stack([-np.asarray(aux_snr["per_exit"]) - float(baseline),
                              np.asarray(aux_nll["per_exit"])])
     size = batch["mixture"].shape[0]

@@ -155,3 +155,97 @@ def test_bad_choices_name_the_option():
   with pytest.raises(ValueError, match="objective"):
     losses.separation_loss(outputs, jnp.zeros((1, 1, 10)), objective="l1",
                            variance_config=STUDENT)
+
+
+# ----------------------------------------------------------------------------------
+# Zero padding: a padded batch has the loss of its utterances taken one by one.
+
+PAD_LENGTHS = (1200, 800, 500)  # Padded to the first; 500 = one block and a part of 300.
+
+
+def _padded_outputs(config, seed, lengths=PAD_LENGTHS, exits=2, num_sources=2):
+  """`(outputs, references, lengths)` of a zero-padded batch whose variance parameters
+  come from `variance_parameters` (with `lengths`), as the model's heads give them."""
+  time = max(lengths)
+  rng = np.random.default_rng(seed)
+  valid = (np.arange(time) < np.array(lengths)[:, None])[:, None, :]
+  references = rng.standard_normal((len(lengths), num_sources, time)) * valid
+  noise = rng.standard_normal((exits, len(lengths), num_sources, time))
+  scale = np.linspace(0.8, 0.3, exits)[:, None, None, None]  # Later exits are better.
+  estimates = (references[:, ::-1] + scale * noise) * valid
+  blocks = probabilistic.num_variance_blocks(time, config)
+  raw = rng.normal(0, 2, (exits, len(lengths), num_sources, blocks,
+                          probabilistic.num_raw_outputs(config)))
+  return (jnp.asarray(estimates, jnp.float32), jnp.asarray(raw, jnp.float32),
+          jnp.asarray(references, jnp.float32))
+
+
+def _loss(config, estimates, raw, references, lengths=None, **kwargs):
+  state = probabilistic.init_variance_state(estimates.shape[1:3], raw.shape[-2], config)
+  # The heads' `[...]` is `[batch, sources]`.
+  per_source = None if lengths is None else lengths[:, None]
+  params = [probabilistic.variance_parameters(raw[e], estimates[e], state, config,
+                                              lengths=per_source)[0]
+            for e in range(estimates.shape[0])]
+  outputs = {"estimates": estimates,
+             "variance": jax.tree.map(lambda *p: jnp.stack(p), *params)}
+  return losses.separation_loss(outputs, references, variance_config=config,
+                                lengths=lengths, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["student-snr", "student-logvar", "student-fixed-dof",
+                                  "gaussian-logvar"])
+@pytest.mark.parametrize("block_length", [None, 300])
+@pytest.mark.parametrize("objective,mean_loss", [("nll", "nll"), ("nll", "snr")])
+def test_padded_batch_has_the_loss_of_its_utterances(name, block_length, objective,
+                                                     mean_loss):
+  config = probabilistic.VarianceConfig(parameterisation=name, block_length=block_length)
+  estimates, raw, references = _padded_outputs(config, seed=10)
+  kwargs = {"objective": objective, "mean_loss": mean_loss}
+  loss, aux = _loss(config, estimates, raw, references, jnp.asarray(PAD_LENGTHS), **kwargs)
+  alone = []
+  for i, length in enumerate(PAD_LENGTHS):
+    blocks = probabilistic.num_variance_blocks(length, config)
+    alone.append(_loss(config, estimates[:, i:i + 1, :, :length],
+                       raw[:, i:i + 1, :, :blocks], references[i:i + 1, :, :length],
+                       **kwargs))
+  np.testing.assert_allclose(aux["per_exit"], np.mean([a["per_exit"] for _, a in alone], 0),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss, np.mean([l for l, _ in alone]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(aux["permutation"],
+                                np.concatenate([a["permutation"] for _, a in alone]))
+  # Without the lengths, padding counts as error-free samples: the loss differs.
+  unmasked, _ = _loss(config, estimates, raw, references, **kwargs)
+  assert not np.isclose(unmasked, loss, rtol=1e-3)
+
+
+@pytest.mark.parametrize("objective", ["snr", "si-snr"])
+def test_padded_batch_has_the_signal_objective_of_its_utterances(objective):
+  estimates, raw, references = _padded_outputs(STUDENT, seed=11)
+  loss, _ = _loss(STUDENT, estimates, raw, references, jnp.asarray(PAD_LENGTHS),
+                  objective=objective)
+  alone = [_loss(STUDENT, estimates[:, i:i + 1, :, :n], raw[:, i:i + 1],
+                 references[i:i + 1, :, :n], objective=objective)[0]
+           for i, n in enumerate(PAD_LENGTHS)]
+  np.testing.assert_allclose(loss, np.mean(alone), rtol=1e-5)
+
+
+def test_nll_optimal_beta_is_not_shrunk_by_padding():
+  """A 2 s utterance padded to 4 s: the `β` minimising the loss stays `α E/T_valid`
+  (before, dividing by the padded length halved it)."""
+  config = probabilistic.VarianceConfig(parameterisation="student-fixed-dof")
+  estimates, _, references = _padded_outputs(config, seed=12, lengths=(1600, 800),
+                                             exits=1, num_sources=1)
+  energy = np.sum(np.square(np.asarray(references, np.float64) - estimates[0]), axis=-1)
+  optimum = config.fixed_alpha * energy / np.array([[1600], [800]])  # β* = α E / T.
+
+  def slope(log_beta, lengths):
+    return jax.grad(lambda raw: _loss(config, estimates, raw, references, lengths)[0])(
+        jnp.asarray(log_beta, jnp.float32)[None, :, :, None, None])
+
+  lengths = jnp.array([1600, 800])
+  np.testing.assert_allclose(slope(np.log(optimum), lengths), 0.0, atol=1e-5)
+  # Without the lengths the padded utterance's optimum is half as large.
+  shrunk = np.log(optimum * np.array([[1.0], [0.5]]))
+  np.testing.assert_allclose(slope(shrunk, None), 0.0, atol=1e-5)
+  assert abs(slope(np.log(optimum), None)[0, 1]).max() > 50 * 1e-5

@@ -174,3 +174,31 @@ def test_config_overrides_from_the_command_line():
       5, 0.5, "/somewhere")
   with pytest.raises(ValueError, match="no_such_key"):
     config_lib.load_config(REPO / "experiments/configs/demo.py", ["no_such_key=1"])
+
+
+def test_loss_counts_only_the_valid_samples_of_padded_utterances(model):
+  """`_loss_fn` zeroes the estimates beyond each utterance's mask and passes its valid
+  length to the loss, so padding counts neither as error nor as error-free samples."""
+  from eesep_jax import losses
+
+  model_config, variables = model
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  rng = np.random.default_rng(0)
+  mask = (np.arange(1600) < np.array([[1600], [900]])).astype(np.float32)
+  sources = rng.standard_normal((2, 2, 1600)).astype(np.float32) * mask[:, None]
+  batch = {"mixture": jnp.asarray(sources.sum(1)), "sources": jnp.asarray(sources),
+           "mask": jnp.asarray(mask)}
+  network = models.PressNet(model_config)
+  dropout = jax.random.key(1)
+  loss, _ = train._loss_fn(variables["params"], batch, dropout, model=network, config=config)
+  outputs = network.apply(variables, batch["mixture"], train=True, rngs={"dropout": dropout})
+  outputs = dict(outputs, estimates=outputs["estimates"] * mask[None, :, None, :])
+
+  def expected(lengths):
+    return losses.separation_loss(outputs, batch["sources"], lengths=lengths,
+                                  variance_config=model_config.variance,
+                                  objective=config.loss.objective,
+                                  mean_loss=config.loss.mean_loss)[0]
+
+  np.testing.assert_allclose(loss, expected(jnp.array([1600, 900])), rtol=1e-6)
+  assert not np.isclose(loss, expected(None), rtol=1e-4)
