@@ -113,8 +113,10 @@ def load_config(path, overrides=()):
     try:
       _set_existing(config, key, value)
     except (KeyError, AttributeError, TypeError) as error:
-      raise errors.UsageError(f"--config.{override}", f"cannot apply it to {path}: "
-                                                      f"{error}") from error
+      # A KeyError's str() quotes its message once more.
+      problem = error.args[0] if isinstance(error, KeyError) else error
+      raise errors.UsageError(f"--config.{override}",
+                              f"cannot apply it to {path}: {problem}") from error
     keys.add(key)
   if "data.root" in keys and "data.synthesize_if_missing" not in keys:
     config.data.synthesize_if_missing = False

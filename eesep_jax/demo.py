@@ -17,6 +17,7 @@ import time
 
 from eesep_jax import config_lib
 from eesep_jax import data
+from eesep_jax import errors
 from eesep_jax import evaluate
 from eesep_jax import separate_files
 from eesep_jax import train
@@ -56,7 +57,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   start = time.monotonic()
   workdir = pathlib.Path(workdir)
   if not pathlib.Path(config_path).is_file():
-    raise FileNotFoundError(f"{config_path} not found: run the demo from the repository root")
+    raise errors.UsageError(config_path, "not found: run the demo from the repository root")
   config = config_lib.load_config(config_path, overrides)
 
   print(f"[1/4] corpus: {config.data.root}")
@@ -77,7 +78,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   mixture_path = test_source.entry(0).mixture
   [result] = separate_files.separate_files(
       [mixture_path], variables=variables, config=model_config,
-      out_dir=workdir / "separated", target_snr_db=TARGET_SNR_DB, confidence=CONFIDENCE)
+      out_dir=workdir / "separated", overwrite=True, target_snr_db=TARGET_SNR_DB,
+      confidence=CONFIDENCE)
   if result.error:
     raise RuntimeError(result.error)
 

@@ -300,8 +300,10 @@ def latest_step(workdir):
 
 
 def _unreadable(workdir, step, error):
-  """The `DataError` for a checkpoint orbax cannot read (its own error is a long
-  multi-line dump; the first line says what failed)."""
+  """The `DataError` for a checkpoint orbax cannot read. Orbax wraps the reader's error
+  in a dump of the array's whole spec; the innermost error says what failed."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
   first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
   return errors.DataError(f"{epath.Path(workdir) / 'checkpoints' / str(step)}: the "
                           f"checkpoint cannot be read, damaged or truncated? ({first_line})")
