@@ -564,9 +564,8 @@ class _SkipWarnings:
 
   def update(self, step, total):
     if total > self.total:
-      self._say(f"warning: steps {self._step + 1}-{step}: {total - self.total} updates "
-                f"skipped, their loss or gradient was not finite ({total} in all)",
-                file=sys.stderr)
+      self._say(f"warning: steps {self._step + 1}-{step}: {total - self.total} skipped, "
+                f"their loss or gradient was not finite ({total} in all)", file=sys.stderr)
     self.total, self._step = total, step
 
 
