@@ -31,6 +31,28 @@ CONFIDENCE = 0.9
 TEST_UTTERANCES = 30
 
 
+def locate(path, start=None):
+  """`path` if it exists, else `path` under the nearest folder above `start` (default:
+  the working directory) that holds it; None when none does.
+
+  How the notebooks find `runs/demo`, `data/demo` and the experiment configs, from the
+  repository root or from `notebooks/`, wherever the package is installed.
+  """
+  start = pathlib.Path(start or pathlib.Path.cwd()).resolve()
+  for folder in (start, *start.parents):
+    if (folder / path).exists():
+      return folder / path
+  return None
+
+
+def run_config(workdir):
+  """The config a run saved (`train.read_config`), a relative `data.root` found as
+  `locate` finds it: the demo trains from the repository root with `data/demo`."""
+  config = train.read_config(workdir)
+  config.data.root = str(locate(config.data.root) or config.data.root)
+  return config
+
+
 def _summary(summary, num_exits):
   """Lines of the final report: SI-SNRi per exit and the default target's savings."""
   per_exit = summary["per_exit"]
