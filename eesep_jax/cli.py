@@ -312,8 +312,7 @@ def calibrate_command(args):
 
   if args.fit_alpha and args.method != "nll":
     raise errors.UsageError("--fit-alpha", "needs --method nll")
-  saved = train.read_config(args.checkpoint)
-  config = _data_config(args, saved)
+  config = _data_config(args, train.read_config(args.checkpoint))
   # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.
   fit_config = config
   if args.fit_dataset or args.fit_data_root:
@@ -526,7 +525,6 @@ def main(argv=None):
     SystemExit: with code 2 for a usage error, 1 for a data error, after its one line
       on stderr (`errors.report`).
   """
-  argv = list(sys.argv[1:] if argv is None else argv)
   args = None
   try:
     argv, overrides = _split_overrides(argv)
