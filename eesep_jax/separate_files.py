@@ -183,9 +183,11 @@ def check_outputs(path, outputs, overwrite=False):
   for k, output in enumerate(outputs, start=1):
     if not os.path.exists(output):
       continue
-    if audio.read_comment(output) != output_mark(path, k, len(outputs)):
-      raise audio.AudioError(path, f"{output} exists and is not this file's output: "
-                                   "--overwrite replaces it")
+    comment = audio.read_comment(output)
+    if comment != output_mark(path, k, len(outputs)):
+      whose = ("was separated from another input, or from this one before it changed"
+               if comment.startswith(MARK + ":") else "exists and is not this file's output")
+      raise audio.AudioError(path, f"{output} {whose}: --overwrite replaces it")
     ours += 1
   return ours < len(outputs)
 

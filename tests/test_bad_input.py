@@ -204,6 +204,18 @@ def a_user_file_at_an_output_name(s):
   return s.separate(s.inputs)
 
 
+@case(1, r"^error: .*good\.wav: .*good_s1\.wav was separated from another input, or from "
+         r"this one before it changed: --overwrite replaces it$")
+def an_input_changed_since_its_separation(s):
+  first = _run(s.separate(s.inputs))
+  assert first[0] == 0, first[2]
+  for k in (1, 2):
+    s.keep(s.out / f"good_s{k}.wav")
+  status = os.stat(s.inputs / "good.wav")
+  os.utime(s.inputs / "good.wav", ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+  return s.separate(s.inputs)
+
+
 @case(1, r"^error: .*take\.wav: its output .*take_s1\.wav is one of this run's inputs")
 def out_dir_is_the_input_folder_with_a_user_file_at_an_output_name(s):
   soundfile.write(s.inputs / "take.wav", _noise(4), RATE, subtype="PCM_16")
