@@ -302,8 +302,8 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
   }
 
 
-def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_split=None, split=None,
-                         **calibrate_kwargs):
+def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
+                         fit_split=None, split=None, **calibrate_kwargs):
   """What `eesep calibrate` does: `calibrate` a training run, keep its scales, report.
 
   The post-hoc scales are saved in the checkpoint folder
@@ -315,6 +315,8 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_split=None, sp
     out_dir: folder for `calibration.json`, `per_utterance.csv` and the figures.
     config: the experiment config whose data is read (`data.open_split`); None: the
       checkpoint's own (`train.read_config`).
+    fit_config: the config whose data the fit split is read from, when not `config`'s
+      (fit on in-domain validation data, test on a shifted corpus).
     fit_split: where the scales are fitted and the threshold certified; None: the
       config's validation split.
     split: where calibration is measured; None: the config's test split.
@@ -327,7 +329,7 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_split=None, sp
   """
   config = train.read_config(checkpoint) if config is None else config
   model_config, variables = train.restore_params(checkpoint)
-  fit_source = data.open_split(config, fit_split or config.data.valid_split)
+  fit_source = data.open_split(fit_config or config, fit_split or config.data.valid_split)
   test_source = data.open_split(config, split or config.data.test_split)
   scales, rows, report = calibrate(variables, model_config, fit_source, test_source,
                                    **calibrate_kwargs)

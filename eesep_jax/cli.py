@@ -1,4 +1,9 @@
-"""The `eesep` command line: one sub-command per job, each with an example in `--help`."""
+"""The `eesep` command line: one sub-command per job, each with an example in `--help`.
+
+Errors are one line, `error: <path or flag>: <what is wrong>`, with exit code 2 for a
+usage error and 1 for a data error (`eesep_jax.errors`); `--debug` or `EESEP_DEBUG=1`
+adds the traceback.
+"""
 
 import argparse
 import json
@@ -8,10 +13,25 @@ import sys
 import textwrap
 import warnings
 
+from eesep_jax import errors
+
 _SEPARATE_EXAMPLE = ("eesep separate meeting.wav mixtures/ --checkpoint runs/demo "
                      "--out-dir separated --target-snr 15 --confidence 0.9")
 _CALIBRATE_EXAMPLE = ("eesep calibrate --checkpoint runs/demo --out runs/demo/calibration "
                       "--target-snr 15 --delta 0.1 --epsilon 0.1")
+
+
+class _Parser(argparse.ArgumentParser):
+  """An `ArgumentParser` whose errors are one line, as every other `eesep` error."""
+
+  def error(self, message):
+    self.exit(errors.USAGE_EXIT_CODE,
+              f"error: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
+
+
+def _add_debug_flag(parser, default):
+  parser.add_argument("--debug", action="store_true", default=default,
+                      help=f"print the traceback of an error (or set {errors.DEBUG_VARIABLE}=1)")
 
 
 def _add_command(subparsers, name, handler, help_text, example):
@@ -19,6 +39,8 @@ def _add_command(subparsers, name, handler, help_text, example):
       name, help=help_text, description=help_text,
       epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.set_defaults(handler=handler)
+  # SUPPRESS: `eesep --debug COMMAND` stays on when the command's own flag is absent.
+  _add_debug_flag(parser, default=argparse.SUPPRESS)
   return parser
 
 
@@ -26,6 +48,9 @@ def info(args):
   """Prints a preset's size and compute per exit."""
   from eesep_jax import models  # Imported here so `eesep --help` does not load JAX.
 
+  if args.preset not in models.PRESETS:
+    raise errors.UsageError(f"--preset {args.preset}",
+                            f"no such preset; presets: {', '.join(models.PRESETS)}")
   config = models.preset(args.preset)
   report = {
       "preset": args.preset,
@@ -62,29 +87,75 @@ def _numbers(text):
     raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _number(text):
+  """`float(text)`, NaN for what is no number: every range test then refuses it."""
+  try:
+    return float(text)
+  except ValueError:
+    return math.nan
+
+
 def _unit_interval(text):
   """A probability strictly between 0 and 1 (`--delta`, `--epsilon`)."""
-  try:
-    value = float(text)
-  except ValueError:
-    value = math.nan
+  value = _number(text)
   if not 0.0 < value < 1.0:
     raise argparse.ArgumentTypeError(f"{text!r} is not a number strictly between 0 and 1")
   return value
 
 
-def _data_config(args, config):
-  """The training `config` with `--dataset`/`--data-root` applied: the corpus to read."""
+def _confidence(text):
+  """A probability in (0, 1] (`--confidence`): 1 asks for certainty, 0 for nothing."""
+  value = _number(text)
+  if not 0.0 < value <= 1.0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a probability in (0, 1]")
+  return value
+
+
+def _decibels(text):
+  """A finite number of dB (`--target-snr`; give a negative one as `--target-snr=-5`)."""
+  value = _number(text)
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of dB")
+  return value
+
+
+def _seconds(text):
+  """A positive, finite number of seconds (`--chunk-seconds`, `--overlap-seconds`)."""
+  value = _number(text)
+  if not 0.0 < value < math.inf:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+  return value
+
+
+def _corpus_config(config, dataset, data_root, flag):
+  """The training `config` reading another corpus: `dataset` (a kind) at `data_root`,
+  each None for the training data's. Never with demo synthesis: reading data must not
+  make a corpus.
+
+  Raises:
+    errors.UsageError: when the root given (`flag`) does not exist.
+    errors.DataError: when the training data's root, from the saved config, is not
+      there from this working directory.
+  """
   import ml_collections
 
-  if args.dataset or args.data_root:
-    # Another corpus: no demo synthesis there, nor, for another kind, the training
-    # corpus's reader options.
-    if args.dataset not in (None, config.data.kind):
-      config.data.options = ml_collections.ConfigDict()
-    config.data.update(kind=args.dataset or config.data.kind,
-                       root=args.data_root or config.data.root, synthesize_if_missing=False)
+  config = ml_collections.ConfigDict(config.to_dict())
+  if dataset not in (None, config.data.kind):
+    config.data.options = ml_collections.ConfigDict()  # Those were the training kind's.
+  config.data.update(kind=dataset or config.data.kind, root=data_root or config.data.root,
+                     synthesize_if_missing=False)
+  root = config.data.root
+  if not os.path.exists(root):
+    if data_root:
+      raise errors.UsageError(f"{flag} {root}", "does not exist")
+    raise errors.DataError(f"{root}: the training data's root does not exist here (the "
+                           f"working directory is {os.getcwd()}): pass {flag}")
   return config
+
+
+def _data_config(args, config):
+  """The training `config` with `--dataset`/`--data-root` applied: the corpus to read."""
+  return _corpus_config(config, args.dataset, args.data_root, "--data-root")
 
 
 def _grid(args):
@@ -106,8 +177,8 @@ def _posthoc_scales(args, model_config):
   try:
     scales = calibration.full_posthoc(scales, model_config)
   except ValueError as error:
-    raise SystemExit(f"eesep {args.command}: {path}: {error}. Run `eesep calibrate` "
-                     "again, or pass --no-posthoc.") from None
+    raise errors.DataError(f"{path}: {error}. Run `eesep calibrate` again, or pass "
+                           "--no-posthoc.") from None
   if not getattr(args, "quiet", False):
     print(f"applying post-hoc calibration from {path} (--no-posthoc to ignore it)",
           file=sys.stderr)
@@ -121,11 +192,13 @@ def evaluate_command(args):
   from eesep_jax import calibration
   from eesep_jax import data
   from eesep_jax import evaluate
+  from eesep_jax import separate_files
   from eesep_jax import train
 
   config = _data_config(args, train.read_config(args.checkpoint))
   model_config, variables = train.restore_params(args.checkpoint)
   source = data.open_split(config, args.split or config.data.test_split)
+  separate_files.prepare_out_dir(args.out)
   scales = _posthoc_scales(args, model_config)
   # The variance parameters inside `evaluate.exit_outputs` are `[exits, sources, blocks]`.
   posthoc = None
@@ -163,6 +236,8 @@ def _exit_index(text):
 
 def _describe(result, target_snr_db, num_exits):
   """One line: where a separated file stopped, how sure it was, and what it cost."""
+  if result.note:
+    return f"{result.path}: {result.note} -> {', '.join(result.outputs)}"
   exits = result.exits
   chunks = exits.exit_index.size
   exit_note, probability_note = (
@@ -189,7 +264,8 @@ def _chunking(args, config):
   try:
     inference.chunk_lengths(config, chunking["chunk_seconds"], chunking["overlap_seconds"])
   except ValueError as error:
-    args.usage_error(str(error))
+    raise errors.UsageError(f"--overlap-seconds {chunking['overlap_seconds']:g}",
+                            str(error)) from None
   return chunking
 
 
@@ -201,16 +277,16 @@ def separate_command(args):
   from eesep_jax import train
 
   if args.exit_index is not None and args.policy not in (None, "fixed"):
-    args.usage_error(f"--exit-index fixes the depth: it cannot go with --policy {args.policy}")
+    raise errors.UsageError(f"--exit-index {args.exit_index}",
+                            f"fixes the depth: it cannot go with --policy {args.policy}")
   if args.policy == "fixed" and args.exit_index is None:
-    args.usage_error("--policy fixed needs --exit-index")
-  try:
-    config, variables = train.restore_params(args.checkpoint)
-  except FileNotFoundError as error:
-    args.usage_error(f"--checkpoint {args.checkpoint}: {error}")
+    raise errors.UsageError("--policy fixed", "needs --exit-index")
+  config, variables = train.restore_params(args.checkpoint)
   exit_index = config.num_exits if args.exit_index == "last" else args.exit_index
   if exit_index is not None and exit_index > config.num_exits:
-    args.usage_error(f"--exit-index {exit_index}: the model has {config.num_exits} exits")
+    raise errors.UsageError(f"--exit-index {exit_index}",
+                            f"the model has {config.num_exits} exits")
+  chunking = _chunking(args, config)
 
   def report(result):
     if result.error:
@@ -218,18 +294,12 @@ def separate_command(args):
     elif not args.quiet:
       tqdm.tqdm.write(_describe(result, args.target_snr, config.num_exits))
 
-  def show_warning(message, *unused_args, **unused_kwargs):
-    tqdm.tqdm.write(f"warning: {message}", file=sys.stderr)
-
-  with warnings.catch_warnings():
-    # One line per warning (a downmixed file), between the progress bar's redraws.
-    warnings.showwarning = show_warning
-    results = separate_files.separate_files(
-        args.inputs, variables=variables, config=config, out_dir=args.out_dir,
-        report=report, progress=not args.quiet,
-        policy="fixed" if exit_index else (args.policy or "probabilistic"),
-        target_snr_db=args.target_snr, confidence=args.confidence, exit_index=exit_index,
-        posthoc_scales=_posthoc_scales(args, config), **_chunking(args, config))
+  results = separate_files.separate_files(
+      args.inputs, variables=variables, config=config, out_dir=args.out_dir,
+      report=report, progress=not args.quiet, overwrite=args.overwrite,
+      policy="fixed" if exit_index else (args.policy or "probabilistic"),
+      target_snr_db=args.target_snr, confidence=args.confidence, exit_index=exit_index,
+      posthoc_scales=_posthoc_scales(args, config), **chunking)
   return int(any(result.error for result in results))
 
 
@@ -237,18 +307,27 @@ def calibrate_command(args):
   """Fits post-hoc calibration and a guaranteed threshold, and reports calibration
   before and after (see `eesep_jax.calibration_report`)."""
   from eesep_jax import calibration_report
+  from eesep_jax import separate_files
   from eesep_jax import train
 
   if args.fit_alpha and args.method != "nll":
-    args.usage_error("--fit-alpha needs --method nll")
+    raise errors.UsageError("--fit-alpha", "needs --method nll")
   config = _data_config(args, train.read_config(args.checkpoint))
+  # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.
+  fit_config = config
+  if args.fit_dataset or args.fit_data_root:
+    fit_config = _corpus_config(config, args.fit_dataset, args.fit_data_root,
+                                "--fit-data-root")
   fit_split = args.fit_split or config.data.valid_split
   split = args.split or config.data.test_split
-  if fit_split == split:
+  if (fit_split, fit_config.data.kind, fit_config.data.root) == (
+      split, config.data.kind, config.data.root):
     print(f"warning: fitting and testing on the same split {split!r}: the test measures "
           "after post-hoc calibration are optimistic", file=sys.stderr)
+  separate_files.prepare_out_dir(args.out)
   report, paths = calibration_report.calibrate_checkpoint(
-      args.checkpoint, args.out, config=config, fit_split=fit_split, split=split,
+      args.checkpoint, args.out, config=config, fit_config=fit_config,
+      fit_split=fit_split, split=split,
       method=args.method, fit_alpha=args.fit_alpha, target_snr_db=args.target_snr,
       delta=args.delta, epsilon=args.epsilon, max_utterances=args.max_utterances,
       **_grid(args))
@@ -281,11 +360,12 @@ def _add_posthoc_flag(parser):
 
 
 def build_parser():
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="eesep", description=textwrap.dedent("""\
           eesep_jax: speech separation networks that know when to quit.
           Run `eesep COMMAND --help` for each command's options and an example."""),
       formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_debug_flag(parser, default=False)
   subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   parser_info = _add_command(
@@ -317,19 +397,21 @@ def build_parser():
       "Separate audio files with a trained model into OUT/<stem>_s1.wav, _s2.wav, ...; "
       "print each file's exit, its probability and the compute it spent.",
       _SEPARATE_EXAMPLE)
-  # Checks that involve several flags, or the model, report like argparse's own.
-  parser_separate.set_defaults(usage_error=parser_separate.error)
   parser_separate.add_argument("inputs", nargs="+", metavar="INPUT",
                                help="audio files, or folders of them")
   parser_separate.add_argument("--checkpoint", required=True,
                                help="a training workdir, e.g. runs/demo")
   parser_separate.add_argument("--out-dir", required=True, help="where the outputs go")
   parser_separate.add_argument(
-      "--target-snr", type=float, default=15.0,
+      "--overwrite", action="store_true",
+      help="replace existing files at the outputs' names (never one of the inputs); "
+           "without it, a file separated by an earlier run into OUT is kept")
+  parser_separate.add_argument(
+      "--target-snr", type=_decibels, default=15.0,
       help="the target SNR in dB an exit must reach (default: 15); with --exit-index, "
            "the target of the reported probability")
   depth = parser_separate.add_mutually_exclusive_group()
-  depth.add_argument("--confidence", type=float, default=0.9,
+  depth.add_argument("--confidence", type=_confidence, default=0.9,
                      help="the probability P(SNR >= target) the probabilistic policy "
                           "requires (default: 0.9)")
   depth.add_argument("--exit-index", type=_exit_index, metavar="N|last",
@@ -338,11 +420,11 @@ def build_parser():
       "--policy", choices=("probabilistic", "expected-snr", "fixed"),
       help="when to stop (default: fixed with --exit-index, else probabilistic)")
   parser_separate.add_argument(
-      "--chunk-seconds", type=float,
+      "--chunk-seconds", type=_seconds,
       help="long files are separated in chunks this long (default: 4, the training "
            "segments' length)")
   parser_separate.add_argument(
-      "--overlap-seconds", type=float,
+      "--overlap-seconds", type=_seconds,
       help="consecutive chunks overlap and cross-fade this long; at most half a chunk "
            "(default: 0.5)")
   parser_separate.add_argument(
@@ -375,7 +457,6 @@ def build_parser():
       "an exit threshold: with probability >= 1 - epsilon, at most a share delta of "
       "utterances fall short of the target.",
       _CALIBRATE_EXAMPLE)
-  parser_calibrate.set_defaults(usage_error=parser_calibrate.error)
   _add_corpus_flags(parser_calibrate, confidences="0.5,0.6,0.7,0.8,0.9,0.95")
   parser_calibrate.add_argument(
       "--out", required=True, help="folder for calibration.json, per_utterance.csv and "
@@ -384,13 +465,18 @@ def build_parser():
       "--fit-split", help="where the scales are fitted and the threshold certified, on "
                           "disjoint halves (default: the training config's validation split)")
   parser_calibrate.add_argument(
+      "--fit-dataset", help="the fit split's dataset kind, when not the test's (e.g. fit on "
+                            "in-domain validation data, test on a shifted corpus)")
+  parser_calibrate.add_argument(
+      "--fit-data-root", help="the fit split's dataset folder (default: the test's)")
+  parser_calibrate.add_argument(
       "--method", choices=("nll", "moments"), default="nll",
       help="fit the scales by likelihood, or match the mean error variance (default: nll)")
   parser_calibrate.add_argument(
       "--fit-alpha", action="store_true",
       help="also scale alpha - 1, the tails' weight (Student-t heads, --method nll)")
   parser_calibrate.add_argument(
-      "--target-snr", type=float, default=15.0,
+      "--target-snr", type=_decibels, default=15.0,
       help="the target SNR in dB of the certified threshold (default: 15)")
   parser_calibrate.add_argument(
       "--delta", type=_unit_interval, default=0.1,
@@ -407,6 +493,14 @@ def build_parser():
 CONFIG_OVERRIDE = "--config."
 
 
+def _show_warning(message, *unused_args, **unused_kwargs):
+  """Warnings as `warning: <message>` lines (a downmixed file, skipped examples),
+  written between a progress bar's redraws."""
+  import tqdm
+
+  tqdm.tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
 def _split_overrides(argv):
   """Separates `--config.KEY=VALUE` (or `--config.KEY VALUE`) flags from the others."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -420,17 +514,30 @@ def _split_overrides(argv):
     elif argv:
       overrides.append(f"{arg[len(CONFIG_OVERRIDE):]}={argv.pop(0)}")
     else:
-      raise SystemExit(f"eesep: {arg} needs a value")
+      raise errors.UsageError(arg, "needs a value: --config.KEY=VALUE")
   return rest, overrides
 
 
 def main(argv=None):
-  argv, overrides = _split_overrides(argv)
-  args = build_parser().parse_args(argv)
-  if overrides and args.command != "train":
-    raise SystemExit(f"eesep {args.command}: --config.* overrides only apply to `train`")
-  args.overrides = overrides
-  return args.handler(args)
+  """Runs `eesep ARGV`; returns the command's exit code (1 when a file failed).
+
+  Raises:
+    SystemExit: with code 2 for a usage error, 1 for a data error, after its one line
+      on stderr (`errors.report`).
+  """
+  args = None
+  try:
+    argv, overrides = _split_overrides(argv)
+    args = build_parser().parse_args(argv)
+    if overrides and args.command != "train":
+      raise errors.UsageError(f"--config.{overrides[0]}", "overrides only apply to `train`")
+    args.overrides = overrides
+    with warnings.catch_warnings():
+      warnings.showwarning = _show_warning
+      return args.handler(args)
+  except errors.REPORTED as error:
+    # `--debug` is parsed only once the flags are: before that, only the variable counts.
+    raise SystemExit(errors.report(error, getattr(args, "debug", False))) from None
 
 
 if __name__ == "__main__":

@@ -2,16 +2,24 @@
 
 An experiment is a Python file under `experiments/configs/` whose `get_config()`
 returns a `ConfigDict` built on `base_config`. `load_config(path, overrides)` loads it
-and applies overrides such as `["steps=200", "model.width=48"]`.
+and applies overrides such as `["steps=200", "model.width=48"]`; `validate_config`
+checks every field before a run writes anything, and `resume_differences` lists the
+fields a resumed run must not change.
 """
 
 import ast
 import importlib.util
+import inspect
+import json
+import math
 import pathlib
 
 import ml_collections
 
+from eesep_jax import errors
+from eesep_jax import losses
 from eesep_jax import models
+from eesep_jax.data import readers
 
 
 def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
@@ -46,7 +54,10 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
   config.data.segment_seconds = 4.0
   config.data.dynamic_mixing = False
   config.data.num_workers = 0
+  # Make the embedded demo corpus at `root` if it is not there (training only). An
+  # override of `data.root` turns this off unless it is overridden too (`load_config`).
   config.data.synthesize_if_missing = False
+  config.data.strict = True  # False: skip unusable examples with a warning (open_dataset).
   config.data.options = ml_collections.ConfigDict()  # Extra open_dataset keywords.
 
   config.loss = ml_collections.ConfigDict()
@@ -69,7 +80,7 @@ def parse_override(text):
   """`"model.width=48"` -> `("model.width", 48)`; values are Python literals or strings."""
   key, separator, value = text.partition("=")
   if not separator or not key:
-    raise ValueError(f"override {text!r} is not of the form key.path=value")
+    raise errors.UsageError(f"--config.{text}", "not of the form --config.KEY=VALUE")
   try:
     return key, ast.literal_eval(value)
   except (ValueError, SyntaxError):
@@ -77,22 +88,38 @@ def parse_override(text):
 
 
 def load_config(path, overrides=()):
-  """Loads `get_config()` from the file at `path` and applies `overrides`."""
+  """Loads `get_config()` from the file at `path` and applies `overrides`.
+
+  The config file asks for demo-corpus synthesis at its own `data.root`: overriding
+  `data.root` alone turns `data.synthesize_if_missing` off, so that a mistyped root
+  fails instead of filling a new folder with a corpus.
+
+  Raises:
+    errors.UsageError: when `path` is no config file, or an override names a field the
+      config does not have or gives it a value of another type.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"config file {path} does not exist")
+    raise errors.UsageError(f"--config {path}", "the config file does not exist")
   spec = importlib.util.spec_from_file_location(f"eesep_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} defines no get_config()")
+    raise errors.UsageError(f"--config {path}", "the file defines no get_config()")
   config = module.get_config()
+  keys = set()
   for override in overrides:
     key, value = parse_override(override)
     try:
       _set_existing(config, key, value)
     except (KeyError, AttributeError, TypeError) as error:
-      raise ValueError(f"cannot apply override {override!r} to {path}: {error}") from error
+      # A KeyError's str() quotes its message once more.
+      problem = error.args[0] if isinstance(error, KeyError) else error
+      raise errors.UsageError(f"--config.{override}",
+                              f"cannot apply it to {path}: {problem}") from error
+    keys.add(key)
+  if "data.root" in keys and "data.synthesize_if_missing" not in keys:
+    config.data.synthesize_if_missing = False
   return config
 
 
@@ -110,3 +137,134 @@ def _set_existing(config, key, value):
 def model_config(config):
   """The `models.PressNetConfig` an experiment config describes."""
   return models.PressNetConfig.from_dict(config.model.to_dict())
+
+
+# ----------------------------------------------------------------------------------
+# Validation: every field checked before a run writes anything.
+
+_POSITIVE_INTS = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
+                  "eval_every", "optimizer.max_consecutive_nonfinite", "model.sample_rate",
+                  "model.num_sources", "model.width", "model.num_exit_blocks",
+                  "model.num_exits", "model.encoder_kernel", "model.encoder_stride",
+                  "model.encoder_features", "model.rnn_expansion", "model.conv_expansion",
+                  "model.ffn_expansion", "model.conv_kernel", "model.num_heads")
+_NON_NEGATIVE_INTS = ("seed", "eval_max_utterances", "data.num_workers",
+                      "optimizer.warmup_steps", "model.num_shared_blocks")
+_POSITIVE_NUMBERS = ("data.segment_seconds", "optimizer.learning_rate", "optimizer.clip_norm")
+_NON_NEGATIVE_NUMBERS = ("optimizer.weight_decay",)
+_FRACTIONS = ("optimizer.end_learning_rate_fraction",)
+_BOOLS = ("data.dynamic_mixing", "data.synthesize_if_missing", "data.strict")
+_NAMES = ("data.root", "data.train_split", "data.valid_split", "data.test_split")
+_CHOICES = {"loss.objective": losses.OBJECTIVES, "loss.mean_loss": losses.MEAN_LOSSES,
+            "loss.permutation": losses.PERMUTATIONS, "data.kind": tuple(readers.READERS)}
+# Fields with a default, for configs saved before they existed.
+_DEFAULTS = {"data.strict": True}
+
+
+def _field(config, key):
+  """The value of dotted `key`; `errors.UsageError` when the config lacks it."""
+  node = config
+  for name in key.split("."):
+    if name not in node:
+      if key in _DEFAULTS:
+        return _DEFAULTS[key]
+      raise errors.UsageError(f"config.{key}", "missing: the config has no such field")
+    node = node[name]
+  return node
+
+
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+  return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _checks():
+  """`(keys, test, what it must be)` for every field with a simple range."""
+  return [
+      (_POSITIVE_INTS, lambda v: _is_int(v) and v > 0, "a positive integer"),
+      (_NON_NEGATIVE_INTS, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+      (_POSITIVE_NUMBERS, lambda v: _is_number(v) and v > 0, "a positive number"),
+      (_NON_NEGATIVE_NUMBERS, lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+      (_FRACTIONS, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+      (_BOOLS, lambda v: isinstance(v, bool), "True or False"),
+      (_NAMES, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+  ]
+
+
+def validate_config(config):
+  """Checks every field of an experiment config: sizes positive, names known, the
+  model buildable, the data options the reader's own.
+
+  Raises:
+    errors.UsageError: naming the first field at fault (`config.steps`, ...).
+  """
+  for keys, test, what in _checks():
+    for key in keys:
+      value = _field(config, key)
+      if not test(value):
+        raise errors.UsageError(f"config.{key}", f"{value!r}: must be {what}")
+  for key, choices in _CHOICES.items():
+    value = _field(config, key)
+    if value not in choices:
+      raise errors.UsageError(f"config.{key}",
+                              f"{value!r}: must be one of {', '.join(choices)}")
+  kind = _field(config, "data.kind")
+  accepted = set(inspect.signature(readers.READERS[kind]).parameters) - {"root", "split"}
+  options = _field(config, "data.options")
+  unknown = sorted(set(options.to_dict() if options else {}) - accepted)
+  if unknown:
+    raise errors.UsageError(f"config.data.options.{unknown[0]}",
+                            f"not an option of the {kind} reader (options: "
+                            f"{', '.join(sorted(accepted)) or 'none'})")
+  try:
+    model = model_config(config)
+  except (ValueError, TypeError) as error:
+    raise errors.UsageError("config.model", str(error)) from None
+  weights = _field(config, "loss.exit_weights")
+  if weights is not None and not (
+      len(weights) == model.num_exits and all(_is_number(w) and w >= 0 for w in weights)
+      and any(weights)):
+    raise errors.UsageError("config.loss.exit_weights",
+                            f"{weights!r}: must be {model.num_exits} non-negative numbers, "
+                            "one per exit, not all zero")
+
+
+# ----------------------------------------------------------------------------------
+# Resuming: what a run restarted in the same workdir may change.
+
+# A resumed run continues the same training: only when it stops, how it logs and
+# checkpoints, and where its data lives may change. Everything else (the model, whose
+# parameters the checkpoint holds; the optimizer, batch, data stream and seed, whose
+# state it holds) needs a new workdir.
+RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
+                    "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
+                    "data.synthesize_if_missing", "data.valid_split", "data.test_split")
+_ABSENT = "(absent)"
+
+
+def _flat(config):
+  """`{dotted key: value}` of a config, values as they are saved in JSON."""
+  flat = {}
+
+  def walk(prefix, node):
+    for name, value in node.items():
+      if isinstance(value, dict) and value:
+        walk(f"{prefix}{name}.", value)
+      else:
+        flat[f"{prefix}{name}"] = value
+
+  walk("", json.loads(config.to_json_best_effort()))
+  return flat
+
+
+def resume_differences(saved, config):
+  """`[(key, saved value, new value)]`: the fields outside `RESUMABLE_FIELDS` in which
+  `config` differs from the `saved` config of the run it would resume; `"(absent)"`
+  stands for a field one of them lacks."""
+  old, new = _flat(saved), _flat(config)
+  return [(key, old.get(key, _ABSENT), new.get(key, _ABSENT))
+          for key in sorted(old.keys() | new.keys())
+          if key not in RESUMABLE_FIELDS and old.get(key, _ABSENT) != new.get(key, _ABSENT)]

@@ -17,6 +17,7 @@ import time
 
 from eesep_jax import config_lib
 from eesep_jax import data
+from eesep_jax import errors
 from eesep_jax import evaluate
 from eesep_jax import separate_files
 from eesep_jax import train
@@ -28,6 +29,28 @@ CONFIDENCE = 0.9
 # Test utterances the demo evaluates: each distinct length compiles once (see
 # `evaluate`), so all 50 would add minutes for little.
 TEST_UTTERANCES = 30
+
+
+def locate(path, start=None):
+  """`path` if it exists, else `path` under the nearest folder above `start` (default:
+  the working directory) that holds it; None when none does.
+
+  How the notebooks find `runs/demo`, `data/demo` and the experiment configs, from the
+  repository root or from `notebooks/`, wherever the package is installed.
+  """
+  start = pathlib.Path(start or pathlib.Path.cwd()).resolve()
+  for folder in (start, *start.parents):
+    if (folder / path).exists():
+      return folder / path
+  return None
+
+
+def run_config(workdir):
+  """The config a run saved (`train.read_config`), a relative `data.root` found as
+  `locate` finds it: the demo trains from the repository root with `data/demo`."""
+  config = train.read_config(workdir)
+  config.data.root = str(locate(config.data.root) or config.data.root)
+  return config
 
 
 def _summary(summary, num_exits):
@@ -56,7 +79,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   start = time.monotonic()
   workdir = pathlib.Path(workdir)
   if not pathlib.Path(config_path).is_file():
-    raise FileNotFoundError(f"{config_path} not found: run the demo from the repository root")
+    raise errors.UsageError(config_path, "not found: run the demo from the repository root")
   config = config_lib.load_config(config_path, overrides)
 
   print(f"[1/4] corpus: {config.data.root}")
@@ -77,7 +100,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   mixture_path = test_source.entry(0).mixture
   [result] = separate_files.separate_files(
       [mixture_path], variables=variables, config=model_config,
-      out_dir=workdir / "separated", target_snr_db=TARGET_SNR_DB, confidence=CONFIDENCE)
+      out_dir=workdir / "separated", overwrite=True, target_snr_db=TARGET_SNR_DB,
+      confidence=CONFIDENCE)
   if result.error:
     raise RuntimeError(result.error)
 

@@ -323,7 +323,7 @@ def align_sources(reference, estimates):
 
 
 def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
-                  overlap_seconds=OVERLAP_SECONDS, chunk_batch=CHUNK_BATCH,
+                  overlap_seconds=OVERLAP_SECONDS, chunk_batch=CHUNK_BATCH, progress=None,
                   **separate_kwargs):
   """Separates one signal of any length in overlapping chunks.
 
@@ -351,6 +351,8 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
     chunk_seconds: length of a chunk.
     overlap_seconds: how long consecutive chunks overlap; at most half a chunk.
     chunk_batch: the most chunks separated together.
+    progress: optional `progress(done, total)`, called with the chunks separated so
+      far before the first batch and after each (a progress bar, say).
     **separate_kwargs: `separate`'s stopping keywords (`policy`, `target_snr_db`,
       `confidence`, `conditions`, `exit_index`, `posthoc_scales`, ...).
 
@@ -373,6 +375,8 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   estimates = np.zeros((config.num_sources, time), np.float32)
   per_chunk = {"exit_index": [], "probability": [], "gmacs": []}
   previous_tail = previous_end = None
+  if progress:
+    progress(0, starts.size)
   for first in range(0, starts.size, batch):
     batch_starts = starts[first:first + batch]
     # Repeating the last chunk keeps every batch the same shape, and a repeat stops
@@ -394,6 +398,8 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
       weight = _chunk_weight(valid, fade_in, fade_start, last=end == time)
       estimates[:, start:end] += weight * chunk_estimates
       previous_tail, previous_end = chunk_estimates[:, -overlap:], end
+    if progress:
+      progress(first + batch_starts.size, starts.size)
   exits = ChunkExits(
       starts=starts, **{name: np.concatenate(values) for name, values in per_chunk.items()},
       full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk)

@@ -9,16 +9,47 @@ Outputs are 16-bit PCM WAV, what the separation corpora and most players use. Al
 sources of a file are scaled by one gain, so their relative levels are kept, and only
 ever down, so that no sample exceeds `PEAK` and nothing clips.
 
-A file that cannot be separated (missing, empty, corrupt, not audio, silent) gets a
-`FileResult` whose `error` is one line naming it, and the other files go on.
+Each file goes through the same steps, one function each:
+
+1. `check_outputs`: what its outputs would replace (see below);
+2. `read_input`: read and checked (a plausible header, every sample finite, not
+   silent), downmixed and resampled;
+3. `inference.separate_long`;
+4. `finish_sources`: back to the input's rate and length, checked finite, scaled so
+   that nothing clips;
+5. `write_outputs`: each source written to a temporary name in the output folder and
+   renamed into place (`audio.write_audio`), so that an interrupted run leaves no
+   partial WAV, and marked in its WAV comment as this input's output.
+
+What is never overwritten, and what is never an input:
+
+- an existing output is replaced only with `overwrite=True` (`--overwrite`), unless it
+  is this input's own output from an earlier run (its mark says so): when all of them
+  are there, the file was separated already and is skipped; when only some are, an
+  interrupted run left them, and the file is separated again;
+- an output that is one of the run's own inputs is never written, even with
+  `overwrite`;
+- a folder's files that `eesep separate` wrote (marked) are left out of its inputs,
+  with a warning, so that a second run into the input folder does not separate the
+  first run's outputs; name such a file to separate it;
+- a file given twice (`dir/` and `dir/x.wav`) is separated once, with a warning.
+
+A file that cannot be separated (missing, empty, corrupt, not audio, silent, holding
+NaN, an output that cannot be written) gets a `FileResult` whose `error` is one line
+naming it, and the other files go on. The output folder itself is checked before the
+first file (`prepare_out_dir`).
 """
 
 import dataclasses
+import hashlib
 import os
+import tempfile
+import warnings
 
 import numpy as np
 import tqdm
 
+from eesep_jax import errors
 from eesep_jax import inference
 from eesep_jax.data import audio
 from eesep_jax.data import mixing
@@ -26,6 +57,11 @@ from eesep_jax.data import mixing
 PEAK = 0.99
 # One step of 16-bit audio: a file no louder than that holds nothing to separate.
 SILENCE_PEAK = 2.0 ** -15
+# Longer inputs are announced before the work: hours of audio take a while.
+LONG_INPUT_SECONDS = 3600.0
+# What starts the WAV comment of every output (`output_mark`).
+MARK = "eesep separate"
+_NAME_MAX = 255  # Bytes in a file name, where the file system does not say.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,25 +70,54 @@ class FileResult:
 
   Attributes:
     path: the input file (or a folder with no audio files in it).
-    outputs: the written files, one per source, in source order.
-    exits: where each chunk stopped and what it cost; None when `error`.
+    outputs: the written files, one per source, in source order (when `note`, those
+      an earlier run wrote).
+    exits: where each chunk stopped and what it cost; None when `error` or `note`.
     gain: the factor the outputs were scaled by so that nothing clips (at most 1).
     error: one line naming the input and what is wrong with it; None on success.
+    note: why the input was not separated again although nothing is wrong (an earlier
+      run did it); None otherwise.
   """
   path: str
   outputs: tuple[str, ...] = ()
   exits: inference.ChunkExits | None = None
   gain: float = 1.0
   error: str | None = None
+  note: str | None = None
+
+
+def is_output(path):
+  """Whether `path` is a file `eesep separate` wrote (its WAV comment is its mark)."""
+  return audio.read_comment(path).startswith(MARK + ":")
 
 
 def expand_inputs(paths):
   """`paths` with each folder replaced by its audio files (sorted, not those in its
-  sub-folders); a folder with none is kept, to be reported as an error."""
-  expanded = []
+  sub-folders), every file once; a folder with none is kept, to be reported as an
+  error.
+
+  A file named twice is kept at its first mention, and a folder's files that
+  `eesep separate` wrote (`is_output`) are left out, each with a warning.
+  """
+  expanded, seen = [], {}
   for path in map(str, paths):
-    files = audio.list_audio_files(path) if os.path.isdir(path) else []
-    expanded.extend(files or [path])
+    candidates = [path]
+    if os.path.isdir(path):
+      files = audio.list_audio_files(path)
+      candidates = [file for file in files if not is_output(file)]
+      if len(candidates) < len(files):
+        warnings.warn(f"{path}: left out {len(files) - len(candidates)} files that eesep "
+                      "separate wrote (name a file to separate it)", stacklevel=2)
+      if not files:
+        candidates = [path]
+    for file in candidates:
+      key = os.path.realpath(file)
+      if key in seen:
+        also = "" if file == seen[key] else f" (also as {seen[key]})"
+        warnings.warn(f"{file}: given twice{also}: separated once", stacklevel=2)
+        continue
+      seen[key] = file
+      expanded.append(file)
   return expanded
 
 
@@ -62,22 +127,86 @@ def output_paths(path, out_dir, num_sources):
   return tuple(os.path.join(out_dir, f"{stem}_s{k}.wav") for k in range(1, num_sources + 1))
 
 
-def clipping_gain(signals):
-  """The one gain, at most 1, that keeps every sample of `signals` within `PEAK`."""
-  return min(1.0, mixing.peak_scale(signals, PEAK))
+def output_mark(path, source, num_sources):
+  """The WAV comment of `path`'s output `source` (1-based): it names the input, and an
+  identity of the input file (its real path, size and modification time), so that a
+  changed input is separated again."""
+  status = os.stat(path)
+  identity = f"{os.path.realpath(path)}\0{status.st_size}\0{status.st_mtime_ns}"
+  digest = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+  return (f"{MARK}: source {source} of {num_sources} of {os.path.basename(path)} "
+          f"[{digest}]")
 
 
-def _read_mixture(path, sample_rate):
-  """`(mixture [time] at sample_rate, audio.AudioInfo)` of `path`; warns when it was
-  downmixed.
+def prepare_out_dir(out_dir):
+  """Creates `out_dir` if missing and checks that files can be written in it, before
+  any work.
 
   Raises:
-    audio.AudioError: when `path` is missing, unreadable, empty, truncated or silent.
+    errors.UsageError: naming `out_dir`, when it is under a file, is a file, or
+      cannot be written.
+  """
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_dir):
+      pass
+  except OSError as error:
+    raise errors.UsageError(out_dir, f"cannot write the outputs there "
+                                     f"({error.strerror or error})") from None
+
+
+def _name_max(directory):
+  try:
+    return os.pathconf(directory, "PC_NAME_MAX")
+  except (OSError, ValueError):
+    return _NAME_MAX
+
+
+def check_outputs(path, outputs, overwrite=False):
+  """Whether `path` is to be separated into `outputs`: False when an earlier run did it
+  (every output is there, marked as this input's); True otherwise.
+
+  Raises:
+    audio.AudioError: naming `path`, when an output's name is too long for its
+      folder, or, without `overwrite`, when an output exists that is not this input's
+      own (a user's file).
+  """
+  for output in outputs:
+    directory, name = os.path.split(output)
+    size, limit = len(os.fsencode(name)), _name_max(directory or ".")
+    if size > limit:
+      raise audio.AudioError(path, f"its output name is {size} bytes long, more than the "
+                                   f"{limit} its folder allows: rename the input")
+  if overwrite or not os.path.isfile(path):  # A missing input fails when it is read.
+    return True
+  ours = 0
+  for k, output in enumerate(outputs, start=1):
+    if not os.path.exists(output):
+      continue
+    comment = audio.read_comment(output)
+    if comment != output_mark(path, k, len(outputs)):
+      whose = ("was separated from another input, or from this one before it changed"
+               if comment.startswith(MARK + ":") else "exists and is not this file's output")
+      raise audio.AudioError(path, f"{output} {whose}: --overwrite replaces it")
+    ours += 1
+  return ours < len(outputs)
+
+
+def read_input(path, sample_rate):
+  """`(mixture [time] at sample_rate, audio.AudioInfo)` of `path`; warns when it was
+  downmixed, or is over `LONG_INPUT_SECONDS` long.
+
+  Raises:
+    audio.AudioError: when `path` is missing, unreadable, empty, truncated, claims an
+      implausible rate, holds a NaN or an infinity, or is silent.
   """
   if os.path.isdir(path):
     raise audio.AudioError(
         path, f"folder holds no audio files ({', '.join(audio.AUDIO_EXTENSIONS)})")
   info = audio.inspect_audio(path)
+  if info.seconds > LONG_INPUT_SECONDS:
+    warnings.warn(f"{path}: {info.seconds / 3600:.1f} hours of audio at "
+                  f"{info.sample_rate} Hz: separating it takes a while", stacklevel=2)
   mixture = audio.read_audio(path, sample_rate)
   if np.max(np.abs(mixture)) <= SILENCE_PEAK:
     raise audio.AudioError(path, "silent (no sample above one 16-bit step): "
@@ -91,7 +220,75 @@ def _to_length(signal, length):
   return np.pad(signal[:length], (0, max(0, length - signal.shape[0])))
 
 
-def separate_file(path, *, variables, config, out_dir, **separate_long_kwargs):
+def clipping_gain(signals):
+  """The one gain, at most 1, that keeps every sample of `signals` within `PEAK`."""
+  return min(1.0, mixing.peak_scale(signals, PEAK))
+
+
+def finish_sources(path, estimates, sample_rate, info):
+  """`(sources [sources, time], gain)`: `estimates` at `sample_rate` brought back to
+  `path`'s rate and exact length (`info`), and scaled by `clipping_gain`.
+
+  Raises:
+    audio.AudioError: naming `path`, when an estimate holds a NaN or an infinity.
+  """
+  sources = np.stack([_to_length(audio.resample(source, sample_rate, info.sample_rate),
+                                 info.frames) for source in estimates])
+  bad = audio.non_finite_count(sources)
+  if bad:
+    raise audio.AudioError(path, f"the separated sources hold {bad} NaN or infinite "
+                                 "samples (a damaged checkpoint?): nothing written")
+  gain = clipping_gain(sources)
+  return gain * sources, gain
+
+
+def write_outputs(path, outputs, sources, sample_rate):
+  """Writes each of `path`'s `sources` to its output, marked (`output_mark`); on a
+  failure, removes the ones written, so that a file's outputs are all there or none.
+
+  Raises:
+    audio.AudioError: naming `path` and the output that could not be written.
+  """
+  written = []
+  try:
+    for k, (output, source) in enumerate(zip(outputs, sources), start=1):
+      audio.write_audio(output, source, sample_rate,
+                        comment=output_mark(path, k, len(outputs)))
+      written.append(output)
+  except (OSError, audio.AudioError) as error:
+    for output in written:
+      os.remove(output)
+    if isinstance(error, audio.AudioError):
+      raise
+    raise audio.AudioError(path, f"cannot write {error.filename or outputs[len(written)]}: "
+                                 f"{error.strerror or error}") from None
+
+
+class _ChunkBar:
+  """A `separate_long` progress callback: a bar over one file's chunks, gone when done.
+
+  It appears once the first batch of chunks is done and more remain, so that a file
+  separated in one batch (most files) draws none.
+  """
+
+  def __init__(self, path):
+    self._path = path
+    self._bar = None
+
+  def __call__(self, done, total):
+    if self._bar is None and 0 < done < total:
+      self._bar = tqdm.tqdm(total=total, desc=os.path.basename(self._path), unit="chunk",
+                            leave=False, dynamic_ncols=True)
+    if self._bar is not None:
+      self._bar.update(done - self._bar.n)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
+def separate_file(path, *, variables, config, out_dir, overwrite=False, progress=False,
+                  **separate_long_kwargs):
   """Separates the audio file `path` and writes one WAV per source into `out_dir`.
 
   Args:
@@ -99,27 +296,53 @@ def separate_file(path, *, variables, config, out_dir, **separate_long_kwargs):
     variables: the model variables.
     config: the model's `models.PressNetConfig`.
     out_dir: where `<stem>_s<k>.wav` go (created if missing).
+    overwrite: replace existing outputs (see the module's docstring).
+    progress: show a progress bar over the file's chunks.
     **separate_long_kwargs: `inference.separate_long`'s chunking and stopping keywords.
 
   Returns:
-    A `FileResult` without `error`.
+    A `FileResult` without `error` (with `note` when an earlier run separated it).
 
   Raises:
-    audio.AudioError: naming `path`, when it holds nothing that can be separated.
+    audio.AudioError: naming `path`, when it holds nothing that can be separated, or
+      its outputs cannot be written.
   """
-  mixture, info = _read_mixture(path, config.sample_rate)
-  result = inference.separate_long(variables, config, mixture, **separate_long_kwargs)
-  sources = [_to_length(audio.resample(source, config.sample_rate, info.sample_rate),
-                        info.frames) for source in result.estimates]
-  gain = clipping_gain(sources)
   outputs = output_paths(path, out_dir, config.num_sources)
-  for output, source in zip(outputs, sources):
-    audio.write_audio(output, gain * source, info.sample_rate)
+  if not check_outputs(path, outputs, overwrite):
+    return FileResult(path=path, outputs=outputs,
+                      note="separated by an earlier run, outputs kept (--overwrite "
+                           "separates it again)")
+  mixture, info = read_input(path, config.sample_rate)
+  bar = _ChunkBar(path) if progress else None
+  try:
+    result = inference.separate_long(variables, config, mixture, progress=bar,
+                                     **separate_long_kwargs)
+  finally:
+    if bar:
+      bar.close()
+  sources, gain = finish_sources(path, result.estimates, config.sample_rate, info)
+  write_outputs(path, outputs, sources, info.sample_rate)
   return FileResult(path=path, outputs=outputs, exits=result.exits, gain=gain)
 
 
+def _check_run(path, outputs, inputs, claimed):
+  """Refuses outputs that are inputs of this run, or that another input of it writes.
+
+  Raises:
+    audio.AudioError: naming `path`.
+  """
+  for output in outputs:
+    key = os.path.realpath(output)
+    if key in inputs:
+      raise audio.AudioError(path, f"its output {output} is one of this run's inputs: "
+                                   "choose another --out-dir")
+    if key in claimed:
+      raise audio.AudioError(path, f"has the same name as {claimed[key]}, whose outputs "
+                                   "it would overwrite")
+
+
 def separate_files(paths, *, variables, config, out_dir, report=None, progress=False,
-                   **separate_long_kwargs):
+                   overwrite=False, **separate_long_kwargs):
   """Separates every file in `paths` (folders: their audio files), going on past errors.
 
   Args:
@@ -128,7 +351,9 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
     config: the model's `models.PressNetConfig`.
     out_dir: where `<stem>_s<k>.wav` go (created if missing).
     report: called with each `FileResult` as soon as its file is done.
-    progress: show a progress bar when there are several files.
+    progress: show a progress bar over the files when there are several, and one over
+      each file's chunks.
+    overwrite: replace existing outputs (never the run's own inputs).
     **separate_long_kwargs: `inference.separate_long`'s chunking and stopping keywords
       (`chunk_seconds`, `overlap_seconds`, `chunk_batch`, `policy`, `target_snr_db`,
       `confidence`, `exit_index`, `posthoc_scales`, ...).
@@ -136,23 +361,28 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
   Returns:
     One `FileResult` per file, in order.
 
+  Raises:
+    errors.UsageError: when nothing can be written in `out_dir` (before any work).
+
   Example:
     config, variables = train.restore_params("runs/demo")
     results = separate_files(["mixtures/"], variables=variables, config=config,
                              out_dir="separated", target_snr_db=15.0, confidence=0.9)
     failed = [result.error for result in results if result.error]
   """
+  out_dir = str(out_dir)
+  prepare_out_dir(out_dir)
   files = expand_inputs(paths)
-  results, written_by = [], {}
+  inputs = {os.path.realpath(path) for path in files}
+  results, claimed = [], {}
   for path in tqdm.tqdm(files, unit="file", disable=not progress or len(files) < 2):
-    outputs = output_paths(path, out_dir, config.num_sources)
     try:
-      if outputs[0] in written_by:
-        raise audio.AudioError(path, f"has the same name as {written_by[outputs[0]]}, "
-                                     "whose outputs it would overwrite")
+      outputs = output_paths(path, out_dir, config.num_sources)
+      _check_run(path, outputs, inputs, claimed)
       result = separate_file(path, variables=variables, config=config, out_dir=out_dir,
+                             overwrite=overwrite, progress=progress,
                              **separate_long_kwargs)
-      written_by[outputs[0]] = path
+      claimed.update((os.path.realpath(output), path) for output in outputs)
     except audio.AudioError as error:
       result = FileResult(path=path, error=str(error).replace("\n", " "))
     results.append(result)

@@ -11,7 +11,9 @@ import functools
 import json
 import logging
 import signal
+import sys
 import threading
+import time
 
 from etils import epath
 import flax
@@ -26,6 +28,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from eesep_jax import config_lib
+from eesep_jax import errors
 from eesep_jax import losses
 from eesep_jax import metrics
 from eesep_jax import models
@@ -258,21 +261,43 @@ def _global_batch(local_batch, sharding):
 
 
 def write_config(config, workdir):
+  """Writes `config` to `workdir/config.json` by way of a temporary file and a rename,
+  so that an interrupted write never leaves a damaged config behind."""
   path = epath.Path(workdir) / CONFIG_FILE
-  path.write_text(config.to_json_best_effort(indent=2))
+  partial = path.parent / f".{CONFIG_FILE}.partial"
+  partial.write_text(config.to_json_best_effort(indent=2))
+  partial.replace(path)
 
 
 def read_config(workdir):
-  """The experiment config a training run saved in `workdir`."""
+  """The experiment config a training run saved in `workdir`.
+
+  Raises:
+    errors.UsageError: when `workdir` holds no config (it is no training workdir).
+    errors.DataError: when its config file is damaged.
+  """
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.is_file():
-    raise FileNotFoundError(f"{workdir} holds no {CONFIG_FILE}: is it a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+    raise errors.UsageError(workdir, f"holds no {CONFIG_FILE}: is it a training workdir?")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError.
+    raise errors.DataError(f"{path}: damaged, not a JSON config ({error})") from None
+
+
+def _saved_model_config(workdir, config):
+  """`config`'s model, saved in `workdir`; a `DataError` when it no longer builds."""
+  try:
+    return config_lib.model_config(config)
+  except (ValueError, TypeError, KeyError) as error:
+    raise errors.DataError(f"{epath.Path(workdir) / CONFIG_FILE}: its model does not "
+                           f"build ({error})") from None
 
 
 def latest_step(workdir):
   """The step of the latest checkpoint in `workdir`; None when it holds none (or no run)."""
-  if not (epath.Path(workdir) / CONFIG_FILE).is_file():
+  if not (epath.Path(workdir) / CONFIG_FILE).is_file() or not (
+      epath.Path(workdir) / "checkpoints").is_dir():
     return None
   manager = _checkpoint_manager(workdir, read_config(workdir))
   try:
@@ -281,21 +306,143 @@ def latest_step(workdir):
     manager.close()
 
 
+def _unreadable(workdir, step, error):
+  """The `DataError` for a checkpoint orbax cannot read. Orbax wraps the reader's error
+  in a dump of the array's whole spec; the innermost error says what failed."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return errors.DataError(f"{epath.Path(workdir) / 'checkpoints' / str(step)}: the "
+                          f"checkpoint cannot be read, damaged or truncated? ({first_line})")
+
+
+def _abstract_params(model_config):
+  """The parameters' shapes and dtypes, on this process's first device: the target of a
+  restore that reads the parameters alone."""
+  shapes = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, model_config.sample_rate // 10),
+                                               jnp.float32))["params"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      shapes)
+
+
 def restore_params(workdir, step=None):
-  """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`."""
+  """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`.
+
+  Only the parameters are read, not the optimizer state that inference has no use for
+  (twice their size with Adam).
+
+  Raises:
+    errors.UsageError: when `workdir` is no training workdir, or holds no checkpoint.
+    errors.DataError: when its config or checkpoint is damaged.
+  """
   config = read_config(workdir)
-  model_config = config_lib.model_config(config)
+  model_config = _saved_model_config(workdir, config)
   manager = _checkpoint_manager(workdir, config)
-  step = step if step is not None else (manager.best_step() or manager.latest_step())
-  if step is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
+  try:
+    step = step if step is not None else (manager.best_step() or manager.latest_step())
+    if step is None:
+      raise errors.UsageError(workdir, "holds no checkpoint: its training has not saved one")
+    target = {"params": _abstract_params(model_config)}
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))
+    except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
+      raise _unreadable(workdir, step, error) from error
+  finally:
+    manager.close()
   return model_config, {"params": restored.state["params"]}
+
+
+def _check_resume(config, workdir):
+  """Refuses, before anything is written, to resume the run in `workdir` with a config
+  that differs from the saved one in a field its checkpoint fixes
+  (`config_lib.resume_differences`)."""
+  if latest_step(workdir) is None:
+    return
+  differences = config_lib.resume_differences(read_config(workdir), config)
+  if differences:
+    listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
+    raise errors.UsageError(
+        workdir, f"cannot resume the run there with this config, which differs from its "
+                 f"{CONFIG_FILE} in {listed}. Train in a new --workdir; a resumed run may "
+                 f"change only {', '.join(config_lib.RESUMABLE_FIELDS)}")
+
+
+def _open_data(config, say):
+  """Every split the run reads, opened (each file's header read) before step 1:
+  `(training source, validation source)`. Makes the demo corpus first when the config
+  asks for it (`data.synthesize_if_missing`)."""
+  data = config.data
+  if data.synthesize_if_missing:
+    data_lib.ensure_demo_corpus(data.root, sample_rate=config.model.sample_rate,
+                                num_sources=config.model.num_sources)
+  say(f"checking the data: {data.kind} at {data.root}, splits {data.train_split!r} and "
+      f"{data.valid_split!r} (every file's header)")
+  train_source = data_lib.training_source(config)
+  valid_source = data_lib.open_split(config, data.valid_split)
+  say(f"  {train_source!r}\n  {valid_source!r}")
+  return train_source, valid_source
+
+
+def _save_before_raising(manager, state, iterator, say):
+  """Saves `state` as the loop dies of an exception, so that no finished step is lost;
+  nothing when its step is saved already (or is 0: nothing trained). A failure to save
+  is reported, never raised over the exception that stopped the loop."""
+  try:
+    step = int(state.step)
+    if step == 0 or step in manager.all_steps():
+      return
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
+        force=True)
+    manager.wait_until_finished()
+    say(f"saved a checkpoint at step {step} before stopping on the error")
+  except Exception as error:  # The state may be gone with the failure (donated buffers).
+    say(f"warning: could not save a checkpoint before stopping: {error}")
+
+
+def _best_validation(workdir):
+  """`(step, [SI-SNRi per exit])` of the best validation in `metrics.jsonl` (by the last
+  exit, as the best checkpoint is kept); None when there was none."""
+  path = epath.Path(workdir) / METRICS_FILE
+  records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+  validations = [r for r in records if "valid_si_snri" in r]
+  if not validations:
+    return None
+  best = max(validations, key=lambda r: r["valid_si_snri"][-1])
+  return best["step"], best["valid_si_snri"]
+
+
+def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager):
+  """The lines `train_and_evaluate` ends with: steps, time, skipped steps, the best
+  validation per exit, and where the checkpoints are."""
+  lines = [f"trained to step {end_step} of {config.steps} ({end_step - start_step} steps "
+           f"in {seconds / 60:.1f} min); {skipped} steps skipped in all (non-finite loss "
+           "or gradient)"]
+  best = _best_validation(workdir)
+  if best is None:
+    lines.append("no validation yet (every config.eval_every steps, and at the last)")
+  else:
+    step, si_snri = best
+    lines.append(f"best validation SI-SNRi (step {step}): " + ", ".join(
+        f"exit {k} {value:.2f} dB" for k, value in enumerate(si_snri, start=1)))
+  lines.append(f"checkpoints: {workdir / 'checkpoints'} (latest step {manager.latest_step()}"
+               f", best {manager.best_step()}); `eesep separate --checkpoint {workdir}` "
+               "uses the best")
+  return "\n".join(lines)
 
 
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Nothing is written before the config is validated (`config_lib.validate_config`),
+  checked against a run it resumes (`_check_resume`) and every split's files checked.
+  An exception in the loop saves a checkpoint of the last finished step before it
+  propagates. The console shows the progress, a warning for skipped steps (at most
+  one per `log_every` steps), each validation, and a summary at the end.
 
   Args:
     config: an experiment `ConfigDict` (see `config_lib.base_config`).
@@ -303,19 +450,27 @@ def train_and_evaluate(config, workdir):
 
   Returns:
     The final `TrainState`.
+
+  Raises:
+    errors.UsageError: for a config error, or a resume the checkpoint cannot take.
+    errors.DataError: for data that cannot be used.
   """
+  config_lib.validate_config(config)
+  if config.batch_size % jax.process_count():
+    raise errors.UsageError("config.batch_size", f"{config.batch_size} is not divisible by "
+                                                 f"the {jax.process_count()} processes")
   workdir = _absolute(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   is_lead = jax.process_index() == 0
+  say = functools.partial(tqdm.tqdm.write, file=sys.stdout) if is_lead else (
+      lambda *args, **kwargs: None)
+  _check_resume(config, workdir)
+  train_source, valid_source = _open_data(config, say)
+  workdir.mkdir(parents=True, exist_ok=True)
   if is_lead:
     write_config(config, workdir)
   model_config = config_lib.model_config(config)
   model = models.PressNet(model_config)
-  if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes")
 
-  train_source = data_lib.training_source(config)
   loader = data_lib.training_loader(
       train_source, batch_size=config.batch_size // jax.process_count(),
       segment_length=int(config.data.segment_seconds * model_config.sample_rate),
@@ -331,54 +486,104 @@ def train_and_evaluate(config, workdir):
   state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)), replicated)
 
   manager = _checkpoint_manager(workdir, config)
-  if manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state),
-        data=grain.checkpoint.CheckpointRestore(iterator)))
+  latest = manager.latest_step()
+  if latest is not None:
+    try:
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state),
+          data=grain.checkpoint.CheckpointRestore(iterator)))
+    except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
+      raise _unreadable(workdir, latest, error) from error
     state = restored.state
-    logging.info("resumed %s from step %d", workdir, int(state.step))
+  say(f"resuming {workdir} from step {latest}" if latest is not None
+      else f"training {workdir} from scratch")
 
   train_step = make_train_step(config, model, optimizer)
   writer = MetricsWriter(workdir, enabled=is_lead)
   preemption = _Preemption()
-  valid_metrics = {}
   start_step = int(state.step)
+  skipped = _SkipWarnings(int(skipped_steps(state.opt_state)), start_step, say)
+  start_time = time.monotonic()
   progress = tqdm.tqdm(total=config.steps, initial=start_step, disable=not is_lead,
                        desc="train", unit="step", dynamic_ncols=True)
   try:
-    for step in range(start_step + 1, config.steps + 1):
-      batch = _global_batch(next(iterator), data_sharding)
-      state, step_metrics = train_step(state, batch)
-      progress.update(1)
-      if step % config.log_every == 0 or step == config.steps:
-        scalars = jax.device_get(step_metrics)
-        record = {"train_loss": float(scalars["train_loss"]),
-                  "train_loss_per_exit": np.asarray(scalars["train_loss_per_exit"]).tolist(),
-                  "grad_norm": float(scalars["grad_norm"]),
-                  "skipped_steps": int(scalars["skipped_steps"])}
-        writer.write(step, record)
-        progress.set_postfix(loss=f"{record['train_loss']:.3f}")
-      if step % config.eval_every == 0 or step == config.steps:
-        evaluation = evaluate_exits(state.params, model, data_lib.validation_batches(config))
-        valid_metrics = {BEST_METRIC: evaluation["si_snri"][-1]}
-        writer.write(step, {"valid_si_snri": evaluation["si_snri"],
-                            "valid_nll": evaluation["nll"]})
-      preempted = preemption.requested or manager.reached_preemption(step)
-      # A validated step is always saved, so the best checkpoint holds the
-      # parameters its metric was measured on.
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(iterator)),
-          metrics=valid_metrics or None,
-          force=preempted or bool(valid_metrics) or step == config.steps)
-      valid_metrics = {}
-      if preempted:
-        logging.warning("preempted at step %d: checkpoint saved, exiting", step)
-        break
+    try:
+      for step in range(start_step + 1, config.steps + 1):
+        batch = _global_batch(next(iterator), data_sharding)
+        state, step_metrics = train_step(state, batch)
+        progress.update(1)
+        if step % config.log_every == 0 or step == config.steps:
+          record = _train_record(step_metrics)
+          writer.write(step, record)
+          skipped.update(step, record["skipped_steps"])
+          progress.set_postfix(loss=f"{record['train_loss']:.3f}", skipped=skipped.total)
+        valid_metrics = {}
+        if step % config.eval_every == 0 or step == config.steps:
+          valid_metrics = _validate(state, model, config, valid_source, step, writer, say)
+        preempted = preemption.requested or manager.reached_preemption(step)
+        # A validated step is always saved, so the best checkpoint holds the
+        # parameters its metric was measured on.
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(iterator)),
+            metrics=valid_metrics or None,
+            force=preempted or bool(valid_metrics) or step == config.steps)
+        if preempted:
+          logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+          break
+    except BaseException:
+      progress.close()
+      _save_before_raising(manager, state, iterator, say)
+      raise
+    finally:
+      progress.close()
+      manager.wait_until_finished()
+      writer.close()
+      preemption.restore()
+    if is_lead:
+      print(_summary(workdir, config=config, start_step=start_step, end_step=int(state.step),
+                     seconds=time.monotonic() - start_time,
+                     skipped=int(skipped_steps(state.opt_state)), manager=manager))
   finally:
-    progress.close()
-    manager.wait_until_finished()
     manager.close()
-    writer.close()
-    preemption.restore()
   return state
+
+
+def _train_record(step_metrics):
+  """The training scalars `metrics.jsonl` logs, from one step's metrics."""
+  scalars = jax.device_get(step_metrics)
+  return {"train_loss": float(scalars["train_loss"]),
+          "train_loss_per_exit": np.asarray(scalars["train_loss_per_exit"]).tolist(),
+          "grad_norm": float(scalars["grad_norm"]),
+          "skipped_steps": int(scalars["skipped_steps"])}
+
+
+class _SkipWarnings:
+  """Warns on the console when updates were skipped (`optax.apply_if_finite`).
+
+  The count is read at logged steps only, so there is at most one warning per
+  `log_every` steps (a diverging run must not flood the console) and no step waits
+  for the device just to be counted.
+  """
+
+  def __init__(self, total, step, say):
+    self.total, self._step, self._say = total, step, say
+
+  def update(self, step, total):
+    if total > self.total:
+      self._say(f"warning: steps {self._step + 1}-{step}: {total - self.total} skipped, "
+                f"their loss or gradient was not finite ({total} in all)", file=sys.stderr)
+    self.total, self._step = total, step
+
+
+def _validate(state, model, config, source, step, writer, say):
+  """Validates `state` on `source`, says so before and after, logs it; returns the
+  metrics the checkpoint manager ranks checkpoints by."""
+  count = min(config.eval_max_utterances or len(source), len(source))
+  say(f"step {step}: validating on {count} utterances of {source.name}")
+  evaluation = evaluate_exits(state.params, model,
+                              data_lib.validation_batches(config, source=source))
+  say(f"step {step}: validation SI-SNRi per exit " + ", ".join(
+      f"{value:.2f}" for value in evaluation["si_snri"]) + " dB")
+  writer.write(step, {"valid_si_snri": evaluation["si_snri"], "valid_nll": evaluation["nll"]})
+  return {BEST_METRIC: evaluation["si_snri"][-1]}

@@ -163,8 +163,9 @@ def corpus(tmp_path_factory):
   return root
 
 
-def _run(argv, model, corpus):
-  """`eesep ...` with the checkpoint replaced by `model` on `corpus`; `(stdout, stderr)`."""
+def _run(argv, model, corpus, exit_code=None):
+  """`eesep ...` with the checkpoint replaced by `model` on `corpus`; `(stdout, stderr)`.
+  With `exit_code`, the command must exit with it (an error)."""
   config, variables = model
   stdout, stderr = io.StringIO(), io.StringIO()
   with pytest.MonkeyPatch.context() as patch:
@@ -172,7 +173,12 @@ def _run(argv, model, corpus):
         preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
     patch.setattr(train, "restore_params", lambda workdir: (config, variables))
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-      cli.main(argv)
+      if exit_code is None:
+        cli.main(argv)
+      else:
+        with pytest.raises(SystemExit) as raised:
+          cli.main(argv)
+        assert raised.value.code == exit_code
   return stdout.getvalue(), stderr.getvalue()
 
 
@@ -300,15 +306,32 @@ def test_separate_command_passes_the_saved_scales_on(calibrated, model, corpus,
   assert "applying post-hoc calibration" in stderr and not quiet_stderr
 
   calibration.save_posthoc(tmp_path, {"beta_scale": np.ones(2)})  # A 2-exit model's.
-  with pytest.raises(SystemExit, match="not one value for each of the model's 3 exits"):
-    _run([*argv[:3], str(tmp_path), *argv[4:]], model, corpus)
+  _, stderr = _run([*argv[:3], str(tmp_path), *argv[4:]], model, corpus, exit_code=1)
+  assert "not one value for each of the model's 3 exits" in stderr
+
+
+def test_the_fit_split_may_come_from_another_corpus(model, corpus, tmp_path):
+  """Fit on in-domain validation data, test on a shifted corpus."""
+  shifted = tmp_path / "shifted"
+  write_speech_mixtures(shifted, "tt", ["shifted0", "shifted1"], length=LENGTH, rate=RATE)
+  out, checkpoint = tmp_path / "out", tmp_path / "run"
+  checkpoint.mkdir()  # Where the scales go; the model is the patched-in random one.
+  stdout, stderr = _run(["calibrate", "--checkpoint", str(checkpoint), "--out", str(out),
+                         "--data-root", str(shifted), "--fit-data-root", str(corpus),
+                         "--targets", "0.5,5", "--target-snr", "2", "--delta", "0.5",
+                         "--epsilon", "0.5"], model, corpus)
+  report = json.loads((out / calibration_report.JSON_FILE).read_text())
+  assert report["fit_dataset"] == f"MixtureSource(wsj0-mix 'cv' at {corpus}, 4 examples, " \
+                                  "2 sources, 8000 Hz)"
+  assert report["dataset"].startswith(f"MixtureSource(wsj0-mix 'tt' at {shifted}, 2 examples")
+  assert "same split" not in stderr and "saved post-hoc scales" in stdout
 
 
 def test_calibrate_usage_errors(capsys):
   with pytest.raises(SystemExit):
     cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha",
               "--method", "moments"])
-  assert "--fit-alpha needs --method nll" in capsys.readouterr().err
+  assert "error: --fit-alpha: needs --method nll" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--delta", "1"])
   assert "strictly between 0 and 1" in capsys.readouterr().err

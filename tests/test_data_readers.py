@@ -137,6 +137,31 @@ def test_truncated_file(tmp_path):
     data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE)
 
 
+def test_non_finite_samples_at_open_and_at_read(tmp_path):
+  _wsj0_mix(tmp_path)
+  poisoned = str(tmp_path / "tr" / "s1" / f"{WSJ_NAMES[1]}.wav")
+  signal = _signal(8)
+  signal[[3, 9]] = [np.nan, -np.inf]
+  _write(poisoned, signal, subtype="FLOAT")
+  with pytest.raises(data.DatasetError, match=f"{poisoned}: 2 of 400 samples are NaN or infinite"):
+    data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE)
+  with pytest.warns(UserWarning, match="skipping these 1 examples"):
+    source = data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE, strict=False)
+  assert source.ids == [WSJ_NAMES[0]] and "NaN" in source.skipped[WSJ_NAMES[1]]
+  # A file that turns bad after the split was opened fails by name when it is read.
+  source = data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE, validate=False)
+  with pytest.raises(data.AudioError, match=f"{poisoned}: 2 of 400 samples"):
+    source[1]
+
+
+def test_implausible_header_rate(tmp_path):
+  _wsj0_mix(tmp_path)
+  odd = str(tmp_path / "cv" / "mix" / f"{WSJ_NAMES[0]}.wav")
+  _write(odd, _signal(9), rate=1)
+  with pytest.raises(data.DatasetError, match=f"{odd}: the header gives a sample rate of 1 Hz"):
+    data.open_dataset("wsj0-mix", tmp_path, "cv", sample_rate=RATE)
+
+
 def test_length_mismatch_at_open_and_at_read(tmp_path):
   _wsj0_mix(tmp_path)
   short = str(tmp_path / "tr" / "s2" / f"{WSJ_NAMES[0]}.wav")

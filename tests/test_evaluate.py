@@ -213,6 +213,10 @@ def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, m
   assert "pesq" not in report["per_exit"][0]  # Separation: no enhancement metrics.
   assert (out / evaluate.CSV_FILE).is_file()
   assert "| probabilistic | 5 | 0.9 |" in capsys.readouterr().out
-  with pytest.raises(data.DatasetError, match="does not exist"):
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as raised:
     cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
               "--data-root", str(tmp_path / "elsewhere")])
+  assert raised.value.code == 2
+  assert capsys.readouterr().err == (f"error: --data-root {tmp_path / 'elsewhere'}: "
+                                     "does not exist\n")

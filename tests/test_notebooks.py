@@ -9,7 +9,7 @@ import papermill
 import pytest
 from jupyter_client.manager import KernelManager
 
-from conftest import REPO
+from conftest import DEMO_CONFIG, REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # The parameter through which each notebook reuses the session's smoke ablation.
@@ -32,6 +32,9 @@ def test_notebook_is_stored_clean_with_a_smoke_parameter(path):
                   if "parameters" in cell.metadata.get("tags", [])]
   assert re.search(r"^SMOKE = False\b", parameters.source, re.MULTILINE)
   assert re.search(rf"^{SHARED_FOLDER[path.stem]} = None\b", parameters.source, re.MULTILINE)
+  assert re.search(r"^CONFIG = None\b", parameters.source, re.MULTILINE)
+  # Runs and configs are found from the working directory, not the package's location.
+  assert not any("__file__" in cell.source for cell in notebook.cells)
 
 
 def test_the_python3_kernel_is_this_interpreter():
@@ -44,4 +47,5 @@ def test_notebook_runs_headless_at_smoke_size(path, smoke_ablation, tmp_path):
   out, _ = smoke_ablation
   papermill.execute_notebook(
       str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(tmp_path),
-      parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out)}, progress_bar=False)
+      parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out), "CONFIG": str(DEMO_CONFIG)},
+      progress_bar=False)

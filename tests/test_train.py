@@ -16,6 +16,7 @@ import pytest
 from conftest import REPO, TRAIN_STEPS, run_training, train_command, train_env
 from eesep_jax import cli
 from eesep_jax import config_lib
+from eesep_jax import errors
 from eesep_jax import models
 from eesep_jax import train
 
@@ -73,7 +74,7 @@ def test_restore_params_gives_the_init_structure(trained_workdir):
 
 
 def test_restore_params_names_a_workdir_without_config(tmp_path):
-  with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+  with pytest.raises(errors.UsageError, match=f"{tmp_path}: holds no config.json"):
     train.restore_params(tmp_path)
 
 

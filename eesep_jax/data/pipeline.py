@@ -27,7 +27,6 @@ import numpy as np
 
 from eesep_jax.data import mixing
 from eesep_jax.data import readers
-from eesep_jax.data import synth
 
 
 def _segment(segment_length, segment_seconds, sample_rate):
@@ -240,17 +239,17 @@ def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=Non
 def open_split(config, split):
   """Opens `split` of the dataset `config.data` describes, at the model's rate.
 
-  With `config.data.synthesize_if_missing`, the embedded demo corpus is made at
-  `config.data.root` first if it is not there (`synth.ensure_demo_corpus`).
+  Unusable examples raise, or with `config.data.strict` False are skipped with a
+  warning (`readers.open_dataset`). Nothing is synthesised here: only training makes
+  the demo corpus, when its config asks (`train.train_and_evaluate`), so that reading
+  a run's data elsewhere never fills the working directory with a corpus.
   """
   data = config.data
-  sample_rate = int(config.model.sample_rate)
-  num_sources = int(config.model.num_sources)
-  if data.get("synthesize_if_missing", False):
-    synth.ensure_demo_corpus(data.root, sample_rate=sample_rate, num_sources=num_sources)
   options = data.options.to_dict() if data.get("options") else {}
-  source = readers.open_dataset(data.kind, data.root, split, sample_rate=sample_rate,
-                                num_sources=num_sources, **options)
+  source = readers.open_dataset(data.kind, data.root, split,
+                                sample_rate=int(config.model.sample_rate),
+                                num_sources=int(config.model.num_sources),
+                                strict=data.get("strict", True), **options)
   logging.info("opened %s", source)
   return source
 
@@ -260,13 +259,15 @@ def training_source(config):
   return open_split(config, config.data.train_split)
 
 
-def validation_batches(config, *, pad_seconds=0.5):
+def validation_batches(config, *, source=None, pad_seconds=0.5):
   """Full-length validation utterances, one per batch, zero-padded to a multiple of
   `pad_seconds` (with `mask`) so that jit compiles a few shapes, not one per length.
 
-  At most `config.eval_max_utterances` utterances (0: all), evenly spread.
+  At most `config.eval_max_utterances` utterances (0: all), evenly spread, of
+  `source` (default: the validation split, opened here).
   """
-  source = open_split(config, config.data.valid_split)
+  if source is None:
+    source = open_split(config, config.data.valid_split)
   return evaluation_batches(
       source, batch_size=1, pad_multiple=max(1, round(pad_seconds * source.sample_rate)),
       max_examples=config.get("eval_max_utterances") or None)

@@ -8,11 +8,13 @@ random-access sequence (`len`, `[]`, what grain's `MapDataset.source` takes) of
 
 Each kind only turns its layout into a list of `Entry`s (file paths); the checks,
 the reading and the error messages are shared. At open time every listed file is
-checked (and, with `validate=True`, its header read): missing, unreadable and
-truncated files and length mismatches either raise one `DatasetError` listing them
-(`strict=True`) or are skipped with a warning that counts them (`strict=False`,
-the skipped ids and reasons are kept in `source.skipped`). Nothing is dropped
-without a word.
+checked (and, with `validate=True`, its header read, and a float file's samples
+scanned for NaN and infinities; integer PCM cannot hold them, so a corpus of 16-bit
+files costs only its headers): missing, unreadable, truncated and non-finite files and
+length mismatches either raise one `DatasetError` listing them (`strict=True`) or are
+skipped with a warning that counts them (`strict=False`, the skipped ids and reasons
+are kept in `source.skipped`). Nothing is dropped without a word. Reading an example
+checks its samples again, so a file changed since it was opened still fails by name.
 """
 
 import concurrent.futures
@@ -53,6 +55,8 @@ def _entry_problem(entry, validate):
     return None, None
   try:
     infos = [audio_lib.inspect_audio(path) for path in paths]
+    for path, info in zip(paths, infos):
+      audio_lib.scan_samples(path, info)
   except AudioError as error:
     return str(error), None
   mixture = infos[0]
@@ -102,7 +106,8 @@ class MixtureSource:
     if problems:
       summary = _summarise(name, [problem for _, problem in problems], len(entries))
       if strict:
-        raise DatasetError(summary + "\n(pass strict=False to skip these examples instead)")
+        raise DatasetError(summary + "\n(strict=False skips these examples instead: "
+                           "--config.data.strict=False for `eesep train`)")
       warnings.warn(f"{summary}\nskipping these {len(problems)} examples (strict=False)",
                     stacklevel=3)
     kept = [(entry, info) for entry, (problem, info) in zip(entries, checks) if not problem]

@@ -10,6 +10,8 @@ from eesep_jax import config_lib
 
 def get_config():
   config = config_lib.base_config(preset="tiny", dataset="wsj0-mix", data_root="data/demo")
+  # Training makes the corpus at data/demo if it is missing; at a root given with
+  # --config.data.root only with --config.data.synthesize_if_missing=True as well.
   config.data.synthesize_if_missing = True
   config.data.segment_seconds = 1.0
   config.steps = 600

@@ -1,0 +1,661 @@
+"""The catalogue of bad input: one row per kind, fed to the command a user would run.
+
+Each row sets up one bad input next to a good one, runs `eesep` in this process, and
+checks the exit code (2: usage error, 1: data error, 0: handled with a note), the one
+line that names what is wrong, and that nothing else suffered: the good file's outputs
+are those of a clean run, the user's files are intact, and nothing was written that
+should not have been.
+
+The checkpoint is the random `tiny` model saved as a training run (no training), and
+every separation is `--exit-index last` on `LENGTH` samples, so the stopping loop
+compiles once for the module. Then come the behaviours a table row cannot show: a
+SIGKILLed `eesep separate` and its rerun, a training loop that fails, skips steps and
+sums up (with a stand-in step, so nothing is compiled but the initialisation), and
+inference reading the parameters alone.
+"""
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import soundfile
+
+from conftest import DEMO_CONFIG, REPO, write_speech_mixtures
+from eesep_jax import cli
+from eesep_jax import config_lib
+from eesep_jax import separate_files
+from eesep_jax import train
+from eesep_jax.data import audio
+
+RATE = 8000
+LENGTH = 3000  # Samples of every separated file: one compilation.
+STEP = 2  # The step the random model is saved at.
+# What the training runs here read: short segments of the small corpus.
+TRAIN_FLAGS = ("--config.data.segment_seconds=0.25", "--config.batch_size=2")
+
+
+def _noise(seed, length=LENGTH, level=0.3):
+  return level * np.random.default_rng(seed).standard_normal(length)
+
+
+def _save_run(workdir, corpus, params):
+  """A training workdir holding `params` as its checkpoint at `STEP`, untrained."""
+  config = config_lib.load_config(DEMO_CONFIG, [
+      f"data.root={corpus}", *(flag.removeprefix("--config.") for flag in TRAIN_FLAGS)])
+  optimizer = train.make_optimizer(config.optimizer, config.steps)
+  state = train.TrainState(step=jnp.int32(STEP), params=params,
+                           opt_state=optimizer.init(params),
+                           rng=jax.random.key_data(jax.random.key(0)))
+  workdir.mkdir(parents=True)
+  train.write_config(config, workdir)
+  manager = train._checkpoint_manager(workdir, config)  # pylint: disable=protected-access
+  manager.save(STEP, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return workdir
+
+
+def _run(argv, cwd=None, env=None):
+  """`eesep ARGV` in this process: `(exit code, stdout lines, stderr lines)`."""
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), \
+       contextlib.redirect_stderr(stderr):
+    if cwd:
+      patch.chdir(cwd)
+    for name, value in (env or {}).items():
+      patch.setenv(name, value)
+    try:
+      code = cli.main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+      code = exit_.code
+  code = 0 if code is None else code  # Commands without failing files return None.
+  # tqdm redraws its bars after carriage returns: each redraw is a line here.
+  lines = lambda text: [part for line in text.getvalue().splitlines()
+                        for part in line.split("\r") if part.strip()]
+  return code, lines(stdout), lines(stderr)
+
+
+def _samples(path):
+  return soundfile.read(path, dtype="int16")[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, model):
+  """The corpus, the saved random model (and one with NaN weights), the good input and
+  its outputs from a clean run."""
+  _, variables = model
+  root = tmp_path_factory.mktemp("bad_input")
+  corpus = root / "corpus"
+  for split, count in (("tr", 4), ("cv", 2), ("tt", 2)):
+    write_speech_mixtures(corpus, split, [f"{split}{k}" for k in range(count)], length=2000)
+  run = _save_run(root / "run", corpus, variables["params"])
+  broken = _save_run(root / "nan_run", corpus,
+                     jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), variables["params"]))
+  good = root / "good.wav"
+  soundfile.write(good, _noise(0), RATE, subtype="PCM_16")
+  code, _, stderr = _run(["separate", good, "--checkpoint", run, "--out-dir", root / "clean",
+                          "--exit-index", "last"])
+  assert code == 0, stderr
+  reference = {k: _samples(root / "clean" / f"good_s{k}.wav") for k in (1, 2)}
+  return dataclasses.make_dataclass("World", ["root", "corpus", "run", "broken", "good",
+                                              "reference"])(
+      root, corpus, run, broken, good, reference)
+
+
+@dataclasses.dataclass
+class Setting:
+  """One row's folders, and what it asks the checks to hold."""
+  world: object
+  tmp: pathlib.Path
+  inputs: pathlib.Path  # Holds good.wav.
+  out: pathlib.Path
+  cwd: pathlib.Path | None = None
+  env: dict = dataclasses.field(default_factory=dict)
+  good_separated: bool = True  # The good file's outputs are the clean run's.
+  intact: dict = dataclasses.field(default_factory=dict)  # Path -> bytes it must keep.
+  absent: list = dataclasses.field(default_factory=list)  # Paths that must not appear.
+
+  def separate(self, *inputs, flags=("--exit-index", "last"), checkpoint=None):
+    return ["separate", *inputs, "--checkpoint", checkpoint or self.world.run,
+            "--out-dir", self.out, *flags]
+
+  def keep(self, path):
+    self.intact[path] = path.read_bytes()
+
+  def corpus_with(self, change):
+    """A copy of the corpus, `change(root)` applied."""
+    root = self.tmp / "corpus"
+    shutil.copytree(self.world.corpus, root)
+    change(root)
+    return root
+
+  def train(self, *flags, workdir=None):
+    workdir = workdir or self.tmp / "workdir"
+    self.absent.append(workdir)
+    self.good_separated = False
+    return ["train", "--config", DEMO_CONFIG, "--workdir", workdir, *TRAIN_FLAGS, *flags]
+
+  def usage(self, argv):
+    """A row that must stop before any work: nothing at all written."""
+    self.good_separated = False
+    self.absent.append(self.out)
+    return argv
+
+
+CASES = {}
+
+
+def case(code, *patterns):
+  """Registers a row: `setup(setting) -> argv`; the run must exit with `code` and
+  print one line matching each of `patterns` (one `error: ...` for codes 1 and 2)."""
+  def register(setup):
+    CASES[setup.__name__] = (setup, code, patterns)
+    return setup
+  return register
+
+
+# ------------------------------------------------------------------ eesep separate
+
+
+@case(1, r"^error: .*nan\.wav: 4 of 3000 samples are NaN or infinite$")
+def nan_and_inf_samples(s):
+  signal = _noise(1)
+  signal[[10, 20, 30]] = np.nan
+  signal[40] = np.inf
+  soundfile.write(s.inputs / "nan.wav", signal, RATE, subtype="FLOAT")
+  s.absent += [s.out / "nan_s1.wav", s.out / "nan_s2.wav"]
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*one_hertz\.wav: the header gives a sample rate of 1 Hz")
+def one_hertz_header(s):
+  soundfile.write(s.inputs / "one_hertz.wav", _noise(2, 100), 1, subtype="PCM_16")
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*x{20}\.wav: its output name is 258 bytes long, more than the 255")
+def output_name_over_255_bytes(s):
+  soundfile.write(s.inputs / ("x" * 251 + ".wav"), _noise(3), RATE, subtype="PCM_16")
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*take\.wav: .*take_s1\.wav exists and is not this file's output: "
+         r"--overwrite replaces it$")
+def a_user_file_at_an_output_name(s):
+  soundfile.write(s.inputs / "take.wav", _noise(4), RATE, subtype="PCM_16")
+  s.out.mkdir()
+  soundfile.write(s.out / "take_s1.wav", _noise(5), RATE, subtype="PCM_16")
+  s.keep(s.out / "take_s1.wav")
+  s.absent.append(s.out / "take_s2.wav")
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*good\.wav: .*good_s1\.wav was separated from another input, or from "
+         r"this one before it changed: --overwrite replaces it$")
+def an_input_changed_since_its_separation(s):
+  first = _run(s.separate(s.inputs))
+  assert first[0] == 0, first[2]
+  for k in (1, 2):
+    s.keep(s.out / f"good_s{k}.wav")
+  status = os.stat(s.inputs / "good.wav")
+  os.utime(s.inputs / "good.wav", ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*take\.wav: its output .*take_s1\.wav is one of this run's inputs")
+def out_dir_is_the_input_folder_with_a_user_file_at_an_output_name(s):
+  soundfile.write(s.inputs / "take.wav", _noise(4), RATE, subtype="PCM_16")
+  soundfile.write(s.inputs / "take_s1.wav", _noise(5), RATE, subtype="PCM_16")
+  s.keep(s.inputs / "take_s1.wav")
+  s.keep(s.inputs / "take.wav")
+  s.out = s.inputs
+  return s.separate(s.inputs, "--overwrite")
+
+
+@case(0, r"^warning: .*good\.wav: given twice.*: separated once$")
+def the_same_file_twice(s):
+  return s.separate(s.inputs, s.inputs / "good.wav")
+
+
+@case(0, r"^warning: .*inputs: left out 2 files that eesep separate wrote")
+def a_second_run_into_the_input_folder(s):
+  s.out = s.inputs
+  first = _run(s.separate(s.inputs))
+  assert first[0] == 0, first[2]
+  for k in (1, 2):
+    s.keep(s.inputs / f"good_s{k}.wav")
+  s.absent += [s.inputs / "good_s1_s1.wav", s.inputs / "good_s2_s1.wav"]
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*good\.wav: the separated sources hold \d+ NaN or infinite samples "
+         r"\(a damaged checkpoint\?\): nothing written$")
+def a_model_that_outputs_nan(s):
+  s.good_separated = False
+  s.absent += [s.out / "good_s1.wav"]
+  return s.separate(s.inputs, checkpoint=s.world.broken)
+
+
+@case(2, r"^error: .*not_a_folder/out: cannot write the outputs there \(Not a directory\)$")
+def out_dir_under_a_file(s):
+  (s.tmp / "not_a_folder").write_text("a file\n")
+  s.keep(s.tmp / "not_a_folder")
+  s.out = s.tmp / "not_a_folder" / "out"
+  return s.usage(s.separate(s.inputs))
+
+
+@case(2, r"^error: --confidence: '1\.5' is not a probability in \(0, 1\]")
+def confidence_above_one(s):
+  return s.usage(s.separate(s.inputs, flags=("--confidence", "1.5")))
+
+
+@case(2, r"^error: --confidence: 'nan' is not a probability in \(0, 1\]")
+def confidence_nan(s):
+  return s.usage(s.separate(s.inputs, flags=("--confidence", "nan")))
+
+
+@case(2, r"^error: --target-snr: 'nan' is not a finite number of dB")
+def target_snr_nan(s):
+  return s.usage(s.separate(s.inputs, flags=("--target-snr", "nan")))
+
+
+@case(2, r"^error: --target-snr: '-inf' is not a finite number of dB")
+def target_snr_minus_inf(s):
+  return s.usage(s.separate(s.inputs, flags=("--target-snr=-inf",)))
+
+
+@case(2, r"^error: --chunk-seconds: 'nan' is not a positive number of seconds")
+def chunk_seconds_nan(s):
+  return s.usage(s.separate(s.inputs, flags=("--chunk-seconds", "nan")))
+
+
+@case(2, r"^error: --chunk-seconds: '0' is not a positive number of seconds")
+def chunk_seconds_zero(s):
+  return s.usage(s.separate(s.inputs, flags=("--chunk-seconds", "0")))
+
+
+@case(2, r"^error: .*nowhere: holds no config\.json: is it a training workdir\?$")
+def separate_with_a_missing_checkpoint(s):
+  return s.usage(s.separate(s.inputs, checkpoint=s.tmp / "nowhere"))
+
+
+@case(1, r"^error: .*config\.json: damaged, not a JSON config \(Expecting")
+def a_corrupt_config_json(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / train.CONFIG_FILE).write_text('{"model": ')
+  return s.usage(s.separate(s.inputs, checkpoint=run))
+
+
+@case(1, r"^error: .*run/checkpoints/2: the checkpoint cannot be read, damaged or "
+         r"truncated\? \(.+\)$")
+def a_truncated_checkpoint(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  largest = max((path for path in (run / "checkpoints").rglob("*") if path.is_file()),
+                key=lambda path: path.stat().st_size)
+  os.truncate(largest, 100)
+  return s.usage(s.separate(s.inputs, checkpoint=run))
+
+
+# ------------------------------------------------------------- info, evaluate, calibrate
+
+
+@case(2, r"^error: --preset foo: no such preset; presets: tiny, press-4, press-12$")
+def info_with_an_unknown_preset(s):
+  return s.usage(["info", "--preset", "foo"])
+
+
+@case(2, r"^error: .*nowhere: holds no config\.json")
+def evaluate_with_a_missing_checkpoint(s):
+  return s.usage(["evaluate", "--checkpoint", s.tmp / "nowhere", "--out", s.out])
+
+
+@case(2, r"^error: --data-root .*elsewhere: does not exist$")
+def evaluate_with_a_missing_data_root(s):
+  return s.usage(["evaluate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--data-root", s.tmp / "elsewhere"])
+
+
+@case(1, r"^error: data/demo: the training data's root does not exist here .* pass "
+         r"--data-root$")
+def evaluate_outside_the_repository(s):
+  """The demo run's config names `data/demo`, relative, with synthesis on: run
+  elsewhere, evaluate must say so, not make a corpus there."""
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  config = json.loads((run / train.CONFIG_FILE).read_text())
+  config["data"].update(root="data/demo", synthesize_if_missing=True)
+  (run / train.CONFIG_FILE).write_text(json.dumps(config))
+  s.cwd = s.tmp / "elsewhere"
+  s.cwd.mkdir()
+  s.absent.append(s.cwd / "data")
+  return s.usage(["evaluate", "--checkpoint", run, "--out", s.out])
+
+
+@case(2, r"^error: --target-snr: 'inf' is not a finite number of dB")
+def calibrate_with_an_infinite_target(s):
+  return s.usage(["calibrate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--target-snr", "inf"])
+
+
+# ---------------------------------------------------------------------- eesep train
+
+
+@case(2, r"^error: config\.steps: -3: must be a positive integer$")
+def negative_steps(s):
+  return s.train("--config.steps=-3")
+
+
+@case(2, r"^error: config\.batch_size: 0: must be a positive integer$")
+def zero_batch_size(s):
+  return s.train("--config.batch_size=0")
+
+
+@case(2, r"^error: config\.data\.segment_seconds: -1\.0: must be a positive number$")
+def negative_segment_seconds(s):
+  return s.train("--config.data.segment_seconds=-1.0")
+
+
+@case(2, r"^error: config\.data\.kind: 'wsj0mix': must be one of wsj0-mix, librimix")
+def a_dataset_kind_typo(s):
+  return s.train("--config.data.kind=wsj0mix")
+
+
+@case(2, r"^error: config\.model: unknown variance parameterisation 'studnet-snr'")
+def a_parameterisation_typo(s):
+  return s.train("--config.model.variance.parameterisation=studnet-snr")
+
+
+@case(2, r"^error: --config\.no_such_key=1: cannot apply it to .*demo\.py: 'no_such_key' "
+         r"is not a field of this config$")
+def an_unknown_config_key(s):
+  return s.train("--config.no_such_key=1")
+
+
+@case(1, r"^error: wsj0-mix: the root folder .*typo does not exist$")
+def a_mistyped_data_root(s):
+  """The demo config synthesises its corpus, but only at its own root."""
+  s.absent.append(s.tmp / "typo")
+  return s.train(f"--config.data.root={s.tmp / 'typo'}")
+
+
+@case(1, r"^  .*tr/mix/tr1\.wav: 1 of 2000 samples are NaN or infinite$")
+def nan_in_a_training_file(s):
+  def poison(root):
+    signal, _ = soundfile.read(root / "tr" / "mix" / "tr1.wav")
+    signal[7] = np.nan
+    soundfile.write(root / "tr" / "mix" / "tr1.wav", signal, RATE, subtype="FLOAT")
+  return s.train(f"--config.data.root={s.corpus_with(poison)}")
+
+
+@case(1, r"^  .*cv/s2/cv1\.wav: truncated: the header declares 2000 frames but the file "
+         r"holds \d+$",
+      r"^\(strict=False skips these examples instead: --config\.data\.strict=False")
+def a_truncated_validation_file(s):
+  """Found before step 1 (every split's headers are read), with the flag that skips it."""
+  def cut(root):
+    path = root / "cv" / "s2" / "cv1.wav"
+    os.truncate(path, os.path.getsize(path) // 2)
+  return s.train(f"--config.data.root={s.corpus_with(cut)}")
+
+
+@case(2, r"^error: .*run: cannot resume the run there with this config, which differs from "
+         r"its config\.json in model\.width 32 -> 48\. Train in a new --workdir")
+def resuming_with_a_changed_model(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  for path in run.rglob("*"):
+    if path.is_file():
+      s.keep(path)
+  argv = s.train("--config.model.width=48", f"--config.data.root={s.world.corpus}",
+                 workdir=run)
+  s.absent.remove(run)
+  return argv
+
+
+@case(1, r"^error: .*run/config\.json: damaged, not a JSON config")
+def resuming_a_run_whose_config_is_corrupt(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / train.CONFIG_FILE).write_text("not json")
+  s.keep(run / train.CONFIG_FILE)
+  argv = s.train(f"--config.data.root={s.world.corpus}", workdir=run)
+  s.absent.remove(run)
+  return argv
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, world, tmp_path):
+  setup, code, patterns = CASES[name]
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  shutil.copy(world.good, inputs / "good.wav")
+  setting = Setting(world=world, tmp=tmp_path, inputs=inputs, out=tmp_path / "out")
+  argv = setup(setting)
+
+  got, stdout, stderr = _run(argv, cwd=setting.cwd, env=setting.env)
+  assert got == code, (stdout, stderr)
+  for pattern in patterns:
+    assert len([line for line in stderr if re.search(pattern, line)]) == 1, (pattern, stderr)
+  if code:
+    assert len([line for line in stderr if line.startswith("error: ")]) == 1, stderr
+  assert not any(line.startswith("Traceback") for line in stderr)
+  if setting.good_separated:
+    for k, samples in world.reference.items():
+      np.testing.assert_array_equal(_samples(setting.out / f"good_s{k}.wav"), samples)
+  for path, content in setting.intact.items():
+    assert path.read_bytes() == content, path
+  for path in setting.absent:
+    assert not path.exists(), path
+  assert not list(tmp_path.rglob(f"*{audio.PARTIAL_SUFFIX}"))
+
+
+def test_the_debug_flag_and_variable_show_the_traceback(world, tmp_path):
+  argv = ["evaluate", "--checkpoint", tmp_path / "nowhere", "--out", tmp_path / "out"]
+  for extra, env in (([], {"EESEP_DEBUG": "1"}), (["--debug"], {})):
+    code, _, stderr = _run([*argv, *extra], env=env)
+    assert code == 2 and stderr[0] == "Traceback (most recent call last):", stderr
+    assert stderr[-1].startswith("error: ") and "holds no config.json" in stderr[-1]
+
+
+# ------------------------------------------------------------------- writes and reads
+
+
+def test_nothing_out_of_range_or_non_finite_is_ever_written(tmp_path):
+  """The last line of defence, whatever computed the samples."""
+  for signal, problem in ((np.array([0.1, np.nan, np.inf]), "2 of 3 samples to write are "
+                                                             "NaN or infinite"),
+                          (np.array([0.5, -1.5]), "beyond full scale")):
+    with pytest.raises(audio.AudioError, match=re.escape(problem)):
+      audio.write_audio(tmp_path / "x.wav", signal, RATE)
+  assert not list(tmp_path.iterdir())
+
+
+def test_inference_restores_the_parameters_alone(world, monkeypatch):
+  requested = []
+  restore = ocp.CheckpointManager.restore
+
+  def spy(self, step, args=None):
+    requested.append(args)
+    return restore(self, step, args=args)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
+  _, variables = train.restore_params(world.run)
+  [args] = requested
+  assert set(args["state"].item) == {"params"} and args["state"].partial_restore
+  assert set(variables) == {"params"}
+
+
+def test_a_long_file_is_announced_and_shows_a_bar_over_its_chunks(world, tmp_path,
+                                                                  monkeypatch):
+  monkeypatch.setattr(separate_files, "LONG_INPUT_SECONDS", 1.0)
+  path = tmp_path / "long.wav"
+  soundfile.write(path, _noise(6, 4 * LENGTH), RATE, subtype="PCM_16")
+  code, _, stderr = _run(["separate", path, "--checkpoint", world.run, "--out-dir",
+                          tmp_path / "out", "--exit-index", "last", "--chunk-batch", "1",
+                          "--chunk-seconds", str(LENGTH / RATE), "--overlap-seconds", "0.1"])
+  assert code == 0, stderr
+  assert any(re.fullmatch(rf"warning: {path}: [\d.]+ hours of audio at 8000 Hz: separating "
+                          "it takes a while", line) for line in stderr), stderr
+  assert any(re.search(r"long\.wav: +\d+%.*\| \d/6 ", line) for line in stderr), stderr
+
+
+# ------------------------------------------------------------------- a killed separation
+
+
+def test_a_killed_separation_leaves_no_partial_file_and_a_rerun_completes_it(
+    world, tmp_path, compile_cache):
+  from conftest import train_env
+
+  inputs, out = tmp_path / "inputs", tmp_path / "out"
+  inputs.mkdir()
+  names = [f"take{k:02d}" for k in range(10)]
+  for k, name in enumerate(names):
+    soundfile.write(inputs / f"{name}.wav", _noise(10 + k, 20 * RATE), RATE, subtype="PCM_16")
+  command = [sys.executable, "-m", "eesep_jax.cli", "separate", str(inputs), "--checkpoint",
+             str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"]
+  env = train_env(compile_cache)
+
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 600
+  while not (out / f"{names[0]}_s2.wav").exists():
+    assert process.poll() is None, process.stderr.read()[-4000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  written = sorted(out.glob("*.wav"))
+  for path in written:  # Every WAV under its real name is whole.
+    assert soundfile.info(path).frames == 20 * RATE and separate_files.is_output(path)
+  # A kill between a file's two renames leaves its first output alone: it is redone.
+  complete = [name for name in names if all((out / f"{name}_s{k}.wav").exists()
+                                            for k in (1, 2))]
+  assert 1 <= len(complete) < len(names), "the run was not killed mid-folder"
+  finished = {out / f"{name}_s{k}.wav": None for name in complete for k in (1, 2)}
+  for path in finished:
+    finished[path] = (path.stat().st_mtime_ns, path.read_bytes())
+
+  rerun = subprocess.run(command[:-1], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-4000:]
+  assert sorted(path.name for path in out.iterdir()) == sorted(
+      f"{name}_s{k}.wav" for name in names for k in (1, 2))
+  for path, (mtime, content) in finished.items():
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == (mtime, content), path
+  kept = [line for line in rerun.stdout.splitlines() if "separated by an earlier run" in line]
+  assert len(kept) == len(complete)
+
+
+# -------------------------------------------------------- a training loop that fails
+
+
+@pytest.fixture
+def stand_in_training(monkeypatch):
+  """`train.make_train_step` and `train.evaluate_exits` replaced by stand-ins: a step
+  that counts (and skips the updates of the steps in `skips`), validation numbers
+  that rise with the step. `fail_at` makes that step raise."""
+  plan = {"skips": set(), "fail_at": None}
+
+  def make_train_step(config, model, optimizer):
+    def step(state, batch):
+      del batch
+      number = int(state.step) + 1
+      if number == plan["fail_at"]:
+        raise RuntimeError(f"the stand-in step fails at step {number}")
+      # Counted where `optax.apply_if_finite` counts them.
+      opt_state = state.opt_state._replace(total_notfinite=jnp.int32(
+          sum(1 for s in plan["skips"] if s <= number)))
+      metrics = {"train_loss": jnp.float32(np.nan if number in plan["skips"] else 1.0),
+                 "train_loss_per_exit": jnp.ones(3), "grad_norm": jnp.float32(1.0),
+                 "skipped_steps": train.skipped_steps(opt_state)}
+      return state.replace(step=state.step + 1, opt_state=opt_state), metrics
+    return step
+
+  validations = []
+
+  def evaluate_exits(params, model, batches):
+    validations.append(len(list(batches)))
+    return {"si_snri": [1.0, 2.0, 4.0 - len(validations)], "nll": [0.0, 0.0, 0.0]}
+
+  monkeypatch.setattr(train, "make_train_step", make_train_step)
+  monkeypatch.setattr(train, "evaluate_exits", evaluate_exits)
+  return plan
+
+
+def test_an_exception_in_training_saves_a_checkpoint_first(world, tmp_path,
+                                                           stand_in_training):
+  stand_in_training["fail_at"] = 4
+  workdir = tmp_path / "run"
+  with pytest.raises(RuntimeError, match="fails at step 4"):
+    _run(["train", "--config", DEMO_CONFIG, "--workdir", workdir, *TRAIN_FLAGS,
+          f"--config.data.root={world.corpus}", "--config.steps=10",
+          "--config.checkpoint_every=100", "--config.eval_every=100"])
+  assert train.latest_step(workdir) == 3
+  assert train.restore_params(workdir, step=3)[0] == config_lib.model_config(
+      train.read_config(workdir))
+
+
+def test_training_warns_about_skipped_steps_validates_aloud_and_sums_up(
+    world, tmp_path, stand_in_training):
+  stand_in_training["skips"] = {2, 3, 7}
+  workdir = tmp_path / "run"
+  code, stdout, stderr = _run(
+      ["train", "--config", DEMO_CONFIG, "--workdir", workdir, *TRAIN_FLAGS,
+       f"--config.data.root={world.corpus}", "--config.steps=8", "--config.log_every=4",
+       "--config.eval_every=4", "--config.checkpoint_every=4"])
+  assert code == 0, stderr
+  warnings_ = [line for line in stderr if line.startswith("warning: steps")]
+  assert warnings_ == [
+      "warning: steps 1-4: 2 skipped, their loss or gradient was not finite (2 in all)",
+      "warning: steps 5-8: 1 skipped, their loss or gradient was not finite (3 in all)"]
+  assert stdout[0].startswith(f"checking the data: wsj0-mix at {world.corpus}")
+  assert f"step 4: validating on 2 utterances of wsj0-mix 'cv' at {world.corpus}" in stdout
+  assert "step 8: validation SI-SNRi per exit 1.00, 2.00, 2.00 dB" in stdout
+  summary = stdout[-3:]
+  assert re.fullmatch(r"trained to step 8 of 8 \(8 steps in [\d.]+ min\); 3 steps skipped "
+                      r"in all \(non-finite loss or gradient\)", summary[0]), summary
+  assert summary[1] == ("best validation SI-SNRi (step 4): exit 1 1.00 dB, exit 2 2.00 dB, "
+                        "exit 3 3.00 dB")
+  assert summary[2].startswith(f"checkpoints: {workdir / 'checkpoints'} (latest step 8, best 4)")
+
+
+def test_a_resumed_run_may_change_when_it_stops_and_how_it_logs(world):
+  saved = train.read_config(world.run)
+  changed = config_lib.load_config(DEMO_CONFIG, [
+      f"data.root={world.corpus}", *(flag.removeprefix("--config.") for flag in TRAIN_FLAGS),
+      "steps=20000",
+      "log_every=1", "eval_every=7", "checkpoint_every=3", "data.strict=False"])
+  assert config_lib.resume_differences(saved, changed) == []
+  changed.optimizer.learning_rate = 0.5
+  assert config_lib.resume_differences(saved, changed) == [
+      ("optimizer.learning_rate", saved.optimizer.learning_rate, 0.5)]
+
+
+def test_strict_false_from_the_command_line_skips_a_bad_validation_file(
+    world, tmp_path, stand_in_training):
+  corpus = tmp_path / "corpus"
+  shutil.copytree(world.corpus, corpus)
+  path = corpus / "cv" / "mix" / "cv0.wav"
+  os.truncate(path, os.path.getsize(path) // 2)
+  code, stdout, stderr = _run(
+      ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+       f"--config.data.root={corpus}", "--config.data.strict=False", "--config.steps=1"])
+  assert code == 0, stderr
+  assert f"warning: wsj0-mix 'cv' at {corpus}: 1 of 2 examples are unusable:" in stderr
+  assert f"step 1: validating on 1 utterances of wsj0-mix 'cv' at {corpus}" in stdout
