@@ -80,18 +80,18 @@ def make_mesh(devices=None):
 
 
 def _loss_fn(params, batch, dropout_rng, *, model, config):
-  outputs = model.apply({"params": params}, batch["mixture"], train=True,
-                        rngs={"dropout": dropout_rng})
   # Padding beyond an example's valid length must count neither as error nor as
-  # error-free samples: estimates are zeroed there, and the likelihood counts (and
-  # SI-SNR averages over) the valid samples only.
-  mask = batch["mask"][None, :, None, :]
-  outputs = dict(outputs, estimates=outputs["estimates"] * mask)
+  # error-free samples: the network sees each example as if alone (its estimates are
+  # zero beyond its length), and the likelihood counts (and SI-SNR averages over) the
+  # valid samples only.
+  lengths = batch["mask"].sum(-1).astype(jnp.int32)
+  outputs = model.apply({"params": params}, batch["mixture"], train=True, lengths=lengths,
+                        rngs={"dropout": dropout_rng})
   return losses.separation_loss(
       outputs, batch["sources"], variance_config=model.config.variance,
       objective=config.loss.objective, mean_loss=config.loss.mean_loss,
       permutation=config.loss.permutation, exit_weights=config.loss.exit_weights,
-      lengths=batch["mask"].sum(-1))
+      lengths=lengths)
 
 
 def make_train_step(config, model, optimizer):
@@ -133,11 +133,9 @@ def init_train_state(config, model, optimizer, example_mixture, sharding=None):
 def evaluate_exits(params, model, batches):
   """Mean per-exit validation metrics over `batches` of full-length utterances.
 
-  Batches are zero-padded to a few lengths (so jit compiles a few shapes); estimates
-  are zeroed beyond each utterance's `mask`, and the losses take its valid length, so
-  padding adds neither error nor error-free samples (the network still sees the
-  padded input). `evaluate.py` computes the exact full-length figures; these monitor
-  training.
+  Batches are zero-padded to a few lengths (so jit compiles a few shapes), with each
+  utterance's valid length: the network and the losses see it as if alone.
+  `evaluate.py` computes the full report; these monitor training.
 
   Returns a dict of `[exits]` lists: `si_snri` (dB, best permutation per exit) and
   `nll` (per sample).
@@ -145,10 +143,9 @@ def evaluate_exits(params, model, batches):
   apply = jax.jit(model.apply)
   totals, count = None, 0
   for batch in batches:
-    outputs = apply({"params": params}, jnp.asarray(batch["mixture"]))
-    outputs = dict(outputs, estimates=outputs["estimates"] * batch["mask"][None, :, None, :])
     sources = jnp.asarray(batch["sources"])
-    lengths = jnp.asarray(batch["mask"]).sum(-1)
+    lengths = jnp.asarray(batch["mask"]).sum(-1).astype(jnp.int32)
+    outputs = apply({"params": params}, jnp.asarray(batch["mixture"]), lengths=lengths)
     _, aux_snr = losses.separation_loss(outputs, sources, objective="si-snr",
                                         permutation="per-exit", lengths=lengths,
                                         variance_config=model.config.variance)

@@ -168,7 +168,9 @@ def test_files_shorter_than_a_chunk_are_separated_whole_by_one_compiled_loop(mod
     whole = inference.separate(variables, config, mixture[None], **LAST)
     np.testing.assert_allclose(result.estimates, whole.estimates[0], atol=1e-5)
     np.testing.assert_array_equal(result.exits.exit_index, whole.exit_index)
-    np.testing.assert_allclose(result.exits.gmacs, whole.gmacs, rtol=1e-6)
+    # Its length's share of the chunk's compute: cost is linear in time, up to the
+    # frames the encoder adds at the ends.
+    np.testing.assert_allclose(result.exits.gmacs, whole.gmacs, rtol=1e-2)
 
 
 @pytest.mark.parametrize("overlap_seconds", [0.0, 0.6])
