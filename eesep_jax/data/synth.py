@@ -343,8 +343,10 @@ DEMO_SIZES = {"num_train": 2000, "num_valid": 50, "num_test": 50}
 
 
 # The held-out test set: speakers of other languages (`espeak.HELDOUT_VOICES`) with the
-# test split's voice variants, none of which any default training split uses.
-HELDOUT = {"num_train": 0, "num_valid": 0, "num_test": 50, "seed": 1,
+# test split's voice variants, none of which a training split of the same seed uses.
+# The seed is the demo's, so it holds the demo test split's sentences and speaker
+# pairs, spoken in other languages' voices: a controlled shift of the voices alone.
+HELDOUT = {"num_train": 0, "num_valid": 0, "num_test": 50, "seed": 0,
            "accents": espeak.HELDOUT_VOICES}
 
 
