@@ -90,9 +90,10 @@ def parse_override(text):
 def load_config(path, overrides=()):
   """Loads `get_config()` from the file at `path` and applies `overrides`.
 
-  The config file asks for demo-corpus synthesis at its own `data.root`: overriding
-  `data.root` alone turns `data.synthesize_if_missing` off, so that a mistyped root
-  fails instead of filling a new folder with a corpus.
+  The config file asks for demo-corpus synthesis at its own `data.root` (and the
+  demo's held-out set at `data.heldout_root`): overriding either root alone turns
+  `data.synthesize_if_missing` off, so that a mistyped root fails instead of filling
+  a new folder with a corpus.
 
   Raises:
     errors.UsageError: when `path` is no config file, or an override names a field the
@@ -118,7 +119,7 @@ def load_config(path, overrides=()):
       raise errors.UsageError(f"--config.{override}",
                               f"cannot apply it to {path}: {problem}") from error
     keys.add(key)
-  if "data.root" in keys and "data.synthesize_if_missing" not in keys:
+  if keys & {"data.root", "data.heldout_root"} and "data.synthesize_if_missing" not in keys:
     config.data.synthesize_if_missing = False
   return config
 

@@ -153,7 +153,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   test_name = f"test split ({summary['num_utterances']} utt.)"
   heldout_name = f"held-out voices ({heldout_summary['num_utterances']} utt.)"
   print("\n".join([
-      "", f"SI-SNRi per exit (dB)         {exits}",
+      "", f"{'SI-SNRi per exit (dB)':<30}{exits}",
       _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
       f"  {'GMAC per second of audio':<28}{gmacs}",
       f"Utterances whose worst source reaches {TARGET_SNR_DB:g} dB, per exit:",

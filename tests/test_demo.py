@@ -11,13 +11,18 @@ def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_
   workdir = tmp_path / "demo"
   shutil.copytree(trained_workdir, workdir)
   overrides = [flag.removeprefix("--config.") for flag in TRAIN_OVERRIDES]
-  summary = demo.main(workdir, DEMO_CONFIG, [f"data.root={tiny_corpus}", *overrides])
+  summary = demo.main(workdir, DEMO_CONFIG, [f"data.root={tiny_corpus}",
+                                             f"data.heldout_root={tiny_corpus}", *overrides])
 
   printed = capsys.readouterr().out
   assert len(summary["per_exit"]) == 3
-  for k in (1, 2, 3):
-    assert f"exit {k}:" in printed
-  assert "% saved" in printed and "Demo finished" in printed
-  assert (workdir / "evaluation" / "evaluation.md").is_file()
+  assert "SI-SNRi per exit (dB)" in printed and "exit 1  exit 2  exit 3" in printed
+  for line in ("test split (4 utt.)", "held-out voices (4 utt.)", "compute saved:",
+               "SI-SNRi:", "target satisfaction:", "Demo finished"):
+    assert line in printed, line
+  for folder in ("evaluation", "evaluation_heldout"):
+    assert (workdir / folder / "evaluation.md").is_file()
+  assert (workdir / "calibration" / "calibration.json").is_file()
+  assert (workdir / "posthoc_calibration.json").is_file()
   separated = sorted(path.name for path in (workdir / "separated").iterdir())
   assert len(separated) == 2 and separated[0].endswith("_s1.wav")

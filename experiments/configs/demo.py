@@ -13,6 +13,8 @@ def get_config():
   # Training makes the corpus at data/demo if it is missing; at a root given with
   # --config.data.root only with --config.data.synthesize_if_missing=True as well.
   config.data.synthesize_if_missing = True
+  # The demo's held-out test set: other languages' voices (`data.ensure_heldout_corpus`).
+  config.data.heldout_root = "data/heldout"
   config.data.segment_seconds = 1.0
   config.steps = 600
   config.batch_size = 4
