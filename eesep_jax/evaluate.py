@@ -196,6 +196,15 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
   return rows
 
 
+def utterance_ids(rows):
+  """The utterance of every `exit_table(rows)` row, in its order: the `utterance` of a
+  chunk's rows (`evaluate_model` with `chunk_seconds`), else the id itself."""
+  by_id = {}
+  for row in rows:
+    by_id.setdefault(row["id"], row.get("utterance", row["id"]))
+  return list(by_id.values())
+
+
 def exit_table(rows):
   """`(ids, table)`: `table[field]` `[utterances, exits]` for every numeric row field.
 
@@ -326,8 +335,15 @@ def summarize(rows, *, gmacs_per_second, targets=TARGETS_DB, confidences=CONFIDE
 def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
                    confidences=CONFIDENCES, policies=inference.POLICIES,
                    conditions=("snr",), reference_power=None, max_utterances=None,
-                   enhancement_metrics=None, posthoc=None, progress=True):
+                   enhancement_metrics=None, posthoc=None, progress=True,
+                   chunk_seconds=None, overlap_seconds=inference.OVERLAP_SECONDS):
   """Evaluates a model on full-length utterances: every exit, every simulated policy.
+
+  With `chunk_seconds`, every utterance is evaluated instead in the chunks
+  `inference.separate_long` separates it in (`inference.chunk_starts`), each chunk on
+  its own, as `separate` runs it. Rows gain the fields `utterance` (the source's id)
+  and `chunk_start` (first sample); a chunk's id is `<id>@<first sample>`, but for an
+  utterance no longer than a chunk, evaluated whole under its own id.
 
   Args:
     variables: the model variables.
@@ -343,6 +359,7 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
     posthoc: optional post-hoc calibration of the variance parameters, see
       `exit_outputs`.
     progress: show a progress bar over the utterances.
+    chunk_seconds, overlap_seconds: `separate_long`'s chunking; None: whole utterances.
 
   Returns:
     `(rows, summary)`: `exit_rows` of every utterance and `summarize(rows, ...)`, with
@@ -357,12 +374,24 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
   for batch in tqdm.tqdm(batches, total=total, desc="evaluate", unit="utt",
                          disable=not progress):
     mixture, references = batch["mixture"][0], batch["sources"][0]
-    outputs = exit_outputs(variables, model_config, mixture, references, targets=targets,
-                           conditions=conditions, reference_power=reference_power,
-                           posthoc=posthoc)
-    rows += exit_rows(str(batch["id"][0]), outputs, mixture, references,
-                      sample_rate=model_config.sample_rate, targets=targets,
-                      enhancement_metrics=enhancement_metrics)
+    utterance = str(batch["id"][0])
+    starts, chunk = np.zeros(1, int), mixture.shape[-1]
+    if chunk_seconds is not None:
+      starts, chunk = inference.chunk_starts(model_config, mixture.shape[-1], chunk_seconds,
+                                             overlap_seconds)
+    for start in starts:
+      span = slice(start, start + chunk)
+      outputs = exit_outputs(variables, model_config, mixture[span], references[:, span],
+                             targets=targets, conditions=conditions,
+                             reference_power=reference_power, posthoc=posthoc)
+      chunk_rows = exit_rows(utterance if starts.size == 1 else f"{utterance}@{start}",
+                             outputs, mixture[span], references[:, span],
+                             sample_rate=model_config.sample_rate, targets=targets,
+                             enhancement_metrics=enhancement_metrics)
+      if chunk_seconds is not None:  # Every row, so that the CSV has one header.
+        for row in chunk_rows:
+          row.update(utterance=utterance, chunk_start=int(start))
+      rows += chunk_rows
   gmacs = models.gmacs_by_exit(model_config)
   summary = summarize(rows, gmacs_per_second=gmacs, targets=targets,
                       confidences=confidences, policies=policies)
@@ -433,11 +462,11 @@ def write_rows(path, rows):
 
 
 def read_rows(path):
-  """The rows `write_rows` wrote to `path`: numbers as floats, `id` and text as strings
-  (values are as rounded in the file)."""
+  """The rows `write_rows` wrote to `path`: numbers as floats, `id`, `utterance` and text
+  as strings (values are as rounded in the file)."""
 
   def value(name, text):
-    if name == "id":
+    if name in ("id", "utterance"):
       return text
     try:
       return float(text)
