@@ -31,6 +31,8 @@ from eesep_jax import probabilistic
 
 # Saved next to the checkpoints in a training workdir; `separate`/`evaluate` pick it up.
 POSTHOC_FILE = "posthoc_calibration.json"
+# Its entry for the regime the scales were fitted in (see `save_posthoc`).
+REGIME_KEY = "regime"
 # The post-hoc scales each likelihood has (see `apply_posthoc`).
 LIKELIHOOD_SCALES = {"student": ("beta_scale", "alpha_excess_scale"),
                      "gaussian": ("variance_scale",)}
@@ -485,27 +487,49 @@ def full_posthoc(scales, config):
   return full
 
 
-def save_posthoc(workdir, scales):
-  """Writes post-hoc scales to `workdir/POSTHOC_FILE` (JSON); returns the path."""
+def save_posthoc(workdir, scales, regime=None):
+  """Writes post-hoc scales to `workdir/POSTHOC_FILE` (JSON); returns the path.
+
+  Args:
+    workdir: a training workdir.
+    scales: `{name: [exits]}`.
+    regime: what the scales were fitted (and the threshold certified) on:
+      `{"chunk_seconds", "overlap_seconds"}`, `separate_long`'s chunks, or None for
+      whole utterances. `separate` warns when it runs in another.
+  """
   unknown = set(scales) - set(POSTHOC_SCALES)
   if unknown:
     raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {POSTHOC_SCALES}")
   path = pathlib.Path(workdir) / POSTHOC_FILE
-  path.write_text(json.dumps({name: _float(value).tolist() for name, value in scales.items()},
-                             indent=2))
+  contents = {name: _float(value).tolist() for name, value in scales.items()}
+  path.write_text(json.dumps({**contents, REGIME_KEY: regime}, indent=2))
   return path
+
+
+def _read_posthoc(workdir):
+  path = pathlib.Path(workdir) / POSTHOC_FILE
+  return path, (json.loads(path.read_text()) if path.exists() else None)
 
 
 def load_posthoc(workdir):
   """Post-hoc scales saved by `save_posthoc` in `workdir`, arrays `[exits]`; None if none."""
-  path = pathlib.Path(workdir) / POSTHOC_FILE
-  if not path.exists():
+  path, contents = _read_posthoc(workdir)
+  if contents is None:
     return None
-  scales = {name: _float(value) for name, value in json.loads(path.read_text()).items()}
+  scales = {name: _float(value) for name, value in contents.items() if name != REGIME_KEY}
   unknown = set(scales) - set(POSTHOC_SCALES)
   if unknown:
     raise ValueError(f"{path} holds unknown post-hoc scales {sorted(unknown)}")
   return scales
+
+
+def load_posthoc_regime(workdir):
+  """The regime `save_posthoc` recorded in `workdir`: `{"chunk_seconds",
+  "overlap_seconds"}`, or None for whole utterances, for files written before regimes
+  were recorded (`eesep calibrate` then fitted on whole utterances), and when there is
+  no file."""
+  _, contents = _read_posthoc(workdir)
+  return None if contents is None else contents.get(REGIME_KEY)
 
 
 # ----------------------------------------------------------------------------------
@@ -535,8 +559,57 @@ def exit_taken(probabilities, thresholds):
   return taken
 
 
+def _group_shares(losses, groups):
+  """`(shares [..., groups], singletons)`: the mean of `losses` `[..., rows]` within each
+  group (labels `[rows]`, None: every row its own), and whether every group is one row."""
+  if groups is None:
+    return losses, True
+  _, index, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+  losses = np.asarray(losses, np.float64)
+  totals = np.stack([np.bincount(index, row, sizes.size)
+                     for row in losses.reshape(-1, losses.shape[-1])])
+  return (totals / sizes).reshape(losses.shape[:-1] + sizes.shape), bool(np.all(sizes == 1))
+
+
+def _hoeffding_bentkus_p_value(risk, n, delta):
+  """Hoeffding–Bentkus p-value of `H: R > δ` from the mean `risk` of `n` i.i.d. losses
+  in `[0, 1]` (Bates et al., 2021): `min(exp(−n h(min(R̂, δ), δ)), e P(Bin(n, δ) ≤
+  ⌈n R̂⌉))`, `h(a, b) = a log(a/b) + (1 − a) log((1 − a)/(1 − b))`."""
+  low = np.minimum(risk, delta)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    divergence = special.xlogy(low, low / delta) + special.xlogy(1 - low, (1 - low) / (1 - delta))
+  bentkus = math.e * stats.binom.cdf(np.ceil(n * np.asarray(risk) - 1e-9), n, delta)
+  return np.minimum(np.exp(-n * divergence), bentkus)
+
+
+def failure_rate(failed, groups=None, confidence_level=0.95):
+  """Share of failures with a confidence interval, rows grouped by utterance.
+
+  Args:
+    failed: booleans `[rows]`.
+    groups: `[rows]` labels: the rows of one label (the chunks of one utterance) are
+      dependent, so the rate is the mean over groups of each one's failing share, with
+      Hoeffding's interval (valid for means of i.i.d. bounded losses); None, or every
+      group one row: the plain share with Clopper–Pearson's exact interval.
+    confidence_level: coverage of the interval.
+
+  Returns:
+    `{"risk", "low", "high", "num_utterances"}` (the number of groups).
+  """
+  shares, singletons = _group_shares(np.asarray(failed, np.float64), groups)
+  count = shares.size
+  if singletons:  # Clopper–Pearson on the rows that did not fail.
+    met = target_satisfaction(np.ones(count, bool), 1 - shares, 1.0, confidence_level)
+    return {"risk": 1 - met["share"], "low": 1 - met["high"], "high": 1 - met["low"],
+            "num_utterances": count}
+  risk = float(np.mean(shares))
+  half_width = math.sqrt(math.log(2 / (1 - confidence_level)) / (2 * count))
+  return {"risk": risk, "low": max(0.0, risk - half_width), "high": min(1.0, risk + half_width),
+          "num_utterances": count}
+
+
 def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, epsilon,
-                         candidate_thresholds=None):
+                         candidate_thresholds=None, groups=None):
   """The smallest exit threshold whose failure rate is certified `≤ δ` w.p. `≥ 1 − ε`.
 
   Learn then test (Angelopoulos et al., 2021) over the exit rule "stop at the first
@@ -565,6 +638,13 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
   share fluctuates around it. Since the last exit's own failures count at every `λ`,
   nothing is certified when the full network alone fails more than `δ` of the time.
 
+  With `groups`, the rows are the chunks `separate` cuts utterances into, and the
+  chunks of one utterance (one label) are not independent: the loss of an utterance is
+  then the share of its chunks that fail, `R(λ)` its expectation (the expected share of
+  a new utterance's chunks below `γ`), and the p-value Hoeffding–Bentkus's for i.i.d.
+  losses in `[0, 1]` (valid, and less tight than the binomial one, which is used when
+  every utterance is one chunk).
+
   Args:
     probabilities: `[utterances, exits]`, exit probabilities for target `γ`.
     realised_snr_db: `[utterances, exits]`, each exit's realised SNR in dB (several
@@ -574,12 +654,14 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
     epsilon: tolerated probability `ε` in (0, 1) that the guarantee fails.
     candidate_thresholds: the `λ` to scan, fixed before seeing the calibration data;
       default 0, 0.001, ..., 1. Scanned in decreasing order.
+    groups: None, or `[utterances]` labels grouping the rows by utterance (see above).
 
   Returns:
     Dict: `threshold`, the smallest certified `λ` (a float; None if none is); and per
     candidate `[candidates]`, in scan order: `candidates`, `p_values`, `certified`
-    (booleans, a prefix), `risk` (calibration failure share) and `mean_exit` (mean
-    0-based exit index taken, a compute proxy); and `num_utterances`.
+    (booleans, a prefix), `risk` (calibration failure share, per utterance with
+    `groups`) and `mean_exit` (mean 0-based exit index taken over the rows, a compute
+    proxy); and `num_utterances` (groups).
   """
   probabilities = _float(probabilities)
   if probabilities.ndim != 2 or probabilities.shape[1] < 2:
@@ -591,12 +673,17 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
     candidate_thresholds = np.linspace(0.0, 1.0, 1001)
   candidates = np.unique(_float(candidate_thresholds))[::-1]
   failed = np.broadcast_to(_float(realised_snr_db) < _float(target_snr_db), probabilities.shape)
-  num_utterances = probabilities.shape[0]
   taken = exit_taken(probabilities, candidates)
-  failures = np.sum(failed[np.arange(num_utterances), taken], axis=-1)
-  p_values = stats.binom.cdf(failures, num_utterances, delta)
+  losses = failed[np.arange(probabilities.shape[0]), taken]  # [candidates, rows]
+  shares, singletons = _group_shares(losses, groups)
+  num_utterances = shares.shape[-1]
+  risk = shares.mean(axis=-1)
+  if singletons:
+    p_values = stats.binom.cdf(np.sum(losses, axis=-1), num_utterances, delta)
+  else:
+    p_values = _hoeffding_bentkus_p_value(risk, num_utterances, delta)
   certified = np.logical_and.accumulate(p_values <= epsilon)
   threshold = float(candidates[certified][-1]) if certified.any() else None
   return {"threshold": threshold, "candidates": candidates, "p_values": p_values,
-          "certified": certified, "risk": failures / num_utterances,
-          "mean_exit": taken.mean(axis=-1), "num_utterances": num_utterances}
+          "certified": certified, "risk": risk, "mean_exit": taken.mean(axis=-1),
+          "num_utterances": num_utterances}

@@ -24,6 +24,12 @@ calibrated measures come from the recorded parameters with the scales applied
 (`calibration.apply_posthoc`, as `evaluate` and `separate` apply them), without running
 the network again. Only one variance block per utterance (`block_length` None) is
 supported, as in `calibration`.
+
+`calibrate` works in the regime `separate` deploys: utterances cut into the chunks
+`inference.separate_long` separates on their own (`evaluate.evaluate_model` with
+`chunk_seconds`), which is what the scales are fitted and the threshold certified on;
+the test split is also reported on whole utterances, with the same scales, so that the
+two regimes' calibration can be compared.
 """
 
 import functools
@@ -36,6 +42,7 @@ from matplotlib import figure
 from eesep_jax import calibration
 from eesep_jax import data
 from eesep_jax import evaluate
+from eesep_jax import inference
 from eesep_jax import train
 
 CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -43,7 +50,8 @@ RELIABILITY_BINS = 10
 PIT_BINS = 20
 JSON_FILE = "calibration.json"
 FIGURE_FILES = {"reliability": "reliability.png", "pit": "pit_hist.png",
-                "exit_depth": "exit_depth_hist.png", "tradeoff": "tradeoff.png"}
+                "exit_depth": "exit_depth_hist.png", "tradeoff": "tradeoff.png",
+                "regimes": "reliability_regimes.png"}
 _PARAMETER_NAMES = ("alpha", "beta", "variance")
 
 
@@ -87,6 +95,15 @@ def source_arrays(table):
 def subset(table, index):
   """The utterances `index` (a slice or indices) of an exit table."""
   return {name: values[index] for name, values in table.items()}
+
+
+def halves(utterances):
+  """`(first, second)`: the rows `[indices]` of alternate utterances, in order of first
+  appearance, given each row's utterance `[rows]` (`evaluate.utterance_ids`); every
+  chunk of an utterance goes to the same half."""
+  order = {utterance: k for k, utterance in enumerate(dict.fromkeys(utterances))}
+  parity = np.array([order[utterance] % 2 for utterance in utterances])
+  return np.flatnonzero(parity == 0), np.flatnonzero(parity == 1)
 
 
 def fit_scales(table, method="nll", fit_alpha=False):
@@ -192,7 +209,7 @@ def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
 
 
 def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
-              gmacs_per_second, scales=None):
+              gmacs_per_second, scales=None, calibration_groups=None, test_groups=None):
   """A threshold certified on `calibration_table` (learn then test), tried on `test_table`.
 
   `calibration.guaranteed_threshold` on the worst source's `P(SNR ≥ γ)` and SNR: with
@@ -205,50 +222,63 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
     target_snr_db, delta, epsilon: `γ`, `δ`, `ε`.
     gmacs_per_second: `[exits]` compute to reach each exit.
     scales: post-hoc scales applied to both tables' parameters; None: none.
+    calibration_groups, test_groups: the utterance of each row when the rows are
+      chunks (`evaluate.utterance_ids`), whose dependence the certificate and the test
+      interval then allow for (`calibration.guaranteed_threshold`,
+      `calibration.failure_rate`); None: every row its own utterance.
 
   Returns:
     A JSON-ready dict: `target_snr_db`, `delta`, `epsilon`, `threshold` (None when
     nothing is certified, or when the model has one exit and so nothing stops early),
-    `num_utterances` (calibration), `calibration_risk` (failure share there), and
-    `test`: the failure share `risk` with its interval `low`, `high`, and `mean_exit`,
-    `exit_histogram`, `gmacs_per_second`, `si_snri` on the test utterances (None
-    without a threshold).
+    `num_utterances` and `num_chunks` (calibration), `calibration_risk` (failure share
+    there), and `test`: the failure share `risk` with its interval `low`, `high`, and
+    `mean_exit`, `exit_histogram`, `gmacs_per_second`, `si_snri` on the test chunks
+    (None without a threshold).
   """
   def worst_source(table):
     return _exceedance(source_arrays(table), [target_snr_db], scales)[0][0].min(axis=1)
 
+  num_chunks = len(calibration_table["snr_min"])
   entry = {"target_snr_db": float(target_snr_db), "delta": delta, "epsilon": epsilon,
-           "threshold": None, "num_utterances": len(calibration_table["snr_min"]),
-           "calibration_risk": None, "test": None}
+           "threshold": None,
+           "num_utterances": len(set(calibration_groups)) if calibration_groups is not None
+                             else num_chunks,
+           "num_chunks": num_chunks, "calibration_risk": None, "test": None}
   if calibration_table["snr_min"].shape[1] < 2:
     return entry
   result = calibration.guaranteed_threshold(
       worst_source(calibration_table), calibration_table["snr_min"], target_snr_db, delta,
-      epsilon)
+      epsilon, groups=calibration_groups)
   threshold = entry["threshold"] = result["threshold"]
   if threshold is None:
     return entry
   entry["calibration_risk"] = float(result["risk"][result["certified"]][-1])
   taken = calibration.exit_taken(worst_source(test_table), threshold)
-  realised = test_table["snr_min"][np.arange(taken.size), taken]
-  met = calibration.target_satisfaction(np.ones(taken.size, bool), realised, target_snr_db)
-  entry["test"] = {"risk": 1 - met["share"], "low": 1 - met["high"], "high": 1 - met["low"],
-                   **_at_exits(test_table, taken, gmacs_per_second)}
+  failed = test_table["snr_min"][np.arange(taken.size), taken] < target_snr_db
+  rate = calibration.failure_rate(failed, test_groups)
+  entry["test"] = {name: rate[name] for name in ("risk", "low", "high")}
+  entry["test"].update(_at_exits(test_table, taken, gmacs_per_second))
   return entry
 
 
 def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
               fit_alpha=False, target_snr_db=15.0, delta=0.1, epsilon=0.1,
               targets=evaluate.TARGETS_DB, confidences=CONFIDENCES, max_utterances=None,
-              progress=True):
-  """Fits post-hoc scales and a guaranteed threshold, and reports calibration on a test set.
+              progress=True, chunk_seconds=inference.CHUNK_SECONDS,
+              overlap_seconds=inference.OVERLAP_SECONDS):
+  """Fits post-hoc scales and a guaranteed threshold in the regime `separate` deploys,
+  and reports calibration on a test set, in that regime and on whole utterances.
 
-  Both sources are evaluated once (`evaluate.evaluate_model`, no post-hoc). The fit
-  source's utterances are split into two disjoint halves, alternately in evaluation
-  order: the scales are fitted on the first; the threshold is certified on the second
-  with the scales applied, since learn then test needs probabilities that do not
-  depend on its calibration data. The test source is reported before and after the
-  scales.
+  Both sources are evaluated in the chunks `inference.separate_long` would cut them
+  into (`chunk_seconds`, `overlap_seconds`; `evaluate.evaluate_model`, no post-hoc),
+  each chunk on its own as `separate` runs it. The fit source's utterances are split
+  into two disjoint halves, alternately in evaluation order, every chunk of an
+  utterance in its utterance's half: the scales are fitted on the first half's chunks;
+  the threshold is certified on the second's with the scales applied, since learn then
+  test needs probabilities that do not depend on its calibration data (and the chunks
+  of one utterance count as one draw: see `calibration.guaranteed_threshold`). The test
+  source is reported before and after the scales, on chunks and on whole utterances
+  (evaluated once more when some utterance is longer than a chunk).
 
   Args:
     variables: the model variables.
@@ -262,43 +292,61 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
     confidences: confidence levels `p` of the report.
     max_utterances: evaluate at most this many utterances of each source.
     progress: show progress bars.
+    chunk_seconds, overlap_seconds: `separate`'s chunking, the regime calibrated.
 
   Returns:
     `(scales, test_rows, report)`: the fitted scales `{name: [exits]}`, the test
-    source's `exit_rows`, and a JSON-ready dict: `num_utterances` (test),
-    `num_exits`, `num_sources`, `targets_db`, `confidences`,
-    `gmacs_per_second_by_exit`, `posthoc` (`method`, `fit_alpha`, `num_utterances`,
-    `scales`), `before` and `after` (`calibration_report` without and with the
-    scales) and `guarantee` (`guarantee`).
+    source's `exit_rows` (its chunks), and a JSON-ready dict: `regime`
+    (`chunk_seconds`, `overlap_seconds`), `num_utterances` and `num_chunks` (test),
+    `num_exits`, `num_sources`, `targets_db`, `confidences`, `gmacs_per_second_by_exit`,
+    `posthoc` (`method`, `fit_alpha`, `num_utterances`, `num_chunks`, `scales`,
+    `regime`), `before` and `after` (`calibration_report` of the test chunks without
+    and with the scales), `whole_utterances` (`num_utterances`, `before`, `after`: the
+    same on whole test utterances) and `guarantee` (`guarantee`).
   """
   targets = tuple(sorted({float(t) for t in (*targets, target_snr_db)}))
+  regime = {"chunk_seconds": float(chunk_seconds), "overlap_seconds": float(overlap_seconds)}
   evaluation = functools.partial(
       evaluate.evaluate_model, variables, model_config, targets=targets, confidences=(),
       policies=(), max_utterances=max_utterances, enhancement_metrics=False,
       progress=progress)
-  fit_ids, fit_table = evaluate.exit_table(evaluation(fit_source)[0])
-  if len(fit_ids) < 2:
-    raise ValueError(f"{fit_source!r} gave {len(fit_ids)} utterance(s): fitting the scales "
-                     "and certifying the threshold need two disjoint halves")
-  scale_half, threshold_half = subset(fit_table, slice(0, None, 2)), subset(
-      fit_table, slice(1, None, 2))
+  fit_rows, _ = evaluation(fit_source, **regime)
+  fit_utterances = evaluate.utterance_ids(fit_rows)
+  if len(set(fit_utterances)) < 2:
+    raise ValueError(f"{fit_source!r} gave {len(set(fit_utterances))} utterance(s): fitting "
+                     "the scales and certifying the threshold need two disjoint halves")
+  _, fit_table = evaluate.exit_table(fit_rows)
+  scale_rows, threshold_rows = halves(fit_utterances)
+  scale_half, threshold_half = subset(fit_table, scale_rows), subset(fit_table, threshold_rows)
   scales = fit_scales(scale_half, method, fit_alpha)
-  test_rows, summary = evaluation(test_source)
+  test_rows, summary = evaluation(test_source, **regime)
   test_ids, test_table = evaluate.exit_table(test_rows)
+  test_utterances = evaluate.utterance_ids(test_rows)
+  if test_ids == test_utterances:  # No utterance was cut: whole is what was evaluated.
+    whole_table = test_table
+  else:
+    whole_table = evaluate.exit_table(evaluation(test_source)[0])[1]
   gmacs = summary["gmacs_per_second_by_exit"]
-  report = functools.partial(calibration_report, test_table, gmacs_per_second=gmacs,
-                             targets=targets, confidences=confidences)
+  report = functools.partial(calibration_report, gmacs_per_second=gmacs, targets=targets,
+                             confidences=confidences)
   return scales, test_rows, {
-      "num_utterances": len(test_ids), "num_exits": model_config.num_exits,
+      "regime": regime, "num_utterances": len(set(test_utterances)),
+      "num_chunks": len(test_ids), "num_exits": model_config.num_exits,
       "num_sources": model_config.num_sources, "targets_db": list(targets),
       "confidences": [float(p) for p in confidences], "gmacs_per_second_by_exit": gmacs,
       "posthoc": {"method": method, "fit_alpha": fit_alpha,
-                  "num_utterances": len(scale_half["snr_min"]),
+                  "num_utterances": len({fit_utterances[i] for i in scale_rows}),
+                  "num_chunks": len(scale_rows), "regime": regime,
                   "scales": {name: value.tolist() for name, value in scales.items()}},
-      "before": report(), "after": report(scales=scales),
+      "before": report(test_table), "after": report(test_table, scales=scales),
+      "whole_utterances": {"num_utterances": len(whole_table["snr_min"]),
+                           "before": report(whole_table),
+                           "after": report(whole_table, scales=scales)},
       "guarantee": guarantee(threshold_half, test_table, target_snr_db=target_snr_db,
                              delta=delta, epsilon=epsilon, gmacs_per_second=gmacs,
-                             scales=scales),
+                             scales=scales,
+                             calibration_groups=[fit_utterances[i] for i in threshold_rows],
+                             test_groups=test_utterances),
   }
 
 
@@ -306,9 +354,9 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
                          fit_split=None, split=None, **calibrate_kwargs):
   """What `eesep calibrate` does: `calibrate` a training run, keep its scales, report.
 
-  The post-hoc scales are saved in the checkpoint folder
-  (`calibration.save_posthoc`), where `evaluate` and `separate` find them, and the
-  report goes to `out_dir` (`write_calibration`).
+  The post-hoc scales are saved in the checkpoint folder, with the regime they were
+  fitted in (`calibration.save_posthoc`), where `evaluate` and `separate` find them,
+  and the report goes to `out_dir` (`write_calibration`).
 
   Args:
     checkpoint: a training workdir.
@@ -333,7 +381,7 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
   test_source = data.open_split(config, split or config.data.test_split)
   scales, rows, report = calibrate(variables, model_config, fit_source, test_source,
                                    **calibrate_kwargs)
-  posthoc_path = calibration.save_posthoc(checkpoint, scales)
+  posthoc_path = calibration.save_posthoc(checkpoint, scales, regime=report["regime"])
   report = {"checkpoint": str(checkpoint), "dataset": repr(test_source),
             "fit_dataset": repr(fit_source), **report}
   report["posthoc"]["path"] = str(posthoc_path)
@@ -343,7 +391,10 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
 def text_summary(report):
   """A few lines for the terminal: every exit's measures before → after post-hoc
   calibration, and the certified threshold."""
-  lines = [f"Calibration on {report['num_utterances']} utterances (before -> after post-hoc, "
+  regime = report["regime"]
+  lines = [f"Calibration on {report['num_utterances']} utterances in {report['num_chunks']} "
+           f"chunks of {regime['chunk_seconds']:g} s (overlap {regime['overlap_seconds']:g} s), "
+           f"as `separate` runs them (before -> after post-hoc, "
            f"{report['posthoc']['method']} fit on {report['posthoc']['num_utterances']}):",
            f"{'exit':>8} {'ECE':>15} {'KS':>15} {'CRPS (dB)':>15} {'NLL':>15}"]
   panels = [(str(b["exit"]), b, a) for b, a in zip(report["before"]["per_exit"],
@@ -353,9 +404,16 @@ def text_summary(report):
     lines.append(f"{name:>8} " + " ".join(
         f"{f'{before[key]:.3f} -> {after[key]:.3f}':>15}"
         for key in ("ece_mean", "ks", "crps", "nll")))
+  whole = report["whole_utterances"]
+  lines.append("Pooled ECE, before -> after: in chunks {:.3f} -> {:.3f}; on whole utterances "
+               "{:.3f} -> {:.3f}".format(report["before"]["pooled"]["ece_mean"],
+                                         report["after"]["pooled"]["ece_mean"],
+                                         whole["before"]["pooled"]["ece_mean"],
+                                         whole["after"]["pooled"]["ece_mean"]))
   entry = report["guarantee"]
   setting = (f"gamma = {entry['target_snr_db']:g} dB, delta = {entry['delta']:g}, "
-             f"epsilon = {entry['epsilon']:g}, {entry['num_utterances']} utterances")
+             f"epsilon = {entry['epsilon']:g}, {entry['num_utterances']} utterances, "
+             f"{entry['num_chunks']} chunks")
   if report["num_exits"] == 1:
     lines.append("No threshold: the model has one exit, so nothing stops early.")
   elif entry["threshold"] is None:
@@ -364,7 +422,7 @@ def text_summary(report):
   else:
     test = entry["test"]
     lines.append(f"Certified threshold {entry['threshold']:g} ({setting}): on the test "
-                 f"split {test['risk']:.1%} miss the target [{test['low']:.1%}, "
+                 f"split's chunks {test['risk']:.1%} miss the target [{test['low']:.1%}, "
                  f"{test['high']:.1%}], mean exit {test['mean_exit']:.2f}, "
                  f"{test['gmacs_per_second']:.3g} GMAC/s.")
   return "\n".join(lines)
@@ -392,24 +450,44 @@ def _by_panel(report):
   return panels + [("all exits", before["pooled"], after["pooled"])]
 
 
+def _reliability_panel(ax, title, before, after, targets):
+  """One reliability diagram: after post-hoc solid, before dashed, a colour per target."""
+  ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8)
+  for i, target in enumerate(targets):
+    for measures, style, label in ((after, "-", f"{target:g} dB"), (before, "--", None)):
+      bins = measures["reliability"][_key(target)]
+      shown = [(c, f) for c, f, n in zip(bins["confidence"], bins["frequency"],
+                                         bins["count"]) if n]
+      ax.plot(*zip(*shown), style, marker=".", color=f"C{i}", label=label)
+  ax.set(title=f"{title}: ECE {after['ece_mean']:.3f} ({before['ece_mean']:.3f})",
+         xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(SNR ≥ γ)",
+         ylabel="observed frequency")
+  ax.title.set_fontsize("small")
+
+
 def reliability_figure(report):
-  """Reliability diagrams, a panel per exit and one pooled: after post-hoc solid,
-  before dashed, a colour per target."""
+  """Reliability diagrams in the calibrated regime (chunks), a panel per exit and one
+  pooled: after post-hoc solid, before dashed, a colour per target."""
   panels = _by_panel(report)
   fig, axes = _panels(len(panels))
-  colours = [f"C{i}" for i in range(len(report["targets_db"]))]
-  for ax, (title, before, after) in zip(axes, panels):
-    ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8)
-    for target, colour in zip(report["targets_db"], colours):
-      for measures, style, label in ((after, "-", f"{target:g} dB"), (before, "--", None)):
-        bins = measures["reliability"][_key(target)]
-        shown = [(c, f) for c, f, n in zip(bins["confidence"], bins["frequency"],
-                                           bins["count"]) if n]
-        ax.plot(*zip(*shown), style, marker=".", color=colour, label=label)
-    ax.set(title=f"{title}: ECE {after['ece_mean']:.3f} ({before['ece_mean']:.3f})",
-           xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(SNR ≥ γ)",
-           ylabel="observed frequency")
-    ax.title.set_fontsize("small")
+  for ax, panel in zip(axes, panels):
+    _reliability_panel(ax, *panel, report["targets_db"])
+  axes[0].legend(fontsize="x-small", title="γ (dashed: before)", title_fontsize="x-small")
+  return fig
+
+
+def regimes_figure(report):
+  """Pooled reliability on whole utterances and in `separate`'s chunks, side by side,
+  before (dashed) and after (solid) the scales fitted in chunks."""
+  regime, whole = report["regime"], report["whole_utterances"]
+  fig, axes = _panels(2, size=3.2)
+  _reliability_panel(axes[0], f"whole utterances ({whole['num_utterances']})",
+                     whole["before"]["pooled"], whole["after"]["pooled"],
+                     report["targets_db"])
+  _reliability_panel(axes[1], f"chunks of {regime['chunk_seconds']:g} s "
+                              f"({report['num_chunks']})",
+                     report["before"]["pooled"], report["after"]["pooled"],
+                     report["targets_db"])
   axes[0].legend(fontsize="x-small", title="γ (dashed: before)", title_fontsize="x-small")
   return fig
 
@@ -498,7 +576,8 @@ def write_calibration(out_dir, test_rows, report):
                                       allow_nan=False))
   evaluate.write_rows(paths["csv"], test_rows)
   figures = {"reliability": reliability_figure, "pit": pit_figure,
-             "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure}
+             "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure,
+             "regimes": regimes_figure}
   for kind, draw in figures.items():
     paths[kind] = out_dir / FIGURE_FILES[kind]
     draw(report).savefig(paths[kind], dpi=120)

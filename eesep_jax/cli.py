@@ -259,7 +259,7 @@ def _chunking(args, config):
   defaults = {"chunk_seconds": inference.CHUNK_SECONDS,
               "overlap_seconds": inference.OVERLAP_SECONDS,
               "chunk_batch": inference.CHUNK_BATCH}
-  chunking = {name: default if getattr(args, name) is None else getattr(args, name)
+  chunking = {name: default if getattr(args, name, None) is None else getattr(args, name)
               for name, default in defaults.items()}
   try:
     inference.chunk_lengths(config, chunking["chunk_seconds"], chunking["overlap_seconds"])
@@ -267,6 +267,25 @@ def _chunking(args, config):
     raise errors.UsageError(f"--overlap-seconds {chunking['overlap_seconds']:g}",
                             str(error)) from None
   return chunking
+
+
+def _warn_of_another_regime(args, config, chunking):
+  """One line on stderr when `separate` chunks otherwise than the chunks the post-hoc
+  scales were fitted (and their threshold certified) on: then neither holds for it."""
+  from eesep_jax import calibration
+  from eesep_jax import inference
+
+  regime = calibration.load_posthoc_regime(args.checkpoint)
+  running = (chunking["chunk_seconds"], chunking["overlap_seconds"])
+  if regime is not None and (inference.chunk_lengths(config, *running) == inference.chunk_lengths(
+      config, regime["chunk_seconds"], regime["overlap_seconds"])):
+    return
+  fitted = ("whole utterances" if regime is None else
+            f"chunks of {regime['chunk_seconds']:g} s overlapping {regime['overlap_seconds']:g} s")
+  print(f"warning: the post-hoc scales were fitted on {fitted}, but separate runs on chunks "
+        f"of {running[0]:g} s overlapping {running[1]:g} s, where their calibration is not "
+        f"measured (eesep calibrate --chunk-seconds {running[0]:g} --overlap-seconds "
+        f"{running[1]:g} measures it)", file=sys.stderr)
 
 
 def separate_command(args):
@@ -294,12 +313,15 @@ def separate_command(args):
     elif not args.quiet:
       tqdm.tqdm.write(_describe(result, args.target_snr, config.num_exits))
 
+  scales = _posthoc_scales(args, config)
+  if scales is not None:
+    _warn_of_another_regime(args, config, chunking)
   results = separate_files.separate_files(
       args.inputs, variables=variables, config=config, out_dir=args.out_dir,
       report=report, progress=not args.quiet, overwrite=args.overwrite,
       policy="fixed" if exit_index else (args.policy or "probabilistic"),
       target_snr_db=args.target_snr, confidence=args.confidence, exit_index=exit_index,
-      posthoc_scales=_posthoc_scales(args, config), **chunking)
+      posthoc_scales=scales, **chunking)
   return int(any(result.error for result in results))
 
 
@@ -325,15 +347,21 @@ def calibrate_command(args):
     print(f"warning: fitting and testing on the same split {split!r}: the test measures "
           "after post-hoc calibration are optimistic", file=sys.stderr)
   separate_files.prepare_out_dir(args.out)
+  # The chunks `separate` would cut (its defaults unless given), checked at the
+  # model's rate.
+  chunking = _chunking(args, config.model)
   report, paths = calibration_report.calibrate_checkpoint(
       args.checkpoint, args.out, config=config, fit_config=fit_config,
       fit_split=fit_split, split=split,
       method=args.method, fit_alpha=args.fit_alpha, target_snr_db=args.target_snr,
       delta=args.delta, epsilon=args.epsilon, max_utterances=args.max_utterances,
+      chunk_seconds=chunking["chunk_seconds"], overlap_seconds=chunking["overlap_seconds"],
       **_grid(args))
   print(calibration_report.text_summary(report))
   print(f"saved post-hoc scales to {report['posthoc']['path']}: `eesep evaluate` and "
-        "`eesep separate` apply them from now on (--no-posthoc to ignore them)")
+        "`eesep separate` apply them from now on (--no-posthoc to ignore them); they are "
+        f"calibrated for `separate --chunk-seconds {chunking['chunk_seconds']:g} "
+        f"--overlap-seconds {chunking['overlap_seconds']:g}`")
   print("wrote " + ", ".join(str(path) for path in paths.values()))
 
 
@@ -484,6 +512,13 @@ def build_parser():
   parser_calibrate.add_argument(
       "--epsilon", type=_unit_interval, default=0.1,
       help="the probability that the certificate is wrong (default: 0.1)")
+  parser_calibrate.add_argument(
+      "--chunk-seconds", type=float,
+      help="fit and certify in the chunks `eesep separate --chunk-seconds` cuts, the "
+           "regime it runs in (default: separate's)")
+  parser_calibrate.add_argument(
+      "--overlap-seconds", type=float,
+      help="the chunks' overlap, as in `eesep separate` (default: separate's)")
 
   from eesep_jax.data import cli as data_cli
   data_cli.add_data_commands(subparsers)

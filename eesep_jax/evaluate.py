@@ -20,6 +20,7 @@ instead of once per utterance.
 
 import csv
 import functools
+import itertools
 import json
 import math
 import pathlib
@@ -221,6 +222,15 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
   return rows
 
 
+def utterance_ids(rows):
+  """The utterance of every `exit_table(rows)` row, in its order: the `utterance` of a
+  chunk's rows (`evaluate_model` with `chunk_seconds`), else the id itself."""
+  by_id = {}
+  for row in rows:
+    by_id.setdefault(row["id"], row.get("utterance", row["id"]))
+  return list(by_id.values())
+
+
 def exit_table(rows):
   """`(ids, table)`: `table[field]` `[utterances, exits]` for every numeric row field.
 
@@ -348,11 +358,68 @@ def summarize(rows, *, gmacs_per_second, targets=TARGETS_DB, confidences=CONFIDE
   }
 
 
+def _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar):
+  """What `evaluate_model` runs the network on, from `evaluation_batches`: `(id, extra
+  row fields, mixture [time], references [sources, time])` per utterance, or per chunk
+  of it with `chunk_seconds` (see `evaluate_model`)."""
+  for batch in batches:
+    for i, length in enumerate(batch["length"].tolist()):
+      mixture, references = batch["mixture"][i, :length], batch["sources"][i, :, :length]
+      utterance = str(batch["id"][i])
+      if chunk_seconds is None:
+        yield utterance, {}, mixture, references
+      else:
+        starts, chunk = inference.chunk_starts(model_config, length, chunk_seconds,
+                                               overlap_seconds)
+        for start in starts.tolist():
+          span = slice(start, start + chunk)
+          # Every row gets the fields, so that the CSV has one header.
+          yield (utterance if starts.size == 1 else f"{utterance}@{start}",
+                 {"utterance": utterance, "chunk_start": start}, mixture[span],
+                 references[:, span])
+      progress_bar.update(1)
+
+
+def _group_rows(group, variables, model_config, *, targets, conditions, reference_power,
+                posthoc, enhancement_metrics):
+  """`exit_rows` of up to `EVAL_BATCH` pieces (`_pieces`) from one padded forward."""
+  lengths = [mixture.shape[-1] for _, _, mixture, _ in group]
+  multiple = round(PAD_SECONDS * model_config.sample_rate)
+  padded = -(-max(lengths) // multiple) * multiple
+  # Filled up with copies of the last piece: one shape per bucket length.
+  filled = group + group[-1:] * (EVAL_BATCH - len(group))
+
+  def stack(signals):
+    return jnp.asarray(np.stack([np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, padded - x.shape[-1])])
+                                 for x in signals]), jnp.float32)
+
+  outputs = jax.device_get(_exit_outputs(
+      variables, stack([piece[2] for piece in filled]), stack([piece[3] for piece in filled]),
+      jnp.asarray([piece[2].shape[-1] for piece in filled], jnp.int32),
+      jnp.asarray(targets, jnp.float32), reference_power, config=model_config,
+      conditions=tuple(conditions), posthoc=posthoc))
+  rows = []
+  for i, ((name, extra, mixture, references), length) in enumerate(zip(group, lengths)):
+    piece_rows = exit_rows(
+        name, _crop(jax.tree.map(lambda x, i=i: x[i], outputs), length, model_config),
+        mixture, references, sample_rate=model_config.sample_rate, targets=targets,
+        enhancement_metrics=enhancement_metrics)
+    rows += [{**row, **extra} for row in piece_rows]
+  return rows
+
+
 def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
                    confidences=CONFIDENCES, policies=inference.POLICIES,
                    conditions=("snr",), reference_power=None, max_utterances=None,
-                   enhancement_metrics=None, posthoc=None, progress=True):
+                   enhancement_metrics=None, posthoc=None, progress=True,
+                   chunk_seconds=None, overlap_seconds=inference.OVERLAP_SECONDS):
   """Evaluates a model on full-length utterances: every exit, every simulated policy.
+
+  With `chunk_seconds`, every utterance is evaluated instead in the chunks
+  `inference.separate_long` separates it in (`inference.chunk_starts`), each chunk on
+  its own, as `separate` runs it. Rows gain the fields `utterance` (the source's id)
+  and `chunk_start` (first sample); a chunk's id is `<id>@<first sample>`, but for an
+  utterance no longer than a chunk, evaluated whole under its own id.
 
   Args:
     variables: the model variables.
@@ -368,6 +435,7 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
     posthoc: optional post-hoc calibration of the variance parameters, see
       `exit_outputs`.
     progress: show a progress bar over the utterances.
+    chunk_seconds, overlap_seconds: `separate_long`'s chunking; None: whole utterances.
 
   Returns:
     `(rows, summary)`: `exit_rows` of every utterance and `summarize(rows, ...)`, with
@@ -376,30 +444,18 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
   if enhancement_metrics is None:
     enhancement_metrics = model_config.num_sources == 1
   targets = tuple(float(t) for t in targets)
-  batches = data.evaluation_batches(
-      source, batch_size=EVAL_BATCH, max_examples=max_utterances,
-      pad_multiple=round(PAD_SECONDS * model_config.sample_rate))
+  # Sorted by length (the padding is `_group_rows`'), so that a group's pieces are alike.
+  batches = data.evaluation_batches(source, batch_size=EVAL_BATCH,
+                                    max_examples=max_utterances)
   total = min(max_utterances or len(source), len(source))
   rows = []
   progress_bar = tqdm.tqdm(total=total, desc="evaluate", unit="utt", disable=not progress)
-  for batch in batches:
-    size = batch["length"].shape[0]
-    # The last batch is filled up with copies of its last utterance: one shape per bucket.
-    filled = {name: np.concatenate([batch[name], np.repeat(batch[name][-1:],
-                                                           EVAL_BATCH - size, axis=0)])
-              for name in ("mixture", "sources", "length")}
-    outputs = jax.device_get(_exit_outputs(
-        variables, jnp.asarray(filled["mixture"]), jnp.asarray(filled["sources"]),
-        jnp.asarray(filled["length"]), jnp.asarray(targets, jnp.float32), reference_power,
-        config=model_config, conditions=tuple(conditions), posthoc=posthoc))
-    for i in range(size):
-      length = int(batch["length"][i])
-      rows += exit_rows(str(batch["id"][i]),
-                        _crop(jax.tree.map(lambda x: x[i], outputs), length, model_config),
-                        batch["mixture"][i, :length], batch["sources"][i, :, :length],
-                        sample_rate=model_config.sample_rate, targets=targets,
-                        enhancement_metrics=enhancement_metrics)
-    progress_bar.update(size)
+  pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
+  # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
+  for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
+    rows += _group_rows(group, variables, model_config, targets=targets,
+                        conditions=conditions, reference_power=reference_power,
+                        posthoc=posthoc, enhancement_metrics=enhancement_metrics)
   progress_bar.close()
   gmacs = models.gmacs_by_exit(model_config)
   summary = summarize(rows, gmacs_per_second=gmacs, targets=targets,
@@ -471,11 +527,11 @@ def write_rows(path, rows):
 
 
 def read_rows(path):
-  """The rows `write_rows` wrote to `path`: numbers as floats, `id` and text as strings
-  (values are as rounded in the file)."""
+  """The rows `write_rows` wrote to `path`: numbers as floats, `id`, `utterance` and text
+  as strings (values are as rounded in the file)."""
 
   def value(name, text):
-    if name == "id":
+    if name in ("id", "utterance"):
       return text
     try:
       return float(text)

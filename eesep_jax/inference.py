@@ -284,6 +284,13 @@ def _chunk_starts(time, chunk, hop):
   return np.append(np.arange(0, time - chunk, hop), time - chunk)
 
 
+def chunk_starts(config, time, chunk_seconds=CHUNK_SECONDS, overlap_seconds=OVERLAP_SECONDS):
+  """`(starts, chunk)`: where `separate_long` cuts a `time`-sample signal, `[chunks]`
+  first samples, and the chunks' length (the whole signal when it is no longer)."""
+  chunk, overlap = chunk_lengths(config, chunk_seconds, overlap_seconds)
+  return _chunk_starts(time, chunk, chunk - overlap), min(chunk, time)
+
+
 def _fade_in(overlap):
   """`[overlap]` rising half of a Hann window. It and `1 - _fade_in` sum to one, so a
   cross-fade between two estimates of the same signal keeps its level."""
@@ -364,9 +371,8 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
     raise ValueError(f"mixture must be a non-empty [time], got shape {mixture.shape}")
   time = mixture.shape[0]
   chunk, overlap = chunk_lengths(config, chunk_seconds, overlap_seconds)
-  starts = _chunk_starts(time, chunk, chunk - overlap)
-  valid = min(chunk, time)  # Signal samples in each chunk.
-  mixture = np.pad(mixture, (0, chunk - valid))
+  starts, valid = chunk_starts(config, time, chunk_seconds, overlap_seconds)
+  mixture = np.pad(mixture, (0, chunk - valid))  # `valid`: signal samples in each chunk.
   # As few batches as `chunk_batch` allows, filled evenly, so that padding the last
   # one wastes less than a chunk per batch.
   num_batches = -(-starts.size // chunk_batch)

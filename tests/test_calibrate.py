@@ -327,6 +327,93 @@ def test_the_fit_split_may_come_from_another_corpus(model, corpus, tmp_path):
   assert "same split" not in stderr and "saved post-hoc scales" in stdout
 
 
+# ----------------------------------------------------------------------------------
+# The regime `separate` deploys: chunks.
+
+CHUNKING = ("--chunk-seconds", "0.25", "--overlap-seconds", "0.05")  # 3 chunks of 0.5 s.
+
+
+@pytest.fixture(scope="module")
+def calibrated_in_chunks(model, corpus, tmp_path_factory):
+  """`(checkpoint, out, stdout)` of `eesep calibrate` in chunks of 0.25 s."""
+  checkpoint = tmp_path_factory.mktemp("run_in_chunks")
+  out = checkpoint / "calibration"
+  stdout, _ = _run(["calibrate", "--checkpoint", str(checkpoint), "--out", str(out),
+                    "--targets", "0.5,5", "--confidences", "0.3,0.6,0.9", "--target-snr", "2",
+                    "--delta", "0.5", "--epsilon", "0.5", *CHUNKING], model, corpus)
+  return checkpoint, out, stdout
+
+
+def test_calibrate_records_the_default_regime_of_separate(calibrated):
+  checkpoint, out, stdout = calibrated
+  regime = {"chunk_seconds": inference.CHUNK_SECONDS,
+            "overlap_seconds": inference.OVERLAP_SECONDS}
+  assert calibration.load_posthoc_regime(checkpoint) == regime
+  report = json.loads((out / calibration_report.JSON_FILE).read_text())
+  assert report["regime"] == report["posthoc"]["regime"] == regime
+  # Utterances no longer than a chunk are separated whole: the regimes coincide.
+  assert report["num_chunks"] == report["num_utterances"] == 3
+  assert report["whole_utterances"]["before"] == report["before"]
+  assert "--chunk-seconds 4 --overlap-seconds 0.5" in stdout
+
+
+def test_calibrate_in_chunks_evaluates_what_separate_long_separates(calibrated_in_chunks,
+                                                                    model, corpus):
+  config, variables = model
+  checkpoint, out, stdout = calibrated_in_chunks
+  report = json.loads((out / calibration_report.JSON_FILE).read_text())
+  regime = {"chunk_seconds": 0.25, "overlap_seconds": 0.05}
+  assert report["regime"] == calibration.load_posthoc_regime(checkpoint) == regime
+  assert (report["num_utterances"], report["num_chunks"]) == (3, 9)
+  # The fit split's halves are by utterance: 2 utterances (6 chunks) each.
+  assert (report["posthoc"]["num_utterances"], report["posthoc"]["num_chunks"]) == (2, 6)
+  assert (report["guarantee"]["num_utterances"], report["guarantee"]["num_chunks"]) == (2, 6)
+  assert report["whole_utterances"]["num_utterances"] == 3
+  assert report["whole_utterances"]["before"] != report["before"]
+  for name in calibration_report.FIGURE_FILES.values():
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "in chunks" in stdout and "on whole utterances" in stdout
+
+  rows = evaluate.read_rows(out / evaluate.CSV_FILE)
+  ids, table = evaluate.exit_table(rows)
+  assert ids[:3] == ["tt0@0", "tt0@1600", "tt0@2000"]
+  assert evaluate.utterance_ids(rows)[:4] == ["tt0", "tt0", "tt0", "tt1"]
+  # Every chunk's exit probabilities are those `separate_long` stops on.
+  example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
+  for k in (1, 3):
+    result = inference.separate_long(variables, config, example["mixture"], policy="fixed",
+                                     exit_index=k, target_snr_db=2.0, **regime)
+    np.testing.assert_array_equal(result.exits.starts, [0, 1600, 2000])
+    np.testing.assert_allclose(result.exits.probability,
+                               table[evaluate.probability_column(2.0)][:3, k - 1], atol=1e-4)
+
+
+def test_separate_warns_when_its_regime_is_not_the_calibrated_one(
+    calibrated, calibrated_in_chunks, model, corpus, monkeypatch, tmp_path):
+  monkeypatch.setattr(separate_files, "separate_files", lambda paths, **kwargs: [])
+
+  def warnings_of(checkpoint, *flags):
+    argv = ["separate", "x.wav", "--checkpoint", str(checkpoint), "--out-dir", str(tmp_path),
+            "--quiet", *flags]
+    return [line for line in _run(argv, model, corpus)[1].splitlines()
+            if line.startswith("warning:")]
+
+  default, chunked = calibrated[0], calibrated_in_chunks[0]
+  assert warnings_of(default) == warnings_of(chunked, *CHUNKING) == []
+  assert warnings_of(chunked, "--no-posthoc") == []
+  (line,) = warnings_of(default, *CHUNKING)
+  assert "fitted on chunks of 4 s overlapping 0.5 s" in line
+  assert "eesep calibrate --chunk-seconds 0.25 --overlap-seconds 0.05" in line
+  (line,) = warnings_of(chunked)
+  assert "fitted on chunks of 0.25 s" in line and "runs on chunks of 4 s" in line
+  # Scales saved before regimes were recorded were fitted on whole utterances.
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  (legacy / calibration.POSTHOC_FILE).write_text(json.dumps({"beta_scale": [1.0, 1.0, 1.0]}))
+  (line,) = warnings_of(legacy)
+  assert "fitted on whole utterances" in line
+
+
 def test_calibrate_usage_errors(capsys):
   with pytest.raises(SystemExit):
     cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha",
@@ -335,3 +422,12 @@ def test_calibrate_usage_errors(capsys):
   with pytest.raises(SystemExit):
     cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--delta", "1"])
   assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_calibrate_rejects_chunks_separate_would_reject(corpus, monkeypatch, capsys):
+  monkeypatch.setattr(train, "read_config", lambda workdir: config_lib.base_config(
+      preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
+  with pytest.raises(SystemExit):
+    cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--chunk-seconds", "1",
+              "--overlap-seconds", "0.6"])
+  assert "at most half of chunk_seconds=1" in capsys.readouterr().err

@@ -353,6 +353,20 @@ def test_save_and_load_posthoc(tmp_path):
     calibration.save_posthoc(tmp_path, {"beta": np.ones(2)})
 
 
+def test_posthoc_file_records_the_regime(tmp_path):
+  assert calibration.load_posthoc_regime(tmp_path) is None  # No file.
+  regime = {"chunk_seconds": 4.0, "overlap_seconds": 0.5}
+  calibration.save_posthoc(tmp_path, {"beta_scale": np.ones(2)}, regime=regime)
+  assert calibration.load_posthoc_regime(tmp_path) == regime
+  assert set(calibration.load_posthoc(tmp_path)) == {"beta_scale"}
+  calibration.save_posthoc(tmp_path, {"beta_scale": np.ones(2)})  # Whole utterances.
+  assert calibration.load_posthoc_regime(tmp_path) is None
+  # Files from before regimes were recorded: whole utterances.
+  (tmp_path / calibration.POSTHOC_FILE).write_text('{"beta_scale": [1.0, 2.0]}')
+  assert calibration.load_posthoc_regime(tmp_path) is None
+  np.testing.assert_array_equal(calibration.load_posthoc(tmp_path)["beta_scale"], [1, 2])
+
+
 # ----------------------------------------------------------------------------------
 # Guaranteed thresholds.
 
@@ -453,3 +467,85 @@ def test_guaranteed_threshold_certifies_nothing_when_the_last_exit_fails():
   with pytest.raises(ValueError):
     calibration.guaranteed_threshold(probabilities[:, :1], realised[:, :1], GAMMA, DELTA,
                                      EPSILON)
+
+
+# Chunks of one utterance are dependent: the certificate counts utterances, not chunks.
+
+
+def _chunked_population(rng, n, chunks=3):
+  """`_exit_population` with each utterance cut into `chunks` chunks that share its
+  difficulty: `(probabilities, realised, groups)`, `[n · chunks, ...]`."""
+  difficulty = np.repeat(rng.standard_normal((n, 1)), chunks, axis=0)
+  realised = MEANS - 4 * difficulty + 2 * rng.standard_normal((n * chunks, 3))
+  guess = difficulty + 0.5 * rng.standard_normal((n * chunks, 1))
+  probabilities = scipy.stats.norm.cdf((MEANS - 4 * guess - GAMMA) / 3)
+  return probabilities, realised, np.repeat(np.arange(n), chunks)
+
+
+def test_grouped_threshold_uses_hoeffding_bentkus_on_utterance_shares():
+  rng = _rng(14)
+  probabilities, realised, groups = _chunked_population(rng, 300)
+  candidates = np.linspace(0, 1, 21)
+  result = calibration.guaranteed_threshold(probabilities, realised, GAMMA, DELTA, EPSILON,
+                                            candidates, groups=groups)
+  assert result["num_utterances"] == 300
+  for i, threshold in enumerate(result["candidates"]):
+    taken = _reference_exit(probabilities, threshold)
+    failed = realised[np.arange(900), taken] < GAMMA
+    risk = failed.reshape(300, 3).mean(-1).mean()
+    assert result["risk"][i] == pytest.approx(risk)
+    low = min(risk, DELTA)
+    divergence = (scipy.special.xlogy(low, low / DELTA)
+                  + scipy.special.xlogy(1 - low, (1 - low) / (1 - DELTA)))
+    expected = min(math.exp(-300 * divergence),
+                   math.e * scipy.stats.binom.cdf(math.ceil(300 * risk - 1e-9), 300, DELTA))
+    assert result["p_values"][i] == pytest.approx(expected, rel=1e-9)
+  # One chunk per utterance: the exact binomial test, as without groups.
+  single = calibration.guaranteed_threshold(probabilities[::3], realised[::3], GAMMA, DELTA,
+                                            EPSILON, candidates)
+  grouped = calibration.guaranteed_threshold(probabilities[::3], realised[::3], GAMMA, DELTA,
+                                             EPSILON, candidates, groups=groups[::3])
+  np.testing.assert_array_equal(single["p_values"], grouped["p_values"])
+
+
+def test_grouped_threshold_holds_when_chunks_are_dependent():
+  """Calibration sets of utterances, each cut into 3 dependent chunks: the certified
+  risk (the expected share of a new utterance's chunks below γ) holds w.p. ≥ 1 − ε;
+  treating the chunks as independent draws does not."""
+  rng = _rng(15)
+  probabilities, realised, groups = _chunked_population(rng, 20_000)
+  candidates = np.linspace(0, 1, 101)
+  population = np.array([
+      np.mean(realised[np.arange(len(realised)), _reference_exit(probabilities, t)] < GAMMA)
+      for t in candidates])  # Equal chunks per utterance: the mean of utterance shares.
+  splits, size = 200, 300
+  violations = naive_violations = 0
+  for _ in range(splits):
+    index = (3 * rng.integers(0, 20_000, size)[:, None] + np.arange(3)).ravel()
+    for name, split_groups in (("grouped", np.repeat(np.arange(size), 3)), ("naive", None)):
+      result = calibration.guaranteed_threshold(probabilities[index], realised[index], GAMMA,
+                                                DELTA, EPSILON, candidates,
+                                                groups=split_groups)
+      if result["threshold"] is not None:
+        violated = population[np.searchsorted(candidates, result["threshold"])] > DELTA
+        if name == "grouped":
+          violations += violated
+        else:
+          naive_violations += violated
+  slack = 3 * math.sqrt(EPSILON * (1 - EPSILON) / splits)
+  assert violations / splits <= EPSILON + slack
+  assert naive_violations / splits > EPSILON  # 13 %: chunks taken as independent draws.
+
+
+def test_failure_rate_counts_utterances():
+  failed = np.array([1, 0, 0, 1, 1, 1, 0, 0, 0], bool)
+  plain = calibration.failure_rate(failed)
+  met = calibration.target_satisfaction(np.ones(9, bool), ~failed, 0.5)
+  assert plain["risk"] == pytest.approx(4 / 9) and plain["num_utterances"] == 9
+  assert (plain["low"], plain["high"]) == pytest.approx((1 - met["high"], 1 - met["low"]))
+  grouped = calibration.failure_rate(failed, groups=np.repeat(["a", "b", "c"], 3))
+  assert grouped["risk"] == pytest.approx(np.mean([1 / 3, 1.0, 0.0]))
+  assert grouped["num_utterances"] == 3
+  half_width = math.sqrt(math.log(2 / 0.05) / 6)  # Hoeffding at 95 %, 3 utterances.
+  assert (grouped["low"], grouped["high"]) == pytest.approx(
+      (max(0, grouped["risk"] - half_width), min(1, grouped["risk"] + half_width)))

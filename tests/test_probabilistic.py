@@ -606,7 +606,8 @@ def _padded_batch(seed, block_length, likelihood="student"):
   estimate = (target + 0.3 * rng.standard_normal((4, PAD_TIME))) * valid
   blocks = probabilistic.block_count(PAD_TIME, block_length).size
   if likelihood == "student":
-    params = {"alpha": rng.uniform(1.2, 8, (4, blocks)), "beta": rng.uniform(0.01, 0.5, (4, blocks))}
+    params = {"alpha": rng.uniform(1.2, 8, (4, blocks)),
+              "beta": rng.uniform(0.01, 0.5, (4, blocks))}
   else:
     params = {"variance": rng.uniform(0.01, 0.5, (4, blocks))}
   return (jnp.asarray(target, jnp.float32), jnp.asarray(estimate, jnp.float32),
