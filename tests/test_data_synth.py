@@ -212,22 +212,18 @@ def test_ensure_demo_corpus_builds_once(tmp_path):
     synth.ensure_demo_corpus(other, progress=False, **sizes)
 
 
-def test_heldout_set_speaks_languages_and_variants_no_training_split_uses(corpus, tmp_path):
-  root, _ = corpus
+def test_heldout_set_speaks_languages_and_variants_no_training_split_uses(tmp_path):
   heldout = tmp_path / "heldout"
   manifest = synth.ensure_heldout_corpus(heldout, progress=False)
   assert manifest["splits"]["tt"]["mixtures"] == synth.HELDOUT["num_test"]
   assert not any((heldout / split).exists() for split in ("tr", "cv"))
-
-  def voices(folder, group):
-    with open(folder / "speakers.csv") as file:
-      return [row for row in csv.DictReader(file) if row["group"] == group]
-
-  training = voices(root, "tr")
-  tested = voices(heldout, "tt")
+  with open(heldout / "speakers.csv") as file:
+    tested = [row for row in csv.DictReader(file) if row["group"] == "tt"]
+  # The demo corpus's training speakers (same seed).
+  training = synth.draw_speakers(synth.HELDOUT["seed"])["tr"].values()
   assert {row["accent"] for row in tested} <= set(espeak.HELDOUT_VOICES)
-  assert not {row["accent"] for row in tested} & {row["accent"] for row in training}
-  assert not {row["variant"] for row in tested} & {row["variant"] for row in training}
+  assert not {row["accent"] for row in tested} & {voice.accent for voice in training}
+  assert not {row["variant"] for row in tested} & {voice.variant for voice in training}
   source = data.open_dataset("wsj0-mix", heldout, "tt", sample_rate=8000)
   assert len(source) == synth.HELDOUT["num_test"]
   assert np.abs(source[0]["sources"]).max() > 0.1  # Speech, not silence.
