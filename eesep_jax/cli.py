@@ -387,6 +387,12 @@ def _add_posthoc_flag(parser):
       help="ignore the post-hoc calibration `eesep calibrate` saved in the checkpoint")
 
 
+def _add_chunking_flags(parser, chunk_help, overlap_help):
+  """`--chunk-seconds` and `--overlap-seconds`, as `separate` and `calibrate` take them."""
+  parser.add_argument("--chunk-seconds", type=_seconds, help=chunk_help)
+  parser.add_argument("--overlap-seconds", type=_seconds, help=overlap_help)
+
+
 def build_parser():
   parser = _Parser(
       prog="eesep", description=textwrap.dedent("""\
@@ -447,14 +453,12 @@ def build_parser():
   parser_separate.add_argument(
       "--policy", choices=("probabilistic", "expected-snr", "fixed"),
       help="when to stop (default: fixed with --exit-index, else probabilistic)")
-  parser_separate.add_argument(
-      "--chunk-seconds", type=_seconds,
-      help="long files are separated in chunks this long (default: 4, the training "
-           "segments' length)")
-  parser_separate.add_argument(
-      "--overlap-seconds", type=_seconds,
-      help="consecutive chunks overlap and cross-fade this long; at most half a chunk "
-           "(default: 0.5)")
+  _add_chunking_flags(
+      parser_separate,
+      "long files are separated in chunks this long (default: 4, the training "
+      "segments' length)",
+      "consecutive chunks overlap and cross-fade this long; at most half a chunk "
+      "(default: 0.5)")
   parser_separate.add_argument(
       "--chunk-batch", type=_positive_int,
       help="chunks separated at once: more is faster on an accelerator and needs more "
@@ -512,13 +516,11 @@ def build_parser():
   parser_calibrate.add_argument(
       "--epsilon", type=_unit_interval, default=0.1,
       help="the probability that the certificate is wrong (default: 0.1)")
-  parser_calibrate.add_argument(
-      "--chunk-seconds", type=float,
-      help="fit and certify in the chunks `eesep separate --chunk-seconds` cuts, the "
-           "regime it runs in (default: separate's)")
-  parser_calibrate.add_argument(
-      "--overlap-seconds", type=float,
-      help="the chunks' overlap, as in `eesep separate` (default: separate's)")
+  _add_chunking_flags(
+      parser_calibrate,
+      "fit and certify in the chunks `eesep separate --chunk-seconds` cuts, the "
+      "regime it runs in (default: separate's)",
+      "the chunks' overlap, as in `eesep separate` (default: separate's)")
 
   from eesep_jax.data import cli as data_cli
   data_cli.add_data_commands(subparsers)

@@ -242,7 +242,8 @@ def validate_config(config):
 # state it holds) needs a new workdir.
 RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
                     "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
-                    "data.synthesize_if_missing", "data.valid_split", "data.test_split")
+                    "data.synthesize_if_missing", "data.valid_split", "data.test_split",
+                    "data.heldout_root")
 _ABSENT = "(absent)"
 
 

@@ -6,7 +6,7 @@ line that names what is wrong, and that nothing else suffered: the good file's o
 are those of a clean run, the user's files are intact, and nothing was written that
 should not have been.
 
-The checkpoint is the random `tiny` model saved as a training run (no training), and
+The checkpoint is the demo config's random model saved as a training run (no training), and
 every separation is `--exit-index last` on `LENGTH` samples, so the stopping loop
 compiles once for the module. Then come the behaviours a table row cannot show: a
 SIGKILLed `eesep separate` and its rerun, a training loop that fails, skips steps and
@@ -37,6 +37,7 @@ import soundfile
 from conftest import DEMO_CONFIG, REPO, write_speech_mixtures
 from eesep_jax import cli
 from eesep_jax import config_lib
+from eesep_jax import models
 from eesep_jax import separate_files
 from eesep_jax import train
 from eesep_jax.data import audio
@@ -52,10 +53,14 @@ def _noise(seed, length=LENGTH, level=0.3):
   return level * np.random.default_rng(seed).standard_normal(length)
 
 
+def _run_config(corpus):
+  return config_lib.load_config(DEMO_CONFIG, [
+      f"data.root={corpus}", *(flag.removeprefix("--config.") for flag in TRAIN_FLAGS)])
+
+
 def _save_run(workdir, corpus, params):
   """A training workdir holding `params` as its checkpoint at `STEP`, untrained."""
-  config = config_lib.load_config(DEMO_CONFIG, [
-      f"data.root={corpus}", *(flag.removeprefix("--config.") for flag in TRAIN_FLAGS)])
+  config = _run_config(corpus)
   optimizer = train.make_optimizer(config.optimizer, config.steps)
   state = train.TrainState(step=jnp.int32(STEP), params=params,
                            opt_state=optimizer.init(params),
@@ -94,14 +99,16 @@ def _samples(path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, model):
+def world(tmp_path_factory):
   """The corpus, the saved random model (and one with NaN weights), the good input and
   its outputs from a clean run."""
-  _, variables = model
   root = tmp_path_factory.mktemp("bad_input")
   corpus = root / "corpus"
   for split, count in (("tr", 4), ("cv", 2), ("tt", 2)):
     write_speech_mixtures(corpus, split, [f"{split}{k}" for k in range(count)], length=2000)
+  # Jitted: the un-jitted init runs the stage scan op by op, several times slower.
+  variables = jax.jit(models.PressNet(config_lib.model_config(_run_config(corpus))).init)(
+      jax.random.key(0), jnp.zeros((1, 1600)))
   run = _save_run(root / "run", corpus, variables["params"])
   broken = _save_run(root / "nan_run", corpus,
                      jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), variables["params"]))
