@@ -500,7 +500,7 @@ def train_and_evaluate(config, workdir):
   preemption = _Preemption()
   start_step = int(state.step)
   skipped = _SkipWarnings(int(skipped_steps(state.opt_state)), start_step, say)
-  start_time = time.monotonic()
+  start_time, validating = time.monotonic(), 0.0
   progress = tqdm.tqdm(total=config.steps, initial=start_step, disable=not is_lead,
                        desc="train", unit="step", dynamic_ncols=True)
   try:
@@ -516,7 +516,10 @@ def train_and_evaluate(config, workdir):
           progress.set_postfix(loss=f"{record['train_loss']:.3f}", skipped=skipped.total)
         valid_metrics = {}
         if step % config.eval_every == 0 or step == config.steps:
-          valid_metrics = _validate(state, model, config, valid_source, step, writer, say)
+          began = time.monotonic()
+          valid_metrics = _validate(state, model, config, valid_source, step, writer, say,
+                                    train_seconds=began - start_time - validating)
+          validating += time.monotonic() - began
         preempted = preemption.requested or manager.reached_preemption(step)
         # A validated step is always saved, so the best checkpoint holds the
         # parameters its metric was measured on.
@@ -573,14 +576,17 @@ class _SkipWarnings:
     self.total, self._step = total, step
 
 
-def _validate(state, model, config, source, step, writer, say):
-  """Validates `state` on `source`, says so before and after, logs it; returns the
-  metrics the checkpoint manager ranks checkpoints by."""
+def _validate(state, model, config, source, step, writer, say, train_seconds):
+  """Validates `state` on `source`, says so before and after, logs it with
+  `train_seconds` (this process's time in training so far, validation excluded: what
+  `experiments/benchmarks/time_to_quality.py` plots); returns the metrics the
+  checkpoint manager ranks checkpoints by."""
   count = min(config.eval_max_utterances or len(source), len(source))
   say(f"step {step}: validating on {count} utterances of {source.name}")
   evaluation = evaluate_exits(state.params, model,
                               data_lib.validation_batches(config, source=source))
   say(f"step {step}: validation SI-SNRi per exit " + ", ".join(
       f"{value:.2f}" for value in evaluation["si_snri"]) + " dB")
-  writer.write(step, {"valid_si_snri": evaluation["si_snri"], "valid_nll": evaluation["nll"]})
+  writer.write(step, {"valid_si_snri": evaluation["si_snri"], "valid_nll": evaluation["nll"],
+                      "train_seconds": round(train_seconds, 3)})
   return {BEST_METRIC: evaluation["si_snri"][-1]}

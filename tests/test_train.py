@@ -59,6 +59,7 @@ def test_run_logs_metrics_tensorboard_config_and_checkpoints(trained_workdir):
   validation = [r for r in records if "valid_si_snri" in r]
   assert [r["step"] for r in validation] == [TRAIN_STEPS]
   assert len(validation[0]["valid_si_snri"]) == 3
+  assert 0 < validation[0]["train_seconds"]  # What time_to_quality.py plots against.
   assert list((trained_workdir / "tensorboard").glob("events.out.tfevents.*"))
   config = train.read_config(trained_workdir)
   assert config.steps == TRAIN_STEPS and config.batch_size == 8
