@@ -34,6 +34,14 @@ from eesep_jax.models.layers import BlockStack, LayerScale, Snake
 STAGES = "stages"
 
 
+def _num_frames(time, config):
+  """Frames of the encoder for `time` samples: an int, or an int array for an array."""
+  kernel, stride = config.encoder_kernel, config.encoder_stride
+  excess = time + 2 * (kernel - stride) - kernel
+  excess = excess * (excess > 0)  # max(excess, 0), for ints and arrays alike.
+  return -(-excess // stride) + 1
+
+
 def frame_layout(time, config):
   """`(left_pad, right_pad, frames)` of the encoder for `time` samples.
 
@@ -44,7 +52,7 @@ def frame_layout(time, config):
   """
   kernel, stride = config.encoder_kernel, config.encoder_stride
   left = kernel - stride
-  frames = -(-max(time + 2 * left - kernel, 0) // stride) + 1
+  frames = _num_frames(time, config)
   right = (frames - 1) * stride + kernel - left - time
   return left, right, frames
 
@@ -59,9 +67,7 @@ def valid_lengths(lengths, batch, time):
 def frame_mask(lengths, frames, config):
   """`[batch, frames, 1]` float32: 1 on the frames an example of `lengths` `[batch]`
   samples has when run alone (`frame_layout(length)`), 0 on those padding adds."""
-  kernel, stride = config.encoder_kernel, config.encoder_stride
-  own_frames = jnp.maximum(lengths + 2 * (kernel - stride) - kernel, 0)
-  own_frames = (own_frames + stride - 1) // stride + 1
+  own_frames = _num_frames(lengths, config)
   return (jnp.arange(frames) < own_frames[:, None]).astype(jnp.float32)[..., None]
 
 
