@@ -27,9 +27,8 @@ so an interrupted ablation resumes where it stopped. `write_comparison` writes o
 table (`comparison.md`, `.csv`, `.json`) and figures.
 
 At smoke size (`smoke=True`) the base config runs a few short steps on a small corpus
-whose validation and test utterances all last `SMOKE_EVAL_SECONDS`: evaluation
-compiles once per distinct utterance length, so one length keeps a variant's
-evaluation to one compilation. Smoke numbers check the plumbing, not the method.
+whose validation and test utterances all last `SMOKE_EVAL_SECONDS`: one length keeps
+a variant's evaluation to one compilation. Smoke numbers check the plumbing, not the method.
 """
 
 import csv
