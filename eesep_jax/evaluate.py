@@ -384,20 +384,15 @@ def _group_rows(group, variables, model_config, *, targets, conditions, referenc
                 posthoc, enhancement_metrics):
   """`exit_rows` of up to `EVAL_BATCH` pieces (`_pieces`) from one padded forward."""
   lengths = [mixture.shape[-1] for _, _, mixture, _ in group]
-  multiple = round(PAD_SECONDS * model_config.sample_rate)
-  padded = -(-max(lengths) // multiple) * multiple
   # Filled up with copies of the last piece: one shape per bucket length.
-  filled = group + group[-1:] * (EVAL_BATCH - len(group))
-
-  def stack(signals):
-    return jnp.asarray(np.stack([np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, padded - x.shape[-1])])
-                                 for x in signals]), jnp.float32)
-
+  batch = data.pad_batch(
+      [{"mixture": mixture, "sources": references, "id": name}
+       for name, _, mixture, references in group + group[-1:] * (EVAL_BATCH - len(group))],
+      round(PAD_SECONDS * model_config.sample_rate))
   outputs = jax.device_get(_exit_outputs(
-      variables, stack([piece[2] for piece in filled]), stack([piece[3] for piece in filled]),
-      jnp.asarray([piece[2].shape[-1] for piece in filled], jnp.int32),
-      jnp.asarray(targets, jnp.float32), reference_power, config=model_config,
-      conditions=tuple(conditions), posthoc=posthoc))
+      variables, jnp.asarray(batch["mixture"]), jnp.asarray(batch["sources"]),
+      jnp.asarray(batch["length"]), jnp.asarray(targets, jnp.float32), reference_power,
+      config=model_config, conditions=tuple(conditions), posthoc=posthoc))
   rows = []
   for i, ((name, extra, mixture, references), length) in enumerate(zip(group, lengths)):
     piece_rows = exit_rows(

@@ -23,6 +23,7 @@ _EXPORTS = {
     "ensure_heldout_corpus": "synth",
     "training_loader": "pipeline",
     "evaluation_batches": "pipeline",
+    "pad_batch": "pipeline",
     "open_split": "pipeline",
     "training_source": "pipeline",
     "validation_batches": "pipeline",

@@ -181,8 +181,10 @@ def training_loader(source, *, batch_size, seed, segment_length=None, segment_se
   return iterable
 
 
-def _pad_batch(examples, multiple):
-  """Stacks full-length `examples`, zero-padded to a common length (a multiple of `multiple`)."""
+def pad_batch(examples, multiple):
+  """Stacks full-length `examples` (`mixture`, `sources`, `id`), zero-padded to a common
+  length (a multiple of `multiple`): `mixture` `[batch, time]`, `sources`
+  `[batch, sources, time]`, `mask` `[batch, time]`, `length` `[batch]` and `id`."""
   lengths = [example["mixture"].shape[-1] for example in examples]
   padded = math.ceil(max(lengths) / multiple) * multiple
 
@@ -227,7 +229,7 @@ def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=Non
     indices = indices[np.argsort([lengths[i] for i in indices], kind="stable")]
   groups = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
   dataset = grain.MapDataset.source(groups).map(
-      lambda group: _pad_batch([source[i] for i in group], pad_multiple))
+      lambda group: pad_batch([source[i] for i in group], pad_multiple))
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=2 * num_threads))
 
