@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m eesep_jax.cli demo
+	$(BIN)/python -m eesep_jax demo
 
 # pytest exits 5 when it collected no test: that is a failure here, like any other non-zero code.
 # Tests run on every core (pytest-xdist): most of their time is XLA compiling, which uses

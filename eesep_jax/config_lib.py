@@ -17,8 +17,8 @@ import pathlib
 import ml_collections
 
 from eesep_jax import errors
-from eesep_jax import losses
 from eesep_jax import models
+from eesep_jax.core import losses
 from eesep_jax.data import readers
 
 

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eesep_jax import calibration
-from eesep_jax import losses
-from eesep_jax import metrics
 from eesep_jax import models
-from eesep_jax import probabilistic
+from eesep_jax.analysis import calibration
+from eesep_jax.core import losses
+from eesep_jax.core import metrics
+from eesep_jax.core import probabilistic
 
 POLICIES = ("probabilistic", "expected-snr", "fixed", "oracle")
 CONDITIONS = ("snr", "snri", "snr_ref")

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "experiments" / "configs" / "demo.py"
+DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
 
 # Small enough for CI (2 cores) yet a real run: tiny preset, 0.25 s segments.
 TRAIN_STEPS = 6
@@ -106,7 +106,7 @@ def train_env(compile_cache, devices=1):
 
 
 def train_command(workdir, corpus, *extra):
-  return [sys.executable, "-m", "eesep_jax.cli", "train", "--config", str(DEMO_CONFIG),
+  return [sys.executable, "-m", "eesep_jax.app.cli", "train", "--config", str(DEMO_CONFIG),
           "--workdir", str(workdir), f"--config.data.root={corpus}", *TRAIN_OVERRIDES,
           *extra]
 
@@ -135,7 +135,7 @@ def smoke_ablation(tmp_path_factory):
   Notebook 02 makes the same call, so given `out` it loads these variants instead of
   training them, and notebooks 01 and 03 reuse the reference run in `out`.
   """
-  from eesep_jax import ablation
+  from eesep_jax.analysis import ablation
 
   out = tmp_path_factory.mktemp("ablation")
   comparison = ablation.run_ablation(DEMO_CONFIG, out, names=ablation.SMOKE_SUBSET,

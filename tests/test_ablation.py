@@ -7,13 +7,14 @@ import sys
 
 import pytest
 
-from conftest import DEMO_CONFIG, REPO
-from eesep_jax import ablation
-from eesep_jax import calibration_report
+from conftest import DEMO_CONFIG
+from conftest import REPO
 from eesep_jax import config_lib
 from eesep_jax import models
-from eesep_jax import probabilistic
-from eesep_jax import train
+from eesep_jax.analysis import ablation
+from eesep_jax.analysis import calibration_report
+from eesep_jax.core import probabilistic
+from eesep_jax.training import train
 
 SCRIPT = REPO / "experiments" / "ablations" / "variance_parameterisations.py"
 FULL_CONFIG = REPO / "experiments" / "configs" / "ablation_full.py"

@@ -34,13 +34,16 @@ import orbax.checkpoint as ocp
 import pytest
 import soundfile
 
-from conftest import DEMO_CONFIG, REPO, write_speech_mixtures
-from eesep_jax import cli
+from conftest import DEMO_CONFIG
+from conftest import REPO
+from conftest import write_speech_mixtures
 from eesep_jax import config_lib
 from eesep_jax import models
-from eesep_jax import separate_files
-from eesep_jax import train
+from eesep_jax.app import cli
+from eesep_jax.app import separate_files
 from eesep_jax.data import audio
+from eesep_jax.training import checkpoints
+from eesep_jax.training import train
 
 RATE = 8000
 LENGTH = 3000  # Samples of every separated file: one compilation.
@@ -66,7 +69,7 @@ def _save_run(workdir, corpus, params):
                            opt_state=optimizer.init(params),
                            rng=jax.random.key_data(jax.random.key(0)))
   workdir.mkdir(parents=True)
-  train.write_config(config, workdir)
+  checkpoints.write_config(config, workdir)
   manager = train._checkpoint_manager(workdir, config)  # pylint: disable=protected-access
   manager.save(STEP, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
   manager.wait_until_finished()
@@ -304,7 +307,7 @@ def separate_with_a_missing_checkpoint(s):
 def a_corrupt_config_json(s):
   run = s.tmp / "run"
   shutil.copytree(s.world.run, run)
-  (run / train.CONFIG_FILE).write_text('{"model": ')
+  (run / checkpoints.CONFIG_FILE).write_text('{"model": ')
   return s.usage(s.separate(s.inputs, checkpoint=run))
 
 
@@ -345,9 +348,9 @@ def evaluate_outside_the_repository(s):
   elsewhere, evaluate must say so, not make a corpus there."""
   run = s.tmp / "run"
   shutil.copytree(s.world.run, run)
-  config = json.loads((run / train.CONFIG_FILE).read_text())
+  config = json.loads((run / checkpoints.CONFIG_FILE).read_text())
   config["data"].update(root="data/demo", synthesize_if_missing=True)
-  (run / train.CONFIG_FILE).write_text(json.dumps(config))
+  (run / checkpoints.CONFIG_FILE).write_text(json.dumps(config))
   s.cwd = s.tmp / "elsewhere"
   s.cwd.mkdir()
   s.absent.append(s.cwd / "data")
@@ -439,8 +442,8 @@ def resuming_with_a_changed_model(s):
 def resuming_a_run_whose_config_is_corrupt(s):
   run = s.tmp / "run"
   shutil.copytree(s.world.run, run)
-  (run / train.CONFIG_FILE).write_text("not json")
-  s.keep(run / train.CONFIG_FILE)
+  (run / checkpoints.CONFIG_FILE).write_text("not json")
+  s.keep(run / checkpoints.CONFIG_FILE)
   argv = s.train(f"--config.data.root={s.world.corpus}", workdir=run)
   s.absent.remove(run)
   return argv
@@ -502,7 +505,7 @@ def test_inference_restores_the_parameters_alone(world, monkeypatch):
     return restore(self, step, args=args)
 
   monkeypatch.setattr(ocp.CheckpointManager, "restore", spy)
-  _, variables = train.restore_params(world.run)
+  _, variables = checkpoints.restore_params(world.run)
   [args] = requested
   assert set(args["state"].item) == {"params"} and args["state"].partial_restore
   assert set(variables) == {"params"}
@@ -534,7 +537,7 @@ def test_a_killed_separation_leaves_no_partial_file_and_a_rerun_completes_it(
   names = [f"take{k:02d}" for k in range(10)]
   for k, name in enumerate(names):
     soundfile.write(inputs / f"{name}.wav", _noise(10 + k, 20 * RATE), RATE, subtype="PCM_16")
-  command = [sys.executable, "-m", "eesep_jax.cli", "separate", str(inputs), "--checkpoint",
+  command = [sys.executable, "-m", "eesep_jax.app.cli", "separate", str(inputs), "--checkpoint",
              str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"]
   env = train_env(compile_cache)
 
@@ -613,9 +616,9 @@ def test_an_exception_in_training_saves_a_checkpoint_first(world, tmp_path,
     _run(["train", "--config", DEMO_CONFIG, "--workdir", workdir, *TRAIN_FLAGS,
           f"--config.data.root={world.corpus}", "--config.steps=10",
           "--config.checkpoint_every=100", "--config.eval_every=100"])
-  assert train.latest_step(workdir) == 3
-  assert train.restore_params(workdir, step=3)[0] == config_lib.model_config(
-      train.read_config(workdir))
+  assert checkpoints.latest_step(workdir) == 3
+  assert checkpoints.restore_params(workdir, step=3)[0] == config_lib.model_config(
+      checkpoints.read_config(workdir))
 
 
 def test_training_warns_about_skipped_steps_validates_aloud_and_sums_up(
@@ -643,7 +646,7 @@ def test_training_warns_about_skipped_steps_validates_aloud_and_sums_up(
 
 
 def test_a_resumed_run_may_change_when_it_stops_and_how_it_logs(world):
-  saved = train.read_config(world.run)
+  saved = checkpoints.read_config(world.run)
   changed = config_lib.load_config(DEMO_CONFIG, [
       f"data.root={world.corpus}", *(flag.removeprefix("--config.") for flag in TRAIN_FLAGS),
       "steps=20000",

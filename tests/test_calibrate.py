@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import write_speech_mixtures
-from eesep_jax import calibration
-from eesep_jax import calibration_report
-from eesep_jax import cli
 from eesep_jax import config_lib
 from eesep_jax import data
-from eesep_jax import evaluate
 from eesep_jax import inference
-from eesep_jax import separate_files
-from eesep_jax import train
+from eesep_jax.analysis import calibration
+from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import evaluate
+from eesep_jax.app import cli
+from eesep_jax.app import separate_files
+from eesep_jax.training import train
 
 RATE = 8000
 LENGTH = RATE // 2  # One length for every utterance: one compilation.

@@ -11,7 +11,8 @@ import scipy.integrate
 import scipy.optimize
 import scipy.stats
 
-from eesep_jax import calibration, probabilistic
+from eesep_jax.analysis import calibration
+from eesep_jax.core import probabilistic
 
 DB = 10 / math.log(10)
 

@@ -8,7 +8,11 @@ import pytest
 from eesep_jax import config_lib
 from eesep_jax.data import readers
 
-CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "experiments" / "configs").glob("*.py"))
+REPO = pathlib.Path(__file__).parents[1]
+# The dataset configs of `experiments/`, and those that ship in the package (the demo).
+CONFIGS = sorted([*(REPO / "experiments" / "configs").glob("*.py"),
+                  *(path for path in (REPO / "eesep_jax" / "configs").glob("*.py")
+                    if path.stem != "__init__")])
 # The split names each layout's own scripts use.
 SPLITS = {"wsj0-mix": {"tr", "cv", "tt"}, "wham": {"tr", "cv", "tt"},
           "whamr": {"tr", "cv", "tt"}, "voicebank-demand": {"train", "valid", "test"},

@@ -2,8 +2,9 @@
 
 import shutil
 
-from conftest import DEMO_CONFIG, TRAIN_OVERRIDES
-from eesep_jax import demo
+from conftest import DEMO_CONFIG
+from conftest import TRAIN_OVERRIDES
+from eesep_jax.app import demo
 
 
 def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_workdir,

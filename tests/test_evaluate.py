@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import write_speech_mixtures
-from eesep_jax import cli
 from eesep_jax import config_lib
 from eesep_jax import data
-from eesep_jax import evaluate
 from eesep_jax import inference
-from eesep_jax import metrics
-from eesep_jax import train
+from eesep_jax.analysis import evaluate
+from eesep_jax.app import cli
+from eesep_jax.core import metrics
+from eesep_jax.training import train
 
 RATE = 8000
 LENGTH = RATE  # One length for every utterance: one compilation.

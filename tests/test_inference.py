@@ -9,7 +9,7 @@ import pytest
 
 from eesep_jax import inference
 from eesep_jax import models
-from eesep_jax import probabilistic
+from eesep_jax.core import probabilistic
 
 TIME = 1000
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eesep_jax import losses
-from eesep_jax import metrics
-from eesep_jax import probabilistic
+from eesep_jax.core import losses
+from eesep_jax.core import metrics
+from eesep_jax.core import probabilistic
 
 STUDENT = probabilistic.VarianceConfig(parameterisation="student-logvar")
 

@@ -9,7 +9,8 @@ import fast_bss_eval
 import numpy as np
 import pytest
 
-from eesep_jax import metrics
+from eesep_jax.analysis import scores
+from eesep_jax.core import metrics
 
 RATE = 8000
 
@@ -65,24 +66,24 @@ def test_sdr_matches_fast_bss_eval_with_its_permutation_search():
   estimates = references + 0.5 * rng.standard_normal((3, 2, 4000)) + 0.2 * references[:, ::-1]
   expected, permutation = fast_bss_eval.numpy.sdr(references, estimates, return_perm=True)
   np.testing.assert_array_equal(permutation, [[0, 1]] * 3)
-  np.testing.assert_allclose(metrics.sdr(references, estimates), expected, rtol=1e-10)
+  np.testing.assert_allclose(scores.sdr(references, estimates), expected, rtol=1e-10)
   # Broadcast a mixture against its sources, as improvements do.
   mixture = references.sum(axis=1, keepdims=True)
-  assert metrics.sdr(references, mixture).shape == (3, 2)
+  assert scores.sdr(references, mixture).shape == (3, 2)
 
 
 def test_sdr_forgives_a_short_filter_but_not_noise():
   signal = _speech_like(3)
   noisy = signal + 0.05 * np.random.default_rng(3).standard_normal(signal.size)
-  assert metrics.sdr(signal, signal) > 100
+  assert scores.sdr(signal, signal) > 100
   filtered = np.convolve(signal, [1.0, 0.5, -0.2])[:signal.size]  # Within 512 taps.
-  assert 30 < metrics.sdr(signal, filtered) < np.inf
-  assert metrics.sdr(signal, noisy) < 20
+  assert 30 < scores.sdr(signal, filtered) < np.inf
+  assert scores.sdr(signal, noisy) < 20
 
 
 def test_sdr_is_nan_where_undefined(monkeypatch):
   signal = _speech_like(4)
-  assert np.isnan(metrics.sdr(np.zeros_like(signal), signal))
+  assert np.isnan(scores.sdr(np.zeros_like(signal), signal))
   # A singular filter system (seen on pure tones) fails the library's whole batch:
   # only the signal that causes it may lose its score.
   sdr_loss = fast_bss_eval.numpy.sdr_loss
@@ -94,8 +95,8 @@ def test_sdr_is_nan_where_undefined(monkeypatch):
 
   monkeypatch.setattr(fast_bss_eval.numpy, "sdr_loss", singular_on_constants)
   references = np.stack([signal, np.ones_like(signal)])
-  scores = metrics.sdr(references, references + 0.01)
-  assert np.isfinite(scores[0]) and np.isnan(scores[1])
+  values = scores.sdr(references, references + 0.01)
+  assert np.isfinite(values[0]) and np.isnan(values[1])
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
@@ -103,8 +104,8 @@ def test_pesq_and_stoi_rank_a_cleaner_estimate_higher(rate):
   clean = _speech_like(5, rate=rate)
   noise = np.random.default_rng(5).standard_normal(clean.size)
   (pesq_clean, stoi_clean), (pesq_noisy, stoi_noisy) = (
-      (metrics.pesq(clean, clean + level * noise, rate),
-       metrics.stoi(clean, clean + level * noise, rate)) for level in (0.01, 0.1))
+      (scores.pesq(clean, clean + level * noise, rate),
+       scores.stoi(clean, clean + level * noise, rate)) for level in (0.01, 0.1))
   assert pesq_clean[1] is None and stoi_clean[1] is None
   assert 1.0 <= pesq_noisy[0] < pesq_clean[0] <= 4.65
   assert 0.0 <= stoi_noisy[0] < stoi_clean[0] <= 1.0
@@ -112,14 +113,14 @@ def test_pesq_and_stoi_rank_a_cleaner_estimate_higher(rate):
 
 def test_pesq_and_stoi_report_what_they_cannot_score():
   silence = np.zeros(RATE)
-  score, problem = metrics.pesq(silence, silence, RATE)
+  score, problem = scores.pesq(silence, silence, RATE)
   assert np.isnan(score) and "No utterances" in problem
-  score, problem = metrics.pesq(_speech_like(6), silence, RATE)
+  score, problem = scores.pesq(_speech_like(6), silence, RATE)
   assert np.isnan(score) and problem.startswith("PESQ")
-  score, problem = metrics.pesq(_speech_like(6, seconds=0.1), _speech_like(7, seconds=0.1), RATE)
+  score, problem = scores.pesq(_speech_like(6, seconds=0.1), _speech_like(7, seconds=0.1), RATE)
   assert np.isnan(score) and "1/4 of a second" in problem
-  score, problem = metrics.pesq(_speech_like(6), _speech_like(7), 44100)
+  score, problem = scores.pesq(_speech_like(6), _speech_like(7), 44100)
   assert np.isnan(score) and "44100 Hz" in problem
-  score, problem = metrics.stoi(_speech_like(6, seconds=0.05), _speech_like(7, seconds=0.05),
+  score, problem = scores.stoi(_speech_like(6, seconds=0.05), _speech_like(7, seconds=0.05),
                                 RATE)
   assert np.isnan(score) and "STOI" in problem

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eesep_jax import models
-from eesep_jax import probabilistic
+from eesep_jax.core import probabilistic
 from eesep_jax.models import layers
 from eesep_jax.models import press_net
 

@@ -4,12 +4,13 @@ run headless at smoke size in a kernel of this interpreter."""
 import re
 import sys
 
+from jupyter_client.manager import KernelManager
 import nbformat
 import papermill
 import pytest
-from jupyter_client.manager import KernelManager
 
-from conftest import DEMO_CONFIG, REPO
+from conftest import DEMO_CONFIG
+from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # The parameter through which each notebook reuses the session's smoke ablation.

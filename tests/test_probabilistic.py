@@ -10,7 +10,7 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from eesep_jax import probabilistic
+from eesep_jax.core import probabilistic
 
 NAMES = sorted(probabilistic.PARAMETERISATIONS)
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from eesep_jax import cli
 from eesep_jax import inference
 from eesep_jax import models
-from eesep_jax import separate_files
-from eesep_jax import train
+from eesep_jax.app import cli
+from eesep_jax.app import separate_files
+from eesep_jax.training import train
 
 RATE = 8000
 LENGTH = 3000  # Samples of every separated signal at RATE, whole or per chunk.

@@ -13,12 +13,18 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import DEMO_CONFIG, REPO, TRAIN_STEPS, run_training, train_command, train_env
-from eesep_jax import cli
+from conftest import DEMO_CONFIG
+from conftest import REPO
+from conftest import run_training
+from conftest import train_command
+from conftest import train_env
+from conftest import TRAIN_STEPS
 from eesep_jax import config_lib
 from eesep_jax import errors
 from eesep_jax import models
-from eesep_jax import train
+from eesep_jax.app import cli
+from eesep_jax.training import checkpoints
+from eesep_jax.training import train
 
 
 def _metrics(workdir):
@@ -31,7 +37,7 @@ def _train_losses(workdir):
 
 
 def _flat_params(workdir, step):
-  _, variables = train.restore_params(workdir, step=step)
+  _, variables = checkpoints.restore_params(workdir, step=step)
   return {jax.tree_util.keystr(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(variables)}
 
@@ -61,12 +67,12 @@ def test_run_logs_metrics_tensorboard_config_and_checkpoints(trained_workdir):
   assert len(validation[0]["valid_si_snri"]) == 3
   assert 0 < validation[0]["train_seconds"]  # What time_to_quality.py plots against.
   assert list((trained_workdir / "tensorboard").glob("events.out.tfevents.*"))
-  config = train.read_config(trained_workdir)
+  config = checkpoints.read_config(trained_workdir)
   assert config.steps == TRAIN_STEPS and config.batch_size == 8
 
 
 def test_restore_params_gives_the_init_structure(trained_workdir):
-  model_config, variables = train.restore_params(trained_workdir)
+  model_config, variables = checkpoints.restore_params(trained_workdir)
   assert model_config == config_lib.model_config(config_lib.load_config(DEMO_CONFIG))
   fresh = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
                          jnp.zeros((1, 800)))
@@ -76,7 +82,7 @@ def test_restore_params_gives_the_init_structure(trained_workdir):
 
 def test_restore_params_names_a_workdir_without_config(tmp_path):
   with pytest.raises(errors.UsageError, match=f"{tmp_path}: holds no config.json"):
-    train.restore_params(tmp_path)
+    checkpoints.restore_params(tmp_path)
 
 
 def test_sigkill_then_restart_ends_with_the_uninterrupted_parameters(
@@ -169,19 +175,19 @@ def test_config_overrides_from_the_command_line():
       ["train", "--config", "c.py", "--config.steps=5", "--config.model.width", "48"])
   assert rest == ["train", "--config", "c.py"]
   assert overrides == ["steps=5", "model.width=48"]
-  config = config_lib.load_config(REPO / "experiments/configs/demo.py",
+  config = config_lib.load_config(REPO / "eesep_jax/configs/demo.py",
                                   ["steps=5", "optimizer.learning_rate=0.5",
                                    "data.root=/somewhere"])
   assert (config.steps, config.optimizer.learning_rate, config.data.root) == (
       5, 0.5, "/somewhere")
   with pytest.raises(ValueError, match="no_such_key"):
-    config_lib.load_config(REPO / "experiments/configs/demo.py", ["no_such_key=1"])
+    config_lib.load_config(REPO / "eesep_jax/configs/demo.py", ["no_such_key=1"])
 
 
 def test_loss_counts_only_the_valid_samples_of_padded_utterances(model):
   """`_loss_fn` runs the network and the loss with each utterance's valid length (the
   mask's sum), so padding counts neither as error nor as error-free samples."""
-  from eesep_jax import losses
+  from eesep_jax.core import losses
 
   model_config, variables = model
   config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")

@@ -41,7 +41,8 @@ def synth_command(args):
 
 def add_data_commands(subparsers):
   """Adds `data` (with its sub-command `synth`) to the `eesep` sub-command parsers."""
-  from eesep_jax.data import synth  # Light: numpy, soundfile; no JAX.  # pylint: disable=g-import-not-at-top
+  from eesep_jax.data import \
+      synth  # Light: numpy, soundfile; no JAX.  # pylint: disable=g-import-not-at-top
 
   data_parser = subparsers.add_parser(
       "data", help="Dataset tools: synthesise the embedded speech corpus.",

@@ -27,7 +27,8 @@ import warnings
 import numpy as np
 
 from eesep_jax.data import audio as audio_lib
-from eesep_jax.data.audio import AudioError, DatasetError
+from eesep_jax.data.audio import AudioError
+from eesep_jax.data.audio import DatasetError
 
 _MAX_LISTED_PROBLEMS = 10
 _HEADER_THREADS = 16  # Header reads wait on storage (a mounted bucket), not on the CPU.

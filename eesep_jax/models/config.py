@@ -1,11 +1,11 @@
 """`PressNetConfig`, the hyper-parameters of PRESS-Net, and its named presets."""
 
-import dataclasses
 from collections.abc import Mapping
+import dataclasses
 
 import jax.numpy as jnp
 
-from eesep_jax import probabilistic
+from eesep_jax.core import probabilistic
 
 DTYPES = ("float32", "bfloat16")
 

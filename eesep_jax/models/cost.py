@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eesep_jax import probabilistic
-from eesep_jax.models.press_net import PressNet, apply_stage, stage_params
+from eesep_jax.core import probabilistic
+from eesep_jax.models.press_net import apply_stage
+from eesep_jax.models.press_net import PressNet
+from eesep_jax.models.press_net import stage_params
 
 
 def _abstract_variables(config, num_samples):

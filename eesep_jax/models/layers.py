@@ -14,11 +14,10 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
 
 from eesep_jax.models.config import PressNetConfig
-
 
 # Range of the recurrence's initial update rates `z = 1 - a`: memories of roughly
 # 10 to 1000 frames (5 ms to 0.5 s at stride 4 and 8 kHz).

@@ -26,9 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eesep_jax import probabilistic
+from eesep_jax.core import probabilistic
 from eesep_jax.models.config import PressNetConfig
-from eesep_jax.models.layers import BlockStack, LayerScale, Snake
+from eesep_jax.models.layers import BlockStack
+from eesep_jax.models.layers import LayerScale
+from eesep_jax.models.layers import Snake
 
 # Name of the scanned stages in `variables["params"]`.
 STAGES = "stages"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares the variance parameterisations, single-exit baselines and per-exit permutation.
 
-Trains every variant of `eesep_jax.ablation.variants` on the same data, seed and
+Trains every variant of `eesep_jax.analysis.ablation.variants` on the same data, seed and
 budget, evaluates and calibrates each (what `eesep calibrate` does), and writes one
 comparison table (`OUT/comparison.md`, `.csv`, `.json`) and figures. Re-running the
 same command resumes: finished variants are loaded, finished trainings skipped.
@@ -69,8 +69,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not (args.out or args.list):
     parser.error("--out is required")
-  from eesep_jax import ablation  # After parsing: `--help` does not load JAX.
   from eesep_jax import config_lib
+  from eesep_jax.analysis import ablation  # After parsing: `--help` does not load JAX.
 
   config_path = args.config or (SMOKE_CONFIG if args.smoke else FULL_CONFIG)
   variants = ablation.variants(config_lib.model_config(

@@ -23,8 +23,8 @@ from unittest import mock
 import jax
 
 from eesep_jax import data
-from eesep_jax import evaluate
-from eesep_jax import train
+from eesep_jax.analysis import evaluate
+from eesep_jax.training import checkpoints
 
 
 def _timed_evaluation(variables, model_config, source, max_utterances):
@@ -45,8 +45,8 @@ def main(argv=None):
   parser.add_argument("--out", help="JSON file for the results")
   args = parser.parse_args(argv)
 
-  config = train.read_config(args.checkpoint)
-  model_config, variables = train.restore_params(args.checkpoint)
+  config = checkpoints.read_config(args.checkpoint)
+  model_config, variables = checkpoints.restore_params(args.checkpoint)
   source = data.open_split(config, config.data.test_split)
   bucketed_seconds, count = _timed_evaluation(variables, model_config, source,
                                               args.max_utterances)

@@ -61,9 +61,9 @@ import numpy as np
 from eesep_jax import config_lib
 from eesep_jax import inference
 from eesep_jax import models
-from eesep_jax import probabilistic
-from eesep_jax import train
+from eesep_jax.core import probabilistic
 from eesep_jax.models import press_net
+from eesep_jax.training import train
 
 SAMPLE_RATE = 8000
 RTF_SECONDS = 60.0

@@ -4,7 +4,7 @@
         --out-dir experiments/benchmarks/results/time_to_quality [--peer]
 
 Trains, one after the other on the same corpus and cores:
-- `demo`: the demo config (`experiments/configs/demo.py`), every exit and the joint
+- `demo`: the demo config (`eesep_jax/configs/demo.py`), every exit and the joint
   mean/variance objective, as `make demo` trains it;
 - `single_exit`: the same network and recipe cut to one exit after all of its blocks
   (the demo's last-exit compute, without the other exits' heads), trained with
@@ -28,7 +28,7 @@ from matplotlib import figure
 
 from eesep_jax import config_lib
 from eesep_jax import data
-from eesep_jax import train
+from eesep_jax.training import train
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
@@ -62,9 +62,9 @@ def _train(config, workdir):
 def _peer_curve(config, seconds, points):
   """Asteroid's Conv-TasNet trained with PIT SI-SNR for `seconds` (see the docstring)."""
   try:
-    import torch  # pylint: disable=import-outside-toplevel
     from asteroid import losses as asteroid_losses  # pylint: disable=import-outside-toplevel
     from asteroid.models import ConvTasNet  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     raise SystemExit(f"error: --peer: needs torch and asteroid installed ({error})") from None
   import numpy as np  # pylint: disable=import-outside-toplevel

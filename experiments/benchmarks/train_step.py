@@ -20,7 +20,7 @@ import numpy as np
 import eesep_jax
 from eesep_jax import config_lib
 from eesep_jax import models
-from eesep_jax import train
+from eesep_jax.training import train
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """The base of the full-size variance-parameterisation ablation: `wsj0_2mix_press4`
 (`press-4` on WSJ0-2mix) with a fifth of its steps.
 
-Every variant of `eesep_jax.ablation` trains this config with its own overrides, on
+Every variant of `eesep_jax.analysis.ablation` trains this config with its own overrides, on
 the same data, seed and budget; a fifth of the budget makes the ablation's 11 runs
 cost about two full trainings. On one TPU host:
 

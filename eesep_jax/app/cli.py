@@ -71,7 +71,8 @@ def info(args):
 def train_command(args):
   """Trains an experiment config; `--config.KEY=VALUE` flags override its fields."""
   from eesep_jax import config_lib
-  from eesep_jax import train
+  from eesep_jax.training import checkpoints
+  from eesep_jax.training import train
 
   if args.distributed or args.coordinator:
     train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -168,7 +169,7 @@ def _posthoc_scales(args, model_config):
   """The post-hoc scales `eesep calibrate` saved in the checkpoint, every one of the
   model's (`calibration.full_posthoc`), announced on stderr; None with `--no-posthoc`
   or when there are none."""
-  from eesep_jax import calibration
+  from eesep_jax.analysis import calibration
 
   scales = None if args.no_posthoc else calibration.load_posthoc(args.checkpoint)
   if scales is None:
@@ -186,17 +187,17 @@ def _posthoc_scales(args, model_config):
 
 
 def evaluate_command(args):
-  """Evaluates a checkpoint on full-length utterances (see `eesep_jax.evaluate`)."""
+  """Evaluates a checkpoint on full-length utterances (see `eesep_jax.analysis.evaluate`)."""
   import functools
 
-  from eesep_jax import calibration
   from eesep_jax import data
-  from eesep_jax import evaluate
-  from eesep_jax import separate_files
-  from eesep_jax import train
+  from eesep_jax.analysis import calibration
+  from eesep_jax.analysis import evaluate
+  from eesep_jax.app import separate_files
+  from eesep_jax.training import train
 
-  config = _data_config(args, train.read_config(args.checkpoint))
-  model_config, variables = train.restore_params(args.checkpoint)
+  config = _data_config(args, checkpoints.read_config(args.checkpoint))
+  model_config, variables = checkpoints.restore_params(args.checkpoint)
   source = data.open_split(config, args.split or config.data.test_split)
   separate_files.prepare_out_dir(args.out)
   scales = _posthoc_scales(args, model_config)
@@ -217,8 +218,8 @@ def evaluate_command(args):
 
 
 def demo(args):
-  """Runs the quickstart job (see `eesep_jax.demo`)."""
-  from eesep_jax import demo as demo_job
+  """Runs the quickstart job (see `eesep_jax.app.demo`)."""
+  from eesep_jax.app import demo as demo_job
 
   demo_job.main(workdir=args.workdir)
 
@@ -272,8 +273,8 @@ def _chunking(args, config):
 def _warn_of_another_regime(args, config, chunking):
   """One line on stderr when `separate` chunks otherwise than the chunks the post-hoc
   scales were fitted (and their threshold certified) on: then neither holds for it."""
-  from eesep_jax import calibration
   from eesep_jax import inference
+  from eesep_jax.analysis import calibration
 
   regime = calibration.load_posthoc_regime(args.checkpoint)
   running = (chunking["chunk_seconds"], chunking["overlap_seconds"])
@@ -292,15 +293,15 @@ def separate_command(args):
   """Separates audio files with a trained model; exit code 1 if any file failed."""
   import tqdm
 
-  from eesep_jax import separate_files
-  from eesep_jax import train
+  from eesep_jax.app import separate_files
+  from eesep_jax.training import train
 
   if args.exit_index is not None and args.policy not in (None, "fixed"):
     raise errors.UsageError(f"--exit-index {args.exit_index}",
                             f"fixes the depth: it cannot go with --policy {args.policy}")
   if args.policy == "fixed" and args.exit_index is None:
     raise errors.UsageError("--policy fixed", "needs --exit-index")
-  config, variables = train.restore_params(args.checkpoint)
+  config, variables = checkpoints.restore_params(args.checkpoint)
   exit_index = config.num_exits if args.exit_index == "last" else args.exit_index
   if exit_index is not None and exit_index > config.num_exits:
     raise errors.UsageError(f"--exit-index {exit_index}",
@@ -327,14 +328,14 @@ def separate_command(args):
 
 def calibrate_command(args):
   """Fits post-hoc calibration and a guaranteed threshold, and reports calibration
-  before and after (see `eesep_jax.calibration_report`)."""
-  from eesep_jax import calibration_report
-  from eesep_jax import separate_files
-  from eesep_jax import train
+  before and after (see `eesep_jax.analysis.calibration_report`)."""
+  from eesep_jax.analysis import calibration_report
+  from eesep_jax.app import separate_files
+  from eesep_jax.training import train
 
   if args.fit_alpha and args.method != "nll":
     raise errors.UsageError("--fit-alpha", "needs --method nll")
-  config = _data_config(args, train.read_config(args.checkpoint))
+  config = _data_config(args, checkpoints.read_config(args.checkpoint))
   # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.
   fit_config = config
   if args.fit_dataset or args.fit_data_root:
@@ -416,7 +417,7 @@ def build_parser():
   parser_train = _add_command(
       subparsers, "train", train_command,
       "Train (or resume) an experiment; dotted --config.KEY=VALUE flags override the config.",
-      "eesep train --config experiments/configs/demo.py --workdir runs/demo --config.steps=200")
+      "eesep train --config eesep_jax/configs/demo.py --workdir runs/demo --config.steps=200")
   parser_train.add_argument("--config", required=True, help="an experiment config file")
   parser_train.add_argument("--workdir", required=True,
                             help="checkpoints, config and logs (local path or gs://)")

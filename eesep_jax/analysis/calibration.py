@@ -25,9 +25,11 @@ import math
 import pathlib
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize
+from scipy import special
+from scipy import stats
 
-from eesep_jax import probabilistic
+from eesep_jax.core import probabilistic
 
 # Saved next to the checkpoints in a training workdir; `separate`/`evaluate` pick it up.
 POSTHOC_FILE = "posthoc_calibration.json"

@@ -3,7 +3,7 @@
 About 8 minutes of training on 2 CPU cores (`make demo` runs it, then calibrates and
 evaluates):
 
-    eesep train --config experiments/configs/demo.py --workdir runs/demo --config.steps=200
+    eesep train --config eesep_jax/configs/demo.py --workdir runs/demo --config.steps=200
 
 The network is `tiny` with two blocks per stage, so that its three exits have depth
 to differ by, at stride 8 (1000 frames per second), which halves the step time of

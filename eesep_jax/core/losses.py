@@ -12,8 +12,8 @@ import itertools
 import jax
 import jax.numpy as jnp
 
-from eesep_jax import metrics
-from eesep_jax import probabilistic
+from eesep_jax.core import metrics
+from eesep_jax.core import probabilistic
 
 OBJECTIVES = ("nll", "snr", "si-snr")
 MEAN_LOSSES = ("nll", "snr")

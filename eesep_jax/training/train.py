@@ -20,23 +20,21 @@ import flax
 import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec
 
 from eesep_jax import config_lib
-from eesep_jax import errors
-from eesep_jax import losses
-from eesep_jax import metrics
-from eesep_jax import models
 from eesep_jax import data as data_lib
+from eesep_jax import errors
+from eesep_jax import models
+from eesep_jax.core import losses
+from eesep_jax.core import metrics
+from eesep_jax.training import checkpoints
 
-CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-BEST_METRIC = "valid_si_snri_last_exit"
 
 
 @flax.struct.dataclass
@@ -169,7 +167,7 @@ class MetricsWriter:
   def __init__(self, workdir, enabled):
     self._enabled = enabled
     if enabled:
-      import tensorboardX  # Heavy import kept out of `import eesep_jax.train`.
+      import tensorboardX  # Heavy import kept out of `import eesep_jax.training.train`.
       self._jsonl = (epath.Path(workdir) / METRICS_FILE).open("a")
       self._tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
@@ -190,30 +188,6 @@ class MetricsWriter:
     if self._enabled:
       self._jsonl.close()
       self._tensorboard.close()
-
-
-def _checkpoint_manager(workdir, config):
-  """Saves every `checkpoint_every` steps and on preemption; keeps the latest
-  `keep_checkpoints` and the best by validation SI-SNRi at the last exit."""
-  policies = ocp.checkpoint_managers
-  options = ocp.CheckpointManagerOptions(
-      save_decision_policy=policies.AnySavePolicy([
-          policies.FixedIntervalPolicy(config.checkpoint_every),
-          policies.PreemptionCheckpointingPolicy()]),
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(config.keep_checkpoints),
-          # Higher is better: BestN keeps the end of an ascending sort.
-          policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
-                         keep_checkpoints_without_metrics=False)]),
-      best_fn=lambda m: m[BEST_METRIC], best_mode="max",
-      enable_async_checkpointing=True)
-  return ocp.CheckpointManager(_absolute(workdir) / "checkpoints", options=options)
-
-
-def _absolute(workdir):
-  """`workdir` as an absolute `epath.Path` (orbax needs absolute paths; `gs://` stays)."""
-  path = epath.Path(workdir)
-  return path if path.is_absolute() or "://" in str(workdir) else epath.Path(path.resolve())
 
 
 class _Preemption:
@@ -257,114 +231,18 @@ def _global_batch(local_batch, sharding):
           for name, value in local_batch.items() if name in ("mixture", "sources", "mask")}
 
 
-def write_config(config, workdir):
-  """Writes `config` to `workdir/config.json` by way of a temporary file and a rename,
-  so that an interrupted write never leaves a damaged config behind."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  partial = path.parent / f".{CONFIG_FILE}.partial"
-  partial.write_text(config.to_json_best_effort(indent=2))
-  partial.replace(path)
-
-
-def read_config(workdir):
-  """The experiment config a training run saved in `workdir`.
-
-  Raises:
-    errors.UsageError: when `workdir` holds no config (it is no training workdir).
-    errors.DataError: when its config file is damaged.
-  """
-  path = epath.Path(workdir) / CONFIG_FILE
-  if not path.is_file():
-    raise errors.UsageError(workdir, f"holds no {CONFIG_FILE}: is it a training workdir?")
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError.
-    raise errors.DataError(f"{path}: damaged, not a JSON config ({error})") from None
-
-
-def _saved_model_config(workdir, config):
-  """`config`'s model, saved in `workdir`; a `DataError` when it no longer builds."""
-  try:
-    return config_lib.model_config(config)
-  except (ValueError, TypeError, KeyError) as error:
-    raise errors.DataError(f"{epath.Path(workdir) / CONFIG_FILE}: its model does not "
-                           f"build ({error})") from None
-
-
-def latest_step(workdir):
-  """The step of the latest checkpoint in `workdir`; None when it holds none (or no run)."""
-  if not (epath.Path(workdir) / CONFIG_FILE).is_file() or not (
-      epath.Path(workdir) / "checkpoints").is_dir():
-    return None
-  manager = _checkpoint_manager(workdir, read_config(workdir))
-  try:
-    return manager.latest_step()
-  finally:
-    manager.close()
-
-
-def _unreadable(workdir, step, error):
-  """The `DataError` for a checkpoint orbax cannot read. Orbax wraps the reader's error
-  in a dump of the array's whole spec; the innermost error says what failed."""
-  while (error.__cause__ or error.__context__) is not None:
-    error = error.__cause__ or error.__context__
-  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-  return errors.DataError(f"{epath.Path(workdir) / 'checkpoints' / str(step)}: the "
-                          f"checkpoint cannot be read, damaged or truncated? ({first_line})")
-
-
-def _abstract_params(model_config):
-  """The parameters' shapes and dtypes, on this process's first device: the target of a
-  restore that reads the parameters alone."""
-  shapes = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, model_config.sample_rate // 10),
-                                               jnp.float32))["params"]
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      shapes)
-
-
-def restore_params(workdir, step=None):
-  """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`.
-
-  Only the parameters are read, not the optimizer state that inference has no use for
-  (twice their size with Adam).
-
-  Raises:
-    errors.UsageError: when `workdir` is no training workdir, or holds no checkpoint.
-    errors.DataError: when its config or checkpoint is damaged.
-  """
-  config = read_config(workdir)
-  model_config = _saved_model_config(workdir, config)
-  manager = _checkpoint_manager(workdir, config)
-  try:
-    step = step if step is not None else (manager.best_step() or manager.latest_step())
-    if step is None:
-      raise errors.UsageError(workdir, "holds no checkpoint: its training has not saved one")
-    target = {"params": _abstract_params(model_config)}
-    try:
-      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True)))
-    except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
-      raise _unreadable(workdir, step, error) from error
-  finally:
-    manager.close()
-  return model_config, {"params": restored.state["params"]}
-
-
 def _check_resume(config, workdir):
   """Refuses, before anything is written, to resume the run in `workdir` with a config
   that differs from the saved one in a field its checkpoint fixes
   (`config_lib.resume_differences`)."""
-  if latest_step(workdir) is None:
+  if checkpoints.latest_step(workdir) is None:
     return
-  differences = config_lib.resume_differences(read_config(workdir), config)
+  differences = config_lib.resume_differences(checkpoints.read_config(workdir), config)
   if differences:
     listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
     raise errors.UsageError(
         workdir, f"cannot resume the run there with this config, which differs from its "
-                 f"{CONFIG_FILE} in {listed}. Train in a new --workdir; a resumed run may "
+                 f"{checkpoints.CONFIG_FILE} in {listed}. Train in a new --workdir; a resumed run may "
                  f"change only {', '.join(config_lib.RESUMABLE_FIELDS)}")
 
 
@@ -392,9 +270,7 @@ def _save_before_raising(manager, state, iterator, say):
     step = int(state.step)
     if step == 0 or step in manager.all_steps():
       return
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
-        force=True)
+    checkpoints.save_state(manager, step, state, iterator, force=True)
     manager.wait_until_finished()
     say(f"saved a checkpoint at step {step} before stopping on the error")
   except Exception as error:  # The state may be gone with the failure (donated buffers).
@@ -456,7 +332,7 @@ def train_and_evaluate(config, workdir):
   if config.batch_size % jax.process_count():
     raise errors.UsageError("config.batch_size", f"{config.batch_size} is not divisible by "
                                                  f"the {jax.process_count()} processes")
-  workdir = _absolute(workdir)
+  workdir = checkpoints.absolute(workdir)
   is_lead = jax.process_index() == 0
   say = functools.partial(tqdm.tqdm.write, file=sys.stdout) if is_lead else (
       lambda *args, **kwargs: None)
@@ -464,7 +340,7 @@ def train_and_evaluate(config, workdir):
   train_source, valid_source = _open_data(config, say)
   workdir.mkdir(parents=True, exist_ok=True)
   if is_lead:
-    write_config(config, workdir)
+    checkpoints.write_config(config, workdir)
   model_config = config_lib.model_config(config)
   model = models.PressNet(model_config)
 
@@ -482,16 +358,10 @@ def train_and_evaluate(config, workdir):
   segment = int(config.data.segment_seconds * model_config.sample_rate)
   state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)), replicated)
 
-  manager = _checkpoint_manager(workdir, config)
+  manager = checkpoints.manager(workdir, config)
   latest = manager.latest_step()
   if latest is not None:
-    try:
-      restored = manager.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(state),
-          data=grain.checkpoint.CheckpointRestore(iterator)))
-    except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
-      raise _unreadable(workdir, latest, error) from error
-    state = restored.state
+    state = checkpoints.restore_state(manager, workdir, latest, state, iterator)
   say(f"resuming {workdir} from step {latest}" if latest is not None
       else f"training {workdir} from scratch")
 
@@ -523,11 +393,8 @@ def train_and_evaluate(config, workdir):
         preempted = preemption.requested or manager.reached_preemption(step)
         # A validated step is always saved, so the best checkpoint holds the
         # parameters its metric was measured on.
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(iterator)),
-            metrics=valid_metrics or None,
-            force=preempted or bool(valid_metrics) or step == config.steps)
+        checkpoints.save_state(manager, step, state, iterator, metrics=valid_metrics or None,
+                               force=preempted or bool(valid_metrics) or step == config.steps)
         if preempted:
           logging.warning("preempted at step %d: checkpoint saved, exiting", step)
           break
@@ -589,4 +456,4 @@ def _validate(state, model, config, source, step, writer, say, train_seconds):
       f"{value:.2f}" for value in evaluation["si_snri"]) + " dB")
   writer.write(step, {"valid_si_snri": evaluation["si_snri"], "valid_nll": evaluation["nll"],
                       "train_seconds": round(train_seconds, 3)})
-  return {BEST_METRIC: evaluation["si_snri"][-1]}
+  return {checkpoints.BEST_METRIC: evaluation["si_snri"][-1]}

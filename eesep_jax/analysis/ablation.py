@@ -1,6 +1,6 @@
 """The variance-parameterisation ablation: train, evaluate and calibrate named variants.
 
-    comparison = ablation.run_ablation("experiments/configs/demo.py", "runs/ablation-smoke",
+    comparison = ablation.run_ablation("eesep_jax/configs/demo.py", "runs/ablation-smoke",
                                        smoke=True)
     # or: python experiments/ablations/variance_parameterisations.py --smoke --out ...
 
@@ -39,15 +39,16 @@ import shutil
 import tempfile
 
 import matplotlib
-import soundfile
 from matplotlib import figure
+import soundfile
 
-from eesep_jax import calibration_report
 from eesep_jax import config_lib
 from eesep_jax import data
-from eesep_jax import evaluate
-from eesep_jax import probabilistic
-from eesep_jax import train
+from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import evaluate
+from eesep_jax.core import probabilistic
+from eesep_jax.training import checkpoints
+from eesep_jax.training import train
 
 # The `(γ, p)` whose target satisfaction the table reports.
 TARGET_SNR_DB = 15.0
@@ -194,7 +195,7 @@ def smoke_run(config_path, directory=None):
 
 def train_variant(config, workdir):
   """Trains `config` in `workdir`, unless the run there already holds its last step."""
-  if train.latest_step(workdir) != config.steps:
+  if checkpoints.latest_step(workdir) != config.steps:
     train.train_and_evaluate(config, workdir)
 
 

@@ -32,10 +32,11 @@ import tqdm
 
 from eesep_jax import data
 from eesep_jax import inference
-from eesep_jax import losses
-from eesep_jax import metrics
 from eesep_jax import models
-from eesep_jax import probabilistic
+from eesep_jax.analysis import scores
+from eesep_jax.core import losses
+from eesep_jax.core import metrics
+from eesep_jax.core import probabilistic
 
 TARGETS_DB = (5.0, 10.0, 15.0, 20.0)
 # Utterances per forward, and the step of the padded lengths (few buckets, so few
@@ -48,7 +49,7 @@ CSV_FILE = "per_utterance.csv"
 MARKDOWN_FILE = "evaluation.md"
 # Per-exit metrics: improvements come with each, over the mixture as the estimate.
 SIGNAL_METRICS = ("si_snr", "snr", "sdr")
-ENHANCEMENT_METRICS = {"pesq": metrics.pesq, "stoi": metrics.stoi}
+ENHANCEMENT_METRICS = {"pesq": scores.pesq, "stoi": scores.stoi}
 # The means the summary reports for every exit and policy, when present in the rows,
 # with their Markdown headers.
 SUMMARY_METRICS = {"si_snr": "SI-SNR", "si_snri": "SI-SNRi", "snr": "SNR", "snri": "SNRi",
@@ -195,8 +196,8 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
               "estimate_energy": np.sum(np.square(estimates.astype(np.float64)), axis=-1)}
   values = {name: outputs[name] for name in ("si_snr", "snr")}
   baselines = {name: outputs[f"{name}_input"] for name in ("si_snr", "snr")}
-  values["sdr"] = metrics.sdr(references, estimates)
-  baselines["sdr"] = metrics.sdr(references, np.broadcast_to(mixture, references.shape))
+  values["sdr"] = scores.sdr(references, estimates)
+  baselines["sdr"] = scores.sdr(references, np.broadcast_to(mixture, references.shape))
   if enhancement_metrics:
     scores, problems = _enhancement_scores(references, estimates, sample_rate)
   rows = []

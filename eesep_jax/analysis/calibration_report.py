@@ -36,14 +36,14 @@ import functools
 import json
 import pathlib
 
-import numpy as np
 from matplotlib import figure
+import numpy as np
 
-from eesep_jax import calibration
 from eesep_jax import data
-from eesep_jax import evaluate
 from eesep_jax import inference
-from eesep_jax import train
+from eesep_jax.analysis import calibration
+from eesep_jax.analysis import evaluate
+from eesep_jax.training import checkpoints
 
 CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 RELIABILITY_BINS = 10
@@ -362,7 +362,7 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
     checkpoint: a training workdir.
     out_dir: folder for `calibration.json`, `per_utterance.csv` and the figures.
     config: the experiment config whose data is read (`data.open_split`); None: the
-      checkpoint's own (`train.read_config`).
+      checkpoint's own (`checkpoints.read_config`).
     fit_config: the config whose data the fit split is read from, when not `config`'s
       (fit on in-domain validation data, test on a shifted corpus).
     fit_split: where the scales are fitted and the threshold certified; None: the
@@ -375,8 +375,8 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
     `fit_dataset` added and the scales' `path` under `posthoc`, and
     `write_calibration`'s paths.
   """
-  config = train.read_config(checkpoint) if config is None else config
-  model_config, variables = train.restore_params(checkpoint)
+  config = checkpoints.read_config(checkpoint) if config is None else config
+  model_config, variables = checkpoints.restore_params(checkpoint)
   fit_source = data.open_split(fit_config or config, fit_split or config.data.valid_split)
   test_source = data.open_split(config, split or config.data.test_split)
   scales, rows, report = calibrate(variables, model_config, fit_source, test_source,

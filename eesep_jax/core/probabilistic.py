@@ -21,15 +21,15 @@ the sample counts change: block `b` holds `clip(lengths − b·L, 0, L)` valid s
 a block with none contributes nothing (see `valid_block_count`).
 """
 
+from collections.abc import Callable
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy import special
+import numpy as np
 
 # Floor on an estimate's power per sample (−100 dB re full scale): a silent estimate
 # still gives a finite, positive variance under the `*-snr` forms.

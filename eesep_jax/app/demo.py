@@ -4,7 +4,7 @@
 
 1. builds the embedded eSpeak corpus under `data/demo`, and the held-out test set of
    other languages' voices under `data/heldout`, if they are missing;
-2. trains `experiments/configs/demo.py` in `WORKDIR`, resuming if a run is there;
+2. trains `eesep_jax/configs/demo.py` in `WORKDIR`, resuming if a run is there;
 3. fits post-hoc calibration of the exit probabilities on the validation split and
    reports calibration on the test split (`WORKDIR/calibration/`);
 4. evaluates every exit and every stopping policy, calibrated, on the test split
@@ -20,16 +20,18 @@ import time
 
 import numpy as np
 
-from eesep_jax import calibration
-from eesep_jax import calibration_report
 from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import errors
-from eesep_jax import evaluate
-from eesep_jax import separate_files
-from eesep_jax import train
+from eesep_jax.analysis import calibration
+from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import evaluate
+from eesep_jax.app import separate_files
+from eesep_jax.training import checkpoints
+from eesep_jax.training import train
 
-DEMO_CONFIG = pathlib.Path("experiments/configs/demo.py")
+# Shipped inside the package, so that `eesep demo` runs from any directory.
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 # The stopping target the summary reports: a round SNR that the demo model reaches on
 # some test utterances at exit 1 and on most at the last exit, with 90% confidence.
 TARGET_SNR_DB = 10.0
@@ -51,9 +53,9 @@ def locate(path, start=None):
 
 
 def run_config(workdir):
-  """The config a run saved (`train.read_config`), a relative `data.root` found as
+  """The config a run saved (`checkpoints.read_config`), a relative `data.root` found as
   `locate` finds it: the demo trains from the repository root with `data/demo`."""
-  config = train.read_config(workdir)
+  config = checkpoints.read_config(workdir)
   config.data.root = str(locate(config.data.root) or config.data.root)
   return config
 
@@ -129,7 +131,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   posthoc = functools.partial(calibration.apply_posthoc, scales=scales, exit_axis=0)
 
   print("[4/5] evaluating every exit and stopping policy (test split, held-out voices)")
-  model_config, variables = train.restore_params(workdir)
+  model_config, variables = checkpoints.restore_params(workdir)
   test_source = data.open_split(config, config.data.test_split)
   rows, summary, paths = _evaluate(variables, model_config, test_source,
                                    workdir / "evaluation", posthoc)

@@ -365,7 +365,7 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
     errors.UsageError: when nothing can be written in `out_dir` (before any work).
 
   Example:
-    config, variables = train.restore_params("runs/demo")
+    config, variables = checkpoints.restore_params("runs/demo")
     results = separate_files(["mixtures/"], variables=variables, config=config,
                              out_dir="separated", target_snr_db=15.0, confidence=0.9)
     failed = [result.error for result in results if result.error]

@@ -1,0 +1,2 @@
+"""Analysis above inference: evaluation over every exit and policy, calibration,
+reports and figures, the variance-parameterisation ablation."""

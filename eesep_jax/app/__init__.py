@@ -1,0 +1,1 @@
+"""The application on top: the `eesep` command, file separation and the demo."""

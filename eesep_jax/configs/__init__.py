@@ -1,0 +1,1 @@
+"""Experiment configs that ship with the package (`eesep demo` runs `demo.py`)."""

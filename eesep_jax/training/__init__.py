@@ -1,0 +1,1 @@
+"""Training: the jit-compiled train loop and its checkpoints."""

@@ -1,0 +1,163 @@
+"""Checkpoints of a training workdir: its saved config and the orbax checkpoint manager,
+and restoring parameters for inference.
+
+A workdir holds `config.json` (the experiment config) and `checkpoints/<step>/` (the
+train state and the data iterator's position). The manager keeps the latest
+`keep_checkpoints` and the best by validation SI-SNRi at the last exit.
+"""
+
+import json
+
+from etils import epath
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from eesep_jax import config_lib
+from eesep_jax import errors
+from eesep_jax import models
+
+CONFIG_FILE = "config.json"
+BEST_METRIC = "valid_si_snri_last_exit"
+
+
+def manager(workdir, config):
+  """Saves every `checkpoint_every` steps and on preemption; keeps the latest
+  `keep_checkpoints` and the best by validation SI-SNRi at the last exit."""
+  policies = ocp.checkpoint_managers
+  options = ocp.CheckpointManagerOptions(
+      save_decision_policy=policies.AnySavePolicy([
+          policies.FixedIntervalPolicy(config.checkpoint_every),
+          policies.PreemptionCheckpointingPolicy()]),
+      preservation_policy=policies.AnyPreservationPolicy([
+          policies.LatestN(config.keep_checkpoints),
+          # Higher is better: BestN keeps the end of an ascending sort.
+          policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
+                         keep_checkpoints_without_metrics=False)]),
+      best_fn=lambda m: m[BEST_METRIC], best_mode="max",
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(absolute(workdir) / "checkpoints", options=options)
+
+
+def absolute(workdir):
+  """`workdir` as an absolute `epath.Path` (orbax needs absolute paths; `gs://` stays)."""
+  path = epath.Path(workdir)
+  return path if path.is_absolute() or "://" in str(workdir) else epath.Path(path.resolve())
+
+
+def write_config(config, workdir):
+  """Writes `config` to `workdir/config.json` by way of a temporary file and a rename,
+  so that an interrupted write never leaves a damaged config behind."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  partial = path.parent / f".{CONFIG_FILE}.partial"
+  partial.write_text(config.to_json_best_effort(indent=2))
+  partial.replace(path)
+
+
+def read_config(workdir):
+  """The experiment config a training run saved in `workdir`.
+
+  Raises:
+    errors.UsageError: when `workdir` holds no config (it is no training workdir).
+    errors.DataError: when its config file is damaged.
+  """
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise errors.UsageError(workdir, f"holds no {CONFIG_FILE}: is it a training workdir?")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError.
+    raise errors.DataError(f"{path}: damaged, not a JSON config ({error})") from None
+
+
+def saved_model_config(workdir, config):
+  """`config`'s model, saved in `workdir`; a `DataError` when it no longer builds."""
+  try:
+    return config_lib.model_config(config)
+  except (ValueError, TypeError, KeyError) as error:
+    raise errors.DataError(f"{epath.Path(workdir) / CONFIG_FILE}: its model does not "
+                           f"build ({error})") from None
+
+
+def latest_step(workdir):
+  """The step of the latest checkpoint in `workdir`; None when it holds none (or no run)."""
+  if not (epath.Path(workdir) / CONFIG_FILE).is_file() or not (
+      epath.Path(workdir) / "checkpoints").is_dir():
+    return None
+  manager = manager(workdir, read_config(workdir))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+def unreadable(workdir, step, error):
+  """The `DataError` for a checkpoint orbax cannot read. Orbax wraps the reader's error
+  in a dump of the array's whole spec; the innermost error says what failed."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return errors.DataError(f"{epath.Path(workdir) / 'checkpoints' / str(step)}: the "
+                          f"checkpoint cannot be read, damaged or truncated? ({first_line})")
+
+
+def abstract_params(model_config):
+  """The parameters' shapes and dtypes, on this process's first device: the target of a
+  restore that reads the parameters alone."""
+  shapes = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, model_config.sample_rate // 10),
+                                               jnp.float32))["params"]
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                      shapes)
+
+
+def restore_params(workdir, step=None):
+  """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`.
+
+  Only the parameters are read, not the optimizer state that inference has no use for
+  (twice their size with Adam).
+
+  Raises:
+    errors.UsageError: when `workdir` is no training workdir, or holds no checkpoint.
+    errors.DataError: when its config or checkpoint is damaged.
+  """
+  config = read_config(workdir)
+  model_config = saved_model_config(workdir, config)
+  manager = manager(workdir, config)
+  try:
+    step = step if step is not None else (manager.best_step() or manager.latest_step())
+    if step is None:
+      raise errors.UsageError(workdir, "holds no checkpoint: its training has not saved one")
+    target = {"params": abstract_params(model_config)}
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))
+    except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
+      raise unreadable(workdir, step, error) from error
+  finally:
+    manager.close()
+  return model_config, {"params": restored.state["params"]}
+
+
+def save_state(manager, step, state, iterator, *, metrics=None, force=False):
+  """Saves the train `state` and the data `iterator`'s position as checkpoint `step`
+  (when `manager`'s policies or `force` ask for it)."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
+      metrics=metrics, force=force)
+
+
+def restore_state(manager, workdir, step, state, iterator):
+  """The train state of checkpoint `step`, shaped as `state`; `iterator` is moved to
+  the saved position. A `DataError` when the checkpoint cannot be read."""
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state),
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+  except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
+    raise unreadable(workdir, step, error) from error
+  return restored.state
