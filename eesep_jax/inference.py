@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from eesep_jax import models
-from eesep_jax.analysis import calibration
-from eesep_jax.core import losses
 from eesep_jax.core import metrics
+from eesep_jax.core import permutation
 from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 
-POLICIES = ("probabilistic", "expected-snr", "fixed", "oracle")
-CONDITIONS = ("snr", "snri", "snr_ref")
+POLICIES = stopping.POLICIES
+CONDITIONS = stopping.CONDITIONS
 
 # The training segments' length (`config_lib.base_config`): the network and its variance
 # head see chunks like those they learned from.
@@ -55,65 +55,54 @@ class SeparationResult:
 
 
 def oracle_snr(references, estimates):
-  """Worst-source SNR under the best permutation: `[batch, sources, time] -> [batch]`."""
-  pairwise = metrics.snr(references[:, None, :, :], estimates[:, :, None, :])
-  table = losses.permutation_table(estimates.shape[1])
-  snr_by_permutation = jnp.min(
-      jnp.take_along_axis(pairwise[:, None], table[None, :, :, None], axis=-1)[..., 0],
-      axis=-1)
-  return jnp.max(snr_by_permutation, axis=-1)
+  """Worst-source SNR under the best permutation: `[batch, sources, time] -> [batch]`,
+  what the oracle policy and "reached the target" judge by."""
+  return permutation.worst_source(
+      metrics.snr(references[:, None, :, :], estimates[:, :, None, :]))
 
 
-def _should_stop(policy, exit_output, stage, *, target_snr_db, confidence, exit_index,
-                 probability, references, lengths, variance_config):
-  """Per-example stopping decision `[batch]` of `policy` at 1-based exit `stage`."""
-  estimates = exit_output["estimates"]
-  if policy == "probabilistic":
-    return probability >= confidence
-  if policy == "expected-snr":
-    expected = probabilistic.expected_snr_db(estimates, exit_output["variance"],
-                                             variance_config, lengths=lengths[:, None])
-    return jnp.min(expected, axis=-1) >= target_snr_db
-  if policy == "fixed":
-    return jnp.broadcast_to(stage >= exit_index, probability.shape)
-  return oracle_snr(references, estimates) >= target_snr_db
+def _stopping_inputs(policy, exit_output, *, mixture, references, reference_power,
+                     lengths, config, exact):
+  """What `stopping.accepts` reads for `policy` at one exit: `(probability [batch],
+  keywords)`. The probability is always computed: `SeparationResult` reports it."""
+  probability = probabilistic.exit_probability(
+      exit_output["estimates"], exit_output["variance"], policy.target_snr_db,
+      conditions=policy.conditions, mixture=mixture, reference_power=reference_power,
+      config=config.variance, exact=exact, lengths=lengths)
+  inputs = {"probability": probability}
+  if policy.kind == "expected-snr":
+    inputs["expected_snr_db"] = jnp.min(probabilistic.expected_snr_db(
+        exit_output["estimates"], exit_output["variance"], config.variance,
+        lengths=lengths[:, None]), axis=-1)
+  if policy.kind == "oracle":
+    inputs["oracle_snr_db"] = oracle_snr(references, exit_output["estimates"])
+  return probability, inputs
 
 
-@functools.partial(jax.jit, static_argnames=("config", "policy", "conditions", "exact"))
-def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, target_snr_db, confidence,
-                   exit_index, references, reference_power, posthoc_scales, *, config,
-                   policy, conditions, exact):
+@functools.partial(jax.jit, static_argnames=("config", "exact"))
+def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, references,
+                   reference_power, *, config, exact):
   batch, time = mixture.shape
   carry = models.PressNet(config).apply(variables, mixture, lengths=lengths,
                                         method=models.PressNet.encode)
   # Compute is linear in time: an example padded to `time` costs its own length's share.
   gmacs_by_exit = gmacs_by_exit[:, None] * (lengths / time)
-  num_blocks = probabilistic.num_variance_blocks(time, config.variance)
-  variance_state = probabilistic.init_variance_state(
-      (batch, config.num_sources), num_blocks, config.variance)
-
-  def run_stage(k, params, carry, variance_state):
-    carry, variance_state, exit_output = models.apply_stage(
-        config, params, carry, time, variance_state)
-    # Post-hoc calibration acts on what the policies read, not on the running sums of
-    # `variance_state`, which are the network's own.
-    exit_output = {**exit_output, "variance": calibration.apply_posthoc(
-        exit_output["variance"], {name: scale[k] for name, scale in posthoc_scales.items()})}
-    probability = probabilistic.exit_probability(
-        exit_output["estimates"], exit_output["variance"], target_snr_db,
-        conditions=conditions, mixture=mixture, reference_power=reference_power,
-        config=config.variance, exact=exact, lengths=lengths)
-    return carry, variance_state, exit_output, probability
+  variance_state = models.initial_variance_state(config, batch, time)
 
   def body(state):
     k, params, carry, variance_state, result, done = state
-    carry, variance_state, exit_output, probability = run_stage(
-        k, params, carry, variance_state)
-    stop = _should_stop(
-        policy, exit_output, k + 1, target_snr_db=target_snr_db, confidence=confidence,
-        exit_index=exit_index, probability=probability, references=references,
-        lengths=lengths, variance_config=config.variance)
-    stop = stop | (k + 1 == config.num_exits)
+    carry, variance_state, exit_output = models.apply_stage(
+        config, params, carry, time, variance_state)
+    # Post-hoc calibration acts on what the policy reads, not on the running sums of
+    # `variance_state`, which are the network's own.
+    exit_output = {**exit_output, "variance": probabilistic.apply_posthoc(
+        exit_output["variance"],
+        {name: scale[k] for name, scale in policy.posthoc_scales.items()})}
+    probability, inputs = _stopping_inputs(
+        policy, exit_output, mixture=mixture, references=references,
+        reference_power=reference_power, lengths=lengths, config=config, exact=exact)
+    # The last exit accepts whatever the policy says (`stopping.first_accepting_exit`).
+    stop = stopping.accepts(policy, k + 1, **inputs) | (k + 1 == config.num_exits)
     newly_stopped = stop & ~done
     stopped_now = SeparationResult(
         estimates=exit_output["estimates"].astype(mixture.dtype),
@@ -151,16 +140,18 @@ def _gmacs_by_exit(config, num_samples):
   return tuple(models.gmacs_by_exit(config, num_samples))
 
 
-def separate(variables, config, mixture, *, policy="probabilistic", target_snr_db=15.0,
-             confidence=0.9, conditions=("snr",), exit_index=None, references=None,
-             reference_power=None, exact=True, posthoc_scales=None, lengths=None):
+def separate(variables, config, mixture, *, policy="probabilistic",
+             target_snr_db=stopping.TARGET_SNR_DB, confidence=stopping.CONFIDENCE,
+             conditions=("snr",), exit_index=None, references=None, reference_power=None,
+             exact=True, posthoc_scales=None, lengths=None):
   """Separate `mixture`, stopping each example at the first exit its policy accepts.
 
   Args:
     variables: the model variables, as returned by `PressNet(config).init`.
     config: the model's `models.PressNetConfig`.
     mixture: `[batch, time]`.
-    policy: `"probabilistic"` (stop when `P(SNR ≥ γ) ≥ confidence`), `"expected-snr"`
+    policy: a `stopping.Policy` (then the keywords up to `posthoc_scales` are unused),
+      or the name of its kind: `"probabilistic"` (stop when `P(SNR ≥ γ) ≥ confidence`), `"expected-snr"`
       (stop when the expected SNR of every source reaches `γ`), `"fixed"` (stop at
       `exit_index`) or `"oracle"` (stop when the true SNR reaches `γ`; needs
       `references`; an upper bound only).
@@ -192,17 +183,14 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
     >>> result.exit_index.shape
     (1,)
   """
-  if policy not in POLICIES:
-    raise ValueError(f"policy={policy!r} is not one of {POLICIES}")
-  unknown = set(conditions) - set(CONDITIONS)
-  if unknown or not conditions:
-    raise ValueError(f"conditions={conditions!r}: choose one or more of {CONDITIONS}")
-  if policy == "fixed" and not (exit_index and 1 <= exit_index <= config.num_exits):
-    raise ValueError(f"policy='fixed' needs exit_index in 1..{config.num_exits}, "
-                     f"got {exit_index!r}")
-  if policy == "oracle" and references is None:
+  if isinstance(policy, str):
+    policy = stopping.Policy(
+        kind=policy, target_snr_db=target_snr_db, confidence=confidence,
+        exit_index=exit_index, conditions=tuple(conditions), posthoc_scales=posthoc_scales)
+  policy.check(config.num_exits)
+  if policy.kind == "oracle" and references is None:
     raise ValueError("policy='oracle' needs the clean references")
-  if "snr_ref" in conditions and reference_power is None:
+  if "snr_ref" in policy.conditions and reference_power is None:
     raise ValueError("the 'snr_ref' condition needs reference_power")
   mixture = jnp.asarray(mixture)
   if mixture.ndim != 2:
@@ -210,15 +198,18 @@ def separate(variables, config, mixture, *, policy="probabilistic", target_snr_d
   batch, time = mixture.shape
   lengths = models.valid_lengths(lengths, batch, time)
   gmacs_by_exit = jnp.asarray(_gmacs_by_exit(config, time), jnp.float32)
-  # Every scale of the likelihood, ones where none was fitted: one compiled loop.
-  posthoc_scales = {name: jnp.asarray(scale, jnp.float32) for name, scale
-                    in calibration.full_posthoc(posthoc_scales, config).items()}
+  # Traced numbers, every scale of the likelihood (ones where none was fitted): other
+  # targets, confidences, exits and scales reuse the compiled loop.
+  policy = policy.replace(
+      target_snr_db=jnp.float32(policy.target_snr_db),
+      confidence=jnp.float32(policy.confidence),
+      exit_index=jnp.int32(policy.exit_index or config.num_exits),
+      posthoc_scales={name: jnp.asarray(scale, jnp.float32) for name, scale in
+                      probabilistic.full_posthoc(policy.posthoc_scales, config).items()})
   return _stopping_loop(
-      variables, mixture, lengths, gmacs_by_exit, jnp.float32(target_snr_db),
-      jnp.float32(confidence), jnp.int32(exit_index or config.num_exits), references,
+      variables, mixture, lengths, gmacs_by_exit, policy, references,
       jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
-      posthoc_scales, config=config, policy=policy, conditions=tuple(conditions),
-      exact=exact)
+      config=config, exact=exact)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,10 +314,9 @@ def align_sources(reference, estimates):
   Returns:
     `[sources]` indices: `estimates[order]` lines up with `reference`.
   """
-  table = np.asarray(losses.permutation_table(reference.shape[0]))
-  correlation = reference.astype(np.float64) @ estimates.T.astype(np.float64)
-  scores = correlation[np.arange(reference.shape[0]), table].sum(axis=-1)
-  return table[np.argmax(scores)]
+  # `pairwise[i, j]`: estimate `i` against reference `j`.
+  correlation = estimates.astype(np.float64) @ reference.T.astype(np.float64)
+  return np.asarray(permutation.reference_order(correlation))
 
 
 def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,

@@ -108,14 +108,17 @@ def test_energy_cdf_is_one_minus_the_exceedance_probability():
   estimate = jnp.asarray(np.sqrt(signal / time)[:, None] * np.ones((1, time)), jnp.float32)
   c = _threshold(np.sum(np.square(np.asarray(estimate, np.float64)), -1), gamma)
   for exact in (True, False):
-    expected = probabilistic.snr_exceedance_probability(
-        estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32), gamma,
+    expected = probabilistic.snr_exceedance(
+        np.sum(np.square(np.asarray(estimate)), -1),
+        {"alpha": jnp.asarray(alpha, jnp.float32)[:, None],
+         "beta": jnp.asarray(beta, jnp.float32)[:, None]}, gamma, np.array([time]),
         exact=exact)
     got = calibration.pit_values(c / time, alpha, beta, time if exact else None)
     np.testing.assert_allclose(got, expected, atol=2e-4)
   variance = np.array([0.008, 0.01, 0.012])
-  expected = probabilistic.gaussian_snr_exceedance_probability(
-      estimate, jnp.asarray(variance, jnp.float32), gamma)
+  expected = probabilistic.snr_exceedance(
+      np.sum(np.square(np.asarray(estimate)), -1),
+      {"variance": jnp.asarray(variance, jnp.float32)[:, None]}, gamma, np.array([time]))
   np.testing.assert_allclose(calibration.pit_values_gaussian(c, variance, time), expected,
                              atol=2e-4)
 
@@ -260,7 +263,7 @@ def test_posthoc_nll_recovers_the_scale_and_calibrates_held_out_data():
     np.testing.assert_allclose(scales["beta_scale"], SCALES, rtol=0.1 if fit_alpha else 0.05)
     if fit_alpha:
       np.testing.assert_allclose(scales["alpha_excess_scale"], 1.0, rtol=0.15)
-    fitted = calibration.apply_posthoc(test_params, scales)
+    fitted = probabilistic.apply_posthoc(test_params, scales)
     for i in range(2):
       ece, ks = _calibration_measures({k: v[:, i] for k, v in fitted.items()},
                                       test_energy[:, i], test_time[:, 0], test_signal[:, i])
@@ -321,24 +324,24 @@ def test_apply_posthoc_along_the_exit_axis_and_under_jit():
   scales = {"beta_scale": np.array([2.0, 0.5, 1.0]),
             "alpha_excess_scale": np.array([1.0, 0.1, 3.0])}
   alpha, beta = np.full((4, 3), 1.5), np.full((4, 3), 0.2)
-  fitted = calibration.apply_posthoc({"alpha": alpha, "beta": beta}, scales)
+  fitted = probabilistic.apply_posthoc({"alpha": alpha, "beta": beta}, scales)
   np.testing.assert_allclose(fitted["beta"][0], [0.4, 0.1, 0.2])
   np.testing.assert_allclose(fitted["alpha"][0], [1.5, 1.05, 2.5])  # 1 + s (α − 1) > 1.
   # The model's layout: [exits, batch, sources, blocks].
   model = {"alpha": jnp.full((3, 2, 2, 1), 1.5), "beta": jnp.full((3, 2, 2, 1), 0.2)}
-  on_model = calibration.apply_posthoc(model, scales, exit_axis=0)
+  on_model = probabilistic.apply_posthoc(model, scales, exit_axis=0)
   np.testing.assert_allclose(on_model["beta"][:, 1, 0, 0], [0.4, 0.1, 0.2], rtol=1e-6)
   # One exit's scalars, as the stopping loop would apply them.
-  one_exit = jax.jit(lambda p: calibration.apply_posthoc(
+  one_exit = jax.jit(lambda p: probabilistic.apply_posthoc(
       p, {name: value[1] for name, value in scales.items()}))(
           {"alpha": jnp.full((2, 2, 1), 1.5), "beta": jnp.full((2, 2, 1), 0.2)})
   np.testing.assert_allclose(one_exit["alpha"], 1.05, rtol=1e-6)
   np.testing.assert_allclose(one_exit["beta"], 0.1, rtol=1e-6)
-  gaussian = calibration.apply_posthoc({"variance": np.ones((2, 3))},
+  gaussian = probabilistic.apply_posthoc({"variance": np.ones((2, 3))},
                                        {"variance_scale": np.array([1.0, 2.0, 3.0])})
   np.testing.assert_allclose(gaussian["variance"][1], [1.0, 2.0, 3.0])
   with pytest.raises(ValueError):
-    calibration.apply_posthoc({"variance": np.ones(3)}, scales)
+    probabilistic.apply_posthoc({"variance": np.ones(3)}, scales)
 
 
 def test_save_and_load_posthoc(tmp_path):
@@ -373,22 +376,14 @@ def test_posthoc_file_records_the_regime(tmp_path):
 
 
 def _reference_exit(probabilities, threshold):
-  """First exit with probability ≥ λ, else the last: an argmax, unlike `exit_taken`."""
-  reached = probabilities >= threshold
-  return np.where(reached[:, :-1].any(-1), np.argmax(reached[:, :-1], -1),
-                  probabilities.shape[1] - 1)
-
-
-def test_exit_taken():
-  p = np.array([[0.2, 0.9, 0.5], [0.95, 0.1, 0.1], [0.1, 0.2, 0.3]])
-  np.testing.assert_array_equal(calibration.exit_taken(p, 0.8), [1, 0, 2])
-  np.testing.assert_array_equal(calibration.exit_taken(p, [1.0, 0.5, 0.0]),
-                                [[2, 2, 2], [1, 0, 2], [0, 0, 0]])
-  rng = _rng(10)
-  p = rng.uniform(size=(500, 4))
-  for threshold in (0.3, 0.7, 0.99):
-    np.testing.assert_array_equal(calibration.exit_taken(p, threshold),
-                                  _reference_exit(p, threshold))
+  """First exit with probability ≥ λ, else the last (0-based), by a scan of the exits."""
+  taken = np.full(probabilities.shape[0], probabilities.shape[1] - 1)
+  for row, values in enumerate(probabilities):
+    for k, value in enumerate(values[:-1]):
+      if value >= threshold:
+        taken[row] = k
+        break
+  return taken
 
 
 GAMMA, DELTA, EPSILON = 10.0, 0.1, 0.1
@@ -418,7 +413,7 @@ def test_guaranteed_threshold_p_values_are_exact_binomial_tails():
     assert result["risk"][i] == pytest.approx(failures / 200)
     assert result["p_values"][i] == pytest.approx(
         scipy.stats.binomtest(failures, 200, DELTA, alternative="less").pvalue, rel=1e-9)
-    assert result["mean_exit"][i] == pytest.approx(taken.mean())
+    assert result["mean_exit"][i] == pytest.approx(taken.mean() + 1)  # 1-based.
   # Fixed-sequence testing: certified up to the first p-value above ε.
   first_failure = np.argmax(result["p_values"] > EPSILON)
   assert first_failure > 0

@@ -14,7 +14,7 @@ from eesep_jax import inference
 from eesep_jax.analysis import evaluate
 from eesep_jax.app import cli
 from eesep_jax.core import metrics
-from eesep_jax.training import train
+from eesep_jax.training import checkpoints
 
 RATE = 8000
 LENGTH = RATE  # One length for every utterance: one compilation.
@@ -201,9 +201,9 @@ def test_report_files(evaluation, tmp_path):
 def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, monkeypatch,
                                                       capsys):
   config, variables = model
-  monkeypatch.setattr(train, "read_config", lambda workdir: config_lib.base_config(
+  monkeypatch.setattr(checkpoints, "read_config", lambda workdir: config_lib.base_config(
       preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
-  monkeypatch.setattr(train, "restore_params", lambda workdir: (config, variables))
+  monkeypatch.setattr(checkpoints, "restore_params", lambda workdir: (config, variables))
   out = tmp_path / "evaluation"
   cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
             "--max-utterances", "2", "--targets", "0.5,2,5", "--confidences", "0.5,0.9"])

@@ -16,10 +16,33 @@ NAMES = sorted(probabilistic.PARAMETERISATIONS)
 
 # Everything is tested under jit (also what keeps the file fast: op-by-op dispatch of
 # these functions compiles hundreds of small programs).
-student_exceedance = jax.jit(probabilistic.snr_exceedance_probability,
-                             static_argnames=("exact", "block_length"))
-gaussian_exceedance = jax.jit(probabilistic.gaussian_snr_exceedance_probability,
-                              static_argnames="block_length")
+
+
+def _exceedance_of(estimate, params, target_snr_db, *, exact=True, reference_power=None,
+                   block_length=None, lengths=None):
+  """`probabilistic.snr_exceedance` of an estimate `[..., time]`, zero beyond `lengths`:
+  its energy `S` (or `P_ref · T`, floored at `POWER_FLOOR · T`) and its blocks' counts."""
+  if block_length is None:
+    params = {name: value[..., None] for name, value in params.items()}
+  samples = estimate.shape[-1] if lengths is None else jnp.asarray(lengths, jnp.float32)
+  energy = (jnp.sum(jnp.square(estimate), axis=-1) if reference_power is None
+            else reference_power * samples)
+  energy = jnp.maximum(energy, probabilistic.POWER_FLOOR * samples)
+  count = probabilistic.valid_block_count(estimate.shape[-1], block_length, lengths)
+  return probabilistic.snr_exceedance(energy, params, target_snr_db, count, exact=exact)
+
+
+def student_probability(estimate, alpha, beta, target_snr_db, exact=True, **kwargs):
+  return _exceedance_of(estimate, {"alpha": alpha, "beta": beta}, target_snr_db,
+                        exact=exact, **kwargs)
+
+
+def gaussian_probability(estimate, variance, target_snr_db, **kwargs):
+  return _exceedance_of(estimate, {"variance": variance}, target_snr_db, **kwargs)
+
+
+student_exceedance = jax.jit(student_probability, static_argnames=("exact", "block_length"))
+gaussian_exceedance = jax.jit(gaussian_probability, static_argnames="block_length")
 exit_probability = jax.jit(probabilistic.exit_probability,
                            static_argnames=("conditions", "config", "exact"))
 variance_parameters = jax.jit(probabilistic.variance_parameters, static_argnames="config")
@@ -347,10 +370,8 @@ def test_block_exceedance_gradients_are_finite():
   estimate = jnp.asarray(_rng(8).standard_normal(4 * BLOCK_LENGTH), jnp.float32) * 0.3
 
   def probabilities(alpha, beta, variance, gamma):
-    return (probabilistic.snr_exceedance_probability(
-                estimate, alpha, beta, gamma, block_length=BLOCK_LENGTH)
-            + probabilistic.gaussian_snr_exceedance_probability(
-                estimate, variance, gamma, block_length=BLOCK_LENGTH))
+    return (student_probability(estimate, alpha, beta, gamma, block_length=BLOCK_LENGTH)
+            + gaussian_probability(estimate, variance, gamma, block_length=BLOCK_LENGTH))
 
   grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2)))
   for gamma in (0.0, 10.0, 40.0):
@@ -783,9 +804,9 @@ def test_exceedance_gradients_are_finite_across_branches():
 
     def probabilities(scale, alpha, beta, variance, gamma, estimate=estimate):
       signal = scale * estimate
-      return (probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, True)
-              + probabilistic.snr_exceedance_probability(signal, alpha, beta, gamma, False)
-              + probabilistic.gaussian_snr_exceedance_probability(signal, variance, gamma))
+      return (student_probability(signal, alpha, beta, gamma, True)
+              + student_probability(signal, alpha, beta, gamma, False)
+              + gaussian_probability(signal, variance, gamma))
 
     grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2, 3)))
     for gamma in (-3.0, 0.0, 10.0, 60.0):

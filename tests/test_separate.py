@@ -22,7 +22,7 @@ from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.app import cli
 from eesep_jax.app import separate_files
-from eesep_jax.training import train
+from eesep_jax.training import checkpoints
 
 RATE = 8000
 LENGTH = 3000  # Samples of every separated signal at RATE, whole or per chunk.
@@ -72,7 +72,7 @@ def _run_cli(argv, model):
   stdout, stderr = io.StringIO(), io.StringIO()
   with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), \
        contextlib.redirect_stderr(stderr):
-    patch.setattr(train, "restore_params", lambda workdir: model)
+    patch.setattr(checkpoints, "restore_params", lambda workdir: model)
     code = cli.main(argv)
   # tqdm redraws its bar with carriage returns around each line it writes.
   lines = lambda text: [line.split("\r")[-1] for line in text.getvalue().splitlines()]

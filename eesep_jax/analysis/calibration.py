@@ -16,7 +16,7 @@ block axis (a one-block model's `[..., 1]` is squeezed by the caller). Given `σ
 
 The predicted SNR is that of METHOD.md §4 with the zero-mean cross term dropped,
 `SNR = 10 log10((S + E)/E) = 10 log10(1 + S/E)`, so `P(SNR ≥ γ) = P(E ≤ S/(10^(γ/10) − 1))`
-is `probabilistic.snr_exceedance_probability`; realised SNRs are measured as they are
+is `probabilistic.snr_exceedance`; realised SNRs are measured as they are
 (with the cross term).
 """
 
@@ -30,15 +30,12 @@ from scipy import special
 from scipy import stats
 
 from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 
 # Saved next to the checkpoints in a training workdir; `separate`/`evaluate` pick it up.
 POSTHOC_FILE = "posthoc_calibration.json"
 # Its entry for the regime the scales were fitted in (see `save_posthoc`).
 REGIME_KEY = "regime"
-# The post-hoc scales each likelihood has (see `apply_posthoc`).
-LIKELIHOOD_SCALES = {"student": ("beta_scale", "alpha_excess_scale"),
-                     "gaussian": ("variance_scale",)}
-POSTHOC_SCALES = LIKELIHOOD_SCALES["student"] + LIKELIHOOD_SCALES["gaussian"]
 # dB per neper of energy: 10 log10(x) = _DB · log(x).
 _DB = 10 / math.log(10)
 
@@ -143,29 +140,6 @@ def pit_values_gaussian(error_energy, variance, num_samples):
     `[...]` PIT values in `[0, 1]`, uniform when the Gaussian model is calibrated.
   """
   return _energy_distribution({"variance": variance}, num_samples).cdf(_float(error_energy))
-
-
-def snr_exceedance(estimate_energy, params, num_samples, target_snr_db):
-  """`P(SNR ≥ γ) = P(E ≤ S/(10^(γ/10) − 1))` under the predicted distribution of `E`.
-
-  The float64 counterpart, for one variance block, of `probabilistic`'s "snr" exit
-  condition (exact beta prime for Student-t, `σ² χ²_T` for Gaussian): per source,
-  before the combination over sources, so that it can be compared with each source's
-  realised SNR. `P = 1` for `γ ≤ 0`.
-
-  Args:
-    estimate_energy: `S = ‖ŝ‖²`, `[...]`.
-    params: `{"alpha", "beta"}` or `{"variance"}`, each `[...]`.
-    num_samples: `T`, broadcastable to `[...]`.
-    target_snr_db: `γ`, scalar or broadcastable to `[...]`.
-
-  Returns:
-    `[...]` probabilities.
-  """
-  gamma = _float(target_snr_db)
-  positive = gamma > 0
-  threshold = _float(estimate_energy) / np.expm1(np.where(positive, gamma, 1.0) / _DB)
-  return np.where(positive, _energy_distribution(params, num_samples).cdf(threshold), 1.0)
 
 
 def log_energy_nll(error_energy, params, num_samples):
@@ -370,7 +344,7 @@ def _student_nll_scales(energy, num_samples, alpha, beta, fit_alpha):
 def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False):
   """Per-exit scales on the variance parameters, fitted on validation data.
 
-  The scales (see `apply_posthoc`) are `c_β` on `β` and optionally `c_α` on `α − 1`
+  The scales (see `probabilistic.apply_posthoc`) are `c_β` on `β` and optionally `c_α` on `α − 1`
   (Student-t), or `c` on `σ²` (Gaussian):
 
   - `method="nll"` maximises, per exit, the likelihood of the realised error energies
@@ -422,73 +396,6 @@ def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False
   return scales
 
 
-def apply_posthoc(params, scales, exit_axis=-1):
-  """Applies post-hoc scales: `β ← c_β β`, `α ← 1 + c_α (α − 1)`, `σ² ← c σ²`.
-
-  `α` is scaled above 1, not from 0, so that it stays above 1 (a finite mean variance,
-  METHOD.md §3) for any positive scale. Parameters and scales may be numpy or jax
-  arrays (also traced, under jit), so the stopping loop can apply one exit's scales.
-  Scales of 1 give back the parameters exactly: `1 + (α − 1)` rounds to `α`.
-
-  Args:
-    params: `{"alpha", "beta"}` or `{"variance"}`, arrays with an exit axis.
-    scales: from `fit_posthoc` or `load_posthoc`: arrays `[exits]`, applied along
-      `exit_axis`, or scalars (one exit's scales, `{name: s[k]}`), applied throughout.
-    exit_axis: the exit axis of the parameter arrays.
-
-  Returns:
-    The rescaled parameters, a new dict with the same keys.
-  """
-  gaussian = _is_gaussian(params)
-  allowed = set(LIKELIHOOD_SCALES["gaussian" if gaussian else "student"])
-  if not set(scales) <= allowed or not scales:
-    raise ValueError(f"scales {sorted(scales)} do not fit parameters {sorted(params)}")
-
-  def along_exits(name, value):
-    scale = scales.get(name, 1.0)
-    if np.ndim(scale) == 1:
-      shape = [1] * value.ndim
-      shape[exit_axis] = scale.size
-      scale = scale.reshape(shape)
-    return scale
-
-  if gaussian:
-    return {"variance": params["variance"] * along_exits("variance_scale", params["variance"])}
-  alpha, beta = params["alpha"], params["beta"]
-  return {"alpha": 1 + along_exits("alpha_excess_scale", alpha) * (alpha - 1),
-          "beta": beta * along_exits("beta_scale", beta)}
-
-
-def full_posthoc(scales, config):
-  """Every post-hoc scale of a model's likelihood, `[exits]` each; missing ones are 1.
-
-  What the stopping loop takes: one set of arrays whatever was fitted, so that it
-  compiles once (None, no calibration, gives all ones: the identity).
-
-  Args:
-    scales: `{name: [exits]}` (`fit_posthoc`, `load_posthoc`), or None.
-    config: the model's `models.PressNetConfig` (its `variance` and `num_exits`).
-
-  Returns:
-    `{name: [exits]}` float64, the names of `LIKELIHOOD_SCALES[likelihood]`.
-
-  Raises:
-    ValueError: when a scale is not one of the likelihood's, or not one per exit.
-  """
-  likelihood = probabilistic.PARAMETERISATIONS[config.variance.parameterisation].likelihood
-  names = LIKELIHOOD_SCALES[likelihood]
-  scales = scales or {}
-  if not set(scales) <= set(names):
-    raise ValueError(f"post-hoc scales {sorted(scales)} do not fit a {likelihood} "
-                     f"variance head (scales: {names})")
-  full = {name: _float(scales.get(name, np.ones(config.num_exits))) for name in names}
-  for name, value in full.items():
-    if value.shape != (config.num_exits,):
-      raise ValueError(f"post-hoc {name} has shape {value.shape}, not one value for each "
-                       f"of the model's {config.num_exits} exits")
-  return full
-
-
 def save_posthoc(workdir, scales, regime=None):
   """Writes post-hoc scales to `workdir/POSTHOC_FILE` (JSON); returns the path.
 
@@ -499,9 +406,9 @@ def save_posthoc(workdir, scales, regime=None):
       `{"chunk_seconds", "overlap_seconds"}`, `separate_long`'s chunks, or None for
       whole utterances. `separate` warns when it runs in another.
   """
-  unknown = set(scales) - set(POSTHOC_SCALES)
+  unknown = set(scales) - set(probabilistic.POSTHOC_SCALES)
   if unknown:
-    raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {POSTHOC_SCALES}")
+    raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}")
   path = pathlib.Path(workdir) / POSTHOC_FILE
   contents = {name: _float(value).tolist() for name, value in scales.items()}
   path.write_text(json.dumps({**contents, REGIME_KEY: regime}, indent=2))
@@ -519,7 +426,7 @@ def load_posthoc(workdir):
   if contents is None:
     return None
   scales = {name: _float(value) for name, value in contents.items() if name != REGIME_KEY}
-  unknown = set(scales) - set(POSTHOC_SCALES)
+  unknown = set(scales) - set(probabilistic.POSTHOC_SCALES)
   if unknown:
     raise ValueError(f"{path} holds unknown post-hoc scales {sorted(unknown)}")
   return scales
@@ -536,29 +443,6 @@ def load_posthoc_regime(workdir):
 
 # ----------------------------------------------------------------------------------
 # Thresholds with a finite-sample guarantee (learn then test).
-
-
-def exit_taken(probabilities, thresholds):
-  """Exit each utterance takes under "the first exit whose probability is ≥ λ".
-
-  Utterances whose probability never reaches `λ` take the last exit (the full network).
-
-  Args:
-    probabilities: `[utterances, exits]` exit probabilities.
-    thresholds: `λ`, a scalar or `[candidates]`.
-
-  Returns:
-    0-based exit indices, ints `[utterances]` (scalar `λ`) or `[candidates, utterances]`.
-  """
-  probabilities = _float(probabilities)
-  thresholds = _float(thresholds)
-  # Exits before the first one to reach λ are those whose running maximum is below λ:
-  # a prefix, so counting them gives the index. The last exit is taken regardless.
-  running = np.maximum.accumulate(probabilities[:, :-1], axis=-1)
-  taken = np.zeros(thresholds.shape + probabilities.shape[:1], np.int64)
-  for k in range(running.shape[-1]):
-    taken += running[:, k] < thresholds[..., None]
-  return taken
 
 
 def _group_shares(losses, groups):
@@ -662,7 +546,7 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
     Dict: `threshold`, the smallest certified `λ` (a float; None if none is); and per
     candidate `[candidates]`, in scan order: `candidates`, `p_values`, `certified`
     (booleans, a prefix), `risk` (calibration failure share, per utterance with
-    `groups`) and `mean_exit` (mean 0-based exit index taken over the rows, a compute
+    `groups`) and `mean_exit` (mean 1-based exit taken over the rows, a compute
     proxy); and `num_utterances` (groups).
   """
   probabilities = _float(probabilities)
@@ -675,8 +559,9 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
     candidate_thresholds = np.linspace(0.0, 1.0, 1001)
   candidates = np.unique(_float(candidate_thresholds))[::-1]
   failed = np.broadcast_to(_float(realised_snr_db) < _float(target_snr_db), probabilities.shape)
-  taken = exit_taken(probabilities, candidates)
-  losses = failed[np.arange(probabilities.shape[0]), taken]  # [candidates, rows]
+  # The probabilistic policy at confidence λ, for every candidate λ: [candidates, rows].
+  taken = np.asarray(stopping.first_accepting_exit(probabilities >= candidates[:, None, None]))
+  losses = failed[np.arange(probabilities.shape[0]), taken - 1]
   shares, singletons = _group_shares(losses, groups)
   num_utterances = shares.shape[-1]
   risk = shares.mean(axis=-1)

@@ -8,7 +8,7 @@ The measures of METHOD.md §5 (`calibration`), over an evaluation's per-utteranc
 per-exit table, per exit and pooled over exits, for a grid of targets `γ`:
 
 - per source, the unit the variance head predicts for: reliability and ECE of
-  `P(SNR ≥ γ)` (the "snr" condition, `calibration.snr_exceedance`) against the source's
+  `P(SNR ≥ γ)` (the "snr" condition, `probabilistic.snr_exceedance`) against the source's
   realised SNR; PIT values, their histogram and KS distance; CRPS of the predicted SNR;
   NLL of the error energy; sharpness;
 - per utterance, the unit a stopping policy acts on: the probabilistic policy stops at
@@ -21,7 +21,7 @@ per-exit table, per exit and pooled over exits, for a grid of targets `γ`:
 
 Post-hoc scales change the variance parameters only, never the estimates, so the
 calibrated measures come from the recorded parameters with the scales applied
-(`calibration.apply_posthoc`, as `evaluate` and `separate` apply them), without running
+(`probabilistic.apply_posthoc`, as `evaluate` and `separate` apply them), without running
 the network again. Only one variance block per utterance (`block_length` None) is
 supported, as in `calibration`.
 
@@ -43,6 +43,8 @@ from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import evaluate
+from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 from eesep_jax.training import checkpoints
 
 CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -117,10 +119,18 @@ def _exceedance(arrays, targets, scales):
   """`([targets, utterances, sources, exits] P(SNR ≥ γ), params)`, with `scales` applied."""
   params = arrays["params"]
   if scales is not None:
-    params = calibration.apply_posthoc(params, scales)
-  probability = np.stack([calibration.snr_exceedance(
-      arrays["estimate_energy"], params, arrays["num_samples"], target) for target in targets])
+    params = probabilistic.apply_posthoc(params, scales)
+  probability = np.stack([snr_exceedance(arrays, params, target) for target in targets])
   return probability, params
+
+
+def snr_exceedance(arrays, params, target_snr_db):
+  """`probabilistic.snr_exceedance` of `source_arrays`' every source and exit (one
+  variance block each): `[utterances, sources, exits]` float64."""
+  blocks = {name: np.asarray(value)[..., None] for name, value in params.items()}
+  return np.asarray(probabilistic.snr_exceedance(
+      arrays["estimate_energy"], blocks, target_snr_db,
+      np.asarray(arrays["num_samples"])[..., None]), np.float64)
 
 
 def _at_exits(table, taken, gmacs_per_second):
@@ -198,7 +208,9 @@ def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
   rows = np.arange(worst.shape[1])
   satisfaction = []
   for target, per_target in zip(targets, worst):
-    for confidence, taken in zip(confidences, calibration.exit_taken(per_target, confidences)):
+    accepted = per_target >= np.asarray(confidences)[:, None, None]
+    for confidence, taken in zip(confidences, stopping.first_accepting_exit(accepted) - 1):
+      taken = np.asarray(taken)  # 0-based, to index the exit axis.
       exited = per_target[rows, taken] >= confidence
       satisfaction.append({
           "target_snr_db": target, "confidence": float(confidence),
@@ -253,7 +265,7 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
   if threshold is None:
     return entry
   entry["calibration_risk"] = float(result["risk"][result["certified"]][-1])
-  taken = calibration.exit_taken(worst_source(test_table), threshold)
+  taken = np.asarray(stopping.first_accepting_exit(worst_source(test_table) >= threshold)) - 1
   failed = test_table["snr_min"][np.arange(taken.size), taken] < target_snr_db
   rate = calibration.failure_rate(failed, test_groups)
   entry["test"] = {name: rate[name] for name in ("risk", "low", "high")}

@@ -34,9 +34,10 @@ from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.analysis import scores
-from eesep_jax.core import losses
 from eesep_jax.core import metrics
+from eesep_jax.core import permutation
 from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 
 TARGETS_DB = (5.0, 10.0, 15.0, 20.0)
 # Utterances per forward, and the step of the padded lengths (few buckets, so few
@@ -77,10 +78,8 @@ def _utterance_outputs(outputs, mixture, references, length, *, config, conditio
   # The oracle policy's test, on the network's own output order.
   snr_min = inference.oracle_snr(references[None], estimates)
 
-  pairwise = metrics.si_snr(references[None, None], estimates[:, :, None], lengths=length)
-  best = jnp.argmin(losses.permutation_losses(-pairwise), axis=-1)
-  # Estimate `i` goes to reference `table[best, i]`; `order[j]` is reference `j`'s estimate.
-  order = jnp.argsort(losses.permutation_table(config.num_sources)[best], axis=-1)
+  order = permutation.reference_order(  # `order[j]`: the estimate of reference `j`.
+      metrics.si_snr(references[None, None], estimates[:, :, None], lengths=length))
   estimates = jnp.take_along_axis(estimates, order[..., None], axis=1)
   variance = jax.tree.map(lambda p: jnp.take_along_axis(p, order[..., None], axis=1), variance)
   mixture_estimate = jnp.broadcast_to(mixture, references.shape)
@@ -128,7 +127,7 @@ def exit_outputs(variables, config, mixture, references, *, targets=TARGETS_DB,
     posthoc: optional post-hoc calibration, a jax function applied to the variance
       parameters `{name: [exits, sources, blocks]}` before any probability is computed,
       e.g. per-exit scales fitted on validation data: `functools.partial(
-      calibration.apply_posthoc, scales=..., exit_axis=0)`. It is a static jit
+      probabilistic.apply_posthoc, scales=..., exit_axis=0)`. It is a static jit
       argument, so hashable: a top-level function or a `functools.partial` of one.
 
   Returns:
@@ -199,7 +198,7 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
   values["sdr"] = scores.sdr(references, estimates)
   baselines["sdr"] = scores.sdr(references, np.broadcast_to(mixture, references.shape))
   if enhancement_metrics:
-    scores, problems = _enhancement_scores(references, estimates, sample_rate)
+    enhancement, problems = _enhancement_scores(references, estimates, sample_rate)
   rows = []
   for k in range(estimates.shape[0]):
     row = {"id": example_id, "exit": k + 1}
@@ -207,7 +206,7 @@ def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=
       row[name] = float(np.mean(values[name][k]))
       row[f"{name}i"] = float(np.mean(values[name][k] - baselines[name]))
     if enhancement_metrics:
-      row.update({name: float(scores[name][k]) for name in ENHANCEMENT_METRICS})
+      row.update({name: float(enhancement[name][k]) for name in ENHANCEMENT_METRICS})
       row["problems"] = problems[k]
     row["snr_min"] = float(outputs["snr_min"][k])
     for target, probability in zip(targets, outputs["probability"][k]):
@@ -248,27 +247,16 @@ def exit_table(rows):
   return list(by_id), table
 
 
-def first_exit(accept):
-  """1-based index of the first accepting exit, the last exit if none accepts.
-
-  `[..., exits]` bool -> `[...]` int.
-  """
-  accept = np.asarray(accept).copy()
-  accept[..., -1] = True
-  return np.argmax(accept, axis=-1) + 1
-
-
 def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_index=None):
-  """The exit every utterance stops at under `policy`, simulated from per-exit values.
-
-  The same rules as `inference.separate`: `"probabilistic"` stops at the first exit
-  with `P ≥ confidence` (`table` must hold `probability_column(target_snr_db)`),
-  `"expected-snr"` at the first whose worst expected SNR reaches `target_snr_db`,
-  `"oracle"` at the first whose worst true SNR does, `"fixed"` at `exit_index`.
+  """The exit every utterance stops at under `policy`: the stopping rule
+  (`stopping.accepts`, `stopping.first_accepting_exit`) applied across the exits of
+  per-exit values, as the loop of `inference.separate` applies it exit by exit.
 
   Args:
-    table: `exit_table(rows)[1]`, fields `[utterances, exits]`.
-    policy: one of `inference.POLICIES`.
+    table: `exit_table(rows)[1]`, fields `[utterances, exits]`: the probabilistic
+      policy reads `probability_column(target_snr_db)`, expected-snr
+      `expected_snr_db`, oracle `snr_min`.
+    policy: one of `stopping.POLICIES`.
     target_snr_db: `γ` in dB (all but `"fixed"`).
     confidence: `p` (`"probabilistic"`).
     exit_index: 1-based exit (`"fixed"`).
@@ -276,15 +264,18 @@ def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_ind
   Returns:
     `[utterances]` 1-based exit indices.
   """
-  if policy == "probabilistic":
-    return first_exit(table[probability_column(target_snr_db)] >= confidence)
-  if policy == "expected-snr":
-    return first_exit(table["expected_snr_db"] >= target_snr_db)
-  if policy == "oracle":
-    return first_exit(table["snr_min"] >= target_snr_db)
-  if policy == "fixed":
-    return np.full(table["snr_min"].shape[0], exit_index)
-  raise ValueError(f"policy={policy!r} is not one of {inference.POLICIES}")
+  if policy not in stopping.POLICIES:
+    raise ValueError(f"policy={policy!r} is not one of {stopping.POLICIES}")
+  rule = stopping.Policy(kind=policy, target_snr_db=target_snr_db, confidence=confidence,
+                         exit_index=exit_index)
+  num_exits = table["snr_min"].shape[-1]
+  probability = (table[probability_column(target_snr_db)] if policy == "probabilistic"
+                 else None)
+  accept = stopping.accepts(rule, np.arange(1, num_exits + 1), probability=probability,
+                            expected_snr_db=table["expected_snr_db"],
+                            oracle_snr_db=table["snr_min"])
+  accept = np.broadcast_to(accept, table["snr_min"].shape)
+  return np.asarray(stopping.first_accepting_exit(accept))
 
 
 def _policy_settings(policy, targets, confidences, num_exits):
@@ -303,7 +294,7 @@ def _mean(values):
 
 
 def summarize(rows, *, gmacs_per_second, targets=TARGETS_DB, confidences=CONFIDENCES,
-              policies=inference.POLICIES):
+              policies=stopping.POLICIES):
   """Per-exit means and the simulated policies over the grid, from `exit_rows` rows.
 
   Args:
@@ -405,7 +396,7 @@ def _group_rows(group, variables, model_config, *, targets, conditions, referenc
 
 
 def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
-                   confidences=CONFIDENCES, policies=inference.POLICIES,
+                   confidences=CONFIDENCES, policies=stopping.POLICIES,
                    conditions=("snr",), reference_power=None, max_utterances=None,
                    enhancement_metrics=None, posthoc=None, progress=True,
                    chunk_seconds=None, overlap_seconds=inference.OVERLAP_SECONDS):

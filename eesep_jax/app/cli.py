@@ -71,7 +71,6 @@ def info(args):
 def train_command(args):
   """Trains an experiment config; `--config.KEY=VALUE` flags override its fields."""
   from eesep_jax import config_lib
-  from eesep_jax.training import checkpoints
   from eesep_jax.training import train
 
   if args.distributed or args.coordinator:
@@ -167,16 +166,17 @@ def _grid(args):
 
 def _posthoc_scales(args, model_config):
   """The post-hoc scales `eesep calibrate` saved in the checkpoint, every one of the
-  model's (`calibration.full_posthoc`), announced on stderr; None with `--no-posthoc`
+  model's (`probabilistic.full_posthoc`), announced on stderr; None with `--no-posthoc`
   or when there are none."""
   from eesep_jax.analysis import calibration
+  from eesep_jax.core import probabilistic
 
   scales = None if args.no_posthoc else calibration.load_posthoc(args.checkpoint)
   if scales is None:
     return None
   path = os.path.join(args.checkpoint, calibration.POSTHOC_FILE)
   try:
-    scales = calibration.full_posthoc(scales, model_config)
+    scales = probabilistic.full_posthoc(scales, model_config)
   except ValueError as error:
     raise errors.DataError(f"{path}: {error}. Run `eesep calibrate` again, or pass "
                            "--no-posthoc.") from None
@@ -191,10 +191,10 @@ def evaluate_command(args):
   import functools
 
   from eesep_jax import data
-  from eesep_jax.analysis import calibration
   from eesep_jax.analysis import evaluate
   from eesep_jax.app import separate_files
-  from eesep_jax.training import train
+  from eesep_jax.core import probabilistic
+  from eesep_jax.training import checkpoints
 
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
   model_config, variables = checkpoints.restore_params(args.checkpoint)
@@ -204,7 +204,7 @@ def evaluate_command(args):
   # The variance parameters inside `evaluate.exit_outputs` are `[exits, sources, blocks]`.
   posthoc = None
   if scales is not None:
-    posthoc = functools.partial(calibration.apply_posthoc, scales=scales, exit_axis=0)
+    posthoc = functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
   rows, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
       enhancement_metrics=args.enhancement_metrics, posthoc=posthoc, **_grid(args))
@@ -294,7 +294,7 @@ def separate_command(args):
   import tqdm
 
   from eesep_jax.app import separate_files
-  from eesep_jax.training import train
+  from eesep_jax.training import checkpoints
 
   if args.exit_index is not None and args.policy not in (None, "fixed"):
     raise errors.UsageError(f"--exit-index {args.exit_index}",
@@ -331,7 +331,7 @@ def calibrate_command(args):
   before and after (see `eesep_jax.analysis.calibration_report`)."""
   from eesep_jax.analysis import calibration_report
   from eesep_jax.app import separate_files
-  from eesep_jax.training import train
+  from eesep_jax.training import checkpoints
 
   if args.fit_alpha and args.method != "nll":
     raise errors.UsageError("--fit-alpha", "needs --method nll")

@@ -27,6 +27,7 @@ from eesep_jax.analysis import calibration
 from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
 from eesep_jax.app import separate_files
+from eesep_jax.core import probabilistic
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
@@ -128,7 +129,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       workdir, workdir / "calibration", config=config, target_snr_db=TARGET_SNR_DB,
       confidences=(CONFIDENCE,))
   scales = calibration.load_posthoc(workdir)
-  posthoc = functools.partial(calibration.apply_posthoc, scales=scales, exit_axis=0)
+  posthoc = functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
 
   print("[4/5] evaluating every exit and stopping policy (test split, held-out voices)")
   model_config, variables = checkpoints.restore_params(workdir)

@@ -7,12 +7,11 @@ Which estimate goes with which reference is decided by a permutation chosen **on
 per utterance, jointly over all exits** (the default), or per exit as an ablation.
 """
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 
 from eesep_jax.core import metrics
+from eesep_jax.core import permutation as permutation_lib
 from eesep_jax.core import probabilistic
 
 OBJECTIVES = ("nll", "snr", "si-snr")
@@ -58,26 +57,6 @@ def pairwise_source_loss(estimates, variance, references, *, objective, mean_los
       lengths=lengths))
 
 
-def permutation_table(num_sources):
-  """All permutations of `num_sources` as an int array `[permutations, sources]`."""
-  return jnp.array(list(itertools.permutations(range(num_sources))), dtype=jnp.int32)
-
-
-def permutation_losses(pairwise):
-  """Mean loss of every permutation: `[..., sources, sources] -> [..., permutations]`.
-
-  Permutation `p` assigns estimate `i` to reference `table[p, i]`. Exhaustive, so meant
-  for `sources <= 4` (24 permutations).
-  """
-  num_sources = pairwise.shape[-1]
-  table = permutation_table(num_sources)
-  chosen = jnp.take_along_axis(
-      pairwise[..., None, :, :],
-      jnp.broadcast_to(table[:, :, None], pairwise.shape[:-2] + table.shape + (1,)),
-      axis=-1)[..., 0]
-  return jnp.mean(chosen, axis=-1)
-
-
 def _check_choice(name, value, choices):
   if value not in choices:
     raise ValueError(f"{name}={value!r} is not one of {choices}")
@@ -113,7 +92,7 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
   pairwise = pairwise_source_loss(
       estimates, outputs["variance"], references, objective=objective,
       mean_loss=mean_loss, variance_config=variance_config, lengths=lengths)
-  per_permutation = permutation_losses(pairwise)  # [exits, batch, permutations]
+  per_permutation = permutation_lib.mean_over_sources(pairwise)  # [exits, batch, permutations]
   if permutation == "joint":
     best = jnp.argmin(jnp.einsum("e,ebp->bp", weights, per_permutation), axis=-1)
     best = jnp.broadcast_to(best, per_permutation.shape[:2])
@@ -121,5 +100,5 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
     best = jnp.argmin(per_permutation, axis=-1)
   chosen = jnp.take_along_axis(per_permutation, best[..., None], axis=-1)[..., 0]
   per_exit = jnp.mean(chosen, axis=-1)
-  aux = {"per_exit": per_exit, "permutation": permutation_table(num_sources)[best[-1]]}
+  aux = {"per_exit": per_exit, "permutation": permutation_lib.table(num_sources)[best[-1]]}
   return jnp.sum(weights * per_exit), aux

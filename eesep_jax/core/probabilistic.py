@@ -841,66 +841,38 @@ def _gaussian_energy_cdf(c, variance, count):
                         present)
 
 
-def snr_exceedance_probability(estimate, alpha, beta, target_snr_db, exact=True, *,
-                               reference_power=None, block_length=None, lengths=None):
-  """`P(SNR ≥ γ)` under the Student-t error model (METHOD.md §4).
+def snr_exceedance(signal_energy, params, target_snr_db, num_samples, *, exact=True):
+  """`P(SNR ≥ γ)` of each source under its predicted error law (METHOD.md §4): the one
+  implementation of the exit probability, which `exit_probability` combines over
+  conditions and sources, and calibration compares with realised SNRs.
 
-  `‖e‖²/(2β) ~ BetaPrime(T/2, α)`, so `P = I_{c/(c+2β)}(T/2, α)` (`exact`), or its
-  large-`T` limit `Q(α, βT/c)`; `c = ‖ŝ‖²/(10^(γ/10) − 1)`, and `P = 1` for `γ ≤ 0`.
-  Both stay accurate in float32 up to `T = 10^6` (the exact form to 7e-5 for any `T`
-  and `α` up to 10⁵, see `_beta_prime_cdf`).
-
-  With several blocks, `P = P(Σ_b E_b ≤ c)` for independent `E_b/(2β_b) ~
-  BetaPrime(T_b/2, α_b)` (`exact`), or `E_b/T_b ~ InvGamma(α_b, β_b)`: no closed form,
-  computed by numerical convolution of the blocks' laws (`_block_sum_cdf`; within
-  2e-3 of Monte Carlo).
+  `SNR ≥ γ ⇔ ‖e‖² ≤ c = S / (10^(γ/10) − 1)` once the cross term is dropped, and
+  `P = 1` for `γ ≤ 0`. Student-t: `‖e‖²/(2β) ~ BetaPrime(T/2, α)`, `P = I_{c/(c+2β)}(T/2,
+  α)` (`exact`), or its large-`T` limit `Q(α, βT/c)`. Gaussian: `P(χ²_T ≤ c/σ²)`. Both
+  stay accurate in float32 up to `T = 10^6` (the exact Student form to 7e-5 for any `T`
+  and `α` up to 10⁵, see `_beta_prime_cdf`; the Gaussian one by Temme's expansion of
+  the incomplete gamma function for `T ≥ 100`). With several blocks,
+  `P(Σ_b E_b ≤ c)` for independent blocks has no closed form and is computed by
+  numerical convolution of the blocks' laws (`_block_sum_cdf`; within 2e-3 of Monte
+  Carlo).
 
   Args:
-    estimate: `ŝ`, `[..., time]`, zero beyond `lengths`.
-    alpha, beta: `[...]`, or `[..., blocks]` with `block_length`.
+    signal_energy: `S = ‖ŝ‖²` `[...]`, or `P_ref · T` for the SNR_ref condition.
+    params: `{"alpha", "beta"}` or `{"variance"}`, each `[..., blocks]`.
     target_snr_db: `γ`, scalar or broadcastable to `[...]`.
-    exact: the incomplete beta form, else the upper incomplete gamma one.
-    reference_power: `P_ref` (power per sample, broadcastable to `[...]`): the SNR_ref
-      condition, with `‖ŝ‖²` replaced by `P_ref · T`.
-    block_length: samples per variance block; None for one per signal.
-    lengths: valid samples of each example, broadcastable to `[...]`; None: `time`.
+    num_samples: the valid samples of each block, `[blocks]` or `[..., blocks]`
+      (`valid_block_count`).
+    exact: Student-t only: the incomplete beta form, else the upper incomplete gamma one.
 
   Returns:
     `[...]` probabilities.
   """
-  alpha, beta = _with_block_axis(block_length, alpha, beta)
-  c, certain = _energy_threshold(_signal_energy(estimate, reference_power, lengths),
-                                 target_snr_db)
-  count = valid_block_count(estimate.shape[-1], block_length, lengths)
-  return jnp.where(certain, 1.0, _student_energy_cdf(c, alpha, beta, count, exact))
-
-
-def gaussian_snr_exceedance_probability(estimate, variance, target_snr_db, *,
-                                        reference_power=None, block_length=None,
-                                        lengths=None):
-  """`P(SNR ≥ γ)` under the Gaussian error model: `P(χ²_T ≤ c/σ²)` (METHOD.md §4).
-
-  `c` as in `snr_exceedance_probability` (`P = 1` for `γ ≤ 0`). With blocks, the total
-  error energy `Σ_b σ_b² χ²_{T_b}` has its law computed numerically (`_block_sum_cdf`).
-  Accurate in float32 up to `T = 10^6` (Temme's expansion of the incomplete gamma
-  function, not jax.scipy's, for `T ≥ 100`).
-
-  Args:
-    estimate: `ŝ`, `[..., time]`, zero beyond `lengths`.
-    variance: `σ²`, `[...]`, or `[..., blocks]` with `block_length`.
-    target_snr_db: `γ`, scalar or broadcastable to `[...]`.
-    reference_power: `P_ref` (power per sample, broadcastable to `[...]`), for SNR_ref.
-    block_length: samples per variance block; None for one per signal.
-    lengths: valid samples of each example, broadcastable to `[...]`; None: `time`.
-
-  Returns:
-    `[...]` probabilities.
-  """
-  (variance,) = _with_block_axis(block_length, variance)
-  c, certain = _energy_threshold(_signal_energy(estimate, reference_power, lengths),
-                                 target_snr_db)
-  count = valid_block_count(estimate.shape[-1], block_length, lengths)
-  return jnp.where(certain, 1.0, _gaussian_energy_cdf(c, variance, count))
+  c, certain = _energy_threshold(jnp.asarray(signal_energy), target_snr_db)
+  if _likelihood(params) == "gaussian":
+    probability = _gaussian_energy_cdf(c, params["variance"], num_samples)
+  else:
+    probability = _student_energy_cdf(c, params["alpha"], params["beta"], num_samples, exact)
+  return jnp.where(certain, 1.0, probability)
 
 
 def input_snr_db(mixture, estimate, *, lengths=None):
@@ -966,13 +938,8 @@ def exit_probability(estimate, params, target_snr_db, *, conditions=("snr",), mi
   # All conditions in one evaluation, `[conditions, batch..., sources]`.
   energy, gamma = (jnp.stack([jnp.broadcast_to(x, signal.shape) for x in column])
                    for column in zip(*targets))
-  c, certain = _energy_threshold(energy, gamma)
   count = valid_block_count(estimate.shape[-1], config.block_length, per_source)
-  if _likelihood(params) == "gaussian":
-    probability = _gaussian_energy_cdf(c, params["variance"], count)
-  else:
-    probability = _student_energy_cdf(c, params["alpha"], params["beta"], count, exact)
-  probability = jnp.where(certain, 1.0, probability)
+  probability = snr_exceedance(energy, params, gamma, count, exact=exact)
   return jnp.min(jnp.max(probability, axis=0), axis=-1)
 
 
@@ -998,3 +965,81 @@ def expected_snr_db(estimate, params, config, *, lengths=None):
     mean_variance = params["beta"] / (params["alpha"] - 1)
   expected_error = jnp.sum(jnp.asarray(count, mean_variance.dtype) * mean_variance, axis=-1)
   return 10 * jnp.log10(_signal_energy(estimate, lengths=lengths) / expected_error)
+
+
+# ----------------------------------------------------------------------------------
+# Post-hoc calibration of the variance parameters (fitted by `analysis.calibration`).
+
+# The post-hoc scales each likelihood has (see `apply_posthoc`).
+LIKELIHOOD_SCALES = {"student": ("beta_scale", "alpha_excess_scale"),
+                     "gaussian": ("variance_scale",)}
+POSTHOC_SCALES = LIKELIHOOD_SCALES["student"] + LIKELIHOOD_SCALES["gaussian"]
+
+
+def apply_posthoc(params, scales, exit_axis=-1):
+  """Applies post-hoc scales: `β ← c_β β`, `α ← 1 + c_α (α − 1)`, `σ² ← c σ²`.
+
+  `α` is scaled above 1, not from 0, so that it stays above 1 (a finite mean variance,
+  METHOD.md §3) for any positive scale. Parameters and scales may be numpy or jax
+  arrays (also traced, under jit), so the stopping loop can apply one exit's scales.
+  Scales of 1 give back the parameters exactly: `1 + (α − 1)` rounds to `α`.
+
+  Args:
+    params: `{"alpha", "beta"}` or `{"variance"}`, arrays with an exit axis.
+    scales: from `calibration.fit_posthoc` or `calibration.load_posthoc`: arrays `[exits]`, applied along
+      `exit_axis`, or scalars (one exit's scales, `{name: s[k]}`), applied throughout.
+    exit_axis: the exit axis of the parameter arrays.
+
+  Returns:
+    The rescaled parameters, a new dict with the same keys.
+  """
+  gaussian = _likelihood(params) == "gaussian"
+  allowed = set(LIKELIHOOD_SCALES["gaussian" if gaussian else "student"])
+  if not set(scales) <= allowed or not scales:
+    raise ValueError(f"scales {sorted(scales)} do not fit parameters {sorted(params)}")
+
+  def along_exits(name, value):
+    scale = scales.get(name, 1.0)
+    if np.ndim(scale) == 1:
+      shape = [1] * value.ndim
+      shape[exit_axis] = scale.size
+      scale = scale.reshape(shape)
+    return scale
+
+  if gaussian:
+    return {"variance": params["variance"] * along_exits("variance_scale", params["variance"])}
+  alpha, beta = params["alpha"], params["beta"]
+  return {"alpha": 1 + along_exits("alpha_excess_scale", alpha) * (alpha - 1),
+          "beta": beta * along_exits("beta_scale", beta)}
+
+
+def full_posthoc(scales, config):
+  """Every post-hoc scale of a model's likelihood, `[exits]` each; missing ones are 1.
+
+  What the stopping loop takes: one set of arrays whatever was fitted, so that it
+  compiles once (None, no calibration, gives all ones: the identity).
+
+  Args:
+    scales: `{name: [exits]}` (`calibration.fit_posthoc`, `calibration.load_posthoc`),
+      or None.
+    config: the model's `models.PressNetConfig` (its `variance` and `num_exits`).
+
+  Returns:
+    `{name: [exits]}` float64, the names of `LIKELIHOOD_SCALES[likelihood]`.
+
+  Raises:
+    ValueError: when a scale is not one of the likelihood's, or not one per exit.
+  """
+  likelihood = PARAMETERISATIONS[config.variance.parameterisation].likelihood
+  names = LIKELIHOOD_SCALES[likelihood]
+  scales = scales or {}
+  if not set(scales) <= set(names):
+    raise ValueError(f"post-hoc scales {sorted(scales)} do not fit a {likelihood} "
+                     f"variance head (scales: {names})")
+  full = {name: np.asarray(scales.get(name, np.ones(config.num_exits)), np.float64)
+          for name in names}
+  for name, value in full.items():
+    if value.shape != (config.num_exits,):
+      raise ValueError(f"post-hoc {name} has shape {value.shape}, not one value for each "
+                       f"of the model's {config.num_exits} exits")
+  return full

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eesep_jax.core import probabilistic
 from eesep_jax.models.press_net import apply_stage
+from eesep_jax.models.press_net import initial_variance_state
 from eesep_jax.models.press_net import PressNet
 from eesep_jax.models.press_net import stage_params
 
@@ -49,9 +49,7 @@ def gmacs_by_exit(config, num_samples=None):
   variables, mixture = _abstract_variables(config, num_samples)
   encode = functools.partial(PressNet(config).apply, method=PressNet.encode)
   carry = jax.eval_shape(encode, variables, mixture)
-  variance_state = jax.eval_shape(lambda: probabilistic.init_variance_state(
-      (1, config.num_sources), probabilistic.num_variance_blocks(num_samples, config.variance),
-      config.variance))
+  variance_state = jax.eval_shape(lambda: initial_variance_state(config, 1, num_samples))
 
   def stage(params, carry, variance_state):
     return apply_stage(config, params, carry, num_samples, variance_state)

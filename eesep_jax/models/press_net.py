@@ -96,6 +96,15 @@ def _pooling_weights(lengths, time, frames, config):
   return membership / jnp.maximum(membership.sum(axis=1, keepdims=True), 1.0)
 
 
+def initial_variance_state(config, batch, time):
+  """The variance head's running sums before the first exit, for `batch` mixtures of
+  `time` samples (`probabilistic.init_variance_state` over `[batch, C]` and the
+  signal's variance blocks)."""
+  return probabilistic.init_variance_state(
+      (batch, config.num_sources), probabilistic.num_variance_blocks(time, config.variance),
+      config.variance)
+
+
 def _dense(config, features, **kwargs):
   return nn.Dense(features, dtype=config.compute_dtype, param_dtype=jnp.float32, **kwargs)
 
@@ -231,7 +240,7 @@ def stage_exit(config, features, basis, lengths, variance_state, mixture_length)
     features: `[batch, C, frames, D]`, the stage's output.
     basis: `[batch, frames, F]`, the encoder's basis activations.
     lengths: `[batch]` int32 valid samples of each example.
-    variance_state: `probabilistic.init_variance_state` running sums.
+    variance_state: `initial_variance_state` running sums.
     mixture_length: `time`, the number of samples of the mixture.
 
   Returns:
@@ -261,7 +270,7 @@ class Stage(nn.Module):
     carry: `{"features": [batch, C, frames, D], "basis": [batch, frames, F],
       "lengths": [batch]}` (`basis` and `lengths` pass through unchanged: every exit
       masks the same activations);
-    variance_state: `probabilistic.init_variance_state` running sums;
+    variance_state: `initial_variance_state` running sums;
     exit_output: `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`.
   """
   config: PressNetConfig
@@ -319,9 +328,7 @@ class PressNet(nn.Module):
   def __call__(self, mixture, train=False, lengths=None):
     cfg = self.config
     batch, time = mixture.shape
-    variance_state = probabilistic.init_variance_state(
-        (batch, cfg.num_sources), probabilistic.num_variance_blocks(time, cfg.variance),
-        cfg.variance)
+    variance_state = initial_variance_state(cfg, batch, time)
     _, outputs = self.stages((self.encode(mixture, train, lengths), variance_state), time,
                              train)
     return outputs
@@ -343,7 +350,7 @@ def apply_stage(config, stage_params, carry, mixture_length, variance_state):
     stage_params: one stage's parameters, e.g. `stage_params(variables, k)`.
     carry: `PressNet.encode`'s output, or the carry the previous stage returned.
     mixture_length: `time`, the number of samples of the mixture.
-    variance_state: `probabilistic.init_variance_state(...)` or the previous stage's.
+    variance_state: `initial_variance_state(...)` or the previous stage's.
 
   Returns:
     `(carry, variance_state, exit_output)`, exit_output being

@@ -23,7 +23,7 @@ CONFIG_FILE = "config.json"
 BEST_METRIC = "valid_si_snri_last_exit"
 
 
-def manager(workdir, config):
+def open_manager(workdir, config):
   """Saves every `checkpoint_every` steps and on preemption; keeps the latest
   `keep_checkpoints` and the best by validation SI-SNRi at the last exit."""
   policies = ocp.checkpoint_managers
@@ -86,7 +86,7 @@ def latest_step(workdir):
   if not (epath.Path(workdir) / CONFIG_FILE).is_file() or not (
       epath.Path(workdir) / "checkpoints").is_dir():
     return None
-  manager = manager(workdir, read_config(workdir))
+  manager = open_manager(workdir, read_config(workdir))
   try:
     return manager.latest_step()
   finally:
@@ -126,7 +126,7 @@ def restore_params(workdir, step=None):
   """
   config = read_config(workdir)
   model_config = saved_model_config(workdir, config)
-  manager = manager(workdir, config)
+  manager = open_manager(workdir, config)
   try:
     step = step if step is not None else (manager.best_step() or manager.latest_step())
     if step is None:

@@ -17,7 +17,6 @@ import time
 
 from etils import epath
 import flax
-import grain
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -358,7 +357,7 @@ def train_and_evaluate(config, workdir):
   segment = int(config.data.segment_seconds * model_config.sample_rate)
   state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)), replicated)
 
-  manager = checkpoints.manager(workdir, config)
+  manager = checkpoints.open_manager(workdir, config)
   latest = manager.latest_step()
   if latest is not None:
     state = checkpoints.restore_state(manager, workdir, latest, state, iterator)

@@ -17,7 +17,7 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FULL_CONFIG = REPO / "experiments" / "configs" / "ablation_full.py"
-SMOKE_CONFIG = REPO / "experiments" / "configs" / "demo.py"
+SMOKE_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
 EXAMPLE = f"""examples:
   python {pathlib.Path(__file__).relative_to(REPO)} --smoke --out runs/ablation-smoke
   python {pathlib.Path(__file__).relative_to(REPO)} --out runs/ablation \\

@@ -73,9 +73,15 @@ def probabilities(module, thresholds, blocks, samples, alpha, scale):
   """`module`'s `P(SNR ≥ γ)` at error-energy thresholds `c` `[levels]`, float32."""
   time = blocks * samples
   signal = np.asarray(thresholds) * (10 ** (GAMMA_DB / 10) - 1)
-  estimate = jnp.asarray(np.sqrt(signal / time)[:, None] * np.ones((1, time)), jnp.float32)
   shape = (len(thresholds), blocks)
   scale = jnp.asarray(np.broadcast_to(scale, shape), jnp.float32)
+  if hasattr(module, "snr_exceedance"):  # This checkout: from energies and block counts.
+    params = ({"variance": scale} if alpha is None else
+              {"alpha": jnp.asarray(np.broadcast_to(alpha, shape), jnp.float32), "beta": scale})
+    function = jax.jit(lambda s, p: module.snr_exceedance(s, p, GAMMA_DB,
+                                                          np.full(blocks, samples)))
+    return np.asarray(function(jnp.asarray(signal, jnp.float32), params))
+  estimate = jnp.asarray(np.sqrt(signal / time)[:, None] * np.ones((1, time)), jnp.float32)
   if alpha is None:
     function = jax.jit(lambda e, v: module.gaussian_snr_exceedance_probability(
         e, v, GAMMA_DB, block_length=samples))

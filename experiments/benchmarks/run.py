@@ -61,7 +61,6 @@ import numpy as np
 from eesep_jax import config_lib
 from eesep_jax import inference
 from eesep_jax import models
-from eesep_jax.core import probabilistic
 from eesep_jax.models import press_net
 from eesep_jax.training import train
 
@@ -156,12 +155,6 @@ class _Exit(nn.Module):
                                 mixture_length)
 
 
-def _initial_variance_state(config, batch, time):
-  return probabilistic.init_variance_state(
-      (batch, config.num_sources), probabilistic.num_variance_blocks(time, config.variance),
-      config.variance)
-
-
 class LastExitOnly(models.PressNet):
   """PRESS-Net without its exits but the last: the same encoder, shared trunk, split
   and stages (blocks and speaker attention, stacked with `nn.scan`), then one decoder
@@ -182,7 +175,7 @@ class LastExitOnly(models.PressNet):
     mask = press_net.frame_mask(carry["lengths"], carry["features"].shape[2], self.config)
     features, _ = self.trunks(carry["features"], mask, train)
     _, outputs = self.last_exit(features, carry["basis"], carry["lengths"],
-                                _initial_variance_state(self.config, batch, time), time)
+                                models.initial_variance_state(self.config, batch, time), time)
     return jax.tree.map(lambda x: x[None], outputs)
 
 
@@ -196,7 +189,7 @@ class UnrolledPressNet(models.PressNet):
 
   def __call__(self, mixture, train=False):
     batch, time = mixture.shape
-    state = (self.encode(mixture, train), _initial_variance_state(self.config, batch, time))
+    state = (self.encode(mixture, train), models.initial_variance_state(self.config, batch, time))
     outputs = []
     for stage in self.unrolled:
       state, output = stage(state, time, train)

@@ -28,9 +28,10 @@ from matplotlib import figure
 
 from eesep_jax import config_lib
 from eesep_jax import data
+from eesep_jax.app import demo
 from eesep_jax.training import train
 
-DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+DEMO_CONFIG = demo.DEMO_CONFIG
 
 
 def _curve(workdir):
