@@ -868,6 +868,9 @@ def snr_exceedance(signal_energy, params, target_snr_db, num_samples, *, exact=T
     `[...]` probabilities.
   """
   c, certain = _energy_threshold(jnp.asarray(signal_energy), target_snr_db)
+  if isinstance(num_samples, np.ndarray) and num_samples.ndim > 1:
+    # Static counts are those shared by every example, `[blocks]`; others are arrays.
+    num_samples = jnp.asarray(num_samples)
   if _likelihood(params) == "gaussian":
     probability = _gaussian_energy_cdf(c, params["variance"], num_samples)
   else:
