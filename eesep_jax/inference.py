@@ -1,4 +1,4 @@
-"""Inference that stops: a `lax.while_loop` over stages (METHOD.md §7).
+"""Inference that stops: a `lax.while_loop` over stages (docs/method.md §7).
 
 The loop runs stage `k` and its exit head, evaluates the stopping policy, freezes the
 examples that stop, and ends once every example has stopped or the last stage ran.
@@ -157,7 +157,7 @@ def separate(variables, config, mixture, *, policy="probabilistic",
       `references`; an upper bound only).
     target_snr_db: the target `γ` in dB.
     confidence: the probability `p` the probabilistic policy requires.
-    conditions: which exit conditions to combine (METHOD.md §4): any of `"snr"`,
+    conditions: which exit conditions to combine (docs/method.md §4): any of `"snr"`,
       `"snri"` and `"snr_ref"` (the latter needs `reference_power`, a power per
       sample such as the training set's mean source power).
     exit_index: the 1-based exit for `policy="fixed"`.

@@ -227,7 +227,7 @@ def test_short_signal_alpha_gradient_matches_scipy():
 
 
 def test_method_note_check_values():
-  """METHOD.md §4: T = 4000, α = 3, β = 0.02, γ = 15 dB gives 0.5548 and 0.5547 (with
+  """docs/method.md §4: T = 4000, α = 3, β = 0.02, γ = 15 dB gives 0.5548 and 0.5547 (with
   `P(ŝ) ≈ 0.2492`, which the note leaves out)."""
   # Shaped as in the float32 test above, which has compiled both forms already.
   estimate = _constant_estimates(np.full(15, 0.249206 * 4000), 4000)

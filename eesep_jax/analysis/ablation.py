@@ -7,7 +7,7 @@
 Every variant is one experiment config: the base config (the same data, seed, steps,
 batch and optimiser for all) with the variant's dotted overrides (`variants`):
 
-- the five variance parameterisations of METHOD.md §3, and `monotone` on against off
+- the five variance parameterisations of docs/method.md §3, and `monotone` on against off
   for the base config's parameterisation;
 - single-exit baselines, one per depth `k`: a network cut after its `k`-th stage with
   a single exit, trained alone on the same budget (the same steps and batches). The
@@ -16,7 +16,7 @@ batch and optimiser for all) with the variant's dotted overrides (`variants`):
   full network is not that baseline: its later stages would be dead weight, and its
   earlier heads untrained. The baseline of depth `k` computes what exit `k` of the
   full network does, less the heads of the exits before it;
-- the per-exit permutation, against the default joint one (METHOD.md §6).
+- the per-exit permutation, against the default joint one (docs/method.md §6).
 
 Each variant is trained with `train.train_and_evaluate` in `OUT/<variant>/`, then
 `calibration_report.calibrate_checkpoint` (what `eesep calibrate` runs) evaluates it on

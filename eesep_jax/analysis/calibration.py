@@ -1,6 +1,6 @@
 """Calibration of probabilistic exits: reliability, PIT, CRPS, post-hoc scales, guarantees.
 
-Implements the measures and post-hoc calibrations of METHOD.md §5 as pure numpy/scipy
+Implements the measures and post-hoc calibrations of docs/method.md §5 as pure numpy/scipy
 functions (float64) over arrays of per-utterance predictions and outcomes, gathered
 offline from an evaluation run. The only I/O is `save_posthoc`/`load_posthoc`.
 
@@ -14,7 +14,7 @@ block axis (a one-block model's `[..., 1]` is squeezed by the caller). Given `σ
 - Student-t: `E/(2β) ~ BetaPrime(T/2, α)`, or in the large-`T` limit `E/T ~ InvGamma(α, β)`;
 - Gaussian: `E/σ² ~ χ²_T`.
 
-The predicted SNR is that of METHOD.md §4 with the zero-mean cross term dropped,
+The predicted SNR is that of docs/method.md §4 with the zero-mean cross term dropped,
 `SNR = 10 log10((S + E)/E) = 10 log10(1 + S/E)`, so `P(SNR ≥ γ) = P(E ≤ S/(10^(γ/10) − 1))`
 is `probabilistic.snr_exceedance`; realised SNRs are measured as they are
 (with the cross term).
@@ -107,7 +107,7 @@ def _energy_distribution(params, num_samples, exact=True):
 def pit_values(error_energy_per_sample, alpha, beta, num_samples=None):
   """Probability integral transform of realised error energies (Student-t forms).
 
-  With `num_samples` None, METHOD.md §5's `u = F_IG(E/T; α, β)`: the realised error
+  With `num_samples` None, docs/method.md §5's `u = F_IG(E/T; α, β)`: the realised error
   variance `E/T` under the predicted `InvGamma(α, β)`, exact in the large-`T` limit
   (`E/T → σ²`). With `num_samples = T`, the exact predictive `u = P(E' ≤ E)`,
   `E'/(2β) ~ BetaPrime(T/2, α)`, which also holds for short signals. Either way `u` is
@@ -350,7 +350,7 @@ def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False
   - `method="nll"` maximises, per exit, the likelihood of the realised error energies
     under the rescaled predictive: `E/(2 c_β β) ~ BetaPrime(T/2, 1 + c_α (α − 1))`
     (the marginal of `σ² ~ InvGamma` and `E | σ² ~ σ² χ²_T`; equivalently the Student-t
-    NLL of METHOD.md §2) by BFGS over `log c`; for Gaussian `E/(c σ²) ~ χ²_T`, whose
+    NLL of docs/method.md §2) by BFGS over `log c`; for Gaussian `E/(c σ²) ~ χ²_T`, whose
     maximum-likelihood scale is `c = Σ E/σ² / Σ T`.
   - `method="moments"` matches the mean: `c` is the mean over utterances of the
     realised `E/T` over its predicted mean (`β/(α − 1)` or `σ²`), so that the rescaled

@@ -4,7 +4,7 @@
     _, table = evaluate.exit_table(rows)  # Or from a CSV: exit_table(read_rows(path)).
     report = calibration_report(table, gmacs_per_second=summary["gmacs_per_second_by_exit"])
 
-The measures of METHOD.md §5 (`calibration`), over an evaluation's per-utterance,
+The measures of docs/method.md §5 (`calibration`), over an evaluation's per-utterance,
 per-exit table, per exit and pooled over exits, for a grid of targets `γ`:
 
 - per source, the unit the variance head predicts for: reliability and ECE of

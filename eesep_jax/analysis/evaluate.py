@@ -4,7 +4,7 @@
     write_report("runs/demo/eval", rows, summary)   # or `eesep evaluate --checkpoint ...`
 
 One full-depth forward per utterance (the training path, which the stopping loop
-reproduces exactly, METHOD.md §7) gives every exit's estimates and variance parameters.
+reproduces exactly, docs/method.md §7) gives every exit's estimates and variance parameters.
 From them come the metrics of every exit and its exit probabilities for a grid of
 targets; every stopping policy of `inference.separate` is then *simulated* from these
 per-exit numbers (stop at the first exit whose condition holds, else at the last), for

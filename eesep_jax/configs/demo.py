@@ -27,7 +27,7 @@ def get_config():
   config.data.heldout_root = "data/heldout"
   config.data.segment_seconds = 1.0
   config.data.dynamic_mixing = True
-  # The estimate learns from the SNR, the variance head from the NLL (METHOD.md §3):
+  # The estimate learns from the SNR, the variance head from the NLL (docs/method.md §3):
   # the NLL alone starves the mean of gradient early on.
   config.loss.mean_loss = "snr"
   config.steps = 1100

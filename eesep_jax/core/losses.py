@@ -1,4 +1,4 @@
-"""Permutation-invariant training objectives over every exit (METHOD.md §3, §6).
+"""Permutation-invariant training objectives over every exit (docs/method.md §3, §6).
 
 The network emits `E` exits, each with estimates `[exits, batch, sources, time]` and
 variance parameters `[exits, batch, sources, blocks]`. The loss is the (optionally
@@ -30,7 +30,7 @@ def pairwise_source_loss(estimates, variance, references, *, objective, mean_los
       `[batch, sources, time]` dims; zero beyond `lengths`.
     objective: `"nll"` (probabilistic), `"snr"` or `"si-snr"` (negative, in dB).
     mean_loss: with `objective="nll"`, `"snr"` trains the estimate by negative SNR and
-      the variance head by the NLL of a stopped-gradient estimate (METHOD.md §3).
+      the variance head by the NLL of a stopped-gradient estimate (docs/method.md §3).
     variance_config: the `probabilistic.VarianceConfig` the parameters came from.
     lengths: `[batch]` valid samples of each example, or None (all `time`). The SNR
       needs none (padding adds no energy); the NLL's sample counts and SI-SNR's mean

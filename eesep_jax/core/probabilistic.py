@@ -1,6 +1,6 @@
 """Probabilistic exits: error-variance likelihoods, parameterisations, exit probabilities.
 
-Implements METHOD.md §2–4. Per utterance (or per block of `L` samples) and source, the
+Implements docs/method.md §2–4. Per utterance (or per block of `L` samples) and source, the
 error `e = s − ŝ` is `N(0, σ² I)` with `σ² ~ InvGamma(α, β)` (Student-t likelihoods), or
 with `σ²` given (Gaussian likelihoods). Everything here is a pure `jax.numpy` function
 over `[..., time]` signals (batch dims leading, time last) and is jit-able; a
@@ -116,7 +116,7 @@ def _with_block_axis(block_length, *params):
 
 
 # ----------------------------------------------------------------------------------
-# Likelihoods (METHOD.md §2), reported per sample.
+# Likelihoods (docs/method.md §2), reported per sample.
 
 
 def student_t_nll(target, estimate, alpha, beta, *, block_length=None, lengths=None):
@@ -206,7 +206,7 @@ def exit_nll(target, estimate, params, config, *, lengths=None):
 
 
 # ----------------------------------------------------------------------------------
-# Variance parameterisations (METHOD.md §3).
+# Variance parameterisations (docs/method.md §3).
 
 
 def _log_precision(raw, power, mean_factor):
@@ -253,7 +253,7 @@ class VarianceConfig:
   """How an exit's variance head is read (frozen: hashable, a valid static argument).
 
   Attributes:
-    parameterisation: one of `PARAMETERISATIONS` (METHOD.md §3).
+    parameterisation: one of `PARAMETERISATIONS` (docs/method.md §3).
     monotone: later exits can only predict a smaller error variance: `α` and `1/β`
       (`1/σ²` for Gaussian forms) are running sums over exits (see
       `variance_parameters`).
@@ -304,7 +304,7 @@ def init_variance_state(batch_shape, num_blocks, config, dtype=jnp.float32):
 def variance_parameters(raw, estimate, state, config, *, lengths=None):
   """Maps one exit's raw variance-head outputs to its variance parameters.
 
-  The plain (non-monotone) forms are those of METHOD.md §3, with floors: `log σ²`,
+  The plain (non-monotone) forms are those of docs/method.md §3, with floors: `log σ²`,
   `log β` and `q` are clipped (`LOG_LIMIT`, `SNR_LIMIT_DB`), `α = α_min + softplus(·)`,
   and `P(ŝ) = ‖ŝ_b‖²/T_b`, the estimate's power over each block's valid samples, is at
   least `POWER_FLOOR` (which is also what a block with no valid sample gets).
@@ -716,7 +716,7 @@ def _block_sum_cdf(c, block_cdf, lower, location, present):
 
 
 # ----------------------------------------------------------------------------------
-# Exit conditions (METHOD.md §4).
+# Exit conditions (docs/method.md §4).
 
 
 def _signal_energy(estimate, reference_power=None, lengths=None):
@@ -842,7 +842,7 @@ def _gaussian_energy_cdf(c, variance, count):
 
 
 def snr_exceedance(signal_energy, params, target_snr_db, num_samples, *, exact=True):
-  """`P(SNR ≥ γ)` of each source under its predicted error law (METHOD.md §4): the one
+  """`P(SNR ≥ γ)` of each source under its predicted error law (docs/method.md §4): the one
   implementation of the exit probability, which `exit_probability` combines over
   conditions and sources, and calibration compares with realised SNRs.
 
@@ -898,7 +898,7 @@ def exit_probability(estimate, params, target_snr_db, *, conditions=("snr",), mi
                      reference_power=None, config, exact=True, lengths=None):
   """Probability that an exit's output meets the target, for every example.
 
-  Conditions (METHOD.md §4), each a probability per source:
+  Conditions (docs/method.md §4), each a probability per source:
   - "snr": `P(SNR ≥ γ)`;
   - "snri": `P(SNR ≥ γ + SNR_in)`, `SNR_in` from `input_snr_db(mixture, estimate)`;
   - "snr_ref": `P(SNR_ref ≥ γ)`, with `‖ŝ‖²` replaced by `reference_power · T`.
@@ -983,7 +983,7 @@ def apply_posthoc(params, scales, exit_axis=-1):
   """Applies post-hoc scales: `β ← c_β β`, `α ← 1 + c_α (α − 1)`, `σ² ← c σ²`.
 
   `α` is scaled above 1, not from 0, so that it stays above 1 (a finite mean variance,
-  METHOD.md §3) for any positive scale. Parameters and scales may be numpy or jax
+  docs/method.md §3) for any positive scale. Parameters and scales may be numpy or jax
   arrays (also traced, under jit), so the stopping loop can apply one exit's scales.
   Scales of 1 give back the parameters exactly: `1 + (α − 1)` rounds to `α`.
 

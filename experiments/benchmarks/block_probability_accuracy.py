@@ -5,7 +5,7 @@
 With variance blocks the exit probability is `P(Σ_b E_b ≤ c)` for independent block
 error energies, `E_b = σ_b² χ²_{T_b}` with `σ_b² ~ InvGamma(α_b, β_b)` (Student-t) or
 `σ_b²` given (Gaussian). For each case, `--draws` draws of that sum (numpy, the cross
-term dropped as in METHOD.md §4) give its 0.9, 0.95 and 0.99 quantiles; `c` is set at
+term dropped as in docs/method.md §4) give its 0.9, 0.95 and 0.99 quantiles; `c` is set at
 each, so the true probability is the level, and the implementation is asked for it.
 "old" is `eesep_jax/probabilistic.py` at `OLD_COMMIT` (quantile pooling with the χ²
 factor dropped; Satterthwaite for Gaussian blocks), read with `git show`; "new" is
