@@ -127,36 +127,56 @@ def init_train_state(config, model, optimizer, example_mixture, sharding=None):
   return jax.jit(init, out_shardings=sharding)(example_mixture)
 
 
+@functools.partial(jax.jit, static_argnames="config")
+def eval_step(params, batch, *, config):
+  """Per-exit validation metrics of one zero-padded batch, under one `jit`.
+
+  The metrics evaluation reports, from the same core functions: the SI-SNR improvement
+  under each exit's best permutation (`losses.separation_loss` with `"per-exit"`, which
+  searches `core.permutation`) and the NLL per sample, each example at its valid length.
+
+  Args:
+    params: the model parameters.
+    batch: `{"mixture" [batch, time], "sources" [batch, sources, time], "mask"
+      [batch, time]}`, as `data.validation_batches` yields them.
+    config: the model's `PressNetConfig`.
+
+  Returns:
+    `{"si_snri": [exits], "nll": [exits]}`, means over the batch.
+  """
+  mixture, sources = batch["mixture"], batch["sources"]
+  lengths = batch["mask"].sum(-1).astype(jnp.int32)
+  outputs = models.PressNet(config).apply({"params": params}, mixture, lengths=lengths)
+
+  def per_exit(**objective):
+    return losses.separation_loss(outputs, sources, permutation="per-exit", lengths=lengths,
+                                  variance_config=config.variance, **objective)[1]["per_exit"]
+
+  baseline = metrics.si_snr(sources, jnp.broadcast_to(mixture[:, None], sources.shape),
+                            lengths[:, None]).mean()
+  return {"si_snri": -per_exit(objective="si-snr") - baseline, "nll": per_exit()}
+
+
 def evaluate_exits(params, model, batches):
-  """Mean per-exit validation metrics over `batches` of full-length utterances.
+  """Mean per-exit validation metrics over `batches` of full-length utterances
+  (`eval_step` on each; weighted by batch size).
 
   Batches are zero-padded to a few lengths (so jit compiles a few shapes), with each
   utterance's valid length: the network and the losses see it as if alone.
-  `evaluate.py` computes the full report; these monitor training.
+  `analysis.evaluate` computes the full report; these monitor training.
 
   Returns a dict of `[exits]` lists: `si_snri` (dB, best permutation per exit) and
   `nll` (per sample).
   """
-  apply = jax.jit(model.apply)
-  totals, count = None, 0
+  totals, count = 0.0, 0
   for batch in batches:
-    sources = jnp.asarray(batch["sources"])
-    lengths = jnp.asarray(batch["mask"]).sum(-1).astype(jnp.int32)
-    outputs = apply({"params": params}, jnp.asarray(batch["mixture"]), lengths=lengths)
-    _, aux_snr = losses.separation_loss(outputs, sources, objective="si-snr",
-                                        permutation="per-exit", lengths=lengths,
-                                        variance_config=model.config.variance)
-    _, aux_nll = losses.separation_loss(outputs, sources, permutation="per-exit",
-                                        lengths=lengths,
-                                        variance_config=model.config.variance)
-    baseline = metrics.si_snr(sources, jnp.broadcast_to(
-        jnp.asarray(batch["mixture"])[:, None], sources.shape), lengths[:, None]).mean()
-    batch_totals = np.stack([-np.asarray(aux_snr["per_exit"]) - float(baseline),
-                             np.asarray(aux_nll["per_exit"])])
+    arrays = {name: jnp.asarray(batch[name]) for name in ("mixture", "sources", "mask")}
+    result = eval_step(params, arrays, config=model.config)
     size = batch["mixture"].shape[0]
-    totals = batch_totals * size if totals is None else totals + batch_totals * size
+    totals = totals + size * np.stack([np.asarray(result["si_snri"]),
+                                       np.asarray(result["nll"])])
     count += size
-  si_snri, nll = totals / max(count, 1)
+  si_snri, nll = np.asarray(totals) / max(count, 1)
   return {"si_snri": si_snri.tolist(), "nll": nll.tolist()}
 
 
