@@ -23,7 +23,9 @@ MEASURED = [f"{key}_{when}" for key in ablation.MEASURES for when in ("before", 
 
 
 def _overrides(variant):
-  return dict(config_lib.parse_override(text) for text in variant.overrides)
+  """`{key: value}` of a variant's overrides, typed as the demo config's fields."""
+  flags = [f"--config.{text}" for text in variant.overrides]
+  return config_lib.parse_flags(DEMO_CONFIG, flags)[1]
 
 
 def test_variants_are_those_of_the_issue():

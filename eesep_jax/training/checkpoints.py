@@ -57,7 +57,8 @@ def write_config(config, workdir):
 
 
 def read_config(workdir):
-  """The experiment config a training run saved in `workdir`.
+  """The experiment config a training run saved in `workdir`, with the schema's fields
+  added since at their defaults (`config_lib.with_defaults`).
 
   Raises:
     errors.UsageError: when `workdir` holds no config (it is no training workdir).
@@ -67,9 +68,10 @@ def read_config(workdir):
   if not path.is_file():
     raise errors.UsageError(workdir, f"holds no {CONFIG_FILE}: is it a training workdir?")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
   except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError.
     raise errors.DataError(f"{path}: damaged, not a JSON config ({error})") from None
+  return config_lib.with_defaults(config)
 
 
 def saved_model_config(workdir, config):
