@@ -70,7 +70,7 @@ def _save_run(workdir, corpus, params):
                            rng=jax.random.key_data(jax.random.key(0)))
   workdir.mkdir(parents=True)
   checkpoints.write_config(config, workdir)
-  manager = train._checkpoint_manager(workdir, config)  # pylint: disable=protected-access
+  manager = checkpoints.open_manager(workdir, config)
   manager.save(STEP, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
   manager.wait_until_finished()
   manager.close()
