@@ -47,7 +47,11 @@ from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 from eesep_jax.training import checkpoints
 
-CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CONFIDENCES = evaluate.CONFIDENCES  # One grid for every report.
+# The guarantee's defaults: at most a share DELTA of utterances short of the target,
+# wrong with probability at most EPSILON.
+DELTA = 0.1
+EPSILON = 0.1
 RELIABILITY_BINS = 10
 PIT_BINS = 20
 JSON_FILE = "calibration.json"
@@ -274,7 +278,8 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
 
 
 def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
-              fit_alpha=False, target_snr_db=15.0, delta=0.1, epsilon=0.1,
+              fit_alpha=False, target_snr_db=stopping.TARGET_SNR_DB, delta=DELTA,
+              epsilon=EPSILON,
               targets=evaluate.TARGETS_DB, confidences=CONFIDENCES, max_utterances=None,
               progress=True, chunk_seconds=inference.CHUNK_SECONDS,
               overlap_seconds=inference.OVERLAP_SECONDS):

@@ -367,7 +367,7 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
   Example:
     config, variables = checkpoints.restore_params("runs/demo")
     results = separate_files(["mixtures/"], variables=variables, config=config,
-                             out_dir="separated", target_snr_db=15.0, confidence=0.9)
+                             out_dir="separated", target_snr_db=10.0, confidence=0.95)
     failed = [result.error for result in results if result.error]
   """
   out_dir = str(out_dir)
