@@ -171,10 +171,13 @@ def test_optimizer_skips_and_counts_non_finite_updates():
 
 
 def test_config_overrides_from_the_command_line():
-  rest, overrides = cli._split_overrides(
-      ["train", "--config", "c.py", "--config.steps=5", "--config.model.width", "48"])
-  assert rest == ["train", "--config", "c.py"]
-  assert overrides == ["steps=5", "model.width=48"]
+  args = cli.parse_args(["train", "--config", "c.py", "--workdir", "w", "--config.steps=5",
+                         "--config.model.width", "48"])
+  assert (args.command, args.config) == ("train", "c.py")
+  assert args.config_flags == ["--config.steps=5", "--config.model.width", "48"]
+  config, overrides = config_lib.parse_flags(DEMO_CONFIG, args.config_flags)
+  assert overrides == {"steps": 5, "model.width": 48}
+  assert (config.steps, config.model.width) == (5, 48)
   config = config_lib.load_config(REPO / "eesep_jax/configs/demo.py",
                                   ["steps=5", "optimizer.learning_rate=0.5",
                                    "data.root=/somewhere"])

@@ -3,9 +3,16 @@
 Errors are one line, `error: <path or flag>: <what is wrong>`, with exit code 2 for a
 usage error and 1 for a data error (`eesep_jax.errors`); `--debug` or `EESEP_DEBUG=1`
 adds the traceback.
+
+argparse parses the commands and their flags; `eesep train`'s `--config.KEY=VALUE`
+flags are left over for `ml_collections.config_flags` (`config_lib.parse_flags`),
+which types them as the config's fields. Every default a flag shares with the library
+is read from the module that owns it (`_Default`), when it is needed: building the
+parser, and `eesep --help`, import no JAX.
 """
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -16,9 +23,35 @@ import warnings
 from eesep_jax import errors
 
 _SEPARATE_EXAMPLE = ("eesep separate meeting.wav mixtures/ --checkpoint runs/demo "
-                     "--out-dir separated --target-snr 15 --confidence 0.9")
+                     "--out-dir separated --target-snr 12 --confidence 0.95")
 _CALIBRATE_EXAMPLE = ("eesep calibrate --checkpoint runs/demo --out runs/demo/calibration "
-                      "--target-snr 15 --delta 0.1 --epsilon 0.1")
+                      "--target-snr 12 --delta 0.05 --epsilon 0.1")
+
+
+class _Default:
+  """A flag's default owned by another module (`stopping.TARGET_SNR_DB`), imported when
+  a help text shows it (`%(default)s`) or a command runs (`parse_args`)."""
+
+  def __init__(self, module, name):
+    self.module, self.name = module, name
+
+  def value(self):
+    return getattr(importlib.import_module(self.module), self.name)
+
+  def __str__(self):
+    value = self.value()
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+
+_TARGET_SNR = _Default("eesep_jax.core.stopping", "TARGET_SNR_DB")
+_CONFIDENCE = _Default("eesep_jax.core.stopping", "CONFIDENCE")
+_TARGETS = _Default("eesep_jax.analysis.evaluate", "TARGETS_DB")
+_CONFIDENCES = _Default("eesep_jax.analysis.evaluate", "CONFIDENCES")
+_CHUNK_SECONDS = _Default("eesep_jax.inference", "CHUNK_SECONDS")
+_OVERLAP_SECONDS = _Default("eesep_jax.inference", "OVERLAP_SECONDS")
+_CHUNK_BATCH = _Default("eesep_jax.inference", "CHUNK_BATCH")
+_DELTA = _Default("eesep_jax.analysis.calibration_report", "DELTA")
+_EPSILON = _Default("eesep_jax.analysis.calibration_report", "EPSILON")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +108,7 @@ def train_command(args):
 
   if args.distributed or args.coordinator:
     train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-  config = config_lib.load_config(args.config, args.overrides)
+  config, _ = config_lib.parse_flags(args.config, args.config_flags)
   train.train_and_evaluate(config, args.workdir)
 
 
@@ -159,9 +192,8 @@ def _data_config(args, config):
 
 
 def _grid(args):
-  """The `--targets`/`--confidences` given, as keywords."""
-  return {name: getattr(args, name) for name in ("targets", "confidences")
-          if getattr(args, name) is not None}
+  """`--targets` and `--confidences`, as keywords."""
+  return {"targets": args.targets, "confidences": args.confidences}
 
 
 def _posthoc_scales(args, model_config):
@@ -254,14 +286,13 @@ def _describe(result, target_snr_db, num_exits):
 
 
 def _chunking(args, config):
-  """`separate_long`'s chunking keywords: the flags given, else `inference`'s defaults."""
+  """`separate_long`'s chunking keywords, from the flags (`calibrate` has no
+  `--chunk-batch`), checked at `config`'s sample rate."""
   from eesep_jax import inference
 
-  defaults = {"chunk_seconds": inference.CHUNK_SECONDS,
-              "overlap_seconds": inference.OVERLAP_SECONDS,
-              "chunk_batch": inference.CHUNK_BATCH}
-  chunking = {name: default if getattr(args, name, None) is None else getattr(args, name)
-              for name, default in defaults.items()}
+  chunking = {name: getattr(args, name) for name in ("chunk_seconds", "overlap_seconds")}
+  if hasattr(args, "chunk_batch"):
+    chunking["chunk_batch"] = args.chunk_batch
   try:
     inference.chunk_lengths(config, chunking["chunk_seconds"], chunking["overlap_seconds"])
   except ValueError as error:
@@ -366,7 +397,7 @@ def calibrate_command(args):
   print("wrote " + ", ".join(str(path) for path in paths.values()))
 
 
-def _add_corpus_flags(parser, confidences):
+def _add_corpus_flags(parser):
   """`--checkpoint` and what to evaluate it on: the flags `evaluate` and `calibrate` share."""
   parser.add_argument("--checkpoint", required=True, help="a training workdir")
   parser.add_argument(
@@ -376,10 +407,10 @@ def _add_corpus_flags(parser, confidences):
   parser.add_argument("--split", help="default: the training config's test split")
   parser.add_argument("--max-utterances", type=_positive_int,
                       help="evaluate this many of a split, evenly spread (default: all)")
-  parser.add_argument("--targets", type=_numbers,
-                      help="target SNRs in dB (default: 5,10,15,20)")
-  parser.add_argument("--confidences", type=_numbers,
-                      help=f"confidence levels (default: {confidences})")
+  parser.add_argument("--targets", type=_numbers, default=_TARGETS,
+                      help="target SNRs in dB (default: %(default)s)")
+  parser.add_argument("--confidences", type=_numbers, default=_CONFIDENCES,
+                      help="confidence levels (default: %(default)s)")
 
 
 def _add_posthoc_flag(parser):
@@ -390,8 +421,10 @@ def _add_posthoc_flag(parser):
 
 def _add_chunking_flags(parser, chunk_help, overlap_help):
   """`--chunk-seconds` and `--overlap-seconds`, as `separate` and `calibrate` take them."""
-  parser.add_argument("--chunk-seconds", type=_seconds, help=chunk_help)
-  parser.add_argument("--overlap-seconds", type=_seconds, help=overlap_help)
+  parser.add_argument("--chunk-seconds", type=_seconds, default=_CHUNK_SECONDS,
+                      help=chunk_help)
+  parser.add_argument("--overlap-seconds", type=_seconds, default=_OVERLAP_SECONDS,
+                      help=overlap_help)
 
 
 def build_parser():
@@ -410,15 +443,24 @@ def build_parser():
   parser_info.add_argument("--json", action="store_true", help="print one JSON object")
 
   parser_demo = _add_command(
-      subparsers, "demo", demo, "Run the quickstart job end to end (what `make demo` runs).",
+      subparsers, "demo", demo,
+      "Run the quickstart job end to end (what `make demo` runs), from any directory: "
+      "train the config that ships in the package, eesep_jax/configs/demo.py (`eesep "
+      "train --config demo` alone), then calibrate, evaluate and separate.",
       "eesep demo --workdir runs/demo")
   parser_demo.add_argument("--workdir", default="runs/demo", help="where outputs go")
 
   parser_train = _add_command(
       subparsers, "train", train_command,
-      "Train (or resume) an experiment; dotted --config.KEY=VALUE flags override the config.",
-      "eesep train --config eesep_jax/configs/demo.py --workdir runs/demo --config.steps=200")
-  parser_train.add_argument("--config", required=True, help="an experiment config file")
+      "Train (or resume) an experiment; dotted --config.KEY=VALUE flags override the "
+      "config's fields, each typed as its field (--config.model.width=48, "
+      "--config.data.dynamic_mixing=False, --config.evaluation.targets_db=5,10).",
+      "eesep train --config demo --workdir runs/demo --config.steps=200")
+  parser_train.add_argument(
+      "--config", required=True,
+      help="an experiment config file (e.g. experiments/configs/wsj0_2mix_press4.py), or "
+           "the name of one that ships in the package: demo (eesep_jax/configs/demo.py, "
+           "what `eesep demo` trains)")
   parser_train.add_argument("--workdir", required=True,
                             help="checkpoints, config and logs (local path or gs://)")
   parser_train.add_argument("--distributed", action="store_true",
@@ -442,13 +484,13 @@ def build_parser():
       help="replace existing files at the outputs' names (never one of the inputs); "
            "without it, a file separated by an earlier run into OUT is kept")
   parser_separate.add_argument(
-      "--target-snr", type=_decibels, default=15.0,
-      help="the target SNR in dB an exit must reach (default: 15); with --exit-index, "
-           "the target of the reported probability")
+      "--target-snr", type=_decibels, default=_TARGET_SNR,
+      help="the target SNR in dB an exit must reach (default: %(default)s); with "
+           "--exit-index, the target of the reported probability")
   depth = parser_separate.add_mutually_exclusive_group()
-  depth.add_argument("--confidence", type=_confidence, default=0.9,
+  depth.add_argument("--confidence", type=_confidence, default=_CONFIDENCE,
                      help="the probability P(SNR >= target) the probabilistic policy "
-                          "requires (default: 0.9)")
+                          "requires (default: %(default)s)")
   depth.add_argument("--exit-index", type=_exit_index, metavar="N|last",
                      help="stop every chunk at this 1-based exit instead")
   parser_separate.add_argument(
@@ -456,14 +498,13 @@ def build_parser():
       help="when to stop (default: fixed with --exit-index, else probabilistic)")
   _add_chunking_flags(
       parser_separate,
-      "long files are separated in chunks this long (default: 4, the training "
-      "segments' length)",
+      "long files are separated in chunks this long (default: %(default)s)",
       "consecutive chunks overlap and cross-fade this long; at most half a chunk "
-      "(default: 0.5)")
+      "(default: %(default)s)")
   parser_separate.add_argument(
-      "--chunk-batch", type=_positive_int,
+      "--chunk-batch", type=_positive_int, default=_CHUNK_BATCH,
       help="chunks separated at once: more is faster on an accelerator and needs more "
-           "memory (default: 8)")
+           "memory (default: %(default)s)")
   parser_separate.add_argument("--quiet", action="store_true",
                                help="print errors only: no progress bar, no per-file line")
   _add_posthoc_flag(parser_separate)
@@ -473,7 +514,7 @@ def build_parser():
       "Evaluate a checkpoint on full-length utterances: metrics at every exit, and every "
       "stopping policy over a grid of targets and confidences.",
       "eesep evaluate --checkpoint runs/demo --out runs/demo/evaluation --max-utterances 50")
-  _add_corpus_flags(parser_evaluate, confidences="0.5,0.7,0.9")
+  _add_corpus_flags(parser_evaluate)
   parser_evaluate.add_argument(
       "--out", required=True,
       help="folder for evaluation.json, per_utterance.csv and evaluation.md")
@@ -490,7 +531,7 @@ def build_parser():
       "an exit threshold: with probability >= 1 - epsilon, at most a share delta of "
       "utterances fall short of the target.",
       _CALIBRATE_EXAMPLE)
-  _add_corpus_flags(parser_calibrate, confidences="0.5,0.6,0.7,0.8,0.9,0.95")
+  _add_corpus_flags(parser_calibrate)
   parser_calibrate.add_argument(
       "--out", required=True, help="folder for calibration.json, per_utterance.csv and "
                                    "the figures (*.png)")
@@ -509,26 +550,23 @@ def build_parser():
       "--fit-alpha", action="store_true",
       help="also scale alpha - 1, the tails' weight (Student-t heads, --method nll)")
   parser_calibrate.add_argument(
-      "--target-snr", type=_decibels, default=15.0,
-      help="the target SNR in dB of the certified threshold (default: 15)")
+      "--target-snr", type=_decibels, default=_TARGET_SNR,
+      help="the target SNR in dB of the certified threshold (default: %(default)s)")
   parser_calibrate.add_argument(
-      "--delta", type=_unit_interval, default=0.1,
-      help="the share of utterances allowed to miss the target (default: 0.1)")
+      "--delta", type=_unit_interval, default=_DELTA,
+      help="the share of utterances allowed to miss the target (default: %(default)s)")
   parser_calibrate.add_argument(
-      "--epsilon", type=_unit_interval, default=0.1,
-      help="the probability that the certificate is wrong (default: 0.1)")
+      "--epsilon", type=_unit_interval, default=_EPSILON,
+      help="the probability that the certificate is wrong (default: %(default)s)")
   _add_chunking_flags(
       parser_calibrate,
       "fit and certify in the chunks `eesep separate --chunk-seconds` cuts, the "
-      "regime it runs in (default: separate's)",
-      "the chunks' overlap, as in `eesep separate` (default: separate's)")
+      "regime it runs in (default: separate's, %(default)s)",
+      "the chunks' overlap, as in `eesep separate` (default: separate's, %(default)s)")
 
   from eesep_jax.data import cli as data_cli
   data_cli.add_data_commands(subparsers)
   return parser
-
-
-CONFIG_OVERRIDE = "--config."
 
 
 def _show_warning(message, *unused_args, **unused_kwargs):
@@ -539,21 +577,42 @@ def _show_warning(message, *unused_args, **unused_kwargs):
   tqdm.tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
-def _split_overrides(argv):
-  """Separates `--config.KEY=VALUE` (or `--config.KEY VALUE`) flags from the others."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  rest, overrides = [], []
-  while argv:
-    arg = argv.pop(0)
-    if not arg.startswith(CONFIG_OVERRIDE):
-      rest.append(arg)
-    elif "=" in arg:
-      overrides.append(arg[len(CONFIG_OVERRIDE):])
-    elif argv:
-      overrides.append(f"{arg[len(CONFIG_OVERRIDE):]}={argv.pop(0)}")
-    else:
-      raise errors.UsageError(arg, "needs a value: --config.KEY=VALUE")
-  return rest, overrides
+def _config_flags(parser, extras):
+  """The `--config.KEY[=VALUE]` flags (`config_lib.is_override`), and the values given
+  after them, among the arguments argparse left over; a one-line argparse error for
+  any other."""
+  if not extras:
+    return []
+  from eesep_jax import config_lib
+
+  after_flag = False
+  for index, arg in enumerate(extras):
+    flag = config_lib.is_override(arg)
+    if not (flag or after_flag):
+      parser.error(f"unrecognized arguments: {' '.join(extras[index:])}")
+    after_flag = flag and "=" not in arg
+  return extras
+
+
+def parse_args(argv=None):
+  """`eesep ARGV` parsed: argparse's namespace, every `_Default` read from its owner,
+  and `config_flags`, the `--config.KEY=VALUE` flags `eesep train` passes to
+  `config_lib.parse_flags`.
+
+  Raises:
+    SystemExit: with code 2 for a usage error argparse finds, after its one line.
+    errors.UsageError: for `--config.KEY=VALUE` flags given to another command.
+  """
+  parser = build_parser()
+  args, extras = parser.parse_known_args(sys.argv[1:] if argv is None else
+                                         [str(arg) for arg in argv])
+  args.config_flags = _config_flags(parser, extras)
+  if args.config_flags and args.command != "train":
+    raise errors.UsageError(args.config_flags[0], "overrides only apply to `train`")
+  for name, value in vars(args).items():
+    if isinstance(value, _Default):
+      setattr(args, name, value.value())
+  return args
 
 
 def main(argv=None):
@@ -565,11 +624,7 @@ def main(argv=None):
   """
   args = None
   try:
-    argv, overrides = _split_overrides(argv)
-    args = build_parser().parse_args(argv)
-    if overrides and args.command != "train":
-      raise errors.UsageError(f"--config.{overrides[0]}", "overrides only apply to `train`")
-    args.overrides = overrides
+    args = parse_args(argv)
     with warnings.catch_warnings():
       warnings.showwarning = _show_warning
       return args.handler(args)
