@@ -50,9 +50,6 @@ from eesep_jax.core import probabilistic
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
-# The `(γ, p)` whose target satisfaction the table reports.
-TARGET_SNR_DB = 15.0
-CONFIDENCE = 0.9
 RESULT_FILE = "result.json"
 CALIBRATION_DIR = "calibration"
 CORPUS_DIR = "corpus"
@@ -272,7 +269,7 @@ def _variant_result(variant, config, workdir, *, base_model_config, settings, pr
   train_variant(config, workdir)
   report, _ = calibration_report.calibrate_checkpoint(
       workdir, workdir / CALIBRATION_DIR, target_snr_db=settings["target_snr_db"],
-      confidences=sorted({*calibration_report.CONFIDENCES, settings["confidence"]}),
+      confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
       max_utterances=settings["max_utterances"], progress=progress)
   entry = summarise(variant, config, report, base_model_config=base_model_config,
                     target_snr_db=settings["target_snr_db"], confidence=settings["confidence"])
@@ -281,7 +278,7 @@ def _variant_result(variant, config, workdir, *, base_model_config, settings, pr
 
 
 def run_ablation(config_path, out_dir, *, names=None, overrides=(), smoke=False, steps=None,
-                 max_utterances=None, target_snr_db=None, confidence=CONFIDENCE,
+                 max_utterances=None, target_snr_db=None, confidence=None,
                  progress=True, log=print):
   """Trains, evaluates and calibrates every variant, and writes the comparison.
 
@@ -297,8 +294,8 @@ def run_ablation(config_path, out_dir, *, names=None, overrides=(), smoke=False,
     max_utterances: evaluate at most this many utterances of the validation and of
       the test split; None: all.
     target_snr_db, confidence: the `(γ, p)` whose target satisfaction the table
-      reports; `γ` is also the target of the certified threshold. None: `TARGET_SNR_DB`
-      (`SMOKE_TARGET_SNR_DB` when `smoke`).
+      reports; `γ` is also the target of the certified threshold. None: the base
+      config's (`config.inference`; `γ` is `SMOKE_TARGET_SNR_DB` when `smoke`).
     progress: show progress bars.
     log: called with a line as each variant starts.
 
@@ -316,7 +313,9 @@ def run_ablation(config_path, out_dir, *, names=None, overrides=(), smoke=False,
   base_model_config = config_lib.model_config(base_config)
   chosen = select_variants(variants(base_model_config), names)
   if target_snr_db is None:
-    target_snr_db = SMOKE_TARGET_SNR_DB if smoke else TARGET_SNR_DB
+    target_snr_db = SMOKE_TARGET_SNR_DB if smoke else base_config.inference.target_snr_db
+  if confidence is None:
+    confidence = base_config.inference.confidence
   settings = {"target_snr_db": float(target_snr_db), "confidence": float(confidence),
               "max_utterances": max_utterances}
   entries = []

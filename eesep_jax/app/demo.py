@@ -4,13 +4,15 @@
 
 1. builds the embedded eSpeak corpus under `data/demo`, and the held-out test set of
    other languages' voices under `data/heldout`, if they are missing;
-2. trains `eesep_jax/configs/demo.py` in `WORKDIR`, resuming if a run is there;
+2. trains `eesep_jax/configs/demo.py` (shipped in the package: `eesep train --config
+   demo`) in `WORKDIR`, resuming if a run is there;
 3. fits post-hoc calibration of the exit probabilities on the validation split and
    reports calibration on the test split (`WORKDIR/calibration/`);
 4. evaluates every exit and every stopping policy, calibrated, on the test split
    (`WORKDIR/evaluation/`) and on the held-out voices (`WORKDIR/evaluation_heldout/`);
 5. separates one test mixture into `WORKDIR/separated/`;
-6. prints SI-SNRi per exit on both sets and, at the default target, the compute the
+6. prints SI-SNRi per exit on both sets and, at the config's stopping target and
+   confidence (`config.inference`; the demo config's target is 10 dB), the compute the
    probabilistic policy saves, its SI-SNRi and its target satisfaction.
 """
 
@@ -21,8 +23,8 @@ import time
 import numpy as np
 
 from eesep_jax import config_lib
+from eesep_jax import configs
 from eesep_jax import data
-from eesep_jax import errors
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
@@ -32,11 +34,7 @@ from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
 # Shipped inside the package, so that `eesep demo` runs from any directory.
-DEMO_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
-# The stopping target the summary reports: a round SNR that the demo model reaches on
-# some test utterances at exit 1 and on most at the last exit, with 90% confidence.
-TARGET_SNR_DB = 10.0
-CONFIDENCE = 0.9
+DEMO_CONFIG = configs.DIRECTORY / "demo.py"
 
 
 def locate(path, start=None):
@@ -74,22 +72,23 @@ def _reached_lines(name, rows, target_snr_db):
   return f"  {name:<28}" + "".join(f"{100 * share:7.0f}%" for share in shares)
 
 
-def _stopping_lines(summary, report, num_exits):
-  """The default policy's compute, quality and target satisfaction (calibrated)."""
+def _stopping_lines(summary, report, num_exits, target_snr_db, confidence):
+  """The policy's compute, quality and target satisfaction (calibrated) at the config's
+  target and confidence."""
   point = next(p for p in summary["policies"]
-               if p["policy"] == "probabilistic" and p["target_snr_db"] == TARGET_SNR_DB
-               and p["confidence"] == CONFIDENCE)
+               if p["policy"] == "probabilistic" and p["target_snr_db"] == target_snr_db
+               and p["confidence"] == confidence)
   met = next(s for s in report["after"]["target_satisfaction"]
-             if s["target_snr_db"] == TARGET_SNR_DB and s["confidence"] == CONFIDENCE)
+             if s["target_snr_db"] == target_snr_db and s["confidence"] == confidence)
   full = summary["per_exit"][-1]
   # `max` with 0.0 first: when nothing is saved, `1 - x / x` is -0.0, printed "-0%".
   saved = max(0.0, 100 * (1 - point["gmacs_per_second"] / full["gmacs_per_second"]))
   share = ("no utterance stopped early" if not met["count"] else
            f"{100 * met['share']:.0f}% of the {met['count']} utterances that stopped "
-           f"reached {TARGET_SNR_DB:g} dB [95% CI {100 * met['low']:.0f}-"
-           f"{100 * met['high']:.0f}%], asked {100 * CONFIDENCE:.0f}%")
+           f"reached {target_snr_db:g} dB [95% CI {100 * met['low']:.0f}-"
+           f"{100 * met['high']:.0f}%], asked {100 * confidence:.0f}%")
   return [
-      f"Stopping at P(SNR >= {TARGET_SNR_DB:g} dB) >= {CONFIDENCE:g} (test split, "
+      f"Stopping at P(SNR >= {target_snr_db:g} dB) >= {confidence:g} (test split, "
       "calibrated on the validation split):",
       f"  compute saved:       {saved:.0f}% (mean exit {point['mean_exit']:.2f} of "
       f"{num_exits}, {point['gmacs_per_second']:.2f} of {full['gmacs_per_second']:.2f} "
@@ -99,10 +98,17 @@ def _stopping_lines(summary, report, num_exits):
   ]
 
 
-def _evaluate(variables, model_config, source, out_dir, posthoc):
-  rows, summary = evaluate.evaluate_model(
-      variables, model_config, source, targets=(*evaluate.TARGETS_DB, TARGET_SNR_DB),
-      confidences=(CONFIDENCE,), posthoc=posthoc)
+def _grid(config):
+  """The reports' grid: the config's (`config.evaluation`), with its stopping target
+  and confidence (`config.inference`)."""
+  return {"targets": sorted({*config.evaluation.targets_db, config.inference.target_snr_db}),
+          "confidences": sorted({*config.evaluation.confidences,
+                                 config.inference.confidence})}
+
+
+def _evaluate(variables, model_config, source, out_dir, posthoc, config):
+  rows, summary = evaluate.evaluate_model(variables, model_config, source, posthoc=posthoc,
+                                          **_grid(config))
   return rows, summary, evaluate.write_report(out_dir, rows, summary)
 
 
@@ -110,9 +116,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   """Runs the demo end to end; returns the test split's evaluation summary."""
   start = time.monotonic()
   workdir = pathlib.Path(workdir)
-  if not pathlib.Path(config_path).is_file():
-    raise errors.UsageError(config_path, "not found: run the demo from the repository root")
   config = config_lib.load_config(config_path, overrides)
+  target_snr_db, confidence = config.inference.target_snr_db, config.inference.confidence
   heldout_root = config.data.get("heldout_root")
 
   print(f"[1/5] corpus: {config.data.root}, held-out voices: {heldout_root}")
@@ -126,8 +131,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
 
   print("[3/5] fitting post-hoc calibration on the validation split")
   report, _ = calibration_report.calibrate_checkpoint(
-      workdir, workdir / "calibration", config=config, target_snr_db=TARGET_SNR_DB,
-      confidences=(CONFIDENCE,))
+      workdir, workdir / "calibration", config=config, target_snr_db=target_snr_db,
+      **_grid(config))
   scales = calibration.load_posthoc(workdir)
   posthoc = functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
 
@@ -135,19 +140,19 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   model_config, variables = checkpoints.restore_params(workdir)
   test_source = data.open_split(config, config.data.test_split)
   rows, summary, paths = _evaluate(variables, model_config, test_source,
-                                   workdir / "evaluation", posthoc)
+                                   workdir / "evaluation", posthoc, config)
   heldout_config = config.copy_and_resolve_references()
   heldout_config.data.root, heldout_config.data.synthesize_if_missing = heldout_root, False
   heldout_rows, heldout_summary, _ = _evaluate(
       variables, model_config, data.open_split(heldout_config, config.data.test_split),
-      workdir / "evaluation_heldout", posthoc)
+      workdir / "evaluation_heldout", posthoc, config)
 
   print("[5/5] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
   [result] = separate_files.separate_files(
       [mixture_path], variables=variables, config=model_config,
-      out_dir=workdir / "separated", overwrite=True, target_snr_db=TARGET_SNR_DB,
-      confidence=CONFIDENCE, posthoc_scales=scales)
+      out_dir=workdir / "separated", overwrite=True, target_snr_db=target_snr_db,
+      confidence=confidence, posthoc_scales=scales)
   if result.error:
     raise RuntimeError(result.error)
 
@@ -159,10 +164,10 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       "", f"{'SI-SNRi per exit (dB)':<30}{exits}",
       _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
       f"  {'GMAC per second of audio':<28}{gmacs}",
-      f"Utterances whose worst source reaches {TARGET_SNR_DB:g} dB, per exit:",
-      _reached_lines(test_name, rows, TARGET_SNR_DB),
-      _reached_lines(heldout_name, heldout_rows, TARGET_SNR_DB),
-      *_stopping_lines(summary, report, model_config.num_exits),
+      f"Utterances whose worst source reaches {target_snr_db:g} dB, per exit:",
+      _reached_lines(test_name, rows, target_snr_db),
+      _reached_lines(heldout_name, heldout_rows, target_snr_db),
+      *_stopping_lines(summary, report, model_config.num_exits, target_snr_db, confidence),
       f"Separated {mixture_path} -> {', '.join(result.outputs)}",
       f"Reports: {paths['markdown']}, {workdir / 'calibration'}, "
       f"{workdir / 'evaluation_heldout'}",

@@ -44,7 +44,8 @@ def build_parser():
                            "plumbing, not results)")
   parser.add_argument("--config", type=pathlib.Path,
                       help="the base experiment config (default: "
-                           "experiments/configs/ablation_full.py; with --smoke, demo.py)")
+                           "experiments/configs/ablation_full.py; with --smoke, "
+                           "eesep_jax/configs/demo.py)")
   parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                       help="a dotted override of the base config, e.g. data.root=/data/wsj0 "
                            "(repeatable)")
@@ -56,9 +57,11 @@ def build_parser():
                            "of the test split (default: all)")
   parser.add_argument("--target-snr", type=float,
                       help="γ in dB of the reported target satisfaction and of the "
-                           "certified threshold (default: 15; with --smoke, 1)")
-  parser.add_argument("--confidence", type=float, default=0.9,
-                      help="p of the reported target satisfaction (default: 0.9)")
+                           "certified threshold (default: the base config's "
+                           "inference.target_snr_db; with --smoke, 1)")
+  parser.add_argument("--confidence", type=float,
+                      help="p of the reported target satisfaction (default: the base "
+                           "config's inference.confidence)")
   parser.add_argument("--list", action="store_true",
                       help="print the variants and their overrides, and exit")
   return parser
