@@ -173,8 +173,7 @@ def training_loader(source, *, batch_size, seed, segment_length=None, segment_se
                                                        prefetch_buffer_size=prefetch_batches))
   if num_workers:
     if not flags.FLAGS.is_parsed():
-      # grain 0.2.18 reads an absl flag when it starts workers and fails outside an
-      # absl app (google/grain#1355, fixed upstream); take the flags' defaults.
+      # grain 0.2.18's workers read absl flags, unparsed outside an absl app (grain#1355).
       flags.FLAGS.mark_as_parsed()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=num_workers, per_worker_buffer_size=prefetch_batches))
