@@ -1,12 +1,28 @@
-"""Every experiment config loads, builds its model and names options its reader takes."""
+"""Every experiment config loads, builds its model and names options its reader takes;
+`--config.KEY=VALUE` flags reach the config typed, or fail in one line; every default
+of the command line and the schema is its owner's."""
 
 import inspect
+import json
 import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
 from eesep_jax import config_lib
+from eesep_jax import configs
+from eesep_jax import errors
+from eesep_jax import inference
+from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import evaluate
+from eesep_jax.app import cli
+from eesep_jax.app import demo
+from eesep_jax.core import stopping
 from eesep_jax.data import readers
+from eesep_jax.training import checkpoints
+from eesep_jax.training import train
 
 REPO = pathlib.Path(__file__).parents[1]
 # The dataset configs of `experiments/`, and those that ship in the package (the demo).
@@ -38,3 +54,223 @@ def test_config_is_complete_and_consistent(path):
   splits = {config.data.train_split, config.data.valid_split, config.data.test_split}
   assert splits <= SPLITS[config.data.kind]
   assert config.data.valid_split != config.data.train_split
+
+
+# ----------------------------------------------------------------------------------
+# One schema, one default per value, and the `--config` flags of `eesep train`.
+
+DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
+
+
+@pytest.fixture
+def trained(monkeypatch):
+  """`train.train_and_evaluate` replaced: the configs `eesep train` would train."""
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: calls.append(config))
+  return calls
+
+
+def _main(argv, capsys):
+  """`eesep ARGV` in this process: `(exit code, stderr lines)`."""
+  try:
+    code = cli.main([str(arg) for arg in argv])
+  except SystemExit as exit_:
+    code = exit_.code
+  return code, capsys.readouterr().err.splitlines()
+
+
+def test_config_flags_reach_nested_fields_typed(tmp_path, trained, capsys):
+  code, stderr = _main(
+      ["train", "--config", "demo", "--workdir", tmp_path, "--config.model.width=48",
+       "--config.data.dynamic_mixing=False", "--config.model.variance.block_length", "64",
+       "--noconfig.data.strict", "--config.evaluation.targets_db=5,10",
+       "--config.inference.confidence=0.95", "--config.loss.exit_weights=None",
+       "--config.optimizer.learning_rate=1"], capsys)
+  assert code is None, stderr
+  [config] = trained
+  assert config.model.width == 48
+  assert config.data.dynamic_mixing is False and config.data.strict is False
+  assert config.model.variance.block_length == 64  # None in the preset, typed int.
+  assert config.evaluation.targets_db == (5, 10)
+  assert config.inference.confidence == 0.95
+  assert config.loss.exit_weights is None
+  assert isinstance(config.optimizer.learning_rate, float)
+  # The rest is the packaged demo config's.
+  assert config.steps == config_lib.load_config(DEMO_CONFIG).steps
+
+
+def test_train_takes_the_demo_config_by_path_from_the_repository(monkeypatch, tmp_path,
+                                                                 trained, capsys):
+  monkeypatch.chdir(REPO)
+  code, stderr = _main(["train", "--config", "eesep_jax/configs/demo.py", "--workdir",
+                        tmp_path, "--config.steps=7"], capsys)
+  assert code is None, stderr
+  assert trained[0].steps == 7
+
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--config.model.widht=48"],
+     r"--config\.model\.widht=48: cannot apply it to .*demo\.py: 'model\.widht' is not a "
+     r"field of this config"),
+    (["--noconfig.data.strikt"],
+     r"--noconfig\.data\.strikt: cannot apply it to .*demo\.py: 'data\.strikt' is not a "
+     r"field of this config"),
+    (["--config.steps=many"],
+     r"--config\.steps=many: cannot apply it to .*demo\.py: 'steps' is an int field: "
+     r"invalid literal for int\(\) with base 10: 'many'"),
+    (["--config.data.dynamic_mixing=maybe"],
+     r"--config\.data\.dynamic_mixing=maybe: cannot apply it to .*demo\.py: "
+     r"'data\.dynamic_mixing' is a bool field: .*'maybe'"),
+    (["--config.steps"], r"--config\.steps: needs a value: --config\.KEY=VALUE"),
+    (["--config.data.strict", "False"],
+     r"--config\.data\.strict False: this field takes its value only after '=': "
+     r"--config\.data\.strict=False"),
+], ids=["unknown", "unknown-bool", "int", "bool", "no-value", "bool-after-space"])
+def test_a_bad_config_flag_is_one_line_and_a_usage_error(flags, pattern, tmp_path, trained,
+                                                         capsys):
+  code, stderr = _main(["train", "--config", "demo", "--workdir", tmp_path, *flags], capsys)
+  assert code == errors.USAGE_EXIT_CODE
+  assert len(stderr) == 1 and re.fullmatch(f"error: {pattern}", stderr[0]), stderr
+  assert not trained
+
+
+def test_config_flags_of_other_commands_and_missing_configs_are_usage_errors(tmp_path,
+                                                                            capsys):
+  code, stderr = _main(["separate", "x.wav", "--checkpoint", tmp_path, "--out-dir", tmp_path,
+                        "--config.steps=5"], capsys)
+  assert (code, stderr) == (2, ["error: --config.steps=5: overrides only apply to `train`"])
+  code, stderr = _main(["train", "--config", tmp_path / "nowhere.py", "--workdir", tmp_path],
+                       capsys)
+  assert code == 2 and len(stderr) == 1
+  assert stderr[0].endswith("nowhere.py: the config file does not exist (configs shipped in "
+                            "the package: demo)")
+  code, stderr = _main(["train", "--config", "demo", "--workdir", tmp_path, "--wrkdir", "x"],
+                       capsys)
+  assert code == 2 and stderr == ["error: unrecognized arguments: --wrkdir x (see eesep --help)"]
+
+
+def test_a_config_file_without_or_with_a_failing_get_config_is_named(tmp_path):
+  (tmp_path / "none.py").write_text("steps = 1\n")
+  (tmp_path / "fails.py").write_text("def get_config():\n  raise ValueError('no data')\n")
+  config_lib.load_config(DEMO_CONFIG)  # A config loaded before must not stand in.
+  with pytest.raises(errors.UsageError, match=r"none\.py: the file defines no get_config"):
+    config_lib.load_config(tmp_path / "none.py")
+  with pytest.raises(errors.UsageError, match=r"fails\.py: its get_config\(\) failed: "
+                                              r"ValueError: no data$"):
+    config_lib.load_config(tmp_path / "fails.py", ["steps=1"])
+
+
+def test_every_cli_default_is_its_owners(capsys):
+  separate = cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o"])
+  assert (separate.target_snr, separate.confidence) == (stopping.TARGET_SNR_DB,
+                                                        stopping.CONFIDENCE)
+  assert (separate.chunk_seconds, separate.overlap_seconds, separate.chunk_batch) == (
+      inference.CHUNK_SECONDS, inference.OVERLAP_SECONDS, inference.CHUNK_BATCH)
+  calibrate = cli.parse_args(["calibrate", "--checkpoint", "c", "--out", "o"])
+  assert calibrate.target_snr == stopping.TARGET_SNR_DB
+  assert (calibrate.delta, calibrate.epsilon) == (calibration_report.DELTA,
+                                                  calibration_report.EPSILON)
+  assert (calibrate.chunk_seconds, calibrate.overlap_seconds) == (
+      inference.CHUNK_SECONDS, inference.OVERLAP_SECONDS)
+  for args in (calibrate, cli.parse_args(["evaluate", "--checkpoint", "c", "--out", "o"])):
+    assert (args.targets, args.confidences) == (evaluate.TARGETS_DB, evaluate.CONFIDENCES)
+  with pytest.raises(SystemExit):
+    cli.parse_args(["separate", "--help"])
+  assert f"(default: {stopping.TARGET_SNR_DB:g})" in " ".join(capsys.readouterr().out.split())
+  # Given, a flag wins.
+  assert cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o",
+                         "--target-snr", "12"]).target_snr == 12.0
+
+
+def test_the_defaults_follow_their_owners(monkeypatch):
+  """No copy anywhere: a changed owner changes the command line and the schema."""
+  monkeypatch.setattr(stopping, "TARGET_SNR_DB", 12.0)
+  monkeypatch.setattr(evaluate, "CONFIDENCES", (0.8,))
+  monkeypatch.setattr(inference, "CHUNK_SECONDS", 3.0)
+  args = cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o"])
+  assert (args.target_snr, args.chunk_seconds) == (12.0, 3.0)
+  assert cli.parse_args(["evaluate", "--checkpoint", "c", "--out", "o"]).confidences == (0.8,)
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  assert (config.inference.target_snr_db, config.inference.chunk_seconds,
+          config.evaluation.confidences) == (12.0, 3.0, (0.8,))
+
+
+def test_the_parser_is_built_without_jax():
+  code = ("import sys; from eesep_jax.app import cli; cli.build_parser(); "
+          "assert 'jax' not in sys.modules, 'jax imported'")
+  subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_the_library_defaults_are_the_owners():
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  assert config.inference.to_dict() == {
+      "target_snr_db": stopping.TARGET_SNR_DB, "confidence": stopping.CONFIDENCE,
+      "chunk_seconds": inference.CHUNK_SECONDS, "overlap_seconds": inference.OVERLAP_SECONDS,
+      "chunk_batch": inference.CHUNK_BATCH}
+  assert config.evaluation.to_dict() == {"targets_db": evaluate.TARGETS_DB,
+                                         "confidences": evaluate.CONFIDENCES}
+  config_lib.validate_config(config)
+  separate = inspect.signature(inference.separate).parameters
+  assert (separate["target_snr_db"].default, separate["confidence"].default) == (
+      stopping.TARGET_SNR_DB, stopping.CONFIDENCE)
+  calibrate = inspect.signature(calibration_report.calibrate).parameters
+  assert calibrate["target_snr_db"].default == stopping.TARGET_SNR_DB
+  assert calibrate["targets"].default == evaluate.TARGETS_DB
+
+
+def test_the_calibration_report_uses_the_evaluation_grid():
+  assert calibration_report.CONFIDENCES == evaluate.CONFIDENCES
+  for function in (calibration_report.calibrate, calibration_report.calibration_report,
+                   evaluate.evaluate_model, evaluate.summarize):
+    assert inspect.signature(function).parameters["confidences"].default == (
+        evaluate.CONFIDENCES), function.__name__
+
+
+def test_the_packaged_demo_config_loads_from_any_directory(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  assert demo.DEMO_CONFIG.is_absolute() and demo.DEMO_CONFIG == configs.resolve("demo")
+  assert "demo" in configs.names()
+  config = config_lib.load_config("demo")
+  assert config.to_dict() == config_lib.load_config(demo.DEMO_CONFIG).to_dict()
+  # The demo's own stopping target, read by the demo from its config.
+  assert config.inference.target_snr_db == 10.0 != stopping.TARGET_SNR_DB
+  grid = demo._grid(config)  # pylint: disable=protected-access
+  assert 10.0 in grid["targets"] and set(evaluate.TARGETS_DB) <= set(grid["targets"])
+  assert config.inference.confidence in grid["confidences"]
+  # A file of that name in the working directory is that file.
+  (tmp_path / "demo").write_text("def get_config():\n  return {'steps': 3}\n")
+  assert config_lib.load_config("demo")["steps"] == 3
+
+
+def test_a_run_saved_before_the_inference_sections_loads_and_resumes(tmp_path):
+  config = config_lib.load_config(DEMO_CONFIG)
+  saved = json.loads(config.to_json_best_effort())
+  del saved["inference"], saved["evaluation"]
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
+  old = checkpoints.read_config(tmp_path)
+  assert old.inference.target_snr_db == stopping.TARGET_SNR_DB
+  assert tuple(old.evaluation.confidences) == evaluate.CONFIDENCES
+  config_lib.validate_config(old)
+  # The sections do not change training: a resumed run may set them.
+  changed = config_lib.load_config(DEMO_CONFIG, ["inference.chunk_seconds=2.0"])
+  assert config_lib.resume_differences(old, changed) == []
+  changed.model.width = 48
+  assert config_lib.resume_differences(old, changed) == [
+      ("model.width", config.model.width, 48)]
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("inference.confidence=1.5", r"config\.inference\.confidence: 1\.5: must be a "
+                                 r"probability in \(0, 1\]"),
+    ("inference.target_snr_db=inf", r"config\.inference\.target_snr_db: inf: must be a "
+                                    r"finite number"),
+    ("inference.overlap_seconds=3.0", r"config\.inference\.overlap_seconds: 3\.0: must be "
+                                      r"at most half of inference\.chunk_seconds"),
+    ("evaluation.confidences=(0.5,2)", r"config\.evaluation\.confidences: \(0\.5, 2\): must "
+                                       r"be one or more probabilities"),
+    ("loss.exit_weights", r"config\.loss\.exit_weights: True: must be 3 non-negative"),
+])
+def test_the_inference_sections_are_validated(override, pattern):
+  config = config_lib.load_config(DEMO_CONFIG, [override])
+  with pytest.raises(errors.UsageError, match=f"^{pattern}"):
+    config_lib.validate_config(config)
