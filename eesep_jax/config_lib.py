@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import math
+import pathlib
 import re
 import sys
 import typing
@@ -193,7 +194,7 @@ def parse_flags(path, flag_args=()):
       `--config.KEY=VALUE: what is wrong`.
   """
   path = configs.resolve(path)
-  if not path.is_file():
+  if not pathlib.Path(str(path).partition(":")[0]).is_file():
     raise errors.UsageError(f"--config {path}", "the config file does not exist (configs "
                             f"shipped in the package: {', '.join(configs.names())})")
   flag_args = [str(arg) for arg in flag_args]

@@ -160,6 +160,13 @@ def test_a_config_file_without_or_with_a_failing_get_config_is_named(tmp_path):
     config_lib.load_config(tmp_path / "fails.py", ["steps=1"])
 
 
+def test_what_follows_a_colon_is_get_configs_argument(tmp_path):
+  (tmp_path / "sized.py").write_text("def get_config(size):\n  return {'size': size}\n")
+  assert config_lib.load_config(f"{tmp_path / 'sized.py'}:large", ["size=small"]) == {
+      "size": "small"}
+  assert config_lib.load_config(f"{tmp_path / 'sized.py'}:large")["size"] == "large"
+
+
 def test_every_cli_default_is_its_owners(capsys):
   separate = cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o"])
   assert (separate.target_snr, separate.confidence) == (stopping.TARGET_SNR_DB,
