@@ -24,7 +24,7 @@ demo: $(STAMP)
 # one core per program. `make test PYTEST_WORKERS=0` runs them in this process.
 PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,12 +9,20 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 import soundfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Most of the suite's time is XLA compiling. One persistent compilation cache, set
+# before JAX is imported, lets the xdist workers and the training subprocesses read
+# the programs another of them compiled, and a rerun read this run's.
+COMPILE_CACHE = pathlib.Path(tempfile.gettempdir()) / f"eesep-jax-test-cache-{os.getuid()}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILE_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
 
 # Small enough for CI (2 cores) yet a real run: tiny preset, 0.25 s segments.
@@ -88,8 +96,8 @@ def model():
 
 
 @pytest.fixture(scope="session")
-def compile_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
+def compile_cache():
+  return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def train_env(compile_cache, devices=1):
