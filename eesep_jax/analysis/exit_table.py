@@ -97,6 +97,7 @@ class ExitTable:
 
   @property
   def num_exits(self):
+    """Exits of the model evaluated."""
     return self.snr_min.shape[1]
 
   @property
@@ -120,7 +121,7 @@ class ExitTable:
     return {**arrays, **{VARIANCE_PREFIX + name: value for name, value in self.variance.items()}}
 
   def subset(self, index):
-    """The rows `index` (a slice, indices or a boolean mask over `[utterances]`)."""
+    """The rows `index`: a slice, an array of indices or a boolean mask `[utterances]`."""
     return from_arrays({name: value if name == "targets_db" else value[index]
                         for name, value in self.arrays().items()})
 
@@ -137,8 +138,8 @@ class ExitTable:
     `probability_{γ}db` per target, `expected_snr_db`, `num_samples`, and per source
     `c` (1-based, reference order) `snr_s{c}`, `error_energy_s{c}`,
     `estimate_energy_s{c}` and `{name}_s{c}` for every variance parameter (in order of
-    name; a number, or its blocks joined by ";"); in chunks, `utterance` and
-    `chunk_start`.
+    name; a number, or its blocks joined by ";"); for chunks (`chunk_start` given),
+    `utterance` and `chunk_start`.
     """
     columns = self._columns()
     shape = self.snr_min.shape
