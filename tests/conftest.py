@@ -81,6 +81,27 @@ def write_speech_mixtures(root, split, names, *, length, rate=8000, silent_s2=()
       soundfile.write(root / split / folder / f"{name}.wav", signal, rate, subtype="PCM_16")
 
 
+def make_exit_table(utterances, exits, sources, **fields):
+  """An `exit_table.ExitTable` of `fields`, the others NaN: ids `u0, u1, ...`, 8000
+  samples each, one target (0 dB), one block of Student-t parameters."""
+  from eesep_jax.analysis import exit_table
+
+  def nan(*shape):
+    return np.full(shape, np.nan)
+
+  ids = np.array([f"u{i}" for i in range(utterances)])
+  defaults = {
+      "ids": ids, "utterance": ids, "num_samples": np.full(utterances, 8000),
+      "targets_db": np.array([0.0]), "probability": nan(utterances, exits, 1),
+      **{name: nan(utterances, exits) for name in (
+          "si_snr", "si_snri", "snr", "snri", "sdr", "sdri", "snr_min", "expected_snr_db")},
+      **{name: nan(utterances, exits, sources)
+         for name in ("source_snr", "error_energy", "estimate_energy")},
+      "variance": {name: nan(utterances, exits, sources, 1) for name in ("alpha", "beta")},
+  }
+  return exit_table.ExitTable(**{**defaults, **fields})
+
+
 @pytest.fixture(scope="session")
 def model():
   """`(config, variables)`: the tiny preset with random weights."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from conftest import make_exit_table
 from conftest import write_speech_mixtures
 from eesep_jax import config_lib
 from eesep_jax import data
@@ -20,6 +21,7 @@ from eesep_jax import inference
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import exit_table
 from eesep_jax.app import cli
 from eesep_jax.app import separate_files
 from eesep_jax.core import probabilistic
@@ -66,13 +68,15 @@ def _population(seed, n, *, factor=1.0, gaussian=False, exits=3, sources=2):
   scaled = "variance" if gaussian else "beta"
   params[scaled] = params[scaled] * factor
   realised = 10 * np.log10(1 + signal / energy)  # No cross term: exactly the model's SNR.
-  table = {"num_samples": np.broadcast_to(time[:, None], (n, exits)).copy(),
-           "snr_min": realised.min(axis=-1), "si_snri": realised.mean(axis=-1)}
-  for c in range(sources):
-    for name, values in (*params.items(), ("error_energy", energy),
-                         ("estimate_energy", signal), ("snr", realised)):
-      table[f"{name}_s{c + 1}"] = values[..., c]
-  return table
+  return make_exit_table(
+      n, exits, sources, num_samples=time, snr_min=realised.min(axis=-1),
+      si_snri=realised.mean(axis=-1), source_snr=realised, error_energy=energy,
+      estimate_energy=signal, variance={name: value[..., None] for name, value in params.items()})
+
+
+def _parameters(table):
+  """The one variance block of a table's parameters, `[utterances, exits, sources]`."""
+  return {name: value[..., 0] for name, value in table.variance.items()}
 
 
 def _report(table, **kwargs):
@@ -122,7 +126,7 @@ def test_report_layout():
     assert sum(entry["exit_histogram"]) == 200
     assert entry["low"] <= entry["share"] <= entry["high"]
   with pytest.raises(ValueError, match="one variance block"):
-    _report({"si_snri": np.zeros((2, 3)), "snr_min": np.zeros((2, 3))})
+    _report(make_exit_table(2, 3, 2, variance={"variance": np.ones((2, 3, 2, 2))}))
 
 
 def test_certified_threshold_holds_on_fresh_utterances():
@@ -222,8 +226,11 @@ def test_calibrate_writes_the_report_figures_and_scales(calibrated):
   assert {"threshold", "delta", "epsilon", "test"} <= set(report["guarantee"])
   for name in calibration_report.FIGURE_FILES.values():
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  rows = evaluate.read_rows(out / evaluate.CSV_FILE)
-  assert len(rows) == 3 * 3 and {"error_energy_s2", "num_samples"} <= set(rows[0])
+  table = exit_table.load(out / evaluate.TABLE_FILE)
+  assert table.error_energy.shape == (3, 3, 2) and table.num_samples.shape == (3,)
+  with (out / evaluate.CSV_FILE).open() as file:  # The export for people.
+    header, *rows = file.read().splitlines()
+  assert len(rows) == 3 * 3 and {"error_energy_s2", "num_samples"} <= set(header.split(","))
   scales = calibration.load_posthoc(checkpoint)
   np.testing.assert_allclose(scales["beta_scale"], report["posthoc"]["scales"]["beta_scale"])
   assert not np.allclose(scales["beta_scale"], 1.0)
@@ -231,26 +238,26 @@ def test_calibrate_writes_the_report_figures_and_scales(calibrated):
   assert "Certified threshold" in stdout or "No threshold certified" in stdout
 
 
-def test_report_recomputes_from_the_csv(calibrated):
+def test_report_recomputes_from_the_saved_table(calibrated):
   _, out, _ = calibrated
   report = json.loads((out / calibration_report.JSON_FILE).read_text())
-  _, table = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
+  table = exit_table.load(out / evaluate.TABLE_FILE)
   again = calibration_report.calibration_report(
       table, gmacs_per_second=report["gmacs_per_second_by_exit"], targets=TARGETS,
       confidences=(0.3, 0.6, 0.9))
-  for name in ("ks", "crps", "nll", "sharpness"):  # From values rounded to 6 digits.
+  for name in ("ks", "crps", "nll", "sharpness"):
     assert again["pooled"][name] == pytest.approx(report["before"]["pooled"][name], rel=1e-3)
 
 
 def test_worst_source_probability_is_the_exit_probability(calibrated):
   """The report's per-source probabilities, combined, are what the network reported."""
   _, out, _ = calibrated
-  _, table = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
-  arrays = calibration_report.source_arrays(table)
+  table = exit_table.load(out / evaluate.TABLE_FILE)
   for target in TARGETS:
-    worst = _scipy_exceedance(arrays["estimate_energy"], arrays["params"],
-                              arrays["num_samples"], target).min(axis=1)
-    np.testing.assert_allclose(worst, table[evaluate.probability_column(target)], atol=1e-4)
+    worst = _scipy_exceedance(table.estimate_energy, _parameters(table),
+                              table.num_samples[:, None, None], target).min(axis=-1)
+    np.testing.assert_allclose(worst, table.probability[..., table.target_index(target)],
+                               atol=1e-4)
 
 
 def test_evaluate_applies_the_saved_scales(calibrated, model, corpus):
@@ -258,21 +265,21 @@ def test_evaluate_applies_the_saved_scales(calibrated, model, corpus):
   _, stderr = _run(["evaluate", "--checkpoint", str(checkpoint), "--targets", "0.5,2,5",
                     "--out", str(checkpoint / "evaluated")], model, corpus)
   assert "applying post-hoc calibration from" in stderr
-  # `eesep calibrate` wrote the test split's rows without post-hoc calibration.
-  _, before = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
-  _, after = evaluate.exit_table(
-      evaluate.read_rows(checkpoint / "evaluated" / evaluate.CSV_FILE))
+  # `eesep calibrate` wrote the test split's table without post-hoc calibration.
+  before = exit_table.load(out / evaluate.TABLE_FILE)
+  after = exit_table.load(checkpoint / "evaluated" / evaluate.TABLE_FILE)
   scales = calibration.load_posthoc(checkpoint)
-  arrays = calibration_report.source_arrays(before)
   for target in TARGETS:
-    column = evaluate.probability_column(target)
     expected = _scipy_exceedance(
-        arrays["estimate_energy"], probabilistic.apply_posthoc(arrays["params"], scales),
-        arrays["num_samples"], target).min(axis=1)
-    np.testing.assert_allclose(after[column], expected, atol=1e-4)
-  assert not np.allclose(after[evaluate.probability_column(2.0)],
-                         before[evaluate.probability_column(2.0)], atol=1e-3)
-  np.testing.assert_array_equal(after["si_snr"], before["si_snr"])  # Estimates untouched.
+        before.estimate_energy,
+        probabilistic.apply_posthoc(_parameters(before), scales, exit_axis=1),
+        before.num_samples[:, None, None], target).min(axis=-1)
+    np.testing.assert_allclose(after.probability[..., after.target_index(target)], expected,
+                               atol=1e-4)
+  at_2db = after.target_index(2.0)
+  assert not np.allclose(after.probability[..., at_2db],
+                         before.probability[..., before.target_index(2.0)], atol=1e-3)
+  np.testing.assert_array_equal(after.si_snr, before.si_snr)  # Estimates untouched.
   report = json.loads((checkpoint / "evaluated" / evaluate.JSON_FILE).read_text())
   np.testing.assert_allclose(report["posthoc_scales"]["beta_scale"], scales["beta_scale"])
 
@@ -282,11 +289,10 @@ def test_separate_applies_scales_without_recompiling(calibrated, model, corpus):
   checkpoint, out, _ = calibrated
   scales = calibration.load_posthoc(checkpoint)
   example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
-  ids, table = evaluate.exit_table(evaluate.read_rows(out / evaluate.CSV_FILE))
-  arrays = calibration_report.source_arrays(table)
-  expected = _scipy_exceedance(
-      arrays["estimate_energy"], probabilistic.apply_posthoc(arrays["params"], scales),
-      arrays["num_samples"], 2.0).min(axis=1)[ids.index(example["id"])]
+  table = exit_table.load(out / evaluate.TABLE_FILE)
+  params = probabilistic.apply_posthoc(_parameters(table), scales, exit_axis=1)
+  expected = _scipy_exceedance(table.estimate_energy, params, table.num_samples[:, None, None],
+                               2.0).min(axis=-1)[table.ids.tolist().index(example["id"])]
   separate = functools.partial(inference.separate, variables, config,
                                example["mixture"][None], policy="fixed", target_snr_db=2.0)
   plain = [separate(exit_index=k).probability[0] for k in (1, 2, 3)]
@@ -386,10 +392,10 @@ def test_calibrate_in_chunks_evaluates_what_separate_long_separates(calibrated_i
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "in chunks" in stdout and "on whole utterances" in stdout
 
-  rows = evaluate.read_rows(out / evaluate.CSV_FILE)
-  ids, table = evaluate.exit_table(rows)
-  assert ids[:3] == ["tt0@0", "tt0@1600", "tt0@2000"]
-  assert evaluate.utterance_ids(rows)[:4] == ["tt0", "tt0", "tt0", "tt1"]
+  table = exit_table.load(out / evaluate.TABLE_FILE)
+  assert table.ids[:3].tolist() == ["tt0@0", "tt0@1600", "tt0@2000"]
+  assert table.utterance[:4].tolist() == ["tt0", "tt0", "tt0", "tt1"]
+  assert table.chunk_start[:4].tolist() == [0, 1600, 2000, 0]
   # Every chunk's exit probabilities are those `separate_long` stops on.
   example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
   for k in (1, 3):
@@ -397,7 +403,8 @@ def test_calibrate_in_chunks_evaluates_what_separate_long_separates(calibrated_i
                                      exit_index=k, target_snr_db=2.0, **regime)
     np.testing.assert_array_equal(result.exits.starts, [0, 1600, 2000])
     np.testing.assert_allclose(result.exits.probability,
-                               table[evaluate.probability_column(2.0)][:3, k - 1], atol=1e-4)
+                               table.probability[:3, k - 1, table.target_index(2.0)],
+                               atol=1e-4)
 
 
 def test_separate_warns_when_its_regime_is_not_the_calibrated_one(

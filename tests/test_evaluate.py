@@ -1,5 +1,6 @@
-"""Evaluation: per-exit rows, policies simulated from them against the real stopping
-loop, the report files and the `eesep evaluate` command, on a random tiny model."""
+"""Evaluation: the exit table, policies simulated from it against the real stopping
+loop, the report files (the table's npz and CSV export) and the `eesep evaluate`
+command, on a random tiny model."""
 
 import csv
 import json
@@ -7,11 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from conftest import make_exit_table
 from conftest import write_speech_mixtures
 from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import exit_table
 from eesep_jax.app import cli
 from eesep_jax.core import metrics
 from eesep_jax.training import checkpoints
@@ -35,49 +38,48 @@ def corpus(tmp_path_factory):
 def evaluation(model, corpus):
   config, variables = model
   source = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)
-  rows, summary = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
-                                          enhancement_metrics=True, progress=False)
-  return source, rows, summary
+  table, summary = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
+                                           enhancement_metrics=True, progress=False)
+  return source, table, summary
 
 
-def test_rows_hold_every_exit_and_improvements_over_the_mixture(evaluation):
-  source, rows, _ = evaluation
-  assert [(row["id"], row["exit"]) for row in rows] == [
-      (name, k) for name in sorted(IDS) for k in (1, 2, 3)]
-  ids, table = evaluate.exit_table(rows)
-  for index, name in enumerate(ids):
+def test_table_holds_every_exit_and_improvements_over_the_mixture(evaluation):
+  source, table, _ = evaluation
+  assert table.ids.tolist() == sorted(IDS) and table.si_snr.shape == (3, 3)
+  for index, name in enumerate(table.ids):
     example = source[source.ids.index(name)]
     baseline = np.mean(metrics.si_snr(
         example["sources"], np.broadcast_to(example["mixture"], example["sources"].shape)))
-    np.testing.assert_allclose(table["si_snr"][index] - table["si_snri"][index], baseline,
+    np.testing.assert_allclose(table.si_snr[index] - table.si_snri[index], baseline,
                                atol=1e-4)
   # A higher target is less likely to be met.
-  probabilities = [table[evaluate.probability_column(t)] for t in TARGETS]
-  assert np.all(np.diff(probabilities, axis=0) <= 0)
-  assert {"alpha_s1", "alpha_s2", "beta_s1", "beta_s2"} <= set(rows[0])
+  np.testing.assert_array_equal(table.targets_db, TARGETS)
+  assert np.all(np.diff(table.probability, axis=-1) <= 0)
+  assert {name: value.shape for name, value in table.variance.items()} == {
+      "alpha": (3, 3, 2, 1), "beta": (3, 3, 2, 1)}
+  assert table.source_snr.shape == table.error_energy.shape == (3, 3, 2)
 
 
 def test_pesq_failures_are_reported_not_raised(evaluation):
-  _, rows, summary = evaluation
-  silent = [row for row in rows if row["id"] == "silent_s2"]
-  assert all(np.isnan(row["pesq"]) and "s2: PESQ: No utterances" in row["problems"]
-             for row in silent)
-  assert summary["failures"]["pesq"] == len(silent)
+  _, table, summary = evaluation
+  silent = table.ids == "silent_s2"
+  assert np.all(np.isnan(table.pesq[silent]))
+  assert all("s2: PESQ: No utterances" in problem for problem in table.problems[silent][0])
+  assert summary["failures"]["pesq"] == table.num_exits
   assert {problem["id"] for problem in summary["problems"]} == {"silent_s2"}
-  assert all(np.isfinite(row["pesq"]) for row in rows if row["id"] != "silent_s2")
+  assert np.all(np.isfinite(table.pesq[~silent]))
 
 
 def test_simulated_stopping_matches_the_stopping_loop(model, evaluation):
   config, variables = model
-  source, rows, _ = evaluation
-  ids, table = evaluate.exit_table(rows)
-  examples = [source[source.ids.index(name)] for name in ids]
+  source, table, _ = evaluation
+  examples = [source[source.ids.index(name)] for name in table.ids]
   mixtures = np.stack([example["mixture"] for example in examples])
   outputs = [evaluate.exit_outputs(variables, config, example["mixture"], example["sources"],
                                    targets=TARGETS) for example in examples]
   grid_points, exits_taken = 0, set()
   for target in TARGETS:
-    levels = np.unique(table[evaluate.probability_column(target)])
+    levels = np.unique(table.probability[..., table.target_index(target)])
     # Midway between observed probabilities, where float rounding cannot flip a decision.
     for confidence in ((levels[:-1] + levels[1:]) / 2)[np.diff(levels) > 1e-4][::2]:
       exits = evaluate.policy_exits(table, "probabilistic", target_snr_db=target,
@@ -96,52 +98,52 @@ def test_simulated_stopping_matches_the_stopping_loop(model, evaluation):
 
 def test_bucketed_evaluation_equals_each_utterance_alone(model, tmp_path):
   """Utterances of three lengths share padded batches (`EVAL_BATCH`, `PAD_SECONDS`); each
-  gets the rows it gets from a forward of its own, unpadded."""
+  gets the table row it gets from a forward of its own, unpadded."""
   config, variables = model
   for name, length in (("short", 3001), ("mid", 5555), ("long", 9100)):
     write_speech_mixtures(tmp_path, "tt", (name,), length=length, rate=RATE)
   source = data.open_dataset("wsj0-mix", tmp_path, "tt", sample_rate=RATE)
-  rows, _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
-                                    progress=False)
+  table, _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
+                                     progress=False)
   for name in source.ids:
     example = source[source.ids.index(name)]
-    alone = evaluate.exit_rows(
+    alone = exit_table.from_exit_outputs(
         name, evaluate.exit_outputs(variables, config, example["mixture"],
                                     example["sources"], targets=TARGETS),
-        example["mixture"], example["sources"], sample_rate=RATE, targets=TARGETS)
-    bucketed = [row for row in rows if row["id"] == name]
-    assert len(bucketed) == len(alone) == config.num_exits
-    for got, want in zip(bucketed, alone):
-      assert got.keys() == want.keys()
-      for field, value in want.items():
-        if isinstance(value, str):
-          assert got[field] == value
-        elif field.startswith(("error_energy", "estimate_energy")):
-          np.testing.assert_allclose(got[field], value, rtol=1e-4, err_msg=field)
-        else:
-          np.testing.assert_allclose(got[field], value, rtol=1e-4, atol=1e-4, err_msg=field)
+        example["mixture"], example["sources"], sample_rate=RATE, targets=TARGETS).arrays()
+    bucketed = table.subset(table.ids == name).arrays()
+    assert bucketed["snr_min"].shape == alone["snr_min"].shape == (1, config.num_exits)
+    assert bucketed.keys() == alone.keys()
+    for field, value in alone.items():
+      if value.dtype.kind == "U":
+        np.testing.assert_array_equal(bucketed[field], value)
+      elif field in ("error_energy", "estimate_energy"):
+        np.testing.assert_allclose(bucketed[field], value, rtol=1e-4, err_msg=field)
+      else:
+        np.testing.assert_allclose(bucketed[field], value, rtol=1e-4, atol=1e-4,
+                                   err_msg=field)
 
 
 def test_estimates_get_their_best_si_snr_permutation(model, evaluation):
   config, variables = model
-  source, rows, _ = evaluation
+  source, table, _ = evaluation
   example = source[source.ids.index("u0")]
   output = evaluate.exit_outputs(variables, config, example["mixture"], example["sources"],
                                  targets=TARGETS)
   chosen = metrics.si_snr(example["sources"], output["estimates"]).mean(axis=-1)
   swapped = metrics.si_snr(example["sources"], output["estimates"][:, ::-1]).mean(axis=-1)
   assert np.all(chosen >= swapped)
-  np.testing.assert_allclose(chosen, [row["si_snr"] for row in rows if row["id"] == "u0"],
-                             atol=1e-5)
+  np.testing.assert_allclose(chosen, table.si_snr[table.ids.tolist().index("u0")], atol=1e-5)
 
 
 def test_policy_simulation_rules():
-  table = {
-      evaluate.probability_column(10.0): np.array([[0.2, 0.6, 0.95], [0.9, 0.1, 0.99],
-                                                   [0.1, 0.2, 0.3]]),
-      "expected_snr_db": np.array([[8.0, 12.0, 20.0], [11.0, 9.0, 15.0], [1.0, 2.0, 3.0]]),
-      "snr_min": np.array([[5.0, 9.0, 10.5], [3.0, 12.0, 13.0], [20.0, 0.0, 30.0]]),
-  }
+  table = make_exit_table(
+      3, 3, 2, targets_db=np.array([5.0, 10.0]),
+      # The 5 dB probabilities, all 1, must not be the ones read at 10 dB.
+      probability=np.stack([np.ones((3, 3)), [[0.2, 0.6, 0.95], [0.9, 0.1, 0.99],
+                                              [0.1, 0.2, 0.3]]], axis=-1),
+      expected_snr_db=np.array([[8.0, 12.0, 20.0], [11.0, 9.0, 15.0], [1.0, 2.0, 3.0]]),
+      snr_min=np.array([[5.0, 9.0, 10.5], [3.0, 12.0, 13.0], [20.0, 0.0, 30.0]]))
   exits = {
       "probabilistic": evaluate.policy_exits(table, "probabilistic", target_snr_db=10.0,
                                              confidence=0.5),
@@ -154,6 +156,8 @@ def test_policy_simulation_rules():
       "fixed": [2, 2, 2]}
   with pytest.raises(ValueError, match="policy"):
     evaluate.policy_exits(table, "budget", target_snr_db=10.0)
+  with pytest.raises(ValueError, match="no exit probabilities for 15 dB"):
+    evaluate.policy_exits(table, "probabilistic", target_snr_db=15.0, confidence=0.5)
 
 
 def test_summary_covers_the_grid(model, evaluation):
@@ -179,18 +183,95 @@ def test_summary_covers_the_grid(model, evaluation):
   assert all(sum(entry["exit_histogram"]) == 3 for entry in policies)
 
 
+def _csv_rows(path):
+  with open(path, newline="") as file:
+    return list(csv.DictReader(file))
+
+
+def _assert_tables_equal(got, want):
+  """Every field equal, dtypes included, NaN where NaN."""
+  got, want = got.arrays(), want.arrays()
+  assert got.keys() == want.keys()
+  for name, value in want.items():
+    assert got[name].dtype == value.dtype, name
+    np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def _two_block_chunks():
+  """Two chunks of one utterance whose variance has one and two blocks: NaN-padded."""
+  rng = np.random.default_rng(0)
+
+  def chunk(start, blocks):
+    return make_exit_table(
+        1, 2, 2, ids=np.array([f"long@{start}"]), utterance=np.array(["long"]),
+        chunk_start=np.array([start]), num_samples=np.array([4000 * blocks]),
+        variance={"variance": rng.uniform(size=(1, 2, 2, blocks))})
+
+  return exit_table.concatenate([chunk(0, 1), chunk(3000, 2)])
+
+
+def test_the_table_saves_and_loads_exactly(evaluation, tmp_path):
+  _, table, _ = evaluation
+  table.save(tmp_path / "table.npz")
+  _assert_tables_equal(exit_table.load(tmp_path / "table.npz"), table)
+  chunks = _two_block_chunks()
+  assert chunks.variance["variance"].shape == (2, 2, 2, 2)
+  assert np.isnan(chunks.variance["variance"][0, ..., 1]).all()
+  chunks.save(tmp_path / "chunks.npz")
+  _assert_tables_equal(exit_table.load(tmp_path / "chunks.npz"), chunks)
+  _assert_tables_equal(exit_table.concatenate([table.subset(slice(0, 1)),
+                                               table.subset([1, 2])]), table)
+
+
+def test_the_csv_export_has_the_documented_columns_and_the_table_values(evaluation, tmp_path):
+  _, table, _ = evaluation
+  table.to_csv(tmp_path / "table.csv")
+  rows = _csv_rows(tmp_path / "table.csv")
+  assert [(row["id"], row["exit"]) for row in rows] == [
+      (name, str(k)) for name in sorted(IDS) for k in (1, 2, 3)]
+  i, k = table.ids.tolist().index("silent_s2"), 1  # Exit 2, where PESQ fails.
+  row = rows[i * table.num_exits + k]
+  expected = {
+      **{name: getattr(table, name)[i, k] for name in (
+          "si_snr", "si_snri", "snr", "snri", "sdr", "sdri", "pesq", "stoi", "snr_min",
+          "expected_snr_db")},
+      **{exit_table.probability_column(t): table.probability[i, k, j]
+         for j, t in enumerate(TARGETS)},
+      "num_samples": table.num_samples[i],
+      **{f"{name}_s{c + 1}": getattr(table, field)[i, k, c]
+         for name, field in (("snr", "source_snr"), ("error_energy", "error_energy"),
+                             ("estimate_energy", "estimate_energy")) for c in range(2)},
+      **{f"{name}_s{c + 1}": table.variance[name][i, k, c, 0]
+         for name in ("alpha", "beta") for c in range(2)}}
+  for name, value in expected.items():
+    np.testing.assert_allclose(float(row[name]), value, rtol=1e-5, err_msg=name)
+  assert row["problems"] == table.problems[i, k] and "PESQ" in row["problems"]
+  # In chunks: `utterance` and `chunk_start` last; several blocks joined by ";".
+  chunks = _two_block_chunks()
+  chunks.to_csv(tmp_path / "chunks.csv")
+  rows = _csv_rows(tmp_path / "chunks.csv")
+  assert list(rows[0])[-4:] == ["variance_s1", "variance_s2", "utterance", "chunk_start"]
+  assert [(row["utterance"], row["chunk_start"]) for row in rows] == [("long", "0")] * 2 + [
+      ("long", "3000")] * 2
+  blocks = [float(value) for value in rows[3]["variance_s2"].split(";")]
+  np.testing.assert_allclose(blocks, chunks.variance["variance"][1, 1, 1], rtol=1e-5)
+  np.testing.assert_allclose(float(rows[0]["variance_s1"]),
+                             chunks.variance["variance"][0, 0, 0, 0], rtol=1e-5)
+
+
 def test_report_files(evaluation, tmp_path):
-  _, rows, summary = evaluation
-  paths = evaluate.write_report(tmp_path, rows, summary)
-  with open(paths["csv"], newline="") as file:
-    table = list(csv.DictReader(file))
-  assert list(table[0]) == [
+  _, table, summary = evaluation
+  paths = evaluate.write_report(tmp_path, table, summary)
+  rows = _csv_rows(paths["csv"])
+  assert list(rows[0]) == [
       "id", "exit", "si_snr", "si_snri", "snr", "snri", "sdr", "sdri", "pesq", "stoi",
-      "problems", "snr_min", *map(evaluate.probability_column, TARGETS), "expected_snr_db",
-      "num_samples", "snr_s1", "snr_s2", "error_energy_s1", "error_energy_s2",
-      "estimate_energy_s1", "estimate_energy_s2", "alpha_s1", "alpha_s2", "beta_s1",
-      "beta_s2"]
-  assert len(table) == len(rows)
+      "problems", "snr_min", *map(exit_table.probability_column, TARGETS),
+      "expected_snr_db", "num_samples", "snr_s1", "snr_s2", "error_energy_s1",
+      "error_energy_s2", "estimate_energy_s1", "estimate_energy_s2", "alpha_s1", "alpha_s2",
+      "beta_s1", "beta_s2"]
+  assert len(rows) == table.ids.size * table.num_exits
+  assert paths["table"].name == "exit_table.npz"
+  _assert_tables_equal(exit_table.load(paths["table"]), table)
   report = json.loads(paths["json"].read_text())  # Strict JSON: NaN became null.
   assert report["num_utterances"] == 3 and report["per_exit"][0]["sdr"] is not None
   markdown = paths["markdown"].read_text()
@@ -212,6 +293,7 @@ def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, m
   assert report["dataset"].startswith("MixtureSource(wsj0-mix 'tt'")
   assert "pesq" not in report["per_exit"][0]  # Separation: no enhancement metrics.
   assert (out / evaluate.CSV_FILE).is_file()
+  assert exit_table.load(out / evaluate.TABLE_FILE).ids.size == 2
   assert "| probabilistic | 5 | 0.9 |" in capsys.readouterr().out
   capsys.readouterr()
   with pytest.raises(SystemExit) as raised:

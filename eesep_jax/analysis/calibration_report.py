@@ -1,11 +1,11 @@
 """Calibration report of evaluated exits: what `eesep calibrate` computes and writes.
 
-    rows, summary = evaluate.evaluate_model(variables, config, source)
-    _, table = evaluate.exit_table(rows)  # Or from a CSV: exit_table(read_rows(path)).
+    table, summary = evaluate.evaluate_model(variables, config, source)
+    # Or a saved one: table = exit_table.load("runs/demo/evaluation/exit_table.npz").
     report = calibration_report(table, gmacs_per_second=summary["gmacs_per_second_by_exit"])
 
-The measures of docs/method.md §5 (`calibration`), over an evaluation's per-utterance,
-per-exit table, per exit and pooled over exits, for a grid of targets `γ`:
+The measures of docs/method.md §5 (`calibration`), over an evaluation's exit table
+(`exit_table.ExitTable`), per exit and pooled over exits, for a grid of targets `γ`:
 
 - per source, the unit the variance head predicts for: reliability and ECE of
   `P(SNR ≥ γ)` (the "snr" condition, `probabilistic.snr_exceedance`) against the source's
@@ -58,7 +58,6 @@ JSON_FILE = "calibration.json"
 FIGURE_FILES = {"reliability": "reliability.png", "pit": "pit_hist.png",
                 "exit_depth": "exit_depth_hist.png", "tradeoff": "tradeoff.png",
                 "regimes": "reliability_regimes.png"}
-_PARAMETER_NAMES = ("alpha", "beta", "variance")
 
 
 def _key(target_snr_db):
@@ -66,47 +65,20 @@ def _key(target_snr_db):
   return f"{target_snr_db:g}"
 
 
-def source_arrays(table):
-  """Per-source predictions and outcomes of an exit table, `[utterances, sources, exits]`.
-
-  Args:
-    table: `evaluate.exit_table(rows)[1]`, with the per-source columns of
-      `evaluate.exit_rows` and scalar variance parameters.
-
-  Returns:
-    Dict: `params` `{"alpha", "beta"}` or `{"variance"}`; `error_energy`,
-    `estimate_energy`, `snr` (realised, dB); and `num_samples` `[utterances, 1, 1]`.
-
-  Raises:
-    ValueError: when the table lacks the per-source columns, or its variance
-      parameters are lists over several blocks (not columns of the table).
-  """
-  num_sources = 0
-  while f"error_energy_s{num_sources + 1}" in table:
-    num_sources += 1
-  names = [name for name in _PARAMETER_NAMES if f"{name}_s1" in table]
-  if not num_sources or not names:
-    raise ValueError("calibration needs the per-source error energies and one variance "
-                     "block per utterance (block_length None), as evaluate.exit_rows "
-                     f"writes them; the table has {sorted(table)}")
-
-  def stack(name):
-    return np.stack([table[f"{name}_s{c}"] for c in range(1, num_sources + 1)], axis=1)
-
-  return {"params": {name: stack(name) for name in names},
-          "error_energy": stack("error_energy"), "estimate_energy": stack("estimate_energy"),
-          "snr": stack("snr"), "num_samples": table["num_samples"][:, None, :1]}
-
-
-def subset(table, index):
-  """The utterances `index` (a slice or indices) of an exit table."""
-  return {name: values[index] for name, values in table.items()}
+def _parameters(table, scales=None):
+  """The variance parameters `{name: [utterances, exits, sources]}` of a table with one
+  variance block per utterance, with post-hoc `scales` `{name: [exits]}` applied."""
+  if table.num_blocks != 1:
+    raise ValueError(f"calibration needs one variance block per utterance (block_length "
+                     f"None); the table has up to {table.num_blocks}")
+  params = {name: value[..., 0] for name, value in table.variance.items()}
+  return params if scales is None else probabilistic.apply_posthoc(params, scales, exit_axis=1)
 
 
 def halves(utterances):
   """`(first, second)`: the rows `[indices]` of alternate utterances, in order of first
-  appearance, given each row's utterance `[rows]` (`evaluate.utterance_ids`); every
-  chunk of an utterance goes to the same half."""
+  appearance, given each row's utterance `[rows]` (`ExitTable.utterance`); every chunk
+  of an utterance goes to the same half."""
   order = {utterance: k for k, utterance in enumerate(dict.fromkeys(utterances))}
   parity = np.array([order[utterance] % 2 for utterance in utterances])
   return np.flatnonzero(parity == 0), np.flatnonzero(parity == 1)
@@ -114,36 +86,31 @@ def halves(utterances):
 
 def fit_scales(table, method="nll", fit_alpha=False):
   """`calibration.fit_posthoc` on every source of every utterance of an exit table."""
-  arrays = source_arrays(table)
-  return calibration.fit_posthoc(arrays["params"], arrays["error_energy"],
-                                 arrays["num_samples"], method=method, fit_alpha=fit_alpha)
+  # `fit_posthoc` takes the exits on the last axis: `[utterances, sources, exits]`.
+  def exits_last(values):
+    return np.swapaxes(values, 1, 2)
+
+  return calibration.fit_posthoc(
+      {name: exits_last(value) for name, value in _parameters(table).items()},
+      exits_last(table.error_energy), table.num_samples[:, None, None], method=method,
+      fit_alpha=fit_alpha)
 
 
-def _exceedance(arrays, targets, scales):
-  """`([targets, utterances, sources, exits] P(SNR ≥ γ), params)`, with `scales` applied."""
-  params = arrays["params"]
-  if scales is not None:
-    params = probabilistic.apply_posthoc(params, scales)
-  probability = np.stack([snr_exceedance(arrays, params, target) for target in targets])
-  return probability, params
-
-
-def snr_exceedance(arrays, params, target_snr_db):
-  """`probabilistic.snr_exceedance` of `source_arrays`' every source and exit (one
-  variance block each): `[utterances, sources, exits]` float64."""
-  blocks = {name: np.asarray(value)[..., None] for name, value in params.items()}
-  return np.asarray(probabilistic.snr_exceedance(
-      arrays["estimate_energy"], blocks, target_snr_db,
-      np.asarray(arrays["num_samples"])[..., None]), np.float64)
+def _exceedance(table, params, targets):
+  """`probabilistic.snr_exceedance` of every source and exit, `P(SNR ≥ γ)` `[targets,
+  utterances, exits, sources]` float64, given the parameters (`_parameters`)."""
+  blocks = {name: value[..., None] for name, value in params.items()}  # The one block.
+  num_samples = table.num_samples[:, None, None, None]
+  return np.stack([np.asarray(probabilistic.snr_exceedance(
+      table.estimate_energy, blocks, target, num_samples), np.float64) for target in targets])
 
 
 def _at_exits(table, taken, gmacs_per_second):
   """Compute and quality of the 0-based exits `taken` `[utterances]`."""
-  num_exits = table["si_snri"].shape[1]
   return {"mean_exit": float(np.mean(taken + 1)),
-          "exit_histogram": np.bincount(taken, minlength=num_exits).tolist(),
+          "exit_histogram": np.bincount(taken, minlength=table.num_exits).tolist(),
           "gmacs_per_second": float(np.mean(np.asarray(gmacs_per_second)[taken])),
-          "si_snri": float(np.mean(table["si_snri"][np.arange(taken.size), taken]))}
+          "si_snri": float(np.mean(table.si_snri[np.arange(taken.size), taken]))}
 
 
 def _measures(probability, outcome, pit, crps, nll, params, num_samples, targets):
@@ -169,7 +136,7 @@ def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
   """Calibration of every exit and of the probabilistic policy (see the module docstring).
 
   Args:
-    table: `evaluate.exit_table(rows)[1]`, fields `[utterances, exits]`.
+    table: an `exit_table.ExitTable` with one variance block per utterance.
     gmacs_per_second: `[exits]` compute to reach each exit.
     targets: target SNRs `γ` in dB.
     confidences: confidence levels `p` of the policy.
@@ -186,17 +153,17 @@ def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
     `exit_histogram`, `gmacs_per_second`, `si_snri` at the exits taken.
   """
   targets = [float(t) for t in targets]
-  arrays = source_arrays(table)
-  probability, params = _exceedance(arrays, targets, scales)
-  energy = arrays["error_energy"]
-  num_samples = np.broadcast_to(arrays["num_samples"], energy.shape)
-  outcome = arrays["snr"] >= np.reshape(targets, (-1, 1, 1, 1))
+  params = _parameters(table, scales)  # [utterances, exits, sources] each.
+  probability = _exceedance(table, params, targets)
+  energy = table.error_energy
+  num_samples = np.broadcast_to(table.num_samples[:, None, None], energy.shape)
+  outcome = table.source_snr >= np.reshape(targets, (-1, 1, 1, 1))
   if "variance" in params:
     pit = calibration.pit_values_gaussian(energy, params["variance"], num_samples)
   else:
     pit = calibration.pit_values(energy / num_samples, params["alpha"], params["beta"],
                                  num_samples)
-  crps = calibration.snr_crps(arrays["estimate_energy"], params, arrays["snr"], num_samples)
+  crps = calibration.snr_crps(table.estimate_energy, params, table.source_snr, num_samples)
   nll = calibration.log_energy_nll(energy, params, num_samples)
 
   def measures(select):
@@ -204,11 +171,12 @@ def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
                      select(nll), {name: select(p) for name, p in params.items()},
                      select(num_samples), targets)
 
+  # Exits are the second-to-last axis of every array measured.
   per_exit = [{"exit": k + 1, "gmacs_per_second": float(gmacs_per_second[k]),
-               "si_snri": float(np.mean(table["si_snri"][:, k])),
-               **measures(lambda x, k=k: x[..., k])}
-              for k in range(energy.shape[-1])]
-  worst = probability.min(axis=2)  # [targets, utterances, exits].
+               "si_snri": float(np.mean(table.si_snri[:, k])),
+               **measures(lambda x, k=k: x[..., k, :])}
+              for k in range(table.num_exits)]
+  worst = probability.min(axis=-1)  # [targets, utterances, exits].
   rows = np.arange(worst.shape[1])
   satisfaction = []
   for target, per_target in zip(targets, worst):
@@ -218,7 +186,7 @@ def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
       exited = per_target[rows, taken] >= confidence
       satisfaction.append({
           "target_snr_db": target, "confidence": float(confidence),
-          **calibration.target_satisfaction(exited, table["snr_min"][rows, taken], target),
+          **calibration.target_satisfaction(exited, table.snr_min[rows, taken], target),
           **_at_exits(table, taken, gmacs_per_second)})
   return {"per_exit": per_exit, "pooled": measures(lambda x: x),
           "target_satisfaction": satisfaction}
@@ -233,13 +201,13 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
   whose probability reaches the threshold fails `γ` on a share `≤ δ` of utterances.
 
   Args:
-    calibration_table, test_table: exit tables (`evaluate.exit_table(rows)[1]`); the
-      calibration utterances must not be those `scales` were fitted on.
+    calibration_table, test_table: `exit_table.ExitTable`s; the calibration utterances
+      must not be those `scales` were fitted on.
     target_snr_db, delta, epsilon: `γ`, `δ`, `ε`.
     gmacs_per_second: `[exits]` compute to reach each exit.
     scales: post-hoc scales applied to both tables' parameters; None: none.
     calibration_groups, test_groups: the utterance of each row when the rows are
-      chunks (`evaluate.utterance_ids`), whose dependence the certificate and the test
+      chunks (`ExitTable.utterance`), whose dependence the certificate and the test
       interval then allow for (`calibration.guaranteed_threshold`,
       `calibration.failure_rate`); None: every row its own utterance.
 
@@ -251,26 +219,26 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
     `mean_exit`, `exit_histogram`, `gmacs_per_second`, `si_snri` on the test chunks
     (None without a threshold).
   """
-  def worst_source(table):
-    return _exceedance(source_arrays(table), [target_snr_db], scales)[0][0].min(axis=1)
+  def worst_source(table):  # [utterances, exits].
+    return _exceedance(table, _parameters(table, scales), [target_snr_db])[0].min(axis=-1)
 
-  num_chunks = len(calibration_table["snr_min"])
+  num_chunks = len(calibration_table.ids)
   entry = {"target_snr_db": float(target_snr_db), "delta": delta, "epsilon": epsilon,
            "threshold": None,
            "num_utterances": len(set(calibration_groups)) if calibration_groups is not None
                              else num_chunks,
            "num_chunks": num_chunks, "calibration_risk": None, "test": None}
-  if calibration_table["snr_min"].shape[1] < 2:
+  if calibration_table.num_exits < 2:
     return entry
   result = calibration.guaranteed_threshold(
-      worst_source(calibration_table), calibration_table["snr_min"], target_snr_db, delta,
+      worst_source(calibration_table), calibration_table.snr_min, target_snr_db, delta,
       epsilon, groups=calibration_groups)
   threshold = entry["threshold"] = result["threshold"]
   if threshold is None:
     return entry
   entry["calibration_risk"] = float(result["risk"][result["certified"]][-1])
   taken = np.asarray(stopping.first_accepting_exit(worst_source(test_table) >= threshold)) - 1
-  failed = test_table["snr_min"][np.arange(taken.size), taken] < target_snr_db
+  failed = test_table.snr_min[np.arange(taken.size), taken] < target_snr_db
   rate = calibration.failure_rate(failed, test_groups)
   entry["test"] = {name: rate[name] for name in ("risk", "low", "high")}
   entry["test"].update(_at_exits(test_table, taken, gmacs_per_second))
@@ -312,8 +280,8 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
     chunk_seconds, overlap_seconds: `separate`'s chunking, the regime calibrated.
 
   Returns:
-    `(scales, test_rows, report)`: the fitted scales `{name: [exits]}`, the test
-    source's `exit_rows` (its chunks), and a JSON-ready dict: `regime`
+    `(scales, test_table, report)`: the fitted scales `{name: [exits]}`, the test
+    source's `exit_table.ExitTable` (its chunks), and a JSON-ready dict: `regime`
     (`chunk_seconds`, `overlap_seconds`), `num_utterances` and `num_chunks` (test),
     `num_exits`, `num_sources`, `targets_db`, `confidences`, `gmacs_per_second_by_exit`,
     `posthoc` (`method`, `fit_alpha`, `num_utterances`, `num_chunks`, `scales`,
@@ -327,43 +295,39 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
       evaluate.evaluate_model, variables, model_config, targets=targets, confidences=(),
       policies=(), max_utterances=max_utterances, enhancement_metrics=False,
       progress=progress)
-  fit_rows, _ = evaluation(fit_source, **regime)
-  fit_utterances = evaluate.utterance_ids(fit_rows)
-  if len(set(fit_utterances)) < 2:
-    raise ValueError(f"{fit_source!r} gave {len(set(fit_utterances))} utterance(s): fitting "
+  fit_table, _ = evaluation(fit_source, **regime)
+  num_fit_utterances = len(set(fit_table.utterance))
+  if num_fit_utterances < 2:
+    raise ValueError(f"{fit_source!r} gave {num_fit_utterances} utterance(s): fitting "
                      "the scales and certifying the threshold need two disjoint halves")
-  _, fit_table = evaluate.exit_table(fit_rows)
-  scale_rows, threshold_rows = halves(fit_utterances)
-  scale_half, threshold_half = subset(fit_table, scale_rows), subset(fit_table, threshold_rows)
+  scale_half, threshold_half = map(fit_table.subset, halves(fit_table.utterance))
   scales = fit_scales(scale_half, method, fit_alpha)
-  test_rows, summary = evaluation(test_source, **regime)
-  test_ids, test_table = evaluate.exit_table(test_rows)
-  test_utterances = evaluate.utterance_ids(test_rows)
-  if test_ids == test_utterances:  # No utterance was cut: whole is what was evaluated.
+  test_table, summary = evaluation(test_source, **regime)
+  # No utterance cut: the chunks evaluated are the whole utterances.
+  if np.array_equal(test_table.ids, test_table.utterance):
     whole_table = test_table
   else:
-    whole_table = evaluate.exit_table(evaluation(test_source)[0])[1]
+    whole_table = evaluation(test_source)[0]
   gmacs = summary["gmacs_per_second_by_exit"]
   report = functools.partial(calibration_report, gmacs_per_second=gmacs, targets=targets,
                              confidences=confidences)
-  return scales, test_rows, {
-      "regime": regime, "num_utterances": len(set(test_utterances)),
-      "num_chunks": len(test_ids), "num_exits": model_config.num_exits,
+  return scales, test_table, {
+      "regime": regime, "num_utterances": len(set(test_table.utterance)),
+      "num_chunks": len(test_table.ids), "num_exits": model_config.num_exits,
       "num_sources": model_config.num_sources, "targets_db": list(targets),
       "confidences": [float(p) for p in confidences], "gmacs_per_second_by_exit": gmacs,
       "posthoc": {"method": method, "fit_alpha": fit_alpha,
-                  "num_utterances": len({fit_utterances[i] for i in scale_rows}),
-                  "num_chunks": len(scale_rows), "regime": regime,
+                  "num_utterances": len(set(scale_half.utterance)),
+                  "num_chunks": len(scale_half.ids), "regime": regime,
                   "scales": {name: value.tolist() for name, value in scales.items()}},
       "before": report(test_table), "after": report(test_table, scales=scales),
-      "whole_utterances": {"num_utterances": len(whole_table["snr_min"]),
+      "whole_utterances": {"num_utterances": len(whole_table.ids),
                            "before": report(whole_table),
                            "after": report(whole_table, scales=scales)},
       "guarantee": guarantee(threshold_half, test_table, target_snr_db=target_snr_db,
                              delta=delta, epsilon=epsilon, gmacs_per_second=gmacs,
-                             scales=scales,
-                             calibration_groups=[fit_utterances[i] for i in threshold_rows],
-                             test_groups=test_utterances),
+                             scales=scales, calibration_groups=threshold_half.utterance,
+                             test_groups=test_table.utterance),
   }
 
 
@@ -377,7 +341,8 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
 
   Args:
     checkpoint: a training workdir.
-    out_dir: folder for `calibration.json`, `per_utterance.csv` and the figures.
+    out_dir: folder for `calibration.json`, the test split's `exit_table.npz` and
+      `per_utterance.csv`, and the figures.
     config: the experiment config whose data is read (`data.open_split`); None: the
       checkpoint's own (`checkpoints.read_config`).
     fit_config: the config whose data the fit split is read from, when not `config`'s
@@ -396,13 +361,13 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
   model_config, variables = checkpoints.restore_params(checkpoint)
   fit_source = data.open_split(fit_config or config, fit_split or config.data.valid_split)
   test_source = data.open_split(config, split or config.data.test_split)
-  scales, rows, report = calibrate(variables, model_config, fit_source, test_source,
-                                   **calibrate_kwargs)
+  scales, table, report = calibrate(variables, model_config, fit_source, test_source,
+                                    **calibrate_kwargs)
   posthoc_path = calibration.save_posthoc(checkpoint, scales, regime=report["regime"])
   report = {"checkpoint": str(checkpoint), "dataset": repr(test_source),
             "fit_dataset": repr(fit_source), **report}
   report["posthoc"]["path"] = str(posthoc_path)
-  return report, write_calibration(out_dir, rows, report)
+  return report, write_calibration(out_dir, table, report)
 
 
 def text_summary(report):
@@ -580,18 +545,21 @@ def tradeoff_figure(report):
   return fig
 
 
-def write_calibration(out_dir, test_rows, report):
-  """Writes `calibration.json`, `per_utterance.csv` and the `FIGURE_FILES` to `out_dir`.
+def write_calibration(out_dir, test_table, report):
+  """Writes `calibration.json`, the test table as `exit_table.npz` and its export
+  `per_utterance.csv`, and the `FIGURE_FILES` to `out_dir`.
 
   Returns:
-    Their paths by kind: `json`, `csv` and the keys of `FIGURE_FILES`.
+    Their paths by kind: `json`, `table`, `csv` and the keys of `FIGURE_FILES`.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": out_dir / JSON_FILE, "csv": out_dir / evaluate.CSV_FILE}
+  paths = {"json": out_dir / JSON_FILE, "table": out_dir / evaluate.TABLE_FILE,
+           "csv": out_dir / evaluate.CSV_FILE}
   paths["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
                                       allow_nan=False))
-  evaluate.write_rows(paths["csv"], test_rows)
+  test_table.save(paths["table"])
+  test_table.to_csv(paths["csv"])
   figures = {"reliability": reliability_figure, "pit": pit_figure,
              "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure,
              "regimes": regimes_figure}

@@ -1,7 +1,7 @@
 """Evaluation on full-length utterances: metrics at every exit, simulated stopping policies.
 
-    rows, summary = evaluate_model(variables, model_config, source, max_utterances=100)
-    write_report("runs/demo/eval", rows, summary)   # or `eesep evaluate --checkpoint ...`
+    table, summary = evaluate_model(variables, model_config, source, max_utterances=100)
+    write_report("runs/demo/eval", table, summary)   # or `eesep evaluate --checkpoint ...`
 
 One full-depth forward per utterance (the training path, which the stopping loop
 reproduces exactly, docs/method.md §7) gives every exit's estimates and variance parameters.
@@ -9,6 +9,7 @@ From them come the metrics of every exit and its exit probabilities for a grid o
 targets; every stopping policy of `inference.separate` is then *simulated* from these
 per-exit numbers (stop at the first exit whose condition holds, else at the last), for
 every `(target_snr_db, confidence)` of the grid, without running the network again.
+The per-exit numbers are an `exit_table.ExitTable` of `[utterances, exits, ...]` arrays.
 
 Estimates are matched to references by the permutation that maximises their mean
 SI-SNR, per exit. Utterances are sorted by length and run `EVAL_BATCH` at a time,
@@ -18,7 +19,6 @@ alone (`models.PressNet` masks the padding), and jit compiles once per bucket le
 instead of once per utterance.
 """
 
-import csv
 import functools
 import itertools
 import json
@@ -33,7 +33,7 @@ import tqdm
 from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax import models
-from eesep_jax.analysis import scores
+from eesep_jax.analysis import exit_table
 from eesep_jax.core import metrics
 from eesep_jax.core import permutation
 from eesep_jax.core import probabilistic
@@ -48,20 +48,13 @@ PAD_SECONDS = 1.0
 # for the calibration report's target satisfaction to read as a curve over `p`.
 CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 JSON_FILE = "evaluation.json"
+TABLE_FILE = "exit_table.npz"
 CSV_FILE = "per_utterance.csv"
 MARKDOWN_FILE = "evaluation.md"
-# Per-exit metrics: improvements come with each, over the mixture as the estimate.
-SIGNAL_METRICS = ("si_snr", "snr", "sdr")
-ENHANCEMENT_METRICS = {"pesq": scores.pesq, "stoi": scores.stoi}
-# The means the summary reports for every exit and policy, when present in the rows,
-# with their Markdown headers.
+# The means the summary reports for every exit and policy, when the table has them
+# (PESQ and STOI are not always computed), with their Markdown headers.
 SUMMARY_METRICS = {"si_snr": "SI-SNR", "si_snri": "SI-SNRi", "snr": "SNR", "snri": "SNRi",
                    "sdr": "SDR", "sdri": "SDRi", "pesq": "PESQ", "stoi": "STOI"}
-
-
-def probability_column(target_snr_db):
-  """Name of the row field holding the exit probability for target `γ` dB."""
-  return f"probability_{target_snr_db:g}db"
 
 
 def _utterance_outputs(outputs, mixture, references, length, *, config, conditions,
@@ -150,114 +143,15 @@ def exit_outputs(variables, config, mixture, references, *, targets=TARGETS_DB,
   return jax.tree.map(lambda x: x[0], outputs)
 
 
-def _enhancement_scores(references, estimates, sample_rate):
-  """`({name: [exits]}, [exits])`: PESQ and STOI, means over sources, and the problems
-  met at each exit. A source that cannot be scored makes its exit's score NaN."""
-  scores = {name: np.zeros(estimates.shape[0]) for name in ENHANCEMENT_METRICS}
-  problems = [[] for _ in estimates]
-  for k, exit_estimates in enumerate(estimates):
-    for name, metric in ENHANCEMENT_METRICS.items():
-      results = [metric(reference, estimate, sample_rate)
-                 for reference, estimate in zip(references, exit_estimates)]
-      scores[name][k] = np.mean([score for score, _ in results])
-      problems[k] += [f"s{c + 1}: {problem}" for c, (_, problem) in enumerate(results)
-                      if problem]
-  return scores, ["; ".join(exit_problems) for exit_problems in problems]
-
-
-def exit_rows(example_id, outputs, mixture, references, *, sample_rate, targets=TARGETS_DB,
-              enhancement_metrics=False):
-  """One row per exit of one utterance: the fields of `per_utterance.csv`.
-
-  Args:
-    example_id: the utterance's id.
-    outputs: `exit_outputs(...)` for this utterance.
-    mixture: `[time]`.
-    references: `[sources, time]`.
-    sample_rate: in Hz, for PESQ and STOI.
-    targets: the targets `outputs` was computed for.
-    enhancement_metrics: also compute PESQ and STOI (per source, then averaged).
-
-  Returns:
-    A list of dicts, one per exit: `id`, `exit` (1-based), `si_snr`, `si_snri`, `snr`,
-    `snri`, `sdr`, `sdri` (dB, means over sources), with `enhancement_metrics` `pesq`,
-    `stoi` and `problems` (why a score is NaN, else ""), then `snr_min`,
-    `probability_{γ}db` per target, `expected_snr_db`, `num_samples` (`T`), and per
-    source `c` (in reference order) what calibration compares the predictions with:
-    `snr_s{c}` (dB), `error_energy_s{c}` (`E = ‖s − ŝ‖²`) and `estimate_energy_s{c}`
-    (`S = ‖ŝ‖²`), then `{name}_s{c}`, the variance parameter `name` (`alpha`, `beta`,
-    `variance`, ...; a float, or a list over the variance blocks).
-  """
-  outputs = jax.device_get(outputs)
-  references = np.asarray(references)
-  estimates = np.asarray(outputs["estimates"])
-  # In float64: an error energy is a sum of many small squares.
-  energies = {"error_energy": np.sum(np.square(references - estimates.astype(np.float64)),
-                                     axis=-1),
-              "estimate_energy": np.sum(np.square(estimates.astype(np.float64)), axis=-1)}
-  values = {name: outputs[name] for name in ("si_snr", "snr")}
-  baselines = {name: outputs[f"{name}_input"] for name in ("si_snr", "snr")}
-  values["sdr"] = scores.sdr(references, estimates)
-  baselines["sdr"] = scores.sdr(references, np.broadcast_to(mixture, references.shape))
-  if enhancement_metrics:
-    enhancement, problems = _enhancement_scores(references, estimates, sample_rate)
-  rows = []
-  for k in range(estimates.shape[0]):
-    row = {"id": example_id, "exit": k + 1}
-    for name in SIGNAL_METRICS:
-      row[name] = float(np.mean(values[name][k]))
-      row[f"{name}i"] = float(np.mean(values[name][k] - baselines[name]))
-    if enhancement_metrics:
-      row.update({name: float(enhancement[name][k]) for name in ENHANCEMENT_METRICS})
-      row["problems"] = problems[k]
-    row["snr_min"] = float(outputs["snr_min"][k])
-    for target, probability in zip(targets, outputs["probability"][k]):
-      row[probability_column(target)] = float(probability)
-    row["expected_snr_db"] = float(outputs["expected_snr_db"][k])
-    row["num_samples"] = references.shape[-1]
-    for name, per_source in (("snr", values["snr"]), *energies.items()):
-      row.update({f"{name}_s{c + 1}": float(value) for c, value in enumerate(per_source[k])})
-    for name, params in sorted(outputs["variance"].items()):
-      for c, blocks in enumerate(params[k]):
-        row[f"{name}_s{c + 1}"] = float(blocks[0]) if blocks.size == 1 else blocks.tolist()
-    rows.append(row)
-  return rows
-
-
-def utterance_ids(rows):
-  """The utterance of every `exit_table(rows)` row, in its order: the `utterance` of a
-  chunk's rows (`evaluate_model` with `chunk_seconds`), else the id itself."""
-  by_id = {}
-  for row in rows:
-    by_id.setdefault(row["id"], row.get("utterance", row["id"]))
-  return list(by_id.values())
-
-
-def exit_table(rows):
-  """`(ids, table)`: `table[field]` `[utterances, exits]` for every numeric row field.
-
-  Rows are grouped by `id` in order of first appearance and sorted by `exit`.
-  """
-  by_id = {}
-  for row in rows:
-    by_id.setdefault(row["id"], []).append(row)
-  utterances = [sorted(group, key=lambda row: row["exit"]) for group in by_id.values()]
-  fields = [name for name, value in rows[0].items()
-            if isinstance(value, (int, float)) and name != "exit"]
-  table = {name: np.array([[row[name] for row in group] for group in utterances], np.float64)
-           for name in fields}
-  return list(by_id), table
-
-
 def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_index=None):
   """The exit every utterance stops at under `policy`: the stopping rule
   (`stopping.accepts`, `stopping.first_accepting_exit`) applied across the exits of
   per-exit values, as the loop of `inference.separate` applies it exit by exit.
 
   Args:
-    table: `exit_table(rows)[1]`, fields `[utterances, exits]`: the probabilistic
-      policy reads `probability_column(target_snr_db)`, expected-snr
-      `expected_snr_db`, oracle `snr_min`.
+    table: an `exit_table.ExitTable`: the probabilistic policy reads
+      `probability[..., k]` for `target_snr_db`, expected-snr `expected_snr_db`, oracle
+      `snr_min` (`[utterances, exits]` each).
     policy: one of `stopping.POLICIES`.
     target_snr_db: `γ` in dB (all but `"fixed"`).
     confidence: `p` (`"probabilistic"`).
@@ -270,13 +164,12 @@ def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_ind
     raise ValueError(f"policy={policy!r} is not one of {stopping.POLICIES}")
   rule = stopping.Policy(kind=policy, target_snr_db=target_snr_db, confidence=confidence,
                          exit_index=exit_index)
-  num_exits = table["snr_min"].shape[-1]
-  probability = (table[probability_column(target_snr_db)] if policy == "probabilistic"
-                 else None)
-  accept = stopping.accepts(rule, np.arange(1, num_exits + 1), probability=probability,
-                            expected_snr_db=table["expected_snr_db"],
-                            oracle_snr_db=table["snr_min"])
-  accept = np.broadcast_to(accept, table["snr_min"].shape)
+  probability = (table.probability[..., table.target_index(target_snr_db)]
+                 if policy == "probabilistic" else None)
+  accept = stopping.accepts(rule, np.arange(1, table.num_exits + 1), probability=probability,
+                            expected_snr_db=table.expected_snr_db,
+                            oracle_snr_db=table.snr_min)
+  accept = np.broadcast_to(accept, table.snr_min.shape)
   return np.asarray(stopping.first_accepting_exit(accept))
 
 
@@ -295,67 +188,69 @@ def _mean(values):
   return float(finite.mean()) if finite.size else None
 
 
-def summarize(rows, *, gmacs_per_second, targets=TARGETS_DB, confidences=CONFIDENCES,
+def summarize(table, *, gmacs_per_second, targets=None, confidences=CONFIDENCES,
               policies=stopping.POLICIES):
-  """Per-exit means and the simulated policies over the grid, from `exit_rows` rows.
+  """Per-exit means and the simulated policies over the grid, from an exit table.
 
   Args:
-    rows: every utterance's `exit_rows`.
+    table: an `exit_table.ExitTable`.
     gmacs_per_second: `[exits]` compute to reach each exit (`models.gmacs_by_exit`).
-    targets: target SNRs `γ` in dB (each must have its probability column).
+    targets: target SNRs `γ` in dB, each one of `table.targets_db`; None: all of them.
     confidences: confidence levels `p` of the probabilistic policy.
     policies: which of `inference.POLICIES` to simulate.
 
   Returns:
     A JSON-ready dict: `num_utterances`; `per_exit`, per exit its `gmacs_per_second`
     and the means of the metrics (over the utterances where they are defined) and of
-    the exit probabilities; `policies`, per policy and grid point its `mean_exit`,
-    `exit_histogram` (utterances per exit), mean `gmacs_per_second`, the metric means
-    at the exits taken, and `reached_target`, the share of utterances whose worst
-    source's SNR reaches `target_snr_db` there; `failures`, per enhancement metric the
-    rows where it could not be computed, and `problems`, those rows' `(id, exit,
-    problem)`.
+    the exit probabilities (`probability_{γ}db`); `policies`, per policy and grid point
+    its `mean_exit`, `exit_histogram` (utterances per exit), mean `gmacs_per_second`,
+    the metric means at the exits taken, and `reached_target`, the share of utterances
+    whose worst source's SNR reaches `target_snr_db` there; `failures`, per
+    enhancement metric the utterance-exits where it could not be computed, and
+    `problems`, their `(id, exit, problem)`.
   """
-  ids, table = exit_table(rows)
-  num_exits = table["snr_min"].shape[1]
+  targets = table.targets_db.tolist() if targets is None else [float(t) for t in targets]
+  num_exits = table.num_exits
   gmacs = np.asarray(gmacs_per_second, np.float64)
-  present = [name for name in SUMMARY_METRICS if name in table]
+  present = {name: getattr(table, name) for name in SUMMARY_METRICS
+             if getattr(table, name) is not None}
+  probabilities = {exit_table.probability_column(t):
+                   table.probability[..., table.target_index(t)] for t in targets}
   per_exit = [
       {"exit": k + 1, "gmacs_per_second": float(gmacs[k]),
-       **{name: _mean(table[name][:, k])
-          for name in present + [probability_column(t) for t in targets]}}
+       **{name: _mean(values[:, k]) for name, values in {**present, **probabilities}.items()}}
       for k in range(num_exits)]
   results = []
-  rows_index = np.arange(len(ids))
+  rows = np.arange(len(table.ids))
   for policy in policies:
     for target, confidence, exit_index in _policy_settings(policy, targets, confidences,
                                                            num_exits):
       exits = policy_exits(table, policy, target_snr_db=target, confidence=confidence,
                            exit_index=exit_index)
-      taken = {name: values[rows_index, exits - 1] for name, values in table.items()}
       results.append({
           "policy": policy, "target_snr_db": target, "confidence": confidence,
           "exit_index": exit_index, "mean_exit": float(exits.mean()),
           "exit_histogram": np.bincount(exits - 1, minlength=num_exits).tolist(),
           "gmacs_per_second": float(gmacs[exits - 1].mean()),
-          **{name: _mean(taken[name]) for name in present},
-          "reached_target": float(np.mean(taken["snr_min"] >= target)),
+          **{name: _mean(values[rows, exits - 1]) for name, values in present.items()},
+          "reached_target": float(np.mean(table.snr_min[rows, exits - 1] >= target)),
       })
-  problems = [{"id": row["id"], "exit": row["exit"], "problem": row["problems"]}
-              for row in rows if row.get("problems")]
+  problems = [] if table.problems is None else [
+      {"id": str(table.ids[i]), "exit": int(k) + 1, "problem": str(table.problems[i, k])}
+      for i, k in zip(*np.nonzero(table.problems != ""))]
   return {
-      "num_utterances": len(ids), "num_exits": num_exits, "targets_db": list(targets),
+      "num_utterances": len(table.ids), "num_exits": num_exits, "targets_db": targets,
       "confidences": list(confidences), "per_exit": per_exit, "policies": results,
-      "failures": {name: int(np.sum(~np.isfinite(table[name])))
-                   for name in ENHANCEMENT_METRICS if name in table},
+      "failures": {name: int(np.sum(~np.isfinite(present[name])))
+                   for name in exit_table.ENHANCEMENT_METRICS if name in present},
       "problems": problems,
   }
 
 
 def _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar):
-  """What `evaluate_model` runs the network on, from `evaluation_batches`: `(id, extra
-  row fields, mixture [time], references [sources, time])` per utterance, or per chunk
-  of it with `chunk_seconds` (see `evaluate_model`)."""
+  """What `evaluate_model` runs the network on, from `evaluation_batches`: `(id, chunk
+  fields, mixture [time], references [sources, time])` per utterance, or per chunk of
+  it with `chunk_seconds` (see `evaluate_model`)."""
   for batch in batches:
     for i, length in enumerate(batch["length"].tolist()):
       mixture, references = batch["mixture"][i, :length], batch["sources"][i, :, :length]
@@ -367,16 +262,17 @@ def _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
                                                overlap_seconds)
         for start in starts.tolist():
           span = slice(start, start + chunk)
-          # Every row gets the fields, so that the CSV has one header.
+          # Every chunk gets the fields, so that the tables concatenate.
           yield (utterance if starts.size == 1 else f"{utterance}@{start}",
                  {"utterance": utterance, "chunk_start": start}, mixture[span],
                  references[:, span])
       progress_bar.update(1)
 
 
-def _group_rows(group, variables, model_config, *, targets, conditions, reference_power,
-                posthoc, enhancement_metrics):
-  """`exit_rows` of up to `EVAL_BATCH` pieces (`_pieces`) from one padded forward."""
+def _group_tables(group, variables, model_config, *, targets, conditions, reference_power,
+                  posthoc, enhancement_metrics):
+  """The one-row tables of up to `EVAL_BATCH` pieces (`_pieces`), from one padded
+  forward."""
   lengths = [mixture.shape[-1] for _, _, mixture, _ in group]
   # Filled up with copies of the last piece: one shape per bucket length.
   batch = data.pad_batch(
@@ -387,14 +283,11 @@ def _group_rows(group, variables, model_config, *, targets, conditions, referenc
       variables, jnp.asarray(batch["mixture"]), jnp.asarray(batch["sources"]),
       jnp.asarray(batch["length"]), jnp.asarray(targets, jnp.float32), reference_power,
       config=model_config, conditions=tuple(conditions), posthoc=posthoc))
-  rows = []
-  for i, ((name, extra, mixture, references), length) in enumerate(zip(group, lengths)):
-    piece_rows = exit_rows(
-        name, _crop(jax.tree.map(lambda x, i=i: x[i], outputs), length, model_config),
-        mixture, references, sample_rate=model_config.sample_rate, targets=targets,
-        enhancement_metrics=enhancement_metrics)
-    rows += [{**row, **extra} for row in piece_rows]
-  return rows
+  return [exit_table.from_exit_outputs(
+      name, _crop(jax.tree.map(lambda x, i=i: x[i], outputs), length, model_config),
+      mixture, references, sample_rate=model_config.sample_rate, targets=targets,
+      enhancement_metrics=enhancement_metrics, **chunk)
+      for i, ((name, chunk, mixture, references), length) in enumerate(zip(group, lengths))]
 
 
 def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
@@ -406,9 +299,9 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
 
   With `chunk_seconds`, every utterance is evaluated instead in the chunks
   `inference.separate_long` separates it in (`inference.chunk_starts`), each chunk on
-  its own, as `separate` runs it. Rows gain the fields `utterance` (the source's id)
-  and `chunk_start` (first sample); a chunk's id is `<id>@<first sample>`, but for an
-  utterance no longer than a chunk, evaluated whole under its own id.
+  its own, as `separate` runs it. The table's `utterance` is then the source's id and
+  `chunk_start` each chunk's first sample; a chunk's id is `<id>@<first sample>`, but
+  for an utterance no longer than a chunk, evaluated whole under its own id.
 
   Args:
     variables: the model variables.
@@ -427,38 +320,32 @@ def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
     chunk_seconds, overlap_seconds: `separate_long`'s chunking; None: whole utterances.
 
   Returns:
-    `(rows, summary)`: `exit_rows` of every utterance and `summarize(rows, ...)`, with
-    the model's `gmacs_per_second_by_exit`, `sample_rate` and `conditions` added.
+    `(table, summary)`: the `exit_table.ExitTable` of every utterance (or chunk) and
+    `summarize(table, ...)`, with the model's `gmacs_per_second_by_exit`,
+    `sample_rate` and `conditions` added.
   """
   if enhancement_metrics is None:
     enhancement_metrics = model_config.num_sources == 1
   targets = tuple(float(t) for t in targets)
-  # Sorted by length (the padding is `_group_rows`'), so that a group's pieces are alike.
+  # Sorted by length (the padding is `_group_tables`'), so that a group's pieces are alike.
   batches = data.evaluation_batches(source, batch_size=EVAL_BATCH,
                                     max_examples=max_utterances)
   total = min(max_utterances or len(source), len(source))
-  rows = []
+  tables = []
   progress_bar = tqdm.tqdm(total=total, desc="evaluate", unit="utt", disable=not progress)
   pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
   # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
   for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
-    rows += _group_rows(group, variables, model_config, targets=targets,
-                        conditions=conditions, reference_power=reference_power,
-                        posthoc=posthoc, enhancement_metrics=enhancement_metrics)
+    tables += _group_tables(group, variables, model_config, targets=targets,
+                            conditions=conditions, reference_power=reference_power,
+                            posthoc=posthoc, enhancement_metrics=enhancement_metrics)
   progress_bar.close()
+  table = exit_table.concatenate(tables)
   gmacs = models.gmacs_by_exit(model_config)
-  summary = summarize(rows, gmacs_per_second=gmacs, targets=targets,
-                      confidences=confidences, policies=policies)
-  return rows, {"sample_rate": model_config.sample_rate, "conditions": list(conditions),
+  summary = summarize(table, gmacs_per_second=gmacs, confidences=confidences,
+                      policies=policies)
+  return table, {"sample_rate": model_config.sample_rate, "conditions": list(conditions),
                 "gmacs_per_second_by_exit": gmacs, **summary}
-
-
-def _csv_value(value):
-  if isinstance(value, float):
-    return f"{value:.6g}"
-  if isinstance(value, list):
-    return ";".join(f"{v:.6g}" for v in value)
-  return value
 
 
 def json_ready(value):
@@ -507,39 +394,16 @@ def markdown_report(summary):
   return "\n".join(lines) + "\n"
 
 
-def write_rows(path, rows):
-  """Writes `exit_rows` rows to the CSV file `path` (6 significant digits)."""
-  with pathlib.Path(path).open("w", newline="") as file:
-    writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows({name: _csv_value(value) for name, value in row.items()} for row in rows)
-
-
-def read_rows(path):
-  """The rows `write_rows` wrote to `path`: numbers as floats, `id`, `utterance` and text
-  as strings (values are as rounded in the file)."""
-
-  def value(name, text):
-    if name in ("id", "utterance"):
-      return text
-    try:
-      return float(text)
-    except ValueError:
-      return text
-
-  with pathlib.Path(path).open(newline="") as file:
-    return [{name: value(name, text) for name, text in row.items()}
-            for row in csv.DictReader(file)]
-
-
-def write_report(out_dir, rows, summary):
-  """Writes `evaluation.json` (the summary), `per_utterance.csv` (the rows) and
-  `evaluation.md` (`markdown_report`) to `out_dir`; returns their paths by kind."""
+def write_report(out_dir, table, summary):
+  """Writes `evaluation.json` (the summary), `exit_table.npz` (the table, `table.save`),
+  `per_utterance.csv` (its export, `table.to_csv`) and `evaluation.md`
+  (`markdown_report`) to `out_dir`; returns their paths by kind."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": out_dir / JSON_FILE, "csv": out_dir / CSV_FILE,
-           "markdown": out_dir / MARKDOWN_FILE}
+  paths = {"json": out_dir / JSON_FILE, "table": out_dir / TABLE_FILE,
+           "csv": out_dir / CSV_FILE, "markdown": out_dir / MARKDOWN_FILE}
   paths["json"].write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False))
-  write_rows(paths["csv"], rows)
+  table.save(paths["table"])
+  table.to_csv(paths["csv"])
   paths["markdown"].write_text(markdown_report(summary))
   return paths

@@ -237,14 +237,14 @@ def evaluate_command(args):
   posthoc = None
   if scales is not None:
     posthoc = functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
-  rows, summary = evaluate.evaluate_model(
+  table, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
       enhancement_metrics=args.enhancement_metrics, posthoc=posthoc, **_grid(args))
   summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
              "posthoc_scales": None if scales is None else {
                  name: value.tolist() for name, value in scales.items()},
              **summary}
-  paths = evaluate.write_report(args.out, rows, summary)
+  paths = evaluate.write_report(args.out, table, summary)
   print(paths["markdown"].read_text())
   print("wrote " + ", ".join(str(path) for path in paths.values()))
 
@@ -517,7 +517,7 @@ def build_parser():
   _add_corpus_flags(parser_evaluate)
   parser_evaluate.add_argument(
       "--out", required=True,
-      help="folder for evaluation.json, per_utterance.csv and evaluation.md")
+      help="folder for evaluation.json, exit_table.npz, per_utterance.csv and evaluation.md")
   parser_evaluate.add_argument(
       "--enhancement-metrics", action=argparse.BooleanOptionalAction,
       help="also PESQ and STOI (default: for one-source models only)")
@@ -533,8 +533,8 @@ def build_parser():
       _CALIBRATE_EXAMPLE)
   _add_corpus_flags(parser_calibrate)
   parser_calibrate.add_argument(
-      "--out", required=True, help="folder for calibration.json, per_utterance.csv and "
-                                   "the figures (*.png)")
+      "--out", required=True, help="folder for calibration.json, exit_table.npz, "
+                                   "per_utterance.csv and the figures (*.png)")
   parser_calibrate.add_argument(
       "--fit-split", help="where the scales are fitted and the threshold certified, on "
                           "disjoint halves (default: the training config's validation split)")

@@ -65,10 +65,9 @@ def _per_exit_lines(name, summary):
   return f"  {name:<28}{cells}"
 
 
-def _reached_lines(name, rows, target_snr_db):
+def _reached_lines(name, table, target_snr_db):
   """Share of utterances whose worst source reaches the target, per exit."""
-  _, table = evaluate.exit_table(rows)
-  shares = np.mean(table["snr_min"] >= target_snr_db, axis=0)
+  shares = np.mean(table.snr_min >= target_snr_db, axis=0)
   return f"  {name:<28}" + "".join(f"{100 * share:7.0f}%" for share in shares)
 
 
@@ -107,9 +106,9 @@ def _grid(config):
 
 
 def _evaluate(variables, model_config, source, out_dir, posthoc, config):
-  rows, summary = evaluate.evaluate_model(variables, model_config, source, posthoc=posthoc,
-                                          **_grid(config))
-  return rows, summary, evaluate.write_report(out_dir, rows, summary)
+  table, summary = evaluate.evaluate_model(variables, model_config, source, posthoc=posthoc,
+                                           **_grid(config))
+  return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
 def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
@@ -139,11 +138,11 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   print("[4/5] evaluating every exit and stopping policy (test split, held-out voices)")
   model_config, variables = checkpoints.restore_params(workdir)
   test_source = data.open_split(config, config.data.test_split)
-  rows, summary, paths = _evaluate(variables, model_config, test_source,
-                                   workdir / "evaluation", posthoc, config)
+  table, summary, paths = _evaluate(variables, model_config, test_source,
+                                    workdir / "evaluation", posthoc, config)
   heldout_config = config.copy_and_resolve_references()
   heldout_config.data.root, heldout_config.data.synthesize_if_missing = heldout_root, False
-  heldout_rows, heldout_summary, _ = _evaluate(
+  heldout_table, heldout_summary, _ = _evaluate(
       variables, model_config, data.open_split(heldout_config, config.data.test_split),
       workdir / "evaluation_heldout", posthoc, config)
 
@@ -165,8 +164,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
       f"  {'GMAC per second of audio':<28}{gmacs}",
       f"Utterances whose worst source reaches {target_snr_db:g} dB, per exit:",
-      _reached_lines(test_name, rows, target_snr_db),
-      _reached_lines(heldout_name, heldout_rows, target_snr_db),
+      _reached_lines(test_name, table, target_snr_db),
+      _reached_lines(heldout_name, heldout_table, target_snr_db),
       *_stopping_lines(summary, report, model_config.num_exits, target_snr_db, confidence),
       f"Separated {mixture_path} -> {', '.join(result.outputs)}",
       f"Reports: {paths['markdown']}, {workdir / 'calibration'}, "
