@@ -30,7 +30,6 @@ from eesep_jax import configs
 from eesep_jax import errors
 from eesep_jax import inference
 from eesep_jax import models
-from eesep_jax.analysis import evaluate
 from eesep_jax.core import losses
 from eesep_jax.core import stopping
 from eesep_jax.data import readers
@@ -65,7 +64,7 @@ def _sections():
           "overlap_seconds": inference.OVERLAP_SECONDS,
           "chunk_batch": inference.CHUNK_BATCH}),
       "evaluation": ml_collections.ConfigDict({
-          "targets_db": evaluate.TARGETS_DB, "confidences": evaluate.CONFIDENCES}),
+          "targets_db": stopping.TARGETS_DB, "confidences": stopping.CONFIDENCES}),
   }
 
 

@@ -25,6 +25,7 @@ from eesep_jax.analysis import exit_table
 from eesep_jax.app import cli
 from eesep_jax.app import separate_files
 from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 from eesep_jax.training import checkpoints
 
 
@@ -121,7 +122,7 @@ def test_report_layout():
   assert sum(report["pooled"]["pit_histogram"]) == 200 * 3 * 2
   assert sum(report["per_exit"][0]["reliability"]["10"]["count"]) == 200 * 2
   grid = {(e["target_snr_db"], e["confidence"]) for e in report["target_satisfaction"]}
-  assert grid == {(t, p) for t in (5, 10, 15) for p in calibration_report.CONFIDENCES}
+  assert grid == {(t, p) for t in (5, 10, 15) for p in stopping.CONFIDENCES}
   for entry in report["target_satisfaction"]:
     assert sum(entry["exit_histogram"]) == 200
     assert entry["low"] <= entry["share"] <= entry["high"]

@@ -180,7 +180,7 @@ def test_every_cli_default_is_its_owners(capsys):
   assert (calibrate.chunk_seconds, calibrate.overlap_seconds) == (
       inference.CHUNK_SECONDS, inference.OVERLAP_SECONDS)
   for args in (calibrate, cli.parse_args(["evaluate", "--checkpoint", "c", "--out", "o"])):
-    assert (args.targets, args.confidences) == (evaluate.TARGETS_DB, evaluate.CONFIDENCES)
+    assert (args.targets, args.confidences) == (stopping.TARGETS_DB, stopping.CONFIDENCES)
   with pytest.raises(SystemExit):
     cli.parse_args(["separate", "--help"])
   assert f"(default: {stopping.TARGET_SNR_DB:g})" in " ".join(capsys.readouterr().out.split())
@@ -192,7 +192,7 @@ def test_every_cli_default_is_its_owners(capsys):
 def test_the_defaults_follow_their_owners(monkeypatch):
   """No copy anywhere: a changed owner changes the command line and the schema."""
   monkeypatch.setattr(stopping, "TARGET_SNR_DB", 12.0)
-  monkeypatch.setattr(evaluate, "CONFIDENCES", (0.8,))
+  monkeypatch.setattr(stopping, "CONFIDENCES", (0.8,))
   monkeypatch.setattr(inference, "CHUNK_SECONDS", 3.0)
   args = cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o"])
   assert (args.target_snr, args.chunk_seconds) == (12.0, 3.0)
@@ -214,23 +214,22 @@ def test_the_library_defaults_are_the_owners():
       "target_snr_db": stopping.TARGET_SNR_DB, "confidence": stopping.CONFIDENCE,
       "chunk_seconds": inference.CHUNK_SECONDS, "overlap_seconds": inference.OVERLAP_SECONDS,
       "chunk_batch": inference.CHUNK_BATCH}
-  assert config.evaluation.to_dict() == {"targets_db": evaluate.TARGETS_DB,
-                                         "confidences": evaluate.CONFIDENCES}
+  assert config.evaluation.to_dict() == {"targets_db": stopping.TARGETS_DB,
+                                         "confidences": stopping.CONFIDENCES}
   config_lib.validate_config(config)
   separate = inspect.signature(inference.separate).parameters
   assert (separate["target_snr_db"].default, separate["confidence"].default) == (
       stopping.TARGET_SNR_DB, stopping.CONFIDENCE)
   calibrate = inspect.signature(calibration_report.calibrate).parameters
   assert calibrate["target_snr_db"].default == stopping.TARGET_SNR_DB
-  assert calibrate["targets"].default == evaluate.TARGETS_DB
+  assert calibrate["targets"].default == stopping.TARGETS_DB
 
 
 def test_the_calibration_report_uses_the_evaluation_grid():
-  assert calibration_report.CONFIDENCES == evaluate.CONFIDENCES
   for function in (calibration_report.calibrate, calibration_report.calibration_report,
                    evaluate.evaluate_model, evaluate.summarize):
     assert inspect.signature(function).parameters["confidences"].default == (
-        evaluate.CONFIDENCES), function.__name__
+        stopping.CONFIDENCES), function.__name__
 
 
 def test_the_packaged_demo_config_loads_from_any_directory(monkeypatch, tmp_path):
@@ -242,7 +241,7 @@ def test_the_packaged_demo_config_loads_from_any_directory(monkeypatch, tmp_path
   # The demo's own stopping target, read by the demo from its config.
   assert config.inference.target_snr_db == 10.0 != stopping.TARGET_SNR_DB
   grid = demo._grid(config)  # pylint: disable=protected-access
-  assert 10.0 in grid["targets"] and set(evaluate.TARGETS_DB) <= set(grid["targets"])
+  assert 10.0 in grid["targets"] and set(stopping.TARGETS_DB) <= set(grid["targets"])
   assert config.inference.confidence in grid["confidences"]
   # A file of that name in the working directory is that file.
   (tmp_path / "demo").write_text("def get_config():\n  return {'steps': 3}\n")
@@ -256,7 +255,7 @@ def test_a_run_saved_before_the_inference_sections_loads_and_resumes(tmp_path):
   (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
   old = checkpoints.read_config(tmp_path)
   assert old.inference.target_snr_db == stopping.TARGET_SNR_DB
-  assert tuple(old.evaluation.confidences) == evaluate.CONFIDENCES
+  assert tuple(old.evaluation.confidences) == stopping.CONFIDENCES
   config_lib.validate_config(old)
   # The sections do not change training: a resumed run may set them.
   changed = config_lib.load_config(DEMO_CONFIG, ["inference.chunk_seconds=2.0"])

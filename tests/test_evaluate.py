@@ -17,6 +17,7 @@ from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import exit_table
 from eesep_jax.app import cli
 from eesep_jax.core import metrics
+from eesep_jax.core import stopping
 from eesep_jax.training import checkpoints
 
 RATE = 8000
@@ -166,7 +167,7 @@ def test_summary_covers_the_grid(model, evaluation):
   policies = summary["policies"]
   grid = {name: [entry for entry in policies if entry["policy"] == name]
           for name in inference.POLICIES}
-  assert len(grid["probabilistic"]) == len(TARGETS) * len(evaluate.CONFIDENCES)
+  assert len(grid["probabilistic"]) == len(TARGETS) * len(stopping.CONFIDENCES)
   assert len(grid["fixed"]) == len(TARGETS) * config.num_exits
   assert len(grid["oracle"]) == len(grid["expected-snr"]) == len(TARGETS)
   for entry in grid["fixed"]:
@@ -275,7 +276,7 @@ def test_report_files(evaluation, tmp_path):
   report = json.loads(paths["json"].read_text())  # Strict JSON: NaN became null.
   assert report["num_utterances"] == 3 and report["per_exit"][0]["sdr"] is not None
   markdown = paths["markdown"].read_text()
-  assert markdown.count("| probabilistic |") == len(TARGETS) * len(evaluate.CONFIDENCES)
+  assert markdown.count("| probabilistic |") == len(TARGETS) * len(stopping.CONFIDENCES)
   assert "PESQ could not be computed for 3 utterance-exits" in markdown
 
 

@@ -47,7 +47,6 @@ from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 from eesep_jax.training import checkpoints
 
-CONFIDENCES = evaluate.CONFIDENCES  # One grid for every report.
 # The guarantee's defaults: at most a share DELTA of utterances short of the target,
 # wrong with probability at most EPSILON.
 DELTA = 0.1
@@ -131,8 +130,8 @@ def _measures(probability, outcome, pit, crps, nll, params, num_samples, targets
   }
 
 
-def calibration_report(table, *, gmacs_per_second, targets=evaluate.TARGETS_DB,
-                       confidences=CONFIDENCES, scales=None):
+def calibration_report(table, *, gmacs_per_second, targets=stopping.TARGETS_DB,
+                       confidences=stopping.CONFIDENCES, scales=None):
   """Calibration of every exit and of the probabilistic policy (see the module docstring).
 
   Args:
@@ -248,7 +247,7 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
 def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
               fit_alpha=False, target_snr_db=stopping.TARGET_SNR_DB, delta=DELTA,
               epsilon=EPSILON,
-              targets=evaluate.TARGETS_DB, confidences=CONFIDENCES, max_utterances=None,
+              targets=stopping.TARGETS_DB, confidences=stopping.CONFIDENCES, max_utterances=None,
               progress=True, chunk_seconds=inference.CHUNK_SECONDS,
               overlap_seconds=inference.OVERLAP_SECONDS):
   """Fits post-hoc scales and a guaranteed threshold in the regime `separate` deploys,

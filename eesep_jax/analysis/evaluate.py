@@ -39,14 +39,10 @@ from eesep_jax.core import permutation
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 
-TARGETS_DB = (5.0, 10.0, 15.0, 20.0)
 # Utterances per forward, and the step of the padded lengths (few buckets, so few
 # compilations, against the compute padding wastes).
 EVAL_BATCH = 8
 PAD_SECONDS = 1.0
-# The confidence grid of every report (evaluation and calibration alike): fine enough
-# for the calibration report's target satisfaction to read as a curve over `p`.
-CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 JSON_FILE = "evaluation.json"
 TABLE_FILE = "exit_table.npz"
 CSV_FILE = "per_utterance.csv"
@@ -108,7 +104,7 @@ def _crop(outputs, length, config):
           "variance": {name: value[..., :blocks] for name, value in outputs["variance"].items()}}
 
 
-def exit_outputs(variables, config, mixture, references, *, targets=TARGETS_DB,
+def exit_outputs(variables, config, mixture, references, *, targets=stopping.TARGETS_DB,
                  conditions=("snr",), reference_power=None, posthoc=None):
   """Every exit of one utterance, from one jit-compiled full-depth forward.
 
@@ -188,7 +184,7 @@ def _mean(values):
   return float(finite.mean()) if finite.size else None
 
 
-def summarize(table, *, gmacs_per_second, targets=None, confidences=CONFIDENCES,
+def summarize(table, *, gmacs_per_second, targets=None, confidences=stopping.CONFIDENCES,
               policies=stopping.POLICIES):
   """Per-exit means and the simulated policies over the grid, from an exit table.
 
@@ -290,8 +286,8 @@ def _group_tables(group, variables, model_config, *, targets, conditions, refere
       for i, ((name, chunk, mixture, references), length) in enumerate(zip(group, lengths))]
 
 
-def evaluate_model(variables, model_config, source, *, targets=TARGETS_DB,
-                   confidences=CONFIDENCES, policies=stopping.POLICIES,
+def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_DB,
+                   confidences=stopping.CONFIDENCES, policies=stopping.POLICIES,
                    conditions=("snr",), reference_power=None, max_utterances=None,
                    enhancement_metrics=None, posthoc=None, progress=True,
                    chunk_seconds=None, overlap_seconds=inference.OVERLAP_SECONDS):

@@ -45,8 +45,8 @@ class _Default:
 
 _TARGET_SNR = _Default("eesep_jax.core.stopping", "TARGET_SNR_DB")
 _CONFIDENCE = _Default("eesep_jax.core.stopping", "CONFIDENCE")
-_TARGETS = _Default("eesep_jax.analysis.evaluate", "TARGETS_DB")
-_CONFIDENCES = _Default("eesep_jax.analysis.evaluate", "CONFIDENCES")
+_TARGETS = _Default("eesep_jax.core.stopping", "TARGETS_DB")
+_CONFIDENCES = _Default("eesep_jax.core.stopping", "CONFIDENCES")
 _CHUNK_SECONDS = _Default("eesep_jax.inference", "CHUNK_SECONDS")
 _OVERLAP_SECONDS = _Default("eesep_jax.inference", "OVERLAP_SECONDS")
 _CHUNK_BATCH = _Default("eesep_jax.inference", "CHUNK_BATCH")

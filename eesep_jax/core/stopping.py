@@ -18,6 +18,10 @@ CONDITIONS = ("snr", "snri", "snr_ref")
 # probability 0.9.
 TARGET_SNR_DB = 15.0
 CONFIDENCE = 0.9
+# The grids over which evaluation and calibration simulate the policies; the
+# confidences fine enough for target satisfaction to read as a curve over `p`.
+TARGETS_DB = (5.0, 10.0, 15.0, 20.0)
+CONFIDENCES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 @flax.struct.dataclass
