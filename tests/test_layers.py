@@ -1,0 +1,61 @@
+"""The package's layers (docs/architecture.md): imports point only downward, and the core
+maths and models import no scipy and no file I/O."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "eesep_jax"
+
+# Rank of each layer; a module may import modules of its own rank or lower.
+LAYERS = {
+    "errors": 0, "core": 0,
+    "models": 1, "data": 1,
+    "inference": 2, "config_lib": 2, "configs": 2,
+    "training": 3, "analysis": 3,
+    "app": 4, "__main__": 4,
+}
+# Libraries the pure layers must not reach: scipy, and what reads or writes files.
+FORBIDDEN_IN_PURE = ("scipy", "soundfile", "orbax", "grain", "librosa", "eesep_jax.data")
+PURE = ("core", "models")
+
+
+def _layer(module):
+  """`eesep_jax.core.losses` -> "core"."""
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else None
+
+
+def _imports(path):
+  """Every module `path` imports, at any depth (function-level imports included)."""
+  tree = ast.parse(path.read_text())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      yield from (alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      if node.module == "eesep_jax":
+        yield from (f"eesep_jax.{alias.name}" for alias in node.names)
+      else:
+        yield node.module
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_downward(path):
+  module = "eesep_jax." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+  own = _layer(module.removesuffix(".__init__"))
+  if own is None:  # The package's own __init__.
+    return
+  for imported in _imports(path):
+    if imported.startswith("eesep_jax."):
+      assert LAYERS[_layer(imported)] <= LAYERS[own], f"{module} imports {imported}"
+    if own in PURE:
+      assert not imported.startswith(FORBIDDEN_IN_PURE), f"{module} imports {imported}"
+
+
+def test_every_layer_is_ranked():
+  tops = {path.relative_to(PACKAGE).parts[0].removesuffix(".py") for path in MODULES}
+  assert tops - {"__init__"} <= set(LAYERS)
