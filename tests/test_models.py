@@ -228,6 +228,7 @@ def test_padded_batch_gives_each_example_its_own_outputs(block_length):
   # Garbage beyond each length must not matter either.
   padded = padded + 5.0 * (jnp.arange(TIME) >= jnp.asarray(lengths)[:, None])
   apply = jit(models.PressNet(config).apply)
+  exit_probability = jit(functools.partial(probabilistic.exit_probability, config=config.variance))
   batched = apply(variables, padded, lengths=jnp.asarray(lengths))
   for row, n in enumerate(lengths):
     alone = apply(variables, _mixture(1, n, seed=n))
@@ -239,11 +240,10 @@ def test_padded_batch_gives_each_example_its_own_outputs(block_length):
       np.testing.assert_allclose(batched["variance"][name][:, row, :, :blocks],
                                  value[:, 0], rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(
-        probabilistic.exit_probability(estimates, jax.tree.map(
-            lambda v: v[:, row], batched["variance"]), 10.0, config=config.variance,
-            lengths=n),
-        probabilistic.exit_probability(alone["estimates"][:, 0], jax.tree.map(
-            lambda v: v[:, 0], alone["variance"]), 10.0, config=config.variance),
+        exit_probability(estimates, jax.tree.map(lambda v: v[:, row], batched["variance"]),
+                         10.0, lengths=n),
+        exit_probability(alone["estimates"][:, 0],
+                         jax.tree.map(lambda v: v[:, 0], alone["variance"]), 10.0),
         atol=1e-5)
 
 

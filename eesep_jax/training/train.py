@@ -1,4 +1,4 @@
-"""Training: state, the jit-compiled step over every exit, the loop, checkpoints, logs.
+"""Training: state, the jit-compiled step over every exit, the loop, validation, logs.
 
 `train_and_evaluate(config, workdir)` is the entry point the CLI and notebooks call.
 Restarting it with the same `workdir` resumes from the latest checkpoint exactly: the
