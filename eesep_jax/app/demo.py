@@ -12,7 +12,7 @@
    (`WORKDIR/evaluation/`) and on the held-out voices (`WORKDIR/evaluation_heldout/`);
 5. separates one test mixture into `WORKDIR/separated/`;
 6. prints SI-SNRi per exit on both sets and, at the config's stopping target and
-   confidence (`config.inference`; the demo config's target is 10 dB), the compute the
+   confidence (`config.inference`; the demo config's target is 5 dB), the compute the
    probabilistic policy saves, its SI-SNRi and its target satisfaction.
 """
 

@@ -7,10 +7,14 @@ evaluates):
 
 (`--config demo` names this file, shipped in the package, from any directory.)
 
-The network is `tiny` with two blocks per stage, so that its three exits have depth
-to differ by, at stride 8 (1000 frames per second), which halves the step time of
-stride 4. Measured on the 2-core machine (README, "Quickstart"): a step of 4 x 1 s
-takes about 0.4 s.
+The network is `tiny` with four shared blocks before the speaker split and two
+blocks per stage, so that its three exits have depth to differ by, at stride 8 (1000
+frames per second), which halves the step time of stride 4. Measured on the 2-core
+machine, 600 steps, validation SI-SNRi on the 50 validation utterances (last exit):
+one shared block 1.2 dB (8 utterances), four 1.8 dB with the residual branches at
+full scale (`layer_scale_init` 1.0; 0.9 dB at 0.1), and 2.0 dB at learning rate 4e-3.
+Each separates the streams from a mixture the trunk has already read: with one shared
+block the split is nearly linear, and training sits on the PIT plateau for longer.
 """
 
 from eesep_jax import config_lib
@@ -19,9 +23,10 @@ from eesep_jax import config_lib
 def get_config():
   config = config_lib.base_config(preset="tiny", dataset="wsj0-mix", data_root="data/demo")
   config.model.encoder_stride = 8
+  config.model.num_shared_blocks = 4
   config.model.num_exit_blocks = 6  # Two blocks per stage.
   # A shallow network trained for minutes learns faster with its residual branches on.
-  config.model.layer_scale_init = 0.1
+  config.model.layer_scale_init = 1.0
   # Training makes the corpus at data/demo if it is missing; at a root given with
   # --config.data.root only with --config.data.synthesize_if_missing=True as well.
   config.data.synthesize_if_missing = True
@@ -34,7 +39,7 @@ def get_config():
   config.loss.mean_loss = "snr"
   config.steps = 1100
   config.batch_size = 4
-  config.optimizer.learning_rate = 2e-3
+  config.optimizer.learning_rate = 4e-3
   config.optimizer.warmup_steps = 50
   config.checkpoint_every = 100
   config.eval_every = 550
@@ -42,6 +47,10 @@ def get_config():
   config.eval_max_utterances = 8
   # The stopping target the demo reports (and separates its example at): a round SNR
   # that the demo model reaches on some test utterances at exit 1 and on most at the
-  # last exit, with `inference.confidence` (the base config's, `stopping.CONFIDENCE`).
-  config.inference.target_snr_db = 10.0
+  # last exit (64% at every exit, for 1100 steps).
+  config.inference.target_snr_db = 5.0
+  # After 1100 steps the calibrated P(SNR >= 5 dB) at exit 1 tops out near 0.84, and
+  # the stopped utterances meet the target more often than p asks (at p = 0.5, 87% on
+  # the test split and 73% on the held-out voices): p = 0.9 would never stop.
+  config.inference.confidence = 0.5
   return config
