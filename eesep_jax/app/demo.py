@@ -77,7 +77,10 @@ def _stopping_lines(summary, report, num_exits, target_snr_db, confidence):
   point = next(p for p in summary["policies"]
                if p["policy"] == "probabilistic" and p["target_snr_db"] == target_snr_db
                and p["confidence"] == confidence)
-  met = next(s for s in report["after"]["target_satisfaction"]
+  # On whole utterances, as the compute and SI-SNRi beside it (the report's main
+  # figures are in `separate`'s chunks).
+  calibrated = report["whole_utterances"]["after"]
+  met = next(s for s in calibrated["target_satisfaction"]
              if s["target_snr_db"] == target_snr_db and s["confidence"] == confidence)
   full = summary["per_exit"][-1]
   # `max` with 0.0 first: when nothing is saved, `1 - x / x` is -0.0, printed "-0%".
