@@ -156,8 +156,6 @@ def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_ind
   Returns:
     `[utterances]` 1-based exit indices.
   """
-  if policy not in stopping.POLICIES:
-    raise ValueError(f"policy={policy!r} is not one of {stopping.POLICIES}")
   rule = stopping.Policy(kind=policy, target_snr_db=target_snr_db, confidence=confidence,
                          exit_index=exit_index)
   probability = (table.probability[..., table.target_index(target_snr_db)]

@@ -12,8 +12,11 @@ traced, so other values reuse a compiled loop; its kind and conditions are stati
 import flax
 import jax.numpy as jnp
 
+from eesep_jax.core import probabilistic
+
 POLICIES = ("probabilistic", "expected-snr", "fixed", "oracle")
-CONDITIONS = ("snr", "snri", "snr_ref")
+# The exit conditions `probabilistic.exit_probability` knows, which owns them.
+CONDITIONS = probabilistic.CONDITIONS
 # The defaults of `eesep separate` and `inference.separate`: a 15 dB target met with
 # probability 0.9.
 TARGET_SNR_DB = 15.0
