@@ -40,6 +40,8 @@ TRAIN_OVERRIDES = (
     "--config.checkpoint_every=2", "--config.log_every=1", "--config.eval_every=1000",
     "--config.eval_max_utterances=2", "--config.optimizer.warmup_steps=2",
 )
+# The same, as `config_lib.load_config` overrides.
+TRAIN_CONFIG_OVERRIDES = tuple(flag.removeprefix("--config.") for flag in TRAIN_OVERRIDES)
 
 
 # Session fixtures that take minutes to build. `make test` spreads tests over CPU cores

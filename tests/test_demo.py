@@ -3,7 +3,7 @@
 import shutil
 
 from conftest import DEMO_CONFIG
-from conftest import TRAIN_OVERRIDES
+from conftest import TRAIN_CONFIG_OVERRIDES
 from eesep_jax.app import demo
 
 
@@ -11,9 +11,9 @@ def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_
                                                 capsys):
   workdir = tmp_path / "demo"
   shutil.copytree(trained_workdir, workdir)
-  overrides = [flag.removeprefix("--config.") for flag in TRAIN_OVERRIDES]
   summary = demo.main(workdir, DEMO_CONFIG, [f"data.root={tiny_corpus}",
-                                             f"data.heldout_root={tiny_corpus}", *overrides])
+                                             f"data.heldout_root={tiny_corpus}",
+                                             *TRAIN_CONFIG_OVERRIDES])
 
   printed = capsys.readouterr().out
   assert len(summary["per_exit"]) == 3

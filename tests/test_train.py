@@ -16,6 +16,7 @@ import pytest
 from conftest import DEMO_CONFIG
 from conftest import REPO
 from conftest import run_training
+from conftest import TRAIN_CONFIG_OVERRIDES
 from conftest import train_command
 from conftest import train_env
 from conftest import TRAIN_STEPS
@@ -73,7 +74,8 @@ def test_run_logs_metrics_tensorboard_config_and_checkpoints(trained_workdir):
 
 def test_restore_params_gives_the_init_structure(trained_workdir):
   model_config, variables = checkpoints.restore_params(trained_workdir)
-  assert model_config == config_lib.model_config(config_lib.load_config(DEMO_CONFIG))
+  assert model_config == config_lib.model_config(
+      config_lib.load_config(DEMO_CONFIG, TRAIN_CONFIG_OVERRIDES))
   fresh = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
                          jnp.zeros((1, 800)))
   assert jax.tree.structure(variables) == jax.tree.structure(fresh)
