@@ -534,9 +534,12 @@ def test_a_killed_separation_leaves_no_partial_file_and_a_rerun_completes_it(
 
   inputs, out = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()
-  names = [f"take{k:02d}" for k in range(10)]
+  # Each file a few chunks long (`inference.CHUNK_SECONDS`), so the kill lands mid-folder.
+  seconds = 10
+  names = [f"take{k:02d}" for k in range(6)]
   for k, name in enumerate(names):
-    soundfile.write(inputs / f"{name}.wav", _noise(10 + k, 20 * RATE), RATE, subtype="PCM_16")
+    soundfile.write(inputs / f"{name}.wav", _noise(10 + k, seconds * RATE), RATE,
+                    subtype="PCM_16")
   command = [sys.executable, "-m", "eesep_jax.app.cli", "separate", str(inputs), "--checkpoint",
              str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"]
   env = train_env(compile_cache)
@@ -552,7 +555,7 @@ def test_a_killed_separation_leaves_no_partial_file_and_a_rerun_completes_it(
   process.wait()
   written = sorted(out.glob("*.wav"))
   for path in written:  # Every WAV under its real name is whole.
-    assert soundfile.info(path).frames == 20 * RATE and separate_files.is_output(path)
+    assert soundfile.info(path).frames == seconds * RATE and separate_files.is_output(path)
   # A kill between a file's two renames leaves its first output alone: it is redone.
   complete = [name for name in names if all((out / f"{name}_s{k}.wav").exists()
                                             for k in (1, 2))]
