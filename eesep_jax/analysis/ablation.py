@@ -59,7 +59,7 @@ FILES = {"markdown": "comparison.md", "csv": "comparison.csv", "json": "comparis
 # report's key and the Markdown header.
 MEASURES = {"nll": "NLL", "ece_mean": "ECE", "ks": "KS", "crps": "CRPS (dB)"}
 
-SMOKE_STEPS = 20
+SMOKE_STEPS = 10
 SMOKE_SIZES = {"num_train": 16, "num_valid": 6, "num_test": 6}
 SMOKE_EVAL_SECONDS = 1.0
 SMOKE_TARGET_SNR_DB = 1.0  # What a few steps of training reach.
@@ -161,8 +161,10 @@ def smoke_corpus(root):
 
 
 def smoke_overrides(corpus_root, steps=SMOKE_STEPS):
-  """Overrides that shrink the demo config to `steps` short steps on `corpus_root`."""
+  """Overrides that shrink the demo config to `steps` short steps of a network with one
+  shared block on `corpus_root`."""
   return [f"data.root={corpus_root}", "data.synthesize_if_missing=False",
+          "model.num_shared_blocks=1",
           "data.segment_seconds=0.5", "batch_size=4", f"steps={steps}",
           f"checkpoint_every={steps}", f"eval_every={steps}", "log_every=5",
           "eval_max_utterances=1", "optimizer.warmup_steps=5"]
