@@ -82,6 +82,15 @@ def test_restore_params_gives_the_init_structure(trained_workdir):
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, fresh)
 
 
+def test_the_tests_of_a_shared_run_share_one_worker(request, trained_workdir):
+  """Under pytest-xdist's `--dist loadgroup` (`make test`), conftest groups the tests of
+  each expensive session fixture, so one worker builds it once. pytest 9.2 broke the
+  grouping of pytest-xdist 3.8 without a word: each worker built its own."""
+  if not getattr(request.config.option, "loadgroup", False):
+    pytest.skip("not run by an xdist worker with --dist loadgroup")
+  assert request.node.nodeid.endswith("@trained_workdir")
+
+
 def test_restore_params_names_a_workdir_without_config(tmp_path):
   with pytest.raises(errors.UsageError, match=f"{tmp_path}: holds no config.json"):
     checkpoints.restore_params(tmp_path)
