@@ -25,7 +25,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILE_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # The suite's programs are small, so LLVM's optimisation passes cost more compile time
 # than they save in run time (the training subprocess's train step: 14 s -> 9 s to
-# compile, the same losses to the last digit).
+# compile, and the same validation SI-SNRi per exit, to the printed 0.01 dB).
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
