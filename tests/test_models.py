@@ -17,21 +17,16 @@ from eesep_jax.models import press_net
 
 TIME = 801  # Odd, and not a multiple of the encoder's stride.
 
-# Each program here runs once or twice, so compiling dominates: skipping LLVM's
-# optimisations halves the file's run time and changes no result beyond rounding.
-jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-
-
 def _mixture(batch=2, time=TIME, seed=0):
   return jax.random.normal(jax.random.key(seed), (batch, time))
 
 
 def _init(config):
   # Parameters do not depend on the length: a short one compiles faster.
-  return jit(models.PressNet(config).init)(jax.random.key(1), _mixture(time=64))
+  return jax.jit(models.PressNet(config).init)(jax.random.key(1), _mixture(time=64))
 
 
-@functools.partial(jit, static_argnames="config")
+@functools.partial(jax.jit, static_argnames="config")
 def _forward(variables, mixture, rngs=None, *, config):
   """The forward pass with `train=False`."""
   return models.PressNet(config).apply(variables, mixture, rngs=rngs)
@@ -112,7 +107,7 @@ def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames):
     def loss(decay, update):
       states = recurrence(decay, update)
       return jnp.sum(weights * jnp.square(states)), states
-    return jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
+    return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
 
   got = states_and_gradients(layers.bidirectional_linear_recurrence)
   want = states_and_gradients(_sequential_recurrence)
@@ -127,7 +122,7 @@ def _values_and_gradients(module, variables, x, weights):
     # `nn.ConvTranspose` keeps a trailing axis of one feature.
     y = module.apply(variables, x).reshape(weights.shape)
     return jnp.sum(weights * jnp.square(y)), y
-  return jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables, x)
+  return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables, x)
 
 
 def _assert_same_as_flax(module, reference, input_shape, output_shape):
@@ -168,7 +163,7 @@ def test_fresh_block_is_near_identity(tiny):
   params = jax.tree.map(lambda p: p[0], variables["params"]["shared"]["blocks"])
   x = jax.random.normal(jax.random.key(0), (2, 20, config.width))
   every_frame = jnp.ones(x.shape[:-1] + (1,))
-  apply = jit(lambda params: layers.Block(config).apply(
+  apply = jax.jit(lambda params: layers.Block(config).apply(
       {"params": params}, x, every_frame, False)[0])
   change = jnp.abs(apply(params) - x)
   assert 0.0 < float(jnp.max(change)) < 1e-3
@@ -203,7 +198,7 @@ def test_training_scan_equals_stage_by_stage(tiny):
   state = probabilistic.init_variance_state(
       (mixture.shape[0], config.num_sources),
       probabilistic.num_variance_blocks(mixture.shape[1], config.variance), config.variance)
-  apply_stage = jit(models.apply_stage, static_argnums=(0, 3))
+  apply_stage = jax.jit(models.apply_stage, static_argnums=(0, 3))
   for k in range(config.num_exits):
     carry, state, exit_output = apply_stage(
         config, models.stage_params(variables, jnp.int32(k)), carry, mixture.shape[1], state)
@@ -227,8 +222,9 @@ def test_padded_batch_gives_each_example_its_own_outputs(block_length):
   padded = jnp.stack([jnp.pad(_mixture(1, n, seed=n)[0], (0, TIME - n)) for n in lengths])
   # Garbage beyond each length must not matter either.
   padded = padded + 5.0 * (jnp.arange(TIME) >= jnp.asarray(lengths)[:, None])
-  apply = jit(models.PressNet(config).apply)
-  exit_probability = jit(functools.partial(probabilistic.exit_probability, config=config.variance))
+  apply = jax.jit(models.PressNet(config).apply)
+  exit_probability = jax.jit(
+      functools.partial(probabilistic.exit_probability, config=config.variance))
   batched = apply(variables, padded, lengths=jnp.asarray(lengths))
   for row, n in enumerate(lengths):
     alone = apply(variables, _mixture(1, n, seed=n))
@@ -276,7 +272,7 @@ def test_dropout_is_seeded_and_split_over_stages(tiny):
     return output
 
   with nn.intercept_methods(record_masks):  # Active while `train` traces.
-    train = jit(lambda key: models.PressNet(config).apply(
+    train = jax.jit(lambda key: models.PressNet(config).apply(
         variables, mixture, train=True, rngs={"dropout": key})["estimates"])
     first = train(jax.random.key(7))
   jax.effects_barrier()
@@ -319,7 +315,7 @@ def _loss_and_grads(config, variables, mixture):
     outputs = models.PressNet(config).apply({"params": params}, mixture)
     return (jnp.mean(jnp.square(outputs["estimates"] - mixture[None, :, None]))
             + sum(jnp.mean(jnp.log(v)) for v in outputs["variance"].values()))
-  return jit(jax.value_and_grad(loss))(variables["params"])
+  return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
 
 def test_gradients_are_finite_and_remat_changes_nothing(tiny):
