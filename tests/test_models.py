@@ -17,6 +17,7 @@ from eesep_jax.models import press_net
 
 TIME = 801  # Odd, and not a multiple of the encoder's stride.
 
+
 def _mixture(batch=2, time=TIME, seed=0):
   return jax.random.normal(jax.random.key(seed), (batch, time))
 
