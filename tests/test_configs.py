@@ -167,26 +167,52 @@ def test_what_follows_a_colon_is_get_configs_argument(tmp_path):
   assert config_lib.load_config(f"{tmp_path / 'sized.py'}:large")["size"] == "large"
 
 
+def _run_defaults(args, **inference):
+  """`args` with its run defaults read from a base config whose `inference` section
+  holds `inference`."""
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  config.inference.update(inference)
+  cli._apply_run_defaults(args, config)  # pylint: disable=protected-access
+  return args
+
+
 def test_every_cli_default_is_its_owners(capsys):
-  separate = cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o"])
+  separate = _run_defaults(cli.parse_args(["separate", "x.wav", "--checkpoint", "c",
+                                           "--out-dir", "o"]))
   assert (separate.target_snr, separate.confidence) == (stopping.TARGET_SNR_DB,
                                                         stopping.CONFIDENCE)
   assert (separate.chunk_seconds, separate.overlap_seconds, separate.chunk_batch) == (
       inference.CHUNK_SECONDS, inference.OVERLAP_SECONDS, inference.CHUNK_BATCH)
-  calibrate = cli.parse_args(["calibrate", "--checkpoint", "c", "--out", "o"])
+  calibrate = _run_defaults(cli.parse_args(["calibrate", "--checkpoint", "c", "--out", "o"]))
   assert calibrate.target_snr == stopping.TARGET_SNR_DB
   assert (calibrate.delta, calibrate.epsilon) == (calibration_report.DELTA,
                                                   calibration_report.EPSILON)
   assert (calibrate.chunk_seconds, calibrate.overlap_seconds) == (
       inference.CHUNK_SECONDS, inference.OVERLAP_SECONDS)
-  for args in (calibrate, cli.parse_args(["evaluate", "--checkpoint", "c", "--out", "o"])):
+  for args in (calibrate, _run_defaults(cli.parse_args(["evaluate", "--checkpoint", "c",
+                                                        "--out", "o"]))):
     assert (args.targets, args.confidences) == (stopping.TARGETS_DB, stopping.CONFIDENCES)
   with pytest.raises(SystemExit):
     cli.parse_args(["separate", "--help"])
-  assert f"(default: {stopping.TARGET_SNR_DB:g})" in " ".join(capsys.readouterr().out.split())
+  assert (f"(default: the run's config.inference.target_snr_db; {stopping.TARGET_SNR_DB:g} "
+          "unless its config sets one)") in " ".join(capsys.readouterr().out.split())
   # Given, a flag wins.
-  assert cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o",
-                         "--target-snr", "12"]).target_snr == 12.0
+  assert _run_defaults(cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir",
+                                       "o", "--target-snr", "12"])).target_snr == 12.0
+
+
+def test_the_run_config_sets_what_a_flag_not_given_defaults_to():
+  """A run trained to stop at 5 dB with p = 0.5 (as the demo's) separates and calibrates
+  at that target unless told otherwise."""
+  run = {"target_snr_db": 5.0, "confidence": 0.5, "chunk_seconds": 2.0, "chunk_batch": 3}
+  separate = _run_defaults(cli.parse_args(["separate", "x.wav", "--checkpoint", "c",
+                                           "--out-dir", "o", "--confidence", "0.8"]), **run)
+  assert (separate.target_snr, separate.confidence, separate.chunk_seconds,
+          separate.overlap_seconds, separate.chunk_batch) == (
+              5.0, 0.8, 2.0, inference.OVERLAP_SECONDS, 3)
+  calibrate = _run_defaults(cli.parse_args(["calibrate", "--checkpoint", "c", "--out", "o"]),
+                            **run)
+  assert (calibrate.target_snr, calibrate.chunk_seconds) == (5.0, 2.0)
 
 
 def test_the_defaults_follow_their_owners(monkeypatch):
@@ -194,9 +220,11 @@ def test_the_defaults_follow_their_owners(monkeypatch):
   monkeypatch.setattr(stopping, "TARGET_SNR_DB", 12.0)
   monkeypatch.setattr(stopping, "CONFIDENCES", (0.8,))
   monkeypatch.setattr(inference, "CHUNK_SECONDS", 3.0)
-  args = cli.parse_args(["separate", "x.wav", "--checkpoint", "c", "--out-dir", "o"])
+  args = _run_defaults(cli.parse_args(["separate", "x.wav", "--checkpoint", "c",
+                                       "--out-dir", "o"]))
   assert (args.target_snr, args.chunk_seconds) == (12.0, 3.0)
-  assert cli.parse_args(["evaluate", "--checkpoint", "c", "--out", "o"]).confidences == (0.8,)
+  assert _run_defaults(cli.parse_args(["evaluate", "--checkpoint", "c", "--out",
+                                       "o"])).confidences == (0.8,)
   config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
   assert (config.inference.target_snr_db, config.inference.chunk_seconds,
           config.evaluation.confidences) == (12.0, 3.0, (0.8,))

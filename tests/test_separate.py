@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from eesep_jax import config_lib
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.app import cli
@@ -67,12 +68,22 @@ def inputs(tmp_path_factory):
   return root
 
 
-def _run_cli(argv, model):
-  """`eesep ARGV` with the random model as the checkpoint: `(code, stdout, stderr)`."""
+def _run_config(**inference_fields):
+  """A run's saved config: the base config, its `inference` section updated."""
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  config.inference.update(inference_fields)
+  return config
+
+
+def _run_cli(argv, model, run_config=None):
+  """`eesep ARGV` with the random model as the checkpoint, trained by `run_config` (the
+  base config by default): `(code, stdout, stderr)`."""
   stdout, stderr = io.StringIO(), io.StringIO()
+  run_config = run_config or _run_config()
   with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), \
        contextlib.redirect_stderr(stderr):
     patch.setattr(checkpoints, "restore_params", lambda workdir: model)
+    patch.setattr(checkpoints, "read_config", lambda workdir: run_config)
     code = cli.main(argv)
   # tqdm redraws its bar with carriage returns around each line it writes.
   lines = lambda text: [line.split("\r")[-1] for line in text.getvalue().splitlines()]
@@ -258,20 +269,27 @@ def test_impossible_flags_are_usage_errors(model, tmp_path, flags):
   assert raised.value.code == 2
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ([], {"policy": "probabilistic", "target_snr_db": 15.0, "confidence": 0.9,
-          "exit_index": None, "chunk_seconds": inference.CHUNK_SECONDS,
-          "overlap_seconds": inference.OVERLAP_SECONDS, "chunk_batch": inference.CHUNK_BATCH}),
+# The demo's run stops at 5 dB with p = 0.5: a flag not given takes the run's value.
+DEMO_LIKE = {"target_snr_db": 5.0, "confidence": 0.5, "chunk_batch": 2}
+
+
+@pytest.mark.parametrize("flags,run,expected", [
+    ([], {}, {"policy": "probabilistic", "target_snr_db": 15.0, "confidence": 0.9,
+              "exit_index": None, "chunk_seconds": inference.CHUNK_SECONDS,
+              "overlap_seconds": inference.OVERLAP_SECONDS,
+              "chunk_batch": inference.CHUNK_BATCH}),
+    ([], DEMO_LIKE, {"policy": "probabilistic", "target_snr_db": 5.0, "confidence": 0.5,
+                     "chunk_seconds": inference.CHUNK_SECONDS, "chunk_batch": 2}),
     (["--policy", "expected-snr", "--target-snr", "10", "--chunk-seconds", "2",
-      "--overlap-seconds", "0.25", "--chunk-batch", "2"],
+      "--overlap-seconds", "0.25", "--chunk-batch", "4"], DEMO_LIKE,
      {"policy": "expected-snr", "target_snr_db": 10.0, "chunk_seconds": 2.0,
-      "overlap_seconds": 0.25, "chunk_batch": 2}),
+      "overlap_seconds": 0.25, "chunk_batch": 4}),
 ])
-def test_the_cli_passes_its_choices_on(model, monkeypatch, tmp_path, flags, expected):
+def test_the_cli_passes_its_choices_on(model, monkeypatch, tmp_path, flags, run, expected):
   calls = []
   monkeypatch.setattr(separate_files, "separate_files",
                       lambda paths, **kwargs: calls.append(kwargs) or [])
   code, _, _ = _run_cli(["separate", "x.wav", "--checkpoint", "runs/random", "--out-dir",
-                         str(tmp_path), *flags], model)
+                         str(tmp_path), *flags], model, _run_config(**run))
   assert code == 0
   assert {name: calls[0][name] for name in expected} == expected

@@ -43,13 +43,38 @@ class _Default:
     return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 
 
-_TARGET_SNR = _Default("eesep_jax.core.stopping", "TARGET_SNR_DB")
-_CONFIDENCE = _Default("eesep_jax.core.stopping", "CONFIDENCE")
-_TARGETS = _Default("eesep_jax.core.stopping", "TARGETS_DB")
-_CONFIDENCES = _Default("eesep_jax.core.stopping", "CONFIDENCES")
-_CHUNK_SECONDS = _Default("eesep_jax.inference", "CHUNK_SECONDS")
-_OVERLAP_SECONDS = _Default("eesep_jax.inference", "OVERLAP_SECONDS")
-_CHUNK_BATCH = _Default("eesep_jax.inference", "CHUNK_BATCH")
+class _RunDefault:
+  """A flag's default read from the run's saved config (`checkpoints.read_config`) when
+  the command runs, e.g. `inference.target_snr_db`: what the run was configured to
+  separate and report at. `base`, the owner's value, is what a config holds that does
+  not set the field; `--help` shows both."""
+
+  def __init__(self, field, base):
+    self.field, self.base = field, base
+
+  def value(self, config):
+    for key in self.field.split("."):
+      config = config[key]
+    return tuple(config) if isinstance(config, (list, tuple)) else config
+
+  def __str__(self):
+    return f"the run's config.{self.field}; {self.base} unless its config sets one"
+
+
+_TARGET_SNR = _RunDefault("inference.target_snr_db",
+                          _Default("eesep_jax.core.stopping", "TARGET_SNR_DB"))
+_CONFIDENCE = _RunDefault("inference.confidence",
+                          _Default("eesep_jax.core.stopping", "CONFIDENCE"))
+_TARGETS = _RunDefault("evaluation.targets_db",
+                       _Default("eesep_jax.core.stopping", "TARGETS_DB"))
+_CONFIDENCES = _RunDefault("evaluation.confidences",
+                           _Default("eesep_jax.core.stopping", "CONFIDENCES"))
+_CHUNK_SECONDS = _RunDefault("inference.chunk_seconds",
+                             _Default("eesep_jax.inference", "CHUNK_SECONDS"))
+_OVERLAP_SECONDS = _RunDefault("inference.overlap_seconds",
+                               _Default("eesep_jax.inference", "OVERLAP_SECONDS"))
+_CHUNK_BATCH = _RunDefault("inference.chunk_batch",
+                           _Default("eesep_jax.inference", "CHUNK_BATCH"))
 _DELTA = _Default("eesep_jax.analysis.calibration_report", "DELTA")
 _EPSILON = _Default("eesep_jax.analysis.calibration_report", "EPSILON")
 
@@ -191,6 +216,13 @@ def _data_config(args, config):
   return _corpus_config(config, args.dataset, args.data_root, "--data-root")
 
 
+def _apply_run_defaults(args, config):
+  """Sets every flag left at its `_RunDefault` to the run's value in `config`."""
+  for name, value in vars(args).items():
+    if isinstance(value, _RunDefault):
+      setattr(args, name, value.value(config))
+
+
 def _grid(args):
   """`--targets` and `--confidences`, as keywords."""
   return {"targets": args.targets, "confidences": args.confidences}
@@ -229,6 +261,7 @@ def evaluate_command(args):
   from eesep_jax.training import checkpoints
 
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
+  _apply_run_defaults(args, config)
   model_config, variables = checkpoints.restore_params(args.checkpoint)
   source = data.open_split(config, args.split or config.data.test_split)
   separate_files.prepare_out_dir(args.out)
@@ -333,6 +366,7 @@ def separate_command(args):
   if args.policy == "fixed" and args.exit_index is None:
     raise errors.UsageError("--policy fixed", "needs --exit-index")
   config, variables = checkpoints.restore_params(args.checkpoint)
+  _apply_run_defaults(args, checkpoints.read_config(args.checkpoint))
   exit_index = config.num_exits if args.exit_index == "last" else args.exit_index
   if exit_index is not None and exit_index > config.num_exits:
     raise errors.UsageError(f"--exit-index {exit_index}",
@@ -367,6 +401,7 @@ def calibrate_command(args):
   if args.fit_alpha and args.method != "nll":
     raise errors.UsageError("--fit-alpha", "needs --method nll")
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
+  _apply_run_defaults(args, config)
   # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.
   fit_config = config
   if args.fit_dataset or args.fit_data_root:
@@ -561,8 +596,8 @@ def build_parser():
   _add_chunking_flags(
       parser_calibrate,
       "fit and certify in the chunks `eesep separate --chunk-seconds` cuts, the "
-      "regime it runs in (default: separate's, %(default)s)",
-      "the chunks' overlap, as in `eesep separate` (default: separate's, %(default)s)")
+      "regime it runs in (default, as separate's: %(default)s)",
+      "the chunks' overlap, as in `eesep separate` (default, as separate's: %(default)s)")
 
   from eesep_jax.data import cli as data_cli
   data_cli.add_data_commands(subparsers)
@@ -595,7 +630,8 @@ def _config_flags(parser, extras):
 
 
 def parse_args(argv=None):
-  """`eesep ARGV` parsed: argparse's namespace, every `_Default` read from its owner,
+  """`eesep ARGV` parsed: argparse's namespace, every `_Default` read from its owner
+  (a `_RunDefault` stays until the command reads the run: `_apply_run_defaults`),
   and `config_flags`, the `--config.KEY=VALUE` flags `eesep train` passes to
   `config_lib.parse_flags`.
 
