@@ -46,11 +46,11 @@ class _Default:
 class _RunDefault:
   """A flag's default read from the run's saved config (`checkpoints.read_config`) when
   the command runs, e.g. `inference.target_snr_db`: what the run was configured to
-  separate and report at. `base`, the owner's value, is what a config holds that does
-  not set the field; `--help` shows both."""
+  separate and report at. The owner's value (`module.name`, as for `_Default`) is what
+  a config holds that does not set the field; `--help` shows both."""
 
-  def __init__(self, field, base):
-    self.field, self.base = field, base
+  def __init__(self, field, module, name):
+    self.field, self.base = field, _Default(module, name)
 
   def value(self, config):
     for key in self.field.split("."):
@@ -61,20 +61,14 @@ class _RunDefault:
     return f"the run's config.{self.field}; {self.base} unless its config sets one"
 
 
-_TARGET_SNR = _RunDefault("inference.target_snr_db",
-                          _Default("eesep_jax.core.stopping", "TARGET_SNR_DB"))
-_CONFIDENCE = _RunDefault("inference.confidence",
-                          _Default("eesep_jax.core.stopping", "CONFIDENCE"))
-_TARGETS = _RunDefault("evaluation.targets_db",
-                       _Default("eesep_jax.core.stopping", "TARGETS_DB"))
-_CONFIDENCES = _RunDefault("evaluation.confidences",
-                           _Default("eesep_jax.core.stopping", "CONFIDENCES"))
-_CHUNK_SECONDS = _RunDefault("inference.chunk_seconds",
-                             _Default("eesep_jax.inference", "CHUNK_SECONDS"))
-_OVERLAP_SECONDS = _RunDefault("inference.overlap_seconds",
-                               _Default("eesep_jax.inference", "OVERLAP_SECONDS"))
-_CHUNK_BATCH = _RunDefault("inference.chunk_batch",
-                           _Default("eesep_jax.inference", "CHUNK_BATCH"))
+_TARGET_SNR = _RunDefault("inference.target_snr_db", "eesep_jax.core.stopping", "TARGET_SNR_DB")
+_CONFIDENCE = _RunDefault("inference.confidence", "eesep_jax.core.stopping", "CONFIDENCE")
+_TARGETS = _RunDefault("evaluation.targets_db", "eesep_jax.core.stopping", "TARGETS_DB")
+_CONFIDENCES = _RunDefault("evaluation.confidences", "eesep_jax.core.stopping", "CONFIDENCES")
+_CHUNK_SECONDS = _RunDefault("inference.chunk_seconds", "eesep_jax.inference", "CHUNK_SECONDS")
+_OVERLAP_SECONDS = _RunDefault("inference.overlap_seconds", "eesep_jax.inference",
+                               "OVERLAP_SECONDS")
+_CHUNK_BATCH = _RunDefault("inference.chunk_batch", "eesep_jax.inference", "CHUNK_BATCH")
 _DELTA = _Default("eesep_jax.analysis.calibration_report", "DELTA")
 _EPSILON = _Default("eesep_jax.analysis.calibration_report", "EPSILON")
 
