@@ -301,8 +301,10 @@ _DEFAULTS = {"data.strict": True, **{
     for key, value in section.items()}}
 
 
-def _field(config, key):
-  """The value of dotted `key`; `errors.UsageError` when the config lacks it."""
+def get_field(config, key):
+  """The value of dotted `key`, e.g. `"inference.target_snr_db"`. A field older configs
+  lack (`_DEFAULTS`: the `inference` and `evaluation` sections, `data.strict`) is at
+  its default; `errors.UsageError` when the config lacks any other."""
   node = config
   for name in key.split("."):
     if name not in node:
@@ -358,17 +360,17 @@ def validate_config(config):
   """
   for keys, test, what in _checks():
     for key in keys:
-      value = _field(config, key)
+      value = get_field(config, key)
       if not test(value):
         raise errors.UsageError(f"config.{key}", f"{value!r}: must be {what}")
   for key, choices in _CHOICES.items():
-    value = _field(config, key)
+    value = get_field(config, key)
     if value not in choices:
       raise errors.UsageError(f"config.{key}",
                               f"{value!r}: must be one of {', '.join(choices)}")
-  kind = _field(config, "data.kind")
+  kind = get_field(config, "data.kind")
   accepted = set(inspect.signature(readers.READERS[kind]).parameters) - {"root", "split"}
-  options = _field(config, "data.options")
+  options = get_field(config, "data.options")
   unknown = sorted(set(options.to_dict() if options else {}) - accepted)
   if unknown:
     raise errors.UsageError(f"config.data.options.{unknown[0]}",
@@ -378,13 +380,13 @@ def validate_config(config):
     model = model_config(config)
   except (ValueError, TypeError) as error:
     raise errors.UsageError("config.model", str(error)) from None
-  chunk, overlap = (_field(config, f"inference.{key}")
+  chunk, overlap = (get_field(config, f"inference.{key}")
                     for key in ("chunk_seconds", "overlap_seconds"))
   if 2 * overlap > chunk:
     raise errors.UsageError("config.inference.overlap_seconds",
                             f"{overlap!r}: must be at most half of inference.chunk_seconds "
                             f"({chunk!r})")
-  weights = _field(config, "loss.exit_weights")
+  weights = get_field(config, "loss.exit_weights")
   if weights is not None and not (
       isinstance(weights, (tuple, list)) and len(weights) == model.num_exits
       and all(_is_number(w) and w >= 0 for w in weights) and any(weights)):

@@ -113,6 +113,16 @@ def make_exit_table(utterances, exits, sources, **fields):
   return exit_table.ExitTable(**{**defaults, **fields})
 
 
+def run_config(**inference):
+  """A run's saved config, as `checkpoints.read_config` returns it: the `tiny` base
+  config on a folder corpus, its `inference` section updated with `inference`."""
+  from eesep_jax import config_lib
+
+  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
+  config.inference.update(inference)
+  return config
+
+
 @pytest.fixture(scope="session")
 def model():
   """`(config, variables)`: the tiny preset with random weights."""

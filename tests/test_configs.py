@@ -24,6 +24,8 @@ from eesep_jax.data import readers
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
+from conftest import run_config
+
 REPO = pathlib.Path(__file__).parents[1]
 # The dataset configs of `experiments/`, and those that ship in the package (the demo).
 CONFIGS = sorted([*(REPO / "experiments" / "configs").glob("*.py"),
@@ -168,11 +170,8 @@ def test_what_follows_a_colon_is_get_configs_argument(tmp_path):
 
 
 def _run_defaults(args, **inference):
-  """`args` with its run defaults read from a base config whose `inference` section
-  holds `inference`."""
-  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
-  config.inference.update(inference)
-  cli._apply_run_defaults(args, config)  # pylint: disable=protected-access
+  """`args` with its run defaults read from `run_config(**inference)`."""
+  cli._apply_run_defaults(args, run_config(**inference))  # pylint: disable=protected-access
   return args
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import soundfile
 
-from eesep_jax import config_lib
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.app import cli
 from eesep_jax.app import separate_files
 from eesep_jax.training import checkpoints
+
+from conftest import run_config
 
 RATE = 8000
 LENGTH = 3000  # Samples of every separated signal at RATE, whole or per chunk.
@@ -68,22 +69,15 @@ def inputs(tmp_path_factory):
   return root
 
 
-def _run_config(**inference_fields):
-  """A run's saved config: the base config, its `inference` section updated."""
-  config = config_lib.base_config(preset="tiny", dataset="folder", data_root="x")
-  config.inference.update(inference_fields)
-  return config
-
-
-def _run_cli(argv, model, run_config=None):
-  """`eesep ARGV` with the random model as the checkpoint, trained by `run_config` (the
-  base config by default): `(code, stdout, stderr)`."""
+def _run_cli(argv, model, saved_config=None):
+  """`eesep ARGV` with the random model as the checkpoint, trained by `saved_config`
+  (`run_config()` by default): `(code, stdout, stderr)`."""
   stdout, stderr = io.StringIO(), io.StringIO()
-  run_config = run_config or _run_config()
+  saved_config = saved_config or run_config()
   with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), \
        contextlib.redirect_stderr(stderr):
     patch.setattr(checkpoints, "restore_params", lambda workdir: model)
-    patch.setattr(checkpoints, "read_config", lambda workdir: run_config)
+    patch.setattr(checkpoints, "read_config", lambda workdir: saved_config)
     code = cli.main(argv)
   # tqdm redraws its bar with carriage returns around each line it writes.
   lines = lambda text: [line.split("\r")[-1] for line in text.getvalue().splitlines()]
@@ -290,6 +284,6 @@ def test_the_cli_passes_its_choices_on(model, monkeypatch, tmp_path, flags, run,
   monkeypatch.setattr(separate_files, "separate_files",
                       lambda paths, **kwargs: calls.append(kwargs) or [])
   code, _, _ = _run_cli(["separate", "x.wav", "--checkpoint", "runs/random", "--out-dir",
-                         str(tmp_path), *flags], model, _run_config(**run))
+                         str(tmp_path), *flags], model, run_config(**run))
   assert code == 0
   assert {name: calls[0][name] for name in expected} == expected

@@ -53,9 +53,10 @@ class _RunDefault:
     self.field, self.base = field, _Default(module, name)
 
   def value(self, config):
-    for key in self.field.split("."):
-      config = config[key]
-    return tuple(config) if isinstance(config, (list, tuple)) else config
+    from eesep_jax import config_lib
+
+    value = config_lib.get_field(config, self.field)
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
   def __str__(self):
     return f"the run's config.{self.field}; {self.base} unless its config sets one"
