@@ -1,7 +1,7 @@
 """The quickstart experiment: the embedded eSpeak corpus, a `tiny` network, 2 CPU cores.
 
-About 11.5 minutes of training on 2 CPU cores (`make demo` runs it, then calibrates and
-evaluates):
+11.5 to 13 minutes of training on 2 CPU cores, depending on the VM (`make demo` runs
+it, then calibrates and evaluates):
 
     eesep train --config demo --workdir runs/demo
 
