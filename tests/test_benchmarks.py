@@ -130,3 +130,32 @@ def test_train_step_script_times_one_step():
   record = json.loads(result.stdout.strip().splitlines()[-1])
   assert record["preset"] == "tiny" and record["samples"] == 800
   assert record["compile_s"] > 0 and record["step_s"] > 0
+
+
+def _time_to_quality():
+  script = SCRIPT.with_name("time_to_quality.py")
+  spec = importlib.util.spec_from_file_location("benchmarks_time_to_quality", script)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_time_to_quality_reuses_only_a_finished_run(tmp_path, monkeypatch):
+  ttq = _time_to_quality()
+  config = ttq.config_lib.load_config(ttq.DEMO_CONFIG)
+  with pytest.raises(SystemExit, match="holds no finished run"):
+    ttq._train(config, tmp_path / "demo", reuse=True)  # pylint: disable=protected-access
+
+  records = [{"step": 10, "train_loss": 1.0},
+             {"step": 20, "train_seconds": 5.0, "valid_si_snri": [1.0, 2.0, 3.0]},
+             {"step": config.steps, "train_seconds": 9.0, "valid_si_snri": [2.0, 3.0, 4.0]}]
+  (tmp_path / "demo").mkdir()
+  (tmp_path / "demo" / "metrics.jsonl").write_text(
+      "".join(json.dumps(record) + "\n" for record in records))
+  finished = {tmp_path / "demo": config.steps, tmp_path / "cut": config.steps - 1}
+  monkeypatch.setattr(ttq.checkpoints, "latest_step", finished.get)
+  monkeypatch.setattr(ttq.train, "train_and_evaluate",
+                      lambda *args: pytest.fail("--reuse trained a run"))
+  assert ttq._train(config, tmp_path / "demo", reuse=True) == [(5.0, 3.0), (9.0, 4.0)]  # pylint: disable=protected-access
+  with pytest.raises(SystemExit, match=f"latest checkpoint {config.steps - 1}"):
+    ttq._train(config, tmp_path / "cut", reuse=True)  # pylint: disable=protected-access

@@ -16,6 +16,9 @@ Trains, one after the other on the same corpus and cores:
 Every run validates `--points` times on the validation split (the demo config's
 `eval_max_utterances`) and records the training seconds spent so far, validation
 excluded. Writes `time_to_quality.json` (the curves) and `time_to_quality.png`.
+`--reuse` reads the first two curves from runs that finished in `--out-dir`, so that
+`--peer` can be added to an earlier measurement (on the same machine) without training
+them again.
 """
 
 import argparse
@@ -29,6 +32,7 @@ from matplotlib import figure
 from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax.app import demo
+from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
 DEMO_CONFIG = demo.DEMO_CONFIG
@@ -54,7 +58,15 @@ def single_exit_config(config):
   return config
 
 
-def _train(config, workdir):
+def _train(config, workdir, reuse):
+  """The run's curve: trained afresh in `workdir`, or with `reuse` read from the run
+  that finished there (a resumed run restarts its clock, so only a finished one will do)."""
+  if reuse:
+    step = checkpoints.latest_step(workdir)
+    if step != config.steps:
+      raise SystemExit(f"error: --reuse: {workdir} holds no finished run (latest checkpoint "
+                       f"{step}, {config.steps} steps asked); run without --reuse")
+    return _curve(workdir)
   shutil.rmtree(workdir, ignore_errors=True)
   train.train_and_evaluate(config, workdir)
   return _curve(workdir)
@@ -135,6 +147,9 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, help="training steps (default: the demo's)")
   parser.add_argument("--peer", action="store_true",
                       help="also train Asteroid's Conv-TasNet (needs torch, asteroid)")
+  parser.add_argument("--reuse", action="store_true",
+                      help="read the demo and single-exit curves from the runs that finished "
+                           "in --out-dir instead of training them again (to add --peer later)")
   args = parser.parse_args(argv)
 
   out_dir = pathlib.Path(args.out_dir).resolve()
@@ -144,8 +159,9 @@ def main(argv=None):
   config.eval_every = max(1, config.steps // args.points)
   data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
                           num_sources=config.model.num_sources)
-  curves = {"demo": _train(config, out_dir / "demo"),
-            "single_exit": _train(single_exit_config(config), out_dir / "single_exit")}
+  curves = {"demo": _train(config, out_dir / "demo", args.reuse),
+            "single_exit": _train(single_exit_config(config), out_dir / "single_exit",
+                                  args.reuse)}
   if args.peer:
     curves["peer_convtasnet"] = _peer_curve(config, curves["demo"][-1][0], args.points)
   result = {"steps": config.steps, "batch_size": config.batch_size,
