@@ -28,6 +28,7 @@ import shutil
 import time
 
 from matplotlib import figure
+import tqdm
 
 from eesep_jax import config_lib
 from eesep_jax import data
@@ -109,18 +110,23 @@ def _peer_curve(config, seconds, points):
     return float(np.mean(gains))
 
   curve, spent, next_point = [], 0.0, seconds / points
-  while spent < seconds:
-    batch = next(loader)
-    start = time.perf_counter()
-    loss = loss_fn(model(torch.from_numpy(batch["mixture"])),
-                   torch.from_numpy(batch["sources"]))
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    spent += time.perf_counter() - start
-    if spent >= next_point or spent >= seconds:
-      curve.append((spent, validate()))
-      next_point += seconds / points
+  with tqdm.tqdm(total=seconds, desc="peer_convtasnet",
+                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of training{postfix}") as progress:
+    while spent < seconds:
+      batch = next(loader)
+      start = time.perf_counter()
+      loss = loss_fn(model(torch.from_numpy(batch["mixture"])),
+                     torch.from_numpy(batch["sources"]))
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+      step_seconds = time.perf_counter() - start
+      spent += step_seconds
+      progress.update(min(step_seconds, seconds - progress.n))
+      if spent >= next_point or spent >= seconds:
+        curve.append((spent, validate()))
+        next_point += seconds / points
+        progress.set_postfix(valid_si_snri=f"{curve[-1][1]:.2f} dB")
   return curve
 
 
