@@ -104,6 +104,21 @@ def _crop(outputs, length, config):
           "variance": {name: value[..., :blocks] for name, value in outputs["variance"].items()}}
 
 
+def posthoc_transform(scales):
+  """The `posthoc` argument of `exit_outputs` and `evaluate_model` for per-exit scales.
+
+  Args:
+    scales: `{name: [exits]}` (`calibration.load_posthoc`), or None.
+
+  Returns:
+    `apply_posthoc` along the exit axis of `{name: [exits, sources, blocks]}`, a
+    hashable `functools.partial`; None when `scales` is None (no calibration).
+  """
+  if scales is None:
+    return None
+  return functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
+
+
 def exit_outputs(variables, config, mixture, references, *, targets=stopping.TARGETS_DB,
                  conditions=("snr",), reference_power=None, posthoc=None):
   """Every exit of one utterance, from one jit-compiled full-depth forward.
@@ -117,9 +132,9 @@ def exit_outputs(variables, config, mixture, references, *, targets=stopping.TAR
     conditions, reference_power: as in `probabilistic.exit_probability`.
     posthoc: optional post-hoc calibration, a jax function applied to the variance
       parameters `{name: [exits, sources, blocks]}` before any probability is computed,
-      e.g. per-exit scales fitted on validation data: `functools.partial(
-      probabilistic.apply_posthoc, scales=..., exit_axis=0)`. It is a static jit
-      argument, so hashable: a top-level function or a `functools.partial` of one.
+      e.g. per-exit scales fitted on validation data: `posthoc_transform(scales)`. It
+      is a static jit argument, so hashable: a top-level function or a
+      `functools.partial` of one.
 
   Returns:
     A dict of jax arrays, sources in reference order (the per-exit best SI-SNR

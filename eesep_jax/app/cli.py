@@ -247,12 +247,9 @@ def _posthoc_scales(args, model_config):
 
 def evaluate_command(args):
   """Evaluates a checkpoint on full-length utterances (see `eesep_jax.analysis.evaluate`)."""
-  import functools
-
   from eesep_jax import data
   from eesep_jax.analysis import evaluate
   from eesep_jax.app import separate_files
-  from eesep_jax.core import probabilistic
   from eesep_jax.training import checkpoints
 
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
@@ -261,13 +258,10 @@ def evaluate_command(args):
   source = data.open_split(config, args.split or config.data.test_split)
   separate_files.prepare_out_dir(args.out)
   scales = _posthoc_scales(args, model_config)
-  # The variance parameters inside `evaluate.exit_outputs` are `[exits, sources, blocks]`.
-  posthoc = None
-  if scales is not None:
-    posthoc = functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
   table, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
-      enhancement_metrics=args.enhancement_metrics, posthoc=posthoc, **_grid(args))
+      enhancement_metrics=args.enhancement_metrics,
+      posthoc=evaluate.posthoc_transform(scales), **_grid(args))
   summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
              "posthoc_scales": None if scales is None else {
                  name: value.tolist() for name, value in scales.items()},

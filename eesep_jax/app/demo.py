@@ -16,7 +16,6 @@
    probabilistic policy saves, its SI-SNRi and its target satisfaction.
 """
 
-import functools
 import pathlib
 import time
 
@@ -29,7 +28,6 @@ from eesep_jax.analysis import calibration
 from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
 from eesep_jax.app import separate_files
-from eesep_jax.core import probabilistic
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
@@ -136,7 +134,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       workdir, workdir / "calibration", config=config, target_snr_db=target_snr_db,
       **_grid(config))
   scales = calibration.load_posthoc(workdir)
-  posthoc = functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
+  posthoc = evaluate.posthoc_transform(scales)
 
   print("[4/5] evaluating every exit and stopping policy (test split, held-out voices)")
   model_config, variables = checkpoints.restore_params(workdir)
