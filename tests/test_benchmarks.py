@@ -16,12 +16,16 @@ from eesep_jax import models
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run.py"
 
 
-@pytest.fixture(scope="module")
-def bench():
-  spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
+def _load_script(path, name):
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+  return _load_script(SCRIPT, "benchmarks_run")
 
 
 def test_help_names_the_options():
@@ -132,16 +136,8 @@ def test_train_step_script_times_one_step():
   assert record["compile_s"] > 0 and record["step_s"] > 0
 
 
-def _time_to_quality():
-  script = SCRIPT.with_name("time_to_quality.py")
-  spec = importlib.util.spec_from_file_location("benchmarks_time_to_quality", script)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_time_to_quality_reuses_only_a_finished_run(tmp_path, monkeypatch):
-  ttq = _time_to_quality()
+  ttq = _load_script(SCRIPT.with_name("time_to_quality.py"), "benchmarks_time_to_quality")
   config = ttq.config_lib.load_config(ttq.DEMO_CONFIG)
   with pytest.raises(SystemExit, match="holds no finished run"):
     ttq._train(config, tmp_path / "demo", reuse=True)  # pylint: disable=protected-access
