@@ -2,6 +2,7 @@
 run headless at smoke size in a kernel of this interpreter."""
 
 import re
+import shutil
 import sys
 
 from jupyter_client.manager import KernelManager
@@ -50,3 +51,28 @@ def test_notebook_runs_headless_at_smoke_size(path, smoke_ablation, tmp_path):
       str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(tmp_path),
       parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out), "CONFIG": str(DEMO_CONFIG)},
       progress_bar=False)
+
+
+@pytest.mark.slow
+def test_quickstart_on_a_trained_run_applies_its_posthoc_scales(smoke_ablation, tmp_path):
+  """`RUN` instead of `SMOKE`: the path a user takes after `make demo`, whose run holds
+  post-hoc scales (smoke runs hold none)."""
+  from eesep_jax.analysis import ablation
+  from eesep_jax.analysis import calibration
+  from eesep_jax.app import demo
+
+  out, _ = smoke_ablation
+  run = tmp_path / "run"
+  shutil.copytree(ablation.smoke_run(DEMO_CONFIG, out), run)
+  num_exits = demo.run_config(run).model.num_exits
+  calibration.save_posthoc(run, {"beta_scale": [1.5] * num_exits,
+                                 "alpha_excess_scale": [0.75] * num_exits})
+  path = REPO / "notebooks" / "01_quickstart.ipynb"
+  executed = papermill.execute_notebook(
+      str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(tmp_path),
+      parameters={"RUN": str(run)}, progress_bar=False)
+  printed = "".join(output.get("text", "") for cell in executed.cells
+                    for output in cell.get("outputs", []))
+  assert f"checkpoint: {run}" in printed
+  scales = ", ".join(["1.5"] * num_exits)
+  assert f"post-hoc scales: {{'beta_scale': array([{scales}]" in printed
