@@ -262,6 +262,35 @@ def test_worker_processes_give_the_same_stream_and_restore(tmp_path):
     np.testing.assert_array_equal(want["sources"], got["sources"])
 
 
+class _ExamplesOnly:
+  """`source`'s examples through `[]` alone, without `MixtureSource.read_source`."""
+
+  def __init__(self, source):
+    self.source, self.num_sources = source, source.num_sources
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, k):
+    return self.source[k]
+
+
+def test_dynamic_mixing_reads_one_file_per_track_with_the_same_stream(tmp_path, monkeypatch):
+  root = _wsj0_fixture(tmp_path)
+  kwargs = dict(batch_size=2, segment_length=1000, seed=5, dynamic_mixing=True)
+  examples = _ExamplesOnly(data.open_dataset("wsj0-mix", root, "tr", sample_rate=8000))
+  reference = _take(data.training_loader(examples, **kwargs), 6)
+  source = data.open_dataset("wsj0-mix", root, "tr", sample_rate=8000)
+  reads = []
+  read = source._read
+  monkeypatch.setattr(source, "_read", lambda path: reads.append(path) or read(path))
+  for want, got in zip(reference, _take(data.training_loader(source, **kwargs), 6)):
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key])
+  # Two tracks per re-mix, each read alone: never a mixture, never a whole example.
+  assert reads and not any("/mix/" in path for path in reads)
+
+
 def test_config_helpers_on_a_real_layout(tmp_path):
   config = ml_collections.ConfigDict({
       "model": {"sample_rate": 8000, "num_sources": 2}, "eval_max_utterances": 0,

@@ -68,6 +68,8 @@ def test_wsj0_mix_reads_mixtures_and_sources(tmp_path, num_sources):
   np.testing.assert_array_equal(example["sources"][-1],
                                 _read16(folder / f"s{num_sources}" / f"{WSJ_NAMES[1]}.wav"))
   assert source.lengths == [LENGTH, LENGTH] and source.num_skipped == 0
+  for c in range(num_sources):
+    np.testing.assert_array_equal(source.read_source(1, c), example["sources"][c])
 
 
 def test_wsj0_mix_wrong_number_of_sources(tmp_path):
@@ -171,6 +173,12 @@ def test_length_mismatch_at_open_and_at_read(tmp_path):
   source = data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE, validate=False)
   with pytest.raises(data.AudioError, match=f"{short}: length mismatch"):
     source[0]
+  # A file shortened after a validated open fails by name when its track is read alone.
+  _write(short, _signal(7))
+  source = data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE)
+  _write(short, _signal(7, LENGTH - 10))
+  with pytest.raises(data.AudioError, match=f"{short}: length mismatch, 390 samples against 400"):
+    source.read_source(0, 1)
 
 
 def test_unknown_kind_lists_the_kinds(tmp_path):

@@ -100,15 +100,20 @@ class DynamicMixTransform(grain.transforms.RandomMap):
     self.segment_length = segment_length
     self.num_sources = num_sources
 
+  def _read_track(self, index, track):
+    # A `MixtureSource` reads the one file needed; any other source reads the example.
+    if hasattr(self.source, "read_source"):
+      return self.source.read_source(index, track)
+    return self.source[index]["sources"][track]
+
   def random_map(self, element, rng):
     anchor = int(element)
     others = rng.choice(len(self.source) - 1, size=self.num_sources - 1, replace=False)
     indices = [anchor] + [int(k) + (k >= anchor) for k in others]  # Skips the anchor.
     tracks, valid = [], []
     for index in indices:
-      sources = self.source[index]["sources"]
-      track, length = _crop_or_pad(sources[rng.integers(len(sources))], self.segment_length,
-                                   rng)
+      track, length = _crop_or_pad(self._read_track(index, int(rng.integers(self.num_sources))),
+                                   self.segment_length, rng)
       tracks.append(track)
       valid.append(length)
     reference = mixing.rms(tracks[0][:valid[0]])

@@ -6,6 +6,8 @@ random-access sequence (`len`, `[]`, what grain's `MapDataset.source` takes) of
     {"mixture": [time] float32, "sources": [sources, time] float32,
      "sample_rate": int, "id": str}
 
+and `read_source(index, source_index)` reads one source alone (dynamic mixing).
+
 Each kind only turns its layout into a list of `Entry`s (file paths); the checks,
 the reading and the error messages are shared. At open time every listed file is
 checked (and, with `validate=True`, its header read, and a float file's samples
@@ -157,6 +159,17 @@ class MixtureSource:
                else np.zeros((0, mixture.shape[0]), np.float32))
     return {"mixture": mixture, "sources": sources, "sample_rate": self.sample_rate,
             "id": entry.id}
+
+  def read_source(self, index, source_index):
+    """Source `source_index` of example `index` alone, `[time]` float32: one file read
+    where `self[index]` reads them all (what dynamic mixing needs of each example)."""
+    path = self._entries[index].sources[source_index]
+    audio = self._read(path)
+    if self.lengths is not None and audio.shape[0] != self.lengths[index]:
+      raise AudioError(path, f"length mismatch, {audio.shape[0]} samples against "
+                             f"{self.lengths[index]} in its mixture's header "
+                             f"{self._entries[index].mixture}")
+    return audio
 
   def __repr__(self):
     return (f"MixtureSource({self.name}, {len(self)} examples, {self.num_sources} sources, "
