@@ -125,6 +125,35 @@ def test_bucketed_evaluation_equals_each_utterance_alone(model, tmp_path):
                                    err_msg=field)
 
 
+def test_posthoc_scales_rescale_every_exit_without_recompiling(model, evaluation):
+  """Evaluation takes the post-hoc scales as `inference.separate` does, traced: neither
+  calibrating nor new scales compile again, the table holds the scaled parameters, and
+  their probabilities are the stopping loop's with the same scales."""
+  config, variables = model
+  source, table, _ = evaluation
+  compiled = evaluate._exit_outputs._cache_size()  # pylint: disable=protected-access
+  tables = {}
+  for beta_scale in ((0.5, 2.0, 4.0), (3.0, 1.0, 0.25)):
+    scales = {"beta_scale": np.array(beta_scale)}
+    tables[beta_scale], _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
+                                                    posthoc_scales=scales, progress=False)
+    scaled = tables[beta_scale]
+    np.testing.assert_allclose(scaled.variance["beta"],
+                               table.variance["beta"] * np.reshape(beta_scale, (1, 3, 1, 1)),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(scaled.variance["alpha"], table.variance["alpha"])
+    np.testing.assert_array_equal(scaled.si_snr, table.si_snr)
+    row = scaled.ids.tolist().index("u0")
+    example = source[source.ids.index("u0")]
+    for k in (1, 2, 3):
+      loop = inference.separate(variables, config, example["mixture"][None], policy="fixed",
+                                exit_index=k, target_snr_db=TARGETS[1], posthoc_scales=scales)
+      assert loop.probability[0] == pytest.approx(
+          scaled.probability[row, k - 1, 1], abs=1e-5)
+  assert evaluate._exit_outputs._cache_size() == compiled  # pylint: disable=protected-access
+  assert not np.allclose(*(t.probability for t in tables.values()), atol=1e-3)
+
+
 def test_estimates_get_their_best_si_snr_permutation(model, evaluation):
   config, variables = model
   source, table, _ = evaluation

@@ -54,11 +54,10 @@ SUMMARY_METRICS = {"si_snr": "SI-SNR", "si_snri": "SI-SNRi", "snr": "SNR", "snri
 
 
 def _utterance_outputs(outputs, mixture, references, length, *, config, conditions,
-                       posthoc, targets, reference_power):
+                       posthoc_scales, targets, reference_power):
   """`_exit_outputs` for one utterance of a padded batch (see `exit_outputs`)."""
-  estimates, variance = outputs["estimates"], outputs["variance"]
-  if posthoc is not None:
-    variance = posthoc(variance)
+  estimates = outputs["estimates"]
+  variance = probabilistic.apply_posthoc(outputs["variance"], posthoc_scales, exit_axis=0)
   probability = jax.vmap(
       lambda target: probabilistic.exit_probability(
           estimates, variance, target, conditions=conditions, mixture=mixture,
@@ -84,14 +83,17 @@ def _utterance_outputs(outputs, mixture, references, length, *, config, conditio
   }
 
 
-@functools.partial(jax.jit, static_argnames=("config", "conditions", "posthoc"))
-def _exit_outputs(variables, mixture, references, lengths, targets, reference_power, *,
-                  config, conditions, posthoc):
-  """`exit_outputs` of a zero-padded batch `[batch, time]`, each item as if alone."""
+@functools.partial(jax.jit, static_argnames=("config", "conditions"))
+def _exit_outputs(variables, mixture, references, lengths, targets, reference_power,
+                  posthoc_scales, *, config, conditions):
+  """`exit_outputs` of a zero-padded batch `[batch, time]`, each item as if alone.
+
+  `posthoc_scales` is `probabilistic.full_posthoc`'s, traced: one compilation with or
+  without calibration, whatever the scales."""
   outputs = models.PressNet(config).apply(variables, mixture, lengths=lengths)
   per_utterance = functools.partial(
-      _utterance_outputs, config=config, conditions=conditions, posthoc=posthoc,
-      targets=targets, reference_power=reference_power)
+      _utterance_outputs, config=config, conditions=conditions,
+      posthoc_scales=posthoc_scales, targets=targets, reference_power=reference_power)
   return jax.vmap(per_utterance, in_axes=(1, 0, 0, 0))(outputs, mixture, references,
                                                       lengths)
 
@@ -104,23 +106,8 @@ def _crop(outputs, length, config):
           "variance": {name: value[..., :blocks] for name, value in outputs["variance"].items()}}
 
 
-def posthoc_transform(scales):
-  """The `posthoc` argument of `exit_outputs` and `evaluate_model` for per-exit scales.
-
-  Args:
-    scales: `{name: [exits]}` (`calibration.load_posthoc`), or None.
-
-  Returns:
-    `apply_posthoc` along the exit axis of `{name: [exits, sources, blocks]}`, a
-    hashable `functools.partial`; None when `scales` is None (no calibration).
-  """
-  if scales is None:
-    return None
-  return functools.partial(probabilistic.apply_posthoc, scales=scales, exit_axis=0)
-
-
 def exit_outputs(variables, config, mixture, references, *, targets=stopping.TARGETS_DB,
-                 conditions=("snr",), reference_power=None, posthoc=None):
+                 conditions=("snr",), reference_power=None, posthoc_scales=None):
   """Every exit of one utterance, from one jit-compiled full-depth forward.
 
   Args:
@@ -130,11 +117,9 @@ def exit_outputs(variables, config, mixture, references, *, targets=stopping.TAR
     references: `[sources, time]` clean sources.
     targets: target SNRs `γ` in dB to compute exit probabilities for.
     conditions, reference_power: as in `probabilistic.exit_probability`.
-    posthoc: optional post-hoc calibration, a jax function applied to the variance
-      parameters `{name: [exits, sources, blocks]}` before any probability is computed,
-      e.g. per-exit scales fitted on validation data: `posthoc_transform(scales)`. It
-      is a static jit argument, so hashable: a top-level function or a
-      `functools.partial` of one.
+    posthoc_scales: post-hoc calibration `{name: [exits]}` applied to the variance
+      parameters before any probability is computed (`calibration.load_posthoc`), as
+      `inference.separate` takes it; None: none. Traced, so new scales do not recompile.
 
   Returns:
     A dict of jax arrays, sources in reference order (the per-exit best SI-SNR
@@ -150,7 +135,8 @@ def exit_outputs(variables, config, mixture, references, *, targets=stopping.TAR
   outputs = _exit_outputs(
       variables, mixture[None], jnp.asarray(references, jnp.float32)[None],
       jnp.asarray(mixture.shape[-1:], jnp.int32), jnp.asarray(targets, jnp.float32),
-      reference_power, config=config, conditions=tuple(conditions), posthoc=posthoc)
+      reference_power, probabilistic.full_posthoc(posthoc_scales, config), config=config,
+      conditions=tuple(conditions))
   return jax.tree.map(lambda x: x[0], outputs)
 
 
@@ -279,7 +265,7 @@ def _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
 
 
 def _group_tables(group, variables, model_config, *, targets, conditions, reference_power,
-                  posthoc, enhancement_metrics):
+                  posthoc_scales, enhancement_metrics):
   """The one-row tables of up to `EVAL_BATCH` pieces (`_pieces`), from one padded
   forward."""
   lengths = [mixture.shape[-1] for _, _, mixture, _ in group]
@@ -291,7 +277,7 @@ def _group_tables(group, variables, model_config, *, targets, conditions, refere
   outputs = jax.device_get(_exit_outputs(
       variables, jnp.asarray(batch["mixture"]), jnp.asarray(batch["sources"]),
       jnp.asarray(batch["length"]), jnp.asarray(targets, jnp.float32), reference_power,
-      config=model_config, conditions=tuple(conditions), posthoc=posthoc))
+      posthoc_scales, config=model_config, conditions=tuple(conditions)))
   return [exit_table.from_exit_outputs(
       name, _crop(jax.tree.map(lambda x, i=i: x[i], outputs), length, model_config),
       mixture, references, sample_rate=model_config.sample_rate, targets=targets,
@@ -302,7 +288,7 @@ def _group_tables(group, variables, model_config, *, targets, conditions, refere
 def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_DB,
                    confidences=stopping.CONFIDENCES, policies=stopping.POLICIES,
                    conditions=("snr",), reference_power=None, max_utterances=None,
-                   enhancement_metrics=None, posthoc=None, progress=True,
+                   enhancement_metrics=None, posthoc_scales=None, progress=True,
                    chunk_seconds=None, overlap_seconds=inference.OVERLAP_SECONDS):
   """Evaluates a model on full-length utterances: every exit, every simulated policy.
 
@@ -323,8 +309,7 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
     conditions, reference_power: the exit conditions, as in `inference.separate`.
     max_utterances: evaluate this many utterances, evenly spread (None: all).
     enhancement_metrics: compute PESQ and STOI; None: only for one-source models.
-    posthoc: optional post-hoc calibration of the variance parameters, see
-      `exit_outputs`.
+    posthoc_scales: post-hoc calibration `{name: [exits]}`, see `exit_outputs`.
     progress: show a progress bar over the utterances.
     chunk_seconds, overlap_seconds: `separate_long`'s chunking; None: whole utterances.
 
@@ -336,6 +321,7 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
   if enhancement_metrics is None:
     enhancement_metrics = model_config.num_sources == 1
   targets = tuple(float(t) for t in targets)
+  posthoc_scales = probabilistic.full_posthoc(posthoc_scales, model_config)
   # Sorted by length (the padding is `_group_tables`'), so that a group's pieces are alike.
   batches = data.evaluation_batches(source, batch_size=EVAL_BATCH,
                                     max_examples=max_utterances)
@@ -347,7 +333,8 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
   for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
     tables += _group_tables(group, variables, model_config, targets=targets,
                             conditions=conditions, reference_power=reference_power,
-                            posthoc=posthoc, enhancement_metrics=enhancement_metrics)
+                            posthoc_scales=posthoc_scales,
+                            enhancement_metrics=enhancement_metrics)
   progress_bar.close()
   table = exit_table.concatenate(tables)
   gmacs = models.gmacs_by_exit(model_config)

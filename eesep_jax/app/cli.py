@@ -261,7 +261,7 @@ def evaluate_command(args):
   table, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
       enhancement_metrics=args.enhancement_metrics,
-      posthoc=evaluate.posthoc_transform(scales), **_grid(args))
+      posthoc_scales=scales, **_grid(args))
   summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
              "posthoc_scales": None if scales is None else {
                  name: value.tolist() for name, value in scales.items()},

@@ -106,9 +106,9 @@ def _grid(config):
                                  config.inference.confidence})}
 
 
-def _evaluate(variables, model_config, source, out_dir, posthoc, config):
-  table, summary = evaluate.evaluate_model(variables, model_config, source, posthoc=posthoc,
-                                           **_grid(config))
+def _evaluate(variables, model_config, source, out_dir, scales, config):
+  table, summary = evaluate.evaluate_model(variables, model_config, source,
+                                           posthoc_scales=scales, **_grid(config))
   return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
@@ -134,18 +134,17 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       workdir, workdir / "calibration", config=config, target_snr_db=target_snr_db,
       **_grid(config))
   scales = calibration.load_posthoc(workdir)
-  posthoc = evaluate.posthoc_transform(scales)
 
   print("[4/5] evaluating every exit and stopping policy (test split, held-out voices)")
   model_config, variables = checkpoints.restore_params(workdir)
   test_source = data.open_split(config, config.data.test_split)
   table, summary, paths = _evaluate(variables, model_config, test_source,
-                                    workdir / "evaluation", posthoc, config)
+                                    workdir / "evaluation", scales, config)
   heldout_config = config.copy_and_resolve_references()
   heldout_config.data.root, heldout_config.data.synthesize_if_missing = heldout_root, False
   heldout_table, heldout_summary, _ = _evaluate(
       variables, model_config, data.open_split(heldout_config, config.data.test_split),
-      workdir / "evaluation_heldout", posthoc, config)
+      workdir / "evaluation_heldout", scales, config)
 
   print("[5/5] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
