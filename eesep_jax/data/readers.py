@@ -162,14 +162,13 @@ class MixtureSource:
 
   def read_source(self, index, source_index):
     """Source `source_index` of example `index` alone, `[time]` float32: one file read
-    where `self[index]` reads them all (what dynamic mixing needs of each example)."""
-    path = self._entries[index].sources[source_index]
-    audio = self._read(path)
-    if self.lengths is not None and audio.shape[0] != self.lengths[index]:
-      raise AudioError(path, f"length mismatch, {audio.shape[0]} samples against "
-                             f"{self.lengths[index]} in its mixture's header "
-                             f"{self._entries[index].mixture}")
-    return audio
+    where `self[index]` reads them all (what dynamic mixing needs of each example).
+
+    The file is checked as `self[index]` checks it (readable, finite), but not against
+    its mixture's length: dynamic mixing crops every track on its own, and `lengths`
+    (rounded from the headers) can miss the resampler's length by a sample.
+    """
+    return self._read(self._entries[index].sources[source_index])
 
   def __repr__(self):
     return (f"MixtureSource({self.name}, {len(self)} examples, {self.num_sources} sources, "
