@@ -457,7 +457,7 @@ def validate_config(config):
 RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
                     "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
                     "data.synthesize_if_missing", "data.valid_split", "data.test_split",
-                    "data.heldout_root", "data.num_workers", "peak_flops",
+                    "data.heldout_root", "peak_flops",
                     "compilation_cache_dir", "optimizer.decay_steps")
 RESUMABLE_SECTIONS = tuple(_sections())
 _ABSENT = "(absent)"

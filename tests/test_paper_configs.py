@@ -122,7 +122,7 @@ def test_paper_config_trains_two_steps_in_its_own_layout(name, tmp_path):
 # Changing `steps` on resume.
 
 TINY = ("model.width=16", "model.encoder_features=32", "model.num_shared_blocks=1",
-        "model.num_exit_blocks=3", "model.num_heads=2", "batch_size=2",
+        "model.num_exit_blocks=4", "model.num_heads=2", "batch_size=2",
         "data.segment_seconds=0.25", "log_every=1", "eval_every=1000",
         "eval_max_utterances=2", "checkpoint_every=100", "optimizer.warmup_steps=1",
         "model.dtype=float32")
