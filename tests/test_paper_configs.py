@@ -14,6 +14,7 @@ import soundfile
 from eesep_jax import config_lib
 from eesep_jax import errors
 from eesep_jax import models
+from eesep_jax.training import throughput
 from eesep_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -158,10 +159,18 @@ def test_raising_steps_on_resume_is_refused_or_keeps_the_schedule(tmp_path):
 
   # As told: the schedule continues where it was, and stays at its end value.
   train.train_and_evaluate(_tiny_config(root, "steps=6", "optimizer.decay_steps=4"),
-                           workdir)
+                           workdir, profile_steps=(5, 6))
+  assert list((workdir / throughput.PROFILE_DIR).rglob("*.xplane.pb"))
   rates = _learning_rates(workdir)
   # optax's own schedule, independently of the code under test: warm-up 1, decay to 4.
   expected = optax.warmup_cosine_decay_schedule(0.0, 5e-4, 1, 4, 5e-4 * 0.01)
   np.testing.assert_allclose([rates[s] for s in range(1, 7)],
                              [float(expected(s - 1)) for s in range(1, 7)], rtol=1e-6)
   assert rates[5] == rates[6] == pytest.approx(5e-6)
+
+
+@pytest.mark.parametrize("text", ["5", "a:b", "0:3", "4:2", "3:"])
+def test_profile_steps_must_be_a_range_of_steps(text):
+  with pytest.raises(errors.UsageError, match=r"--profile-steps .*: must be A:B"):
+    throughput.parse_profile_steps(text)
+  assert throughput.parse_profile_steps("10:15") == (10, 15)

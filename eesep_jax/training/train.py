@@ -58,8 +58,9 @@ def learning_rate_schedule(optimizer_config, decay_steps):
       end_value=optimizer_config.learning_rate * optimizer_config.end_learning_rate_fraction)
 
 
-def make_optimizer(optimizer_config, decay_steps):
-  """AdamW with gradient clipping and `learning_rate_schedule`; non-finite updates skipped.
+def make_optimizer(optimizer_config, total_steps):
+  """AdamW with gradient clipping and `learning_rate_schedule` decaying over
+  `total_steps` (`config_lib.decay_steps`); non-finite updates skipped.
 
   `optax.apply_if_finite` drops any update whose gradient holds a NaN or inf and counts
   it in its state (`total_notfinite`), which the loop logs as `skipped_steps`. The
@@ -67,7 +68,7 @@ def make_optimizer(optimizer_config, decay_steps):
   (`optax.flatten`): the same arithmetic as per leaf, in a smaller program to
   compile.
   """
-  schedule = learning_rate_schedule(optimizer_config, decay_steps)
+  schedule = learning_rate_schedule(optimizer_config, total_steps)
   return optax.apply_if_finite(
       optax.flatten(optax.chain(
           optax.clip_by_global_norm(optimizer_config.clip_norm),
