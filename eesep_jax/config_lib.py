@@ -85,6 +85,12 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   config.log_every = 50
+  # Peak FLOP/s of one device for the logged MFU; 0 looks it up by device kind
+  # (`hardware.peak_flops`), and none is logged for a device it does not know.
+  config.peak_flops = 0.0
+  # JAX's persistent compilation cache; "" is `training.throughput.DEFAULT_CACHE_DIR`
+  # (local even when the workdir is a bucket), "none" turns it off.
+  config.compilation_cache_dir = ""
   config.eval_every = 5000
   config.eval_max_utterances = 500  # Validation utterances per evaluation; 0 = all.
 
@@ -99,7 +105,7 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
   config.data.test_split = "tt"
   config.data.segment_seconds = 4.0
   config.data.dynamic_mixing = False
-  config.data.num_workers = 0
+  config.data.num_workers = 0  # grain worker processes cropping and mixing ahead.
   # Make the embedded demo corpus at `root` if it is not there (training only). An
   # override of `data.root` turns this off unless it is overridden too (`load_config`).
   config.data.synthesize_if_missing = False
@@ -117,6 +123,9 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 1000
+  # The cosine decay's horizon; 0 is `steps`. A resumed run that raises `steps` sets it
+  # to the run's first `steps`, so that the schedule continues without a jump.
+  config.optimizer.decay_steps = 0
   config.optimizer.end_learning_rate_fraction = 0.01  # Cosine decay ends here.
   config.optimizer.weight_decay = 0.01
   config.optimizer.clip_norm = 5.0
@@ -124,6 +133,44 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
 
   config.update(_sections())
   return config
+
+
+# The optimiser recipe the PRESS-Net paper trains every network with.
+PAPER_RECIPE = {"learning_rate": 5e-4, "warmup_steps": 5000, "segment_seconds": 4.0}
+
+
+def paper_config(*, preset, dataset, data_root, steps, batch_size, **base):
+  """`base_config` with the paper's recipe: AdamW at 5e-4 after 5k steps of linear
+  warm-up, cosine decay over `steps`, 4 s segments, bfloat16 compute. The dataset
+  configs of `experiments/configs/` build on it.
+
+  Args:
+    preset, dataset, data_root: as `base_config`'s; `**base` its other keywords.
+    steps: training steps (the cosine decay's horizon).
+    batch_size: the global batch.
+  """
+  config = base_config(preset=preset, dataset=dataset, data_root=data_root, **base)
+  config.steps = steps
+  config.batch_size = batch_size
+  config.optimizer.learning_rate = PAPER_RECIPE["learning_rate"]
+  config.optimizer.warmup_steps = PAPER_RECIPE["warmup_steps"]
+  config.data.segment_seconds = PAPER_RECIPE["segment_seconds"]
+  config.model.dtype = "bfloat16"
+  return config
+
+
+def librimix_splits(config, mixture="clean"):
+  """Sets LibriMix's split names (train-360, dev, test) and its `mixture` kind."""
+  config.data.train_split = "train-360"
+  config.data.valid_split = "dev"
+  config.data.test_split = "test"
+  config.data.options.mixture = mixture
+
+
+def decay_steps(config):
+  """The steps the learning rate's cosine decays over: `optimizer.decay_steps`, or
+  `steps` when that is 0 (or the config predates it)."""
+  return config.optimizer.get("decay_steps") or config.steps
 
 
 def with_defaults(config):
@@ -282,21 +329,24 @@ _POSITIVE_INTS = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints",
                   "model.encoder_features", "model.rnn_expansion", "model.conv_expansion",
                   "model.ffn_expansion", "model.conv_kernel", "model.num_heads")
 _NON_NEGATIVE_INTS = ("seed", "eval_max_utterances", "data.num_workers",
-                      "optimizer.warmup_steps", "model.num_shared_blocks")
+                      "optimizer.warmup_steps", "optimizer.decay_steps",
+                      "model.num_shared_blocks")
 _POSITIVE_NUMBERS = ("data.segment_seconds", "optimizer.learning_rate", "optimizer.clip_norm",
                      "inference.chunk_seconds", "inference.overlap_seconds")
 _FINITE_NUMBERS = ("inference.target_snr_db",)
 _PROBABILITIES = ("inference.confidence",)
-_NON_NEGATIVE_NUMBERS = ("optimizer.weight_decay",)
+_NON_NEGATIVE_NUMBERS = ("optimizer.weight_decay", "peak_flops")
 _FRACTIONS = ("optimizer.end_learning_rate_fraction",)
 _BOOLS = ("data.dynamic_mixing", "data.synthesize_if_missing", "data.strict")
 _NAMES = ("data.root", "data.train_split", "data.valid_split", "data.test_split")
+_STRINGS = ("compilation_cache_dir",)
 _CHOICES = {"loss.objective": losses.OBJECTIVES, "loss.mean_loss": losses.MEAN_LOSSES,
             "loss.permutation": losses.PERMUTATIONS, "data.kind": tuple(readers.READERS)}
 _FINITE_TUPLES = ("evaluation.targets_db",)
 _PROBABILITY_TUPLES = ("evaluation.confidences",)
 # Fields with a default, for configs saved before they existed.
-_DEFAULTS = {"data.strict": True, **{
+_DEFAULTS = {"data.strict": True, "optimizer.decay_steps": 0, "peak_flops": 0.0,
+             "compilation_cache_dir": "", **{
     f"{name}.{key}": value for name, section in _sections().items()
     for key, value in section.items()}}
 
@@ -348,6 +398,7 @@ def _checks():
        "one or more probabilities in (0, 1]"),
       (_BOOLS, lambda v: isinstance(v, bool), "True or False"),
       (_NAMES, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+      (_STRINGS, lambda v: isinstance(v, str), "a string"),
   ]
 
 
@@ -406,7 +457,8 @@ def validate_config(config):
 RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
                     "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
                     "data.synthesize_if_missing", "data.valid_split", "data.test_split",
-                    "data.heldout_root")
+                    "data.heldout_root", "peak_flops",
+                    "compilation_cache_dir", "optimizer.decay_steps")
 RESUMABLE_SECTIONS = tuple(_sections())
 _ABSENT = "(absent)"
 
@@ -424,6 +476,21 @@ def _flat(config):
 
   walk("", json.loads(config.to_json_best_effort()))
   return flat
+
+
+def schedule_change(saved, config):
+  """The one-line reason a resume of the `saved` run with `config` is refused because
+  it would move the learning rate's cosine decay (`decay_steps`), saying how to keep
+  it; None when the horizon is the same. (`optimizer.decay_steps` and `steps` are
+  otherwise free to change on resume: the learning rate is all they decide.)"""
+  old, new = decay_steps(saved), decay_steps(config)
+  if old == new:
+    return None
+  return (f"the learning rate decays over {old} steps in this run, and this config would "
+          f"make that {new}: the rate would jump mid-run. To train to step {config.steps} "
+          f"on the same schedule, add --config.optimizer.decay_steps={old} (the rate stays "
+          f"at its end value after step {old}); for a longer schedule, train in a new "
+          "--workdir")
 
 
 def resume_differences(saved, config):

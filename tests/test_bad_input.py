@@ -602,7 +602,8 @@ def stand_in_training(monkeypatch):
 
   validations = []
 
-  def evaluate_exits(params, model, batches):
+  def evaluate_exits(params, model, batches, sharding=None):
+    del sharding
     validations.append(len(list(batches)))
     return {"si_snri": [1.0, 2.0, 4.0 - len(validations)], "nll": [0.0, 0.0, 0.0]}
 

@@ -155,3 +155,19 @@ def test_time_to_quality_reuses_only_a_finished_run(tmp_path, monkeypatch):
   assert ttq._train(config, tmp_path / "demo", reuse=True) == [(5.0, 3.0), (9.0, 4.0)]  # pylint: disable=protected-access
   with pytest.raises(SystemExit, match=f"latest checkpoint {config.steps - 1}"):
     ttq._train(config, tmp_path / "cut", reuse=True)  # pylint: disable=protected-access
+
+
+INPUT_PIPELINE = SCRIPT.with_name("input_pipeline.py")
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_runs_at_smoke_size(tmp_path):
+  out = tmp_path / "input_pipeline.json"
+  subprocess.run([sys.executable, str(INPUT_PIPELINE), "--smoke", "--workers", "0", "1",
+                  "--out", str(out)], check=True, capture_output=True, timeout=300)
+  results = json.loads(out.read_text())
+  assert results["smoke"] and results["dynamic_mixing"]
+  assert set(results["examples_per_second"]) == {"0", "1"}
+  assert all(rate > 0 for rate in results["examples_per_second"].values())
+  assert results["examples_per_second_per_worker"] == {
+      "1": results["examples_per_second"]["1"]}

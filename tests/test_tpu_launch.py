@@ -108,11 +108,11 @@ def test_dry_run_of_a_pod_slice_prints_every_step_in_order():
   assert ["tar", "-xzf", "$HOME/" + scp[6].split(":", 1)[1], "-C", "$HOME/eesep_jax"] in \
       _statements(_flag(unpack, "command"))
 
-  # Install: jax[tpu] at the version pyproject.toml pins, and the package, on every worker.
+  # Install: the package with its tpu extra, jax at the version pyproject.toml pins.
   assert _flag(install, "worker") == "all"
   pip = [s for s in _statements(_flag(install, "command")) if "-e" in s]
   assert pip == [["$HOME/eesep_venv/bin/python", "-m", "pip", "install", "--quiet",
-                  f"jax[tpu]=={_pinned_jax()}", "-e", "."]]
+                  f"jax=={_pinned_jax()}", "-e", ".[tpu]"]]
 
   # The same training command on every worker, under nohup, logging to a file.
   assert _flag(start, "worker") == "all"
@@ -218,7 +218,7 @@ def test_config_by_name_options_and_git_repo():
   assert ["git", "clone", "--quiet", "--depth=1", "--branch=dev",
           "https://github.com/example/eesep_jax.git", "$HOME/eesep_jax"] in \
       _statements(_flag(clone, "command"))
-  assert "jax[tpu]==9.9.9" in _statements(_flag(install, "command"))[-1]
+  assert "jax==9.9.9" in _statements(_flag(install, "command"))[-1]
   assert _flag(setup, "worker") == "all"
   assert ["gsutil", "-m", "cp", "-r", "gs://b/d", "/data"] in _statements(
       _flag(setup, "command"))

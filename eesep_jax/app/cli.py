@@ -124,12 +124,15 @@ def info(args):
 def train_command(args):
   """Trains an experiment config; `--config.KEY=VALUE` flags override its fields."""
   from eesep_jax import config_lib
+  from eesep_jax.training import throughput
   from eesep_jax.training import train
 
+  profile_steps = (throughput.parse_profile_steps(args.profile_steps)
+                   if args.profile_steps else None)
   if args.distributed or args.coordinator:
     train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   config, _ = config_lib.parse_flags(args.config, args.config_flags)
-  train.train_and_evaluate(config, args.workdir)
+  train.train_and_evaluate(config, args.workdir, profile_steps=profile_steps)
 
 
 def _numbers(text):
@@ -492,6 +495,9 @@ def build_parser():
   parser_train.add_argument("--coordinator", help="host:port of process 0 (multi-process)")
   parser_train.add_argument("--num-processes", type=int, help="processes in the job")
   parser_train.add_argument("--process-id", type=int, help="this process's index")
+  parser_train.add_argument("--profile-steps", metavar="A:B",
+                            help="write a jax.profiler trace of steps A to B to "
+                                 "WORKDIR/profile (TensorBoard's profile plugin reads it)")
 
   parser_separate = _add_command(
       subparsers, "separate", separate_command,

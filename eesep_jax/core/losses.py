@@ -80,8 +80,9 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
       of its utterances taken one by one.
 
   Returns:
-    `(loss, aux)`: the scalar loss and `{"per_exit": [exits], "permutation":
-    [batch, sources]}` (the joint permutation; for `"per-exit"`, the last exit's).
+    `(loss, aux)`: the scalar loss and `{"per_exit": [exits], "per_example": [exits,
+    batch], "permutation": [batch, sources]}` (the joint permutation; for
+    `"per-exit"`, the last exit's).
   """
   _check_choice("objective", objective, OBJECTIVES)
   _check_choice("mean_loss", mean_loss, MEAN_LOSSES)
@@ -100,5 +101,6 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
     best = jnp.argmin(per_permutation, axis=-1)
   chosen = jnp.take_along_axis(per_permutation, best[..., None], axis=-1)[..., 0]
   per_exit = jnp.mean(chosen, axis=-1)
-  aux = {"per_exit": per_exit, "permutation": permutation_lib.table(num_sources)[best[-1]]}
+  aux = {"per_exit": per_exit, "per_example": chosen,
+         "permutation": permutation_lib.table(num_sources)[best[-1]]}
   return jnp.sum(weights * per_exit), aux

@@ -17,6 +17,7 @@ Evaluation (`evaluation_batches`) reads whole utterances, never cropped: one per
 batch, or several of similar length padded to a common length with a mask.
 """
 
+import functools
 import logging
 import math
 import warnings
@@ -185,12 +186,12 @@ def training_loader(source, *, batch_size, seed, segment_length=None, segment_se
   return iterable
 
 
-def pad_batch(examples, multiple):
+def pad_batch(examples, multiple, min_length=0):
   """Stacks full-length `examples` (`mixture`, `sources`, `id`), zero-padded to a common
-  length (a multiple of `multiple`): `mixture` `[batch, time]`, `sources`
-  `[batch, sources, time]`, `mask` `[batch, time]`, `length` `[batch]` and `id`."""
+  length (a multiple of `multiple`, at least `min_length`): `mixture` `[batch, time]`,
+  `sources` `[batch, sources, time]`, `mask` `[batch, time]`, `length` `[batch]` and `id`."""
   lengths = [example["mixture"].shape[-1] for example in examples]
-  padded = math.ceil(max(lengths) / multiple) * multiple
+  padded = math.ceil(max(*lengths, min_length) / multiple) * multiple
 
   def pad(signal):
     return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(0, padded - signal.shape[-1])])
@@ -205,7 +206,7 @@ def pad_batch(examples, multiple):
 
 
 def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=None,
-                       num_threads=2):
+                       num_threads=2, equal_batches=False, shard_index=0, shard_count=1):
   """Whole utterances for evaluation, never cropped, as a grain `IterDataset`.
 
   With `batch_size=1` and `pad_multiple=1` every batch is one utterance, unpadded.
@@ -214,16 +215,26 @@ def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=Non
   `pad_multiple` rounds the padded length up (fewer distinct shapes, fewer jit
   compilations). Padding is zeros and `mask` marks it.
 
+  With `equal_batches` (batches sharded over devices, each process of a multi-host
+  job reading its share of one global batch), every group of `batch_size` (a multiple
+  of `shard_count`) is filled up to `batch_size` with copies of its last utterance
+  (`weight` 0, where the others have 1) and padded to one length for the whole group
+  (from the lengths read at open time), and process `shard_index` reads its
+  `batch_size / shard_count` rows.
+
   Args:
     source: a random-access source of examples.
     batch_size: utterances per batch.
     pad_multiple: padded lengths are multiples of this many samples.
     max_examples: evaluate this many utterances, evenly spread over the split.
     num_threads: reading threads.
+    equal_batches: fill every batch up to `batch_size`, with `weight`.
+    shard_index, shard_count: this process's share of each batch (`equal_batches`).
 
   Returns:
     Batches with `mixture` `[batch, time]`, `sources` `[batch, sources, time]`,
-    `mask` `[batch, time]`, `length` `[batch]` and `id` `[batch]`.
+    `mask` `[batch, time]`, `length` `[batch]`, `id` `[batch]` and, with
+    `equal_batches`, `weight` `[batch]`.
   """
   indices = np.arange(len(source))
   if max_examples and max_examples < len(source):
@@ -232,10 +243,32 @@ def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=Non
   if batch_size > 1 and lengths is not None:
     indices = indices[np.argsort([lengths[i] for i in indices], kind="stable")]
   groups = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
-  dataset = grain.MapDataset.source(groups).map(
-      lambda group: pad_batch([source[i] for i in group], pad_multiple))
+  if not equal_batches:
+    dataset = grain.MapDataset.source(groups).map(
+        lambda group: pad_batch([source[i] for i in group], pad_multiple))
+  else:
+    if batch_size % shard_count or lengths is None:
+      raise ValueError(f"a batch of {batch_size} cannot be split into {shard_count} equal "
+                       "shares (or the source has no lengths)")
+    dataset = grain.MapDataset.source(groups).map(functools.partial(
+        _shard_of_group, source, batch_size=batch_size, pad_multiple=pad_multiple,
+        shard_index=shard_index, shard_count=shard_count))
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=2 * num_threads))
+
+
+def _shard_of_group(source, group, *, batch_size, pad_multiple, shard_index, shard_count):
+  """This process's rows of `group` filled up to `batch_size` (see `evaluation_batches`)."""
+  weights = [1.0] * len(group) + [0.0] * (batch_size - len(group))
+  group = group + group[-1:] * (batch_size - len(group))
+  share = slice(shard_index * batch_size // shard_count,
+                (shard_index + 1) * batch_size // shard_count)
+  # The lengths read at open time can miss a resampled file's by a sample: one more
+  # keeps every process's padded length the same.
+  longest = max(source.lengths[i] for i in group) + 1
+  batch = pad_batch([source[i] for i in group[share]], pad_multiple, min_length=longest)
+  batch["weight"] = np.asarray(weights[share], np.float32)
+  return batch
 
 
 # ----------------------------------------------------------------------------------------
@@ -265,9 +298,12 @@ def training_source(config):
   return open_split(config, config.data.train_split)
 
 
-def validation_batches(config, *, source=None, pad_seconds=0.5):
-  """Full-length validation utterances, one per batch, zero-padded to a multiple of
-  `pad_seconds` (with `mask`) so that jit compiles a few shapes, not one per length.
+def validation_batches(config, *, source=None, pad_seconds=0.5, batch_size=1, shard_index=0,
+                       shard_count=1):
+  """Full-length validation utterances in batches of `batch_size` of similar length
+  (`evaluation_batches`' length buckets, filled up, with `weight`), zero-padded to a
+  multiple of `pad_seconds` (with `mask`) so that jit compiles a few shapes, not one
+  per length; this process's share of each with `shard_count > 1`.
 
   At most `config.eval_max_utterances` utterances (0: all), evenly spread, of
   `source` (default: the validation split, opened here).
@@ -275,5 +311,7 @@ def validation_batches(config, *, source=None, pad_seconds=0.5):
   if source is None:
     source = open_split(config, config.data.valid_split)
   return evaluation_batches(
-      source, batch_size=1, pad_multiple=max(1, round(pad_seconds * source.sample_rate)),
-      max_examples=config.get("eval_max_utterances") or None)
+      source, batch_size=batch_size,
+      pad_multiple=max(1, round(pad_seconds * source.sample_rate)),
+      max_examples=config.get("eval_max_utterances") or None, equal_batches=True,
+      shard_index=shard_index, shard_count=shard_count)

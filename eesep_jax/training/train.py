@@ -29,9 +29,11 @@ from eesep_jax import config_lib
 from eesep_jax import data as data_lib
 from eesep_jax import errors
 from eesep_jax import models
+from eesep_jax.analysis import evaluate
 from eesep_jax.core import losses
 from eesep_jax.core import metrics
 from eesep_jax.training import checkpoints
+from eesep_jax.training import throughput
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,8 +47,20 @@ class TrainState:
   rng: jax.Array
 
 
+def learning_rate_schedule(optimizer_config, decay_steps):
+  """Linear warm-up to `learning_rate`, then cosine decay to its
+  `end_learning_rate_fraction` at step `decay_steps` (`config_lib.decay_steps`), and
+  constant after."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=optimizer_config.learning_rate,
+      warmup_steps=optimizer_config.warmup_steps,
+      decay_steps=max(decay_steps, optimizer_config.warmup_steps + 1),
+      end_value=optimizer_config.learning_rate * optimizer_config.end_learning_rate_fraction)
+
+
 def make_optimizer(optimizer_config, total_steps):
-  """AdamW with gradient clipping and warm-up-then-cosine decay; non-finite updates skipped.
+  """AdamW with gradient clipping and `learning_rate_schedule` decaying over
+  `total_steps` (`config_lib.decay_steps`); non-finite updates skipped.
 
   `optax.apply_if_finite` drops any update whose gradient holds a NaN or inf and counts
   it in its state (`total_notfinite`), which the loop logs as `skipped_steps`. The
@@ -54,11 +68,7 @@ def make_optimizer(optimizer_config, total_steps):
   (`optax.flatten`): the same arithmetic as per leaf, in a smaller program to
   compile.
   """
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optimizer_config.learning_rate,
-      warmup_steps=optimizer_config.warmup_steps,
-      decay_steps=max(total_steps, optimizer_config.warmup_steps + 1),
-      end_value=optimizer_config.learning_rate * optimizer_config.end_learning_rate_fraction)
+  schedule = learning_rate_schedule(optimizer_config, total_steps)
   return optax.apply_if_finite(
       optax.flatten(optax.chain(
           optax.clip_by_global_norm(optimizer_config.clip_norm),
@@ -129,7 +139,8 @@ def init_train_state(config, model, optimizer, example_mixture, sharding=None):
 
 @functools.partial(jax.jit, static_argnames="config")
 def eval_step(params, batch, *, config):
-  """Per-exit validation metrics of one zero-padded batch, under one `jit`.
+  """Per-exit validation metrics of one zero-padded batch, under one `jit`, summed over
+  its examples with their `weight`s.
 
   The metrics evaluation reports, from the same core functions: the SI-SNR improvement
   under each exit's best permutation (`losses.separation_loss` with `"per-exit"`, which
@@ -138,46 +149,63 @@ def eval_step(params, batch, *, config):
   Args:
     params: the model parameters.
     batch: `{"mixture" [batch, time], "sources" [batch, sources, time], "mask"
-      [batch, time]}`, as `data.validation_batches` yields them.
+      [batch, time], "weight" [batch]}`, as `data.validation_batches` yields them
+      (`weight` 0 for the copies that fill up a batch).
     config: the model's `PressNetConfig`.
 
   Returns:
-    `{"si_snri": [exits], "nll": [exits]}`, means over the batch.
+    `{"si_snri": [exits], "nll": [exits], "weight": []}`: weighted sums over the batch,
+    and the sum of the weights.
   """
-  mixture, sources = batch["mixture"], batch["sources"]
+  mixture, sources, weight = batch["mixture"], batch["sources"], batch["weight"]
   lengths = batch["mask"].sum(-1).astype(jnp.int32)
   outputs = models.PressNet(config).apply({"params": params}, mixture, lengths=lengths)
 
-  def per_exit(**objective):
+  def per_example(**objective):  # [exits, batch]
     return losses.separation_loss(outputs, sources, permutation="per-exit", lengths=lengths,
-                                  variance_config=config.variance, **objective)[1]["per_exit"]
+                                  variance_config=config.variance,
+                                  **objective)[1]["per_example"]
 
   baseline = metrics.si_snr(sources, jnp.broadcast_to(mixture[:, None], sources.shape),
-                            lengths[:, None]).mean()
-  return {"si_snri": -per_exit(objective="si-snr") - baseline, "nll": per_exit()}
+                            lengths[:, None]).mean(-1)
+  return {"si_snri": (-per_example(objective="si-snr") - baseline) @ weight,
+          "nll": per_example() @ weight, "weight": weight.sum()}
 
 
-def evaluate_exits(params, model, batches):
+def validation_batch_size(device_count):
+  """Utterances per validation batch: `analysis.evaluate`'s batch (its length buckets),
+  rounded up to a multiple of the devices, over which each batch is sharded."""
+  return -(-evaluate.EVAL_BATCH // device_count) * device_count
+
+
+def evaluate_exits(params, model, batches, sharding=None):
   """Mean per-exit validation metrics over `batches` of full-length utterances
-  (`eval_step` on each; weighted by batch size).
+  (`eval_step` on each, weighted by their examples' `weight`).
 
   Batches are zero-padded to a few lengths (so jit compiles a few shapes), with each
-  utterance's valid length: the network and the losses see it as if alone.
+  utterance's valid length: the network and the losses see it as if alone. With
+  `sharding`, each batch is this process's share of a global batch
+  (`data.validation_batches` with `shard_index`), assembled into one array sharded
+  over the devices: each process evaluates its share, once.
   `analysis.evaluate` computes the full report; these monitor training.
 
   Returns a dict of `[exits]` lists: `si_snri` (dB, best permutation per exit) and
   `nll` (per sample).
   """
-  totals, count = 0.0, 0
+  totals = None
   for batch in batches:
-    arrays = {name: jnp.asarray(batch[name]) for name in ("mixture", "sources", "mask")}
+    batch = dict(batch)
+    batch.setdefault("weight", np.ones(batch["mixture"].shape[0], np.float32))
+    arrays = (_global_batch(batch, sharding) if sharding is not None else
+              {name: jnp.asarray(batch[name]) for name in _BATCH_FIELDS + ("weight",)})
     result = eval_step(params, arrays, config=model.config)
-    size = batch["mixture"].shape[0]
-    totals = totals + size * np.stack([np.asarray(result["si_snri"]),
-                                       np.asarray(result["nll"])])
-    count += size
-  si_snri, nll = np.asarray(totals) / max(count, 1)
-  return {"si_snri": si_snri.tolist(), "nll": nll.tolist()}
+    totals = result if totals is None else jax.tree.map(jnp.add, totals, result)
+  if totals is None:
+    return {"si_snri": [], "nll": []}
+  totals = jax.device_get(totals)
+  count = max(float(totals["weight"]), 1.0)
+  return {"si_snri": (np.asarray(totals["si_snri"]) / count).tolist(),
+          "nll": (np.asarray(totals["nll"]) / count).tolist()}
 
 
 class MetricsWriter:
@@ -244,19 +272,27 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+_BATCH_FIELDS = ("mixture", "sources", "mask")
+
+
 def _global_batch(local_batch, sharding):
   """Assembles each process's slice of the batch into one globally sharded array."""
   return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for name, value in local_batch.items() if name in ("mixture", "sources", "mask")}
+          for name, value in local_batch.items() if name in _BATCH_FIELDS + ("weight",)}
 
 
 def _check_resume(config, workdir):
   """Refuses, before anything is written, to resume the run in `workdir` with a config
   that differs from the saved one in a field its checkpoint fixes
-  (`config_lib.resume_differences`)."""
+  (`config_lib.resume_differences`), or that moves its learning-rate schedule
+  (`config_lib.schedule_change`)."""
   if checkpoints.latest_step(workdir) is None:
     return
-  differences = config_lib.resume_differences(checkpoints.read_config(workdir), config)
+  saved = checkpoints.read_config(workdir)
+  schedule_change = config_lib.schedule_change(saved, config)
+  if schedule_change:
+    raise errors.UsageError(workdir, f"cannot resume the run there: {schedule_change}")
+  differences = config_lib.resume_differences(saved, config)
   if differences:
     listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
     raise errors.UsageError(
@@ -327,7 +363,7 @@ def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager
   return "\n".join(lines)
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, *, profile_steps=None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   Nothing is written before the config is validated (`config_lib.validate_config`),
@@ -336,9 +372,16 @@ def train_and_evaluate(config, workdir):
   propagates. The console shows the progress, a warning for skipped steps (at most
   one per `log_every` steps), each validation, and a summary at the end.
 
+  Every `log_every` steps it logs the loss and the speed (`throughput.Throughput`:
+  steps/s, seconds of audio per second, learning rate, MFU). Batches reach the devices
+  a step ahead (`throughput.DevicePrefetch`), and JAX's persistent compilation cache
+  is on (`config.compilation_cache_dir`).
+
   Args:
     config: an experiment `ConfigDict` (see `config_lib.base_config`).
     workdir: where the config, checkpoints, `metrics.jsonl` and TensorBoard events go.
+    profile_steps: `(first, last)`: write a `jax.profiler` trace of these steps to
+      `workdir/profile/`.
 
   Returns:
     The final `TrainState`.
@@ -356,6 +399,7 @@ def train_and_evaluate(config, workdir):
   say = functools.partial(tqdm.tqdm.write, file=sys.stdout) if is_lead else (
       lambda *args, **kwargs: None)
   _check_resume(config, workdir)
+  throughput.use_compilation_cache(config.get("compilation_cache_dir", ""))
   train_source, valid_source = _open_data(config, say)
   workdir.mkdir(parents=True, exist_ok=True)
   if is_lead:
@@ -369,8 +413,9 @@ def train_and_evaluate(config, workdir):
       seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
       num_workers=config.data.num_workers, dynamic_mixing=config.data.dynamic_mixing)
   iterator = iter(loader)
+  segment_seconds = config.data.segment_seconds
 
-  optimizer = make_optimizer(config.optimizer, config.steps)
+  optimizer = make_optimizer(config.optimizer, config_lib.decay_steps(config))
   mesh = make_mesh()
   data_sharding = NamedSharding(mesh, PartitionSpec("data"))
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -385,6 +430,13 @@ def train_and_evaluate(config, workdir):
       else f"training {workdir} from scratch")
 
   train_step = make_train_step(config, model, optimizer)
+  batches = throughput.DevicePrefetch(iterator, functools.partial(_global_batch,
+                                                                  sharding=data_sharding))
+  speed = throughput.Throughput(
+      schedule=learning_rate_schedule(config.optimizer, config_lib.decay_steps(config)),
+      batch_size=config.batch_size, segment_seconds=segment_seconds,
+      model_config=model_config, peak_flops=config.get("peak_flops", 0.0))
+  profile = throughput.Profile(workdir, profile_steps)
   writer = MetricsWriter(workdir, enabled=is_lead)
   preemption = _Preemption()
   start_step = int(state.step)
@@ -395,11 +447,14 @@ def train_and_evaluate(config, workdir):
   try:
     try:
       for step in range(start_step + 1, config.steps + 1):
-        batch = _global_batch(next(iterator), data_sharding)
+        batch = next(batches)
+        profile.before(step)
         state, step_metrics = train_step(state, batch)
+        profile.after(step, step_metrics)
         progress.update(1)
         if step % config.log_every == 0 or step == config.steps:
           record = _train_record(step_metrics)
+          record.update(speed.record(step))
           writer.write(step, record)
           skipped.update(step, record["skipped_steps"])
           progress.set_postfix(loss=f"{record['train_loss']:.3f}", skipped=skipped.total)
@@ -407,21 +462,24 @@ def train_and_evaluate(config, workdir):
         if step % config.eval_every == 0 or step == config.steps:
           began = time.monotonic()
           valid_metrics = _validate(state, model, config, valid_source, step, writer, say,
-                                    train_seconds=began - start_time - validating)
+                                    train_seconds=began - start_time - validating,
+                                    sharding=data_sharding)
           validating += time.monotonic() - began
+          speed.exclude(time.monotonic() - began)
         preempted = preemption.requested or manager.reached_preemption(step)
         # A validated step is always saved, so the best checkpoint holds the
         # parameters its metric was measured on.
-        checkpoints.save_state(manager, step, state, iterator, metrics=valid_metrics or None,
+        checkpoints.save_state(manager, step, state, batches, metrics=valid_metrics or None,
                                force=preempted or bool(valid_metrics) or step == config.steps)
         if preempted:
           logging.warning("preempted at step %d: checkpoint saved, exiting", step)
           break
     except BaseException:
       progress.close()
-      _save_before_raising(manager, state, iterator, say)
+      _save_before_raising(manager, state, batches, say)
       raise
     finally:
+      profile.stop()
       progress.close()
       manager.wait_until_finished()
       writer.close()
@@ -462,15 +520,19 @@ class _SkipWarnings:
     self.total, self._step = total, step
 
 
-def _validate(state, model, config, source, step, writer, say, train_seconds):
+def _validate(state, model, config, source, step, writer, say, train_seconds, sharding):
   """Validates `state` on `source`, says so before and after, logs it with
   `train_seconds` (this process's time in training so far, validation excluded: what
   `experiments/benchmarks/time_to_quality.py` plots); returns the metrics the
-  checkpoint manager ranks checkpoints by."""
+  checkpoint manager ranks checkpoints by. Each process evaluates its share of every
+  batch (`evaluate_exits` with `sharding`)."""
   count = min(config.eval_max_utterances or len(source), len(source))
   say(f"step {step}: validating on {count} utterances of {source.name}")
-  evaluation = evaluate_exits(state.params, model,
-                              data_lib.validation_batches(config, source=source))
+  batches = data_lib.validation_batches(
+      config, source=source, batch_size=validation_batch_size(sharding.mesh.size),
+      pad_seconds=evaluate.PAD_SECONDS, shard_index=jax.process_index(),
+      shard_count=jax.process_count())
+  evaluation = evaluate_exits(state.params, model, batches, sharding)
   say(f"step {step}: validation SI-SNRi per exit " + ", ".join(
       f"{value:.2f}" for value in evaluation["si_snri"]) + " dB")
   writer.write(step, {"valid_si_snri": evaluation["si_snri"], "valid_nll": evaluation["nll"],

@@ -8,8 +8,8 @@ Steps, each one or more `gcloud compute tpus tpu-vm` commands (`--dry-run` print
   2. put the code on every worker: `git clone` of a git URL, or a tarball of a local checkout
      copied with `scp --worker=all`;
   3. install on every worker: a Python venv (made with uv, since the TPU images' Python is
-     older than JAX needs) holding `jax[tpu]` of the version pinned in pyproject.toml and the
-     package (`pip install -e .`);
+     older than JAX needs) holding the package with its `tpu` extra (`pip install -e
+     ".[tpu]"`, JAX's `jax[tpu]`), jax at the version pinned in pyproject.toml;
   4. start the same `eesep train` command on every worker under nohup, one log file per
      worker (multi-host runs call `jax.distributed.initialize()`, which finds its peers by
      itself on TPU VMs);
@@ -248,7 +248,7 @@ class Launcher:
         f"{python} -m pip install --quiet --upgrade pip",
         f"cd {REMOTE_CODE}",
         f"{python} -m pip install --quiet "
-        f"{shlex.quote(f'jax[tpu]=={self.args.jax_version}')} -e .",
+        f"{shlex.quote(f'jax=={self.args.jax_version}')} -e {shlex.quote('.[tpu]')}",
     ])
 
   def setup_script(self):
