@@ -126,15 +126,16 @@ def static_frontier(costs, values, at):
   """
   costs = np.asarray(costs, np.float64)
   values = np.asarray(values, np.float64)
+  at = np.asarray(at, np.float64)[..., None]
   # A budget that is an exit's cost summed in another order must still afford it.
-  at = np.asarray(at, np.float64)[..., None] * (1 + 1e-9)
-  affordable = costs <= at
-  cheaper = np.max(np.where(affordable, values, -np.inf), axis=-1)
+  slack = 1e-9 * np.max(np.abs(costs))
+  cheaper = np.max(np.where(costs <= at + slack, values, -np.inf), axis=-1)
   low, high = costs[:, None], costs[None, :]
   spread = high - low
-  between = (spread > 0) & (low <= at[..., None]) & (at[..., None] <= high)
+  between = (spread > 0) & (low <= at[..., None] + slack) & (at[..., None] - slack <= high)
   with np.errstate(divide="ignore", invalid="ignore"):  # Pairs not `between`, dropped.
-    weight = (at[..., None] - low) / spread  # Of the dearer exit `j`, for each pair (i, j).
+    # The dearer exit's weight in each pair (i, j).
+    weight = np.clip((at[..., None] - low) / spread, 0.0, 1.0)
     mixed = values[..., :, None] + weight * (values[..., None, :] - values[..., :, None])
   hull = np.max(np.where(between, mixed, -np.inf), axis=(-2, -1))
   best = np.maximum(cheaper, hull)
