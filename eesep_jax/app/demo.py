@@ -92,7 +92,7 @@ def _stopping_cells(summary, target_snr_db, confidence):
       "reach, full depth": _share(values, "reach", i, full),
       "reach, exit 1": _share(values, "reach", i, first),
       "compute saved": f"{100 * points.saved[i, q]:.0f}% (oracle {100 * points.saved[i, oracle]:.0f}%)",
-      "share of the oracle's saving": (f"{100 * points.oracle_share[i, q]:.0f}%"
+      "share of the oracle's saving": (_share(values, "oracle_share", i, q)
                                        if np.isfinite(points.oracle_share[i, q]) else "–"),
       "satisfaction": (f"{_share(values, 'satisfaction', i, q)} of {early}" if early
                        else "none stopped early"),
@@ -108,9 +108,10 @@ def _stopping_lines(summaries, target_snr_db, confidence):
            for name, summary in summaries.items()}
   lines = [f"Stopping at P(SNR >= {target_snr_db:g} dB) >= {confidence:g} (calibrated on "
            "the validation split; 95% intervals):",
-           f"  {'':<30}" + "".join(f"{name:<32}" for name in summaries)]
+           (f"  {'':<30}" + "".join(f"{name:<32}" for name in summaries)).rstrip()]
   for row in next(iter(cells.values())):
-    lines.append(f"  {row:<30}" + "".join(f"{cell[row]:<32}" for cell in cells.values()))
+    lines.append((f"  {row:<30}" + "".join(f"{cell[row]:<32}" for cell in cells.values())
+                  ).rstrip())
   return lines
 
 
