@@ -280,7 +280,9 @@ def test_evaluate_applies_the_saved_scales(calibrated, model, corpus):
   at_2db = after.target_index(2.0)
   assert not np.allclose(after.probability[..., at_2db],
                          before.probability[..., before.target_index(2.0)], atol=1e-3)
-  np.testing.assert_array_equal(after.si_snr, before.si_snr)  # Estimates untouched.
+  # Estimates untouched (to float32 rounding: evaluate computes probabilities for more
+  # targets than calibrate, in another compiled program).
+  np.testing.assert_allclose(after.si_snr, before.si_snr, rtol=1e-6)
   report = json.loads((checkpoint / "evaluated" / evaluate.JSON_FILE).read_text())
   np.testing.assert_allclose(report["posthoc_scales"]["beta_scale"], scales["beta_scale"])
 

@@ -268,7 +268,7 @@ def test_the_packaged_demo_config_loads_from_any_directory(monkeypatch, tmp_path
   assert config.to_dict() == config_lib.load_config(demo.DEMO_CONFIG).to_dict()
   # The demo's own stopping target, read by the demo from its config.
   assert config.inference.target_snr_db == 5.0 != stopping.TARGET_SNR_DB
-  grid = demo._grid(config)  # pylint: disable=protected-access
+  grid = demo._grid(config, config.inference.target_snr_db)  # pylint: disable=protected-access
   assert 5.0 in grid["targets"] and set(stopping.TARGETS_DB) <= set(grid["targets"])
   assert config.inference.confidence in grid["confidences"]
   # A file of that name in the working directory is that file.

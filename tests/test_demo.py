@@ -18,11 +18,16 @@ def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_
   printed = capsys.readouterr().out
   assert len(summary["per_exit"]) == 3
   assert "SI-SNRi per exit (dB)" in printed and "exit 1  exit 2  exit 3" in printed
-  for line in ("test split (4 utt.)", "held-out voices (4 utt.)", "compute saved:",
-               "SI-SNRi:", "target satisfaction:", "Demo finished"):
+  for line in ("test split (4 utt.)", "held-out voices (4 utt.)", "reach, the policy",
+               "reach, full depth", "reach, exit 1", "compute saved", "oracle",
+               "satisfaction", "SI-SNRi (full depth)", "Demo finished"):
     assert line in printed, line
+  # Six training steps: the exits do not differ, so the config's target is kept.
+  assert "target 5 dB (config.inference): no whole dB" in printed
+  assert summary["target_snr_db"] == 5.0 and 5.0 in summary["targets_db"]
   for folder in ("evaluation", "evaluation_heldout"):
-    assert (workdir / folder / "evaluation.md").is_file()
+    for name in ("evaluation.md", "reach_compute.png", "satisfaction.png"):
+      assert (workdir / folder / name).is_file()
   assert (workdir / "calibration" / "calibration.json").is_file()
   assert (workdir / "posthoc_calibration.json").is_file()
   separated = sorted(path.name for path in (workdir / "separated").iterdir())

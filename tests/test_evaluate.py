@@ -15,6 +15,7 @@ from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import exit_table
+from eesep_jax.analysis import operating_points
 from eesep_jax.app import cli
 from eesep_jax.core import metrics
 from eesep_jax.core import stopping
@@ -40,7 +41,8 @@ def evaluation(model, corpus):
   config, variables = model
   source = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)
   table, summary = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
-                                           enhancement_metrics=True, progress=False)
+                                           enhancement_metrics=True, span=False,
+                                           progress=False)
   return source, table, summary
 
 
@@ -83,7 +85,7 @@ def test_simulated_stopping_matches_the_stopping_loop(model, evaluation):
     levels = np.unique(table.probability[..., table.target_index(target)])
     # Midway between observed probabilities, where float rounding cannot flip a decision.
     for confidence in ((levels[:-1] + levels[1:]) / 2)[np.diff(levels) > 1e-4][::2]:
-      exits = evaluate.policy_exits(table, "probabilistic", target_snr_db=target,
+      exits = operating_points.policy_exits(table, "probabilistic", target_snr_db=target,
                                     confidence=confidence)
       result = inference.separate(variables, config, mixtures, target_snr_db=target,
                                   confidence=float(confidence))
@@ -105,7 +107,7 @@ def test_bucketed_evaluation_equals_each_utterance_alone(model, tmp_path):
     write_speech_mixtures(tmp_path, "tt", (name,), length=length, rate=RATE)
   source = data.open_dataset("wsj0-mix", tmp_path, "tt", sample_rate=RATE)
   table, _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
-                                     progress=False)
+                                     span=False, progress=False)
   for name in source.ids:
     example = source[source.ids.index(name)]
     alone = exit_table.from_exit_outputs(
@@ -136,7 +138,8 @@ def test_posthoc_scales_rescale_every_exit_without_recompiling(model, evaluation
   for beta_scale in ((0.5, 2.0, 4.0), (3.0, 1.0, 0.25)):
     scales = {"beta_scale": np.array(beta_scale)}
     tables[beta_scale], _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
-                                                    posthoc_scales=scales, progress=False)
+                                                    posthoc_scales=scales, span=False,
+                                                    progress=False)
     scaled = tables[beta_scale]
     np.testing.assert_allclose(scaled.variance["beta"],
                                table.variance["beta"] * np.reshape(beta_scale, (1, 3, 1, 1)),
@@ -175,42 +178,62 @@ def test_policy_simulation_rules():
       expected_snr_db=np.array([[8.0, 12.0, 20.0], [11.0, 9.0, 15.0], [1.0, 2.0, 3.0]]),
       snr_min=np.array([[5.0, 9.0, 10.5], [3.0, 12.0, 13.0], [20.0, 0.0, 30.0]]))
   exits = {
-      "probabilistic": evaluate.policy_exits(table, "probabilistic", target_snr_db=10.0,
+      "probabilistic": operating_points.policy_exits(table, "probabilistic", target_snr_db=10.0,
                                              confidence=0.5),
-      "expected-snr": evaluate.policy_exits(table, "expected-snr", target_snr_db=10.0),
-      "oracle": evaluate.policy_exits(table, "oracle", target_snr_db=10.0),
-      "fixed": evaluate.policy_exits(table, "fixed", exit_index=2),
+      "expected-snr": operating_points.policy_exits(table, "expected-snr", target_snr_db=10.0),
+      "oracle": operating_points.policy_exits(table, "oracle", target_snr_db=10.0),
+      "fixed": operating_points.policy_exits(table, "fixed", exit_index=2),
   }
   assert {name: value.tolist() for name, value in exits.items()} == {
       "probabilistic": [2, 1, 3], "expected-snr": [2, 1, 3], "oracle": [3, 2, 1],
       "fixed": [2, 2, 2]}
   with pytest.raises(ValueError, match="policy"):
-    evaluate.policy_exits(table, "budget", target_snr_db=10.0)
+    operating_points.policy_exits(table, "budget", target_snr_db=10.0)
   with pytest.raises(ValueError, match="no exit probabilities for 15 dB"):
-    evaluate.policy_exits(table, "probabilistic", target_snr_db=15.0, confidence=0.5)
+    operating_points.policy_exits(table, "probabilistic", target_snr_db=15.0, confidence=0.5)
 
 
 def test_summary_covers_the_grid(model, evaluation):
   config, _ = model
-  _, _, summary = evaluation
-  policies = summary["policies"]
-  grid = {name: [entry for entry in policies if entry["policy"] == name]
-          for name in inference.POLICIES}
-  assert len(grid["probabilistic"]) == len(TARGETS) * len(stopping.CONFIDENCES)
-  assert len(grid["fixed"]) == len(TARGETS) * config.num_exits
-  assert len(grid["oracle"]) == len(grid["expected-snr"]) == len(TARGETS)
-  for entry in grid["fixed"]:
-    k = entry["exit_index"]
-    assert entry["mean_exit"] == k and entry["exit_histogram"][k - 1] == 3
+  _, table, summary = evaluation
+  points = summary["operating_points"]
+  columns = len(stopping.CONFIDENCES) + 2 + config.num_exits
+  assert points["policy"] == (["probabilistic"] * len(stopping.CONFIDENCES)
+                              + ["expected-snr", "oracle"] + ["fixed"] * config.num_exits)
+  assert points["exit_index"][-config.num_exits:] == [1, 2, 3]
+  assert points["targets_db"] == list(TARGETS)
+  assert np.shape(points["reach"]) == np.shape(points["oracle_share"]) == (len(TARGETS), columns)
+  assert np.shape(points["exit_histogram"]) == (len(TARGETS), columns, config.num_exits)
+  assert np.all(np.sum(points["exit_histogram"], axis=-1) == 3)
+  for k in (1, 2, 3):
+    q = points["exit_index"].index(k)
     per_exit = summary["per_exit"][k - 1]
-    assert entry["si_snri"] == pytest.approx(per_exit["si_snri"])
-    assert entry["gmacs_per_second"] == pytest.approx(per_exit["gmacs_per_second"])
-  for oracle in grid["oracle"]:
-    # No policy reaches the target more often than the one that knows the references.
-    others = [entry["reached_target"] for entry in policies
-              if entry["target_snr_db"] == oracle["target_snr_db"]]
-    assert oracle["reached_target"] == max(others)
-  assert all(sum(entry["exit_histogram"]) == 3 for entry in policies)
+    assert all(row[q] == k for row in points["mean_exit"])
+    assert all(row[q] == pytest.approx(per_exit["si_snri"]) for row in points["means"]["si_snri"])
+    np.testing.assert_allclose(np.array(points["reach"])[:, q],
+                               np.mean(table.snr_min[:, k - 1, None] >= TARGETS, axis=0))
+  # No policy reaches the target more often than the one that knows the references.
+  reach = np.array(points["reach"])
+  np.testing.assert_array_equal(reach[:, points["policy"].index("oracle")], reach.max(axis=1))
+
+
+def test_span_adds_the_whole_decibels_where_exits_differ(model, evaluation):
+  config, variables = model
+  source, table, _ = evaluation
+  # What `evaluate_model` keeps of the candidates it computed probabilities for.
+  spanned, summary = evaluate.evaluate_model(variables, config, source, targets=(0.5,),
+                                             target_snr_db=2.0, confidence=0.75,
+                                             progress=False)
+  # A random model's span reaches below the candidates: only those within are kept.
+  span = set(operating_points.span_targets(spanned.snr_min)) & set(evaluate.SPAN_CANDIDATES_DB)
+  assert span
+  assert summary["targets_db"] == spanned.targets_db.tolist() == sorted({0.5, 2.0, *span})
+  assert 0.75 in summary["confidences"] and summary["target_snr_db"] == 2.0
+  # The probabilities kept are those of each target, as computed without the span.
+  for target in (0.5, 2.0):
+    np.testing.assert_allclose(spanned.probability[..., spanned.target_index(target)],
+                               table.probability[..., table.target_index(target)],
+                               rtol=1e-5, atol=1e-6)
 
 
 def _csv_rows(path):
@@ -305,8 +328,12 @@ def test_report_files(evaluation, tmp_path):
   report = json.loads(paths["json"].read_text())  # Strict JSON: NaN became null.
   assert report["num_utterances"] == 3 and report["per_exit"][0]["sdr"] is not None
   markdown = paths["markdown"].read_text()
-  assert markdown.count("| probabilistic |") == len(TARGETS) * len(stopping.CONFIDENCES)
+  assert markdown.count("| probabilistic, p = ") == len(stopping.CONFIDENCES)
+  assert "## Stopping at γ = 2 dB" in markdown  # The grid's middle, no default given.
   assert "PESQ could not be computed for 3 utterance-exits" in markdown
+  assert len(report["operating_points"]["reach"]) == len(TARGETS)
+  for kind in operating_points.FIGURE_FILES:
+    assert paths[kind].stat().st_size > 10_000
 
 
 def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, monkeypatch,
@@ -319,12 +346,15 @@ def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, m
   cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
             "--max-utterances", "2", "--targets", "0.5,2,5", "--confidences", "0.5,0.9"])
   report = json.loads((out / evaluate.JSON_FILE).read_text())
-  assert report["num_utterances"] == 2 and report["targets_db"] == list(TARGETS)
+  assert report["num_utterances"] == 2 and set(TARGETS) <= set(report["targets_db"])
+  # The run's default operating point (`config.inference`) heads the report.
+  assert (report["target_snr_db"], report["confidence"]) == (15.0, 0.9)
+  assert 15.0 in report["targets_db"] and (out / "reach_compute.png").is_file()
   assert report["dataset"].startswith("MixtureSource(wsj0-mix 'tt'")
   assert "pesq" not in report["per_exit"][0]  # Separation: no enhancement metrics.
   assert (out / evaluate.CSV_FILE).is_file()
   assert exit_table.load(out / evaluate.TABLE_FILE).ids.size == 2
-  assert "| probabilistic | 5 | 0.9 |" in capsys.readouterr().out
+  assert "| probabilistic, p = 0.9 |" in capsys.readouterr().out
   capsys.readouterr()
   with pytest.raises(SystemExit) as raised:
     cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),

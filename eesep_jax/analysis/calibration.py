@@ -273,13 +273,34 @@ def sharpness(params, num_samples=None, axis=None):
 # Target satisfaction.
 
 
+def clopper_pearson(successes, count, confidence_level=0.95):
+  """Clopper–Pearson's exact binomial interval of the share `k / n`, for arrays.
+
+  The `(1 − level)/2` and `(1 + level)/2` quantiles of `Beta(k, n − k + 1)` and
+  `Beta(k + 1, n − k)`, with bounds 0 and 1 at `k = 0` and `k = n`.
+
+  Args:
+    successes, count: `[...]` integers `k ≤ n` (broadcastable).
+    confidence_level: coverage of the interval.
+
+  Returns:
+    `(low, high)`, `[...]` float64 each; `(0, 1)` where `n = 0`.
+  """
+  successes, count = np.broadcast_arrays(np.asarray(successes, np.float64),
+                                         np.asarray(count, np.float64))
+  tail = (1 - confidence_level) / 2
+  with np.errstate(invalid="ignore"):  # Beta(0, ·) where the bound is 0 or 1 anyway.
+    low = np.where(successes > 0, stats.beta.ppf(tail, successes, count - successes + 1), 0.0)
+    high = np.where(successes < count,
+                    stats.beta.ppf(1 - tail, successes + 1, count - successes), 1.0)
+  return low, high
+
+
 def target_satisfaction(exited, realised_snr_db, target_snr_db, confidence_level=0.95):
   """Share of exited utterances whose realised SNR meets the target, with an exact CI.
 
-  The interval is Clopper–Pearson's (exact binomial): the `(1 − level)/2` and
-  `(1 + level)/2` quantiles of `Beta(k, n − k + 1)` and `Beta(k + 1, n − k)` for `k`
-  successes among `n` exited, with bounds 0 and 1 at `k = 0` and `k = n`. Calibrated
-  exits under `(γ, p)` give a share of at least `p`.
+  The interval is Clopper–Pearson's (`clopper_pearson`). Calibrated exits under
+  `(γ, p)` give a share of at least `p`.
 
   Args:
     exited: booleans `[...]`, whether each utterance exited under the policy.
@@ -296,9 +317,7 @@ def target_satisfaction(exited, realised_snr_db, target_snr_db, confidence_level
   count, successes = int(exited.sum()), int(met[exited].sum())
   if count == 0:
     return {"count": 0, "share": math.nan, "low": 0.0, "high": 1.0}
-  tail = (1 - confidence_level) / 2
-  low = stats.beta.ppf(tail, successes, count - successes + 1) if successes > 0 else 0.0
-  high = stats.beta.ppf(1 - tail, successes + 1, count - successes) if successes < count else 1.0
+  low, high = clopper_pearson(successes, count, confidence_level)
   return {"count": count, "share": successes / count, "low": float(low), "high": float(high)}
 
 

@@ -292,7 +292,7 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
   regime = {"chunk_seconds": float(chunk_seconds), "overlap_seconds": float(overlap_seconds)}
   evaluation = functools.partial(
       evaluate.evaluate_model, variables, model_config, targets=targets, confidences=(),
-      policies=(), max_utterances=max_utterances, enhancement_metrics=False,
+      policies=(), span=False, max_utterances=max_utterances, enhancement_metrics=False,
       progress=progress)
   fit_table, _ = evaluation(fit_source, **regime)
   num_fit_utterances = len(set(fit_table.utterance))

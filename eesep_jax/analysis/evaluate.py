@@ -34,6 +34,7 @@ from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.analysis import exit_table
+from eesep_jax.analysis import operating_points
 from eesep_jax.core import metrics
 from eesep_jax.core import permutation
 from eesep_jax.core import probabilistic
@@ -43,6 +44,9 @@ from eesep_jax.core import stopping
 # compilations, against the compute padding wastes).
 EVAL_BATCH = 8
 PAD_SECONDS = 1.0
+# The targets a fine grid may hold (`evaluate_model`'s `span`): exit probabilities are
+# computed for all of them in the forward pass, before the span is known.
+SPAN_CANDIDATES_DB = tuple(float(t) for t in range(-10, 41))
 JSON_FILE = "evaluation.json"
 TABLE_FILE = "exit_table.npz"
 CSV_FILE = "per_utterance.csv"
@@ -140,69 +144,27 @@ def exit_outputs(variables, config, mixture, references, *, targets=stopping.TAR
   return jax.tree.map(lambda x: x[0], outputs)
 
 
-def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_index=None):
-  """The exit every utterance stops at under `policy`: the stopping rule
-  (`stopping.accepts`, `stopping.first_accepting_exit`) applied across the exits of
-  per-exit values, as the loop of `inference.separate` applies it exit by exit.
-
-  Args:
-    table: an `exit_table.ExitTable`: the probabilistic policy reads
-      `probability[..., k]` for `target_snr_db`, expected-snr `expected_snr_db`, oracle
-      `snr_min` (`[utterances, exits]` each).
-    policy: one of `stopping.POLICIES`.
-    target_snr_db: `γ` in dB (all but `"fixed"`).
-    confidence: `p` (`"probabilistic"`).
-    exit_index: 1-based exit (`"fixed"`).
-
-  Returns:
-    `[utterances]` 1-based exit indices.
-  """
-  rule = stopping.Policy(kind=policy, target_snr_db=target_snr_db, confidence=confidence,
-                         exit_index=exit_index)
-  probability = (table.probability[..., table.target_index(target_snr_db)]
-                 if policy == "probabilistic" else None)
-  accept = stopping.accepts(rule, np.arange(1, table.num_exits + 1), probability=probability,
-                            expected_snr_db=table.expected_snr_db,
-                            oracle_snr_db=table.snr_min)
-  accept = np.broadcast_to(accept, table.snr_min.shape)
-  return np.asarray(stopping.first_accepting_exit(accept))
-
-
-def _policy_settings(policy, targets, confidences, num_exits):
-  """The `(target_snr_db, confidence, exit_index)` grid points a policy is run at."""
-  if policy == "probabilistic":
-    return [(t, p, None) for t in targets for p in confidences]
-  if policy == "fixed":
-    return [(t, None, k) for k in range(1, num_exits + 1) for t in targets]
-  return [(t, None, None) for t in targets]
-
-
-def _mean(values):
-  """Mean over the finite values (None if there are none): metrics can be undefined."""
-  finite = np.asarray(values)[np.isfinite(values)]
-  return float(finite.mean()) if finite.size else None
-
-
 def summarize(table, *, gmacs_per_second, targets=None, confidences=stopping.CONFIDENCES,
-              policies=stopping.POLICIES):
-  """Per-exit means and the simulated policies over the grid, from an exit table.
+              policies=stopping.POLICIES, target_snr_db=None, confidence=None):
+  """Per-exit means and every policy measured over the grid, from an exit table.
 
   Args:
     table: an `exit_table.ExitTable`.
     gmacs_per_second: `[exits]` compute to reach each exit (`models.gmacs_by_exit`).
     targets: target SNRs `γ` in dB, each one of `table.targets_db`; None: all of them.
     confidences: confidence levels `p` of the probabilistic policy.
-    policies: which of `inference.POLICIES` to simulate.
+    policies: which of `stopping.POLICIES` to measure; none: no `operating_points`.
+    target_snr_db, confidence: the operating point the Markdown report heads with (the
+      run's default), each in the grid; None: none.
 
   Returns:
-    A JSON-ready dict: `num_utterances`; `per_exit`, per exit its `gmacs_per_second`
-    and the means of the metrics (over the utterances where they are defined) and of
-    the exit probabilities (`probability_{γ}db`); `policies`, per policy and grid point
-    its `mean_exit`, `exit_histogram` (utterances per exit), mean `gmacs_per_second`,
-    the metric means at the exits taken, and `reached_target`, the share of utterances
-    whose worst source's SNR reaches `target_snr_db` there; `failures`, per
-    enhancement metric the utterance-exits where it could not be computed, and
-    `problems`, their `(id, exit, problem)`.
+    A JSON-ready dict: `num_utterances`, `num_exits`, `targets_db`, `confidences`,
+    `target_snr_db`, `confidence`; `per_exit`, per exit its `gmacs_per_second` and the
+    means of the metrics (over the utterances where they are defined) and of the exit
+    probabilities (`probability_{γ}db`); `operating_points`, every policy at every
+    target as arrays `[targets, policies]` (`operating_points.OperatingPoints.to_json`;
+    None without policies); `failures`, per enhancement metric the utterance-exits
+    where it could not be computed, and `problems`, their `(id, exit, problem)`.
   """
   targets = table.targets_db.tolist() if targets is None else [float(t) for t in targets]
   num_exits = table.num_exits
@@ -213,29 +175,23 @@ def summarize(table, *, gmacs_per_second, targets=None, confidences=stopping.CON
                    table.probability[..., table.target_index(t)] for t in targets}
   per_exit = [
       {"exit": k + 1, "gmacs_per_second": float(gmacs[k]),
-       **{name: _mean(values[:, k]) for name, values in {**present, **probabilities}.items()}}
+       **{name: float(operating_points.masked_mean(values[:, k]))
+          for name, values in {**present, **probabilities}.items()}}
       for k in range(num_exits)]
-  results = []
-  rows = np.arange(len(table.ids))
-  for policy in policies:
-    for target, confidence, exit_index in _policy_settings(policy, targets, confidences,
-                                                           num_exits):
-      exits = policy_exits(table, policy, target_snr_db=target, confidence=confidence,
-                           exit_index=exit_index)
-      results.append({
-          "policy": policy, "target_snr_db": target, "confidence": confidence,
-          "exit_index": exit_index, "mean_exit": float(exits.mean()),
-          "exit_histogram": np.bincount(exits - 1, minlength=num_exits).tolist(),
-          "gmacs_per_second": float(gmacs[exits - 1].mean()),
-          **{name: _mean(values[rows, exits - 1]) for name, values in present.items()},
-          "reached_target": float(np.mean(table.snr_min[rows, exits - 1] >= target)),
-      })
+  points = None
+  if policies:
+    points = operating_points.operating_points(
+        table, gmacs_per_second=gmacs, targets=targets, confidences=confidences,
+        policies=policies).to_json()
   problems = [] if table.problems is None else [
       {"id": str(table.ids[i]), "exit": int(k) + 1, "problem": str(table.problems[i, k])}
       for i, k in zip(*np.nonzero(table.problems != ""))]
   return {
       "num_utterances": len(table.ids), "num_exits": num_exits, "targets_db": targets,
-      "confidences": list(confidences), "per_exit": per_exit, "policies": results,
+      "confidences": [float(p) for p in confidences],
+      "target_snr_db": None if target_snr_db is None else float(target_snr_db),
+      "confidence": None if confidence is None else float(confidence),
+      "per_exit": per_exit, "operating_points": points,
       "failures": {name: int(np.sum(~np.isfinite(present[name])))
                    for name in exit_table.ENHANCEMENT_METRICS if name in present},
       "problems": problems,
@@ -285,11 +241,19 @@ def _group_tables(group, variables, model_config, *, targets, conditions, refere
       for i, ((name, chunk, mixture, references), length) in enumerate(zip(group, lengths))]
 
 
+def _with_targets(table, targets):
+  """`table` with the exit probabilities of `targets` only (each one of its own)."""
+  index = [table.target_index(t) for t in targets]
+  return exit_table.from_arrays({**table.arrays(), "targets_db": table.targets_db[index],
+                                 "probability": table.probability[..., index]})
+
+
 def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_DB,
                    confidences=stopping.CONFIDENCES, policies=stopping.POLICIES,
-                   conditions=("snr",), reference_power=None, max_utterances=None,
-                   enhancement_metrics=None, posthoc_scales=None, progress=True,
-                   chunk_seconds=None, overlap_seconds=inference.OVERLAP_SECONDS):
+                   target_snr_db=None, confidence=None, span=True, conditions=("snr",),
+                   reference_power=None, max_utterances=None, enhancement_metrics=None,
+                   posthoc_scales=None, progress=True, chunk_seconds=None,
+                   overlap_seconds=inference.OVERLAP_SECONDS):
   """Evaluates a model on full-length utterances: every exit, every simulated policy.
 
   With `chunk_seconds`, every utterance is evaluated instead in the chunks
@@ -305,22 +269,32 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
       "id"}` at the model's rate, e.g. `data.open_dataset(...)`.
     targets: target SNRs `γ` in dB of the grid.
     confidences: confidence levels `p` of the grid.
-    policies: which of `inference.POLICIES` to simulate.
+    policies: which of `stopping.POLICIES` to simulate.
+    target_snr_db, confidence: the run's default operating point, added to the grid
+      (`summarize`); None: none.
+    span: add every whole dB over which the exits differ (`operating_points.span_targets`,
+      within `SPAN_CANDIDATES_DB`) to the targets.
     conditions, reference_power: the exit conditions, as in `inference.separate`.
     max_utterances: evaluate this many utterances, evenly spread (None: all).
-    enhancement_metrics: compute PESQ and STOI; None: only for one-source models.
+    enhancement_metrics: compute PESQ and STOI (slow: seconds per utterance); None: only
+      for one-source models.
     posthoc_scales: post-hoc calibration `{name: [exits]}`, see `exit_outputs`.
     progress: show a progress bar over the utterances.
     chunk_seconds, overlap_seconds: `separate_long`'s chunking; None: whole utterances.
 
   Returns:
-    `(table, summary)`: the `exit_table.ExitTable` of every utterance (or chunk) and
-    `summarize(table, ...)`, with the model's `gmacs_per_second_by_exit`,
-    `sample_rate` and `conditions` added.
+    `(table, summary)`: the `exit_table.ExitTable` of every utterance (or chunk), with
+    the exit probabilities of the targets reported, and `summarize(table, ...)`, with
+    the model's `gmacs_per_second_by_exit`, `sample_rate` and `conditions` added.
   """
   if enhancement_metrics is None:
     enhancement_metrics = model_config.num_sources == 1
-  targets = tuple(float(t) for t in targets)
+  targets = {float(t) for t in targets} | (set() if target_snr_db is None
+                                           else {float(target_snr_db)})
+  confidences = sorted({float(p) for p in confidences}
+                       | (set() if confidence is None else {float(confidence)}))
+  # The span is known once the exits' SNRs are: probabilities for every candidate.
+  computed = tuple(sorted(targets | (set(SPAN_CANDIDATES_DB) if span else set())))
   posthoc_scales = probabilistic.full_posthoc(posthoc_scales, model_config)
   # Sorted by length (the padding is `_group_tables`'), so that a group's pieces are alike.
   batches = data.evaluation_batches(source, batch_size=EVAL_BATCH,
@@ -331,15 +305,18 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
   pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
   # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
   for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
-    tables += _group_tables(group, variables, model_config, targets=targets,
+    tables += _group_tables(group, variables, model_config, targets=computed,
                             conditions=conditions, reference_power=reference_power,
                             posthoc_scales=posthoc_scales,
                             enhancement_metrics=enhancement_metrics)
   progress_bar.close()
   table = exit_table.concatenate(tables)
+  if span:
+    spanned = set(operating_points.span_targets(table.snr_min).tolist())
+    table = _with_targets(table, sorted(targets | (spanned & set(SPAN_CANDIDATES_DB))))
   gmacs = models.gmacs_by_exit(model_config)
   summary = summarize(table, gmacs_per_second=gmacs, confidences=confidences,
-                      policies=policies)
+                      policies=policies, target_snr_db=target_snr_db, confidence=confidence)
   return table, {"sample_rate": model_config.sample_rate, "conditions": list(conditions),
                 "gmacs_per_second_by_exit": gmacs, **summary}
 
@@ -359,8 +336,63 @@ def _number(value, digits=2):
   return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _share(value, low=None, high=None):
+  """A share in percent, with its interval when there is one: `80% [75, 84]`."""
+  if value is None:
+    return "–"
+  return f"{value:.0%}" + ("" if None in (low, high) else f" [{100 * low:.0f}, {100 * high:.0f}]")
+
+
+def _points(value, low, high):
+  """A difference of shares in points, with its interval: `+2 [-1, +4] pts`."""
+  if value is None:
+    return "–"
+  def signed(share):  # Whole points; `round` first, so that -0.3 prints "+0", not "-0".
+    return f"{round(100 * share):+d}"
+
+  interval = "" if None in (low, high) else f" [{signed(low)}, {signed(high)}]"
+  return f"{signed(value)}{interval} pts"
+
+
+def headline(summary):
+  """`(γ, p)` the report heads with: the run's default, else the grid's middle target
+  and its highest confidence."""
+  targets, confidences = summary["targets_db"], summary["confidences"]
+  target = summary["target_snr_db"]
+  confidence = summary["confidence"]
+  return (targets[len(targets) // 2] if target is None else target,
+          (confidences[-1] if confidences else None) if confidence is None else confidence)
+
+
+def _point_row(points, i, q):
+  """One policy at one target, as Markdown cells after its name."""
+  def at(name):
+    return points[name][i][q]
+
+  early = at("stopped_early")
+  return [f"{at('gmacs_per_second'):.3f}", _share(at("saved")),
+          _share(at("reach"), at("reach_low"), at("reach_high")), str(early),
+          _share(at("satisfaction"), at("satisfaction_low"), at("satisfaction_high"))
+          if early else "–",
+          f"{_number(points['means']['si_snri'][i][q])} [{_number(at('si_snri_low'))}, "
+          f"{_number(at('si_snri_high'))}]" if "si_snri" in points["means"] else "–",
+          _points(at("frontier_gain"), at("frontier_gain_low"), at("frontier_gain_high")),
+          _share(at("oracle_share"), at("oracle_share_low"), at("oracle_share_high"))]
+
+
+def _policy_name(points, q):
+  policy = points["policy"][q]
+  if policy == "probabilistic":
+    return f"probabilistic, p = {points['confidence'][q]:g}"
+  if policy == "fixed":
+    return f"exit {points['exit_index'][q]}"
+  return policy
+
+
 def markdown_report(summary):
-  """The summary as Markdown: a table of exits and one of the simulated policies."""
+  """The summary as Markdown: a table of exits, every policy at the headline target,
+  and the probabilistic policy at the headline confidence over the target grid."""
+  summary = json_ready(summary)
   names = [name for name in SUMMARY_METRICS if name in summary["per_exit"][0]]
   lines = [f"# Evaluation: {summary['num_utterances']} utterances, "
            f"{summary['num_exits']} exits", "",
@@ -370,19 +402,9 @@ def markdown_report(summary):
   for entry in summary["per_exit"]:
     lines.append(f"| {entry['exit']} | {entry['gmacs_per_second']:.3f} | "
                  + " | ".join(_number(entry[name]) for name in names) + " |")
-  lines += ["", "## Stopping policies (simulated from every exit's outputs)", "",
-            "`p / exit`: the confidence of the probabilistic policy, the exit of the fixed "
-            "one. `exits`: utterances stopping at exit 1, 2, ... `reached`: share of "
-            "utterances whose worst source's SNR reaches γ.", "",
-            "| policy | γ (dB) | p / exit | mean exit | exits | GMAC/s | SI-SNRi (dB) | reached |",
-            "|---|---|---|---|---|---|---|---|"]
-  for entry in summary["policies"]:
-    setting = entry["confidence"] if entry["exit_index"] is None else entry["exit_index"]
-    lines.append(
-        f"| {entry['policy']} | {entry['target_snr_db']:g} | "
-        f"{'–' if setting is None else f'{setting:g}'} | {entry['mean_exit']:.2f} | "
-        f"{'/'.join(map(str, entry['exit_histogram']))} | {entry['gmacs_per_second']:.3f} | "
-        f"{_number(entry['si_snri'])} | {entry['reached_target']:.0%} |")
+  points = summary["operating_points"]
+  if points is not None:
+    lines += _policy_lines(summary, points)
   for name, count in summary["failures"].items():
     if count:
       lines += ["", f"{SUMMARY_METRICS[name]} could not be computed for {count} "
@@ -390,10 +412,44 @@ def markdown_report(summary):
   return "\n".join(lines) + "\n"
 
 
+def _policy_lines(summary, points):
+  """The Markdown of the operating points: every policy at the headline target, then
+  the probabilistic policy at the headline confidence over the grid."""
+  target, confidence = headline(summary)
+  i = points["targets_db"].index(target)
+  header = ("GMAC/s | saved | reach | early | satisfied | SI-SNRi (dB) | reach − frontier "
+            "| oracle's saving |")
+  lines = ["", f"## Stopping at γ = {target:g} dB (simulated from every exit's outputs)", "",
+           "`reach`: share of all utterances whose worst source's SNR reaches γ; `early`: "
+           "utterances stopping before the last exit; `satisfied`: the share of those that "
+           "reach γ; `reach − frontier`: reach minus the best random mix of fixed exits at "
+           "the same compute; `oracle's saving`: the share of the oracle's saving achieved. "
+           "95% intervals: Clopper–Pearson on shares, paired bootstrap on SI-SNRi and "
+           "differences.", "", "| policy | " + header, "|---" * 9 + "|"]
+  lines += [f"| {_policy_name(points, q)} | " + " | ".join(_point_row(points, i, q)) + " |"
+            for q in range(len(points["policy"]))]
+  columns = [q for q, policy in enumerate(points["policy"]) if policy == "probabilistic"
+             and math.isclose(points["confidence"][q], confidence)]
+  fixed = [q for q, policy in enumerate(points["policy"]) if policy == "fixed"]
+  oracle = [q for q, policy in enumerate(points["policy"]) if policy == "oracle"]
+  if not (columns and fixed and oracle):
+    return lines
+  [q], first, last, [o] = columns, fixed[0], fixed[-1], oracle
+  lines += ["", f"## Over the targets: probabilistic, p = {confidence:g}", "",
+            "| γ (dB) | exit 1 reach | full reach | oracle saved | " + header,
+            "|---" * 12 + "|"]
+  for i, target in enumerate(points["targets_db"]):
+    lines.append(f"| {target:g} | {_share(points['reach'][i][first])} | "
+                 f"{_share(points['reach'][i][last])} | {_share(points['saved'][i][o])} | "
+                 + " | ".join(_point_row(points, i, q)) + " |")
+  return lines
+
+
 def write_report(out_dir, table, summary):
   """Writes `evaluation.json` (the summary), `exit_table.npz` (the table, `table.save`),
-  `per_utterance.csv` (its export, `table.to_csv`) and `evaluation.md`
-  (`markdown_report`) to `out_dir`; returns their paths by kind."""
+  `per_utterance.csv` (its export, `table.to_csv`), `evaluation.md`
+  (`markdown_report`) and, with operating points, the figures
+  `operating_points.FIGURE_FILES` to `out_dir`; returns their paths by kind."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {"json": out_dir / JSON_FILE, "table": out_dir / TABLE_FILE,
@@ -402,4 +458,7 @@ def write_report(out_dir, table, summary):
   table.save(paths["table"])
   table.to_csv(paths["csv"])
   paths["markdown"].write_text(markdown_report(summary))
+  if summary["operating_points"] is not None:
+    points = operating_points.from_json(summary["operating_points"])
+    paths.update(operating_points.write_figures(out_dir, points, headline(summary)[0]))
   return paths

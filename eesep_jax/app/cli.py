@@ -263,8 +263,8 @@ def evaluate_command(args):
   scales = _posthoc_scales(args, model_config)
   table, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
-      enhancement_metrics=args.enhancement_metrics,
-      posthoc_scales=scales, **_grid(args))
+      enhancement_metrics=args.enhancement_metrics, target_snr_db=args.target_snr,
+      confidence=args.confidence, posthoc_scales=scales, **_grid(args))
   summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
              "posthoc_scales": None if scales is None else {
                  name: value.tolist() for name, value in scales.items()},
@@ -549,8 +549,17 @@ def build_parser():
       "--out", required=True,
       help="folder for evaluation.json, exit_table.npz, per_utterance.csv and evaluation.md")
   parser_evaluate.add_argument(
+      "--target-snr", type=_decibels, default=_TARGET_SNR,
+      help="the target in dB the report heads with, added to --targets and to every "
+           "whole dB where the exits differ (default: %(default)s)")
+  parser_evaluate.add_argument(
+      "--confidence", type=_confidence, default=_CONFIDENCE,
+      help="the confidence the report heads with, added to --confidences (default: "
+           "%(default)s)")
+  parser_evaluate.add_argument(
       "--enhancement-metrics", action=argparse.BooleanOptionalAction,
-      help="also PESQ and STOI (default: for one-source models only)")
+      help="also PESQ and STOI, seconds per utterance (default: for one-source models "
+           "only)")
   _add_posthoc_flag(parser_evaluate)
 
   parser_calibrate = _add_command(

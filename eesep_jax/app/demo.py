@@ -6,16 +6,24 @@
    other languages' voices under `data/heldout`, if they are missing;
 2. trains `eesep_jax/configs/demo.py` (shipped in the package: `eesep train --config
    demo`) in `WORKDIR`, resuming if a run is there;
-3. fits post-hoc calibration of the exit probabilities on the validation split and
+3. chooses the target as a user would, on the validation split: a whole dB that exit
+   1 reaches for 30-70% of utterances and full depth for clearly more
+   (`operating_points.choose_target`; the config's `inference.target_snr_db` when
+   none qualifies);
+4. fits post-hoc calibration of the exit probabilities on the validation split and
    reports calibration on the test split (`WORKDIR/calibration/`);
-4. evaluates every exit and every stopping policy, calibrated, on the test split
-   (`WORKDIR/evaluation/`) and on the held-out voices (`WORKDIR/evaluation_heldout/`);
-5. separates one test mixture into `WORKDIR/separated/`;
-6. prints SI-SNRi per exit on both sets and, at the config's stopping target and
-   confidence (`config.inference`; the demo config's target is 5 dB), the compute the
-   probabilistic policy saves, its SI-SNRi and its target satisfaction.
+5. evaluates every exit and every stopping policy, calibrated, on the test split
+   (`WORKDIR/evaluation/`) and on the held-out voices (`WORKDIR/evaluation_heldout/`),
+   with the figures of reach against compute and of satisfaction against `p`;
+6. separates one test mixture into `WORKDIR/separated/`;
+
+then prints SI-SNRi per exit on both sets and, at the chosen target and the config's
+confidence (`config.inference.confidence`), on both sets: the reach of the policy, of
+full depth and of exit 1, the compute saved and the oracle's, the satisfaction and
+SI-SNRi, with 95% intervals.
 """
 
+import dataclasses
 import pathlib
 import time
 
@@ -27,6 +35,7 @@ from eesep_jax import data
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import operating_points
 from eesep_jax.app import separate_files
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
@@ -63,52 +72,71 @@ def _per_exit_lines(name, summary):
   return f"  {name:<28}{cells}"
 
 
-def _reached_lines(name, table, target_snr_db):
-  """Share of utterances whose worst source reaches the target, per exit."""
-  shares = np.mean(table.snr_min >= target_snr_db, axis=0)
-  return f"  {name:<28}" + "".join(f"{100 * share:7.0f}%" for share in shares)
+def _share(points, name, i, q):
+  """`80% [75-84%]`: a share and its interval."""
+  value, low, high = (points[f"{name}{end}"][i, q] for end in ("", "_low", "_high"))
+  return f"{100 * value:.0f}% [{100 * low:.0f}-{100 * high:.0f}%]"
 
 
-def _stopping_lines(summary, report, num_exits, target_snr_db, confidence):
-  """The policy's compute, quality and target satisfaction (calibrated) at the config's
-  target and confidence."""
-  point = next(p for p in summary["policies"]
-               if p["policy"] == "probabilistic" and p["target_snr_db"] == target_snr_db
-               and p["confidence"] == confidence)
-  # On whole utterances, as the compute and SI-SNRi beside it (the report's main
-  # figures are in `separate`'s chunks).
-  calibrated = report["whole_utterances"]["after"]
-  met = next(s for s in calibrated["target_satisfaction"]
-             if s["target_snr_db"] == target_snr_db and s["confidence"] == confidence)
-  full = summary["per_exit"][-1]
-  # `max` with 0.0 first: when nothing is saved, `1 - x / x` is -0.0, printed "-0%".
-  saved = max(0.0, 100 * (1 - point["gmacs_per_second"] / full["gmacs_per_second"]))
-  share = ("no utterance stopped early" if not met["count"] else
-           f"{100 * met['share']:.0f}% of the {met['count']} utterances that stopped "
-           f"reached {target_snr_db:g} dB [95% CI {100 * met['low']:.0f}-"
-           f"{100 * met['high']:.0f}%], asked {100 * confidence:.0f}%")
-  return [
-      f"Stopping at P(SNR >= {target_snr_db:g} dB) >= {confidence:g} (test split, "
-      "calibrated on the validation split):",
-      f"  compute saved:       {saved:.0f}% (mean exit {point['mean_exit']:.2f} of "
-      f"{num_exits}, {point['gmacs_per_second']:.2f} of {full['gmacs_per_second']:.2f} "
-      "GMAC/s)",
-      f"  SI-SNRi:             {point['si_snri']:.2f} dB (last exit {full['si_snri']:.2f} dB)",
-      f"  target satisfaction: {share}",
-  ]
+def _stopping_cells(summary, target_snr_db, confidence):
+  """What the demo prints of one evaluation at its default `(γ, p)`: `{row: cell}`."""
+  points = operating_points.from_json(summary["operating_points"])
+  values = {field.name: getattr(points, field.name) for field in dataclasses.fields(points)}
+  i = points.target_index(target_snr_db)
+  q = points.column("probabilistic", confidence)
+  first, full, oracle = (points.column("fixed", 1), points.column("fixed", -1),
+                         points.column("oracle"))
+  early = points.stopped_early[i, q]
+  return {
+      "reach, the policy": _share(values, "reach", i, q),
+      "reach, full depth": _share(values, "reach", i, full),
+      "reach, exit 1": _share(values, "reach", i, first),
+      "compute saved": f"{100 * points.saved[i, q]:.0f}% (oracle {100 * points.saved[i, oracle]:.0f}%)",
+      "share of the oracle's saving": (_share(values, "oracle_share", i, q)
+                                       if np.isfinite(points.oracle_share[i, q]) else "–"),
+      "satisfaction": (f"{_share(values, 'satisfaction', i, q)} of {early}" if early
+                       else "none stopped early"),
+      "SI-SNRi (full depth)": (f"{points.means['si_snri'][i, q]:.2f} dB "
+                               f"({points.means['si_snri'][i, full]:.2f})"),
+  }
 
 
-def _grid(config):
-  """The reports' grid: the config's (`config.evaluation`), with its stopping target
-  and confidence (`config.inference`)."""
-  return {"targets": sorted({*config.evaluation.targets_db, config.inference.target_snr_db}),
+def _stopping_lines(summaries, target_snr_db, confidence):
+  """A table of the policy's reach, compute, satisfaction and quality at the demo's
+  `(γ, p)`, a column per evaluated set."""
+  cells = {name: _stopping_cells(summary, target_snr_db, confidence)
+           for name, summary in summaries.items()}
+  lines = [f"Stopping at P(SNR >= {target_snr_db:g} dB) >= {confidence:g} (calibrated on "
+           "the validation split; 95% intervals):",
+           (f"  {'':<30}" + "".join(f"{name:<32}" for name in summaries)).rstrip()]
+  for row in next(iter(cells.values())):
+    lines.append((f"  {row:<30}" + "".join(f"{cell[row]:<32}" for cell in cells.values())
+                  ).rstrip())
+  return lines
+
+
+def _grid(config, target_snr_db):
+  """The reports' grid: the config's (`config.evaluation`), with the demo's target and
+  its confidence (`config.inference`)."""
+  return {"targets": sorted({*config.evaluation.targets_db, target_snr_db}),
           "confidences": sorted({*config.evaluation.confidences,
                                  config.inference.confidence})}
 
 
-def _evaluate(variables, model_config, source, out_dir, scales, config):
-  table, summary = evaluate.evaluate_model(variables, model_config, source,
-                                           posthoc_scales=scales, **_grid(config))
+def choose_target(variables, model_config, source):
+  """The demo's target, chosen as a user would on `source` (the validation split):
+  `operating_points.choose_target` of its exits' worst-source SNRs. Returns `(γ,
+  reach [exits])`."""
+  table, _ = evaluate.evaluate_model(variables, model_config, source, policies=(),
+                                     span=False, enhancement_metrics=False)
+  return operating_points.choose_target(table.snr_min)
+
+
+def _evaluate(variables, model_config, source, out_dir, scales, config, target_snr_db):
+  table, summary = evaluate.evaluate_model(
+      variables, model_config, source, posthoc_scales=scales, target_snr_db=target_snr_db,
+      confidence=config.inference.confidence, enhancement_metrics=False,
+      **_grid(config, target_snr_db))
   return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
@@ -117,36 +145,47 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   start = time.monotonic()
   workdir = pathlib.Path(workdir)
   config = config_lib.load_config(config_path, overrides)
-  target_snr_db, confidence = config.inference.target_snr_db, config.inference.confidence
+  confidence = config.inference.confidence
   heldout_root = config.data.get("heldout_root")
 
-  print(f"[1/5] corpus: {config.data.root}, held-out voices: {heldout_root}")
+  print(f"[1/6] corpus: {config.data.root}, held-out voices: {heldout_root}")
   if config.data.synthesize_if_missing:
     data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
                             num_sources=config.model.num_sources)
     data.ensure_heldout_corpus(heldout_root, sample_rate=config.model.sample_rate,
                                num_sources=config.model.num_sources)
-  print(f"[2/5] training {config_path} for {config.steps} steps in {workdir}")
+  print(f"[2/6] training {config_path} for {config.steps} steps in {workdir}")
   train.train_and_evaluate(config, workdir)
 
-  print("[3/5] fitting post-hoc calibration on the validation split")
-  report, _ = calibration_report.calibrate_checkpoint(
+  print("[3/6] choosing the target on the validation split")
+  model_config, variables = checkpoints.restore_params(workdir)
+  try:
+    target_snr_db, reach = choose_target(variables, model_config,
+                                         data.open_split(config, config.data.valid_split))
+    chosen = (f"target {target_snr_db:g} dB: exit 1 reaches it for {100 * reach[0]:.0f}% "
+              f"of validation utterances, full depth for {100 * reach[-1]:.0f}%")
+  except ValueError as error:  # A model whose exits do not differ: the config's target.
+    target_snr_db = config.inference.target_snr_db
+    chosen = f"target {target_snr_db:g} dB (config.inference): {error}"
+  print(f"  {chosen}")
+
+  print("[4/6] fitting post-hoc calibration on the validation split")
+  calibration_report.calibrate_checkpoint(
       workdir, workdir / "calibration", config=config, target_snr_db=target_snr_db,
-      **_grid(config))
+      **_grid(config, target_snr_db))
   scales = calibration.load_posthoc(workdir)
 
-  print("[4/5] evaluating every exit and stopping policy (test split, held-out voices)")
-  model_config, variables = checkpoints.restore_params(workdir)
+  print("[5/6] evaluating every exit and stopping policy (test split, held-out voices)")
   test_source = data.open_split(config, config.data.test_split)
-  table, summary, paths = _evaluate(variables, model_config, test_source,
-                                    workdir / "evaluation", scales, config)
+  _, summary, paths = _evaluate(variables, model_config, test_source, workdir / "evaluation",
+                                scales, config, target_snr_db)
   heldout_config = config.copy_and_resolve_references()
   heldout_config.data.root, heldout_config.data.synthesize_if_missing = heldout_root, False
-  heldout_table, heldout_summary, _ = _evaluate(
+  _, heldout_summary, _ = _evaluate(
       variables, model_config, data.open_split(heldout_config, config.data.test_split),
-      workdir / "evaluation_heldout", scales, config)
+      workdir / "evaluation_heldout", scales, config, target_snr_db)
 
-  print("[5/5] separating one test mixture")
+  print("[6/6] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
   [result] = separate_files.separate_files(
       [mixture_path], variables=variables, config=model_config,
@@ -163,12 +202,12 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       "", f"{'SI-SNRi per exit (dB)':<30}{exits}",
       _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
       f"  {'GMAC per second of audio':<28}{gmacs}",
-      f"Utterances whose worst source reaches {target_snr_db:g} dB, per exit:",
-      _reached_lines(test_name, table, target_snr_db),
-      _reached_lines(heldout_name, heldout_table, target_snr_db),
-      *_stopping_lines(summary, report, model_config.num_exits, target_snr_db, confidence),
+      f"The {chosen}.",
+      *_stopping_lines({test_name: summary, heldout_name: heldout_summary}, target_snr_db,
+                       confidence),
       f"Separated {mixture_path} -> {', '.join(result.outputs)}",
-      f"Reports: {paths['markdown']}, {workdir / 'calibration'}, "
+      f"Reports: {paths['markdown']} (figures {paths['reach'].name}, "
+      f"{paths['satisfaction'].name}), {workdir / 'calibration'}, "
       f"{workdir / 'evaluation_heldout'}",
       f"Demo finished in {(time.monotonic() - start) / 60:.1f} min."]))
   return summary
