@@ -337,7 +337,7 @@ def check_chunk_memory(config, chunk_seconds, chunk_batch, memory_bytes=None):
   longest = longest_chunk_seconds(config, chunk_batch, memory_bytes)
   if chunk_seconds > longest:
     raise ChunkingError(
-        "chunk_seconds", f"{chunk_seconds:g} s: {chunk_batch} chunks that long at once "
+        "chunk_seconds", f"{chunk_batch} chunks that long at once "
         f"would not fit in this device's memory; at most {longest:.0f} s (or fewer chunks "
         "at once)")
 

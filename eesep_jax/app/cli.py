@@ -269,9 +269,9 @@ def evaluate_command(args):
   _apply_run_defaults(args, config)
   grid = _grid(args)
   model_config, variables = checkpoints.restore_params(args.checkpoint)
+  scales = _posthoc_scales(args, model_config)
   source = data.open_split(config, args.split or config.data.test_split)
   separate_files.prepare_out_dir(args.out)
-  scales = _posthoc_scales(args, model_config)
   table, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
       enhancement_metrics=args.enhancement_metrics,
