@@ -308,7 +308,7 @@ class ChunkingError(ValueError):
 
   def __init__(self, field, problem):
     self.field, self.problem = field, problem
-    super().__init__(problem)
+    super().__init__(f"{field}: {problem}")
 
 
 def device_memory_bytes(device=None):

@@ -848,3 +848,72 @@ def test_strict_false_from_the_command_line_skips_a_bad_validation_file(
   assert code == 0, stderr
   assert f"warning: wsj0-mix 'cv' at {corpus}: 1 of 2 examples are unusable:" in stderr
   assert f"step 1: validating on 1 utterances of wsj0-mix 'cv' at {corpus}" in stdout
+
+
+def test_a_diverged_run_exits_1_and_recommends_no_checkpoint(world, tmp_path,
+                                                            stand_in_training, monkeypatch):
+  monkeypatch.setattr(train, "evaluate_exits", lambda params, model, batches: {
+      "si_snri": [float("nan")] * 3, "nll": [0.0] * 3})
+  code, stdout, stderr = _run(
+      ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+       f"--config.data.root={world.corpus}", "--config.steps=2"])
+  assert code == 1, stderr
+  assert [line for line in stderr if line.startswith("error: ")] == [
+      f"error: {tmp_path / 'run'}: training diverged: the validation SI-SNRi at step 2 is "
+      "not finite; no checkpoint is fit to use (lower config.optimizer.learning_rate and "
+      "train in a new --workdir)"]
+  assert not any("eesep separate --checkpoint" in line for line in stdout), stdout
+
+
+def test_every_step_skipped_exits_1(world, tmp_path, stand_in_training):
+  stand_in_training["skips"] = {1, 2}
+  code, _, stderr = _run(
+      ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+       f"--config.data.root={world.corpus}", "--config.steps=2"])
+  assert code == 1, stderr
+  assert stderr[-1].endswith("every one of its 2 steps was skipped (non-finite loss or "
+                             "gradient): nothing was trained"), stderr
+
+
+def test_fresh_starts_a_run_whose_checkpoints_are_gone_over(world, tmp_path,
+                                                            stand_in_training):
+  argv = ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+          f"--config.data.root={world.corpus}", "--config.steps=2"]
+  assert _run(argv)[0] == 0
+  first_id = checkpoints.run_id(tmp_path / "run")
+  metrics = tmp_path / "run" / train.METRICS_FILE
+  one_run = metrics.read_text().splitlines()
+  shutil.rmtree(tmp_path / "run" / "checkpoints")
+  assert _run(argv)[0] == 2
+  code, _, stderr = _run([*argv, "--fresh"])
+  assert code == 0, stderr
+  assert checkpoints.run_id(tmp_path / "run") not in (None, first_id)
+  assert len(metrics.read_text().splitlines()) == len(one_run)  # One run's log, not two.
+
+
+def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
+  from conftest import train_env
+
+  inputs, out = tmp_path / "inputs", tmp_path / "out"
+  inputs.mkdir()
+  for k in range(6):
+    soundfile.write(inputs / f"take{k}.wav", _noise(20 + k, 10 * RATE), RATE,
+                    subtype="PCM_16")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "eesep_jax.app.cli", "separate", str(inputs), "--checkpoint",
+       str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"],
+      cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 600
+  while not (out / "take0_s2.wav").exists():
+    assert process.poll() is None, process.stderr.read()[-4000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-4000:]
+  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-4000:]
+  assert "Traceback" not in stderr
+  assert not [path for path in out.iterdir() if not path.name.endswith(".wav")]
+  for k in range(6):  # Whole source sets only.
+    assert (out / f"take{k}_s1.wav").exists() == (out / f"take{k}_s2.wav").exists()
