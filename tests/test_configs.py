@@ -68,7 +68,7 @@ DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
 def trained(monkeypatch):
   """`train.train_and_evaluate` replaced: the configs `eesep train` would train."""
   calls = []
-  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: calls.append(config))
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, fresh=False: calls.append(config))
   return calls
 
 
