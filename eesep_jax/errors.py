@@ -6,7 +6,8 @@ Exit code 2 is a usage error (`UsageError`: a flag, a config field or a path giv
 that asks for something impossible); exit code 1 is a data error (`DataError`: a
 corpus, an audio file, a checkpoint or a config file that is missing, damaged or
 holds unusable samples, or an output that cannot be written). `EESEP_DEBUG=1` or
-`--debug` prints the traceback above the line.
+`--debug` prints the traceback above the line. Ctrl-C ends a command with the line
+`interrupted` and exit code 130 (`report_interrupt`).
 
 Anything else is a bug, and keeps its traceback.
 """
@@ -17,6 +18,8 @@ import traceback
 
 USAGE_EXIT_CODE = 2
 DATA_EXIT_CODE = 1
+# What shells give a command that SIGINT (Ctrl-C) ended: 128 + the signal's number.
+INTERRUPT_EXIT_CODE = 130
 DEBUG_VARIABLE = "EESEP_DEBUG"
 
 
@@ -72,3 +75,13 @@ def report(error, debug=False, file=None):
     traceback.print_exception(error, file=file)
   print(message(error), file=file)
   return exit_code(error)
+
+
+def report_interrupt(interrupt, debug=False, file=None):
+  """Prints the line for a Ctrl-C (its traceback first when `debugging(debug)`);
+  returns `INTERRUPT_EXIT_CODE`."""
+  file = file or sys.stderr
+  if debugging(debug):
+    traceback.print_exception(interrupt, file=file)
+  print("interrupted (Ctrl-C)", file=file)
+  return INTERRUPT_EXIT_CODE

@@ -15,6 +15,7 @@ shape that are matched and cross-faded back together.
 
 import dataclasses
 import functools
+import os
 
 import flax
 import jax
@@ -26,6 +27,7 @@ from eesep_jax.core import metrics
 from eesep_jax.core import permutation
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
+from eesep_jax.data import mixing
 
 POLICIES = stopping.POLICIES
 CONDITIONS = stopping.CONDITIONS
@@ -35,6 +37,19 @@ CONDITIONS = stopping.CONDITIONS
 CHUNK_SECONDS = 4.0
 OVERLAP_SECONDS = 0.5
 CHUNK_BATCH = 8
+# The level the network sees every input at: the peak its training mixtures have
+# (WSJ0-2mix and the embedded corpus scale each utterance's mixture to it).
+INPUT_PEAK = mixing.PEAK
+# A chunk shorter than this many encoder kernels gives the network next to no frames
+# to separate; an overlap shorter than this many gives the chunks' alignment nothing.
+MIN_CHUNK_KERNELS = 8
+MIN_OVERLAP_KERNELS = 2
+# What one chunk costs in memory per encoder frame, in floats per feature channel and
+# source: the blocks' widest hidden layer, kept a few times over by XLA (measured on
+# the press-4 preset, rounded up). Chunks whose batch would need more than
+# `MEMORY_SHARE` of the device's memory are refused.
+FLOATS_PER_FRAME_CHANNEL = 24
+MEMORY_SHARE = 0.5
 
 
 @flax.struct.dataclass
@@ -79,10 +94,39 @@ def _stopping_inputs(policy, exit_output, *, mixture, references, reference_powe
   return probability, inputs
 
 
+def input_gains(mixture, lengths):
+  """`[batch]` gains that bring each example of `mixture` `[batch, time]` (its first
+  `lengths` samples) to the peak `INPUT_PEAK` the network was trained at; 1 for a
+  silent one.
+
+  The network is not linear in its input's level: fed as it comes, a quiet recording
+  separates worse than a loud one. Fed at one level, and its estimates scaled back,
+  separation does not depend on the level, up to float rounding.
+  """
+  valid = jnp.arange(mixture.shape[-1]) < lengths[:, None]
+  peak = jnp.max(jnp.where(valid, jnp.abs(mixture), 0.0), axis=-1)
+  return jnp.where(peak > 0.0, INPUT_PEAK / jnp.where(peak > 0.0, peak, 1.0), 1.0)
+
+
+def training_level(mixture, *others):
+  """`(gain, mixture, *others)`: one signal `mixture` `[time]` brought to the training
+  level (`input_gains`), and `others` (its references, say) scaled by the same gain."""
+  mixture = np.asarray(mixture, np.float32)
+  gain = float(input_gains(mixture[None], np.array([mixture.shape[-1]]))[0])
+  return (gain, mixture * np.float32(gain),
+          *(np.asarray(other, np.float32) * np.float32(gain) for other in others))
+
+
 @functools.partial(jax.jit, static_argnames=("config", "exact"))
 def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, references,
-                   reference_power, *, config, exact):
+                   reference_power, gains, *, config, exact):
   batch, time = mixture.shape
+  # The loop runs at the training level (`input_gains`; ones when not asked); the
+  # estimates are scaled back at its end.
+  gains = gains.astype(mixture.dtype)
+  mixture = mixture * gains[:, None]
+  if references is not None:
+    references = references * gains[:, None, None]
   carry = models.PressNet(config).apply(variables, mixture, lengths=lengths,
                                         method=models.PressNet.encode)
   # Compute is linear in time: an example padded to `time` costs its own length's share.
@@ -130,7 +174,8 @@ def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, reference
       gmacs=jnp.zeros((batch,), jnp.float32))
   state = (jnp.int32(0), models.stage_params(variables, 0), carry, variance_state, initial,
            jnp.zeros((batch,), bool))
-  return jax.lax.while_loop(cond, body, state)[4]
+  result = jax.lax.while_loop(cond, body, state)[4]
+  return result.replace(estimates=result.estimates / gains[:, None, None])
 
 
 @functools.lru_cache(maxsize=256)
@@ -143,8 +188,12 @@ def _gmacs_by_exit(config, num_samples):
 def separate(variables, config, mixture, *, policy="probabilistic",
              target_snr_db=stopping.TARGET_SNR_DB, confidence=stopping.CONFIDENCE,
              conditions=("snr",), exit_index=None, references=None, reference_power=None,
-             exact=True, posthoc_scales=None, lengths=None):
+             exact=True, posthoc_scales=None, lengths=None, normalize_level=True):
   """Separate `mixture`, stopping each example at the first exit its policy accepts.
+
+  Each example is brought to the level the network was trained at (`input_gains`)
+  and its estimates scaled back, so that the result does not depend on its level
+  (exit probabilities are ratios of powers, computed at the training level).
 
   Args:
     variables: the model variables, as returned by `PressNet(config).init`.
@@ -172,6 +221,9 @@ def separate(variables, config, mixture, *, policy="probabilistic",
       of `time`). Each example then stops, and is estimated, as it would be alone at
       its own length, so signals of many lengths can share one compiled loop; its
       estimates are zero beyond its length and its `gmacs` are its length's.
+    normalize_level: bring each example to the training level (`input_gains`); False
+      runs the network on `mixture` as it is, as training and `evaluate.exit_outputs`
+      do (for a mixture already at the training level, `training_level`).
 
   Returns:
     A `SeparationResult`.
@@ -209,6 +261,7 @@ def separate(variables, config, mixture, *, policy="probabilistic",
   return _stopping_loop(
       variables, mixture, lengths, gmacs_by_exit, policy, references,
       jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
+      input_gains(mixture, lengths) if normalize_level else jnp.ones((batch,), mixture.dtype),
       config=config, exact=exact)
 
 
@@ -249,19 +302,72 @@ class LongSeparationResult:
   exits: ChunkExits
 
 
+class ChunkingError(ValueError):
+  """Chunks `separate_long` cannot cut: `field` (`chunk_seconds`, `overlap_seconds`)
+  and what is wrong with it."""
+
+  def __init__(self, field, problem):
+    self.field, self.problem = field, problem
+    super().__init__(f"{field}: {problem}")
+
+
+def device_memory_bytes(device=None):
+  """The memory of `device` (default: the first): what its allocator may use, or, for
+  a CPU, the machine's physical memory."""
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def longest_chunk_seconds(config, chunk_batch, memory_bytes=None):
+  """The longest chunk a batch of `chunk_batch` chunks fits `MEMORY_SHARE` of the
+  device's memory with (`FLOATS_PER_FRAME_CHANNEL`)."""
+  memory_bytes = device_memory_bytes() if memory_bytes is None else memory_bytes
+  channels = max(config.width * config.num_sources, config.encoder_features)
+  bytes_per_frame = 4 * FLOATS_PER_FRAME_CHANNEL * channels * chunk_batch
+  frames = MEMORY_SHARE * memory_bytes / bytes_per_frame
+  return frames * config.encoder_stride / config.sample_rate
+
+
+def check_chunk_memory(config, chunk_seconds, chunk_batch, memory_bytes=None):
+  """Raises a `ChunkingError` when `chunk_batch` chunks of `chunk_seconds` would not fit
+  in memory (`longest_chunk_seconds`)."""
+  longest = longest_chunk_seconds(config, chunk_batch, memory_bytes)
+  if chunk_seconds > longest:
+    raise ChunkingError(
+        "chunk_seconds", f"{chunk_batch} chunks that long at once "
+        f"would not fit in this device's memory; at most {longest:.0f} s (or fewer chunks "
+        "at once)")
+
+
 def chunk_lengths(config, chunk_seconds, overlap_seconds):
   """`(chunk, overlap)` in samples at `config.sample_rate`.
 
   Raises:
-    ValueError: unless `0 < overlap <= chunk / 2`: the overlap is where consecutive
-      chunks are matched and cross-faded, and a chunk's fade-in must end before its
-      fade-out starts.
+    ChunkingError: when the chunk is shorter than `MIN_CHUNK_KERNELS` encoder kernels,
+      the overlap shorter than `MIN_OVERLAP_KERNELS`, or longer than half a chunk: the
+      overlap is where consecutive chunks are matched and cross-faded, and a chunk's
+      fade-in must end before its fade-out starts.
   """
   chunk = round(chunk_seconds * config.sample_rate)
   overlap = round(overlap_seconds * config.sample_rate)
-  if not 0 < 2 * overlap <= chunk:
-    raise ValueError(
-        f"overlap_seconds={overlap_seconds} must be positive and at most half of "
+  shortest = MIN_CHUNK_KERNELS * config.encoder_kernel
+  if chunk < shortest:
+    raise ChunkingError(
+        "chunk_seconds", f"{chunk_seconds:g} s is shorter than the model's "
+        f"{MIN_CHUNK_KERNELS} encoder kernels ({shortest} samples at {config.sample_rate} "
+        f"Hz, {shortest / config.sample_rate:g} s), too short to separate")
+  shortest = MIN_OVERLAP_KERNELS * config.encoder_kernel
+  if overlap < shortest:
+    raise ChunkingError(
+        "overlap_seconds", f"{overlap_seconds:g} s is shorter than the model's "
+        f"{MIN_OVERLAP_KERNELS} encoder kernels ({shortest / config.sample_rate:g} s), "
+        "too short to align the chunks' sources")
+  if not 2 * overlap <= chunk:
+    raise ChunkingError(
+        "overlap_seconds", f"overlap_seconds={overlap_seconds} must be positive and at most half of "
         f"chunk_seconds={chunk_seconds} ({overlap} and {chunk} samples at "
         f"{config.sample_rate} Hz)")
   return chunk, overlap
@@ -333,6 +439,10 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   in batches of at most `chunk_batch`, all of one size, so memory beyond the
   `[sources, time]` output does not grow with the signal's length.
 
+  The whole signal is brought to the training level (`training_level`, its peak to
+  `INPUT_PEAK`) before it is cut, and the estimates are scaled back: quality does not
+  depend on the signal's level, and the chunks keep their relative levels.
+
   Each chunk stops on its own, at the first exit its policy accepts: with the
   probabilistic policy, `P(SNR ≥ γ) ≥ p` holds for every chunk rather than for the
   signal as a whole. `exits` reports every chunk's exit, probability and compute.
@@ -359,8 +469,10 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   mixture = np.asarray(mixture, np.float32)
   if mixture.ndim != 1 or not mixture.size:
     raise ValueError(f"mixture must be a non-empty [time], got shape {mixture.shape}")
+  gain, mixture = training_level(mixture)
   time = mixture.shape[0]
   chunk, overlap = chunk_lengths(config, chunk_seconds, overlap_seconds)
+  check_chunk_memory(config, chunk_seconds, chunk_batch)
   starts, valid = chunk_starts(config, time, chunk_seconds, overlap_seconds)
   mixture = np.pad(mixture, (0, chunk - valid))  # `valid`: signal samples in each chunk.
   # As few batches as `chunk_batch` allows, filled evenly, so that padding the last
@@ -380,7 +492,7 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
     padded = np.pad(batch_starts, (0, batch - batch_starts.size), mode="edge")
     result = jax.device_get(separate(
         variables, config, np.stack([mixture[s:s + chunk] for s in padded]),
-        lengths=np.full(batch, valid), **separate_kwargs))
+        lengths=np.full(batch, valid), normalize_level=False, **separate_kwargs))
     for name, values in per_chunk.items():
       values.append(getattr(result, name)[:batch_starts.size])
     for start, chunk_estimates in zip(batch_starts, result.estimates[..., :valid]):
@@ -399,4 +511,4 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   exits = ChunkExits(
       starts=starts, **{name: np.concatenate(values) for name, values in per_chunk.items()},
       full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk)
-  return LongSeparationResult(estimates=estimates, exits=exits)
+  return LongSeparationResult(estimates=estimates / np.float32(gain), exits=exits)

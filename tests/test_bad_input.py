@@ -138,6 +138,7 @@ class Setting:
   good_separated: bool = True  # The good file's outputs are the clean run's.
   intact: dict = dataclasses.field(default_factory=dict)  # Path -> bytes it must keep.
   absent: list = dataclasses.field(default_factory=list)  # Paths that must not appear.
+  patch: pytest.MonkeyPatch | None = None  # Undone after the row.
 
   def separate(self, *inputs, flags=("--exit-index", "last"), checkpoint=None):
     return ["separate", *inputs, "--checkpoint", checkpoint or self.world.run,
@@ -322,6 +323,118 @@ def a_truncated_checkpoint(s):
   return s.usage(s.separate(s.inputs, checkpoint=run))
 
 
+@case(1, r"^error: .*pipe\.wav: a FIFO \(named pipe\), not a regular file: not read$")
+def a_fifo_in_the_input_folder(s):
+  """Opening a FIFO blocks until a writer comes: it must be refused unopened."""
+  os.mkfifo(s.inputs / "pipe.wav")
+  s.absent += [s.out / "pipe_s1.wav"]
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*tick\.wav: 1 samples at 48000 Hz are too short: none remain at the "
+         r"model's 8000 Hz$")
+def one_sample_at_48_khz(s):
+  soundfile.write(s.inputs / "tick.wav", [0.5], 48000, subtype="PCM_16")
+  s.absent += [s.out / "tick_s1.wav"]
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*full\.wav: .*full_s2\.wav cannot be written \(System error\.\): none "
+         r"of its outputs written$")
+def a_full_disk(s):
+  """The disk fills while the second source is written: libsndfile's own error, for
+  that file only; its first source goes too."""
+  soundfile.write(s.inputs / "full.wav", _noise(7), RATE, subtype="PCM_16")
+  write = soundfile.SoundFile.write
+
+  def fail_on_full_s2(file, data):
+    if "source 2 of 2 of full.wav" in str(file.comment):  # Its name is a random one.
+      raise soundfile.LibsndfileError(2, "System error.")
+    return write(file, data)
+
+  s.patch.setattr(soundfile.SoundFile, "write", fail_on_full_s2)
+  s.absent += [s.out / "full_s1.wav", s.out / "full_s2.wav"]
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*x\.wav: .*x_s2\.wav appeared while it was separated \(another run "
+         r"writing into the same folder\?\): not replaced, none of its outputs written$")
+def another_run_writes_the_same_outputs_meanwhile(s):
+  """Another `eesep separate` puts its `x_s2.wav` into the folder after this run has
+  checked it: its file stays, this run's `x_s1.wav` is not left alone."""
+  soundfile.write(s.inputs / "x.wav", _noise(8), RATE, subtype="PCM_16")
+  other = s.tmp / "other.wav"
+  soundfile.write(other, _noise(9), RATE, subtype="PCM_16")
+  place = audio.place
+
+  def race(partial, path, replace=False):
+    if pathlib.Path(path).name == "x_s2.wav" and not pathlib.Path(path).exists():
+      place(audio.write_partial(path, _noise(9) * 0.5, RATE,
+                                comment=separate_files.output_mark(other, 2, 2)), path)
+      s.keep(pathlib.Path(path))
+    return place(partial, path, replace)
+
+  s.patch.setattr(audio, "place", race)
+  s.absent.append(s.out / "x_s1.wav")
+  return s.separate(s.inputs)
+
+
+@case(1, r"^error: .*posthoc_calibration\.json: damaged post-hoc calibration, beta_scale "
+         r"holds \[1\.0, nan, -2\.0\]: every scale must be finite and positive")
+def a_posthoc_file_with_nan_and_negative_scales(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / "posthoc_calibration.json").write_text('{"beta_scale": [1.0, NaN, -2.0]}')
+  s.keep(run / "posthoc_calibration.json")
+  return s.usage(s.separate(s.inputs, checkpoint=run))
+
+
+@case(1, r"^error: .*posthoc_calibration\.json: damaged post-hoc calibration, not JSON")
+def a_truncated_posthoc_file(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / "posthoc_calibration.json").write_text('{"beta_scale": [1.0, ')
+  return s.usage(["evaluate", "--checkpoint", run, "--out", s.out])
+
+
+@case(1, r"^error: .*posthoc_calibration\.json: damaged post-hoc calibration, unknown keys "
+         r"\['gamma'\]")
+def a_posthoc_file_with_an_unknown_key(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / "posthoc_calibration.json").write_text('{"gamma": [1, 1, 1]}')
+  return s.usage(s.separate(s.inputs, checkpoint=run))
+
+
+@case(1, r"^error: .*posthoc_calibration\.json: damaged post-hoc calibration, its regime is "
+         r"not")
+def a_posthoc_regime_without_its_keys(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / "posthoc_calibration.json").write_text(
+      '{"beta_scale": [1, 1, 1], "regime": {"chunk_seconds": "4"}}')
+  return s.usage(s.separate(s.inputs, checkpoint=run))
+
+
+@case(2, r"^error: --chunk-seconds 0\.004: 0\.004 s is shorter than the model's 8 encoder "
+         r"kernels")
+def chunk_seconds_shorter_than_the_encoder(s):
+  return s.usage(s.separate(s.inputs, flags=("--chunk-seconds", "0.004",
+                                             "--overlap-seconds", "0.001")))
+
+
+@case(2, r"^error: --chunk-seconds 1e\+09: 8 chunks that long at once would not fit in this "
+         r"device's memory; at most \d+ s")
+def chunk_seconds_beyond_memory(s):
+  return s.usage(s.separate(s.inputs, flags=("--chunk-seconds", "1e9")))
+
+
+@case(2, r"^error: --overlap-seconds 0\.0001: 0\.0001 s is shorter than the model's 2 "
+         r"encoder kernels")
+def overlap_seconds_shorter_than_the_encoder(s):
+  return s.usage(s.separate(s.inputs, flags=("--overlap-seconds", "0.0001")))
+
+
 # ------------------------------------------------------------- info, evaluate, calibrate
 
 
@@ -361,6 +474,38 @@ def evaluate_outside_the_repository(s):
 def calibrate_with_an_infinite_target(s):
   return s.usage(["calibrate", "--checkpoint", s.world.run, "--out", s.out,
                   "--target-snr", "inf"])
+
+
+@case(2, r"^error: --confidences: '1\.5' is not a probability in \(0, 1\]$")
+def evaluate_with_a_confidence_above_one(s):
+  return s.usage(["evaluate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--confidences", "1.5,0,-2,nan"])
+
+
+@case(2, r"^error: --targets: 'nan' is not a finite number of dB$")
+def evaluate_with_nan_targets(s):
+  return s.usage(["evaluate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--targets", "nan,inf"])
+
+
+@case(2, r"^error: --confidences: '0' is not a probability in \(0, 1\]$")
+def calibrate_with_a_zero_confidence(s):
+  return s.usage(["calibrate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--confidences", "0.9,0"])
+
+
+@case(2, r"^error: --num-train, --num-valid, --num-test: all zero: nothing to synthesise$")
+def synthesising_nothing(s):
+  s.absent.append(s.tmp / "corpus")
+  return s.usage(["data", "synth", "--out", s.tmp / "corpus", "--num-train", "0",
+                  "--num-valid", "0", "--num-test", "0"])
+
+
+@case(2, r"^error: --num-workers: '-2' is not an integer of at least 1")
+def negative_synthesis_workers(s):
+  """Refused before the folder is made: the corrected rerun finds nothing in its way."""
+  s.absent.append(s.tmp / "corpus")
+  return s.usage(["data", "synth", "--out", s.tmp / "corpus", "--num-workers", "-2"])
 
 
 # ---------------------------------------------------------------------- eesep train
@@ -449,13 +594,44 @@ def resuming_a_run_whose_config_is_corrupt(s):
   return argv
 
 
+@case(2, r"^error: .*workdir: holds files that are no eesep train run \(config\.json, "
+         r"metrics\.jsonl\): train in a new or empty --workdir$")
+def a_workdir_with_a_users_config_and_metrics(s):
+  workdir = s.tmp / "workdir"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"foo": 1}')
+  (workdir / "metrics.jsonl").write_text('{"mine": 2}\n')
+  argv = s.train(f"--config.data.root={s.world.corpus}", workdir=workdir)
+  s.absent.remove(workdir)
+  for path in workdir.iterdir():
+    s.keep(path)
+  s.absent += [workdir / "checkpoints", workdir / checkpoints.RUN_FILE]
+  return argv
+
+
+@case(2, r"^error: .*run: holds a run whose checkpoints are gone: --fresh starts it over")
+def a_run_whose_checkpoints_are_gone(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  (run / checkpoints.RUN_FILE).write_text('{"run_id": "0123"}')
+  (run / "metrics.jsonl").write_text('{"step": 2, "train_loss": 1.0}\n')
+  shutil.rmtree(run / "checkpoints")
+  for path in run.iterdir():
+    s.keep(path)
+  argv = s.train(f"--config.data.root={s.world.corpus}", workdir=run)
+  s.absent.remove(run)
+  s.absent.append(run / "checkpoints")
+  return argv
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, world, tmp_path):
+def test_bad_input(name, world, tmp_path, monkeypatch):
   setup, code, patterns = CASES[name]
   inputs = tmp_path / "inputs"
   inputs.mkdir()
   shutil.copy(world.good, inputs / "good.wav")
-  setting = Setting(world=world, tmp=tmp_path, inputs=inputs, out=tmp_path / "out")
+  setting = Setting(world=world, tmp=tmp_path, inputs=inputs, out=tmp_path / "out",
+                    patch=monkeypatch)
   argv = setup(setting)
 
   got, stdout, stderr = _run(argv, cwd=setting.cwd, env=setting.env)
@@ -673,3 +849,72 @@ def test_strict_false_from_the_command_line_skips_a_bad_validation_file(
   assert code == 0, stderr
   assert f"warning: wsj0-mix 'cv' at {corpus}: 1 of 2 examples are unusable:" in stderr
   assert f"step 1: validating on 1 utterances of wsj0-mix 'cv' at {corpus}" in stdout
+
+
+def test_a_diverged_run_exits_1_and_recommends_no_checkpoint(world, tmp_path,
+                                                            stand_in_training, monkeypatch):
+  monkeypatch.setattr(train, "evaluate_exits", lambda params, model, batches: {
+      "si_snri": [float("nan")] * 3, "nll": [0.0] * 3})
+  code, stdout, stderr = _run(
+      ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+       f"--config.data.root={world.corpus}", "--config.steps=2"])
+  assert code == 1, stderr
+  assert [line for line in stderr if line.startswith("error: ")] == [
+      f"error: {tmp_path / 'run'}: training diverged: the validation SI-SNRi at step 2 is "
+      "not finite; no checkpoint is fit to use (lower config.optimizer.learning_rate and "
+      "train in a new --workdir)"]
+  assert not any("eesep separate --checkpoint" in line for line in stdout), stdout
+
+
+def test_every_step_skipped_exits_1(world, tmp_path, stand_in_training):
+  stand_in_training["skips"] = {1, 2}
+  code, _, stderr = _run(
+      ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+       f"--config.data.root={world.corpus}", "--config.steps=2"])
+  assert code == 1, stderr
+  assert stderr[-1].endswith("every one of its 2 steps was skipped (non-finite loss or "
+                             "gradient): nothing was trained"), stderr
+
+
+def test_fresh_starts_a_run_whose_checkpoints_are_gone_over(world, tmp_path,
+                                                            stand_in_training):
+  argv = ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
+          f"--config.data.root={world.corpus}", "--config.steps=2"]
+  assert _run(argv)[0] == 0
+  first_id = checkpoints.run_id(tmp_path / "run")
+  metrics = tmp_path / "run" / train.METRICS_FILE
+  one_run = metrics.read_text().splitlines()
+  shutil.rmtree(tmp_path / "run" / "checkpoints")
+  assert _run(argv)[0] == 2
+  code, _, stderr = _run([*argv, "--fresh"])
+  assert code == 0, stderr
+  assert checkpoints.run_id(tmp_path / "run") not in (None, first_id)
+  assert len(metrics.read_text().splitlines()) == len(one_run)  # One run's log, not two.
+
+
+def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
+  from conftest import train_env
+
+  inputs, out = tmp_path / "inputs", tmp_path / "out"
+  inputs.mkdir()
+  for k in range(6):
+    soundfile.write(inputs / f"take{k}.wav", _noise(20 + k, 10 * RATE), RATE,
+                    subtype="PCM_16")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "eesep_jax.app.cli", "separate", str(inputs), "--checkpoint",
+       str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"],
+      cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 600
+  while not (out / "take0_s2.wav").exists():
+    assert process.poll() is None, process.stderr.read()[-4000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-4000:]
+  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-4000:]
+  assert "Traceback" not in stderr
+  assert not [path for path in out.iterdir() if not path.name.endswith(".wav")]
+  for k in range(6):  # Whole source sets only.
+    assert (out / f"take{k}_s1.wav").exists() == (out / f"take{k}_s2.wav").exists()

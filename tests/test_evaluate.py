@@ -76,7 +76,9 @@ def test_pesq_failures_are_reported_not_raised(evaluation):
 def test_simulated_stopping_matches_the_stopping_loop(model, evaluation):
   config, variables = model
   source, table, _ = evaluation
-  examples = [source[source.ids.index(name)] for name in table.ids]
+  examples = [dict(zip(("mixture", "sources"), inference.training_level(
+      example["mixture"], example["sources"])[1:]))
+              for example in (source[source.ids.index(name)] for name in table.ids)]
   mixtures = np.stack([example["mixture"] for example in examples])
   outputs = [evaluate.exit_outputs(variables, config, example["mixture"], example["sources"],
                                    targets=TARGETS) for example in examples]
@@ -88,7 +90,7 @@ def test_simulated_stopping_matches_the_stopping_loop(model, evaluation):
       exits = operating_points.policy_exits(table, "probabilistic", target_snr_db=target,
                                     confidence=confidence)
       result = inference.separate(variables, config, mixtures, target_snr_db=target,
-                                  confidence=float(confidence))
+                                  confidence=float(confidence), normalize_level=False)
       np.testing.assert_array_equal(result.exit_index, exits)
       for b, (k, output) in enumerate(zip(exits, outputs)):
         # Reference order back to the network's: `order[j]` is reference j's output.
@@ -109,7 +111,8 @@ def test_bucketed_evaluation_equals_each_utterance_alone(model, tmp_path):
   table, _ = evaluate.evaluate_model(variables, config, source, targets=TARGETS,
                                      span=False, progress=False)
   for name in source.ids:
-    example = source[source.ids.index(name)]
+    example = dict(zip(("mixture", "sources"), inference.training_level(
+        source[source.ids.index(name)]["mixture"], source[source.ids.index(name)]["sources"])[1:]))
     alone = exit_table.from_exit_outputs(
         name, evaluate.exit_outputs(variables, config, example["mixture"],
                                     example["sources"], targets=TARGETS),
@@ -160,7 +163,9 @@ def test_posthoc_scales_rescale_every_exit_without_recompiling(model, evaluation
 def test_estimates_get_their_best_si_snr_permutation(model, evaluation):
   config, variables = model
   source, table, _ = evaluation
-  example = source[source.ids.index("u0")]
+  # At the training level, where `evaluate_model` runs the network.
+  example = dict(zip(("mixture", "sources"), inference.training_level(
+      source[source.ids.index("u0")]["mixture"], source[source.ids.index("u0")]["sources"])[1:]))
   output = evaluate.exit_outputs(variables, config, example["mixture"], example["sources"],
                                  targets=TARGETS)
   chosen = metrics.si_snr(example["sources"], output["estimates"]).mean(axis=-1)

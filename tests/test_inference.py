@@ -37,7 +37,8 @@ def _training_probabilities(config, outputs, target_snr_db):
 def test_fixed_exit_reproduces_the_training_path(setup):
   config, variables, mixture, outputs = setup
   for k in range(1, config.num_exits + 1):
-    result = inference.separate(variables, config, mixture, policy="fixed", exit_index=k)
+    result = inference.separate(variables, config, mixture, policy="fixed", exit_index=k,
+                                normalize_level=False)
     np.testing.assert_array_equal(result.exit_index, k)
     np.testing.assert_allclose(result.estimates, outputs["estimates"][k - 1], atol=1e-5)
 
@@ -50,7 +51,7 @@ def test_probabilistic_policy_stops_at_the_first_confident_exit(setup):
   # Midway between observed probabilities: the two paths agree to float tolerance only.
   for confidence in (levels[:-1] + levels[1:])[::2] / 2:
     result = inference.separate(variables, config, mixture, target_snr_db=target,
-                                confidence=float(confidence))
+                                confidence=float(confidence), normalize_level=False)
     reached = probabilities >= confidence
     expected = np.where(reached.any(axis=0), reached.argmax(axis=0) + 1, config.num_exits)
     np.testing.assert_array_equal(result.exit_index, expected)
@@ -81,7 +82,8 @@ def test_compute_is_summed_along_the_path_taken(setup):
   per_exit = models.gmacs_by_exit(config, TIME)
   assert all(later > earlier for earlier, later in zip(per_exit, per_exit[1:]))
   for k in (1, config.num_exits):
-    result = inference.separate(variables, config, mixture, policy="fixed", exit_index=k)
+    result = inference.separate(variables, config, mixture, policy="fixed", exit_index=k,
+                                normalize_level=False)
     np.testing.assert_allclose(result.gmacs, per_exit[k - 1], rtol=1e-6)
 
 
@@ -96,12 +98,13 @@ def test_expected_snr_and_oracle_policies(setup):
   reached = expected_snr >= target
   expected = np.where(reached.any(axis=0), reached.argmax(axis=0) + 1, config.num_exits)
   result = inference.separate(variables, config, mixture, policy="expected-snr",
-                              target_snr_db=target)
+                              target_snr_db=target, normalize_level=False)
   np.testing.assert_array_equal(result.exit_index, expected)
   # Exit 2's own output, as the reference, is reached (infinite SNR) at exit 2 at the latest.
   references = outputs["estimates"][1][:, ::-1]
   oracle = inference.separate(variables, config, mixture, policy="oracle",
-                              target_snr_db=60.0, references=references)
+                              target_snr_db=60.0, references=references,
+                              normalize_level=False)
   assert np.all(np.asarray(oracle.exit_index) <= 2)
 
 
@@ -117,3 +120,46 @@ def test_bad_arguments_are_named(setup, kwargs, message):
   config, variables, mixture, _ = setup
   with pytest.raises(ValueError, match=message):
     inference.separate(variables, config, mixture, **kwargs)
+
+
+def _si_snri(references, estimates, mixture):
+  """Mean SI-SNR improvement under the best permutation, in float64 numpy (the test's
+  own reference, not the library's metric)."""
+  def si_snr(reference, estimate):
+    reference, estimate = reference - reference.mean(), estimate - estimate.mean()
+    target = reference * (estimate @ reference) / (reference @ reference)
+    return 10 * np.log10((target @ target) / np.sum((estimate - target) ** 2))
+  references, estimates = np.asarray(references, np.float64), np.asarray(estimates, np.float64)
+  best = max(np.mean([si_snr(r, e) for r, e in zip(references, order)])
+             for order in (estimates, estimates[::-1]))
+  return best - np.mean([si_snr(r, np.asarray(mixture, np.float64)) for r in references])
+
+
+def test_separation_does_not_depend_on_the_input_level(setup):
+  """From -60 to 0 dBFS peak (and beyond full scale), `separate` and `separate_long`
+  give the same exits and the same estimates relative to their input's level, so the
+  same SI-SNRi to float rounding; without the normalisation they do not."""
+  config, variables, _, _ = setup
+  rng = np.random.default_rng(0)
+  references = rng.standard_normal((2, 4 * TIME)) * np.array([[1.0], [0.5]])
+  mixture = references.sum(0)
+  mixture, references = mixture / np.abs(mixture).max(), references / np.abs(mixture).max()
+  levels = 10.0 ** (np.array([-60, -40, -20, -6, 0, 20]) / 20)
+  alone, long_ = [], []
+  for level in levels:
+    result = inference.separate(variables, config, (level * mixture)[None], exit_index=2,
+                                policy="fixed")
+    alone.append(_si_snri(level * references, result.estimates[0], level * mixture))
+    chunked = inference.separate_long(variables, config, level * mixture, exit_index=2,
+                                      policy="fixed", chunk_seconds=TIME / config.sample_rate,
+                                      overlap_seconds=200 / config.sample_rate)
+    assert chunked.exits.starts.size > 1
+    np.testing.assert_allclose(chunked.estimates / level, long_[0][1] if long_ else
+                               chunked.estimates / level, rtol=1e-3, atol=1e-5)
+    long_.append((_si_snri(level * references, chunked.estimates, level * mixture),
+                  chunked.estimates / level))
+  assert np.ptp(alone) < 0.01 and np.ptp([value for value, _ in long_]) < 0.01, (alone, long_)
+  raw = [_si_snri(level * references, inference.separate(
+      variables, config, (level * mixture)[None], exit_index=2, policy="fixed",
+      normalize_level=False).estimates[0], level * mixture) for level in levels[[0, 4]]]
+  assert abs(raw[0] - raw[1]) > 0.01  # The network alone is level dependent.

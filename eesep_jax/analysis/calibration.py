@@ -29,6 +29,7 @@ from scipy import optimize
 from scipy import special
 from scipy import stats
 
+from eesep_jax import errors
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 
@@ -418,6 +419,9 @@ def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False
 def save_posthoc(workdir, scales, regime=None):
   """Writes post-hoc scales to `workdir/POSTHOC_FILE` (JSON); returns the path.
 
+  The file is written under a temporary name and renamed, so that a run killed while
+  writing it leaves the previous file (or none), never half of one.
+
   Args:
     workdir: a training workdir.
     scales: `{name: [exits]}`.
@@ -430,25 +434,79 @@ def save_posthoc(workdir, scales, regime=None):
     raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}")
   path = pathlib.Path(workdir) / POSTHOC_FILE
   contents = {name: _float(value).tolist() for name, value in scales.items()}
-  path.write_text(json.dumps({**contents, REGIME_KEY: regime}, indent=2))
+  partial = path.with_name(f".{POSTHOC_FILE}.partial")
+  try:
+    partial.write_text(json.dumps({**contents, REGIME_KEY: regime}, indent=2))
+    partial.replace(path)
+  finally:
+    partial.unlink(missing_ok=True)
   return path
 
 
+def _is_number(value):
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _posthoc_problem(contents):
+  """What is wrong with the contents of a post-hoc file, or None."""
+  if not isinstance(contents, dict):
+    return "not a JSON object"
+  unknown = set(contents) - {*probabilistic.POSTHOC_SCALES, REGIME_KEY}
+  if unknown:
+    return f"unknown keys {sorted(unknown)}"
+  names = [name for name in contents if name != REGIME_KEY]
+  if not names:
+    return "holds no scales"
+  for name in names:
+    value = contents[name]
+    if not (isinstance(value, list) and value and all(map(_is_number, value))):
+      return f"{name} is not a list of numbers, one per exit"
+    if not all(math.isfinite(v) and v > 0 for v in value):
+      return f"{name} holds {value}: every scale must be finite and positive"
+  if len({len(contents[name]) for name in names}) > 1:
+    return "its scales differ in their number of exits"
+  regime = contents.get(REGIME_KEY)
+  if regime is not None:
+    keys = ("chunk_seconds", "overlap_seconds")
+    if not (isinstance(regime, dict) and set(regime) == set(keys) and all(
+        _is_number(regime[key]) and math.isfinite(regime[key]) and regime[key] > 0
+        for key in keys)):
+      return f"its {REGIME_KEY} is not {{\"chunk_seconds\": s, \"overlap_seconds\": s}}"
+  return None
+
+
 def _read_posthoc(workdir):
+  """`(path, contents)` of the post-hoc file in `workdir`, checked; contents None when
+  there is none.
+
+  Raises:
+    errors.DataError: naming the file, when it is damaged (not JSON, unknown or
+      missing keys, a scale that is no finite positive number, a malformed regime).
+  """
   path = pathlib.Path(workdir) / POSTHOC_FILE
-  return path, (json.loads(path.read_text()) if path.exists() else None)
+  if not path.exists():
+    return path, None
+  try:
+    contents = json.loads(path.read_text())
+    problem = _posthoc_problem(contents)
+  except ValueError as error:  # JSONDecodeError, and bytes that are no text.
+    problem = f"not JSON ({error})"
+  if problem:
+    raise errors.DataError(f"{path}: damaged post-hoc calibration, {problem}: run `eesep "
+                           "calibrate` again, or pass --no-posthoc")
+  return path, contents
 
 
 def load_posthoc(workdir):
-  """Post-hoc scales saved by `save_posthoc` in `workdir`, arrays `[exits]`; None if none."""
-  path, contents = _read_posthoc(workdir)
+  """Post-hoc scales saved by `save_posthoc` in `workdir`, arrays `[exits]`; None if none.
+
+  Raises:
+    errors.DataError: naming the file, when it is damaged (`_read_posthoc`).
+  """
+  _, contents = _read_posthoc(workdir)
   if contents is None:
     return None
-  scales = {name: _float(value) for name, value in contents.items() if name != REGIME_KEY}
-  unknown = set(scales) - set(probabilistic.POSTHOC_SCALES)
-  if unknown:
-    raise ValueError(f"{path} holds unknown post-hoc scales {sorted(unknown)}")
-  return scales
+  return {name: _float(value) for name, value in contents.items() if name != REGIME_KEY}
 
 
 def load_posthoc_regime(workdir):

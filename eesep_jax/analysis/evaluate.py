@@ -204,7 +204,9 @@ def _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
   it with `chunk_seconds` (see `evaluate_model`)."""
   for batch in batches:
     for i, length in enumerate(batch["length"].tolist()):
-      mixture, references = batch["mixture"][i, :length], batch["sources"][i, :, :length]
+      # At the training level, as `inference.separate_long` separates it.
+      _, mixture, references = inference.training_level(batch["mixture"][i, :length],
+                                                        batch["sources"][i, :, :length])
       utterance = str(batch["id"][i])
       if chunk_seconds is None:
         yield utterance, {}, mixture, references

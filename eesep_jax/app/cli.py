@@ -132,7 +132,8 @@ def train_command(args):
   if args.distributed or args.coordinator:
     train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   config, _ = config_lib.parse_flags(args.config, args.config_flags)
-  train.train_and_evaluate(config, args.workdir, profile_steps=profile_steps)
+  train.train_and_evaluate(config, args.workdir, fresh=args.fresh,
+                           profile_steps=profile_steps)
 
 
 def _numbers(text):
@@ -222,7 +223,20 @@ def _apply_run_defaults(args, config):
 
 
 def _grid(args):
-  """`--targets` and `--confidences`, as keywords."""
+  """`--targets` and `--confidences`, as keywords, every value checked as `separate`
+  checks `--target-snr` and `--confidence` (`_decibels`, `_confidence`), whether given
+  or the run's defaults: call it before any work.
+
+  Raises:
+    errors.UsageError: naming the flag and the first value out of range.
+  """
+  for flag, values, check in (("--targets", args.targets, _decibels),
+                              ("--confidences", args.confidences, _confidence)):
+    for value in values:
+      try:
+        check(f"{value:g}")
+      except argparse.ArgumentTypeError as error:
+        raise errors.UsageError(flag, str(error)) from None
   return {"targets": args.targets, "confidences": args.confidences}
 
 
@@ -257,14 +271,15 @@ def evaluate_command(args):
 
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
   _apply_run_defaults(args, config)
+  grid = _grid(args)
   model_config, variables = checkpoints.restore_params(args.checkpoint)
+  scales = _posthoc_scales(args, model_config)
   source = data.open_split(config, args.split or config.data.test_split)
   separate_files.prepare_out_dir(args.out)
-  scales = _posthoc_scales(args, model_config)
   table, summary = evaluate.evaluate_model(
       variables, model_config, source, max_utterances=args.max_utterances,
       enhancement_metrics=args.enhancement_metrics, target_snr_db=args.target_snr,
-      confidence=args.confidence, posthoc_scales=scales, **_grid(args))
+      confidence=args.confidence, posthoc_scales=scales, **grid)
   summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
              "posthoc_scales": None if scales is None else {
                  name: value.tolist() for name, value in scales.items()},
@@ -320,9 +335,11 @@ def _chunking(args, config):
     chunking["chunk_batch"] = args.chunk_batch
   try:
     inference.chunk_lengths(config, chunking["chunk_seconds"], chunking["overlap_seconds"])
-  except ValueError as error:
-    raise errors.UsageError(f"--overlap-seconds {chunking['overlap_seconds']:g}",
-                            str(error)) from None
+    inference.check_chunk_memory(config, chunking["chunk_seconds"],
+                                 chunking.get("chunk_batch", inference.CHUNK_BATCH))
+  except inference.ChunkingError as error:
+    flag = "--" + error.field.replace("_", "-")
+    raise errors.UsageError(f"{flag} {chunking[error.field]:g}", error.problem) from None
   return chunking
 
 
@@ -394,6 +411,7 @@ def calibrate_command(args):
     raise errors.UsageError("--fit-alpha", "needs --method nll")
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
   _apply_run_defaults(args, config)
+  grid = _grid(args)
   # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.
   fit_config = config
   if args.fit_dataset or args.fit_data_root:
@@ -415,7 +433,7 @@ def calibrate_command(args):
       method=args.method, fit_alpha=args.fit_alpha, target_snr_db=args.target_snr,
       delta=args.delta, epsilon=args.epsilon, max_utterances=args.max_utterances,
       chunk_seconds=chunking["chunk_seconds"], overlap_seconds=chunking["overlap_seconds"],
-      **_grid(args))
+      **grid)
   print(calibration_report.text_summary(report))
   print(f"saved post-hoc scales to {report['posthoc']['path']}: `eesep evaluate` and "
         "`eesep separate` apply them from now on (--no-posthoc to ignore them); they are "
@@ -490,6 +508,10 @@ def build_parser():
            "what `eesep demo` trains)")
   parser_train.add_argument("--workdir", required=True,
                             help="checkpoints, config and logs (local path or gs://)")
+  parser_train.add_argument(
+      "--fresh", action="store_true",
+      help="start the run in --workdir over, removing its checkpoints and logs (a run "
+           "whose checkpoints are gone is refused without it)")
   parser_train.add_argument("--distributed", action="store_true",
                             help="join a multi-host job, discovering it (Cloud TPU pods)")
   parser_train.add_argument("--coordinator", help="host:port of process 0 (multi-process)")
@@ -660,7 +682,8 @@ def main(argv=None):
 
   Raises:
     SystemExit: with code 2 for a usage error, 1 for a data error, after its one line
-      on stderr (`errors.report`).
+      on stderr (`errors.report`); 130 on Ctrl-C, after one line too (what each
+      command was writing is removed, or left whole, by the command).
   """
   args = None
   try:
@@ -671,6 +694,9 @@ def main(argv=None):
   except errors.REPORTED as error:
     # `--debug` is parsed only once the flags are: before that, only the variable counts.
     raise SystemExit(errors.report(error, getattr(args, "debug", False))) from None
+  except KeyboardInterrupt as interrupt:
+    raise SystemExit(errors.report_interrupt(interrupt, getattr(args, "debug", False))
+                     ) from None
 
 
 if __name__ == "__main__":

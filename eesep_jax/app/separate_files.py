@@ -5,21 +5,27 @@ Every input, at any sample rate and with any number of channels, is downmixed to
 (`inference.separate_long`), and each source is resampled back and written at the
 input's rate and exact length as `OUT/<input stem>_s<k>.wav`.
 
-Outputs are 16-bit PCM WAV, what the separation corpora and most players use. All
-sources of a file are scaled by one gain, so their relative levels are kept, and only
-ever down, so that no sample exceeds `PEAK` and nothing clips.
+Outputs are 16-bit PCM WAV, what the separation corpora and most players use, except
+a file's whose sources are so quiet (peak under `QUIET_PEAK`) that 16-bit steps would
+drown them: those are 32-bit float WAV, with a warning naming the file. All sources of
+a file are scaled by one gain, so their relative levels are kept, and only ever down,
+so that no sample exceeds `PEAK` and nothing clips. (The model itself sees every input
+at its training level, whatever the file's: `inference.separate`.)
 
 Each file goes through the same steps, one function each:
 
 1. `check_outputs`: what its outputs would replace (see below);
-2. `read_input`: read and checked (a plausible header, every sample finite, not
-   silent), downmixed and resampled;
+2. `read_input`: read and checked (a regular file, a plausible header, every sample
+   finite, not silent, not too short to resample), downmixed and resampled;
 3. `inference.separate_long`;
 4. `finish_sources`: back to the input's rate and length, checked finite, scaled so
    that nothing clips;
-5. `write_outputs`: each source written to a temporary name in the output folder and
-   renamed into place (`audio.write_audio`), so that an interrupted run leaves no
-   partial WAV, and marked in its WAV comment as this input's output.
+5. `write_outputs`: all of a file's sources or none. Each is written to a temporary
+   file of this run's in the output folder (`audio.write_partial`), marked in its WAV
+   comment as this input's output; once all are written, each is moved into place
+   with an atomic no-replace link (`audio.place`), so that neither a crash, a full
+   disk, Ctrl-C nor a concurrent run into the same folder leaves a partial WAV, half
+   a source set, or one run's outputs replaced by another's.
 
 What is never overwritten, and what is never an input:
 
@@ -34,8 +40,12 @@ What is never overwritten, and what is never an input:
   first run's outputs; name such a file to separate it;
 - a file given twice (`dir/` and `dir/x.wav`) is separated once, with a warning.
 
-A file that cannot be separated (missing, empty, corrupt, not audio, silent, holding
-NaN, an output that cannot be written) gets a `FileResult` whose `error` is one line
+Only regular files are inputs: a FIFO, a device or a socket is refused by name
+without being opened (a FIFO would block the run for good).
+
+A file that cannot be separated (missing, no regular file, empty, corrupt, not audio,
+silent, holding NaN, an output that cannot be written, whatever the audio library
+raised) gets a `FileResult` whose `error` is one line
 naming it, and the other files go on. The output folder itself is checked before the
 first file (`prepare_out_dir`).
 """
@@ -55,6 +65,8 @@ from eesep_jax.data import audio
 from eesep_jax.data import mixing
 
 PEAK = 0.99
+# Outputs peaking below this use under 8 of 16 bits: they are written as float.
+QUIET_PEAK = 2.0 ** -7
 # One step of 16-bit audio: a file no louder than that holds nothing to separate.
 SILENCE_PEAK = 2.0 ** -15
 # Longer inputs are announced before the work: hours of audio take a while.
@@ -87,7 +99,8 @@ class FileResult:
 
 
 def is_output(path):
-  """Whether `path` is a file `eesep separate` wrote (its WAV comment is its mark)."""
+  """Whether `path` is a file `eesep separate` wrote (its WAV comment is its mark); a
+  FIFO, device or socket is not opened, and is not."""
   return audio.read_comment(path).startswith(MARK + ":")
 
 
@@ -197,8 +210,10 @@ def read_input(path, sample_rate):
   downmixed, or is over `LONG_INPUT_SECONDS` long.
 
   Raises:
-    audio.AudioError: when `path` is missing, unreadable, empty, truncated, claims an
-      implausible rate, holds a NaN or an infinity, or is silent.
+    audio.AudioError: when `path` is missing, no regular file (a FIFO, a device: it is
+      not opened), unreadable, empty, truncated, too short to leave a sample at
+      `sample_rate`, claims an implausible rate, holds a NaN or an infinity, or is
+      silent.
   """
   if os.path.isdir(path):
     raise audio.AudioError(
@@ -208,6 +223,9 @@ def read_input(path, sample_rate):
     warnings.warn(f"{path}: {info.seconds / 3600:.1f} hours of audio at "
                   f"{info.sample_rate} Hz: separating it takes a while", stacklevel=2)
   mixture = audio.read_audio(path, sample_rate)
+  if not mixture.size:
+    raise audio.AudioError(path, f"{info.frames} samples at {info.sample_rate} Hz are too "
+                                 f"short: none remain at the model's {sample_rate} Hz")
   if np.max(np.abs(mixture)) <= SILENCE_PEAK:
     raise audio.AudioError(path, "silent (no sample above one 16-bit step): "
                                  "nothing to separate")
@@ -242,26 +260,72 @@ def finish_sources(path, estimates, sample_rate, info):
   return gain * sources, gain
 
 
-def write_outputs(path, outputs, sources, sample_rate):
-  """Writes each of `path`'s `sources` to its output, marked (`output_mark`); on a
-  failure, removes the ones written, so that a file's outputs are all there or none.
+def output_subtype(path, sources):
+  """The WAV sample format of `path`'s outputs: 16-bit PCM, unless the `sources`
+  `[sources, time]` are so quiet (peak under `QUIET_PEAK`) that 16-bit steps would
+  drown them, which are written as 32-bit float, with a warning."""
+  peak = float(np.max(np.abs(sources), initial=0.0))
+  if peak >= QUIET_PEAK:
+    return "PCM_16"
+  warnings.warn(f"{path}: its sources peak at {20 * np.log10(max(peak, 1e-30)):.0f} dBFS, "
+                "too quiet for 16-bit steps: written as 32-bit float WAV", stacklevel=2)
+  return "FLOAT"
+
+
+def _place_output(path, partial, output, mark, overwrite):
+  """Moves `partial` to `output`: over an existing file only with `overwrite`, or when
+  it is this input's own output from an earlier run (its `mark`).
+
+  Raises:
+    audio.AudioError: naming `path`, when another file took `output` meanwhile (a
+      concurrent run writing into the same folder), or it cannot be written.
+  """
+  try:
+    try:
+      audio.place(partial, output, replace=overwrite)
+    except FileExistsError:
+      if audio.read_comment(output) != mark:
+        raise audio.AudioError(path, f"{output} appeared while it was separated (another "
+                                     "run writing into the same folder?): not replaced, "
+                                     "none of its outputs written") from None
+      audio.place(partial, output, replace=True)
+  except OSError as error:
+    raise audio.AudioError(path, f"cannot write {output} ({audio.write_error(error)}): "
+                                 "none of its outputs written") from None
+
+
+def write_outputs(path, outputs, sources, sample_rate, overwrite=False):
+  """Writes `path`'s `sources` `[sources, time]` to its `outputs`, marked
+  (`output_mark`), all or none: each is written to a temporary file first
+  (`audio.write_partial`), and only when all are written are they moved into place
+  (`_place_output`); a failure at any point (a full disk, a file another run put there
+  meanwhile, Ctrl-C) removes the temporary files and the outputs already placed.
 
   Raises:
     audio.AudioError: naming `path` and the output that could not be written.
   """
-  written = []
+  subtype = output_subtype(path, sources)
+  partials, placed = [], []
   try:
     for k, (output, source) in enumerate(zip(outputs, sources), start=1):
-      audio.write_audio(output, source, sample_rate,
-                        comment=output_mark(path, k, len(outputs)))
-      written.append(output)
-  except (OSError, audio.AudioError) as error:
-    for output in written:
+      try:
+        partials.append(audio.write_partial(output, source, sample_rate,
+                                            comment=output_mark(path, k, len(outputs)),
+                                            subtype=subtype))
+      except audio.AudioError as error:
+        raise audio.AudioError(path, f"{output} {error.problem}: none of its outputs "
+                                     "written") from None
+    for k, (output, partial) in enumerate(zip(outputs, partials), start=1):
+      _place_output(path, partial, output, output_mark(path, k, len(outputs)), overwrite)
+      placed.append(output)
+  except BaseException:
+    for output in placed:
       os.remove(output)
-    if isinstance(error, audio.AudioError):
-      raise
-    raise audio.AudioError(path, f"cannot write {error.filename or outputs[len(written)]}: "
-                                 f"{error.strerror or error}") from None
+    raise
+  finally:
+    for partial in partials:
+      if os.path.exists(partial):
+        os.remove(partial)
 
 
 class _ChunkBar:
@@ -321,7 +385,7 @@ def separate_file(path, *, variables, config, out_dir, overwrite=False, progress
     if bar:
       bar.close()
   sources, gain = finish_sources(path, result.estimates, config.sample_rate, info)
-  write_outputs(path, outputs, sources, info.sample_rate)
+  write_outputs(path, outputs, sources, info.sample_rate, overwrite=overwrite)
   return FileResult(path=path, outputs=outputs, exits=result.exits, gain=gain)
 
 

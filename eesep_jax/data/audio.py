@@ -6,15 +6,19 @@ thousand files points at the one to fix.
 
 What is read is checked: a header must promise a plausible sample rate and no more
 frames than the file holds, and every sample read must be finite. What is written is
-checked too: `write_audio` refuses a NaN, an infinity or a sample beyond full scale,
-and writes to a temporary name in the target folder that it then renames, so that an
-interrupted write never leaves a partial file under the real name.
+checked too: `write_partial` refuses a NaN, an infinity or a sample beyond full
+scale, and writes to a temporary name of its own in the target folder, which `place`
+moves to the real name atomically (never over another run's file, unless asked), so
+that an interrupted write never leaves a partial file under the real name. Only
+regular files are read: a FIFO, a device or a socket is refused by name, unopened.
 """
 
 import dataclasses
 import hashlib
 import os
+import stat
 import struct
+import tempfile
 import warnings
 
 import numpy as np
@@ -100,10 +104,37 @@ def _declared_wav_frames(path):
         file.seek(size + size % 2, os.SEEK_CUR)
 
 
+# What a path that is no regular file is, by its `stat` mode: opening one could block
+# (a FIFO waits for a writer) or read without end (a device).
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISDIR, "a folder"))
+
+
+def special_file(path):
+  """What `path` is when it exists and is no regular file ("a FIFO (named pipe)", "a
+  socket", ...), from its `stat` alone, without opening it; None otherwise."""
+  try:
+    mode = os.stat(path).st_mode
+  except (OSError, ValueError):
+    return None
+  return next((what for test, what in _SPECIAL_FILES if test(mode)), None)
+
+
+def check_regular(path):
+  """Raises an `AudioError` naming `path` when it is a FIFO, device, socket or folder:
+  only regular files are read, and this one is not opened."""
+  what = special_file(path)
+  if what is not None:
+    raise AudioError(path, f"{what}, not a regular file: not read")
+
+
 def inspect_audio(path):
-  """Reads `path`'s header; raises `AudioError` if it is missing, unreadable or truncated."""
+  """Reads `path`'s header; raises `AudioError` if it is missing, no regular file,
+  unreadable or truncated."""
   if not os.path.exists(path):
     raise AudioError(path, "file does not exist")
+  check_regular(path)
   try:
     info = soundfile.info(path)
   except (soundfile.LibsndfileError, RuntimeError) as error:
@@ -165,8 +196,10 @@ def load_audio(path, sample_rate):
   channels are averaged, and a file at another rate is resampled.
 
   Raises:
-    AudioError: naming the file, when it is missing or cannot be decoded.
+    AudioError: naming the file, when it is missing, no regular file, or cannot be
+      decoded.
   """
+  check_regular(path)
   try:
     audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
   except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
@@ -193,54 +226,144 @@ def downmix_message(path, channels):
   return f"{path}: {channels} channels, downmixed to mono by averaging them"
 
 
-def partial_path(path):
-  """The temporary name `write_audio` writes `path` under before renaming it: in the
-  same folder (so the rename is atomic), hidden, not an audio extension (so no folder
-  listing takes it for audio), short whatever the length of `path`'s name, and the same
-  on every run (so a rerun replaces what an interrupted one left)."""
+def _partial_prefix(path):
+  """What the temporary names of `path` start with: in its folder (so that moving one
+  into place is atomic), hidden, and short whatever the length of `path`'s name."""
   directory, name = os.path.split(os.fspath(path))
   digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-  return os.path.join(directory, f".eesep-{digest}{PARTIAL_SUFFIX}")
+  return os.path.join(directory, f".eesep-{digest}-")
 
 
-def write_audio(path, audio, sample_rate, comment=None):
-  """Writes float `audio` `[time]` in [-1, 1] to `path` as 16-bit PCM WAV (as WSJ0-2mix
-  does), by way of `partial_path(path)` and a rename: an interrupted write leaves no
-  partial file at `path`.
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # Another user's process: alive.
+    return True
+  return True
+
+
+_CLEANED_FOLDERS = set()
+
+
+def _remove_stale_partials(directory):
+  """Removes, once per folder and process, the temporary files that killed processes
+  left there (SIGKILL runs no clean-up); those of running processes stay."""
+  key = os.path.realpath(directory)
+  if key in _CLEANED_FOLDERS:
+    return
+  for name in os.listdir(directory):
+    pid = name.split("-")[2] if name.count("-") >= 3 else ""
+    if name.startswith(".eesep-") and name.endswith(PARTIAL_SUFFIX) and pid.isdigit() and (
+        not _alive(int(pid))):
+      try:
+        os.remove(os.path.join(directory, name))
+      except FileNotFoundError:  # Another run removed it first.
+        pass
+  _CLEANED_FOLDERS.add(key)
+
+
+def write_error(error):
+  """What an `OSError` or a libsndfile error (a full disk, a vanished folder) says."""
+  return (getattr(error, "strerror", None) or getattr(error, "error_string", None)
+          or str(error))
+
+
+def write_partial(path, audio, sample_rate, comment=None, subtype="PCM_16"):
+  """Writes float `audio` `[time]` in [-1, 1] as a WAV under a new temporary name next
+  to `path`, for `place` to move to `path`; returns that name. The name is this call's
+  own (several runs may write the same `path` at once), hidden, and not an audio
+  extension, so that no folder listing takes it for audio.
 
   Args:
-    path: the file to write; its folder is created if missing.
+    path: the file the audio is meant for; its folder is created if missing.
     audio: `[time]` samples, all finite and within [-1, 1].
     sample_rate: in Hz.
     comment: text stored in the file's INFO chunk (`read_comment` gives it back).
+    subtype: `PCM_16` (as WSJ0-2mix), or `FLOAT` for audio too quiet for 16 bits.
 
   Raises:
-    AudioError: naming `path`, when a sample is NaN, infinite or beyond full scale;
-      nothing is written then.
+    AudioError: naming `path`, when a sample is NaN, infinite or beyond full scale, or
+      the file cannot be written (a full disk: whatever the audio library raises);
+      nothing is left behind then.
   """
   audio = np.asarray(audio, dtype=np.float64)
   check_finite(path, audio, "samples to write")
   peak = float(np.max(np.abs(audio), initial=0.0))
   if peak > 1.0:
     raise AudioError(path, f"refusing to write samples beyond full scale (peak {peak:.3g})")
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  partial = partial_path(path)
+  partial = None
   try:
-    with soundfile.SoundFile(partial, "w", sample_rate, 1, subtype="PCM_16",
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _remove_stale_partials(os.path.dirname(path) or ".")
+    handle, partial = tempfile.mkstemp(prefix=f"{os.path.basename(_partial_prefix(path))}"
+                                              f"{os.getpid()}-",
+                                       suffix=PARTIAL_SUFFIX, dir=os.path.dirname(path) or ".")
+    os.close(handle)
+    with soundfile.SoundFile(partial, "w", sample_rate, 1, subtype=subtype,
                              format="WAV") as file:
       if comment is not None:
         file.comment = comment
       file.write(audio)
-    os.replace(partial, path)
-  except BaseException:
+    return partial
+  except BaseException as error:
     # Whatever stopped the write (a full disk, Ctrl-C), no half-written file stays.
-    if os.path.exists(partial):
+    if partial is not None and os.path.exists(partial):
       os.remove(partial)
+    if isinstance(error, (OSError, RuntimeError)):  # libsndfile's are RuntimeErrors.
+      raise AudioError(path, f"cannot be written ({write_error(error)})") from None
     raise
 
 
+def place(partial, path, replace=False):
+  """Moves the file `partial` (`write_partial`'s) to `path`, atomically.
+
+  Without `replace`, an existing `path` is never replaced, even one that appeared an
+  instant ago (another run writing the same name): a hard link made where no file is,
+  then `partial` unlinked. Where the file system has no hard links (some network
+  mounts), `path` is claimed by an exclusive create first, then replaced.
+
+  Raises:
+    FileExistsError: when `path` exists and not `replace`; `partial` is kept.
+  """
+  if replace:
+    os.replace(partial, path)
+    return
+  try:
+    os.link(partial, path)
+  except FileExistsError:
+    raise
+  except OSError:  # No hard links here: claim the name, then rename over the claim.
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    os.replace(partial, path)
+    return
+  os.remove(partial)
+
+
+def write_audio(path, audio, sample_rate, comment=None, subtype="PCM_16"):
+  """Writes float `audio` `[time]` in [-1, 1] to `path` as a WAV (16-bit PCM as
+  WSJ0-2mix, unless `subtype`), replacing what is there, by way of `write_partial` and
+  a rename: an interrupted write leaves no partial file at `path`.
+
+  Raises:
+    AudioError: naming `path`, when a sample is NaN, infinite or beyond full scale, or
+      the file cannot be written; nothing is written then.
+  """
+  partial = write_partial(path, audio, sample_rate, comment=comment, subtype=subtype)
+  try:
+    place(partial, path, replace=True)
+  except OSError as error:
+    if os.path.exists(partial):
+      os.remove(partial)
+    raise AudioError(path, f"cannot be written ({write_error(error)})") from None
+
+
 def read_comment(path):
-  """The comment `write_audio` stored in `path`; "" when it has none or is unreadable."""
+  """The comment `write_partial` stored in `path`; "" when it has none, is unreadable,
+  or is no regular file (which is not opened: a FIFO would block)."""
+  if special_file(path) is not None:
+    return ""
   try:
     with soundfile.SoundFile(path) as file:
       return file.comment or ""

@@ -4,6 +4,8 @@ import argparse
 import json
 import time
 
+from eesep_jax import errors
+
 _SYNTH_EXAMPLE = ("eesep data synth --out data/synth-2mix --sample-rate 8000 --num-sources 2 "
                   "--num-train 400 --num-valid 50 --num-test 50 --noise none --seed 0")
 
@@ -22,10 +24,28 @@ def _heldout():
 _ACCENTS = {"english": _english, "heldout": _heldout}
 
 
+def _count(text, least=0):
+  """An integer of at least `least` (`--num-train`: 0 or more)."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = least - 1
+  if value < least:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least {least}")
+  return value
+
+
+def _workers(text):
+  return _count(text, least=1)
+
+
 def synth_command(args):
   """Synthesises the embedded eSpeak corpus and prints its manifest summary."""
   from eesep_jax.data import synth  # pylint: disable=g-import-not-at-top
 
+  if not args.num_train + args.num_valid + args.num_test:
+    raise errors.UsageError("--num-train, --num-valid, --num-test",
+                            "all zero: nothing to synthesise")
   start = time.perf_counter()
   manifest = synth.synthesize_corpus(
       args.out, sample_rate=args.sample_rate, num_sources=args.num_sources,
@@ -64,11 +84,11 @@ def add_data_commands(subparsers):
   parser.add_argument("--num-sources", type=int, choices=(2, 3), default=2,
                       help="speakers per mixture (default: 2)")
   defaults = synth.DEMO_SIZES
-  parser.add_argument("--num-train", type=int, default=defaults["num_train"],
+  parser.add_argument("--num-train", type=_count, default=defaults["num_train"],
                       help=f"training mixtures (default: {defaults['num_train']})")
-  parser.add_argument("--num-valid", type=int, default=defaults["num_valid"],
+  parser.add_argument("--num-valid", type=_count, default=defaults["num_valid"],
                       help=f"validation mixtures (default: {defaults['num_valid']})")
-  parser.add_argument("--num-test", type=int, default=defaults["num_test"],
+  parser.add_argument("--num-test", type=_count, default=defaults["num_test"],
                       help=f"test mixtures (default: {defaults['num_test']})")
   parser.add_argument("--noise", choices=("none", *synth.NOISES), default="none",
                       help="background noise for noisy separation and enhancement "
@@ -77,7 +97,7 @@ def add_data_commands(subparsers):
   parser.add_argument("--accents", choices=sorted(_ACCENTS), default="english",
                       help="speakers' accents: English eSpeak voices, or other languages' "
                            "voices that no English corpus trains on (default: english)")
-  parser.add_argument("--num-workers", type=int, default=None,
+  parser.add_argument("--num-workers", type=_workers, default=None,
                       help="synthesis processes (default: CPU count, at most 8)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   return data_parser

@@ -247,7 +247,7 @@ def _write_csv(path, header, rows):
     writer.writerows(rows)
 
 
-def _check_arguments(sample_rate, num_sources, noise, sizes):
+def _check_arguments(sample_rate, num_sources, noise, sizes, num_workers):
   if sample_rate not in SAMPLE_RATES:
     raise ValueError(f"sample_rate={sample_rate}; the corpus is made at {SAMPLE_RATES} Hz")
   if not 1 <= num_sources <= min(SPEAKERS.values()):
@@ -256,6 +256,8 @@ def _check_arguments(sample_rate, num_sources, noise, sizes):
     raise ValueError(f"noise={noise!r}; expected None or one of {NOISES}")
   if any(size < 0 for size in sizes.values()) or not any(sizes.values()):
     raise ValueError(f"mixture counts {sizes}: need non-negative counts, not all zero")
+  if num_workers is not None and num_workers < 1:
+    raise ValueError(f"num_workers={num_workers}; expected at least 1")
 
 
 def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400,
@@ -279,7 +281,7 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
     layout, and per split the number of mixtures, their speakers and total seconds.
   """
   sizes = {"tr": num_train, "cv": num_valid, "tt": num_test}
-  _check_arguments(sample_rate, num_sources, noise, sizes)
+  _check_arguments(sample_rate, num_sources, noise, sizes, num_workers)
   out_dir = os.path.abspath(os.fspath(out_dir))
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     interrupted = os.path.exists(os.path.join(out_dir, _IN_PROGRESS))

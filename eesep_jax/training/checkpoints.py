@@ -7,6 +7,7 @@ train state and the data iterator's position). The manager keeps the latest
 """
 
 import json
+import uuid
 
 from etils import epath
 import grain
@@ -21,6 +22,10 @@ from eesep_jax import models
 
 CONFIG_FILE = "config.json"
 BEST_METRIC = "valid_si_snri_last_exit"
+# Marks a workdir as `eesep train`'s: a random run id, written before anything else.
+RUN_FILE = "eesep_run.json"
+# What a run writes in its workdir besides `RUN_FILE` (`fresh=True` removes them).
+RUN_CONTENTS = (CONFIG_FILE, "checkpoints", "metrics.jsonl", "tensorboard")
 
 
 def open_manager(workdir, config):
@@ -45,6 +50,77 @@ def absolute(workdir):
   """`workdir` as an absolute `epath.Path` (orbax needs absolute paths; `gs://` stays)."""
   path = epath.Path(workdir)
   return path if path.is_absolute() or "://" in str(workdir) else epath.Path(path.resolve())
+
+
+def run_id(workdir):
+  """The id in `workdir`'s `RUN_FILE`; None when it has none (or it is unreadable)."""
+  path = epath.Path(workdir) / RUN_FILE
+  try:
+    return json.loads(path.read_text())["run_id"]
+  except (OSError, ValueError, TypeError, KeyError):
+    return None
+
+
+def _has_checkpoint(workdir):
+  folder = epath.Path(workdir) / "checkpoints"
+  return folder.is_dir() and any(entry.name.isdigit() for entry in folder.iterdir())
+
+
+def check_workdir(workdir, fresh=False):
+  """Whether `eesep train` may use `workdir`: `"new"` (missing or empty: a new run),
+  `"resume"` (a run of its own with a checkpoint) or `"fresh"` (a run of its own,
+  started over as `fresh` asks). Writes nothing.
+
+  A workdir is a run's own when it holds `RUN_FILE` (a random id a user's look-alike
+  files lack), or, for runs older than that file, an orbax checkpoint next to its
+  config.
+
+  Raises:
+    errors.UsageError: naming `workdir`, when it holds files that are no run of
+      `eesep train` (a user's config.json or metrics.jsonl), or a run whose checkpoints
+      are gone, which would restart and mix two runs' logs (unless `fresh`).
+  """
+  path = epath.Path(workdir)
+  if not path.exists():
+    return "new"
+  if not path.is_dir():
+    raise errors.UsageError(workdir, "is a file, not a folder for the run")
+  names = sorted(entry.name for entry in path.iterdir())
+  if not names:
+    return "new"
+  ours = run_id(path) is not None or (
+      (path / CONFIG_FILE).is_file() and _has_checkpoint(path))
+  if not ours:
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise errors.UsageError(workdir, f"holds files that are no eesep train run ({listed}): "
+                                     "train in a new or empty --workdir")
+  if fresh:
+    return "fresh"
+  if _has_checkpoint(path):
+    return "resume"
+  if set(names) - {RUN_FILE, CONFIG_FILE}:
+    raise errors.UsageError(workdir, "holds a run whose checkpoints are gone: --fresh "
+                                     "starts it over (its logs and checkpoints are removed)")
+  return "new"  # Stopped before it wrote anything but its config: nothing to lose.
+
+
+def start_run(workdir, how):
+  """Prepares `workdir` for a run `check_workdir` allowed (`how`): creates it, removes
+  a run's own files when it starts `"fresh"`, and marks it with a new `RUN_FILE`
+  unless it resumes (or is a run that has one)."""
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  if how == "fresh":
+    for name in RUN_CONTENTS:
+      if (path / name).is_dir():
+        (path / name).rmtree()
+      elif (path / name).exists():
+        (path / name).unlink()
+  if how == "resume" and run_id(path) is not None:
+    return
+  partial = path / f".{RUN_FILE}.partial"
+  partial.write_text(json.dumps({"run_id": uuid.uuid4().hex}))
+  partial.replace(path / RUN_FILE)
 
 
 def write_config(config, workdir):

@@ -344,9 +344,26 @@ def _best_validation(workdir):
   return best["step"], best["valid_si_snri"]
 
 
-def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager):
+def failure(workdir, *, start_step, end_step, skipped):
+  """Why a finished run failed, one line, or None: its last validation is not finite
+  (it diverged), or every step it ran was skipped (non-finite loss or gradient)."""
+  path = epath.Path(workdir) / METRICS_FILE
+  records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+  validations = [r for r in records if "valid_si_snri" in r]
+  if validations and not np.all(np.isfinite(validations[-1]["valid_si_snri"])):
+    return (f"{workdir}: training diverged: the validation SI-SNRi at step "
+            f"{validations[-1]['step']} is not finite; no checkpoint is fit to use (lower "
+            "config.optimizer.learning_rate and train in a new --workdir)")
+  if end_step > start_step and skipped >= end_step:
+    return (f"{workdir}: every one of its {end_step} steps was skipped (non-finite loss or "
+            "gradient): nothing was trained")
+  return None
+
+
+def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager,
+             failed=False):
   """The lines `train_and_evaluate` ends with: steps, time, skipped steps, the best
-  validation per exit, and where the checkpoints are."""
+  validation per exit, and where the checkpoints are (recommended unless `failed`)."""
   lines = [f"trained to step {end_step} of {config.steps} ({end_step - start_step} steps "
            f"in {seconds / 60:.1f} min); {skipped} steps skipped in all (non-finite loss "
            "or gradient)"]
@@ -357,13 +374,14 @@ def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager
     step, si_snri = best
     lines.append(f"best validation SI-SNRi (step {step}): " + ", ".join(
         f"exit {k} {value:.2f} dB" for k, value in enumerate(si_snri, start=1)))
-  lines.append(f"checkpoints: {workdir / 'checkpoints'} (latest step {manager.latest_step()}"
-               f", best {manager.best_step()}); `eesep separate --checkpoint {workdir}` "
-               "uses the best")
+  if not failed:
+    lines.append(f"checkpoints: {workdir / 'checkpoints'} (latest step "
+                 f"{manager.latest_step()}, best {manager.best_step()}); `eesep separate "
+                 f"--checkpoint {workdir}` uses the best")
   return "\n".join(lines)
 
 
-def train_and_evaluate(config, workdir, *, profile_steps=None):
+def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   Nothing is written before the config is validated (`config_lib.validate_config`),
@@ -379,7 +397,10 @@ def train_and_evaluate(config, workdir, *, profile_steps=None):
 
   Args:
     config: an experiment `ConfigDict` (see `config_lib.base_config`).
-    workdir: where the config, checkpoints, `metrics.jsonl` and TensorBoard events go.
+    workdir: where the config, checkpoints, `metrics.jsonl` and TensorBoard events go:
+      missing, empty, or holding a run of `eesep train` (`checkpoints.check_workdir`).
+    fresh: start the run in `workdir` over, removing its checkpoints and logs (a run
+      whose checkpoints are gone is refused without it).
     profile_steps: `(first, last)`: write a `jax.profiler` trace of these steps to
       `workdir/profile/`.
 
@@ -387,8 +408,10 @@ def train_and_evaluate(config, workdir, *, profile_steps=None):
     The final `TrainState`.
 
   Raises:
-    errors.UsageError: for a config error, or a resume the checkpoint cannot take.
-    errors.DataError: for data that cannot be used.
+    errors.UsageError: for a config error, a workdir that is not the run's, or a
+      resume the checkpoint cannot take.
+    errors.DataError: for data that cannot be used, and, after the summary, for a run
+      that diverged or skipped every step (`failure`).
   """
   config_lib.validate_config(config)
   if config.batch_size % jax.process_count():
@@ -398,11 +421,14 @@ def train_and_evaluate(config, workdir, *, profile_steps=None):
   is_lead = jax.process_index() == 0
   say = functools.partial(tqdm.tqdm.write, file=sys.stdout) if is_lead else (
       lambda *args, **kwargs: None)
-  _check_resume(config, workdir)
+  how = checkpoints.check_workdir(workdir, fresh)
+  if how == "resume":
+    _check_resume(config, workdir)
   throughput.use_compilation_cache(config.get("compilation_cache_dir", ""))
   train_source, valid_source = _open_data(config, say)
   workdir.mkdir(parents=True, exist_ok=True)
   if is_lead:
+    checkpoints.start_run(workdir, how)
     checkpoints.write_config(config, workdir)
   model_config = config_lib.model_config(config)
   model = models.PressNet(model_config)
@@ -484,10 +510,15 @@ def train_and_evaluate(config, workdir, *, profile_steps=None):
       manager.wait_until_finished()
       writer.close()
       preemption.restore()
+    end_step, skipped_total = int(state.step), int(skipped_steps(state.opt_state))
+    failed = failure(workdir, start_step=start_step, end_step=end_step,
+                     skipped=skipped_total)
     if is_lead:
-      print(_summary(workdir, config=config, start_step=start_step, end_step=int(state.step),
-                     seconds=time.monotonic() - start_time,
-                     skipped=int(skipped_steps(state.opt_state)), manager=manager))
+      print(_summary(workdir, config=config, start_step=start_step, end_step=end_step,
+                     seconds=time.monotonic() - start_time, skipped=skipped_total,
+                     manager=manager, failed=bool(failed)))
+    if failed:
+      raise errors.DataError(failed)
   finally:
     manager.close()
   return state
