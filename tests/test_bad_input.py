@@ -494,6 +494,29 @@ def calibrate_with_a_zero_confidence(s):
                   "--confidences", "0.9,0"])
 
 
+@case(1, r"^error: wsj0-mix 'cv' at .*corpus: 1 utterance: calibrate needs at least 2 "
+         r"\(the scales are fitted on one half, the threshold certified on the other\)")
+def calibrate_with_one_validation_utterance(s):
+  """Refused before any work: nothing written in the run's folder."""
+  def keep_one(root):
+    for folder in ("mix", "s1", "s2"):
+      (root / "cv" / folder / "cv1.wav").unlink()
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  for path in run.rglob("*"):
+    if path.is_file():
+      s.keep(path)
+  s.absent.append(run / "posthoc_calibration.json")
+  return s.usage(["calibrate", "--checkpoint", run, "--out", s.out,
+                  "--data-root", s.corpus_with(keep_one)])
+
+
+@case(2, r"^error: --max-utterances 1: calibrate needs at least 2 \(the scales")
+def calibrate_on_one_utterance(s):
+  return s.usage(["calibrate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--max-utterances", "1"])
+
+
 @case(2, r"^error: --num-train, --num-valid, --num-test: all zero: nothing to synthesise$")
 def synthesising_nothing(s):
   s.absent.append(s.tmp / "corpus")
