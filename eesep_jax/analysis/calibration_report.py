@@ -41,6 +41,7 @@ import numpy as np
 
 from eesep_jax import data
 from eesep_jax import errors
+from eesep_jax import files
 from eesep_jax import inference
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import evaluate
@@ -567,23 +568,25 @@ def tradeoff_figure(report):
 
 def write_calibration(out_dir, test_table, report):
   """Writes `calibration.json`, the test table as `exit_table.npz` and its export
-  `per_utterance.csv`, and the `FIGURE_FILES` to `out_dir`.
+  `per_utterance.csv`, and the `FIGURE_FILES` to `out_dir`, all or nothing
+  (`files.atomic_writes`).
 
   Returns:
     Their paths by kind: `json`, `table`, `csv` and the keys of `FIGURE_FILES`.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": out_dir / JSON_FILE, "table": out_dir / evaluate.TABLE_FILE,
-           "csv": out_dir / evaluate.CSV_FILE}
-  paths["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
-                                      allow_nan=False))
-  test_table.save(paths["table"])
-  test_table.to_csv(paths["csv"])
   figures = {"reliability": reliability_figure, "pit": pit_figure,
              "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure,
              "regimes": regimes_figure}
-  for kind, draw in figures.items():
-    paths[kind] = out_dir / FIGURE_FILES[kind]
-    draw(report).savefig(paths[kind], dpi=120)
+  paths = {"json": out_dir / JSON_FILE, "table": out_dir / evaluate.TABLE_FILE,
+           "csv": out_dir / evaluate.CSV_FILE,
+           **{kind: out_dir / FIGURE_FILES[kind] for kind in figures}}
+  with files.atomic_writes(paths) as partials:
+    partials["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
+                                           allow_nan=False))
+    test_table.save(partials["table"])
+    test_table.to_csv(partials["csv"])
+    for kind, draw in figures.items():
+      draw(report).savefig(partials[kind], dpi=120)
   return paths

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from eesep_jax import config_lib
 from eesep_jax import errors
+from eesep_jax import files
 from eesep_jax import models
 
 CONFIG_FILE = "config.json"
@@ -118,18 +119,13 @@ def start_run(workdir, how):
         (path / name).unlink()
   if how == "resume" and run_id(path) is not None:
     return
-  partial = path / f".{RUN_FILE}.partial"
-  partial.write_text(json.dumps({"run_id": uuid.uuid4().hex}))
-  partial.replace(path / RUN_FILE)
+  files.write_text(path / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}))
 
 
 def write_config(config, workdir):
   """Writes `config` to `workdir/config.json` by way of a temporary file and a rename,
   so that an interrupted write never leaves a damaged config behind."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  partial = path.parent / f".{CONFIG_FILE}.partial"
-  partial.write_text(config.to_json_best_effort(indent=2))
-  partial.replace(path)
+  files.write_text(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir):
