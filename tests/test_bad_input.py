@@ -671,7 +671,7 @@ def test_bad_input(name, world, tmp_path, monkeypatch):
     assert path.read_bytes() == content, path
   for path in setting.absent:
     assert not path.exists(), path
-  assert not list(tmp_path.rglob(f"*{audio.PARTIAL_SUFFIX}"))
+  assert not list(tmp_path.rglob(f"*{audio.PARTIAL_SUFFIX}*"))  # Audio, files.atomic_writes.
 
 
 def test_the_debug_flag_and_variable_show_the_traceback(world, tmp_path):
@@ -915,29 +915,73 @@ def test_fresh_starts_a_run_whose_checkpoints_are_gone_over(world, tmp_path,
   assert len(metrics.read_text().splitlines()) == len(one_run)  # One run's log, not two.
 
 
-def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
+def _interrupt(command, started, compile_cache):
+  """Runs `command` (an `eesep` command line) in a subprocess, sends it SIGINT (Ctrl-C)
+  once `started()` is true, and checks that it ends with one line and exit code 130
+  and no traceback; returns its stdout and stderr."""
   from conftest import train_env
 
+  process = subprocess.Popen([sys.executable, "-m", "eesep_jax.app.cli", *map(str, command)],
+                             cwd=REPO, env=train_env(compile_cache),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 600
+  while not started():
+    if process.poll() is not None:
+      pytest.fail(f"exited {process.returncode} before the interrupt: "
+                  f"{process.stderr.read()[-4000:]}")
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-4000:]
+  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-4000:]
+  assert "Traceback" not in stderr
+  return stdout, stderr
+
+
+def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
   inputs, out = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()
   for k in range(6):
     soundfile.write(inputs / f"take{k}.wav", _noise(20 + k, 10 * RATE), RATE,
                     subtype="PCM_16")
-  process = subprocess.Popen(
-      [sys.executable, "-m", "eesep_jax.app.cli", "separate", str(inputs), "--checkpoint",
-       str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"],
-      cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 600
-  while not (out / "take0_s2.wav").exists():
-    assert process.poll() is None, process.stderr.read()[-4000:]
-    assert time.monotonic() < deadline
-    time.sleep(0.01)
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 130, stderr[-4000:]
-  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-4000:]
-  assert "Traceback" not in stderr
+  _interrupt(["separate", inputs, "--checkpoint", world.run, "--out-dir", out,
+              "--exit-index", "last", "--quiet"],
+             lambda: (out / "take0_s2.wav").exists(), compile_cache)
   assert not [path for path in out.iterdir() if not path.name.endswith(".wav")]
   for k in range(6):  # Whole source sets only.
     assert (out / f"take{k}_s1.wav").exists() == (out / f"take{k}_s2.wav").exists()
+
+
+def test_ctrl_c_during_train_saves_the_step_it_reached_and_exit_130(
+    world, tmp_path, compile_cache):
+  """Interrupted between checkpoints, the run saves the step it reached (orbax writes
+  a checkpoint under a temporary name first), its log holds whole lines, and it
+  resumes from there."""
+  workdir = tmp_path / "run"
+  # The schedule's length is fixed (`decay_steps`) so that many steps compile as few do.
+  _interrupt(["train", "--config", DEMO_CONFIG, "--workdir", workdir, *TRAIN_FLAGS,
+              f"--config.data.root={world.corpus}", "--config.steps=100000",
+              "--config.optimizer.decay_steps=100", "--config.checkpoint_every=3",
+              "--config.eval_every=100000", "--config.log_every=1"],
+             lambda: (workdir / "checkpoints" / "3").is_dir(), compile_cache)
+  saved = sorted(path.name for path in (workdir / "checkpoints").iterdir())
+  assert saved and all(name.isdigit() for name in saved), saved  # No temporary folder.
+  step = checkpoints.latest_step(workdir)
+  assert step >= 3
+  records = [json.loads(line) for line in
+             (workdir / train.METRICS_FILE).read_text().splitlines()]
+  assert records and records[-1]["step"] <= step
+  assert checkpoints.check_workdir(workdir) == "resume"
+
+
+def test_ctrl_c_during_evaluate_leaves_no_report_and_exit_130(world, tmp_path,
+                                                             compile_cache):
+  corpus = tmp_path / "corpus"
+  shutil.copytree(world.corpus, corpus)
+  # Enough utterances that the evaluation outlasts the interrupt.
+  write_speech_mixtures(corpus, "tt", [f"long{k}" for k in range(20)], length=2 * RATE)
+  out = tmp_path / "out"
+  _interrupt(["evaluate", "--checkpoint", world.run, "--data-root", corpus, "--out", out],
+             out.exists, compile_cache)
+  assert not out.exists()  # Made by the run, and left empty: removed.

@@ -304,15 +304,16 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
                                     max_examples=max_utterances)
   total = min(max_utterances or len(source), len(source))
   tables = []
-  progress_bar = tqdm.tqdm(total=total, desc="evaluate", unit="utt", disable=not progress)
-  pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
-  # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
-  for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
-    tables += _group_tables(group, variables, model_config, targets=computed,
-                            conditions=conditions, reference_power=reference_power,
-                            posthoc_scales=posthoc_scales,
-                            enhancement_metrics=enhancement_metrics)
-  progress_bar.close()
+  # Closed however the loop ends, so that an error's line (or Ctrl-C's) comes last.
+  with tqdm.tqdm(total=total, desc="evaluate", unit="utt",
+                 disable=not progress) as progress_bar:
+    pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
+    # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
+    for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
+      tables += _group_tables(group, variables, model_config, targets=computed,
+                              conditions=conditions, reference_power=reference_power,
+                              posthoc_scales=posthoc_scales,
+                              enhancement_metrics=enhancement_metrics)
   table = exit_table.concatenate(tables)
   if span:
     spanned = set(operating_points.span_targets(table.snr_min).tolist())
