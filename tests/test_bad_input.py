@@ -435,6 +435,13 @@ def overlap_seconds_shorter_than_the_encoder(s):
   return s.usage(s.separate(s.inputs, flags=("--overlap-seconds", "0.0001")))
 
 
+@case(2, r"^error: --overlap-seconds 0\.3: 0\.3 s is more than half of the 0\.5 s chunk "
+         r"\(2400 of 4000 samples at 8000 Hz\): at most 0\.25 s$")
+def overlap_seconds_over_half_a_chunk(s):
+  return s.usage(s.separate(s.inputs, flags=("--chunk-seconds", "0.5",
+                                             "--overlap-seconds", "0.3")))
+
+
 # ------------------------------------------------------------- info, evaluate, calibrate
 
 

@@ -180,10 +180,16 @@ def test_files_shorter_than_a_chunk_are_separated_whole_by_one_compiled_loop(mod
     np.testing.assert_allclose(result.exits.gmacs, whole.gmacs, rtol=1e-2)
 
 
-@pytest.mark.parametrize("overlap_seconds", [0.0, 0.6])
-def test_the_overlap_must_fit_in_half_a_chunk(model, overlap_seconds):
-  with pytest.raises(ValueError, match="overlap_seconds"):
+@pytest.mark.parametrize("overlap_seconds, problem", [
+    (0.0, "0 s is shorter than the model's 2 encoder kernels"),
+    (0.6, "0.6 s is more than half of the 1 s chunk (4800 of 8000 samples at 8000 Hz): at "
+          "most 0.5 s")])
+def test_the_overlap_must_fit_in_half_a_chunk(model, overlap_seconds, problem):
+  """The field is named once, as the CLI names its flag once (`--overlap-seconds 0.6`)."""
+  with pytest.raises(inference.ChunkingError) as raised:
     inference.chunk_lengths(model[0], 1.0, overlap_seconds)
+  assert str(raised.value).startswith(f"overlap_seconds: {problem}"), raised.value
+  assert str(raised.value).count("overlap_seconds") == 1
 
 
 def test_outputs_have_the_inputs_names_rates_and_lengths(cli_run):
