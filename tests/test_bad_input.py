@@ -16,6 +16,7 @@ inference reading the parameters alone.
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -442,6 +443,15 @@ def overlap_seconds_over_half_a_chunk(s):
                                              "--overlap-seconds", "0.3")))
 
 
+@case(0)
+def an_out_dir_without_hard_links(s):
+  """Some network file systems refuse hard links: outputs are placed all the same."""
+  def refuse(*unused_args, **unused_kwargs):
+    raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+  s.patch.setattr(os, "link", refuse)
+  return s.separate(s.inputs)
+
+
 # ------------------------------------------------------------- info, evaluate, calibrate
 
 
@@ -700,6 +710,27 @@ def test_nothing_out_of_range_or_non_finite_is_ever_written(tmp_path):
     with pytest.raises(audio.AudioError, match=re.escape(problem)):
       audio.write_audio(tmp_path / "x.wav", signal, RATE)
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.ENOTSUP])
+def test_without_hard_links_placing_still_never_replaces_a_file(tmp_path, monkeypatch,
+                                                               refusal):
+  """`audio.place`'s fallback where `os.link` is refused: an exclusive create claims
+  the name, so an existing file is kept and reported; otherwise the file moves in."""
+  def refuse(*unused_args, **unused_kwargs):
+    raise OSError(refusal, os.strerror(refusal))
+  monkeypatch.setattr(os, "link", refuse)
+  signal = _noise(30, level=0.1)
+  partial = audio.write_partial(tmp_path / "x.wav", signal, RATE, comment="new")
+  taken = tmp_path / "taken.wav"
+  taken.write_bytes(b"another run's file")
+  with pytest.raises(FileExistsError):
+    audio.place(partial, taken)
+  assert taken.read_bytes() == b"another run's file" and os.path.exists(partial)
+  audio.place(partial, tmp_path / "x.wav")
+  assert not os.path.exists(partial)
+  assert audio.read_comment(tmp_path / "x.wav") == "new"
+  np.testing.assert_allclose(soundfile.read(tmp_path / "x.wav")[0], signal, atol=2.0 ** -15)
 
 
 def test_inference_restores_the_parameters_alone(world, monkeypatch):
