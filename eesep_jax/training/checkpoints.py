@@ -23,9 +23,25 @@ CONFIG_FILE = "config.json"
 BEST_METRIC = "valid_si_snri_last_exit"
 
 
-def open_manager(workdir, config):
-  """Saves every `checkpoint_every` steps and on preemption; keeps the latest
-  `keep_checkpoints` and the best by validation SI-SNRi at the last exit."""
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, told of a preemption by the training loop's `Preemption` rather
+  than asking JAX's preemption sync point itself. Orbax also asks from its background
+  thread that finalizes an asynchronous save, with that save's step: the runtime would
+  take the older step as this process's position, and could then pick a stopping step
+  this process has passed already, where it would never stop."""
+
+  def __init__(self, directory, options, preemption):
+    self._preemption = preemption
+    super().__init__(directory, options=options)
+
+  def reached_preemption(self, step):
+    return self._preemption is not None and self._preemption.step == step
+
+
+def open_manager(workdir, config, preemption=None):
+  """Saves every `checkpoint_every` steps and at the step `preemption` (a
+  `preemption.Preemption`) stops at; keeps the latest `keep_checkpoints` and the best by
+  validation SI-SNRi at the last exit."""
   policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=policies.AnySavePolicy([
@@ -38,7 +54,7 @@ def open_manager(workdir, config):
                          keep_checkpoints_without_metrics=False)]),
       best_fn=lambda m: m[BEST_METRIC], best_mode="max",
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(absolute(workdir) / "checkpoints", options=options)
+  return _Manager(absolute(workdir) / "checkpoints", options, preemption)
 
 
 def absolute(workdir):
