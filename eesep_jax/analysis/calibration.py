@@ -22,8 +22,8 @@ is `probabilistic.snr_exceedance`; realised SNRs are measured as they are
 
 import json
 import math
-import pathlib
 
+from etils import epath
 import numpy as np
 from scipy import optimize
 from scipy import special
@@ -409,14 +409,14 @@ def save_posthoc(workdir, scales, regime=None):
   unknown = set(scales) - set(probabilistic.POSTHOC_SCALES)
   if unknown:
     raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}")
-  path = pathlib.Path(workdir) / POSTHOC_FILE
+  path = epath.Path(workdir) / POSTHOC_FILE
   contents = {name: _float(value).tolist() for name, value in scales.items()}
   path.write_text(json.dumps({**contents, REGIME_KEY: regime}, indent=2))
   return path
 
 
 def _read_posthoc(workdir):
-  path = pathlib.Path(workdir) / POSTHOC_FILE
+  path = epath.Path(workdir) / POSTHOC_FILE
   return path, (json.loads(path.read_text()) if path.exists() else None)
 
 

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from eesep_jax import config_lib
 from eesep_jax import errors
 from eesep_jax import models
+from eesep_jax.training import storage
 
 CONFIG_FILE = "config.json"
 BEST_METRIC = "valid_si_snri_last_exit"
@@ -64,9 +65,13 @@ def absolute(workdir):
 
 
 def write_config(config, workdir):
-  """Writes `config` to `workdir/config.json` by way of a temporary file and a rename,
-  so that an interrupted write never leaves a damaged config behind."""
+  """Writes `config` to `workdir/config.json`, never leaving a damaged one behind: on a
+  disk by way of a temporary file and a rename; in a bucket directly, since an object
+  is replaced whole or not at all (and a bucket has no rename, only copy and delete)."""
   path = epath.Path(workdir) / CONFIG_FILE
+  if storage.is_object_store(path):
+    path.write_text(config.to_json_best_effort(indent=2))
+    return
   partial = path.parent / f".{CONFIG_FILE}.partial"
   partial.write_text(config.to_json_best_effort(indent=2))
   partial.replace(path)
