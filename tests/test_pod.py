@@ -34,7 +34,8 @@ BUCKET = "eesep-pod"
 # at most a step away, then one checkpoint is written.
 EXIT_SECONDS = 60
 
-pytestmark = pytest.mark.slow
+# Four launches of four processes: minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _free_port():
@@ -260,3 +261,35 @@ def test_resumed_run_has_the_uninterrupted_losses_step_for_step(pod_runs):
   assert [step for step, _ in reference["losses"]] == steps
   # Bit for bit, as a resumed single-process run is.
   assert [loss for _, loss in resumed["losses"]] == [loss for _, loss in reference["losses"]]
+
+
+def test_evaluate_calibrate_and_separate_read_the_run_from_the_bucket(
+    pod_runs, gcs, tiny_corpus, tmp_path, monkeypatch, capsys):
+  env_vars, bucket = gcs
+  for name, value in env_vars.items():
+    monkeypatch.setenv(name, value)
+  from eesep_jax.analysis import calibration
+  from eesep_jax.analysis import evaluate
+  from eesep_jax.app import cli
+
+  run = f"gs://{BUCKET}/preempted"
+  assert cli.main(["evaluate", "--checkpoint", run, "--out", str(tmp_path / "evaluation"),
+                   "--max-utterances", "2"]) is None
+  summary = json.loads((tmp_path / "evaluation" / evaluate.JSON_FILE).read_text())
+  assert summary["checkpoint"] == run and summary["num_utterances"] == 2
+
+  cli.main(["calibrate", "--checkpoint", run, "--out", str(tmp_path / "calibration"),
+            "--max-utterances", "2", "--targets", "0.5,5", "--confidences", "0.3,0.9",
+            "--target-snr", "2", "--delta", "0.5", "--epsilon", "0.5"])
+  saved = json.loads(bucket.read(f"preempted/{calibration.POSTHOC_FILE}"))
+  report = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
+  np.testing.assert_allclose(saved["beta_scale"], report["posthoc"]["scales"]["beta_scale"])
+  capsys.readouterr()
+
+  mixture = next((tiny_corpus / "tt" / "mix").glob("*.wav"))
+  assert cli.main(["separate", str(mixture), "--checkpoint", run,
+                   "--out-dir", str(tmp_path / "separated")]) == 0
+  stderr = capsys.readouterr().err
+  assert f"applying post-hoc calibration from {run}/{calibration.POSTHOC_FILE}" in stderr
+  assert sorted(p.name for p in (tmp_path / "separated").iterdir()) == [
+      f"{mixture.stem}_s1.wav", f"{mixture.stem}_s2.wav"]
