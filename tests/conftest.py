@@ -49,7 +49,7 @@ TRAIN_CONFIG_OVERRIDES = tuple(flag.removeprefix("--config.") for flag in TRAIN_
 # Session fixtures that take minutes to build. `make test` spreads tests over CPU cores
 # with pytest-xdist, where each worker builds its own session fixtures: keeping every
 # test that needs one of these on one worker (`--dist loadgroup`) builds each once.
-EXPENSIVE_FIXTURES = ("trained_workdir", "smoke_ablation")
+EXPENSIVE_FIXTURES = ("trained_workdir", "smoke_ablation", "pod_runs")
 
 
 @pytest.hookimpl(tryfirst=True)  # Before xdist's own hook reads the groups.

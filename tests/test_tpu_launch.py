@@ -119,7 +119,7 @@ def test_dry_run_of_a_pod_slice_prints_every_step_in_order():
   script = _flag(start, "command")
   assert _train_argv(script) == [
       "$HOME/eesep_venv/bin/eesep", "train", "--config", CONFIG, "--workdir", WORKDIR,
-      "--config.data.root=/data/wsj0 mix", "--config.steps=1000"]
+      "--distributed", "--config.data.root=/data/wsj0 mix", "--config.steps=1000"]
   assert 'LOG="$HOME/eesep_logs/TEST-worker$W.log"' in script
   assert re.search(r'nohup bash -c .* >> "\$LOG" 2>&1 < /dev/null &', script)
 
@@ -176,6 +176,7 @@ def test_one_host_accepts_a_local_workdir_under_home(accelerator_type, version):
   assert _flag(commands[1], "version") == version
   train = _train_argv(_flag(commands[6], "command"))
   assert train[train.index("--workdir") + 1] == "$HOME/runs/press4"
+  assert "--distributed" in train  # A job of one: the same code path as a pod's.
 
 
 def test_num_workers():
@@ -353,7 +354,8 @@ def test_start_and_stream_scripts_run_training_in_the_background(tmp_path):
   streamed = bash(stream)  # Returns once the run ends: tail --pid.
   assert streamed.returncode == 0, streamed.stderr
   assert "args: train --config experiments/configs/wsj0_2mix_press4.py --workdir " \
-         f"{WORKDIR} --config.data.root=/data/wsj0 mix --config.steps=1000" in streamed.stdout
+         f"{WORKDIR} --distributed --config.data.root=/data/wsj0 mix --config.steps=1000" \
+         in streamed.stdout
   assert "=== eesep train exited with status 3 ===" in streamed.stdout
   log = home / "eesep_logs" / "TEST-worker0.log"
   assert streamed.stdout.strip() == log.read_text().strip()

@@ -22,8 +22,8 @@ is `probabilistic.snr_exceedance`; realised SNRs are measured as they are
 
 import json
 import math
-import pathlib
 
+from etils import epath
 import numpy as np
 from scipy import optimize
 from scipy import special
@@ -433,7 +433,7 @@ def save_posthoc(workdir, scales, regime=None):
   unknown = set(scales) - set(probabilistic.POSTHOC_SCALES)
   if unknown:
     raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}")
-  path = pathlib.Path(workdir) / POSTHOC_FILE
+  path = epath.Path(workdir) / POSTHOC_FILE
   contents = {name: _float(value).tolist() for name, value in scales.items()}
   files.write_text(path, json.dumps({**contents, REGIME_KEY: regime}, indent=2))
   return path
@@ -479,7 +479,7 @@ def _read_posthoc(workdir):
     errors.DataError: naming the file, when it is damaged (not JSON, unknown or
       missing keys, a scale that is no finite positive number, a malformed regime).
   """
-  path = pathlib.Path(workdir) / POSTHOC_FILE
+  path = epath.Path(workdir) / POSTHOC_FILE
   if not path.exists():
     return path, None
   try:

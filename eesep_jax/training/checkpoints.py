@@ -29,9 +29,25 @@ RUN_FILE = "eesep_run.json"
 RUN_CONTENTS = (CONFIG_FILE, "checkpoints", "metrics.jsonl", "tensorboard")
 
 
-def open_manager(workdir, config):
-  """Saves every `checkpoint_every` steps and on preemption; keeps the latest
-  `keep_checkpoints` and the best by validation SI-SNRi at the last exit."""
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, told of a preemption by the training loop's `Preemption` rather
+  than asking JAX's preemption sync point itself. Orbax also asks from its background
+  thread that finalizes an asynchronous save, with that save's step: the runtime would
+  take the older step as this process's position, and could then pick a stopping step
+  this process has passed already, where it would never stop."""
+
+  def __init__(self, directory, options, preemption):
+    self._preemption = preemption
+    super().__init__(directory, options=options)
+
+  def reached_preemption(self, step):
+    return self._preemption is not None and self._preemption.step == step
+
+
+def open_manager(workdir, config, preemption=None):
+  """Saves every `checkpoint_every` steps and at the step `preemption` (a
+  `preemption.Preemption`) stops at; keeps the latest `keep_checkpoints` and the best by
+  validation SI-SNRi at the last exit."""
   policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=policies.AnySavePolicy([
@@ -44,7 +60,7 @@ def open_manager(workdir, config):
                          keep_checkpoints_without_metrics=False)]),
       best_fn=lambda m: m[BEST_METRIC], best_mode="max",
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(absolute(workdir) / "checkpoints", options=options)
+  return _Manager(absolute(workdir) / "checkpoints", options, preemption)
 
 
 def absolute(workdir):
@@ -123,8 +139,8 @@ def start_run(workdir, how):
 
 
 def write_config(config, workdir):
-  """Writes `config` to `workdir/config.json` by way of a temporary file and a rename,
-  so that an interrupted write never leaves a damaged config behind."""
+  """Writes `config` to `workdir/config.json`, never leaving a damaged one behind
+  (`files.write_text`)."""
   files.write_text(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 

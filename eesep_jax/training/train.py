@@ -10,9 +10,7 @@ parameters as an uninterrupted one.
 import functools
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 
 from etils import epath
@@ -34,6 +32,8 @@ from eesep_jax.core import losses
 from eesep_jax.core import metrics
 from eesep_jax.training import checkpoints
 from eesep_jax.training import throughput
+from eesep_jax.training import preemption
+from eesep_jax.training import storage
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -209,21 +209,22 @@ def evaluate_exits(params, model, batches, sharding=None):
 
 
 class MetricsWriter:
-  """Writes scalars to `metrics.jsonl` (one JSON object per line) and TensorBoard."""
+  """Writes scalars to `metrics.jsonl` (one JSON object per line) and TensorBoard, in
+  the workdir, a local folder or a bucket (`storage.LineLog`; tensorboardX uploads its
+  events file whole on each flush)."""
 
   def __init__(self, workdir, enabled):
     self._enabled = enabled
     if enabled:
       import tensorboardX  # Heavy import kept out of `import eesep_jax.training.train`.
-      self._jsonl = (epath.Path(workdir) / METRICS_FILE).open("a")
+      self._jsonl = storage.LineLog(epath.Path(workdir) / METRICS_FILE)
       self._tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
   def write(self, step, scalars):
     if not self._enabled:
       return
     record = {"step": int(step), **scalars}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    self._jsonl.append(json.dumps(record))
     for name, value in scalars.items():
       values = value if isinstance(value, list) else [value]
       for index, item in enumerate(values, start=1):
@@ -237,35 +238,15 @@ class MetricsWriter:
       self._tensorboard.close()
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save before exiting.
-
-  Signal handlers can only be installed from the main thread; elsewhere (a
-  notebook's worker thread) the loop still honours orbax's preemption sync point.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._installed = threading.current_thread() is threading.main_thread()
-    if self._installed:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def restore(self):
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
   """Joins a multi-host job (`jax.distributed.initialize`) before any JAX computation.
 
   On Cloud TPU pods every argument is discovered automatically; elsewhere (several
   processes on one machine or a GPU cluster) pass all three, e.g.
   `initialize_distributed("127.0.0.1:1234", 2, 0)` in the first of two processes.
+  Its preemption service coordinates the stop on SIGTERM (`preemption.Preemption`).
   """
+  preemption.enable_coordination()
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
@@ -448,7 +429,8 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   segment = int(config.data.segment_seconds * model_config.sample_rate)
   state = init_train_state(config, model, optimizer, jnp.zeros((1, segment)), replicated)
 
-  manager = checkpoints.open_manager(workdir, config)
+  stop = preemption.Preemption()
+  manager = checkpoints.open_manager(workdir, config, stop)
   latest = manager.latest_step()
   if latest is not None:
     state = checkpoints.restore_state(manager, workdir, latest, state, iterator)
@@ -464,7 +446,6 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       model_config=model_config, peak_flops=config.get("peak_flops", 0.0))
   profile = throughput.Profile(workdir, profile_steps)
   writer = MetricsWriter(workdir, enabled=is_lead)
-  preemption = _Preemption()
   start_step = int(state.step)
   skipped = _SkipWarnings(int(skipped_steps(state.opt_state)), start_step, say)
   start_time, validating = time.monotonic(), 0.0
@@ -492,13 +473,14 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
                                     sharding=data_sharding)
           validating += time.monotonic() - began
           speed.exclude(time.monotonic() - began)
-        preempted = preemption.requested or manager.reached_preemption(step)
+        preempted = stop.reached(step)
         # A validated step is always saved, so the best checkpoint holds the
         # parameters its metric was measured on.
         checkpoints.save_state(manager, step, state, batches, metrics=valid_metrics or None,
                                force=preempted or bool(valid_metrics) or step == config.steps)
         if preempted:
-          logging.warning("preempted at step %d: checkpoint saved, exiting", step)
+          logging.warning("process %d: preempted: saving step %d and stopping",
+                          jax.process_index(), step)
           break
     except BaseException:
       progress.close()
@@ -509,7 +491,6 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       progress.close()
       manager.wait_until_finished()
       writer.close()
-      preemption.restore()
     end_step, skipped_total = int(state.step), int(skipped_steps(state.opt_state))
     failed = failure(workdir, start_step=start_step, end_step=end_step,
                      skipped=skipped_total)
@@ -521,6 +502,7 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       raise errors.DataError(failed)
   finally:
     manager.close()
+    stop.close()
   return state
 
 

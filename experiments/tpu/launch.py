@@ -10,9 +10,9 @@ Steps, each one or more `gcloud compute tpus tpu-vm` commands (`--dry-run` print
   3. install on every worker: a Python venv (made with uv, since the TPU images' Python is
      older than JAX needs) holding the package with its `tpu` extra (`pip install -e
      ".[tpu]"`, JAX's `jax[tpu]`), jax at the version pinned in pyproject.toml;
-  4. start the same `eesep train` command on every worker under nohup, one log file per
-     worker (multi-host runs call `jax.distributed.initialize()`, which finds its peers by
-     itself on TPU VMs);
+  4. start the same `eesep train --distributed` command on every worker under nohup, one
+     log file per worker (`--distributed` calls `jax.distributed.initialize()`, which finds
+     its peers by itself on TPU VMs);
   5. stream worker 0's log until training ends or you press Ctrl-C (training keeps running);
   6. with `--delete-after`, wait for every worker to finish, then delete the TPU VM.
 
@@ -216,9 +216,14 @@ class Launcher:
     return '"$HOME"/' + shlex.quote(workdir)
 
   def train_command(self):
-    """The `eesep train` command line every worker runs (from the code directory)."""
+    """The `eesep train` command line every worker runs (from the code directory).
+
+    `--distributed` joins the workers into one job (`jax.distributed.initialize()`, which
+    finds its peers by itself on TPU VMs; a one-host slice is a job of one): they then
+    shard each batch over every chip and stop together on preemption.
+    """
     parts = ['"$HOME/eesep_venv/bin/eesep"', "train", "--config", shlex.quote(self.args.config),
-             "--workdir", self.remote_workdir()]
+             "--workdir", self.remote_workdir(), "--distributed"]
     parts += [shlex.quote(f"--config.{override}") for override in self.args.override]
     return " ".join(parts)
 
