@@ -977,6 +977,39 @@ def _interrupt(command, started, compile_cache):
   return stdout, stderr
 
 
+def test_in_a_multi_process_run_only_the_lead_prepares_the_workdir_and_the_others_wait(
+    world, tmp_path, monkeypatch):
+  """Every process checks the workdir, they all meet, the lead alone marks it (and
+  empties it for --fresh), and they meet again before any reads what is in it."""
+  from jax.experimental import multihost_utils
+
+  class Stop(Exception):
+    """Raised at the second barrier: where the workdir is read."""
+
+  events = []
+  check, start = checkpoints.check_workdir, checkpoints.start_run
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(checkpoints, "check_workdir",
+                      lambda *args: events.append("check") or check(*args))
+  monkeypatch.setattr(checkpoints, "start_run",
+                      lambda *args: events.append("start") or start(*args))
+
+  def barrier(name):
+    events.append("barrier")
+    if events.count("barrier") == 2:
+      raise Stop(name)
+
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", barrier)
+  for index, expected in ((1, ["check", "barrier", "barrier"]),
+                          (0, ["check", "barrier", "start", "barrier"])):
+    events.clear()
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    with pytest.raises(Stop):
+      train.train_and_evaluate(_run_config(world.corpus), tmp_path / f"run{index}")
+    assert events == expected, index
+    assert (checkpoints.run_id(tmp_path / f"run{index}") is None) == (index == 1)
+
+
 def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
   inputs, out = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()
