@@ -914,7 +914,7 @@ def test_strict_false_from_the_command_line_skips_a_bad_validation_file(
 
 def test_a_diverged_run_exits_1_and_recommends_no_checkpoint(world, tmp_path,
                                                             stand_in_training, monkeypatch):
-  monkeypatch.setattr(train, "evaluate_exits", lambda params, model, batches: {
+  monkeypatch.setattr(train, "evaluate_exits", lambda params, model, batches, sharding=None: {
       "si_snri": [float("nan")] * 3, "nll": [0.0] * 3})
   code, stdout, stderr = _run(
       ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
