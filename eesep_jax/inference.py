@@ -367,9 +367,9 @@ def chunk_lengths(config, chunk_seconds, overlap_seconds):
         "too short to align the chunks' sources")
   if not 2 * overlap <= chunk:
     raise ChunkingError(
-        "overlap_seconds", f"overlap_seconds={overlap_seconds} must be positive and at most half of "
-        f"chunk_seconds={chunk_seconds} ({overlap} and {chunk} samples at "
-        f"{config.sample_rate} Hz)")
+        "overlap_seconds", f"{overlap_seconds:g} s is more than half of the {chunk_seconds:g} s "
+        f"chunk ({overlap} of {chunk} samples at {config.sample_rate} Hz): at most "
+        f"{chunk // 2 / config.sample_rate:g} s")
   return chunk, overlap
 
 

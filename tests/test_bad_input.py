@@ -16,6 +16,7 @@ inference reading the parameters alone.
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -435,6 +436,22 @@ def overlap_seconds_shorter_than_the_encoder(s):
   return s.usage(s.separate(s.inputs, flags=("--overlap-seconds", "0.0001")))
 
 
+@case(2, r"^error: --overlap-seconds 0\.3: 0\.3 s is more than half of the 0\.5 s chunk "
+         r"\(2400 of 4000 samples at 8000 Hz\): at most 0\.25 s$")
+def overlap_seconds_over_half_a_chunk(s):
+  return s.usage(s.separate(s.inputs, flags=("--chunk-seconds", "0.5",
+                                             "--overlap-seconds", "0.3")))
+
+
+@case(0)
+def an_out_dir_without_hard_links(s):
+  """Some network file systems refuse hard links: outputs are placed all the same."""
+  def refuse(*unused_args, **unused_kwargs):
+    raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+  s.patch.setattr(os, "link", refuse)
+  return s.separate(s.inputs)
+
+
 # ------------------------------------------------------------- info, evaluate, calibrate
 
 
@@ -492,6 +509,29 @@ def evaluate_with_nan_targets(s):
 def calibrate_with_a_zero_confidence(s):
   return s.usage(["calibrate", "--checkpoint", s.world.run, "--out", s.out,
                   "--confidences", "0.9,0"])
+
+
+@case(1, r"^error: wsj0-mix 'cv' at .*corpus: 1 utterance: calibrate needs at least 2 "
+         r"\(the scales are fitted on one half, the threshold certified on the other\)")
+def calibrate_with_one_validation_utterance(s):
+  """Refused before any work: nothing written in the run's folder."""
+  def keep_one(root):
+    for folder in ("mix", "s1", "s2"):
+      (root / "cv" / folder / "cv1.wav").unlink()
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  for path in run.rglob("*"):
+    if path.is_file():
+      s.keep(path)
+  s.absent.append(run / "posthoc_calibration.json")
+  return s.usage(["calibrate", "--checkpoint", run, "--out", s.out,
+                  "--data-root", s.corpus_with(keep_one)])
+
+
+@case(2, r"^error: --max-utterances 1: calibrate needs at least 2 \(the scales")
+def calibrate_on_one_utterance(s):
+  return s.usage(["calibrate", "--checkpoint", s.world.run, "--out", s.out,
+                  "--max-utterances", "1"])
 
 
 @case(2, r"^error: --num-train, --num-valid, --num-test: all zero: nothing to synthesise$")
@@ -648,7 +688,7 @@ def test_bad_input(name, world, tmp_path, monkeypatch):
     assert path.read_bytes() == content, path
   for path in setting.absent:
     assert not path.exists(), path
-  assert not list(tmp_path.rglob(f"*{audio.PARTIAL_SUFFIX}"))
+  assert not list(tmp_path.rglob(f"*{audio.PARTIAL_SUFFIX}*"))  # Audio, files.atomic_writes.
 
 
 def test_the_debug_flag_and_variable_show_the_traceback(world, tmp_path):
@@ -670,6 +710,27 @@ def test_nothing_out_of_range_or_non_finite_is_ever_written(tmp_path):
     with pytest.raises(audio.AudioError, match=re.escape(problem)):
       audio.write_audio(tmp_path / "x.wav", signal, RATE)
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("refusal", [errno.EPERM, errno.ENOTSUP])
+def test_without_hard_links_placing_still_never_replaces_a_file(tmp_path, monkeypatch,
+                                                               refusal):
+  """`audio.place`'s fallback where `os.link` is refused: an exclusive create claims
+  the name, so an existing file is kept and reported; otherwise the file moves in."""
+  def refuse(*unused_args, **unused_kwargs):
+    raise OSError(refusal, os.strerror(refusal))
+  monkeypatch.setattr(os, "link", refuse)
+  signal = _noise(30, level=0.1)
+  partial = audio.write_partial(tmp_path / "x.wav", signal, RATE, comment="new")
+  taken = tmp_path / "taken.wav"
+  taken.write_bytes(b"another run's file")
+  with pytest.raises(FileExistsError):
+    audio.place(partial, taken)
+  assert taken.read_bytes() == b"another run's file" and os.path.exists(partial)
+  audio.place(partial, tmp_path / "x.wav")
+  assert not os.path.exists(partial)
+  assert audio.read_comment(tmp_path / "x.wav") == "new"
+  np.testing.assert_allclose(soundfile.read(tmp_path / "x.wav")[0], signal, atol=2.0 ** -15)
 
 
 def test_inference_restores_the_parameters_alone(world, monkeypatch):
@@ -853,7 +914,7 @@ def test_strict_false_from_the_command_line_skips_a_bad_validation_file(
 
 def test_a_diverged_run_exits_1_and_recommends_no_checkpoint(world, tmp_path,
                                                             stand_in_training, monkeypatch):
-  monkeypatch.setattr(train, "evaluate_exits", lambda params, model, batches: {
+  monkeypatch.setattr(train, "evaluate_exits", lambda params, model, batches, sharding=None: {
       "si_snri": [float("nan")] * 3, "nll": [0.0] * 3})
   code, stdout, stderr = _run(
       ["train", "--config", DEMO_CONFIG, "--workdir", tmp_path / "run", *TRAIN_FLAGS,
@@ -892,29 +953,106 @@ def test_fresh_starts_a_run_whose_checkpoints_are_gone_over(world, tmp_path,
   assert len(metrics.read_text().splitlines()) == len(one_run)  # One run's log, not two.
 
 
-def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
+def _interrupt(command, started, compile_cache):
+  """Runs `command` (an `eesep` command line) in a subprocess, sends it SIGINT (Ctrl-C)
+  once `started()` is true, and checks that it ends with one line and exit code 130
+  and no traceback; returns its stdout and stderr."""
   from conftest import train_env
 
+  process = subprocess.Popen([sys.executable, "-m", "eesep_jax.app.cli", *map(str, command)],
+                             cwd=REPO, env=train_env(compile_cache),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 600
+  while not started():
+    if process.poll() is not None:
+      pytest.fail(f"exited {process.returncode} before the interrupt: "
+                  f"{process.stderr.read()[-4000:]}")
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-4000:]
+  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-4000:]
+  assert "Traceback" not in stderr
+  return stdout, stderr
+
+
+def test_in_a_multi_process_run_only_the_lead_prepares_the_workdir_and_the_others_wait(
+    world, tmp_path, monkeypatch):
+  """Every process checks the workdir, they all meet, the lead alone marks it (and
+  empties it for --fresh), and they meet again before any reads what is in it."""
+  from jax.experimental import multihost_utils
+
+  class Stop(Exception):
+    """Raised at the second barrier: where the workdir is read."""
+
+  events = []
+  check, start = checkpoints.check_workdir, checkpoints.start_run
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(checkpoints, "check_workdir",
+                      lambda *args: events.append("check") or check(*args))
+  monkeypatch.setattr(checkpoints, "start_run",
+                      lambda *args: events.append("start") or start(*args))
+
+  def barrier(name):
+    events.append("barrier")
+    if events.count("barrier") == 2:
+      raise Stop(name)
+
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", barrier)
+  for index, expected in ((1, ["check", "barrier", "barrier"]),
+                          (0, ["check", "barrier", "start", "barrier"])):
+    events.clear()
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    with pytest.raises(Stop):
+      train.train_and_evaluate(_run_config(world.corpus), tmp_path / f"run{index}")
+    assert events == expected, index
+    assert (checkpoints.run_id(tmp_path / f"run{index}") is None) == (index == 1)
+
+
+def test_ctrl_c_during_separate_is_one_line_and_exit_130(world, tmp_path, compile_cache):
   inputs, out = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()
   for k in range(6):
     soundfile.write(inputs / f"take{k}.wav", _noise(20 + k, 10 * RATE), RATE,
                     subtype="PCM_16")
-  process = subprocess.Popen(
-      [sys.executable, "-m", "eesep_jax.app.cli", "separate", str(inputs), "--checkpoint",
-       str(world.run), "--out-dir", str(out), "--exit-index", "last", "--quiet"],
-      cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 600
-  while not (out / "take0_s2.wav").exists():
-    assert process.poll() is None, process.stderr.read()[-4000:]
-    assert time.monotonic() < deadline
-    time.sleep(0.01)
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 130, stderr[-4000:]
-  assert stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)", stderr[-4000:]
-  assert "Traceback" not in stderr
+  _interrupt(["separate", inputs, "--checkpoint", world.run, "--out-dir", out,
+              "--exit-index", "last", "--quiet"],
+             lambda: (out / "take0_s2.wav").exists(), compile_cache)
   assert not [path for path in out.iterdir() if not path.name.endswith(".wav")]
   for k in range(6):  # Whole source sets only.
     assert (out / f"take{k}_s1.wav").exists() == (out / f"take{k}_s2.wav").exists()
+
+
+def test_ctrl_c_during_train_saves_the_step_it_reached_and_exit_130(
+    world, tmp_path, compile_cache):
+  """Interrupted between checkpoints, the run saves the step it reached (orbax writes
+  a checkpoint under a temporary name first), its log holds whole lines, and it
+  resumes from there."""
+  workdir = tmp_path / "run"
+  # The schedule's length is fixed (`decay_steps`) so that many steps compile as few do.
+  _interrupt(["train", "--config", DEMO_CONFIG, "--workdir", workdir, *TRAIN_FLAGS,
+              f"--config.data.root={world.corpus}", "--config.steps=100000",
+              "--config.optimizer.decay_steps=100", "--config.checkpoint_every=3",
+              "--config.eval_every=100000", "--config.log_every=1"],
+             lambda: (workdir / "checkpoints" / "3").is_dir(), compile_cache)
+  saved = sorted(path.name for path in (workdir / "checkpoints").iterdir())
+  assert saved and all(name.isdigit() for name in saved), saved  # No temporary folder.
+  step = checkpoints.latest_step(workdir)
+  assert step >= 3
+  records = [json.loads(line) for line in
+             (workdir / train.METRICS_FILE).read_text().splitlines()]
+  assert records and records[-1]["step"] <= step
+  assert checkpoints.check_workdir(workdir) == "resume"
+
+
+def test_ctrl_c_during_evaluate_leaves_no_report_and_exit_130(world, tmp_path,
+                                                             compile_cache):
+  corpus = tmp_path / "corpus"
+  shutil.copytree(world.corpus, corpus)
+  # Enough utterances that the evaluation outlasts the interrupt.
+  write_speech_mixtures(corpus, "tt", [f"long{k}" for k in range(20)], length=2 * RATE)
+  out = tmp_path / "out"
+  _interrupt(["evaluate", "--checkpoint", world.run, "--data-root", corpus, "--out", out],
+             out.exists, compile_cache)
+  assert not out.exists()  # Made by the run, and left empty: removed.

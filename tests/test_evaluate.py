@@ -4,6 +4,7 @@ command, on a random tiny model."""
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -339,6 +340,30 @@ def test_report_files(evaluation, tmp_path):
   assert len(report["operating_points"]["reach"]) == len(TARGETS)
   for kind in operating_points.FIGURE_FILES:
     assert paths[kind].stat().st_size > 10_000
+
+
+def test_a_report_interrupted_while_written_leaves_the_earlier_one(evaluation, tmp_path,
+                                                                   monkeypatch):
+  """Ctrl-C while the last figure is drawn: every file of the earlier report stays as
+  it was, and no temporary file remains."""
+  from matplotlib import figure
+
+  _, table, summary = evaluation
+  earlier = {path: path.read_bytes()
+             for path in evaluate.write_report(tmp_path, table, summary).values()}
+  savefig = figure.Figure.savefig
+
+  def interrupted(self, path, **kwargs):
+    if "satisfaction" in os.path.basename(path):  # Under its temporary name.
+      raise KeyboardInterrupt
+    return savefig(self, path, **kwargs)
+
+  monkeypatch.setattr(figure.Figure, "savefig", interrupted)
+  changed = dict(summary, num_utterances=summary["num_utterances"] + 1)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.write_report(tmp_path, table, changed)
+  assert {path: path.read_bytes() for path in earlier} == earlier
+  assert sorted(tmp_path.iterdir()) == sorted(earlier)
 
 
 def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, monkeypatch,

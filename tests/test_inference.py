@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import si_snri_reference
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.core import probabilistic
@@ -122,19 +123,6 @@ def test_bad_arguments_are_named(setup, kwargs, message):
     inference.separate(variables, config, mixture, **kwargs)
 
 
-def _si_snri(references, estimates, mixture):
-  """Mean SI-SNR improvement under the best permutation, in float64 numpy (the test's
-  own reference, not the library's metric)."""
-  def si_snr(reference, estimate):
-    reference, estimate = reference - reference.mean(), estimate - estimate.mean()
-    target = reference * (estimate @ reference) / (reference @ reference)
-    return 10 * np.log10((target @ target) / np.sum((estimate - target) ** 2))
-  references, estimates = np.asarray(references, np.float64), np.asarray(estimates, np.float64)
-  best = max(np.mean([si_snr(r, e) for r, e in zip(references, order)])
-             for order in (estimates, estimates[::-1]))
-  return best - np.mean([si_snr(r, np.asarray(mixture, np.float64)) for r in references])
-
-
 def test_separation_does_not_depend_on_the_input_level(setup):
   """From -60 to 0 dBFS peak (and beyond full scale), `separate` and `separate_long`
   give the same exits and the same estimates relative to their input's level, so the
@@ -149,17 +137,17 @@ def test_separation_does_not_depend_on_the_input_level(setup):
   for level in levels:
     result = inference.separate(variables, config, (level * mixture)[None], exit_index=2,
                                 policy="fixed")
-    alone.append(_si_snri(level * references, result.estimates[0], level * mixture))
+    alone.append(si_snri_reference(level * references, result.estimates[0], level * mixture))
     chunked = inference.separate_long(variables, config, level * mixture, exit_index=2,
                                       policy="fixed", chunk_seconds=TIME / config.sample_rate,
                                       overlap_seconds=200 / config.sample_rate)
     assert chunked.exits.starts.size > 1
     np.testing.assert_allclose(chunked.estimates / level, long_[0][1] if long_ else
                                chunked.estimates / level, rtol=1e-3, atol=1e-5)
-    long_.append((_si_snri(level * references, chunked.estimates, level * mixture),
+    long_.append((si_snri_reference(level * references, chunked.estimates, level * mixture),
                   chunked.estimates / level))
   assert np.ptp(alone) < 0.01 and np.ptp([value for value, _ in long_]) < 0.01, (alone, long_)
-  raw = [_si_snri(level * references, inference.separate(
+  raw = [si_snri_reference(level * references, inference.separate(
       variables, config, (level * mixture)[None], exit_index=2, policy="fixed",
       normalize_level=False).estimates[0], level * mixture) for level in levels[[0, 4]]]
   assert abs(raw[0] - raw[1]) > 0.01  # The network alone is level dependent.

@@ -2,6 +2,7 @@
 and multi-process runs that match the single-device one."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,12 +157,15 @@ def _free_port():
 
 def test_two_processes_over_loopback_give_the_one_process_loss(
     tmp_path, tiny_corpus, compile_cache, trained_workdir):
+  """Started --fresh over a finished run: the other process reads the workdir only
+  once the lead has emptied it, so both start from step 0."""
   workdir = tmp_path / "two_processes"
+  shutil.copytree(trained_workdir, workdir)
   coordinator = f"127.0.0.1:{_free_port()}"
   processes = [
       subprocess.Popen(
           train_command(workdir, tiny_corpus, "--coordinator", coordinator,
-                        "--num-processes", "2", "--process-id", str(index)),
+                        "--num-processes", "2", "--process-id", str(index), "--fresh"),
           cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
           stderr=subprocess.PIPE, text=True)
       for index in range(2)]
@@ -172,6 +176,8 @@ def test_two_processes_over_loopback_give_the_one_process_loss(
   # Each process loads its own half of every global batch: together the same examples.
   np.testing.assert_allclose(two[1], one[1], rtol=1e-5, atol=1e-6)
   assert max(two) == TRAIN_STEPS
+  assert len(_metrics(workdir)) == len(_metrics(trained_workdir))  # One run's log.
+  assert checkpoints.run_id(workdir) != checkpoints.run_id(trained_workdir)
 
 
 def test_optimizer_skips_and_counts_non_finite_updates():

@@ -30,6 +30,7 @@ from scipy import special
 from scipy import stats
 
 from eesep_jax import errors
+from eesep_jax import files
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 
@@ -434,12 +435,7 @@ def save_posthoc(workdir, scales, regime=None):
     raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}")
   path = epath.Path(workdir) / POSTHOC_FILE
   contents = {name: _float(value).tolist() for name, value in scales.items()}
-  partial = path.with_name(f".{POSTHOC_FILE}.partial")
-  try:
-    partial.write_text(json.dumps({**contents, REGIME_KEY: regime}, indent=2))
-    partial.replace(path)
-  finally:
-    partial.unlink(missing_ok=True)
+  files.write_text(path, json.dumps({**contents, REGIME_KEY: regime}, indent=2))
   return path
 
 

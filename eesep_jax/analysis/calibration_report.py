@@ -40,6 +40,8 @@ from matplotlib import figure
 import numpy as np
 
 from eesep_jax import data
+from eesep_jax import errors
+from eesep_jax import files
 from eesep_jax import inference
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import evaluate
@@ -53,6 +55,10 @@ DELTA = 0.1
 EPSILON = 0.1
 RELIABILITY_BINS = 10
 PIT_BINS = 20
+# Utterances of the fit split, at least: one in each of its two halves.
+MIN_FIT_UTTERANCES = 2
+TOO_FEW_TO_FIT = (f"calibrate needs at least {MIN_FIT_UTTERANCES} (the scales are fitted on "
+                  "one half, the threshold certified on the other)")
 JSON_FILE = "calibration.json"
 FIGURE_FILES = {"reliability": "reliability.png", "pit": "pit_hist.png",
                 "exit_depth": "exit_depth_hist.png", "tradeoff": "tradeoff.png",
@@ -244,6 +250,24 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
   return entry
 
 
+def check_fit_count(fit_source, max_utterances=None):
+  """Refuses, before any work, a fit source with fewer than `MIN_FIT_UTTERANCES`
+  utterances (of which `max_utterances`, when given, are evaluated): no scale can be
+  fitted and no threshold certified on two disjoint halves of fewer.
+
+  Raises:
+    errors.UsageError: when `max_utterances` is below the minimum.
+    errors.DataError: naming the source, when it holds fewer utterances.
+  """
+  if max_utterances is not None and max_utterances < MIN_FIT_UTTERANCES:
+    raise errors.UsageError(f"max_utterances {max_utterances}", TOO_FEW_TO_FIT)
+  count = len(fit_source)
+  if count < MIN_FIT_UTTERANCES:
+    name = getattr(fit_source, "name", repr(fit_source))
+    raise errors.DataError(f"{name}: {count} utterance{'' if count == 1 else 's'}: "
+                           f"{TOO_FEW_TO_FIT}")
+
+
 def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
               fit_alpha=False, target_snr_db=stopping.TARGET_SNR_DB, delta=DELTA,
               epsilon=EPSILON,
@@ -268,7 +292,8 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
     variables: the model variables.
     model_config: its `models.PressNetConfig`.
     fit_source, test_source: random-access examples (`data.open_split(...)`), e.g. the
-      validation and test splits; at least two fit utterances.
+      validation and test splits; at least `MIN_FIT_UTTERANCES` fit utterances
+      (`check_fit_count`, before any work).
     method, fit_alpha: as in `calibration.fit_posthoc`.
     target_snr_db, delta, epsilon: the guarantee's `γ`, `δ`, `ε` (`γ` is added to
       `targets`).
@@ -294,11 +319,8 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
       evaluate.evaluate_model, variables, model_config, targets=targets, confidences=(),
       policies=(), span=False, max_utterances=max_utterances, enhancement_metrics=False,
       progress=progress)
+  check_fit_count(fit_source, max_utterances)
   fit_table, _ = evaluation(fit_source, **regime)
-  num_fit_utterances = len(set(fit_table.utterance))
-  if num_fit_utterances < 2:
-    raise ValueError(f"{fit_source!r} gave {num_fit_utterances} utterance(s): fitting "
-                     "the scales and certifying the threshold need two disjoint halves")
   scale_half, threshold_half = map(fit_table.subset, halves(fit_table.utterance))
   scales = fit_scales(scale_half, method, fit_alpha)
   test_table, summary = evaluation(test_source, **regime)
@@ -546,23 +568,25 @@ def tradeoff_figure(report):
 
 def write_calibration(out_dir, test_table, report):
   """Writes `calibration.json`, the test table as `exit_table.npz` and its export
-  `per_utterance.csv`, and the `FIGURE_FILES` to `out_dir`.
+  `per_utterance.csv`, and the `FIGURE_FILES` to `out_dir`, all or nothing
+  (`files.atomic_writes`).
 
   Returns:
     Their paths by kind: `json`, `table`, `csv` and the keys of `FIGURE_FILES`.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": out_dir / JSON_FILE, "table": out_dir / evaluate.TABLE_FILE,
-           "csv": out_dir / evaluate.CSV_FILE}
-  paths["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
-                                      allow_nan=False))
-  test_table.save(paths["table"])
-  test_table.to_csv(paths["csv"])
   figures = {"reliability": reliability_figure, "pit": pit_figure,
              "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure,
              "regimes": regimes_figure}
-  for kind, draw in figures.items():
-    paths[kind] = out_dir / FIGURE_FILES[kind]
-    draw(report).savefig(paths[kind], dpi=120)
+  paths = {"json": out_dir / JSON_FILE, "table": out_dir / evaluate.TABLE_FILE,
+           "csv": out_dir / evaluate.CSV_FILE,
+           **{kind: out_dir / FIGURE_FILES[kind] for kind in figures}}
+  with files.atomic_writes(paths) as partials:
+    partials["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
+                                           allow_nan=False))
+    test_table.save(partials["table"])
+    test_table.to_csv(partials["csv"])
+    for kind, draw in figures.items():
+      draw(report).savefig(partials[kind], dpi=120)
   return paths

@@ -31,6 +31,7 @@ import numpy as np
 import tqdm
 
 from eesep_jax import data
+from eesep_jax import files
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.analysis import exit_table
@@ -303,15 +304,16 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
                                     max_examples=max_utterances)
   total = min(max_utterances or len(source), len(source))
   tables = []
-  progress_bar = tqdm.tqdm(total=total, desc="evaluate", unit="utt", disable=not progress)
-  pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
-  # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
-  for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
-    tables += _group_tables(group, variables, model_config, targets=computed,
-                            conditions=conditions, reference_power=reference_power,
-                            posthoc_scales=posthoc_scales,
-                            enhancement_metrics=enhancement_metrics)
-  progress_bar.close()
+  # Closed however the loop ends, so that an error's line (or Ctrl-C's) comes last.
+  with tqdm.tqdm(total=total, desc="evaluate", unit="utt",
+                 disable=not progress) as progress_bar:
+    pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
+    # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
+    for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
+      tables += _group_tables(group, variables, model_config, targets=computed,
+                              conditions=conditions, reference_power=reference_power,
+                              posthoc_scales=posthoc_scales,
+                              enhancement_metrics=enhancement_metrics)
   table = exit_table.concatenate(tables)
   if span:
     spanned = set(operating_points.span_targets(table.snr_min).tolist())
@@ -451,16 +453,25 @@ def write_report(out_dir, table, summary):
   """Writes `evaluation.json` (the summary), `exit_table.npz` (the table, `table.save`),
   `per_utterance.csv` (its export, `table.to_csv`), `evaluation.md`
   (`markdown_report`) and, with operating points, the figures
-  `operating_points.FIGURE_FILES` to `out_dir`; returns their paths by kind."""
+  `operating_points.FIGURE_FILES` to `out_dir`; returns their paths by kind.
+
+  The report is written all or nothing (`files.atomic_writes`): a run stopped while
+  writing it (Ctrl-C, a full disk) leaves an earlier report's files as they were.
+  """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {"json": out_dir / JSON_FILE, "table": out_dir / TABLE_FILE,
            "csv": out_dir / CSV_FILE, "markdown": out_dir / MARKDOWN_FILE}
-  paths["json"].write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False))
-  table.save(paths["table"])
-  table.to_csv(paths["csv"])
-  paths["markdown"].write_text(markdown_report(summary))
+  drawn = {}
   if summary["operating_points"] is not None:
     points = operating_points.from_json(summary["operating_points"])
-    paths.update(operating_points.write_figures(out_dir, points, headline(summary)[0]))
+    drawn = operating_points.figures(points, headline(summary)[0])
+    paths.update({kind: out_dir / operating_points.FIGURE_FILES[kind] for kind in drawn})
+  with files.atomic_writes(paths) as partials:
+    partials["json"].write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False))
+    table.save(partials["table"])
+    table.to_csv(partials["csv"])
+    partials["markdown"].write_text(markdown_report(summary))
+    for kind, figure in drawn.items():
+      figure.savefig(partials[kind], dpi=120)
   return paths

@@ -27,10 +27,12 @@ policy, then expected-snr, the oracle and each fixed exit.
 """
 
 import dataclasses
+import pathlib
 
 from matplotlib import figure
 import numpy as np
 
+from eesep_jax import files
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import exit_table
 from eesep_jax.core import stopping
@@ -496,11 +498,18 @@ def satisfaction_figure(points, targets):
   return fig
 
 
-def write_figures(out_dir, points, target_snr_db=None):
-  """Writes `FIGURE_FILES` to `out_dir`; returns their paths by kind."""
+def figures(points, target_snr_db=None):
+  """The figures of `FIGURE_FILES`, by kind (matplotlib `Figure`s)."""
   targets = figure_targets(points, target_snr_db)
-  paths = {}
-  for kind, draw in (("reach", reach_figure), ("satisfaction", satisfaction_figure)):
-    paths[kind] = out_dir / FIGURE_FILES[kind]
-    draw(points, targets).savefig(paths[kind], dpi=120)
+  return {"reach": reach_figure(points, targets),
+          "satisfaction": satisfaction_figure(points, targets)}
+
+
+def write_figures(out_dir, points, target_snr_db=None):
+  """Writes `FIGURE_FILES` to `out_dir`, each whole or not at all
+  (`files.atomic_writes`); returns their paths by kind."""
+  paths = {kind: pathlib.Path(out_dir) / name for kind, name in FIGURE_FILES.items()}
+  with files.atomic_writes(paths) as partials:
+    for kind, drawn in figures(points, target_snr_db).items():
+      drawn.savefig(partials[kind], dpi=120)
   return paths

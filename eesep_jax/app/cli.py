@@ -275,16 +275,16 @@ def evaluate_command(args):
   model_config, variables = checkpoints.restore_params(args.checkpoint)
   scales = _posthoc_scales(args, model_config)
   source = data.open_split(config, args.split or config.data.test_split)
-  separate_files.prepare_out_dir(args.out)
-  table, summary = evaluate.evaluate_model(
-      variables, model_config, source, max_utterances=args.max_utterances,
-      enhancement_metrics=args.enhancement_metrics, target_snr_db=args.target_snr,
-      confidence=args.confidence, posthoc_scales=scales, **grid)
-  summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
-             "posthoc_scales": None if scales is None else {
-                 name: value.tolist() for name, value in scales.items()},
-             **summary}
-  paths = evaluate.write_report(args.out, table, summary)
+  with separate_files.report_dir(args.out):
+    table, summary = evaluate.evaluate_model(
+        variables, model_config, source, max_utterances=args.max_utterances,
+        enhancement_metrics=args.enhancement_metrics, target_snr_db=args.target_snr,
+        confidence=args.confidence, posthoc_scales=scales, **grid)
+    summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
+               "posthoc_scales": None if scales is None else {
+                   name: value.tolist() for name, value in scales.items()},
+               **summary}
+    paths = evaluate.write_report(args.out, table, summary)
   print(paths["markdown"].read_text())
   print("wrote " + ", ".join(str(path) for path in paths.values()))
 
@@ -409,6 +409,10 @@ def calibrate_command(args):
 
   if args.fit_alpha and args.method != "nll":
     raise errors.UsageError("--fit-alpha", "needs --method nll")
+  if args.max_utterances is not None and (
+      args.max_utterances < calibration_report.MIN_FIT_UTTERANCES):
+    raise errors.UsageError(f"--max-utterances {args.max_utterances}",
+                            calibration_report.TOO_FEW_TO_FIT)
   config = _data_config(args, checkpoints.read_config(args.checkpoint))
   _apply_run_defaults(args, config)
   grid = _grid(args)
@@ -423,17 +427,17 @@ def calibrate_command(args):
       split, config.data.kind, config.data.root):
     print(f"warning: fitting and testing on the same split {split!r}: the test measures "
           "after post-hoc calibration are optimistic", file=sys.stderr)
-  separate_files.prepare_out_dir(args.out)
   # The chunks `separate` would cut (its defaults unless given), checked at the
   # model's rate.
   chunking = _chunking(args, config.model)
-  report, paths = calibration_report.calibrate_checkpoint(
-      args.checkpoint, args.out, config=config, fit_config=fit_config,
-      fit_split=fit_split, split=split,
-      method=args.method, fit_alpha=args.fit_alpha, target_snr_db=args.target_snr,
-      delta=args.delta, epsilon=args.epsilon, max_utterances=args.max_utterances,
-      chunk_seconds=chunking["chunk_seconds"], overlap_seconds=chunking["overlap_seconds"],
-      **grid)
+  with separate_files.report_dir(args.out):
+    report, paths = calibration_report.calibrate_checkpoint(
+        args.checkpoint, args.out, config=config, fit_config=fit_config,
+        fit_split=fit_split, split=split,
+        method=args.method, fit_alpha=args.fit_alpha, target_snr_db=args.target_snr,
+        delta=args.delta, epsilon=args.epsilon, max_utterances=args.max_utterances,
+        chunk_seconds=chunking["chunk_seconds"], overlap_seconds=chunking["overlap_seconds"],
+        **grid)
   print(calibration_report.text_summary(report))
   print(f"saved post-hoc scales to {report['posthoc']['path']}: `eesep evaluate` and "
         "`eesep separate` apply them from now on (--no-posthoc to ignore them); they are "

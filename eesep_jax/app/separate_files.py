@@ -50,6 +50,7 @@ naming it, and the other files go on. The output folder itself is checked before
 first file (`prepare_out_dir`).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -166,6 +167,22 @@ def prepare_out_dir(out_dir):
   except OSError as error:
     raise errors.UsageError(out_dir, f"cannot write the outputs there "
                                      f"({error.strerror or error})") from None
+
+
+@contextlib.contextmanager
+def report_dir(out_dir):
+  """`prepare_out_dir(out_dir)` for a command that writes its report there at the end
+  (`evaluate`, `calibrate`): when the work in the block fails or is interrupted, a
+  folder it created and that is still empty is removed again, so that a failed run
+  leaves nothing behind."""
+  created = not os.path.exists(out_dir)
+  prepare_out_dir(out_dir)
+  try:
+    yield
+  except BaseException:
+    if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+      os.rmdir(out_dir)
+    raise
 
 
 def _name_max(directory):

@@ -18,8 +18,8 @@ import orbax.checkpoint as ocp
 
 from eesep_jax import config_lib
 from eesep_jax import errors
+from eesep_jax import files
 from eesep_jax import models
-from eesep_jax.training import storage
 
 CONFIG_FILE = "config.json"
 BEST_METRIC = "valid_si_snri_last_exit"
@@ -135,22 +135,13 @@ def start_run(workdir, how):
         (path / name).unlink()
   if how == "resume" and run_id(path) is not None:
     return
-  partial = path / f".{RUN_FILE}.partial"
-  partial.write_text(json.dumps({"run_id": uuid.uuid4().hex}))
-  partial.replace(path / RUN_FILE)
+  files.write_text(path / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}))
 
 
 def write_config(config, workdir):
-  """Writes `config` to `workdir/config.json`, never leaving a damaged one behind: on a
-  disk by way of a temporary file and a rename; in a bucket directly, since an object
-  is replaced whole or not at all (and a bucket has no rename, only copy and delete)."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  if storage.is_object_store(path):
-    path.write_text(config.to_json_best_effort(indent=2))
-    return
-  partial = path.parent / f".{CONFIG_FILE}.partial"
-  partial.write_text(config.to_json_best_effort(indent=2))
-  partial.replace(path)
+  """Writes `config` to `workdir/config.json`, never leaving a damaged one behind
+  (`files.write_text`)."""
+  files.write_text(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir):

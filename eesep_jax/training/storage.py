@@ -9,10 +9,7 @@ bytes each, so a 200k-step run's rewrites total well under a gigabyte.
 
 from etils import epath
 
-
-def is_object_store(path):
-  """Whether `path` is a URL such as `gs://BUCKET/PATH` rather than a local path."""
-  return "://" in str(path)
+from eesep_jax import files
 
 
 class LineLog:
@@ -21,7 +18,7 @@ class LineLog:
 
   def __init__(self, path):
     self.path = epath.Path(path)
-    if is_object_store(self.path):
+    if files.is_object_store(self.path):
       self._lines = self.path.read_text() if self.path.exists() else ""
       self._file = None
     else:

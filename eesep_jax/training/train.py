@@ -16,6 +16,7 @@ import time
 from etils import epath
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -253,6 +254,12 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _wait_for_every_process(name):
+  """A barrier across the processes of a multi-process run; nothing in a single one."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 _BATCH_FIELDS = ("mixture", "sources", "mask")
 
 
@@ -408,9 +415,13 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   throughput.use_compilation_cache(config.get("compilation_cache_dir", ""))
   train_source, valid_source = _open_data(config, say)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Only the lead marks the workdir (and empties it for `fresh`): the others have all
+  # checked it before, and read it (the checkpoint to resume) only after.
+  _wait_for_every_process("eesep_jax: workdir checked")
   if is_lead:
     checkpoints.start_run(workdir, how)
     checkpoints.write_config(config, workdir)
+  _wait_for_every_process("eesep_jax: workdir started")
   model_config = config_lib.model_config(config)
   model = models.PressNet(model_config)
 
