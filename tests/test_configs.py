@@ -292,6 +292,22 @@ def test_a_run_saved_before_the_inference_sections_loads_and_resumes(tmp_path):
       ("model.width", config.model.width, 48)]
 
 
+def test_a_run_resumes_with_other_layer_forms_or_from_before_them(tmp_path):
+  config = config_lib.load_config(DEMO_CONFIG)
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["recurrence_form"], saved["model"]["depthwise_form"]
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
+  old = checkpoints.read_config(tmp_path)
+  assert config_lib.model_config(old).recurrence_form == "auto"
+  # The forms run the same function: a run may move between a CPU and an accelerator.
+  changed = config_lib.load_config(DEMO_CONFIG, ["model.recurrence_form=associative",
+                                                 "model.depthwise_form=grouped"])
+  assert config_lib.resume_differences(old, changed) == []
+  with pytest.raises(errors.UsageError, match="recurrence_form='scan'"):
+    config_lib.validate_config(
+        config_lib.load_config(DEMO_CONFIG, ["model.recurrence_form=scan"]))
+
+
 @pytest.mark.parametrize("override, pattern", [
     ("inference.confidence=1.5", r"config\.inference\.confidence: 1\.5: must be a "
                                  r"probability in \(0, 1\]"),
