@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "eesep_jax"
 
 # Rank of each layer; a module may import modules of its own rank or lower.
 LAYERS = {
-    "errors": 0, "core": 0,
+    "errors": 0, "hardware": 0, "core": 0,
     "models": 1, "data": 1,
     "inference": 2, "config_lib": 2, "configs": 2,
     "training": 3, "analysis": 3,
