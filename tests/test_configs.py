@@ -58,6 +58,13 @@ def test_config_is_complete_and_consistent(path):
   assert config.data.valid_split != config.data.train_split
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.py")),
+                         ids=lambda path: path.stem)
+def test_accelerator_configs_compute_in_bfloat16(path):
+  # The experiments' configs are for accelerators; the demo (CPU) stays float32.
+  assert config_lib.model_config(config_lib.load_config(path)).dtype == "bfloat16"
+
+
 # ----------------------------------------------------------------------------------
 # One schema, one default per value, and the `--config` flags of `eesep train`.
 

@@ -17,4 +17,5 @@ def get_config():
   config.steps = 1_000_000
   config.batch_size = 64
   config.optimizer.warmup_steps = 10_000
+  config.model.dtype = "bfloat16"  # Accelerators' compute dtype; parameters stay float32.
   return config

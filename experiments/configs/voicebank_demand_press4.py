@@ -18,4 +18,5 @@ def get_config():
   config.steps = 300_000
   config.batch_size = 32
   config.optimizer.warmup_steps = 5_000
+  config.model.dtype = "bfloat16"  # Accelerators' compute dtype; parameters stay float32.
   return config

@@ -15,4 +15,5 @@ def get_config():
   config.batch_size = 64
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 10_000
+  config.model.dtype = "bfloat16"  # Accelerators' compute dtype; parameters stay float32.
   return config
