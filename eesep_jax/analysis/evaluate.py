@@ -373,7 +373,10 @@ def markdown_report(summary):
   lines += ["", "## Stopping policies (simulated from every exit's outputs)", "",
             "`p / exit`: the confidence of the probabilistic policy, the exit of the fixed "
             "one. `exits`: utterances stopping at exit 1, 2, ... `reached`: share of "
-            "utterances whose worst source's SNR reaches γ.", "",
+            "utterances whose worst source's SNR reaches γ. `GMAC/s`: the mean over "
+            "utterances of the compute their own exits need, a count of FLOPs saved, not of "
+            "time: run in batches, early exit runs a batch until its last example stops "
+            "(`eesep separate` says where its batches of chunks ran longer).", "",
             "| policy | γ (dB) | p / exit | mean exit | exits | GMAC/s | SI-SNRi (dB) | reached |",
             "|---|---|---|---|---|---|---|---|"]
   for entry in summary["policies"]:
