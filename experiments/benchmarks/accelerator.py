@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import soundfile
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# pylint: disable=wrong-import-position
 import run as benchmarks  # The sibling run.py: timing and device helpers.
 
 from eesep_jax import config_lib
