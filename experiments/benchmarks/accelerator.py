@@ -105,7 +105,7 @@ def train_benchmark(preset, batch, seconds, repeats, peaks):
   configs = {dtype: models.preset(preset, dtype=dtype) for dtype in DTYPES}
   steps = {dtype: _train_step(config, batch, samples) for dtype, config in configs.items()}
   times = benchmarks.interleaved_times([steps[dtype][0] for dtype in DTYPES], repeats)
-  model_flops = 3 * batch * 2e9 * models.gmacs_by_exit(configs["float32"], samples)[-1]
+  model_flops = benchmarks.train_flops(configs["float32"], batch, samples)
   results = {}
   for dtype, step_s in zip(DTYPES, times):
     peak = peaks[dtype]
