@@ -453,8 +453,10 @@ def validate_config(config):
 # checkpoints, and where its data lives may change, and the sections training does not
 # read (`inference`, `evaluation`: any of their fields). Everything else (the model,
 # whose parameters the checkpoint holds; the optimizer, batch, data stream and seed,
-# whose state it holds) needs a new workdir.
+# whose state it holds) needs a new workdir. The layers' forms only choose how the same
+# function runs, e.g. when a run moves between a CPU and an accelerator.
 RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
+                    "model.recurrence_form", "model.depthwise_form",
                     "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
                     "data.synthesize_if_missing", "data.valid_split", "data.test_split",
                     "data.heldout_root", "peak_flops",

@@ -1,35 +1,35 @@
-"""Peak FLOP/s of the accelerators the project runs on, for model FLOPs utilisation (MFU).
+"""Peak FLOP/s of known accelerators, the denominator of model FLOP utilisation (MFU).
 
-Dense matmul peaks per chip from the vendors' data sheets (no sparsity). For float32
-compute the GPU figure is TF32's, which XLA uses for float32 matmuls at JAX's default
-precision on Ampere and Hopper; TPUs run float32 matmuls in bfloat16 passes at the
-default precision, so their float32 peak is their bfloat16 one.
+One chip's dense (no sparsity) peak from its vendor's data sheet, for the compute
+dtype of the model. float32 on a GPU is the TF32 tensor-core peak, on which XLA runs
+float32 matmuls at JAX's default precision; on a TPU it is the MXU's bfloat16 peak,
+on which the default precision runs them. CPUs have no entry: their peak depends on
+the core count, clock and vector units, which `jax.Device` does not say.
 """
 
-# (substring of the lower-cased `device_kind`, bfloat16 peak, float32 peak), most
-# specific first: "h100 pcie" before "h100".
+# (lower-case substring of `jax.Device.device_kind`, {dtype: peak FLOP/s}); the first
+# match wins, so the more specific names come first.
 _PEAKS = (
-    ("h100 pcie", 756e12, 378e12),
-    ("h100", 989e12, 494e12),
-    ("h200", 989e12, 494e12),
-    ("a100", 312e12, 156e12),
-    ("tpu v4", 275e12, 275e12),
-    ("tpu v5 lite", 197e12, 197e12),
-    ("tpu v5e", 197e12, 197e12),
-    ("tpu v5p", 459e12, 459e12),
-    ("tpu v5", 459e12, 459e12),  # v5p reports itself as "TPU v5".
-    ("tpu v6 lite", 918e12, 918e12),
-    ("tpu v6e", 918e12, 918e12),
+    ("h100 pcie", {"bfloat16": 756e12, "float32": 378e12}),
+    ("h100", {"bfloat16": 989e12, "float32": 495e12}),  # SXM.
+    ("h200", {"bfloat16": 989e12, "float32": 495e12}),
+    ("a100", {"bfloat16": 312e12, "float32": 156e12}),
+    ("tpu v4", {"bfloat16": 275e12, "float32": 275e12}),
+    ("tpu v5 lite", {"bfloat16": 197e12, "float32": 197e12}),
+    ("tpu v5e", {"bfloat16": 197e12, "float32": 197e12}),
+    ("tpu v5", {"bfloat16": 459e12, "float32": 459e12}),  # v5p.
+    ("tpu v6", {"bfloat16": 918e12, "float32": 918e12}),  # v6e ("TPU v6 lite").
 )
+DTYPES = ("float32", "bfloat16")
 
 
 def peak_flops(device, dtype):
-  """The peak dense FLOP/s of one `device` (a `jax.Device`, or its `device_kind`) at
-  compute `dtype` ("bfloat16" or "float32"); None for a device not in the table (CPUs)."""
+  """Dense peak FLOP/s of one `device` (a `jax.Device` or its `device_kind`) in `dtype`
+  ("float32" or "bfloat16"), or None for a device not in the table (CPUs)."""
+  if str(dtype) not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {DTYPES}")
   kind = str(getattr(device, "device_kind", device)).lower()
-  if getattr(device, "platform", None) == "cpu" or kind == "cpu":
-    return None
-  for name, bfloat16, float32 in _PEAKS:
+  for name, peaks in _PEAKS:
     if name in kind:
-      return bfloat16 if str(dtype) == "bfloat16" else float32
+      return peaks[str(dtype)]
   return None

@@ -273,14 +273,19 @@ class ChunkExits:
     starts: `[chunks]` first sample of each chunk, at the model's sample rate.
     exit_index: `[chunks]` the 1-based exit each chunk stopped at.
     probability: `[chunks]` the exit probability at that exit.
-    gmacs: `[chunks]` giga multiply-accumulates spent on each chunk.
+    gmacs: `[chunks]` giga multiply-accumulates each chunk's own exit needs.
     full_depth_gmacs: what running every chunk to the last exit would cost.
+    executed_gmacs: `[chunks]` what each chunk's batch ran for it: the compute of the
+      batch's deepest exit, since a batch runs until its last chunk stops. Above
+      `gmacs` where chunks of one batch stop at different exits, so that the saving
+      `gmacs` gives is a count of FLOPs, not of time.
   """
   starts: np.ndarray
   exit_index: np.ndarray
   probability: np.ndarray
   gmacs: np.ndarray
   full_depth_gmacs: float
+  executed_gmacs: np.ndarray
 
   @property
   def mean_exit(self):
@@ -293,6 +298,10 @@ class ChunkExits:
   @property
   def total_gmacs(self):
     return float(np.sum(self.gmacs))
+
+  @property
+  def total_executed_gmacs(self):
+    return float(np.sum(self.executed_gmacs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,6 +491,7 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   fade_in = _fade_in(overlap)
   estimates = np.zeros((config.num_sources, time), np.float32)
   per_chunk = {"exit_index": [], "probability": [], "gmacs": []}
+  executed = []
   previous_tail = previous_end = None
   if progress:
     progress(0, starts.size)
@@ -495,6 +505,7 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
         lengths=np.full(batch, valid), normalize_level=False, **separate_kwargs))
     for name, values in per_chunk.items():
       values.append(getattr(result, name)[:batch_starts.size])
+    executed.append(np.full(batch_starts.size, np.max(result.gmacs)))
     for start, chunk_estimates in zip(batch_starts, result.estimates[..., :valid]):
       fade_start = None
       if previous_tail is not None:
@@ -510,5 +521,6 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
       progress(first + batch_starts.size, starts.size)
   exits = ChunkExits(
       starts=starts, **{name: np.concatenate(values) for name, values in per_chunk.items()},
-      full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk)
+      full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk,
+      executed_gmacs=np.concatenate(executed))
   return LongSeparationResult(estimates=estimates / np.float32(gain), exits=exits)

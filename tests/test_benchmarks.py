@@ -1,4 +1,5 @@
-"""The benchmark script runs, and its helpers measure what they say (no timing asserted)."""
+"""Every benchmark script runs at smoke size, and their helpers measure what they say
+(no timing asserted)."""
 
 import importlib.util
 import json
@@ -14,6 +15,16 @@ import pytest
 from eesep_jax import models
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run.py"
+# Every script of experiments/benchmarks/ and the test below that runs it at smoke size.
+SMOKE_TESTS = {
+    "run.py": "test_run_script_at_smoke_size",
+    "accelerator.py": "test_accelerator_script_at_smoke_size",
+    "train_step.py": "test_train_step_script_times_one_step",
+    "eval_throughput.py": "test_eval_throughput_script_at_smoke_size",
+    "time_to_quality.py": "test_time_to_quality_script_at_smoke_size",
+    "block_probability_accuracy.py": "test_block_probability_accuracy_script_at_smoke_size",
+    "input_pipeline.py": "test_input_pipeline_benchmark_runs_at_smoke_size",
+}
 
 
 def _load_script(path, name):
@@ -126,16 +137,6 @@ def test_peak_rss_is_this_process_own(bench):
   assert int(child.stdout) < bench.peak_rss_bytes()
 
 
-def test_train_step_script_times_one_step():
-  script = SCRIPT.with_name("train_step.py")
-  result = subprocess.run([sys.executable, str(script), "--batch", "1", "--samples", "800",
-                           "--repeats", "1"], capture_output=True, text=True, check=True,
-                          timeout=300)
-  record = json.loads(result.stdout.strip().splitlines()[-1])
-  assert record["preset"] == "tiny" and record["samples"] == 800
-  assert record["compile_s"] > 0 and record["step_s"] > 0
-
-
 def test_time_to_quality_reuses_only_a_finished_run(tmp_path, monkeypatch):
   ttq = _load_script(SCRIPT.with_name("time_to_quality.py"), "benchmarks_time_to_quality")
   config = ttq.config_lib.load_config(ttq.DEMO_CONFIG)
@@ -155,6 +156,98 @@ def test_time_to_quality_reuses_only_a_finished_run(tmp_path, monkeypatch):
   assert ttq._train(config, tmp_path / "demo", reuse=True) == [(5.0, 3.0), (9.0, 4.0)]  # pylint: disable=protected-access
   with pytest.raises(SystemExit, match=f"latest checkpoint {config.steps - 1}"):
     ttq._train(config, tmp_path / "cut", reuse=True)  # pylint: disable=protected-access
+
+
+# --------------------------------------------------------------------------- smoke runs
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+  # A script nothing runs rots unnoticed, as run.py did: each needs a smoke test here.
+  scripts = {path.name for path in SCRIPT.parent.glob("*.py")}
+  assert scripts <= set(SMOKE_TESTS), f"no smoke test for {sorted(scripts - set(SMOKE_TESTS))}"
+  assert set(SMOKE_TESTS.values()) <= set(globals())
+
+
+def _run_script(name, *args, timeout=900):
+  return subprocess.run([sys.executable, str(SCRIPT.with_name(name)), *map(str, args)],
+                        capture_output=True, text=True, check=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_script_at_smoke_size(tmp_path):
+  _run_script("run.py", "--smoke", "--out", tmp_path / "run.json")
+  results = json.loads((tmp_path / "run.json").read_text())
+  assert results["smoke"] and set(results["presets"]) == {"tiny"}
+  preset = results["presets"]["tiny"]
+  assert len(preset["stop_at_k_over_full"]) == 2 and preset["train_mfu"] > 0
+  assert results["rtf_press4_full"] > 0 and results["long_file_peak_rss_gb"] > 0
+  assert results["targets"]
+
+
+@pytest.mark.slow
+def test_accelerator_script_at_smoke_size(tmp_path):
+  _run_script("accelerator.py", "--smoke", "--out-dir", tmp_path)
+  [path] = tmp_path.glob("accelerator_cpu_*.json")
+  results = json.loads(path.read_text())
+  trained = results["presets"]["tiny"]["train"]
+  assert set(trained) == {"bfloat16", "float32"}
+  for dtype in trained.values():
+    assert dtype["step_s"] > 0 and dtype["model_gflop_per_step"] > 0
+    assert dtype["mfu"] is None  # CPUs have no peak unless --peak-flops gives one.
+  layer_shares = results["presets"]["tiny"]["layers"]["share_of_bfloat16_step"]
+  assert set(layer_shares) == {"recurrence/chunked", "recurrence/associative",
+                               "depthwise/shifted", "depthwise/grouped"}
+  separated = results["presets"]["tiny"]["separate"]
+  assert set(separated) == {"batch_1", "batch_8"}
+  exit_1 = separated["batch_8"]["exit_1"]
+  assert exit_1["exits"] == [1] * 8 and 0 < exit_1["flop_saving"] < 1
+  assert exit_1["flop_saving"] == pytest.approx(exit_1["executed_flop_saving"])
+  assert separated["batch_1"]["full_depth"]["flop_saving"] == pytest.approx(0, abs=1e-6)
+  assert results["input_pipeline"]["examples_per_s"] > 0
+
+
+def test_accelerator_peak_flops_flag_overrides_the_table():
+  accelerator = _load_script(SCRIPT.with_name("accelerator.py"), "benchmarks_accelerator")
+  peaks = accelerator._peaks(jax.devices("cpu")[0], {"float32": 1e12})  # pylint: disable=protected-access
+  assert peaks == {"bfloat16": None, "float32": 1e12}
+  assert accelerator._peaks("NVIDIA H100 PCIe", {}) == {  # pylint: disable=protected-access
+      "bfloat16": 756e12, "float32": 378e12}
+  device = {"platform": "tpu", "device_kind": "TPU v5 lite"}
+  assert accelerator.results_path(pathlib.Path("r"), device).name == (
+      "accelerator_tpu_tpu_v5_lite.json")
+
+
+def test_train_step_script_times_one_step():
+  result = _run_script("train_step.py", "--batch", "1", "--samples", "800", "--repeats", "1",
+                       timeout=300)
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  assert record["preset"] == "tiny" and record["samples"] == 800
+  assert record["compile_s"] > 0 and record["step_s"] > 0
+
+
+@pytest.mark.slow
+def test_eval_throughput_script_at_smoke_size(trained_workdir, tmp_path):
+  _run_script("eval_throughput.py", "--checkpoint", trained_workdir, "--max-utterances", 2,
+              "--out", tmp_path / "eval.json")
+  results = json.loads((tmp_path / "eval.json").read_text())
+  assert results["utterances"] == 2 and results["bucketed_utterances_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_time_to_quality_script_at_smoke_size(tiny_corpus, tmp_path):
+  _run_script("time_to_quality.py", "--out-dir", tmp_path, "--steps", 2, "--points", 1,
+              "--data-root", tiny_corpus)
+  curves = json.loads((tmp_path / "time_to_quality.json").read_text())["curves"]
+  assert set(curves) == {"demo", "single_exit"}
+  assert all(len(curve) == 1 for curve in curves.values())
+  assert (tmp_path / "time_to_quality.png").stat().st_size > 0
+
+
+def test_block_probability_accuracy_script_at_smoke_size():
+  table = _run_script("block_probability_accuracy.py", "--draws", 2000, timeout=300).stdout
+  rows = [line for line in table.splitlines() if line.startswith("| ")]
+  # Header, rule, then a row per case with its largest error, old -> new.
+  assert len(rows) >= 3 and all(" → " in row for row in rows[2:])
 
 
 INPUT_PIPELINE = SCRIPT.with_name("input_pipeline.py")

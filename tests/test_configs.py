@@ -58,6 +58,13 @@ def test_config_is_complete_and_consistent(path):
   assert config.data.valid_split != config.data.train_split
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.py")),
+                         ids=lambda path: path.stem)
+def test_accelerator_configs_compute_in_bfloat16(path):
+  # The experiments' configs are for accelerators; the demo (CPU) stays float32.
+  assert config_lib.model_config(config_lib.load_config(path)).dtype == "bfloat16"
+
+
 # ----------------------------------------------------------------------------------
 # One schema, one default per value, and the `--config` flags of `eesep train`.
 
@@ -291,6 +298,22 @@ def test_a_run_saved_before_the_inference_sections_loads_and_resumes(tmp_path):
   changed.model.width = 48
   assert config_lib.resume_differences(old, changed) == [
       ("model.width", config.model.width, 48)]
+
+
+def test_a_run_resumes_with_other_layer_forms_or_from_before_them(tmp_path):
+  config = config_lib.load_config(DEMO_CONFIG)
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["recurrence_form"], saved["model"]["depthwise_form"]
+  (tmp_path / checkpoints.CONFIG_FILE).write_text(json.dumps(saved))
+  old = checkpoints.read_config(tmp_path)
+  assert config_lib.model_config(old).recurrence_form == "auto"
+  # The forms run the same function: a run may move between a CPU and an accelerator.
+  changed = config_lib.load_config(DEMO_CONFIG, ["model.recurrence_form=associative",
+                                                 "model.depthwise_form=grouped"])
+  assert config_lib.resume_differences(old, changed) == []
+  with pytest.raises(errors.UsageError, match="recurrence_form='scan'"):
+    config_lib.validate_config(
+        config_lib.load_config(DEMO_CONFIG, ["model.recurrence_form=scan"]))
 
 
 @pytest.mark.parametrize("override, pattern", [

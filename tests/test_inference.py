@@ -151,3 +151,36 @@ def test_separation_does_not_depend_on_the_input_level(setup):
       variables, config, (level * mixture)[None], exit_index=2, policy="fixed",
       normalize_level=False).estimates[0], level * mixture) for level in levels[[0, 4]]]
   assert abs(raw[0] - raw[1]) > 0.01  # The network alone is level dependent.
+
+
+def test_separate_long_reports_what_its_batches_ran_beyond_each_chunk(monkeypatch):
+  from eesep_jax.app import cli  # pylint: disable=import-outside-toplevel
+
+  config = models.preset("tiny")
+  exits_in_order = iter([1, 3, 2, 2, 1])
+
+  def fake_separate(variables, config, chunks, **kwargs):
+    del variables, kwargs
+    batch, time = chunks.shape
+    exit_index = np.array([next(exits_in_order, 1) for _ in range(batch)], np.int32)
+    return inference.SeparationResult(
+        estimates=np.zeros((batch, config.num_sources, time), np.float32),
+        exit_index=exit_index, probability=np.ones(batch, np.float32),
+        gmacs=exit_index.astype(np.float32))
+
+  monkeypatch.setattr(inference, "separate", fake_separate)
+  rate = config.sample_rate
+  # Five 1 s chunks at a hop of 0.5 s, in batches of 3 and 2 (`chunk_batch=3`).
+  result = inference.separate_long(None, config, np.zeros(3 * rate, np.float32),
+                                   chunk_seconds=1.0, overlap_seconds=0.5, chunk_batch=3)
+  np.testing.assert_array_equal(result.exits.exit_index, [1, 3, 2, 2, 1])
+  np.testing.assert_array_equal(result.exits.gmacs, [1, 3, 2, 2, 1])
+  # Each batch runs every chunk of it to its deepest chunk's exit.
+  np.testing.assert_array_equal(result.exits.executed_gmacs, [3, 3, 3, 2, 2])
+
+  described = cli._describe(  # pylint: disable=protected-access
+      dataclasses.make_dataclass("Result", ["path", "note", "exits", "gain", "outputs"])(
+          "a.wav", None, dataclasses.replace(result.exits, full_depth_gmacs=15.0), 1.0,
+          ["a_s1.wav"]), 15.0, 3)
+  assert "9 of 15 GMAC, 40% of the FLOPs saved (its batches of chunks ran 13 GMAC, " \
+      "13% saved: a batch runs until its last chunk stops)" in described

@@ -98,8 +98,9 @@ def _sequential_recurrence(decay, update):
 
 
 # Frames below, at and across the two-level scan's chunk of 32, with a partial chunk.
+@pytest.mark.parametrize("form", ["chunked", "associative"])
 @pytest.mark.parametrize("frames", [1, 32, 37, 100])
-def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames):
+def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames, form):
   decay = jax.random.uniform(jax.random.key(0), (2, frames, 6))
   update = jax.random.normal(jax.random.key(1), (2, frames, 6))
   weights = jax.random.normal(jax.random.key(2), (2, frames, 6))
@@ -110,7 +111,8 @@ def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames):
       return jnp.sum(weights * jnp.square(states)), states
     return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
 
-  got = states_and_gradients(layers.bidirectional_linear_recurrence)
+  got = states_and_gradients(
+      functools.partial(layers.bidirectional_linear_recurrence, form=form))
   want = states_and_gradients(_sequential_recurrence)
   for g, w in zip(jax.tree.leaves(got(decay, update)), jax.tree.leaves(want(decay, update))):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -141,13 +143,28 @@ def _assert_same_as_flax(module, reference, input_shape, output_shape):
 
 
 # Kernels odd and even, shorter and longer than the kernel-gradient's block of 64 frames.
+@pytest.mark.parametrize("form", ["shifted", "grouped"])
 @pytest.mark.parametrize("kernel, frames", [(3, 5), (4, 70), (65, 130), (31, 200)])
-def test_depthwise_convolution_matches_flax_grouped_convolution(kernel, frames):
+def test_depthwise_convolution_matches_flax_grouped_convolution(kernel, frames, form):
   channels = 6
   _assert_same_as_flax(
-      layers.DepthwiseConv(kernel),
+      layers.DepthwiseConv(kernel, form),
       nn.Conv(channels, (kernel,), padding="SAME", feature_group_count=channels),
       (3, frames, channels), (3, frames, channels))
+
+
+def test_unknown_layer_forms_are_refused():
+  with pytest.raises(ValueError, match="recurrence_form='parallel'"):
+    models.preset("tiny", recurrence_form="parallel")
+  with pytest.raises(ValueError, match="depthwise_form='fft'"):
+    models.preset("tiny", depthwise_form="fft")
+  # "auto" is the CPU form on CPU, where these tests run.
+  assert jax.default_backend() == "cpu"
+  auto = models.preset("tiny")
+  assert (auto.resolved_recurrence_form, auto.resolved_depthwise_form) == ("chunked", "shifted")
+  forced = models.preset("tiny", recurrence_form="associative", depthwise_form="grouped")
+  assert (forced.resolved_recurrence_form, forced.resolved_depthwise_form) == (
+      "associative", "grouped")
 
 
 @pytest.mark.parametrize("kernel, stride, frames", [(16, 8, 9), (4, 2, 1), (6, 3, 40)])
@@ -334,6 +351,35 @@ def test_gradients_are_finite_and_remat_changes_nothing(tiny):
   np.testing.assert_allclose(remat_value, value, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+# The accelerator forms against the CPU forms through the whole network, LayerScale 1
+# so that every block's layers move the outputs: the loss, each output, and the
+# parameters' gradients, each within `tolerance` of its largest magnitude (of the
+# largest gradient for the gradients: some are zero up to rounding). float32: 1e-5.
+# bfloat16 (the recurrence still runs in float32): 3e-2, what rounding to 8 bits of
+# mantissa leaves of the two forms' different order of operations.
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_accelerator_layer_forms_match_the_cpu_forms(dtype, tolerance):
+  config = models.preset("tiny", layer_scale_init=1.0, dtype=dtype, recurrence_form="chunked",
+                         depthwise_form="shifted")
+  variables, mixture = _init(config), _mixture(time=401)
+
+  def outputs_and_grads(config):
+    value, grads = _loss_and_grads(config, variables, mixture)
+    outputs = _forward(variables, mixture, config=config)
+    return [[value], jax.tree.leaves(outputs), jax.tree.leaves(grads)]
+
+  want = outputs_and_grads(config)
+  got = outputs_and_grads(dataclasses.replace(config, recurrence_form="associative",
+                                              depthwise_form="grouped"))
+  for leaves_got, leaves_want, shared_scale in zip(got, want, (False, False, True)):
+    largest = max(float(jnp.max(jnp.abs(w))) for w in leaves_want)
+    for g, w in zip(leaves_got, leaves_want):
+      scale = largest if shared_scale else float(jnp.max(jnp.abs(w)))
+      assert scale > 0
+      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                                 rtol=0, atol=tolerance * scale)
 
 
 def test_bfloat16_computes_in_bfloat16_with_float32_params(tiny):

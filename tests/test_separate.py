@@ -202,7 +202,8 @@ def test_outputs_have_the_inputs_names_rates_and_lengths(cli_run):
       assert info.subtype == "PCM_16"
     [line] = [line for line in cli_run.stdout
               if line.startswith(str(out_dir.parent / "inputs" / name))]
-    assert ": exit 3 of 3, P(SNR >= 15 dB) = " in line and " GMAC, 0% saved -> " in line
+    assert ": exit 3 of 3, P(SNR >= 15 dB) = " in line
+    assert " GMAC, 0% of the FLOPs saved -> " in line
   assert sorted(os.listdir(out_dir)) == sorted(
       f"{os.path.splitext(name)[0]}_s{k}.wav" for name in GOOD for k in (1, 2))
 
@@ -256,7 +257,7 @@ def test_a_fixed_exit_index(model, inputs, tmp_path, exit_index, expected):
   assert code == 0 and not stderr
   [line] = stdout
   assert line.startswith(f"{path}: {expected},")
-  assert (" 0% saved" in line) == (exit_index == "last")
+  assert (" 0% of the FLOPs saved" in line) == (exit_index == "last")
 
 
 @pytest.mark.parametrize("flags", [

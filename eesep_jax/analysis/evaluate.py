@@ -429,7 +429,10 @@ def _policy_lines(summary, points):
            "reach γ; `reach − frontier`: reach minus the best random mix of fixed exits at "
            "the same compute; `oracle's saving`: the share of the oracle's saving achieved. "
            "95% intervals: Clopper–Pearson on shares, paired bootstrap on SI-SNRi and "
-           "differences.", "", "| policy | " + header, "|---" * 9 + "|"]
+           "differences. `GMAC/s` is the mean over utterances of the compute their own "
+           "exits need, a count of FLOPs saved, not of time: run in batches, early exit "
+           "runs a batch until its last example stops (`eesep separate` says where its "
+           "batches of chunks ran longer).", "", "| policy | " + header, "|---" * 9 + "|"]
   lines += [f"| {_policy_name(points, q)} | " + " | ".join(_point_row(points, i, q)) + " |"
             for q in range(len(points["policy"]))]
   columns = [q for q, policy in enumerate(points["policy"]) if policy == "probabilistic"

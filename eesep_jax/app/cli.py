@@ -319,7 +319,12 @@ def _describe(result, target_snr_db, num_exits):
   saved = round(100 * (1.0 - exits.total_gmacs / exits.full_depth_gmacs))
   line = (f"{result.path}: exit {round(exits.mean_exit, 1):g} of {num_exits}{exit_note}, "
           f"P(SNR >= {target_snr_db:g} dB) = {exits.min_probability:.2f}{probability_note}, "
-          f"{exits.total_gmacs:.3g} of {exits.full_depth_gmacs:.3g} GMAC, {saved}% saved")
+          f"{exits.total_gmacs:.3g} of {exits.full_depth_gmacs:.3g} GMAC, {saved}% of the "
+          "FLOPs saved")
+  if exits.total_executed_gmacs > exits.total_gmacs * (1 + 1e-6):
+    executed = round(100 * (1.0 - exits.total_executed_gmacs / exits.full_depth_gmacs))
+    line += (f" (its batches of chunks ran {exits.total_executed_gmacs:.3g} GMAC, "
+             f"{executed}% saved: a batch runs until its last chunk stops)")
   if result.gain < 1.0:
     line += f", scaled by {20 * math.log10(result.gain):.1f} dB so as not to clip"
   return f"{line} -> {', '.join(result.outputs)}"

@@ -3,11 +3,16 @@
 from collections.abc import Mapping
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from eesep_jax.core import probabilistic
 
 DTYPES = ("float32", "bfloat16")
+# How the layers run (same outputs and gradients, different programs): "auto" picks the
+# first named form on CPU and the second on GPU and TPU (`jax.default_backend()`).
+RECURRENCE_FORMS = ("auto", "chunked", "associative")
+DEPTHWISE_FORMS = ("auto", "shifted", "grouped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,15 @@ class PressNetConfig:
     unroll_blocks: unroll the scans over blocks (bigger programs; also what lets
       XLA's cost analysis count every block, see `gmacs_by_exit`).
     dtype: compute dtype, "float32" or "bfloat16"; parameters stay float32.
+    recurrence_form: how the linear recurrence runs (`RECURRENCE_FORMS`): "chunked",
+      a two-level loop of few passes over memory, fast on XLA:CPU; "associative",
+      `lax.associative_scan`, `log frames` parallel steps for accelerators; "auto"
+      picks by backend (`resolved_recurrence_form`).
+    depthwise_form: how the depthwise convolution runs (`DEPTHWISE_FORMS`):
+      "shifted", multiply-adds of shifted frames and a matmul for the kernel's
+      gradient, fast on XLA:CPU; "grouped", one grouped convolution
+      (`feature_group_count`), which accelerators run natively; "auto" picks by
+      backend (`resolved_depthwise_form`).
     variance: the variance head's parameterisation (`probabilistic.VarianceConfig`);
       a mapping is converted.
   """
@@ -61,6 +75,8 @@ class PressNetConfig:
   remat: bool = False
   unroll_blocks: bool = False
   dtype: str = "float32"
+  recurrence_form: str = "auto"
+  depthwise_form: str = "auto"
   variance: probabilistic.VarianceConfig = dataclasses.field(
       default_factory=probabilistic.VarianceConfig)
 
@@ -81,6 +97,12 @@ class PressNetConfig:
                        f"encoder_kernel={self.encoder_kernel}")
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+    if self.recurrence_form not in RECURRENCE_FORMS:
+      raise ValueError(f"recurrence_form={self.recurrence_form!r} is not one of "
+                       f"{RECURRENCE_FORMS}")
+    if self.depthwise_form not in DEPTHWISE_FORMS:
+      raise ValueError(f"depthwise_form={self.depthwise_form!r} is not one of "
+                       f"{DEPTHWISE_FORMS}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
 
@@ -92,6 +114,22 @@ class PressNetConfig:
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
 
+  @property
+  def resolved_recurrence_form(self):
+    """`recurrence_form`, with "auto" resolved for the default backend."""
+    return _resolve(self.recurrence_form, RECURRENCE_FORMS)
+
+  @property
+  def resolved_depthwise_form(self):
+    """`depthwise_form`, with "auto" resolved for the default backend."""
+    return _resolve(self.depthwise_form, DEPTHWISE_FORMS)
+
+  def with_cpu_forms(self):
+    """This config with the CPU forms of the layers, e.g. to count FLOPs the same way on
+    every machine."""
+    return dataclasses.replace(self, recurrence_form=RECURRENCE_FORMS[1],
+                               depthwise_form=DEPTHWISE_FORMS[1])
+
   def to_dict(self):
     """Plain nested dict (the variance config as a dict), e.g. for `ml_collections`."""
     return dataclasses.asdict(self)
@@ -102,6 +140,14 @@ class PressNetConfig:
     if hasattr(fields, "to_dict"):
       fields = fields.to_dict()
     return cls(**fields)
+
+
+def _resolve(form, forms):
+  """`form`, or for "auto" the CPU form (`forms[1]`) on CPU and the accelerator form
+  (`forms[2]`) on GPU and TPU."""
+  if form != "auto":
+    return form
+  return forms[1] if jax.default_backend() == "cpu" else forms[2]
 
 
 PRESETS = {

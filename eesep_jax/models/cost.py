@@ -39,13 +39,15 @@ def gmacs_by_exit(config, num_samples=None):
   XLA counts a loop body once, so the encoder part (`PressNet.encode`) and one stage
   (`apply_stage`) are lowered on their own with the block scans unrolled, and exit
   `k` costs `encode + k · stage` (every stage has the same shape). FLOPs / 2 = MACs;
-  element-wise operations count as half a MAC each.
+  element-wise operations count as half a MAC each. The layers are counted in their
+  CPU forms (`PressNetConfig.with_cpu_forms`) whatever the backend, so the count is
+  the model's, the same on every machine.
 
   Returns:
     a list of `config.num_exits` floats.
   """
   num_samples = num_samples or config.sample_rate
-  config = dataclasses.replace(config, unroll_blocks=True)
+  config = dataclasses.replace(config.with_cpu_forms(), unroll_blocks=True)
   variables, mixture = _abstract_variables(config, num_samples)
   encode = functools.partial(PressNet(config).apply, method=PressNet.encode)
   carry = jax.eval_shape(encode, variables, mixture)

@@ -118,32 +118,62 @@ def _shift_halves(x, offset):
                           _shift_frames(x[..., half:], -offset)], axis=-1)
 
 
-@jax.custom_vjp
-def bidirectional_linear_recurrence(decay, update):
+def _associative_scan_both_ways(decay, update, forward_first):
+  """What `_scan_both_ways` computes, as `lax.associative_scan`: `log frames` steps
+  that each run over every frame at once, which suits accelerators (the paper's
+  form); each half of the channels is scanned in its own direction."""
+  half = decay.shape[-1] // 2
+
+  def combine(earlier, later):
+    (decay_1, update_1), (decay_2, update_2) = earlier, later
+    return decay_1 * decay_2, decay_2 * update_1 + update_2
+
+  def scan(part, reverse):
+    part = slice(None, half) if part == 0 else slice(half, None)
+    return jax.lax.associative_scan(combine, (decay[..., part], update[..., part]),
+                                    reverse=reverse, axis=decay.ndim - 2)[1]
+
+  return jnp.concatenate([scan(0, not forward_first), scan(1, forward_first)], axis=-1)
+
+
+# `PressNetConfig.recurrence_form` -> the scan that runs it.
+_RECURRENCE_SCANS = {"chunked": _scan_both_ways, "associative": _associative_scan_both_ways}
+
+
+def bidirectional_linear_recurrence(decay, update, form="chunked"):
   """`h_t = decay_t · h_{t±1} + update_t` along axis -2, zero initial state: forward in
   time for the first half of the channels, backward for the second half.
 
-  `decay`, `update`, result: `[..., frames, channels]`, `channels` even. The gradient
-  is one more scan (see `_recurrence_backward`).
+  `decay`, `update`, result: `[..., frames, channels]`, `channels` even. `form`, a
+  resolved `PressNetConfig.recurrence_form` ("chunked" or "associative"), picks the
+  scan; both give the same states. The gradient is one more scan of the same form
+  (see `_recurrence_backward`).
   """
-  return _scan_both_ways(decay, update, forward_first=True)
+  if form not in _RECURRENCE_SCANS:
+    raise ValueError(f"recurrence form {form!r} is not one of {tuple(_RECURRENCE_SCANS)}")
+  return _recurrence(form, decay, update)
 
 
-def _recurrence_forward(decay, update):
-  states = bidirectional_linear_recurrence(decay, update)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(form, decay, update):
+  return _RECURRENCE_SCANS[form](decay, update, forward_first=True)
+
+
+def _recurrence_forward(form, decay, update):
+  states = _recurrence(form, decay, update)
   return states, (decay, states)
 
 
-def _recurrence_backward(residuals, cotangent):
+def _recurrence_backward(form, residuals, cotangent):
   # The adjoint of a linear recurrence is the same recurrence run the other way in
   # time, `λ_t = g_t + decay_{t+1} λ_{t+1}` for a forward one: one more scan instead of
   # differentiating through the loops (a bigger program, and every step's carry saved).
   decay, states = residuals
-  adjoint = _scan_both_ways(_shift_halves(decay, 1), cotangent, forward_first=False)
+  adjoint = _RECURRENCE_SCANS[form](_shift_halves(decay, 1), cotangent, forward_first=False)
   return adjoint * _shift_halves(states, -1), adjoint
 
 
-bidirectional_linear_recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+_recurrence.defvjp(_recurrence_forward, _recurrence_backward)
 
 
 def _shifted_sum(padded, kernel, frames):
@@ -155,21 +185,45 @@ def _pad_frames(x, left, right):
   return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(left, right), (0, 0)])
 
 
-@jax.custom_vjp
-def depthwise_convolution(x, kernel):
+def depthwise_convolution(x, kernel, form="shifted"):
   """Depthwise cross-correlation over frames with "SAME" padding, as `nn.Conv` with
   `feature_group_count` equal to the channels computes it.
-
-  XLA:CPU runs grouped convolutions, and above all their kernel gradient (a dense
-  `[K, C, C]` convolution whose diagonal is kept), much slower than these shifted
-  multiply-adds and the matmul of `_depthwise_kernel_gradient`.
 
   Args:
     x: `[..., frames, channels]`.
     kernel: `[K, channels]`.
+    form: a resolved `PressNetConfig.depthwise_form`: "shifted" (`_shifted_convolution`,
+      for XLA:CPU) or "grouped" (one grouped convolution, for accelerators); both give
+      the same outputs and gradients.
 
   Returns:
     `[..., frames, channels]`.
+  """
+  if form == "shifted":
+    return _shifted_convolution(x, kernel)
+  if form == "grouped":
+    return _grouped_convolution(x, kernel)
+  raise ValueError(f"depthwise form {form!r} is not one of ('shifted', 'grouped')")
+
+
+def _grouped_convolution(x, kernel):
+  """`depthwise_convolution` as one `lax.conv_general_dilated` with a group per channel."""
+  size, channels = kernel.shape
+  left = (size - 1) // 2
+  y = jax.lax.conv_general_dilated(
+      x.reshape((-1,) + x.shape[-2:]), kernel[:, None, :], window_strides=(1,),
+      padding=[(left, size - 1 - left)], dimension_numbers=("NWC", "WIO", "NWC"),
+      feature_group_count=channels)
+  return y.reshape(x.shape)
+
+
+@jax.custom_vjp
+def _shifted_convolution(x, kernel):
+  """`depthwise_convolution` as shifted multiply-adds.
+
+  XLA:CPU runs grouped convolutions, and above all their kernel gradient (a dense
+  `[K, C, C]` convolution whose diagonal is kept), much slower than these shifted
+  multiply-adds and the matmul of `_depthwise_kernel_gradient`.
   """
   size = kernel.shape[0]
   left = (size - 1) // 2
@@ -203,7 +257,7 @@ def _depthwise_kernel_gradient(x, cotangent, size):
 
 
 def _depthwise_convolution_forward(x, kernel):
-  return depthwise_convolution(x, kernel), (x, kernel)
+  return _shifted_convolution(x, kernel), (x, kernel)
 
 
 def _depthwise_convolution_backward(residuals, cotangent):
@@ -216,7 +270,7 @@ def _depthwise_convolution_backward(residuals, cotangent):
   return x_gradient, _depthwise_kernel_gradient(x, cotangent, size).astype(kernel.dtype)
 
 
-depthwise_convolution.defvjp(_depthwise_convolution_forward, _depthwise_convolution_backward)
+_shifted_convolution.defvjp(_depthwise_convolution_forward, _depthwise_convolution_backward)
 
 
 def _gate_bias_init(key, shape, dtype=jnp.float32):
@@ -269,8 +323,9 @@ class BidirectionalRecurrence(nn.Module):
     # No update on padded frames: the backward direction then enters the valid frames
     # from a zero state, as it does at the end of an example run alone.
     update = rate * values.astype(jnp.float32) * frame_mask
-    states = checkpoint_name(bidirectional_linear_recurrence(1.0 - rate, update),
-                             _RECURRENCE_STATES)
+    states = checkpoint_name(
+        bidirectional_linear_recurrence(1.0 - rate, update, cfg.resolved_recurrence_form),
+        _RECURRENCE_STATES)
     states = states.astype(cfg.compute_dtype)
     return dense(cfg.width, name="output")(states * output_gate)
 
@@ -279,9 +334,10 @@ class DepthwiseConv(nn.Module):
   """`depthwise_convolution` plus a bias, with the parameters `nn.Conv(C, (K,),
   padding="SAME", feature_group_count=C)` has: `kernel` `[K, 1, C]`, `bias` `[C]`.
 
-  `[..., frames, C] -> [..., frames, C]`.
+  `[..., frames, C] -> [..., frames, C]`; `form` as `depthwise_convolution` takes it.
   """
   kernel_size: int
+  form: str = "shifted"
   dtype: jnp.dtype | None = None
   param_dtype: jnp.dtype = jnp.float32
 
@@ -292,7 +348,7 @@ class DepthwiseConv(nn.Module):
                         (self.kernel_size, 1, channels), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return depthwise_convolution(x, kernel[:, 0]) + bias
+    return depthwise_convolution(x, kernel[:, 0], self.form) + bias
 
 
 class DepthwiseConvolution(nn.Module):
@@ -310,7 +366,8 @@ class DepthwiseConvolution(nn.Module):
     # Zeros on padded frames, as the convolution's own "SAME" padding beyond the end.
     y = nn.glu(nn.Dense(2 * channels, **kwargs)(x)) * frame_mask.astype(x.dtype)
     # Named as the `nn.Conv` it stands in for, whose parameters it keeps.
-    y = nn.silu(DepthwiseConv(cfg.conv_kernel, name="Conv_0", **kwargs)(y))
+    y = nn.silu(DepthwiseConv(cfg.conv_kernel, cfg.resolved_depthwise_form, name="Conv_0",
+                              **kwargs)(y))
     return nn.Dense(cfg.width, **kwargs)(y)
 
 

@@ -1,12 +1,13 @@
 """Performance benchmarks of PRESS-Net: training every exit, compile time, stopping
 inference, real-time factor and long files. Writes one JSON file.
 
-    python experiments/benchmarks/run.py [--quick] --out results.json
+    python experiments/benchmarks/run.py [--quick | --smoke] --out results.json
 
 Every ratio divides two timings taken in the same run, each the median of several
 repeats after a warm-up call (which compiles). Runs unchanged on CPU, GPU or TPU (the
 default JAX device). `--quick` (under 10 minutes on 2 CPU cores) uses smaller batches,
-fewer repeats and a 2-minute long file instead of a 10-minute one. Networks have
+fewer repeats and a 2-minute long file instead of a 10-minute one; `--smoke` (for the
+tests: a minute) measures `tiny` alone at sizes too small to mean anything. Networks have
 random weights: the stopping results (`rtf_press4_stop`) depend on where an untrained
 network's exits happen to stop, and `rtf_press4_stop_mean_exit` records it.
 
@@ -72,6 +73,9 @@ TRAIN_SIZES = {"tiny": (8, 2.0), "press-4": (4, 2.0)}
 QUICK_TRAIN_SIZES = {"tiny": (8, 1.0), "press-4": (2, 0.5)}
 INFERENCE_SIZES = {"tiny": (4, 4.0), "press-4": (4, 4.0)}
 QUICK_INFERENCE_SIZES = {"tiny": (4, 1.0), "press-4": (2, 1.0)}
+SMOKE_SIZES = {"tiny": (1, 0.05)}
+# `--smoke` cuts `tiny` to two one-block stages: fewer programs to compile.
+SMOKE_OVERRIDES = {"num_exits": 2, "num_exit_blocks": 2}
 
 
 # --------------------------------------------------------------------------- timing
@@ -169,9 +173,9 @@ class LastExitOnly(models.PressNet):
         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_exits)(cfg)
     self.last_exit = _Exit(cfg)
 
-  def __call__(self, mixture, train=False):
+  def __call__(self, mixture, train=False, lengths=None):
     batch, time = mixture.shape
-    carry = self.encode(mixture, train)
+    carry = self.encode(mixture, train, lengths)
     mask = press_net.frame_mask(carry["lengths"], carry["features"].shape[2], self.config)
     features, _ = self.trunks(carry["features"], mask, train)
     _, outputs = self.last_exit(features, carry["basis"], carry["lengths"],
@@ -187,9 +191,10 @@ class UnrolledPressNet(models.PressNet):
     super().setup()
     self.unrolled = [press_net.Stage(self.config) for _ in range(self.config.num_exits)]
 
-  def __call__(self, mixture, train=False):
+  def __call__(self, mixture, train=False, lengths=None):
     batch, time = mixture.shape
-    state = (self.encode(mixture, train), models.initial_variance_state(self.config, batch, time))
+    state = (self.encode(mixture, train, lengths),
+             models.initial_variance_state(self.config, batch, time))
     outputs = []
     for stage in self.unrolled:
       state, output = stage(state, time, train)
@@ -271,17 +276,17 @@ def compile_seconds(model, batch, samples):
   return time.perf_counter() - start
 
 
-def compile_benchmark(unrolled_exits):
-  """Compile time with 2 and 12 stages of `tiny`'s stage (one block each), stacked with
-  `nn.scan` and unrolled; the unrolled one up to `unrolled_exits` stages."""
+def compile_benchmark(unrolled_exits, scan_exits=12):
+  """Compile time with 2 and `scan_exits` stages of `tiny`'s stage (one block each),
+  stacked with `nn.scan`, and with 2 and `unrolled_exits` unrolled."""
   def seconds(network, exits):
     config = models.preset("tiny", num_exits=exits, num_exit_blocks=exits)
     return compile_seconds(network(config), 2, SAMPLE_RATE // 4)
-  scan = {exits: seconds(models.PressNet, exits) for exits in (2, 12)}
+  scan = {exits: seconds(models.PressNet, exits) for exits in (2, scan_exits)}
   unrolled = {exits: seconds(UnrolledPressNet, exits) for exits in (2, unrolled_exits)}
   return {
       "compile": {"stage": "tiny (one block)", "scan_s": scan, "unrolled_s": unrolled},
-      "compile_scan_e12_over_e2": scan[12] / scan[2],
+      f"compile_scan_e{scan_exits}_over_e2": scan[scan_exits] / scan[2],
       f"compile_unrolled_e{unrolled_exits}_over_e2": unrolled[unrolled_exits] / unrolled[2],
   }
 
@@ -348,17 +353,18 @@ def _compile_separate_long(variables, config, mixture, **kwargs):
                                              **kwargs))
 
 
-def separation_child(long_seconds, repeats):
+def separation_child(preset, rtf_seconds, long_seconds, repeats):
   """Run in a fresh process (so that its peak memory is its own): `separate_long` with
-  press-4 on 60 s of audio at full depth and with the default stopping target, then on
-  `long_seconds` at full depth. Prints the JSON of `separation_benchmark`'s timings,
-  which exclude compiling (`_compile_separate_long` first)."""
-  config = models.preset("press-4")
+  `preset` (press-4) on `rtf_seconds` (60 s) of audio at full depth and with the
+  default stopping target, then on `long_seconds` at full depth. Prints the JSON of
+  `separation_benchmark`'s timings, which exclude compiling (`_compile_separate_long`
+  first)."""
+  config = models.preset(preset)
   variables = jax.jit(models.PressNet(config).init)(jax.random.key(0),
                                                    jnp.zeros((1, config.encoder_kernel)))
   rng = np.random.default_rng(0)
   short, long = (rng.normal(size=int(seconds * config.sample_rate)).astype(np.float32)
-                 for seconds in (RTF_SECONDS, long_seconds))
+                 for seconds in (rtf_seconds, long_seconds))
   full_depth = {"policy": "fixed", "exit_index": config.num_exits}
   for mixture, kwargs in ((short, full_depth), (long, full_depth), (short, {})):
     _compile_separate_long(variables, config, mixture, **kwargs)
@@ -366,9 +372,9 @@ def separation_child(long_seconds, repeats):
   stop = functools.partial(inference.separate_long, variables, config)
   stopped = []
   results = {
-      "rtf_press4_full": median_time(lambda: full(short), repeats, warmup=0) / RTF_SECONDS,
+      "rtf_press4_full": median_time(lambda: full(short), repeats, warmup=0) / rtf_seconds,
       "rtf_press4_stop": median_time(lambda: stopped.append(stop(short)), repeats,
-                                     warmup=0) / RTF_SECONDS,
+                                     warmup=0) / rtf_seconds,
       "long_file_rtf": _elapsed(lambda: full(long)) / long_seconds}
   results["rtf_press4_stop_mean_exit"] = stopped[-1].exits.mean_exit
   results["peak_rss_bytes"] = peak_rss_bytes()
@@ -390,15 +396,16 @@ def peak_rss_bytes():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Bytes on macOS.
 
 
-def separation_benchmark(long_seconds, repeats):
+def separation_benchmark(long_seconds, repeats, preset="press-4", rtf_seconds=RTF_SECONDS):
   """`separation_child` in a fresh process; its peak resident memory, and the long
   file's throughput over the 60 s file's."""
   process = subprocess.run(
-      [sys.executable, __file__, "--separation-child", str(long_seconds), str(repeats)],
-      capture_output=True, text=True, check=True)
+      [sys.executable, __file__, "--separation-child", preset, str(rtf_seconds),
+       str(long_seconds), str(repeats)], capture_output=True, text=True, check=True)
   results = json.loads(process.stdout.strip().splitlines()[-1])
   peak_gb = results.pop("peak_rss_bytes") / 1e9
-  return {"rtf_audio_seconds": RTF_SECONDS, **results, "long_file_seconds": long_seconds,
+  return {"rtf_preset": preset, "rtf_audio_seconds": rtf_seconds, **results,
+          "long_file_seconds": long_seconds,
           "long_file_peak_rss_gb": peak_gb,
           "long_file_throughput_over_60s": results["rtf_press4_full"] / results["long_file_rtf"]}
 
@@ -424,7 +431,8 @@ def _targets(results):
         zip(preset["stop_at_k_over_full"], preset["stop_at_k_compute_fraction"]))
     checks[f"{name}/while_loop_over_static <= 1.05"] = all(
         ratio <= 1.05 for ratio in preset["while_loop_over_static"])
-  checks["compile_scan_e12_over_e2 <= 1.3"] = results["compile_scan_e12_over_e2"] <= 1.3
+  if "compile_scan_e12_over_e2" in results:  # Not measured by `--smoke`.
+    checks["compile_scan_e12_over_e2 <= 1.3"] = results["compile_scan_e12_over_e2"] <= 1.3
   checks["long_file_peak_rss_gb < 3"] = results["long_file_peak_rss_gb"] < 3
   checks["long_file_throughput_over_60s within 10%"] = (
       abs(results["long_file_throughput_over_60s"] - 1) <= 0.1)
@@ -436,7 +444,7 @@ def markdown_table(results):
   device = results["device"]
   rows = [f"Measured on {device['device_kind']} ({device['platform']}, "
           f"{device['cpu_count']} CPU cores, jax {device['jax_version']})"
-          f"{', --quick' if results['quick'] else ''}.", "",
+          f"{', --smoke' if results.get('smoke') else ', --quick' if results['quick'] else ''}.", "",
           "| measurement | value | target | met |", "|---|---|---|---|"]
   checks = _targets(results)
 
@@ -461,7 +469,9 @@ def markdown_table(results):
     row(f"{name}/stop_at_k_over_full", ratios(preset["stop_at_k_over_full"]),
         "<= compute fraction + 0.05")
     row(f"{name}/while_loop_over_static", ratios(preset["while_loop_over_static"]), "<= 1.05")
-  row("compile_scan_e12_over_e2", f"{results['compile_scan_e12_over_e2']:.2f}", "<= 1.3")
+  for key in results:
+    if key.startswith("compile_scan_"):
+      row(key, f"{results[key]:.2f}", "<= 1.3")
   for key in results:
     if key.startswith("compile_unrolled_"):
       row(key, f"{results[key]:.2f}", "(contrast)")
@@ -479,31 +489,41 @@ def _log(message, start):
   print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
 
 
-def run(quick, remat=False):
+def run(quick, remat=False, smoke=False):
   """Every measurement; the JSON-ready results."""
   start = time.perf_counter()
-  repeats = 3 if quick else 5
-  peak = peak_matmul_gflops(matmul_size())
-  results = {"device": device_info(), "quick": quick, "peak_matmul_gflops": peak,
-             "presets": {}}
+  repeats = 1 if smoke else 3 if quick else 5
+  peak = peak_matmul_gflops(256 if smoke else matmul_size())
+  results = {"device": device_info(), "quick": quick, "smoke": smoke,
+             "peak_matmul_gflops": peak, "presets": {}}
   _log(f"peak float32 matmul: {peak:.0f} GFLOP/s", start)
-  for name in ("tiny", "press-4"):
-    config = models.preset(name, remat=remat)
-    batch, seconds = (QUICK_TRAIN_SIZES if quick else TRAIN_SIZES)[name]
+  train_sizes = SMOKE_SIZES if smoke else QUICK_TRAIN_SIZES if quick else TRAIN_SIZES
+  inference_sizes = (SMOKE_SIZES if smoke else QUICK_INFERENCE_SIZES if quick
+                     else INFERENCE_SIZES)
+  for name in train_sizes:
+    config = models.preset(name, remat=remat, **(SMOKE_OVERRIDES if smoke else {}))
+    batch, seconds = train_sizes[name]
     preset_results = train_benchmark(config, batch, int(seconds * SAMPLE_RATE), repeats)
     _log(f"{name}: train steps, all exits over the last alone "
          f"{preset_results['train_all_exits_over_last_exit']:.2f}", start)
     variables = jax.jit(models.PressNet(config).init)(
         jax.random.key(0), jnp.zeros((1, config.encoder_kernel)))
-    batch, seconds = (QUICK_INFERENCE_SIZES if quick else INFERENCE_SIZES)[name]
+    batch, seconds = inference_sizes[name]
     # Calls of tens of milliseconds: more repeats, or the machine's noise decides.
     preset_results.update(stopping_benchmark(config, variables, batch,
-                                             int(seconds * SAMPLE_RATE), repeats + 6))
+                                             int(seconds * SAMPLE_RATE),
+                                             repeats if smoke else repeats + 6))
     _log(f"{name}: stopping loop", start)
     results["presets"][name] = preset_results
-  results.update(compile_benchmark(unrolled_exits=4 if quick else 12))
+  if smoke:
+    results.update(compile_benchmark(unrolled_exits=2, scan_exits=3))
+  else:
+    results.update(compile_benchmark(unrolled_exits=4 if quick else 12))
   _log("compile times", start)
-  results.update(separation_benchmark(120.0 if quick else 600.0, 1 if quick else 3))
+  if smoke:
+    results.update(separation_benchmark(2.0, 1, preset="tiny", rtf_seconds=1.0))
+  else:
+    results.update(separation_benchmark(120.0 if quick else 600.0, 1 if quick else 3))
   _log("separate on 60 s and on the long file", start)
   results["targets"] = _targets(results)
   results["benchmark_seconds"] = time.perf_counter() - start
@@ -518,16 +538,18 @@ def main(argv=None):
              "--out experiments/benchmarks/results/cpu_quick.json")
   parser.add_argument("--quick", action="store_true",
                       help="smaller sizes and fewer repeats: under 10 minutes on 2 CPU cores")
+  parser.add_argument("--smoke", action="store_true",
+                      help="`tiny` alone at tiny sizes, one repeat: checks that it runs")
   parser.add_argument("--out", type=pathlib.Path, help="where to write the JSON results")
   parser.add_argument("--remat", action="store_true",
                       help="recompute each stage in the backward pass (`PressNetConfig.remat`)")
   parser.add_argument("--table", type=pathlib.Path, metavar="RESULTS_JSON",
                       help="print the Markdown table of an earlier run's results and exit")
-  parser.add_argument("--separation-child", nargs=2, type=float, help=argparse.SUPPRESS)
+  parser.add_argument("--separation-child", nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.separation_child:
-    long_seconds, repeats = args.separation_child
-    separation_child(long_seconds, int(repeats))
+    preset, rtf_seconds, long_seconds, repeats = args.separation_child
+    separation_child(preset, float(rtf_seconds), float(long_seconds), int(repeats))
     return
   if args.table:
     print(markdown_table(json.loads(args.table.read_text())), end="")
@@ -536,7 +558,7 @@ def main(argv=None):
     parser.error("--out is required")
   # Compile times must be measured, not read back from a persistent cache.
   jax.config.update("jax_enable_compilation_cache", False)
-  results = run(args.quick, remat=args.remat)
+  results = run(args.quick, remat=args.remat, smoke=args.smoke)
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(results, indent=2) + "\n")
   print(markdown_table(results), end="")

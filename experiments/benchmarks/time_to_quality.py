@@ -151,6 +151,9 @@ def main(argv=None):
   parser.add_argument("--out-dir", required=True, help="where the runs, JSON and PNG go")
   parser.add_argument("--points", type=int, default=6, help="validations per run")
   parser.add_argument("--steps", type=int, help="training steps (default: the demo's)")
+  parser.add_argument("--data-root",
+                      help="a corpus in the demo's layout (default: the demo corpus, made "
+                           "if missing)")
   parser.add_argument("--peer", action="store_true",
                       help="also train Asteroid's Conv-TasNet (needs torch, asteroid)")
   parser.add_argument("--reuse", action="store_true",
@@ -163,8 +166,12 @@ def main(argv=None):
   if args.steps:
     config.steps = args.steps
   config.eval_every = max(1, config.steps // args.points)
-  data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
-                          num_sources=config.model.num_sources)
+  if args.data_root:
+    config.data.root = args.data_root
+    config.data.synthesize_if_missing = False
+  else:
+    data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
+                            num_sources=config.model.num_sources)
   curves = {"demo": _train(config, out_dir / "demo", args.reuse),
             "single_exit": _train(single_exit_config(config), out_dir / "single_exit",
                                   args.reuse)}
