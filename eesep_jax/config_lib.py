@@ -99,6 +99,8 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
   config.data.test_split = "tt"
   config.data.segment_seconds = 4.0
   config.data.dynamic_mixing = False
+  # Vary each dynamic mixture's voices and channel (`data.augment.Augmentation`).
+  config.data.augment = False
   config.data.num_workers = 0
   # Make the embedded demo corpus at `root` if it is not there (training only). An
   # override of `data.root` turns this off unless it is overridden too (`load_config`).
@@ -289,14 +291,14 @@ _FINITE_NUMBERS = ("inference.target_snr_db",)
 _PROBABILITIES = ("inference.confidence",)
 _NON_NEGATIVE_NUMBERS = ("optimizer.weight_decay",)
 _FRACTIONS = ("optimizer.end_learning_rate_fraction",)
-_BOOLS = ("data.dynamic_mixing", "data.synthesize_if_missing", "data.strict")
+_BOOLS = ("data.dynamic_mixing", "data.augment", "data.synthesize_if_missing", "data.strict")
 _NAMES = ("data.root", "data.train_split", "data.valid_split", "data.test_split")
 _CHOICES = {"loss.objective": losses.OBJECTIVES, "loss.mean_loss": losses.MEAN_LOSSES,
             "loss.permutation": losses.PERMUTATIONS, "data.kind": tuple(readers.READERS)}
 _FINITE_TUPLES = ("evaluation.targets_db",)
 _PROBABILITY_TUPLES = ("evaluation.confidences",)
 # Fields with a default, for configs saved before they existed.
-_DEFAULTS = {"data.strict": True, **{
+_DEFAULTS = {"data.strict": True, "data.augment": False, **{
     f"{name}.{key}": value for name, section in _sections().items()
     for key, value in section.items()}}
 
