@@ -182,7 +182,8 @@ def parse_flags(path, flag_args=()):
   follows to `get_config` (`config_flags`).
 
   The config file asks for demo-corpus synthesis at its own `data.root` (and the
-  demo's held-out set at `data.heldout_root`): overriding either root alone turns
+  demo's held-out set at `data.heldout_root`, its check sets under
+  `data.check_root`): overriding any of these roots alone turns
   `data.synthesize_if_missing` off, so that a mistyped root fails instead of filling
   a new folder with a corpus.
 
@@ -207,7 +208,7 @@ def parse_flags(path, flag_args=()):
     raise _unparsed_error(flag_args, unparsed[0])
   config = flag_values[FLAG].value
   overrides = dict(flag_values[FLAG].override_values)
-  if (overrides.keys() & {"data.root", "data.heldout_root"}
+  if (overrides.keys() & {"data.root", "data.heldout_root", "data.check_root"}
       and "data.synthesize_if_missing" not in overrides):
     config.data.synthesize_if_missing = False
   return config, overrides
@@ -408,7 +409,8 @@ def validate_config(config):
 RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
                     "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
                     "data.synthesize_if_missing", "data.valid_split", "data.test_split",
-                    "data.heldout_root")
+                    "data.heldout_root", "data.check_root", "data.check_sets",
+                    "data.check_mixtures")
 RESUMABLE_SECTIONS = tuple(_sections())
 _ABSENT = "(absent)"
 

@@ -2,16 +2,19 @@
 
     eesep demo --workdir runs/demo
 
-1. builds the embedded eSpeak corpus under `data/demo`, and the held-out test set of
-   other languages' voices under `data/heldout`, if they are missing;
+1. builds the embedded corpus under `data/demo` (eSpeak NG and Piper speakers), the
+   held-out test set of other languages' voices under `data/heldout`, and the check
+   sets of speech no corpus trains on under `data/checks` (`config.data.check_sets`:
+   Kokoro-82M's voices, a recorded voice; `data.checksets`), if they are missing;
 2. trains `eesep_jax/configs/demo.py` (shipped in the package: `eesep train --config
    demo`) in `WORKDIR`, resuming if a run is there;
 3. fits post-hoc calibration of the exit probabilities on the validation split and
    reports calibration on the test split (`WORKDIR/calibration/`);
 4. evaluates every exit and every stopping policy, calibrated, on the test split
-   (`WORKDIR/evaluation/`) and on the held-out voices (`WORKDIR/evaluation_heldout/`);
+   (`WORKDIR/evaluation/`), on the held-out voices (`WORKDIR/evaluation_heldout/`)
+   and on each check set (`WORKDIR/evaluation_<name>/`);
 5. separates one test mixture into `WORKDIR/separated/`;
-6. prints SI-SNRi per exit on both sets and, at the config's stopping target and
+6. prints SI-SNRi per exit on every set and, at the config's stopping target and
    confidence (`config.inference`; the demo config's target is 5 dB), the compute the
    probabilistic policy saves, its SI-SNRi and its target satisfaction.
 """
@@ -112,6 +115,13 @@ def _evaluate(variables, model_config, source, out_dir, scales, config):
   return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
+def _check_sets(config):
+  """`{name: root}` of the config's check sets (`config.data.check_sets` under
+  `config.data.check_root`); none for a config without them."""
+  names = config.data.get("check_sets") or ()
+  return {name: str(pathlib.Path(config.data.check_root) / name) for name in names}
+
+
 def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   """Runs the demo end to end; returns the test split's evaluation summary."""
   start = time.monotonic()
@@ -119,13 +129,20 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   config = config_lib.load_config(config_path, overrides)
   target_snr_db, confidence = config.inference.target_snr_db, config.inference.confidence
   heldout_root = config.data.get("heldout_root")
+  check_sets = _check_sets(config)
 
-  print(f"[1/5] corpus: {config.data.root}, held-out voices: {heldout_root}")
+  print(f"[1/5] corpus: {config.data.root}, held-out voices: {heldout_root}, check sets: "
+        f"{', '.join(check_sets.values()) or 'none'}")
   if config.data.synthesize_if_missing:
     data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
                             num_sources=config.model.num_sources)
     data.ensure_heldout_corpus(heldout_root, sample_rate=config.model.sample_rate,
                                num_sources=config.model.num_sources)
+    for name, root in check_sets.items():
+      # The Kokoro sets' size is the config's; the recorded set's is its own.
+      data.ensure_check_set(name, root, sample_rate=config.model.sample_rate,
+                            num_mixtures=(None if name == "recorded"
+                                          else config.data.check_mixtures))
   print(f"[2/5] training {config_path} for {config.steps} steps in {workdir}")
   train.train_and_evaluate(config, workdir)
 
@@ -145,6 +162,13 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   heldout_table, heldout_summary, _ = _evaluate(
       variables, model_config, data.open_split(heldout_config, config.data.test_split),
       workdir / "evaluation_heldout", scales, config)
+  check_summaries = {}
+  for name, root in check_sets.items():
+    check_config = config.copy_and_resolve_references()
+    check_config.data.root, check_config.data.synthesize_if_missing = root, False
+    _, check_summaries[name], _ = _evaluate(
+        variables, model_config, data.open_split(check_config, config.data.test_split),
+        workdir / f"evaluation_{name}", scales, config)
 
   print("[5/5] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
@@ -162,6 +186,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   print("\n".join([
       "", f"{'SI-SNRi per exit (dB)':<30}{exits}",
       _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
+      *(_per_exit_lines(f"{name} check ({check['num_utterances']} utt.)", check)
+        for name, check in check_summaries.items()),
       f"  {'GMAC per second of audio':<28}{gmacs}",
       f"Utterances whose worst source reaches {target_snr_db:g} dB, per exit:",
       _reached_lines(test_name, table, target_snr_db),

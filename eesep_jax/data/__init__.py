@@ -24,6 +24,7 @@ _EXPORTS = {
     "CHECK_SETS": "checksets",
     "ensure_check_set": "checksets",
     "make_check_set": "checksets",
+    "Augmentation": "augment",
     "training_loader": "pipeline",
     "evaluation_batches": "pipeline",
     "pad_batch": "pipeline",

@@ -198,6 +198,7 @@ def make_check_set(name, out_dir, *, sample_rate=8000, num_mixtures=None, num_ut
         name, recipe, sample_rate, num_workers or min(8, os.cpu_count() or 1), progress)
     rng = synth._rng(recipe.seed, "check", name, "mixtures")  # pylint: disable=protected-access
     pairs = _kokoro_pairs(recipe, utterances, audio, rng)
+    speakers = {u.speaker: u.voice for u in utterances}  # Those the pool holds.
   rng = synth._rng(recipe.seed, "check", name, "levels")  # pylint: disable=protected-access
   rows, seconds = [], 0.0
   for mixture_id, *sources in pairs:
@@ -213,7 +214,7 @@ def make_check_set(name, out_dir, *, sample_rate=8000, num_mixtures=None, num_ut
     rows.append([mixture_id, paths["mix"], paths["s1"], paths["s2"], len(sources[0])])
     seconds += len(sources[0]) / sample_rate
   if speakers:
-    synth.write_speakers(os.path.join(out_dir, "speakers.csv"), {"tt": speakers})
+    synth.write_speakers(os.path.join(out_dir, "speakers.csv"), {"tt": dict(sorted(speakers.items()))})
   manifest = {
       "format_version": FORMAT_VERSION, "check_set": name, "purpose": recipe.purpose,
       "arguments": {"name": name, "sample_rate": sample_rate,

@@ -368,7 +368,7 @@ def train_and_evaluate(config, workdir):
       segment_length=int(config.data.segment_seconds * model_config.sample_rate),
       seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
       num_workers=config.data.num_workers, dynamic_mixing=config.data.dynamic_mixing,
-      augmentation=augment.Augmentation() if config.data.get("augment") else None)
+      augmentation=data_lib.Augmentation() if config.data.get("augment") else None)
   iterator = iter(loader)
 
   optimizer = make_optimizer(config.optimizer, config.steps)
