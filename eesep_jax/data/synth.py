@@ -389,7 +389,7 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
 
 DEMO_SIZES = {"num_train": 2000, "num_valid": 50, "num_test": 50}
 # The demo corpus's Piper speakers, beside its 96 eSpeak ones in the training split.
-DEMO_PIPER_SPEAKERS = 32
+DEMO_PIPER_SPEAKERS = 8
 
 
 # The held-out test set: speakers of other languages (`espeak.HELDOUT_VOICES`) with the
