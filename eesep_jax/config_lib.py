@@ -105,6 +105,8 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
   config.data.test_split = "tt"
   config.data.segment_seconds = 4.0
   config.data.dynamic_mixing = False
+  # Vary each dynamic mixture's voices and channel (`data.augment.Augmentation`).
+  config.data.augment = False
   config.data.num_workers = 0  # grain worker processes cropping and mixing ahead.
   # Make the embedded demo corpus at `root` if it is not there (training only). An
   # override of `data.root` turns this off unless it is overridden too (`load_config`).
@@ -227,7 +229,8 @@ def parse_flags(path, flag_args=()):
   follows to `get_config` (`config_flags`).
 
   The config file asks for demo-corpus synthesis at its own `data.root` (and the
-  demo's held-out set at `data.heldout_root`): overriding either root alone turns
+  demo's held-out set at `data.heldout_root`, its check sets under
+  `data.check_root`): overriding any of these roots alone turns
   `data.synthesize_if_missing` off, so that a mistyped root fails instead of filling
   a new folder with a corpus.
 
@@ -252,7 +255,7 @@ def parse_flags(path, flag_args=()):
     raise _unparsed_error(flag_args, unparsed[0])
   config = flag_values[FLAG].value
   overrides = dict(flag_values[FLAG].override_values)
-  if (overrides.keys() & {"data.root", "data.heldout_root"}
+  if (overrides.keys() & {"data.root", "data.heldout_root", "data.check_root"}
       and "data.synthesize_if_missing" not in overrides):
     config.data.synthesize_if_missing = False
   return config, overrides
@@ -337,7 +340,7 @@ _FINITE_NUMBERS = ("inference.target_snr_db",)
 _PROBABILITIES = ("inference.confidence",)
 _NON_NEGATIVE_NUMBERS = ("optimizer.weight_decay", "peak_flops")
 _FRACTIONS = ("optimizer.end_learning_rate_fraction",)
-_BOOLS = ("data.dynamic_mixing", "data.synthesize_if_missing", "data.strict")
+_BOOLS = ("data.dynamic_mixing", "data.augment", "data.synthesize_if_missing", "data.strict")
 _NAMES = ("data.root", "data.train_split", "data.valid_split", "data.test_split")
 _STRINGS = ("compilation_cache_dir",)
 _CHOICES = {"loss.objective": losses.OBJECTIVES, "loss.mean_loss": losses.MEAN_LOSSES,
@@ -345,8 +348,8 @@ _CHOICES = {"loss.objective": losses.OBJECTIVES, "loss.mean_loss": losses.MEAN_L
 _FINITE_TUPLES = ("evaluation.targets_db",)
 _PROBABILITY_TUPLES = ("evaluation.confidences",)
 # Fields with a default, for configs saved before they existed.
-_DEFAULTS = {"data.strict": True, "optimizer.decay_steps": 0, "peak_flops": 0.0,
-             "compilation_cache_dir": "", **{
+_DEFAULTS = {"data.strict": True, "data.augment": False, "optimizer.decay_steps": 0,
+             "peak_flops": 0.0, "compilation_cache_dir": "", **{
     f"{name}.{key}": value for name, section in _sections().items()
     for key, value in section.items()}}
 
@@ -459,8 +462,9 @@ RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
                     "model.recurrence_form", "model.depthwise_form",
                     "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
                     "data.synthesize_if_missing", "data.valid_split", "data.test_split",
-                    "data.heldout_root", "peak_flops",
-                    "compilation_cache_dir", "optimizer.decay_steps")
+                    "data.heldout_root", "data.check_root", "data.check_sets",
+                    "data.check_mixtures", "peak_flops", "compilation_cache_dir",
+                    "optimizer.decay_steps")
 RESUMABLE_SECTIONS = tuple(_sections())
 _ABSENT = "(absent)"
 

@@ -30,6 +30,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # gradient from 4.2 s to 2.4 s.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# Neural speech (`data.neural_tts`) is cached here, not in the user's cache, and kept
+# between runs as the compilation cache is.
+os.environ.setdefault("EESEP_CACHE", str(pathlib.Path(tempfile.gettempdir())
+                                         / f"eesep-jax-test-speech-{os.getuid()}"))
 DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
 
 # Small enough for CI (2 cores) yet a real run: the demo's three exits, one block each

@@ -24,6 +24,7 @@ SMOKE_TESTS = {
     "time_to_quality.py": "test_time_to_quality_script_at_smoke_size",
     "block_probability_accuracy.py": "test_block_probability_accuracy_script_at_smoke_size",
     "input_pipeline.py": "test_input_pipeline_benchmark_runs_at_smoke_size",
+    "corpus_breadth.py": "test_corpus_breadth_reports_exits_and_honesty",
 }
 
 
@@ -264,3 +265,32 @@ def test_input_pipeline_benchmark_runs_at_smoke_size(tmp_path):
   assert all(rate > 0 for rate in results["examples_per_second"].values())
   assert results["examples_per_second_per_worker"] == {
       "1": results["examples_per_second"]["1"]}
+
+
+def test_corpus_breadth_reports_exits_and_honesty(tmp_path, trained_workdir, tiny_corpus):
+  breadth = _load_script(SCRIPT.with_name("corpus_breadth.py"), "benchmarks_corpus_breadth")
+  workdir = tmp_path / "run"
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(trained_workdir, workdir)
+  out = tmp_path / "breadth.json"
+  results = breadth.main(["--run", f"r={workdir}", "--set", "test=",
+                          "--set", f"other={tiny_corpus}", "--max-utterances", "2",
+                          "--out", str(out)])
+  row = results["r"]["test"]
+  table = breadth.exit_table.load(workdir / "eval_test" / "exit_table.npz")
+  np.testing.assert_allclose(row["si_snri_per_exit"], table.si_snri.mean(0), atol=1e-3)
+  gamma = row["target_snr_db"]
+  # Honesty by brute force: walk each utterance's exits until P(SNR >= γ) >= p.
+  probability = table.probability[..., list(table.targets_db).index(gamma)]
+  for entry in row["honesty"]:
+    stops = [next((k for k in range(table.num_exits - 1)
+                   if probability[i, k] >= entry["confidence"]), None)
+             for i in range(len(table.ids))]
+    early = [(i, k) for i, k in enumerate(stops) if k is not None]
+    assert entry["stopped_early"] == len(early)
+    if early:
+      assert entry["satisfaction"] == pytest.approx(
+          np.mean([table.snr_min[i, k] >= gamma for i, k in early]))
+  assert row["last_exit_reached_share"] == pytest.approx(np.mean(table.snr_min[:, -1] >= gamma))
+  assert json.loads(out.read_text())["r"]["other"]["utterances"] == 2
+  assert "| r | other | 2 |" in out.with_suffix(".md").read_text()

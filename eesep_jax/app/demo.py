@@ -2,8 +2,10 @@
 
     eesep demo --workdir runs/demo
 
-1. builds the embedded eSpeak corpus under `data/demo`, and the held-out test set of
-   other languages' voices under `data/heldout`, if they are missing;
+1. builds the embedded corpus under `data/demo` (eSpeak NG and Piper speakers), the
+   held-out test set of other languages' voices under `data/heldout`, and the check
+   sets of speech no corpus trains on under `data/checks` (`config.data.check_sets`:
+   Kokoro-82M's voices, a recorded voice; `data.checksets`), if they are missing;
 2. trains `eesep_jax/configs/demo.py` (shipped in the package: `eesep train --config
    demo`) in `WORKDIR`, resuming if a run is there;
 3. chooses the target as a user would, on the validation split: a whole dB that exit
@@ -13,12 +15,13 @@
 4. fits post-hoc calibration of the exit probabilities on the validation split and
    reports calibration on the test split (`WORKDIR/calibration/`);
 5. evaluates every exit and every stopping policy, calibrated, on the test split
-   (`WORKDIR/evaluation/`) and on the held-out voices (`WORKDIR/evaluation_heldout/`),
-   with the figures of reach against compute and of satisfaction against `p`;
+   (`WORKDIR/evaluation/`), on the held-out voices (`WORKDIR/evaluation_heldout/`) and
+   on each check set (`WORKDIR/evaluation_<name>/`), with the figures of reach against
+   compute and of satisfaction against `p`;
 6. separates one test mixture into `WORKDIR/separated/`;
 
-then prints SI-SNRi per exit on both sets and, at the chosen target and the config's
-confidence (`config.inference.confidence`), on both sets: the reach of the policy, of
+then prints SI-SNRi per exit on every set and, at the chosen target and the config's
+confidence (`config.inference.confidence`), on every set: the reach of the policy, of
 full depth and of exit 1, the compute saved and the oracle's, the satisfaction and
 SI-SNRi, with 95% intervals.
 """
@@ -140,6 +143,13 @@ def _evaluate(variables, model_config, source, out_dir, scales, config, target_s
   return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
+def _check_sets(config):
+  """`{name: root}` of the config's check sets (`config.data.check_sets` under
+  `config.data.check_root`); none for a config without them."""
+  names = config.data.get("check_sets") or ()
+  return {name: str(pathlib.Path(config.data.check_root) / name) for name in names}
+
+
 def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   """Runs the demo end to end; returns the test split's evaluation summary."""
   start = time.monotonic()
@@ -147,13 +157,20 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   config = config_lib.load_config(config_path, overrides)
   confidence = config.inference.confidence
   heldout_root = config.data.get("heldout_root")
+  check_sets = _check_sets(config)
 
-  print(f"[1/6] corpus: {config.data.root}, held-out voices: {heldout_root}")
+  print(f"[1/6] corpus: {config.data.root}, held-out voices: {heldout_root}, check sets: "
+        f"{', '.join(check_sets.values()) or 'none'}")
   if config.data.synthesize_if_missing:
     data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
                             num_sources=config.model.num_sources)
     data.ensure_heldout_corpus(heldout_root, sample_rate=config.model.sample_rate,
                                num_sources=config.model.num_sources)
+    for name, root in check_sets.items():
+      # The Kokoro sets' size is the config's; the recorded set's is its own.
+      data.ensure_check_set(name, root, sample_rate=config.model.sample_rate,
+                            num_mixtures=(None if name == "recorded"
+                                          else config.data.check_mixtures))
   print(f"[2/6] training {config_path} for {config.steps} steps in {workdir}")
   train.train_and_evaluate(config, workdir)
 
@@ -175,7 +192,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
       **_grid(config, target_snr_db))
   scales = calibration.load_posthoc(workdir)
 
-  print("[5/6] evaluating every exit and stopping policy (test split, held-out voices)")
+  print("[5/6] evaluating every exit and stopping policy (test split, held-out voices, "
+        "check sets)")
   test_source = data.open_split(config, config.data.test_split)
   _, summary, paths = _evaluate(variables, model_config, test_source, workdir / "evaluation",
                                 scales, config, target_snr_db)
@@ -184,6 +202,13 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   _, heldout_summary, _ = _evaluate(
       variables, model_config, data.open_split(heldout_config, config.data.test_split),
       workdir / "evaluation_heldout", scales, config, target_snr_db)
+  check_summaries = {}
+  for name, root in check_sets.items():
+    check_config = config.copy_and_resolve_references()
+    check_config.data.root, check_config.data.synthesize_if_missing = root, False
+    _, check_summaries[name], _ = _evaluate(
+        variables, model_config, data.open_split(check_config, config.data.test_split),
+        workdir / f"evaluation_{name}", scales, config, target_snr_db)
 
   print("[6/6] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
@@ -201,10 +226,13 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   print("\n".join([
       "", f"{'SI-SNRi per exit (dB)':<30}{exits}",
       _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
+      *(_per_exit_lines(f"{name} check ({check['num_utterances']} utt.)", check)
+        for name, check in check_summaries.items()),
       f"  {'GMAC per second of audio':<28}{gmacs}",
       f"The {chosen}.",
-      *_stopping_lines({test_name: summary, heldout_name: heldout_summary}, target_snr_db,
-                       confidence),
+      *_stopping_lines({test_name: summary, heldout_name: heldout_summary,
+                        **{f"{name} check": check for name, check in check_summaries.items()}},
+                       target_snr_db, confidence),
       f"Separated {mixture_path} -> {', '.join(result.outputs)}",
       f"Reports: {paths['markdown']} (figures {paths['reach'].name}, "
       f"{paths['satisfaction'].name}), {workdir / 'calibration'}, "

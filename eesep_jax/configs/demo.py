@@ -1,52 +1,16 @@
-"""The quickstart experiment: the embedded eSpeak corpus, a `tiny` network, 2 CPU cores.
-
-11.5 to 13 minutes of training on 2 CPU cores, depending on the VM (`make demo` runs
-it, then calibrates and evaluates):
+"""The quickstart experiment: the embedded corpus, a `tiny` network, 2 CPU cores.
 
     eesep train --config demo --workdir runs/demo
 
-(`--config demo` names this file, shipped in the package, from any directory.)
-
-The network is `tiny` with four shared blocks before the speaker split and two
-blocks per stage, so that its three exits have depth to differ by. Training here is
-short of steps, not of capacity: validation SI-SNRi still rises steeply at the end.
-So the encoder's stride is 16 samples (500 frames per second, kernel 32), which
-makes a step about twice as fast as at stride 8. Measured on the 2-core machine, last
-exit, SI-SNRi on the 50 test utterances and on the 50 held-out ones (`make demo` makes
-both corpora); a row is this config with its stride, kernel and steps overridden:
-
-    eesep train --config demo --workdir runs/s8 --config.model.encoder_stride=8 \
-        --config.model.encoder_kernel=16 --config.steps=1100 --config.eval_every=550
-    eesep evaluate --checkpoint runs/s8 --out runs/s8/evaluation
-    eesep evaluate --checkpoint runs/s8 --out runs/s8/heldout --data-root data/heldout
-
-| stride, kernel | steps | training | test SI-SNRi | held-out voices |
-|---|---|---|---|---|
-| 8, 16 | 1100 | 8.5 min | 5.41 dB | 5.42 dB |
-| 16, 32 | 1800 | 6.7 min | 6.43 dB | 6.66 dB |
-| 32, 64 | 3000 | 5.7 min | 4.80 dB | 4.96 dB |
-| 16, 32 | 2300 | 8.6 min | 6.84 dB | 7.14 dB |
-| 16, 32 | 3000 | 11 min | 7.19 dB | 7.48 dB |
-| 16, 32 | 3500 | 11.5 min | 8.05 dB | 8.19 dB |
-
-(the last row is this config; the others had exit weights (0.25, 0.5, 1) and a
-checkpoint every 100 steps, which cost a minute over 3500 steps; with equal weights,
-stride 8 gave 5.37 dB). At 2300 steps, a peak learning rate of 8e-3 gave 6.46 / 6.64 dB, and one
-shared block with three blocks per stage (`--config.model.num_shared_blocks=1
---config.model.num_exit_blocks=9`) 6.68 / 6.98 dB at 1.4x the time per step; the
-exits then differed by 0.68 dB instead of 0.37. At stride 8, one shared block
-reached 1.2 dB validation SI-SNRi after 600 steps and four 1.8 dB: each stage
-separates streams from a mixture the trunk has already read.
-
-Four exits at depths 4 / 6 / 8 / 10 (`--config.model.num_shared_blocks=2
---config.model.num_exit_blocks=8 --config.model.num_exits=4
-"--config.loss.exit_weights=(0.1,0.15,0.3,1.0)"`, the same blocks and 3500 steps)
-widen the gap between the first and last exits to 1.49 dB (6.22 / 7.06 / 7.57 / 7.71
-dB on the test split, 6.46 / 7.38 / 7.84 / 8.01 dB held out), but lose 0.34 dB at the
-last exit, and p = 0.9 then saves 31% for 0.71 dB instead of 0.46 dB.
-No target fixes that: even the oracle policy, which knows every exit's true SNR,
-saves 33% only for 0.85 dB (at γ = 7 dB), because the utterances that reach a target
-early are the ones that gain from depth.
+(`--config demo` names this file, shipped in the package, from any directory; `make
+demo` trains it, then calibrates and evaluates.) The corpus (`data/demo`) is eSpeak NG
+speakers with Piper speakers among its training voices, re-mixed on the fly with the
+voices warped and tilted and the mixtures put through rooms, bands and noise floors
+(`data.augment`), so that the model learns speech rather than one synthesiser. The
+check sets (`data/checks`, `data.checksets`) are speech no corpus trains on: Kokoro-82M
+voices and a recorded voice. The network is `tiny` with four shared blocks and two
+blocks per stage, at an encoder stride of 16 samples: training here is short of steps,
+not of capacity. Measurements behind these choices: experiments/benchmarks/README.md.
 """
 
 from eesep_jax import config_lib
@@ -67,6 +31,13 @@ def get_config():
   config.data.heldout_root = "data/heldout"
   config.data.segment_seconds = 1.0
   config.data.dynamic_mixing = True
+  config.data.augment = True
+  # Check sets of speech no corpus trains on (`data.ensure_check_set`), made and
+  # evaluated by the demo: Kokoro-82M (the unseen-engine check) and a recorded voice.
+  # `check_mixtures` is the Kokoro sets' size; the recorded set has its own 24.
+  config.data.check_root = "data/checks"
+  config.data.check_sets = ("kokoro", "recorded")
+  config.data.check_mixtures = 300
   # The estimate learns from the SNR, the variance head from the NLL (docs/method.md §3):
   # the NLL alone starves the mean of gradient early on.
   config.loss.mean_loss = "snr"

@@ -51,16 +51,30 @@ def synth_command(args):
       args.out, sample_rate=args.sample_rate, num_sources=args.num_sources,
       num_train=args.num_train, num_valid=args.num_valid, num_test=args.num_test,
       noise=None if args.noise == "none" else args.noise, seed=args.seed,
-      accents=_ACCENTS[args.accents](), num_workers=args.num_workers,
-      progress=not args.quiet)
+      accents=_ACCENTS[args.accents](), piper_speakers=args.piper_speakers,
+      num_workers=args.num_workers, progress=not args.quiet)
   summary = {split: {key: info[key] for key in ("mixtures", "seconds")}
              for split, info in manifest["splits"].items()}
   print(json.dumps({"out": args.out, "layout": manifest["layout"], "splits": summary,
                     "wall_seconds": round(time.perf_counter() - start, 1)}))
 
 
+def check_command(args):
+  """Makes a check set (`data.checksets`) and prints its manifest summary."""
+  from eesep_jax.data import checksets  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  manifest = checksets.ensure_check_set(args.name, args.out, sample_rate=args.sample_rate,
+                                        num_mixtures=args.num_mixtures,
+                                        progress=not args.quiet)
+  print(json.dumps({"out": args.out, "check_set": args.name, "purpose": manifest["purpose"],
+                    "mixtures": manifest["splits"]["tt"]["mixtures"],
+                    "seconds": manifest["splits"]["tt"]["seconds"],
+                    "wall_seconds": round(time.perf_counter() - start, 1)}))
+
+
 def add_data_commands(subparsers):
-  """Adds `data` (with its sub-command `synth`) to the `eesep` sub-command parsers."""
+  """Adds `data` (sub-commands `synth`, `check`) to the `eesep` sub-command parsers."""
   from eesep_jax.data import \
       synth  # Light: numpy, soundfile; no JAX.  # pylint: disable=g-import-not-at-top
 
@@ -97,7 +111,30 @@ def add_data_commands(subparsers):
   parser.add_argument("--accents", choices=sorted(_ACCENTS), default="english",
                       help="speakers' accents: English eSpeak voices, or other languages' "
                            "voices that no English corpus trains on (default: english)")
+  parser.add_argument("--piper-speakers", type=int, default=0,
+                      help="training speakers who are Piper voices, beside the eSpeak "
+                           "ones (default: 0; the demo corpus has "
+                           f"{synth.DEMO_PIPER_SPEAKERS})")
   parser.add_argument("--num-workers", type=_workers, default=None,
                       help="synthesis processes (default: CPU count, at most 8)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+  check = commands.add_parser(
+      "check", help="Make a check set of speech no corpus trains on (offline).",
+      description=(
+          "Make a check set: two-speaker mixtures, in the wsj0-mix layout (tt only), of\n"
+          "speech that no corpus of this project trains on. kokoro: the unseen-engine\n"
+          "check (Kokoro-82M); kokoro-blend: the final-report set (blends of its\n"
+          "voices); recorded: a recorded voice (CMU ARCTIC, shipped in pysptk)."),
+      epilog="example:\n  eesep data check kokoro --out data/checks/kokoro",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  check.set_defaults(handler=check_command)
+  check.add_argument("name", choices=("kokoro", "kokoro-blend", "recorded"),
+                     help="which check set")
+  check.add_argument("--out", required=True, help="output folder (new, or the same set)")
+  check.add_argument("--sample-rate", type=int, choices=synth.SAMPLE_RATES, default=8000,
+                     help="sample rate in Hz (default: 8000)")
+  check.add_argument("--num-mixtures", type=int, default=None,
+                     help="mixtures (default: the set's own, 300 or 24)")
+  check.add_argument("--quiet", action="store_true", help="no progress bar")
   return data_parser

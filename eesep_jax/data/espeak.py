@@ -25,6 +25,7 @@ from eesep_jax.data import audio as audio_lib
 NATIVE_RATE = 22050
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _CHARS_UTF8 = 1
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA, as Piper and Kokoro read them.
 _EE_OK = 0
 # espeak_PARAMETER values (speak_lib.h).
 _RATE, _VOLUME, _PITCH, _RANGE, _WORDGAP = 1, 2, 3, 4, 7
@@ -86,6 +87,9 @@ class Engine:
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
+                                          ctypes.c_int]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                  ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
@@ -121,27 +125,48 @@ class Engine:
       raise RuntimeError(f"eSpeak NG failed (status {status}) on {text!r}")
     return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
+  def phonemes(self, text, accent):
+    """`text` as eSpeak NG's IPA phonemes in `accent`, one clause after another."""
+    if self._lib.espeak_SetVoiceByName(accent.encode()) != _EE_OK:
+      raise ValueError(f"eSpeak NG has no voice {accent}")
+    remaining = ctypes.c_char_p(text.encode())
+    clauses = []
+    while remaining.value:  # Each call phonemises one clause and moves the pointer on.
+      clauses.append(self._lib.espeak_TextToPhonemes(ctypes.byref(remaining), _CHARS_UTF8,
+                                                     _PHONEMES_IPA).decode())
+    return " ".join(clauses)
+
   def speak_isolated(self, text, voice, seed):
     """Like `speak`, but in a forked child, so this engine's state stays pristine."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # Child: speak, send the samples, leave without running any cleanup.
-      os.close(read_end)
-      code = 0
-      try:
-        samples = self.speak(text, voice, seed).tobytes()
-        with os.fdopen(write_end, "wb") as pipe:
-          pipe.write(samples)
-      except BaseException:  # pylint: disable=broad-except
-        code = 1
-      os._exit(code)  # pylint: disable=protected-access
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-      samples = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    samples = run_isolated(lambda: self.speak(text, voice, seed).tobytes())
+    if samples is None:
       raise RuntimeError(f"eSpeak NG failed on {text!r} in voice {voice}")
     return np.frombuffer(samples, np.int16)
+
+
+def run_isolated(produce):
+  """`produce()` (bytes) run in a forked child; None if it failed.
+
+  Whatever state `produce` changes (eSpeak's, onnxruntime's random generators) dies
+  with the child, so each call sees the state this process had before it.
+  """
+  read_end, write_end = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # Child: produce, send the bytes, leave without running any cleanup.
+    os.close(read_end)
+    code = 0
+    try:
+      payload = produce()
+      with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(payload)
+    except BaseException:  # pylint: disable=broad-except
+      code = 1
+    os._exit(code)  # pylint: disable=protected-access
+  os.close(write_end)
+  with os.fdopen(read_end, "rb") as pipe:
+    payload = pipe.read()
+  _, status = os.waitpid(pid, 0)
+  return payload if os.waitstatus_to_exitcode(status) == 0 else None
 
 
 _ENGINE = None
@@ -169,16 +194,35 @@ def trim_silence(audio, sample_rate, threshold_db=-40.0, margin_seconds=0.05):
   return audio[start:stop]
 
 
+def phonemes(text, accent="en-us"):
+  """`text` in IPA as eSpeak NG reads it in `accent` (the neural engines' front end).
+
+  Phonemised in a forked child, so the synthesiser's state stays pristine.
+  """
+  payload = run_isolated(lambda: _engine().phonemes(text, accent).encode())
+  if payload is None:
+    raise RuntimeError(f"eSpeak NG could not phonemise {text!r} in {accent}")
+  return payload.decode()
+
+
+def colour(native, native_rate, tract_scale, tilt, sample_rate):
+  """The voice-quality changes a synthesiser has no parameter for, then `sample_rate`.
+
+  `tilt` is a first-order spectral tilt (`y[t] = x[t] - tilt x[t-1]`). Playing the
+  samples as if recorded at `native_rate * tract_scale` Hz moves formants and pitch
+  up by `tract_scale` (a shorter vocal tract) and speeds speech up by as much.
+  """
+  native = np.asarray(native, np.float32)
+  tilted = native.copy()
+  tilted[1:] -= tilt * native[:-1]
+  return audio_lib.resample(tilted, native_rate * tract_scale, sample_rate)
+
+
 def speak(text, voice, seed, sample_rate):
   """`text` spoken by `voice`: float32 `[time]` at `sample_rate`, silence trimmed.
 
   Deterministic: the same arguments give the same samples in any process and order.
   """
   native = _engine().speak_isolated(text, voice, seed).astype(np.float32) / 32768.0
-  # The voice-quality changes eSpeak has no parameter for.
-  tilted = native.copy()
-  tilted[1:] -= voice.tilt * native[:-1]
-  # Playing the samples as if recorded at 22050 * tract_scale Hz moves formants and
-  # pitch up by tract_scale (a shorter vocal tract) and speeds speech up by as much.
-  audio = audio_lib.resample(tilted, NATIVE_RATE * voice.tract_scale, sample_rate)
+  audio = colour(native, NATIVE_RATE, voice.tract_scale, voice.tilt, sample_rate)
   return trim_silence(audio, sample_rate)

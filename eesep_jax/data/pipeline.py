@@ -26,6 +26,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from eesep_jax.data import augment
 from eesep_jax.data import mixing
 from eesep_jax.data import readers
 
@@ -87,10 +88,12 @@ class DynamicMixTransform(grain.transforms.RandomMap):
   every example); the others are random tracks of other random examples. Each is
   cropped on its own, then set to WSJ0-2mix relative levels around the first
   track's level (`mixing.wsj0_levels_db`: source 1 is 0-5 dB louder than source
-  2), and the mixture is their sum. Output as `CropTransform`'s.
+  2), and the mixture is their sum. With an `augment.Augmentation`, each track's
+  voice is warped and tilted first, and the mixture gets a room, a band and a noise
+  floor (`augment.augment_sources`). Output as `CropTransform`'s.
   """
 
-  def __init__(self, source, segment_length, num_sources):
+  def __init__(self, source, segment_length, num_sources, augmentation=None):
     if num_sources < 2:
       raise ValueError(f"dynamic mixing re-mixes speakers; it needs 2 or more sources, "
                        f"the source has {num_sources}")
@@ -100,6 +103,7 @@ class DynamicMixTransform(grain.transforms.RandomMap):
     self.source = source
     self.segment_length = segment_length
     self.num_sources = num_sources
+    self.augmentation = augmentation
 
   def _read_track(self, index, track):
     # A `MixtureSource` reads the one file needed; any other source reads the example.
@@ -113,15 +117,21 @@ class DynamicMixTransform(grain.transforms.RandomMap):
     indices = [anchor] + [int(k) + (k >= anchor) for k in others]  # Skips the anchor.
     tracks, valid = [], []
     for index in indices:
-      track, length = _crop_or_pad(self._read_track(index, int(rng.integers(self.num_sources))),
-                                   self.segment_length, rng)
+      track = self._read_track(index, int(rng.integers(self.num_sources)))
+      if self.augmentation:
+        track = augment.warp_track(track, rng, self.augmentation)
+      track, length = _crop_or_pad(track, self.segment_length, rng)
       tracks.append(track)
       valid.append(length)
     reference = mixing.rms(tracks[0][:valid[0]])
     tracks = mixing.apply_levels(tracks, mixing.wsj0_levels_db(rng, self.num_sources),
                                  reference_rms=reference)
     sources = np.stack(tracks)
-    return _training_example(sources.sum(axis=0), sources, max(valid), self.segment_length)
+    if not self.augmentation:
+      return _training_example(sources.sum(axis=0), sources, max(valid), self.segment_length)
+    mixture, sources = augment.augment_sources(sources, max(valid), rng, self.augmentation,
+                                               self.source.sample_rate)
+    return _training_example(mixture, sources, max(valid), self.segment_length)
 
 
 def _stream_seeds(seed):
@@ -132,7 +142,8 @@ def _stream_seeds(seed):
 
 def training_loader(source, *, batch_size, seed, segment_length=None, segment_seconds=None,
                     shard_index=0, shard_count=1, num_workers=0, dynamic_mixing=False,
-                    num_epochs=None, read_threads=4, prefetch_batches=4):
+                    augmentation=None, num_epochs=None, read_threads=4,
+                    prefetch_batches=4):
   """Batches of fixed-length training segments, as a grain `IterDataset`.
 
   Args:
@@ -147,6 +158,8 @@ def training_loader(source, *, batch_size, seed, segment_length=None, segment_se
     prefetch_batches: batches each process prepares ahead (grain's default of 500
       would hold gigabytes of audio).
     dynamic_mixing: re-mix sources of different examples (`DynamicMixTransform`).
+    augmentation: an `augment.Augmentation` that varies each dynamic mixture's voices
+      and channel (needs `dynamic_mixing`), or None.
     num_epochs: None repeats forever; else the stream ends after that many epochs
       (less the tail that does not fill one batch on every process, with a warning).
 
@@ -159,9 +172,11 @@ def training_loader(source, *, batch_size, seed, segment_length=None, segment_se
     raise ValueError(f"shard_index={shard_index} is not in [0, shard_count={shard_count})")
   segment = _segment(segment_length, segment_seconds, getattr(source, "sample_rate", None))
   shuffle_seed, map_seed = _stream_seeds(seed)
+  if augmentation and not dynamic_mixing:
+    raise ValueError("augmentation varies dynamic mixtures; it needs dynamic_mixing=True")
   if dynamic_mixing:
     num_sources = getattr(source, "num_sources", None) or source[0]["sources"].shape[0]
-    transform = DynamicMixTransform(source, segment, num_sources)
+    transform = DynamicMixTransform(source, segment, num_sources, augmentation)
   else:
     transform = CropTransform(source, segment)
   dataset = grain.MapDataset.range(len(source)).shuffle(seed=shuffle_seed).repeat(num_epochs)

@@ -43,6 +43,7 @@ import tqdm
 from eesep_jax.data import audio as audio_lib
 from eesep_jax.data import espeak
 from eesep_jax.data import mixing
+from eesep_jax.data import neural_tts
 from eesep_jax.data import sentences
 
 SPLITS = ("tr", "cv", "tt")
@@ -64,7 +65,7 @@ FORMAT_VERSION = 1
 class Utterance:
   id: str
   speaker: str
-  voice: espeak.Voice
+  voice: espeak.Voice | neural_tts.PiperVoice | neural_tts.KokoroVoice
   text: str
   seed: int
 
@@ -125,10 +126,29 @@ def _draw_voice(rng, variant, accents):
       tilt=round(float(rng.uniform(*TILT)), 4))
 
 
-def draw_speakers(seed, accents=espeak.ENGLISH_VOICES):
-  """`{group: {speaker_id: Voice}}` for tr, cv, tt and babble; variants never shared.
+# Piper speakers' settings (`neural_tts.PiperVoice`): the one voice stretched over
+# rates, prosodic noise and vocal-tract scales from a deep man's to a woman's.
+PIPER_LENGTH_SCALE = (0.8, 1.25)
+PIPER_NOISE_SCALE = (0.3, 0.9)
+PIPER_NOISE_W = (0.4, 1.0)
+PIPER_TRACT_SCALE = (0.85, 1.3)
 
-  Each speaker's accent is drawn from `accents`.
+
+def _draw_piper_voice(rng):
+  return neural_tts.PiperVoice(
+      length_scale=round(float(rng.uniform(*PIPER_LENGTH_SCALE)), 4),
+      noise_scale=round(float(rng.uniform(*PIPER_NOISE_SCALE)), 4),
+      noise_w=round(float(rng.uniform(*PIPER_NOISE_W)), 4),
+      tract_scale=round(float(rng.uniform(*PIPER_TRACT_SCALE)), 4),
+      tilt=round(float(rng.uniform(*TILT)), 4))
+
+
+def draw_speakers(seed, accents=espeak.ENGLISH_VOICES, piper_speakers=0):
+  """`{group: {speaker_id: voice}}` for tr, cv, tt and babble; variants never shared.
+
+  Each eSpeak speaker's accent is drawn from `accents`. `piper_speakers` more
+  training speakers (`trp00`, ...) are Piper voices (`neural_tts.PiperVoice`); the
+  other splits stay eSpeak's, so the test split does not depend on them.
   """
   variants = _assign_variants(seed)
   counts = dict(SPEAKERS, babble=BABBLE_SPEAKERS)
@@ -139,7 +159,15 @@ def draw_speakers(seed, accents=espeak.ENGLISH_VOICES):
     prefix = "bb" if group == "babble" else group
     speakers[group] = {f"{prefix}{k:02d}": _draw_voice(rng, pool[k % len(pool)], accents)
                        for k in range(count)}
+  rng = _rng(seed, "speakers", "piper")
+  speakers["tr"].update({f"trp{k:02d}": _draw_piper_voice(rng) for k in range(piper_speakers)})
   return speakers
+
+
+def speak(utterance, sample_rate):
+  """The utterance spoken by its engine (eSpeak, Piper or Kokoro), silence trimmed."""
+  engine = espeak if isinstance(utterance.voice, espeak.Voice) else neural_tts
+  return engine.speak(utterance.text, utterance.voice, utterance.seed, sample_rate)
 
 
 def _plan_split(split, num_mixtures, *, num_sources, noise, seed, speakers):
@@ -185,7 +213,7 @@ def _noise(kind, length, rng, babble, sample_rate):
   # Babble: several talkers, each looped from a random offset and at equal level.
   talkers = []
   for utterance in babble:
-    speech = espeak.speak(utterance.text, utterance.voice, utterance.seed, sample_rate)
+    speech = speak(utterance, sample_rate)
     looped = np.resize(np.roll(speech, -int(rng.integers(len(speech)))), length)
     talkers.append(looped / max(mixing.rms(looped), 1e-12))
   return np.sum(talkers, axis=0)
@@ -199,7 +227,7 @@ def _folders(num_sources, noise):
 
 def _render(spec, out_dir, sample_rate):
   """Speaks, mixes and writes one mixture; returns `{folder: path}` and its length."""
-  sources = [espeak.speak(u.text, u.voice, u.seed, sample_rate) for u in spec.utterances]
+  sources = [speak(u, sample_rate) for u in spec.utterances]
   length = min(len(s) for s in sources)
   sources = mixing.apply_levels([s[:length] for s in sources], spec.levels_db)
   signals = {f"s{c + 1}": s for c, s in enumerate(sources)}
@@ -247,6 +275,25 @@ def _write_csv(path, header, rows):
     writer.writerows(rows)
 
 
+_ENGINE_NAMES = {espeak.Voice: "espeak", neural_tts.PiperVoice: "piper",
+                 neural_tts.KokoroVoice: "kokoro"}
+
+
+def write_speakers(path, speakers):
+  """`speakers.csv`: each speaker's group, engine and voice settings (a column per
+  setting any engine has; blank where the speaker's engine has none)."""
+  columns = list(dict.fromkeys(field.name for voices in speakers.values()
+                               for voice in voices.values()
+                               for field in dataclasses.fields(voice)))
+  rows = []
+  for group, voices in speakers.items():
+    for name, voice in voices.items():
+      settings = dataclasses.asdict(voice)
+      rows.append([name, group, _ENGINE_NAMES[type(voice)],
+                   *(settings.get(column, "") for column in columns)])
+  _write_csv(path, ["speaker", "group", "engine", *columns], rows)
+
+
 def _check_arguments(sample_rate, num_sources, noise, sizes, num_workers):
   if sample_rate not in SAMPLE_RATES:
     raise ValueError(f"sample_rate={sample_rate}; the corpus is made at {SAMPLE_RATES} Hz")
@@ -262,7 +309,8 @@ def _check_arguments(sample_rate, num_sources, noise, sizes, num_workers):
 
 def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400,
                       num_valid=50, num_test=50, noise=None, seed=0,
-                      accents=espeak.ENGLISH_VOICES, num_workers=None, progress=True):
+                      accents=espeak.ENGLISH_VOICES, piper_speakers=0, num_workers=None,
+                      progress=True):
   """Synthesises a speech separation corpus into `out_dir` (see the module docstring).
 
   Args:
@@ -273,6 +321,8 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
     noise: None (clean, wsj0-mix layout) or "white", "pink", "babble" (WHAM! layout).
     seed: everything is drawn from it; same arguments, same bytes.
     accents: the eSpeak voices speakers' accents are drawn from (default: English).
+    piper_speakers: training speakers who are Piper voices, beside the eSpeak ones
+      (`draw_speakers`); their utterances are cached (`neural_tts.cache_dir`).
     num_workers: synthesis processes (default: the CPU count, at most 8).
     progress: show a progress bar.
 
@@ -293,7 +343,7 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
   open(marker, "w", encoding="utf-8").close()
 
   accents = tuple(accents)
-  speakers = draw_speakers(seed, accents)
+  speakers = draw_speakers(seed, accents, piper_speakers)
   specs = [spec for split in SPLITS for spec in _plan_split(
       split, sizes[split], num_sources=num_sources, noise=noise, seed=seed,
       speakers=speakers)]
@@ -318,16 +368,14 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
     if split_rows:
       _write_csv(os.path.join(out_dir, "metadata", f"mixture_{split}_mix_{kind}.csv"),
                  _metadata_header(kind, num_sources), split_rows)
-  voice_fields = [field.name for field in dataclasses.fields(espeak.Voice)]
-  _write_csv(os.path.join(out_dir, "speakers.csv"), ["speaker", "group", *voice_fields],
-             [[name, group, *dataclasses.astuple(voice)]
-              for group, voices in speakers.items() for name, voice in voices.items()])
+  write_speakers(os.path.join(out_dir, "speakers.csv"), speakers)
 
   manifest = {
       "format_version": FORMAT_VERSION,
       "arguments": {"sample_rate": sample_rate, "num_sources": num_sources,
                     "num_train": num_train, "num_valid": num_valid, "num_test": num_test,
-                    "noise": noise, "seed": seed, "accents": list(accents)},
+                    "noise": noise, "seed": seed, "accents": list(accents),
+                    "piper_speakers": piper_speakers},
       "layout": "wsj0-mix" if noise is None else "wham",
       "splits": {split: {"mixtures": sizes[split], "seconds": round(seconds[split], 3),
                          "speakers": sorted({u.speaker for spec in specs if spec.split == split
@@ -344,6 +392,8 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
 # Evaluation sets large enough to tell stopping policies apart: a share of 300 has a 95%
 # interval about ±5 points wide.
 DEMO_SIZES = {"num_train": 2000, "num_valid": 300, "num_test": 300}
+# The demo corpus's Piper speakers, beside its 96 eSpeak ones in the training split.
+DEMO_PIPER_SPEAKERS = 8
 
 
 # The held-out test set: speakers of other languages (`espeak.HELDOUT_VOICES`) with the
@@ -351,11 +401,12 @@ DEMO_SIZES = {"num_train": 2000, "num_valid": 300, "num_test": 300}
 # The seed is the demo's, so it holds the demo test split's sentences and speaker
 # pairs, spoken in other languages' voices: a controlled shift of the voices alone.
 HELDOUT = {"num_train": 0, "num_valid": 0, "num_test": 300, "seed": 0,
-           "accents": espeak.HELDOUT_VOICES}
+           "accents": espeak.HELDOUT_VOICES, "piper_speakers": 0}
 
 
 def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0,
-                       accents=espeak.ENGLISH_VOICES, progress=True, **sizes):
+                       accents=espeak.ENGLISH_VOICES, piper_speakers=DEMO_PIPER_SPEAKERS,
+                       progress=True, **sizes):
   """Returns the manifest of the corpus at `root`, synthesising it first if missing.
 
   The default is the demo corpus: `DEMO_SIZES` clean 2-speaker mixtures of about
@@ -365,7 +416,8 @@ def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0,
   """
   root = os.path.abspath(os.fspath(root))
   arguments = {"sample_rate": sample_rate, "num_sources": num_sources, "seed": seed,
-               "noise": None, "accents": list(accents), **DEMO_SIZES, **sizes}
+               "noise": None, "accents": list(accents), "piper_speakers": piper_speakers,
+               **DEMO_SIZES, **sizes}
   manifest_path = os.path.join(root, MANIFEST)
   if os.path.exists(os.path.join(root, _IN_PROGRESS)):
     shutil.rmtree(root)

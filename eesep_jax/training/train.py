@@ -429,7 +429,8 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       train_source, batch_size=config.batch_size // jax.process_count(),
       segment_length=int(config.data.segment_seconds * model_config.sample_rate),
       seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_workers=config.data.num_workers, dynamic_mixing=config.data.dynamic_mixing)
+      num_workers=config.data.num_workers, dynamic_mixing=config.data.dynamic_mixing,
+      augmentation=data_lib.Augmentation() if config.data.get("augment") else None)
   iterator = iter(loader)
   segment_seconds = config.data.segment_seconds
 

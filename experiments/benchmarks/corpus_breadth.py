@@ -1,0 +1,129 @@
+"""Corpus breadth: how trained runs separate, and how honest their exits are, on sets
+of speech they never heard.
+
+    python experiments/benchmarks/corpus_breadth.py \
+        --run base=runs/base --run broad=runs/demo \
+        --set test= --set kokoro=data/checks/kokoro --set recorded=data/checks/recorded \
+        --out experiments/benchmarks/results/corpus_breadth.json
+
+For every run and set it reads (or, when missing, writes with `eesep evaluate`)
+`RUN/eval_<set>/exit_table.npz` (an empty set root is the run's own test split),
+and reports:
+- SI-SNRi per exit;
+- honesty at the run's target `γ` (`config.inference.target_snr_db`), at its
+  confidence `p` and at p = 0.8: how many utterances the probabilistic policy stops
+  before the last exit and the share of them that reach `γ` (asked: ≥ p − 0.1);
+- the last exit's mean `P(SNR ≥ γ)` beside the share whose worst source reaches `γ`
+  there (asked: within 0.1).
+Probabilities are as `eesep evaluate` reads them: with the run's post-hoc scales,
+if `eesep calibrate` saved any.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import exit_table
+from eesep_jax.training import checkpoints
+
+EXTRA_CONFIDENCE = 0.8
+
+
+def evaluation_table(workdir, name, root, max_utterances=None):
+  """`RUN/eval_<name>/exit_table.npz`, made by `eesep evaluate` if missing."""
+  out = pathlib.Path(workdir) / f"eval_{name}"
+  path = out / "exit_table.npz"
+  if not path.exists():
+    command = [sys.executable, "-m", "eesep_jax", "evaluate", "--checkpoint", str(workdir),
+               "--out", str(out)]
+    if root:
+      command += ["--data-root", str(root)]
+    if max_utterances:
+      command += ["--max-utterances", str(max_utterances)]
+    subprocess.run(command, check=True)
+  return exit_table.load(path)
+
+
+def honesty(table, target_snr_db, confidence):
+  """The probabilistic policy's early stops at `(γ, p)`: their count and the share of
+  them whose worst source reaches `γ` (None when none stops early)."""
+  exits = evaluate.policy_exits(table, "probabilistic", target_snr_db=target_snr_db,
+                                confidence=confidence)
+  early = exits < table.num_exits
+  reached = table.snr_min[np.arange(len(exits)), exits - 1] >= target_snr_db
+  return {"confidence": confidence, "stopped_early": int(early.sum()),
+          "satisfaction": float(reached[early].mean()) if early.any() else None}
+
+
+def measure(table, target_snr_db, confidence):
+  """The report of one run on one set (see the module docstring)."""
+  last_probability = table.probability[:, -1, table.target_index(target_snr_db)]
+  return {
+      "utterances": len(table.ids),
+      "si_snri_per_exit": [round(float(v), 3) for v in table.si_snri.mean(axis=0)],
+      "target_snr_db": target_snr_db,
+      "honesty": [honesty(table, target_snr_db, p)
+                  for p in sorted({confidence, EXTRA_CONFIDENCE})],
+      "last_exit_mean_probability": float(last_probability.mean()),
+      "last_exit_reached_share": float(np.mean(table.snr_min[:, -1] >= target_snr_db)),
+  }
+
+
+def markdown(results):
+  lines = ["| run | set | utt. | SI-SNRi per exit (dB) | early stops: share reaching γ "
+           "(count), per p | last exit: mean P(SNR ≥ γ) / share reaching γ |",
+           "|---|---|---|---|---|---|"]
+  for run, sets in results.items():
+    for name, row in sets.items():
+      exits = " / ".join(f"{v:.2f}" for v in row["si_snri_per_exit"])
+      stops = "; ".join(
+          f"p={h['confidence']:g}: " + ("none" if h["satisfaction"] is None else
+                                         f"{100 * h['satisfaction']:.0f}% ({h['stopped_early']})")
+          for h in row["honesty"])
+      lines.append(f"| {run} | {name} | {row['utterances']} | {exits} | {stops} | "
+                   f"{row['last_exit_mean_probability']:.2f} / "
+                   f"{row['last_exit_reached_share']:.2f} (γ = {row['target_snr_db']:g} dB) |")
+  return "\n".join(lines)
+
+
+def _pairs(values, what):
+  pairs = []
+  for value in values:
+    if "=" not in value:
+      raise SystemExit(f"--{what} {value!r}: expected NAME=PATH")
+    pairs.append(tuple(value.split("=", 1)))
+  return pairs
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--run", action="append", required=True, help="NAME=WORKDIR")
+  parser.add_argument("--set", action="append", required=True,
+                      help="NAME=ROOT (an empty ROOT: the run's own test split)")
+  parser.add_argument("--max-utterances", type=int, default=None)
+  parser.add_argument("--out", help="a .json file; the table goes beside it as .md")
+  args = parser.parse_args(argv)
+  results = {}
+  for run, workdir in _pairs(args.run, "run"):
+    config = checkpoints.read_config(workdir)
+    target, confidence = config.inference.target_snr_db, config.inference.confidence
+    results[run] = {name: measure(evaluation_table(workdir, name, root, args.max_utterances),
+                                  target, confidence)
+                    for name, root in _pairs(args.set, "set")}
+  table = markdown(results)
+  print(table)
+  if args.out:
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+  return results
+
+
+if __name__ == "__main__":
+  main()
