@@ -135,22 +135,24 @@ def start_run(workdir, how):
         (path / name).unlink()
   if how == "resume" and run_id(path) is not None:
     return
-  partial = path / f".{RUN_FILE}.partial"
-  partial.write_text(json.dumps({"run_id": uuid.uuid4().hex}))
-  partial.replace(path / RUN_FILE)
+  _write_whole(path / RUN_FILE, json.dumps({"run_id": uuid.uuid4().hex}))
+
+
+def _write_whole(path, text):
+  """Writes `text` to `path`, never leaving a damaged file behind: on a disk by way of a
+  temporary file and a rename; in a bucket directly, since an object is replaced whole
+  or not at all (and a bucket has no rename, only copy and delete)."""
+  if storage.is_object_store(path):
+    path.write_text(text)
+    return
+  partial = path.parent / f".{path.name}.partial"
+  partial.write_text(text)
+  partial.replace(path)
 
 
 def write_config(config, workdir):
-  """Writes `config` to `workdir/config.json`, never leaving a damaged one behind: on a
-  disk by way of a temporary file and a rename; in a bucket directly, since an object
-  is replaced whole or not at all (and a bucket has no rename, only copy and delete)."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  if storage.is_object_store(path):
-    path.write_text(config.to_json_best_effort(indent=2))
-    return
-  partial = path.parent / f".{CONFIG_FILE}.partial"
-  partial.write_text(config.to_json_best_effort(indent=2))
-  partial.replace(path)
+  """Writes `config` to `workdir/config.json` (whole, never a damaged one)."""
+  _write_whole(epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir):

@@ -17,6 +17,7 @@ from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 import numpy as np
@@ -408,9 +409,14 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   throughput.use_compilation_cache(config.get("compilation_cache_dir", ""))
   train_source, valid_source = _open_data(config, say)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Every process has read the workdir (`check_workdir`) before the lead changes it, and
+  # none goes on before it has: a process that looked later would find the lead's
+  # half-written run.
+  _sync_processes("eesep_jax: workdir checked")
   if is_lead:
     checkpoints.start_run(workdir, how)
     checkpoints.write_config(config, workdir)
+  _sync_processes("eesep_jax: workdir ready")
   model_config = config_lib.model_config(config)
   model = models.PressNet(model_config)
 
@@ -504,6 +510,13 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
     manager.close()
     stop.close()
   return state
+
+
+def _sync_processes(name):
+  """Returns when every process of a multi-process run has called it with `name`; at
+  once in a single process."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _train_record(step_metrics):
