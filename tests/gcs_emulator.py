@@ -7,7 +7,8 @@ scaffolding only: the package talks to it as it talks to GCS.
   Without it tensorstore reads generation 0, which its GCS driver refuses as the
   condition of its next write of that object ("Malformed StorageGeneration"): an OCDBT
   checkpoint's manifest is read, then written on that condition.
-- `ifGenerationMatch` and `ifGenerationNotMatch` are honoured (412 and 304, as GCS
+- `ifGenerationMatch` and `ifGenerationNotMatch` are honoured on reads, deletes and
+  uploads that name their object in the URL, as tensorstore's do (412 and 304, as GCS
   answers), so a conditional write made on a stale read fails instead of overwriting.
 
 The server answers one request at a time, so a condition's check and its write are
