@@ -1,16 +1,25 @@
 """A pod in a box: `eesep train` as `experiments/tpu/launch.py` starts it on a 4-host TPU
 slice (`v4-32`), run here as 4 processes of 2 CPU devices each, joined over loopback, in
-a `gs://` workdir on a local GCS emulator.
+a `gs://` workdir on a local GCS emulator (`gcs_emulator.py`).
 
 The command is the one `launch.py --dry-run` prints; only the coordinator, which a TPU
-pod discovers by itself, is given explicitly. The run is preempted twice, SIGTERM
-reaching every process at different moments and then one process only, and resumed to
-its end; its losses must be the uninterrupted run's, step for step. `eesep evaluate`,
-`calibrate` and `separate` then read the trained run from the bucket.
+pod discovers by itself, is given explicitly. Three launches:
+
+1. The run `preempted` starts; SIGTERM reaches every process, at different moments.
+2. It resumes from that checkpoint; SIGTERM reaches one process only.
+3. The run `reference` trains uninterrupted to the step where launch 2 stopped.
+
+`preempted` never ends by itself (its `steps` is far away), so each SIGTERM lands in
+training however fast the machine is. Both runs have the same learning-rate schedule
+(`optimizer.decay_steps` pinned), so `steps` only says where `reference` stops: the
+losses of `preempted`, its second launch resumed from the first's checkpoint, must be
+`reference`'s step for step. `eesep evaluate`, `calibrate` and `separate` then read
+`preempted` from the bucket, from the checkpoint of launch 2's stop.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,20 +37,22 @@ import test_tpu_launch
 
 PROCESSES = 4  # The hosts of a v4-32 slice.
 DEVICES_PER_PROCESS = 2
-STEPS = 10
 BUCKET = "eesep-pod"
-# How long every process has, from the last SIGTERM, to save and exit: the stop step is
-# at most a step away, then one checkpoint is written.
-EXIT_SECONDS = 60
+# `preempted` would train this far: SIGTERM always comes first.
+UNREACHED_STEPS = 1000
+DECAY_STEPS = 20
+# Bounds on every wait, generous for a loaded 2-core machine (a launch's 4 processes
+# share its cores): for a launch to log a step (start, compile or read the compiled
+# step, restore), for every process to exit after the last SIGTERM (reach the agreed
+# step, save one checkpoint), and for an uninterrupted launch.
+STEP_SECONDS = 300
+EXIT_SECONDS = 120
+RUN_SECONDS = 300
 
-# Four launches of four processes: minutes on a busy 2-core machine. Opt-in for now:
-# under 4 concurrent writers the emulator now and then answers a tensorstore write with
-# what it reports as "Malformed StorageGeneration" (a checkpoint save then fails on one
-# process and the others wait for it), and the whole module takes 8-10 min on a loaded
-# 2-core machine, over the suite's budget. EESEP_POD_TEST=1 runs it.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200),
-              pytest.mark.skipif(not os.environ.get("EESEP_POD_TEST"),
-                                 reason="opt-in (EESEP_POD_TEST=1): flaky GCS emulator, slow")]
+# Three launches of four processes, the fewest that check the three behaviours (each
+# process compiles its programs: JAX's compilation cache only serves process 0 here,
+# as the key of a multi-process CPU program holds the process's own topology).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def _free_port():
@@ -50,7 +61,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _wait_for_port(port, process, timeout=30):
+def _wait_for_port(port, process, timeout=60):
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     assert process.poll() is None, "the GCS emulator exited"
@@ -74,7 +85,7 @@ class Bucket:
     while True:
       query = {"prefix": prefix, **({"pageToken": token} if token else {})}
       with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o?"
-                                  f"{urllib.parse.urlencode(query)}") as response:
+                                  f"{urllib.parse.urlencode(query)}", timeout=60) as response:
         listing = json.load(response)
       names += [item["name"] for item in listing.get("items", [])]
       token = listing.get("nextPageToken")
@@ -84,8 +95,8 @@ class Bucket:
   def read(self, name):
     quoted = urllib.parse.quote(name, safe="")
     try:
-      with urllib.request.urlopen(
-          f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media") as response:
+      with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media",
+                                  timeout=60) as response:
         return response.read()
     except urllib.error.HTTPError as error:
       if error.code == 404:
@@ -114,9 +125,8 @@ def gcs(tmp_path_factory):
   log = tmp_path_factory.mktemp("gcs") / "emulator.log"
   with open(log, "w") as out:
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--in-memory", f"--default-bucket={BUCKET}", "--quiet"],
-        stdout=out, stderr=subprocess.STDOUT)
+        [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "--port", str(port),
+         "--bucket", BUCKET], stdout=out, stderr=subprocess.STDOUT)
   try:
     _wait_for_port(port, emulator)
     url = f"http://127.0.0.1:{port}"
@@ -128,17 +138,41 @@ def gcs(tmp_path_factory):
     yield env, Bucket(url)
   finally:
     emulator.terminate()
-    emulator.wait(timeout=30)
+    try:
+      emulator.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      emulator.kill()
+      emulator.wait()
 
 
-def _launcher_command(run, corpus):
+def test_the_emulator_keeps_object_generations_as_gcs_does(gcs, monkeypatch):
+  """The scaffolding's own check: tensorstore reads back the generation it wrote, and a
+  write on the condition of an older generation does not happen."""
+  env_vars, _ = gcs
+  monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", env_vars["TENSORSTORE_GCS_HTTP_URL"])
+  import tensorstore as ts
+
+  store = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET,
+                           "path": "generations/"}).result()
+  first = store.write("key", b"first").result().generation
+  read = store.read("key").result()
+  assert (read.value, read.stamp.generation) == (b"first", first)
+  second = store.write("key", b"second", if_equal=first).result().generation
+  assert second not in (first, b"")
+  # On a stale condition the write is not done, and says so with no generation.
+  assert store.write("key", b"third", if_equal=first).result().generation == b""
+  assert store.read("key").result().value == b"second"
+
+
+def _launcher_command(run, corpus, steps):
   """The `eesep train` argv that `launch.py --dry-run` starts on every worker of a v4-32
   slice, run with this Python."""
   returncode, commands, stderr = test_tpu_launch._dry_run(
       "--name", "pod", "--zone", "us-central2-b", "--accelerator-type", "v4-32",
       "--config", "eesep_jax/configs/demo.py", "--workdir", f"gs://{BUCKET}/{run}",
       *(f"--override={flag.removeprefix('--config.')}" for flag in TRAIN_OVERRIDES),
-      f"--override=data.root={corpus}", f"--override=steps={STEPS}",
+      f"--override=data.root={corpus}", f"--override=steps={steps}",
+      f"--override=optimizer.decay_steps={DECAY_STEPS}",
       "--override=checkpoint_every=1000", "--run-id", "POD")
   assert returncode == 0, stderr
   (start,) = [c for c in commands if "nohup" in (test_tpu_launch._flag(c, "command") or "")]
@@ -148,7 +182,8 @@ def _launcher_command(run, corpus):
 
 
 class Pod:
-  """The processes of one launch: the launcher's command, each with its coordinates."""
+  """The processes of one launch, each in a session of its own: the launcher's command,
+  each with its coordinates."""
 
   def __init__(self, argv, env, logs):
     coordinator = f"127.0.0.1:{_free_port()}"
@@ -159,91 +194,94 @@ class Pod:
         self.processes.append(subprocess.Popen(
             [*argv, "--coordinator", coordinator, "--num-processes", str(PROCESSES),
              "--process-id", str(index)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True))
 
-  def wait_for_step(self, bucket, run, step, timeout=300):
+  def tails(self):
+    return "\n".join(f"--- {log.name}:\n{log.read_text()[-3000:]}" for log in self.logs)
+
+  def wait_for_step(self, bucket, run, step):
     """Blocks until the run has logged `step` (every process is then training)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + STEP_SECONDS
     while time.monotonic() < deadline:
-      for process, log in zip(self.processes, self.logs):
-        assert process.poll() is None, log.read_text()[-4000:]
+      if any(process.poll() is not None for process in self.processes):
+        pytest.fail(f"a process exited before step {step}:\n{self.tails()}")
       if any(s >= step for s, _ in bucket.losses(run)):
         return
       time.sleep(0.2)
-    raise TimeoutError(f"no step {step} in gs://{BUCKET}/{run} after {timeout} s")
+    pytest.fail(f"no step {step} in gs://{BUCKET}/{run} after {STEP_SECONDS} s:\n"
+                f"{self.tails()}")
 
   def wait(self, timeout):
-    """Every process's exit status; kills all and fails when one is still running."""
+    """Every process's exit status; fails when one still runs after `timeout` s."""
     deadline = time.monotonic() + timeout
     try:
       return [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p in self.processes]
     except subprocess.TimeoutExpired:
-      for process in self.processes:
-        process.kill()
-      pytest.fail(f"still running {timeout} s after SIGTERM:\n" + "\n".join(
-          log.read_text()[-2000:] for log in self.logs))
-    finally:
-      for process in self.processes:
-        process.kill()
-        process.wait()
+      pytest.fail(f"still running {timeout} s later:\n{self.tails()}")
+
+  def kill(self):
+    """Kills what is left of every process's session (none is left after `wait`)."""
+    for process in self.processes:
+      try:
+        os.killpg(process.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+      process.wait()
 
   def stop_steps(self):
-    """The step each process says it stopped at (`preempted: saving step N`)."""
-    steps = []
-    for log in self.logs:
-      found = [int(line.rsplit("saving step ", 1)[1].split()[0])
-               for line in log.read_text().splitlines() if "preempted: saving step" in line]
-      steps.append(found)
-    return steps
+    """The steps each process says it stopped at (`preempted: saving step N`)."""
+    return [[int(line.rsplit("saving step ", 1)[1].split()[0])
+             for line in log.read_text().splitlines() if "preempted: saving step" in line]
+            for log in self.logs]
 
 
 @pytest.fixture(scope="module")
 def pod_runs(gcs, tiny_corpus, compile_cache, tmp_path_factory):
-  """The bucket run `preempted`, stopped twice and resumed to its end, and `reference`,
-  uninterrupted; with what each launch left: exit statuses, seconds from the last
-  SIGTERM to the last exit, stop steps and checkpoints."""
+  """What each launch left: exit statuses, seconds from the last SIGTERM to the last
+  exit, stop steps, and the run's checkpoints and losses in the bucket."""
   env_vars, bucket = gcs
   env = {**train_env(compile_cache, devices=DEVICES_PER_PROCESS), **env_vars}
   logs = tmp_path_factory.mktemp("pod")
-  argv = {run: _launcher_command(run, tiny_corpus) for run in ("preempted", "reference")}
   launches = {}
 
-  def launch(name, run, signal_to, after_step):
+  def launch(name, run, steps, signal_to=(), after_step=None):
     folder = logs / name
     folder.mkdir()
-    began = time.monotonic()
-    pod = Pod(argv[run], env, folder)
-    pod.wait_for_step(bucket, run, after_step)
-    for index in signal_to:  # SIGTERM at different moments, in the order given.
-      pod.processes[index].terminate()
-      time.sleep(0.4)
-    signalled = time.monotonic()
-    statuses = pod.wait(EXIT_SECONDS if signal_to else 600)
-    launches[name] = {"statuses": statuses, "exit_seconds": time.monotonic() - signalled,
-                      "seconds": time.monotonic() - began,
-                      "stop_steps": pod.stop_steps(),
-                      "checkpoints": bucket.checkpoint_steps(run),
-                      "losses": bucket.losses(run), "logs": pod.logs}
+    pod = Pod(_launcher_command(run, tiny_corpus, steps), env, folder)
+    try:
+      if signal_to:
+        pod.wait_for_step(bucket, run, after_step)
+        for index in signal_to:  # SIGTERM at different moments, in the order given.
+          pod.processes[index].terminate()
+          time.sleep(0.5)
+      signalled = time.monotonic()
+      statuses = pod.wait(EXIT_SECONDS if signal_to else RUN_SECONDS)
+      launches[name] = {"statuses": statuses, "exit_seconds": time.monotonic() - signalled,
+                        "stop_steps": pod.stop_steps(), "tails": pod.tails(),
+                        "checkpoints": bucket.checkpoint_steps(run),
+                        "losses": bucket.losses(run)}
+    finally:
+      pod.kill()
 
-  launch("every_process", "preempted", signal_to=[2, 0, 3, 1], after_step=2)
+  launch("every_process", "preempted", UNREACHED_STEPS, signal_to=[2, 0, 3, 1], after_step=2)
   first_stop = launches["every_process"]["checkpoints"][-1]
-  launch("one_process", "preempted", signal_to=[3], after_step=first_stop + 2)
-  launch("resumed", "preempted", signal_to=[], after_step=0)
-  launch("reference", "reference", signal_to=[], after_step=0)
+  launch("one_process", "preempted", UNREACHED_STEPS, signal_to=[3],
+         after_step=first_stop + 1)
+  launch("reference", "reference", launches["one_process"]["checkpoints"][-1])
   return launches
 
 
 def _assert_one_consistent_stop(launch, earlier_checkpoints=()):
-  for status, log in zip(launch["statuses"], launch["logs"]):
-    assert status == 0, log.read_text()[-4000:]
+  """The step every process of `launch` stopped at, after checking they all did, at the
+  same step, once, in time, with that step's checkpoint as the one they added."""
+  assert launch["statuses"] == [0] * PROCESSES, launch["tails"]
   assert launch["exit_seconds"] < EXIT_SECONDS
   stops = launch["stop_steps"]
   assert all(len(found) == 1 for found in stops), stops  # Each process stopped once...
   (stop,) = {found[0] for found in stops}  # ... at the same step.
-  assert stop < STEPS
-  # That step's checkpoint is the one the launch added, and its last logged step.
   assert launch["checkpoints"] == sorted([*earlier_checkpoints, stop])
-  assert launch["losses"][-1][0] == stop
+  assert launch["losses"][-1][0] == stop  # No process went on past it.
   return stop
 
 
@@ -254,16 +292,18 @@ def test_sigterm_to_every_process_stops_all_at_one_checkpoint(pod_runs):
 def test_sigterm_to_one_process_stops_all_at_one_checkpoint(pod_runs):
   first = pod_runs["every_process"]["checkpoints"]
   second = _assert_one_consistent_stop(pod_runs["one_process"], first)
-  assert second > first[-1]
+  assert second > first[-1]  # It trained on from the first stop before it stopped.
 
 
 def test_resumed_run_has_the_uninterrupted_losses_step_for_step(pod_runs):
-  resumed, reference = pod_runs["resumed"], pod_runs["reference"]
-  for launch in (resumed, reference):
-    assert launch["statuses"] == [0] * PROCESSES
-    assert launch["stop_steps"] == [[]] * PROCESSES
+  resumed, reference = pod_runs["one_process"], pod_runs["reference"]
+  assert reference["statuses"] == [0] * PROCESSES, reference["tails"]
+  assert reference["stop_steps"] == [[]] * PROCESSES
+  last = resumed["checkpoints"][-1]
+  assert reference["checkpoints"] == [last]
   steps = [step for step, _ in resumed["losses"]]
-  assert steps == list(range(1, STEPS + 1))  # Each step once: no gap, no repeat.
+  # Each step once across the two launches: the resume took the next step and batch.
+  assert steps == list(range(1, last + 1))
   assert [step for step, _ in reference["losses"]] == steps
   # Bit for bit, as a resumed single-process run is.
   assert [loss for _, loss in resumed["losses"]] == [loss for _, loss in reference["losses"]]
