@@ -1,6 +1,5 @@
 """A bfloat16 run trains as a float32 run does: the accelerator configs' default."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
