@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 
-from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import exit_table
+from eesep_jax.analysis import operating_points
 from eesep_jax.training import checkpoints
 
 EXTRA_CONFIDENCE = 0.8
@@ -52,8 +52,8 @@ def evaluation_table(workdir, name, root, max_utterances=None):
 def honesty(table, target_snr_db, confidence):
   """The probabilistic policy's early stops at `(γ, p)`: their count and the share of
   them whose worst source reaches `γ` (None when none stops early)."""
-  exits = evaluate.policy_exits(table, "probabilistic", target_snr_db=target_snr_db,
-                                confidence=confidence)
+  exits = operating_points.policy_exits(table, "probabilistic", target_snr_db=target_snr_db,
+                                        confidence=confidence)
   early = exits < table.num_exits
   reached = table.snr_min[np.arange(len(exits)), exits - 1] >= target_snr_db
   return {"confidence": confidence, "stopped_early": int(early.sum()),
