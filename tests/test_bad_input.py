@@ -959,9 +959,12 @@ def _interrupt(command, started, compile_cache):
   and no traceback; returns its stdout and stderr."""
   from conftest import train_env
 
+  # A command started from a shell in the foreground, as Ctrl-C reaches it: a suite run
+  # in the background (`make test &`) has SIGINT ignored, which the child would inherit.
   process = subprocess.Popen([sys.executable, "-m", "eesep_jax.app.cli", *map(str, command)],
                              cwd=REPO, env=train_env(compile_cache),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.monotonic() + 600
   while not started():
     if process.poll() is not None:

@@ -176,8 +176,8 @@ def report_dir(out_dir):
   folder it created and that is still empty is removed again, so that a failed run
   leaves nothing behind."""
   created = not os.path.exists(out_dir)
-  prepare_out_dir(out_dir)
-  try:
+  try:  # From the folder's creation on: a Ctrl-C right after it still removes it.
+    prepare_out_dir(out_dir)
     yield
   except BaseException:
     if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
