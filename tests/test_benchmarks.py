@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from eesep_jax import models
+from eesep_jax.training import throughput
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run.py"
 # Every script of experiments/benchmarks/ and the test below that runs it at smoke size.
@@ -83,7 +84,7 @@ def test_train_flops_bound_what_xla_counts_in_the_gradient(bench):
     return sum(jnp.sum(x) for x in jax.tree.leaves(outputs))
 
   counted = jax.jit(jax.grad(loss)).lower(variables["params"], mixture).cost_analysis()
-  model_flops = bench.train_flops(config, 2, 400)
+  model_flops = throughput.model_flops_per_step(config, 2, 400)
   assert model_flops <= counted["flops"] <= 4 / 3 * model_flops
 
 

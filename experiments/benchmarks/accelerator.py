@@ -56,6 +56,7 @@ from eesep_jax import hardware
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.models import layers
+from eesep_jax.training import throughput
 from eesep_jax.training import train
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -105,7 +106,7 @@ def train_benchmark(preset, batch, seconds, repeats, peaks):
   configs = {dtype: models.preset(preset, dtype=dtype) for dtype in DTYPES}
   steps = {dtype: _train_step(config, batch, samples) for dtype, config in configs.items()}
   times = benchmarks.interleaved_times([steps[dtype][0] for dtype in DTYPES], repeats)
-  model_flops = benchmarks.train_flops(configs["float32"], batch, samples)
+  model_flops = throughput.model_flops_per_step(configs["float32"], batch, samples)
   results = {}
   for dtype, step_s in zip(DTYPES, times):
     peak = peaks[dtype]

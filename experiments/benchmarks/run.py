@@ -17,7 +17,7 @@ Keys (per preset under `presets`, with the batch and segment length measured):
     last (a plain separation network of the same depth). Weighting the other exits'
     losses to zero would still compute their heads, which is not the baseline a user
     of a single-exit network has.
-  train_mfu: the train step's model FLOP/s (`train_flops`) over those of a large
+  train_mfu: the train step's model FLOP/s (`throughput.model_flops_per_step`) over those of a large
     float32 matmul timed in the same rounds (`train.peak_matmul_gflops`; the top-level
     `peak_matmul_gflops` is the best of a few timings at the start).
   stop_at_k_over_full: entry `k-1`, `separate(policy="fixed", exit_index=k)` over the
@@ -63,6 +63,7 @@ from eesep_jax import config_lib
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.models import press_net
+from eesep_jax.training import throughput
 from eesep_jax.training import train
 
 SAMPLE_RATE = 8000
@@ -232,15 +233,6 @@ def _train_step(model, batch):
   return run
 
 
-def train_flops(config, batch, samples):
-  """Model FLOPs of one train step: three forward passes, the backward pass counted as
-  twice the forward, as MFU is conventionally defined (no loss, optimizer or
-  recomputation; the blocks' recomputed forward passes are the implementation's
-  cost, not the model's). The forward pass is `models.gmacs_by_exit` at the last exit,
-  from XLA's cost analysis of the encoder part and of one stage (ARCHITECTURE.md)."""
-  return 3 * batch * 2e9 * models.gmacs_by_exit(config, samples)[-1]
-
-
 def train_benchmark(config, batch, samples, repeats):
   """Every exit against the last alone, and the achieved FLOP/s of the former over those
   of a large matmul timed in the same rounds (a peak measured apart from the steps
@@ -250,7 +242,7 @@ def train_benchmark(config, batch, samples, repeats):
   all_exits, last_exit, matmul_s = interleaved_times(
       [_train_step(models.PressNet(config), data), _train_step(LastExitOnly(config), data),
        matmul], repeats)
-  flops = train_flops(config, batch, samples)
+  flops = throughput.model_flops_per_step(config, batch, samples)
   peak_gflops = matmul_flops / matmul_s / 1e9
   return {
       "train": {"batch": batch, "segment_samples": samples, "remat": config.remat,
