@@ -294,9 +294,10 @@ FIELDS = (
 
     Field("inference.target_snr_db", Owned(stopping, "TARGET_SNR_DB"), FINITE_NUMBER,
           resumable=True, added=True,
-          meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` uses with the run"),
+          meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` stops at with the "
+          "run, and `eesep evaluate`'s report heads with"),
     Field("inference.confidence", Owned(stopping, "CONFIDENCE"), PROBABILITY,
-          resumable=True, added=True, meaning=f"{_NOT_TRAINING}its confidence"),
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the confidence it stops at"),
     Field("inference.chunk_seconds", Owned(inference, "CHUNK_SECONDS"), POSITIVE_NUMBER,
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the chunk length of "
           "separation"),
@@ -354,6 +355,48 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
     else:
       _set(config, spec.key, spec.initial())
   return config
+
+
+def _attributes(cls):
+  """`{name: description}` of the `Attributes:` section of `cls`'s docstring."""
+  docs, name = {}, None
+  for line in inspect.getdoc(cls).partition("Attributes:")[2].splitlines():
+    match = re.fullmatch(r"  (\w+): (.*)", line)
+    if match:
+      name, docs[match[1]] = match[1], match[2]
+    elif name and line.startswith("    "):
+      docs[name] += f" {line.strip()}"
+  return docs
+
+
+def _cell(spec):
+  """The default column of `markdown_table` for `spec`."""
+  if isinstance(spec.default, Owned):
+    return f"`{spec.default.value()!r}` (`{spec.default}`)"
+  if spec.default == _PRESET:
+    return "the preset's"
+  if isinstance(spec.default, Given):
+    return f"`base_config`'s `{spec.default.argument}`"
+  return f"`{spec.default!r}`"
+
+
+def markdown_table():
+  """The table of every field, as docs/usage.md shows it: key, default, what it must
+  be, whether a resumed run may change it, and what it does (a model field's meaning is
+  its `PressNetConfig` attribute's)."""
+  meanings = {f"model.{name}": text for name, text in _attributes(models.PressNetConfig).items()}
+  meanings.update({f"model.variance.{name}": text for name, text in
+                   _attributes(type(models.PressNetConfig().variance)).items()})
+  rows = ["| key | default | must be | resumable | meaning |", "|---|---|---|---|---|"]
+  for spec in FIELDS:
+    if spec.must_be:
+      must_be = spec.must_be.what
+    else:
+      must_be = "checked by `PressNetConfig`" if spec.key in meanings else "see its meaning"
+    meaning = spec.meaning or meanings[spec.key].removesuffix(".")
+    rows.append(f"| `{spec.key}` | {_cell(spec)} | {must_be} "
+                f"| {'yes' if spec.resumable else 'no'} | {meaning} |")
+  return "\n".join(rows) + "\n"
 
 
 # The optimiser recipe the PRESS-Net paper trains every network with.
