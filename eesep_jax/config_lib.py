@@ -2,9 +2,10 @@
 
 An experiment is a Python file (under `experiments/configs/`, or shipped in the package
 under `eesep_jax/configs/`, such as `demo`) whose `get_config()` returns a `ConfigDict`
-built on `base_config`. The schema holds training and the defaults of inference and
-evaluation (`config.inference`, `config.evaluation`), each read from the one module
-that owns it. `parse_flags(path, flags)` loads a config file and applies
+built on `base_config`. The schema, `FIELDS`, declares every field once: its default,
+what it must be and whether a resumed run may change it. It holds training and the
+defaults of inference and evaluation (`config.inference`, `config.evaluation`), each
+read from the one module that owns it. `parse_flags(path, flags)` loads a config file and applies
 `--config.KEY=VALUE` flags with `ml_collections.config_flags`, which types each value as
 its field; `load_config(path, overrides)` does the same for overrides such as
 `["steps=200", "model.width=48"]`. `validate_config` checks every field before a run
@@ -98,7 +99,8 @@ FRACTION = Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 
 FINITE_NUMBER = Constraint(_is_number, "a finite number")
 PROBABILITY = Constraint(_is_probability, "a probability in (0, 1]")
 FINITE_NUMBERS = Constraint(_is_tuple_of(_is_number), "one or more finite numbers")
-PROBABILITIES = Constraint(_is_tuple_of(_is_probability), "one or more probabilities in (0, 1]")
+PROBABILITIES = Constraint(_is_tuple_of(_is_probability),
+                           "one or more probabilities in (0, 1]")
 BOOL = Constraint(lambda v: isinstance(v, bool), "True or False")
 NAME = Constraint(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 STRING = Constraint(lambda v: isinstance(v, str), "a string")
@@ -384,7 +386,8 @@ def markdown_table():
   """The table of every field, as docs/usage.md shows it: key, default, what it must
   be, whether a resumed run may change it, and what it does (a model field's meaning is
   its `PressNetConfig` attribute's)."""
-  meanings = {f"model.{name}": text for name, text in _attributes(models.PressNetConfig).items()}
+  meanings = {f"model.{name}": text
+              for name, text in _attributes(models.PressNetConfig).items()}
   meanings.update({f"model.variance.{name}": text for name, text in
                    _attributes(type(models.PressNetConfig().variance)).items()})
   rows = ["| key | default | must be | resumable | meaning |", "|---|---|---|---|---|"]
@@ -641,7 +644,8 @@ def validate_config(config):
     if spec.must_be is not None:
       value = get_field(config, spec.key)
       if not spec.must_be.test(value):
-        raise errors.UsageError(f"config.{spec.key}", f"{value!r}: must be {spec.must_be.what}")
+        raise errors.UsageError(f"config.{spec.key}",
+                                f"{value!r}: must be {spec.must_be.what}")
   kind = get_field(config, "data.kind")
   accepted = set(inspect.signature(readers.READERS[kind]).parameters) - {"root", "split"}
   options = get_field(config, "data.options")
