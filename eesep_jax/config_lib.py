@@ -2,9 +2,10 @@
 
 An experiment is a Python file (under `experiments/configs/`, or shipped in the package
 under `eesep_jax/configs/`, such as `demo`) whose `get_config()` returns a `ConfigDict`
-built on `base_config`. The schema holds training and the defaults of inference and
-evaluation (`config.inference`, `config.evaluation`), each read from the one module
-that owns it. `parse_flags(path, flags)` loads a config file and applies
+built on `base_config`. The schema, `FIELDS`, declares every field once: its default,
+what it must be and whether a resumed run may change it. It holds training and the
+defaults of inference and evaluation (`config.inference`, `config.evaluation`), each
+read from the one module that owns it. `parse_flags(path, flags)` loads a config file and applies
 `--config.KEY=VALUE` flags with `ml_collections.config_flags`, which types each value as
 its field; `load_config(path, overrides)` does the same for overrides such as
 `["steps=200", "model.width=48"]`. `validate_config` checks every field before a run
@@ -18,6 +19,7 @@ import math
 import pathlib
 import re
 import sys
+import types
 import typing
 import warnings
 
@@ -26,12 +28,12 @@ import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from eesep_jax import configs
 from eesep_jax import errors
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.core import losses
 from eesep_jax.core import stopping
+from eesep_jax.data import checksets
 from eesep_jax.data import readers
 
 
@@ -53,23 +55,287 @@ def _config_dict(instance):
   return config
 
 
-def _sections():
-  """The sections training does not read, at their owners' defaults: what `eesep
-  separate` defaults to (`inference`) and the grid the reports evaluate (`evaluation`).
-  A config may set its own (the demo reports its own target)."""
-  return {
-      "inference": ml_collections.ConfigDict({
-          "target_snr_db": stopping.TARGET_SNR_DB, "confidence": stopping.CONFIDENCE,
-          "chunk_seconds": inference.CHUNK_SECONDS,
-          "overlap_seconds": inference.OVERLAP_SECONDS,
-          "chunk_batch": inference.CHUNK_BATCH}),
-      "evaluation": ml_collections.ConfigDict({
-          "targets_db": stopping.TARGETS_DB, "confidences": stopping.CONFIDENCES}),
-  }
+
+# ----------------------------------------------------------------------------------
+# The schema: one declaration per field (`FIELDS`). `base_config`, `validate_config`,
+# the resume check, the defaults of older configs and the table of docs/usage.md are
+# all read from it.
+
+
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+  return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _is_probability(value):
+  """A confidence: a number in (0, 1]."""
+  return _is_number(value) and 0 < value <= 1
+
+
+def _is_tuple_of(test):
+  return lambda value: (isinstance(value, (tuple, list)) and len(value) > 0
+                        and all(test(item) for item in value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+  """What a field's value must be: `test(value)` is True, said as `what`."""
+  test: typing.Callable[[typing.Any], bool]
+  what: str
+
+  def or_none(self):
+    """This constraint, or None."""
+    return Constraint(lambda value: value is None or self.test(value), f"None or {self.what}")
+
+
+POSITIVE_INT = Constraint(lambda v: _is_int(v) and v > 0, "a positive integer")
+NON_NEGATIVE_INT = Constraint(lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+POSITIVE_NUMBER = Constraint(lambda v: _is_number(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER = Constraint(lambda v: _is_number(v) and v >= 0, "a non-negative number")
+FRACTION = Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+FINITE_NUMBER = Constraint(_is_number, "a finite number")
+PROBABILITY = Constraint(_is_probability, "a probability in (0, 1]")
+FINITE_NUMBERS = Constraint(_is_tuple_of(_is_number), "one or more finite numbers")
+PROBABILITIES = Constraint(_is_tuple_of(_is_probability),
+                           "one or more probabilities in (0, 1]")
+BOOL = Constraint(lambda v: isinstance(v, bool), "True or False")
+NAME = Constraint(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+STRING = Constraint(lambda v: isinstance(v, str), "a string")
+
+
+def one_of(choices):
+  """The constraint of a field that names one of `choices`."""
+  return Constraint(lambda value: value in choices, f"one of {', '.join(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Owned:
+  """A default another module owns (`stopping.TARGET_SNR_DB`), read from it each time:
+  the schema holds no copy."""
+  module: types.ModuleType
+  name: str
+
+  def value(self):
+    return getattr(self.module, self.name)
+
+  def __str__(self):
+    return f"{self.module.__name__.removeprefix('eesep_jax.')}.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Given:
+  """A default `base_config` takes from its `argument` (`preset`: the preset's value)."""
+  argument: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field.
+
+  Attributes:
+    key: its dotted name, `"optimizer.learning_rate"`.
+    default: its value in `base_config`: a value, an `Owned` default, or a `Given` one.
+    must_be: the `Constraint` `validate_config` checks; None for a field its owner
+      checks (`PressNetConfig` for the model) or that depends on other fields (see
+      `validate_config`).
+    resumable: whether a resumed run may change it (`resume_differences`).
+    meaning: what it does, for docs/usage.md; a model field's is its `PressNetConfig`
+      attribute's.
+    kind: the type of a None default, which `--config` flags parse values as.
+    added: added to the schema after runs were saved: a saved config without it reads
+      as the default (`with_defaults`, `get_field`).
+    made_if_missing: a root at which `data.synthesize_if_missing` makes a corpus;
+      overriding it alone turns that off (`parse_flags`).
+  """
+  key: str
+  default: typing.Any
+  must_be: Constraint | None = None
+  resumable: bool = False
+  meaning: str = ""
+  kind: type | None = None
+  added: bool = False
+  made_if_missing: bool = False
+
+  def initial(self):
+    """The default as a `ConfigDict` holds it: a None default as a `FieldReference` of
+    its `kind` (`config_flags` types an override as the field's value, and None has no
+    type to parse), a mapping as a `ConfigDict`."""
+    value = self.default.value() if isinstance(self.default, Owned) else self.default
+    if value is None:
+      return ml_collections.FieldReference(None, field_type=self.kind)
+    if isinstance(value, dict):
+      return ml_collections.ConfigDict(value)
+    return value
+
+
+_PRESET = Given("preset")
+# The sections training does not read: what `eesep separate` defaults to (`inference`)
+# and the grid the reports evaluate (`evaluation`). A config may set its own (the demo
+# reports its own target).
+_NOT_TRAINING = "not read by training: "
+
+FIELDS = (
+    Field("seed", 0, NON_NEGATIVE_INT, meaning="the random seed of initialisation, data "
+          "and dropout"),
+    Field("steps", 100_000, POSITIVE_INT, resumable=True, meaning="optimiser steps"),
+    Field("batch_size", 16, POSITIVE_INT,
+          meaning="the **global** batch (split over devices and processes)"),
+    Field("checkpoint_every", 1000, POSITIVE_INT, resumable=True, meaning="save interval"),
+    Field("keep_checkpoints", 3, POSITIVE_INT, resumable=True,
+          meaning="how many latest checkpoints to keep (plus the best)"),
+    Field("log_every", 50, POSITIVE_INT, resumable=True,
+          meaning="training-loss and speed logging interval"),
+    Field("peak_flops", 0.0, NON_NEGATIVE_NUMBER, resumable=True, added=True,
+          meaning="one device's peak FLOP/s for the logged MFU; 0 looks it up by device "
+          "kind (`eesep_jax/hardware.py`: H100, H200, A100, TPU v4, v5e, v5p, v6e), and "
+          "none is logged for a device it does not know"),
+    Field("compilation_cache_dir", "", STRING, resumable=True, added=True,
+          meaning="JAX's persistent compilation cache: \"\" is "
+          "`$JAX_COMPILATION_CACHE_DIR` if set, else `~/.cache/eesep_jax/jax` (local, "
+          "also for `gs://` workdirs); a path or `gs://` URL; `none` turns it off"),
+    Field("eval_every", 5000, POSITIVE_INT, resumable=True,
+          meaning="validation interval, on full-length utterances"),
+    Field("eval_max_utterances", 500, NON_NEGATIVE_INT, resumable=True,
+          meaning="validation utterances per evaluation; 0: all"),
+
+    Field("model.sample_rate", Given("sample_rate"), POSITIVE_INT),
+    Field("model.num_sources", Given("num_sources"), POSITIVE_INT),
+    Field("model.width", _PRESET, POSITIVE_INT),
+    Field("model.num_shared_blocks", _PRESET, NON_NEGATIVE_INT),
+    Field("model.num_exit_blocks", _PRESET, POSITIVE_INT),
+    Field("model.num_exits", _PRESET, POSITIVE_INT),
+    Field("model.encoder_kernel", _PRESET, POSITIVE_INT),
+    Field("model.encoder_stride", _PRESET, POSITIVE_INT),
+    Field("model.encoder_features", _PRESET, POSITIVE_INT),
+    Field("model.rnn_expansion", _PRESET, POSITIVE_INT),
+    Field("model.conv_expansion", _PRESET, POSITIVE_INT),
+    Field("model.ffn_expansion", _PRESET, POSITIVE_INT),
+    Field("model.conv_kernel", _PRESET, POSITIVE_INT),
+    Field("model.num_heads", _PRESET, POSITIVE_INT),
+    Field("model.dropout", _PRESET),
+    Field("model.layer_scale_init", _PRESET),
+    Field("model.remat", _PRESET),
+    Field("model.unroll_blocks", _PRESET),
+    Field("model.dtype", _PRESET),
+    # The layers' forms only choose how the same function runs, e.g. when a run moves
+    # between a CPU and an accelerator.
+    Field("model.recurrence_form", _PRESET, resumable=True),
+    Field("model.depthwise_form", _PRESET, resumable=True),
+    Field("model.variance.parameterisation", _PRESET),
+    Field("model.variance.monotone", _PRESET),
+    Field("model.variance.block_length", _PRESET),
+    Field("model.variance.alpha_min", _PRESET),
+    Field("model.variance.fixed_alpha", _PRESET),
+
+    Field("data.kind", Given("dataset"), one_of(tuple(readers.READERS)),
+          meaning="the reader (`eesep_jax.data.open_dataset`; see [data.md](data.md))"),
+    Field("data.root", Given("data_root"), NAME, resumable=True, made_if_missing=True,
+          meaning="the dataset's root folder"),
+    Field("data.train_split", "tr", NAME, meaning="the split training reads"),
+    Field("data.valid_split", "cv", NAME, resumable=True,
+          meaning="the split validation and calibration read"),
+    Field("data.test_split", "tt", NAME, resumable=True, meaning="the split reports test on"),
+    Field("data.segment_seconds", 4.0, POSITIVE_NUMBER,
+          meaning="the length of the training crops"),
+    Field("data.dynamic_mixing", False, BOOL,
+          meaning="re-mix the training sources on the fly"),
+    Field("data.augment", False, BOOL, added=True,
+          meaning="vary each dynamic mixture's voices and channel (`data.augment`)"),
+    Field("data.num_workers", 0, NON_NEGATIVE_INT,
+          meaning="grain worker processes that read, crop and mix ahead (see "
+          "[tpu.md](tpu.md#feeding-the-devices))"),
+    Field("data.synthesize_if_missing", False, BOOL, resumable=True,
+          meaning="make the embedded demo corpus at `root` (and the held-out and check "
+          "sets at theirs) if it is not there; an override of a root alone turns this "
+          "off, so that a mistyped root fails instead of filling a new folder"),
+    Field("data.strict", True, BOOL, resumable=True, added=True,
+          meaning="False: skip unusable examples with a warning (`open_dataset`)"),
+    Field("data.options", {}, meaning="extra keywords of the reader (see [data.md]"
+          "(data.md)), each checked against the reader's own"),
+    Field("data.heldout_root", None, NAME.or_none(), resumable=True, kind=str, added=True,
+          made_if_missing=True, meaning="the demo's held-out test set of other languages' "
+          "voices (`data.ensure_heldout_corpus`); None: none"),
+    Field("data.check_root", None, NAME.or_none(), resumable=True, kind=str, added=True,
+          made_if_missing=True, meaning="the folder of the check sets"),
+    Field("data.check_sets", (), Constraint(
+        lambda v: isinstance(v, (tuple, list)) and all(name in checksets.CHECK_SETS
+                                                       for name in v),
+        f"check sets' names ({', '.join(checksets.CHECK_SETS)})"), resumable=True, added=True,
+          meaning="check sets of speech no corpus trains on, made and evaluated by the "
+          "demo under `check_root` (`data.ensure_check_set`)"),
+    Field("data.check_mixtures", None, POSITIVE_INT.or_none(), resumable=True, kind=int,
+          added=True, meaning="mixtures per check set; None: each set's own size"),
+
+    Field("loss.objective", "nll", one_of(losses.OBJECTIVES),
+          meaning="the training loss of every exit"),
+    Field("loss.mean_loss", "nll", one_of(losses.MEAN_LOSSES),
+          meaning="what the estimate learns from (docs/method.md §3)"),
+    Field("loss.permutation", "joint", one_of(losses.PERMUTATIONS),
+          meaning="one speaker permutation for all exits, or one per exit"),
+    # Any literal, so that an override may set weights or reset them to None (a tuple
+    # field's flag parses "None" as `(None,)`).
+    Field("loss.exit_weights", None, kind=object,
+          meaning="each exit's weight in the loss, one non-negative number per exit, "
+          "not all zero; None: equal"),
+
+    Field("optimizer.learning_rate", 1e-3, POSITIVE_NUMBER, meaning="AdamW's peak rate"),
+    Field("optimizer.warmup_steps", 1000, NON_NEGATIVE_INT, meaning="linear warm-up"),
+    # A resumed run that raises `steps` sets it to the run's first `steps`, so that the
+    # schedule continues without a jump (`schedule_change`).
+    Field("optimizer.decay_steps", 0, NON_NEGATIVE_INT, resumable=True, added=True,
+          meaning="the cosine decay's horizon; 0: `steps`"),
+    Field("optimizer.end_learning_rate_fraction", 0.01, FRACTION,
+          meaning="where the cosine decay ends, as a fraction of the peak"),
+    Field("optimizer.weight_decay", 0.01, NON_NEGATIVE_NUMBER, meaning="AdamW's"),
+    Field("optimizer.clip_norm", 5.0, POSITIVE_NUMBER, meaning="global gradient-norm clip"),
+    Field("optimizer.max_consecutive_nonfinite", 100, POSITIVE_INT,
+          meaning="non-finite updates skipped in a row before training stops"),
+
+    Field("inference.target_snr_db", Owned(stopping, "TARGET_SNR_DB"), FINITE_NUMBER,
+          resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` stops at with the "
+          "run, and `eesep evaluate`'s report heads with"),
+    Field("inference.confidence", Owned(stopping, "CONFIDENCE"), PROBABILITY,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the confidence it stops at"),
+    Field("inference.chunk_seconds", Owned(inference, "CHUNK_SECONDS"), POSITIVE_NUMBER,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the chunk length of "
+          "separation"),
+    Field("inference.overlap_seconds", Owned(inference, "OVERLAP_SECONDS"), POSITIVE_NUMBER,
+          resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}the chunks' overlap, at most half a chunk"),
+    Field("inference.chunk_batch", Owned(inference, "CHUNK_BATCH"), POSITIVE_INT,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}chunks separated at once"),
+    Field("evaluation.targets_db", Owned(stopping, "TARGETS_DB"), FINITE_NUMBERS,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' targets"),
+    Field("evaluation.confidences", Owned(stopping, "CONFIDENCES"), PROBABILITIES,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' confidences"),
+)
+_FIELDS = {field.key: field for field in FIELDS}
+
+
+def default(key):
+  """The default of dotted `key`, e.g. `default("inference.confidence")` is
+  `stopping.CONFIDENCE`."""
+  value = _FIELDS[key].default
+  return value.value() if isinstance(value, Owned) else value
+
+
+def _set(config, key, value):
+  """Sets dotted `key` of `config` to `value`, making the sections it is in."""
+  *sections, name = key.split(".")
+  for section in sections:
+    if section not in config:
+      config[section] = ml_collections.ConfigDict()
+    config = config[section]
+  config[name] = value
 
 
 def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
-  """The fields every experiment has, with defaults for a `preset` on a `dataset`.
+  """The fields every experiment has (`FIELDS`), with defaults for a `preset` on a
+  `dataset`.
 
   Args:
     preset: a `models.preset` name; its fields land in `config.model`.
@@ -78,63 +344,62 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
     sample_rate: the model's sample rate.
     num_sources: sources per mixture.
   """
+  given = {"dataset": dataset, "data_root": data_root}
   config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.steps = 100_000
-  config.batch_size = 16  # Global, across every device and process.
-  config.checkpoint_every = 1000
-  config.keep_checkpoints = 3
-  config.log_every = 50
-  # Peak FLOP/s of one device for the logged MFU; 0 looks it up by device kind
-  # (`hardware.peak_flops`), and none is logged for a device it does not know.
-  config.peak_flops = 0.0
-  # JAX's persistent compilation cache; "" is `training.throughput.DEFAULT_CACHE_DIR`
-  # (local even when the workdir is a bucket), "none" turns it off.
-  config.compilation_cache_dir = ""
-  config.eval_every = 5000
-  config.eval_max_utterances = 500  # Validation utterances per evaluation; 0 = all.
-
-  config.model = _config_dict(models.preset(
-      preset, sample_rate=sample_rate, num_sources=num_sources))
-
-  config.data = ml_collections.ConfigDict()
-  config.data.kind = dataset
-  config.data.root = data_root
-  config.data.train_split = "tr"
-  config.data.valid_split = "cv"
-  config.data.test_split = "tt"
-  config.data.segment_seconds = 4.0
-  config.data.dynamic_mixing = False
-  # Vary each dynamic mixture's voices and channel (`data.augment.Augmentation`).
-  config.data.augment = False
-  config.data.num_workers = 0  # grain worker processes cropping and mixing ahead.
-  # Make the embedded demo corpus at `root` if it is not there (training only). An
-  # override of `data.root` turns this off unless it is overridden too (`load_config`).
-  config.data.synthesize_if_missing = False
-  config.data.strict = True  # False: skip unusable examples with a warning (open_dataset).
-  config.data.options = ml_collections.ConfigDict()  # Extra open_dataset keywords.
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.objective = "nll"
-  config.loss.mean_loss = "nll"
-  config.loss.permutation = "joint"
-  # Any literal, so that an override may set weights or reset them to None (a tuple
-  # field's flag parses "None" as `(None,)`); `validate_config` checks them.
-  config.loss.exit_weights = ml_collections.FieldReference(None, field_type=object)
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 1000
-  # The cosine decay's horizon; 0 is `steps`. A resumed run that raises `steps` sets it
-  # to the run's first `steps`, so that the schedule continues without a jump.
-  config.optimizer.decay_steps = 0
-  config.optimizer.end_learning_rate_fraction = 0.01  # Cosine decay ends here.
-  config.optimizer.weight_decay = 0.01
-  config.optimizer.clip_norm = 5.0
-  config.optimizer.max_consecutive_nonfinite = 100
-
-  config.update(_sections())
+  for spec in FIELDS:
+    if spec.key.startswith("model."):
+      # `PressNetConfig` holds the model's fields, and their defaults by preset.
+      if "model" not in config:
+        config.model = _config_dict(models.preset(
+            preset, sample_rate=sample_rate, num_sources=num_sources))
+    elif isinstance(spec.default, Given):
+      _set(config, spec.key, given[spec.default.argument])
+    else:
+      _set(config, spec.key, spec.initial())
   return config
+
+
+def _attributes(cls):
+  """`{name: description}` of the `Attributes:` section of `cls`'s docstring."""
+  docs, name = {}, None
+  for line in inspect.getdoc(cls).partition("Attributes:")[2].splitlines():
+    match = re.fullmatch(r"  (\w+): (.*)", line)
+    if match:
+      name, docs[match[1]] = match[1], match[2]
+    elif name and line.startswith("    "):
+      docs[name] += f" {line.strip()}"
+  return docs
+
+
+def _cell(spec):
+  """The default column of `markdown_table` for `spec`."""
+  if isinstance(spec.default, Owned):
+    return f"`{spec.default.value()!r}` (`{spec.default}`)"
+  if spec.default == _PRESET:
+    return "the preset's"
+  if isinstance(spec.default, Given):
+    return f"`base_config`'s `{spec.default.argument}`"
+  return f"`{spec.default!r}`"
+
+
+def markdown_table():
+  """The table of every field, as docs/usage.md shows it: key, default, what it must
+  be, whether a resumed run may change it, and what it does (a model field's meaning is
+  its `PressNetConfig` attribute's)."""
+  meanings = {f"model.{name}": text
+              for name, text in _attributes(models.PressNetConfig).items()}
+  meanings.update({f"model.variance.{name}": text for name, text in
+                   _attributes(type(models.PressNetConfig().variance)).items()})
+  rows = ["| key | default | must be | resumable | meaning |", "|---|---|---|---|---|"]
+  for spec in FIELDS:
+    if spec.must_be:
+      must_be = spec.must_be.what
+    else:
+      must_be = "checked by `PressNetConfig`" if spec.key in meanings else "see its meaning"
+    meaning = spec.meaning or meanings[spec.key].removesuffix(".")
+    rows.append(f"| `{spec.key}` | {_cell(spec)} | {must_be} "
+                f"| {'yes' if spec.resumable else 'no'} | {meaning} |")
+  return "\n".join(rows) + "\n"
 
 
 # The optimiser recipe the PRESS-Net paper trains every network with.
@@ -175,18 +440,49 @@ def decay_steps(config):
   return config.optimizer.get("decay_steps") or config.steps
 
 
+_ABSENT = "(absent)"
+
+
 def with_defaults(config):
-  """`config` with the sections and fields added to the schema since it was saved, at
+  """`config` with the fields added to the schema since it was saved (`Field.added`) at
   their defaults: a run's `config.json` from before them still loads
   (`checkpoints.read_config`)."""
-  for name, section in _sections().items():
-    if name not in config:
-      config[name] = section
-    else:
-      for key, value in section.items():
-        if key not in config[name]:
-          config[name][key] = value
+  for spec in FIELDS:
+    if spec.added and _get(config, spec.key) is _ABSENT:
+      _set(config, spec.key, spec.initial())
   return config
+
+
+def _get(config, key):
+  """The value of dotted `key` in `config`; `_ABSENT` where the config lacks it."""
+  node = config
+  for name in key.split("."):
+    if name not in node:
+      return _ABSENT
+    node = node[name]
+  return node
+
+
+
+# The configs shipped in the package, found by path: they import this module, which
+# imports none of them.
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs():
+  """The names of the configs shipped in the package: `["demo"]`."""
+  return sorted(path.stem for path in PACKAGED_CONFIGS.glob("*.py")
+                if path.stem != "__init__")
+
+
+def resolve(path):
+  """The file of the packaged config `path` names (a bare name, `"demo"`, that is no
+  file here); else `path` itself, as a `pathlib.Path`."""
+  path = pathlib.Path(path)
+  if (len(path.parts) == 1 and not path.suffix and not path.exists()
+      and path.name in packaged_configs()):
+    return PACKAGED_CONFIGS / f"{path.name}.py"
+  return path
 
 
 FLAG = "config"
@@ -225,14 +521,13 @@ def parse_flags(path, flag_args=()):
   `--noconfig.data.strict` (a bool), `--config.evaluation.targets_db=5,10` (a tuple).
   `--config.KEY VALUE` works too, but for a True/False field or `loss.exit_weights`
   (any literal), which take their value only after `=`. `path` may also name a config
-  shipped in the package (`configs.resolve`: `"demo"`); a colon in it passes what
-  follows to `get_config` (`config_flags`).
+  shipped in the package (`resolve`: `"demo"`); a colon in it passes what follows to
+  `get_config` (`config_flags`).
 
-  The config file asks for demo-corpus synthesis at its own `data.root` (and the
-  demo's held-out set at `data.heldout_root`, its check sets under
-  `data.check_root`): overriding any of these roots alone turns
-  `data.synthesize_if_missing` off, so that a mistyped root fails instead of filling
-  a new folder with a corpus.
+  The config file asks for demo-corpus synthesis at its own roots (`data.root`, and
+  the demo's held-out and check sets': `Field.made_if_missing`): overriding any of
+  these roots alone turns `data.synthesize_if_missing` off, so that a mistyped root
+  fails instead of filling a new folder with a corpus.
 
   Returns:
     `(config, overrides)`: the config, and `{dotted key: value}` of the fields set.
@@ -242,10 +537,10 @@ def parse_flags(path, flag_args=()):
       config does not have, gives it no value or one of another type; one line,
       `--config.KEY=VALUE: what is wrong`.
   """
-  path = configs.resolve(path)
+  path = resolve(path)
   if not pathlib.Path(str(path).partition(":")[0]).is_file():
     raise errors.UsageError(f"--config {path}", "the config file does not exist (configs "
-                            f"shipped in the package: {', '.join(configs.names())})")
+                            f"shipped in the package: {', '.join(packaged_configs())})")
   flag_args = [str(arg) for arg in flag_args]
   try:
     flag_values, unparsed = _parse(["eesep", f"--{FLAG}={path}", *flag_args])
@@ -255,7 +550,7 @@ def parse_flags(path, flag_args=()):
     raise _unparsed_error(flag_args, unparsed[0])
   config = flag_values[FLAG].value
   overrides = dict(flag_values[FLAG].override_values)
-  if (overrides.keys() & {"data.root", "data.heldout_root", "data.check_root"}
+  if (overrides.keys() & {spec.key for spec in FIELDS if spec.made_if_missing}
       and "data.synthesize_if_missing" not in overrides):
     config.data.synthesize_if_missing = False
   return config, overrides
@@ -324,104 +619,33 @@ def model_config(config):
 # ----------------------------------------------------------------------------------
 # Validation: every field checked before a run writes anything.
 
-_POSITIVE_INTS = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
-                  "eval_every", "optimizer.max_consecutive_nonfinite", "inference.chunk_batch",
-                  "model.sample_rate",
-                  "model.num_sources", "model.width", "model.num_exit_blocks",
-                  "model.num_exits", "model.encoder_kernel", "model.encoder_stride",
-                  "model.encoder_features", "model.rnn_expansion", "model.conv_expansion",
-                  "model.ffn_expansion", "model.conv_kernel", "model.num_heads")
-_NON_NEGATIVE_INTS = ("seed", "eval_max_utterances", "data.num_workers",
-                      "optimizer.warmup_steps", "optimizer.decay_steps",
-                      "model.num_shared_blocks")
-_POSITIVE_NUMBERS = ("data.segment_seconds", "optimizer.learning_rate", "optimizer.clip_norm",
-                     "inference.chunk_seconds", "inference.overlap_seconds")
-_FINITE_NUMBERS = ("inference.target_snr_db",)
-_PROBABILITIES = ("inference.confidence",)
-_NON_NEGATIVE_NUMBERS = ("optimizer.weight_decay", "peak_flops")
-_FRACTIONS = ("optimizer.end_learning_rate_fraction",)
-_BOOLS = ("data.dynamic_mixing", "data.augment", "data.synthesize_if_missing", "data.strict")
-_NAMES = ("data.root", "data.train_split", "data.valid_split", "data.test_split")
-_STRINGS = ("compilation_cache_dir",)
-_CHOICES = {"loss.objective": losses.OBJECTIVES, "loss.mean_loss": losses.MEAN_LOSSES,
-            "loss.permutation": losses.PERMUTATIONS, "data.kind": tuple(readers.READERS)}
-_FINITE_TUPLES = ("evaluation.targets_db",)
-_PROBABILITY_TUPLES = ("evaluation.confidences",)
-# Fields with a default, for configs saved before they existed.
-_DEFAULTS = {"data.strict": True, "data.augment": False, "optimizer.decay_steps": 0,
-             "peak_flops": 0.0, "compilation_cache_dir": "", **{
-    f"{name}.{key}": value for name, section in _sections().items()
-    for key, value in section.items()}}
-
 
 def get_field(config, key):
   """The value of dotted `key`, e.g. `"inference.target_snr_db"`. A field older configs
-  lack (`_DEFAULTS`: the `inference` and `evaluation` sections, `data.strict`) is at
-  its default; `errors.UsageError` when the config lacks any other."""
-  node = config
-  for name in key.split("."):
-    if name not in node:
-      if key in _DEFAULTS:
-        return _DEFAULTS[key]
-      raise errors.UsageError(f"config.{key}", "missing: the config has no such field")
-    node = node[name]
-  return node
-
-
-def _is_int(value):
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-  return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def _is_probability(value):
-  """A confidence: a number in (0, 1]."""
-  return _is_number(value) and 0 < value <= 1
-
-
-def _is_tuple_of(test):
-  return lambda value: (isinstance(value, (tuple, list)) and len(value) > 0
-                        and all(test(item) for item in value))
-
-
-def _checks():
-  """`(keys, test, what it must be)` for every field with a simple range."""
-  return [
-      (_POSITIVE_INTS, lambda v: _is_int(v) and v > 0, "a positive integer"),
-      (_NON_NEGATIVE_INTS, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-      (_POSITIVE_NUMBERS, lambda v: _is_number(v) and v > 0, "a positive number"),
-      (_NON_NEGATIVE_NUMBERS, lambda v: _is_number(v) and v >= 0, "a non-negative number"),
-      (_FRACTIONS, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-      (_FINITE_NUMBERS, _is_number, "a finite number"),
-      (_PROBABILITIES, _is_probability, "a probability in (0, 1]"),
-      (_FINITE_TUPLES, _is_tuple_of(_is_number), "one or more finite numbers"),
-      (_PROBABILITY_TUPLES, _is_tuple_of(_is_probability),
-       "one or more probabilities in (0, 1]"),
-      (_BOOLS, lambda v: isinstance(v, bool), "True or False"),
-      (_NAMES, lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-      (_STRINGS, lambda v: isinstance(v, str), "a string"),
-  ]
+  lack (`Field.added`: the `inference` and `evaluation` sections, `data.strict`, ...) is
+  at its default; `errors.UsageError` when the config lacks any other."""
+  value = _get(config, key)
+  if value is not _ABSENT:
+    return value
+  if key in _FIELDS and _FIELDS[key].added:
+    return default(key)
+  raise errors.UsageError(f"config.{key}", "missing: the config has no such field")
 
 
 def validate_config(config):
-  """Checks every field of an experiment config: sizes positive, names known, the
-  model buildable, the data options the reader's own.
+  """Checks every field of an experiment config: each against its `Field.must_be`, the
+  data options against the reader's own, the model buildable, and the fields that
+  depend on others.
 
   Raises:
     errors.UsageError: naming the first field at fault (`config.steps`, ...).
   """
-  for keys, test, what in _checks():
-    for key in keys:
-      value = get_field(config, key)
-      if not test(value):
-        raise errors.UsageError(f"config.{key}", f"{value!r}: must be {what}")
-  for key, choices in _CHOICES.items():
-    value = get_field(config, key)
-    if value not in choices:
-      raise errors.UsageError(f"config.{key}",
-                              f"{value!r}: must be one of {', '.join(choices)}")
+  for spec in FIELDS:
+    if spec.must_be is not None:
+      value = get_field(config, spec.key)
+      if not spec.must_be.test(value):
+        raise errors.UsageError(f"config.{spec.key}",
+                                f"{value!r}: must be {spec.must_be.what}")
   kind = get_field(config, "data.kind")
   accepted = set(inspect.signature(readers.READERS[kind]).parameters) - {"root", "split"}
   options = get_field(config, "data.options")
@@ -453,20 +677,17 @@ def validate_config(config):
 # Resuming: what a run restarted in the same workdir may change.
 
 # A resumed run continues the same training: only when it stops, how it logs and
-# checkpoints, and where its data lives may change, and the sections training does not
-# read (`inference`, `evaluation`: any of their fields). Everything else (the model,
-# whose parameters the checkpoint holds; the optimizer, batch, data stream and seed,
-# whose state it holds) needs a new workdir. The layers' forms only choose how the same
-# function runs, e.g. when a run moves between a CPU and an accelerator.
-RESUMABLE_FIELDS = ("steps", "log_every", "eval_every", "eval_max_utterances",
-                    "model.recurrence_form", "model.depthwise_form",
-                    "checkpoint_every", "keep_checkpoints", "data.root", "data.strict",
-                    "data.synthesize_if_missing", "data.valid_split", "data.test_split",
-                    "data.heldout_root", "data.check_root", "data.check_sets",
-                    "data.check_mixtures", "peak_flops", "compilation_cache_dir",
-                    "optimizer.decay_steps")
-RESUMABLE_SECTIONS = tuple(_sections())
-_ABSENT = "(absent)"
+# checkpoints, and where its data lives may change (`Field.resumable`). Everything else
+# (the model, whose parameters the checkpoint holds; the optimizer, batch, data stream
+# and seed, whose state it holds) needs a new workdir. A section every field of which
+# may change (`inference`, `evaluation`: training does not read them) may change in any
+# field, one a config adds too.
+RESUMABLE_SECTIONS = tuple(
+    section for section in dict.fromkeys(spec.key.split(".")[0] for spec in FIELDS
+                                         if "." in spec.key)
+    if all(spec.resumable for spec in FIELDS if spec.key.startswith(f"{section}.")))
+RESUMABLE_FIELDS = tuple(spec.key for spec in FIELDS if spec.resumable
+                         and spec.key.split(".")[0] not in RESUMABLE_SECTIONS)
 
 
 def _flat(config):

@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from eesep_jax import config_lib
-from eesep_jax import configs
 from eesep_jax import errors
 from eesep_jax import inference
 from eesep_jax.analysis import calibration_report
@@ -269,8 +268,8 @@ def test_the_calibration_report_uses_the_evaluation_grid():
 
 def test_the_packaged_demo_config_loads_from_any_directory(monkeypatch, tmp_path):
   monkeypatch.chdir(tmp_path)
-  assert demo.DEMO_CONFIG.is_absolute() and demo.DEMO_CONFIG == configs.resolve("demo")
-  assert "demo" in configs.names()
+  assert demo.DEMO_CONFIG.is_absolute() and demo.DEMO_CONFIG == config_lib.resolve("demo")
+  assert "demo" in config_lib.packaged_configs()
   config = config_lib.load_config("demo")
   assert config.to_dict() == config_lib.load_config(demo.DEMO_CONFIG).to_dict()
   # The demo's own stopping target, read by the demo from its config.

@@ -7,8 +7,8 @@ adds the traceback.
 argparse parses the commands and their flags; `eesep train`'s `--config.KEY=VALUE`
 flags are left over for `ml_collections.config_flags` (`config_lib.parse_flags`),
 which types them as the config's fields. Every default a flag shares with the library
-is read from the module that owns it (`_Default`), when it is needed: building the
-parser, and `eesep --help`, import no JAX.
+is read when it is needed, from the config schema (`_RunDefault`) or the module that
+owns it (`_Default`): building the parser, and `eesep --help`, import no JAX.
 """
 
 import argparse
@@ -28,9 +28,14 @@ _CALIBRATE_EXAMPLE = ("eesep calibrate --checkpoint runs/demo --out runs/demo/ca
                       "--target-snr 12 --delta 0.05 --epsilon 0.1")
 
 
+def _format(value):
+  """A default as `--help` shows it: `15`, `5,10,15,20`."""
+  return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+
+
 class _Default:
-  """A flag's default owned by another module (`stopping.TARGET_SNR_DB`), imported when
-  a help text shows it (`%(default)s`) or a command runs (`parse_args`)."""
+  """A flag's default owned by another module (`calibration_report.DELTA`), imported
+  when a help text shows it (`%(default)s`) or a command runs (`parse_args`)."""
 
   def __init__(self, module, name):
     self.module, self.name = module, name
@@ -39,18 +44,17 @@ class _Default:
     return getattr(importlib.import_module(self.module), self.name)
 
   def __str__(self):
-    value = self.value()
-    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+    return _format(self.value())
 
 
 class _RunDefault:
   """A flag's default read from the run's saved config (`checkpoints.read_config`) when
   the command runs, e.g. `inference.target_snr_db`: what the run was configured to
-  separate and report at. The owner's value (`module.name`, as for `_Default`) is what
-  a config holds that does not set the field; `--help` shows both."""
+  separate and report at. The schema's default (`config_lib.default`) is what a config
+  holds that does not set the field; `--help` shows both."""
 
-  def __init__(self, field, module, name):
-    self.field, self.base = field, _Default(module, name)
+  def __init__(self, field):
+    self.field = field
 
   def value(self, config):
     from eesep_jax import config_lib
@@ -59,17 +63,19 @@ class _RunDefault:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
   def __str__(self):
-    return f"the run's config.{self.field}; {self.base} unless its config sets one"
+    from eesep_jax import config_lib
+
+    return (f"the run's config.{self.field}; {_format(config_lib.default(self.field))} "
+            "unless its config sets one")
 
 
-_TARGET_SNR = _RunDefault("inference.target_snr_db", "eesep_jax.core.stopping", "TARGET_SNR_DB")
-_CONFIDENCE = _RunDefault("inference.confidence", "eesep_jax.core.stopping", "CONFIDENCE")
-_TARGETS = _RunDefault("evaluation.targets_db", "eesep_jax.core.stopping", "TARGETS_DB")
-_CONFIDENCES = _RunDefault("evaluation.confidences", "eesep_jax.core.stopping", "CONFIDENCES")
-_CHUNK_SECONDS = _RunDefault("inference.chunk_seconds", "eesep_jax.inference", "CHUNK_SECONDS")
-_OVERLAP_SECONDS = _RunDefault("inference.overlap_seconds", "eesep_jax.inference",
-                               "OVERLAP_SECONDS")
-_CHUNK_BATCH = _RunDefault("inference.chunk_batch", "eesep_jax.inference", "CHUNK_BATCH")
+_TARGET_SNR = _RunDefault("inference.target_snr_db")
+_CONFIDENCE = _RunDefault("inference.confidence")
+_TARGETS = _RunDefault("evaluation.targets_db")
+_CONFIDENCES = _RunDefault("evaluation.confidences")
+_CHUNK_SECONDS = _RunDefault("inference.chunk_seconds")
+_OVERLAP_SECONDS = _RunDefault("inference.overlap_seconds")
+_CHUNK_BATCH = _RunDefault("inference.chunk_batch")
 _DELTA = _Default("eesep_jax.analysis.calibration_report", "DELTA")
 _EPSILON = _Default("eesep_jax.analysis.calibration_report", "EPSILON")
 

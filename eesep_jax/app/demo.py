@@ -33,7 +33,6 @@ import time
 import numpy as np
 
 from eesep_jax import config_lib
-from eesep_jax import configs
 from eesep_jax import data
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import calibration_report
@@ -44,7 +43,7 @@ from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
 # Shipped inside the package, so that `eesep demo` runs from any directory.
-DEMO_CONFIG = configs.DIRECTORY / "demo.py"
+DEMO_CONFIG = config_lib.PACKAGED_CONFIGS / "demo.py"
 
 
 def locate(path, start=None):
