@@ -62,10 +62,12 @@ from eesep_jax.training import train
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DTYPES = ("bfloat16", "float32")
 SEPARATE_BATCHES = (1, 8)
+# `model`: preset fields replaced; `--smoke` cuts `tiny` to two one-block stages, as
+# `run.py --smoke` does: fewer programs to compile.
 SIZES = {"full": {"presets": ("press-4", "press-12"), "batch": 16, "seconds": 4.0,
-                  "repeats": 5, "pipeline_batches": 20},
+                  "repeats": 5, "pipeline_batches": 20, "model": {}},
          "smoke": {"presets": ("tiny",), "batch": 2, "seconds": 0.1, "repeats": 1,
-                   "pipeline_batches": 2}}
+                   "pipeline_batches": 2, "model": {"num_exits": 2, "num_exit_blocks": 2}}}
 
 
 def results_path(out_dir, device):
@@ -100,10 +102,11 @@ def _train_step(config, batch, samples):
   return step, flops
 
 
-def train_benchmark(preset, batch, seconds, repeats, peaks):
-  """The train step in each of `DTYPES`, timed in the same rounds."""
+def train_benchmark(preset, batch, seconds, repeats, peaks, model=None):
+  """The train step in each of `DTYPES`, timed in the same rounds (`model`: preset
+  fields replaced)."""
   samples = int(seconds * benchmarks.SAMPLE_RATE)
-  configs = {dtype: models.preset(preset, dtype=dtype) for dtype in DTYPES}
+  configs = {dtype: models.preset(preset, dtype=dtype, **(model or {})) for dtype in DTYPES}
   steps = {dtype: _train_step(config, batch, samples) for dtype, config in configs.items()}
   times = benchmarks.interleaved_times([steps[dtype][0] for dtype in DTYPES], repeats)
   model_flops = throughput.model_flops_per_step(configs["float32"], batch, samples)
@@ -135,10 +138,10 @@ def _layer_pass(function, inputs):
   return lambda: jax.block_until_ready(gradient(weights, *inputs))
 
 
-def layer_benchmark(preset, batch, seconds, repeats, step_s):
+def layer_benchmark(preset, batch, seconds, repeats, step_s, model=None):
   """Each form of the recurrence and the depthwise convolution: its share of a step of
   `step_s` seconds (see the module docstring)."""
-  config = models.preset(preset, dtype="bfloat16")
+  config = models.preset(preset, dtype="bfloat16", **(model or {}))
   frames = models.frame_layout(int(seconds * benchmarks.SAMPLE_RATE), config)[2]
   streams = batch * config.num_sources
   calls = config.num_exit_blocks + config.num_shared_blocks / config.num_sources
@@ -201,10 +204,10 @@ def pipeline_benchmark(batch, seconds, batches):
 # --------------------------------------------------------------------------- separate
 
 
-def separate_benchmark(preset, seconds, repeats):
+def separate_benchmark(preset, seconds, repeats, model=None):
   """`inference.separate` at full depth, at the default target and at exit 1, for each
   of `SEPARATE_BATCHES` (see the module docstring)."""
-  config = models.preset(preset, dtype="bfloat16")
+  config = models.preset(preset, dtype="bfloat16", **(model or {}))
   samples = int(seconds * config.sample_rate)
   variables = jax.jit(models.PressNet(config).init)(jax.random.key(0),
                                                    jnp.zeros((1, config.encoder_kernel)))
@@ -254,14 +257,15 @@ def run(size, peak_overrides, log=print):
              "peak_flops": peaks, "peak_flops_overridden": sorted(peak_overrides),
              "presets": {}}
   for preset in size["presets"]:
-    trained = train_benchmark(preset, size["batch"], size["seconds"], size["repeats"], peaks)
+    trained = train_benchmark(preset, size["batch"], size["seconds"], size["repeats"], peaks,
+                              size["model"])
     log(f"[{time.perf_counter() - start:6.0f} s] {preset}: train step "
         + ", ".join(f"{dtype} {trained[dtype]['step_s']:.3f} s" for dtype in DTYPES))
     step_s = trained["bfloat16"]["step_s"]
     layer_shares = layer_benchmark(preset, size["batch"], size["seconds"], size["repeats"],
-                                   step_s)
+                                   step_s, size["model"])
     log(f"[{time.perf_counter() - start:6.0f} s] {preset}: layers")
-    separated = separate_benchmark(preset, size["seconds"], size["repeats"])
+    separated = separate_benchmark(preset, size["seconds"], size["repeats"], size["model"])
     log(f"[{time.perf_counter() - start:6.0f} s] {preset}: separate")
     results["presets"][preset] = {"train": trained, "layers": layer_shares,
                                   "separate": separated}

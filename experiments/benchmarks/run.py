@@ -274,8 +274,8 @@ def compile_benchmark(unrolled_exits, scan_exits=12):
   def seconds(network, exits):
     config = models.preset("tiny", num_exits=exits, num_exit_blocks=exits)
     return compile_seconds(network(config), 2, SAMPLE_RATE // 4)
-  scan = {exits: seconds(models.PressNet, exits) for exits in (2, scan_exits)}
-  unrolled = {exits: seconds(UnrolledPressNet, exits) for exits in (2, unrolled_exits)}
+  scan = {exits: seconds(models.PressNet, exits) for exits in sorted({2, scan_exits})}
+  unrolled = {exits: seconds(UnrolledPressNet, exits) for exits in sorted({2, unrolled_exits})}
   return {
       "compile": {"stage": "tiny (one block)", "scan_s": scan, "unrolled_s": unrolled},
       f"compile_scan_e{scan_exits}_over_e2": scan[scan_exits] / scan[2],
