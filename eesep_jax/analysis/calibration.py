@@ -31,6 +31,7 @@ from scipy import stats
 
 from eesep_jax import errors
 from eesep_jax import files
+from eesep_jax.core import energy_law
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 
@@ -48,7 +49,7 @@ def _float(x):
 
 def _is_gaussian(params):
   """Whether `params` are Gaussian (`{"variance"}`) rather than Student-t; checks keys."""
-  return probabilistic._likelihood(params) == "gaussian"  # pylint: disable=protected-access
+  return energy_law.likelihood(params) == "gaussian"
 
 
 # ----------------------------------------------------------------------------------
