@@ -634,7 +634,9 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
   candidates = np.unique(_float(candidate_thresholds))[::-1]
   failed = np.broadcast_to(_float(realised_snr_db) < _float(target_snr_db), probabilities.shape)
   # The probabilistic policy at confidence λ, for every candidate λ: [candidates, rows].
-  taken = np.asarray(stopping.first_accepting_exit(probabilities >= candidates[:, None, None]))
+  accept = stopping.accepts(stopping.Policy(confidence=candidates[:, None, None]),
+                            np.arange(1, probabilities.shape[1] + 1), probability=probabilities)
+  taken = np.asarray(stopping.first_accepting_exit(accept))
   losses = failed[np.arange(probabilities.shape[0]), taken - 1]
   shares, singletons = _group_shares(losses, groups)
   num_utterances = shares.shape[-1]
