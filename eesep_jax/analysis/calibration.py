@@ -1,8 +1,8 @@
 """Calibration of probabilistic exits: reliability, PIT, CRPS, post-hoc scales, guarantees.
 
-Implements the measures and post-hoc calibrations of docs/method.md §5 as pure numpy/scipy
-functions (float64) over arrays of per-utterance predictions and outcomes, gathered
-offline from an evaluation run. The only I/O is `save_posthoc`/`load_posthoc`.
+Implements the measures and post-hoc calibrations of docs/method.md §5 as pure functions
+(numpy/scipy in float64, but for the PIT) over arrays of per-utterance predictions and
+outcomes, gathered offline from an evaluation run. The only I/O is `save_posthoc`/`load_posthoc`.
 
 Conventions, as in `probabilistic`: per utterance (and source), the error energy is
 `E = ‖s − ŝ‖²` over `T` samples, `S = ‖ŝ‖²` is the estimate's energy, and the variance

@@ -198,8 +198,8 @@ def calibration_report(table, *, gmacs_per_second, targets=stopping.TARGETS_DB,
   rows = np.arange(worst.shape[1])
   satisfaction = []
   for target, per_target in zip(targets, worst):
-    taken, exited = _probabilistic_exits(per_target, np.asarray(confidences)[:, None, None])
-    for confidence, taken, exited in zip(confidences, taken, exited):
+    exits, accepted = _probabilistic_exits(per_target, np.asarray(confidences)[:, None, None])
+    for confidence, taken, exited in zip(confidences, exits, accepted):
       satisfaction.append({
           "target_snr_db": target, "confidence": float(confidence),
           **calibration.target_satisfaction(exited, table.snr_min[rows, taken - 1], target),
