@@ -29,9 +29,6 @@ from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 from eesep_jax.data import mixing
 
-POLICIES = stopping.POLICIES
-CONDITIONS = stopping.CONDITIONS
-
 # The training segments' length (`config_lib.base_config`): the network and its variance
 # head see chunks like those they learned from.
 CHUNK_SECONDS = 4.0

@@ -100,27 +100,30 @@ def test_gaussian_pit_is_uniform_under_the_generative_model():
                                                                  time)) > 0.3
 
 
-def test_energy_cdf_is_one_minus_the_exceedance_probability():
-  # P(SNR ≥ γ) = P(E ≤ c): the PIT at c is probabilistic's exceedance probability.
-  time, gamma = 4000, 15.0
-  alpha, beta = np.array([1.5, 3.0, 20.0]), np.array([0.01, 0.02, 0.2])
-  signal = np.array([30.0, 1300.0, 9000.0])
-  estimate = jnp.asarray(np.sqrt(signal / time)[:, None] * np.ones((1, time)), jnp.float32)
-  c = _threshold(np.sum(np.square(np.asarray(estimate, np.float64)), -1), gamma)
-  for exact in (True, False):
-    expected = probabilistic.snr_exceedance(
-        np.sum(np.square(np.asarray(estimate)), -1),
-        {"alpha": jnp.asarray(alpha, jnp.float32)[:, None],
-         "beta": jnp.asarray(beta, jnp.float32)[:, None]}, gamma, np.array([time]),
-        exact=exact)
-    got = calibration.pit_values(c / time, alpha, beta, time if exact else None)
-    np.testing.assert_allclose(got, expected, atol=2e-4)
-  variance = np.array([0.008, 0.01, 0.012])
-  expected = probabilistic.snr_exceedance(
-      np.sum(np.square(np.asarray(estimate)), -1),
-      {"variance": jnp.asarray(variance, jnp.float32)[:, None]}, gamma, np.array([time]))
-  np.testing.assert_allclose(calibration.pit_values_gaussian(c, variance, time), expected,
-                             atol=2e-4)
+# Levels from either tail to the median, where the PIT is pinned to scipy's CDF.
+LEVELS = np.array([1e-6, 1e-3, 0.05, 0.5, 0.95, 0.999, 1 - 1e-6])
+
+
+def test_pit_matches_scipys_law_in_both_tails():
+  # The PIT is the predicted law's CDF at the realised energy; at scipy's quantile
+  # (float64) of each level it gives the level back, short signals to 10^6 samples:
+  # within 1e-4 (float32), and within 20% of the level in the lower tail.
+  time = np.array([20, 4000, 10**6])[:, None, None]
+  alpha = np.array([1.5, 20.0, 1000.0])[:, None]
+  beta = 1e-3 * (alpha - 1)  # A mean variance of 1e-3.
+  variance = np.array([1e-6, 1e-3, 1.0])[:, None]
+  cases = [
+      (calibration.pit_values, scipy.stats.betaprime.ppf(LEVELS, time / 2, alpha, scale=2 * beta),
+       lambda energy: (energy / time, alpha, beta, time)),
+      (calibration.pit_values, scipy.stats.invgamma.ppf(LEVELS, alpha, scale=beta),
+       lambda energy: (energy, alpha, beta)),
+      (calibration.pit_values_gaussian, scipy.stats.chi2.ppf(LEVELS, time, scale=variance),
+       lambda energy: (energy, variance, time))]
+  for pit_values, energy, arguments in cases:
+    pit = pit_values(*arguments(energy))
+    expected = np.broadcast_to(LEVELS, energy.shape)
+    np.testing.assert_allclose(pit, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(pit[..., :2], expected[..., :2], rtol=0.2)
 
 
 # ----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Calibration of probabilistic exits: reliability, PIT, CRPS, post-hoc scales, guarantees.
 
-Implements the measures and post-hoc calibrations of docs/method.md §5 as pure numpy/scipy
-functions (float64) over arrays of per-utterance predictions and outcomes, gathered
-offline from an evaluation run. The only I/O is `save_posthoc`/`load_posthoc`.
+Implements the measures and post-hoc calibrations of docs/method.md §5 as pure functions
+(numpy/scipy in float64, but for the PIT) over arrays of per-utterance predictions and
+outcomes, gathered offline from an evaluation run. The only I/O is `save_posthoc`/`load_posthoc`.
 
 Conventions, as in `probabilistic`: per utterance (and source), the error energy is
 `E = ‖s − ŝ‖²` over `T` samples, `S = ‖ŝ‖²` is the estimate's energy, and the variance
@@ -14,16 +14,22 @@ block axis (a one-block model's `[..., 1]` is squeezed by the caller). Given `σ
 - Student-t: `E/(2β) ~ BetaPrime(T/2, α)`, or in the large-`T` limit `E/T ~ InvGamma(α, β)`;
 - Gaussian: `E/σ² ~ χ²_T`.
 
+Its CDF, which the PIT reads, is `energy_law.energy_cdf`, the one the exit probabilities
+read (float32); CRPS and NLL need its quantiles and density, which scipy gives.
+
 The predicted SNR is that of docs/method.md §4 with the zero-mean cross term dropped,
 `SNR = 10 log10((S + E)/E) = 10 log10(1 + S/E)`, so `P(SNR ≥ γ) = P(E ≤ S/(10^(γ/10) − 1))`
 is `probabilistic.snr_exceedance`; realised SNRs are measured as they are
 (with the cross term).
 """
 
+import functools
 import json
 import math
 
 from etils import epath
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 from scipy import special
@@ -31,6 +37,7 @@ from scipy import stats
 
 from eesep_jax import errors
 from eesep_jax import files
+from eesep_jax.core import energy_law
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 
@@ -40,6 +47,9 @@ POSTHOC_FILE = "posthoc_calibration.json"
 REGIME_KEY = "regime"
 # dB per neper of energy: 10 log10(x) = _DB · log(x).
 _DB = 10 / math.log(10)
+# `_energy_cdf` pads its inputs to a power of two of at least this many values, so that
+# the jitted law compiles once per size class rather than once per shape.
+_MIN_PADDED_SIZE = 1024
 
 
 def _float(x):
@@ -48,7 +58,7 @@ def _float(x):
 
 def _is_gaussian(params):
   """Whether `params` are Gaussian (`{"variance"}`) rather than Student-t; checks keys."""
-  return probabilistic._likelihood(params) == "gaussian"  # pylint: disable=protected-access
+  return energy_law.likelihood(params) == "gaussian"
 
 
 # ----------------------------------------------------------------------------------
@@ -91,19 +101,46 @@ def reliability(probabilities, outcomes, num_bins=10):
 # Predicted distribution of the error energy; probability integral transform.
 
 
-def _energy_distribution(params, num_samples, exact=True):
+@functools.partial(jax.jit, static_argnames="exact")
+def _jitted_energy_cdf(energy, params, num_samples, exact):
+  return energy_law.energy_cdf(energy, params, num_samples, exact=exact)
+
+
+def _energy_cdf(energy, params, num_samples, exact=True):
+  """`P(E' ≤ E)`, `E'` the predicted error energy of `num_samples` samples, float64 `[...]`.
+
+  `energy_law.energy_cdf`, the law the exit probabilities read, of one-block parameters:
+  `params` as in the module docstring, arrays broadcastable with `energy` and
+  `num_samples`. Student-t: the exact beta prime form, else its large-`T` inverse gamma
+  limit.
+  """
+  names = sorted(params)
+  arrays = np.broadcast_arrays(_float(energy), _float(num_samples),
+                               *(_float(params[name]) for name in names))
+  shape, size = arrays[0].shape, arrays[0].size
+  padded_size = max(_MIN_PADDED_SIZE, 1 << (size - 1).bit_length())
+  # The padding is a harmless law: `E = T = 1` under `α = 2`, `β = σ² = 1`.
+  fill = [1.0, 1.0, *(2.0 if name == "alpha" else 1.0 for name in names)]
+  energy, time, *values = (
+      jnp.asarray(np.pad(array.ravel(), (0, padded_size - size), constant_values=value),
+                  jnp.float32) for array, value in zip(arrays, fill))
+  blocks = {name: value[:, None] for name, value in zip(names, values)}  # One block.
+  cdf = _jitted_energy_cdf(energy, blocks, time[:, None], exact)
+  return np.asarray(cdf, np.float64)[:size].reshape(shape)
+
+
+def _energy_distribution(params, num_samples):
   """scipy frozen distribution of the predicted error energy `E` of `num_samples` samples.
 
   `params` as in the module docstring (arrays broadcastable with `num_samples`);
-  Student-t: the exact beta prime form, else its large-`T` inverse gamma limit.
+  Student-t: the exact beta prime form.
   """
+  # scipy in float64 for CRPS and NLL: they need the law's quantiles and log density
+  # (whose terms of order `T` cancel), which the float32 `energy_law` does not give.
   half = _float(num_samples) / 2
   if _is_gaussian(params):
     return stats.gamma(half, scale=2 * _float(params["variance"]))
-  alpha, beta = _float(params["alpha"]), _float(params["beta"])
-  if exact:
-    return stats.betaprime(half, alpha, scale=2 * beta)
-  return stats.invgamma(alpha, scale=2 * half * beta)
+  return stats.betaprime(half, _float(params["alpha"]), scale=2 * _float(params["beta"]))
 
 
 def pit_values(error_energy_per_sample, alpha, beta, num_samples=None):
@@ -124,10 +161,10 @@ def pit_values(error_energy_per_sample, alpha, beta, num_samples=None):
     `[...]` PIT values in `[0, 1]`.
   """
   energy = _float(error_energy_per_sample)
-  if num_samples is None:
-    return stats.invgamma.cdf(energy, _float(alpha), scale=_float(beta))
   params = {"alpha": alpha, "beta": beta}
-  return _energy_distribution(params, num_samples).cdf(energy * _float(num_samples))
+  if num_samples is None:  # The large-`T` form in `E/T`: one sample's energy.
+    return _energy_cdf(energy, params, 1.0, exact=False)
+  return _energy_cdf(energy * _float(num_samples), params, num_samples)
 
 
 def pit_values_gaussian(error_energy, variance, num_samples):
@@ -141,7 +178,7 @@ def pit_values_gaussian(error_energy, variance, num_samples):
   Returns:
     `[...]` PIT values in `[0, 1]`, uniform when the Gaussian model is calibrated.
   """
-  return _energy_distribution({"variance": variance}, num_samples).cdf(_float(error_energy))
+  return _energy_cdf(error_energy, {"variance": variance}, num_samples)
 
 
 def log_energy_nll(error_energy, params, num_samples):
@@ -633,7 +670,9 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
   candidates = np.unique(_float(candidate_thresholds))[::-1]
   failed = np.broadcast_to(_float(realised_snr_db) < _float(target_snr_db), probabilities.shape)
   # The probabilistic policy at confidence λ, for every candidate λ: [candidates, rows].
-  taken = np.asarray(stopping.first_accepting_exit(probabilities >= candidates[:, None, None]))
+  accept = stopping.accepts(stopping.Policy(confidence=candidates[:, None, None]),
+                            np.arange(1, probabilities.shape[1] + 1), probability=probabilities)
+  taken = np.asarray(stopping.first_accepting_exit(accept))
   losses = failed[np.arange(probabilities.shape[0]), taken - 1]
   shares, singletons = _group_shares(losses, groups)
   num_utterances = shares.shape[-1]

@@ -111,11 +111,24 @@ def _exceedance(table, params, targets):
 
 
 def _at_exits(table, taken, gmacs_per_second):
-  """Compute and quality of the 0-based exits `taken` `[utterances]`."""
-  return {"mean_exit": float(np.mean(taken + 1)),
-          "exit_histogram": np.bincount(taken, minlength=table.num_exits).tolist(),
-          "gmacs_per_second": float(np.mean(np.asarray(gmacs_per_second)[taken])),
-          "si_snri": float(np.mean(table.si_snri[np.arange(taken.size), taken]))}
+  """Compute and quality of the 1-based exits `taken` `[utterances]`."""
+  index = taken - 1  # Along the exit axis.
+  return {"mean_exit": float(np.mean(taken)),
+          "exit_histogram": np.bincount(index, minlength=table.num_exits).tolist(),
+          "gmacs_per_second": float(np.mean(np.asarray(gmacs_per_second)[index])),
+          "si_snri": float(np.mean(table.si_snri[np.arange(taken.size), index]))}
+
+
+def _probabilistic_exits(probability, confidence):
+  """`(taken, accepted)`: the 1-based exit the probabilistic policy at `confidence`
+  (any shape broadcasting against `probability`'s leading axes) takes, and whether that
+  exit accepts (else the last exit was taken for want of one), from the worst source's
+  `P(SNR ≥ γ)` `[utterances, exits]`."""
+  exits = np.arange(1, probability.shape[-1] + 1)
+  accept = np.asarray(stopping.accepts(stopping.Policy(confidence=confidence), exits,
+                                       probability=probability))
+  taken = np.asarray(stopping.first_accepting_exit(accept))
+  return taken, np.take_along_axis(accept, taken[..., None] - 1, axis=-1)[..., 0]
 
 
 def _measures(probability, outcome, pit, crps, nll, params, num_samples, targets):
@@ -185,13 +198,11 @@ def calibration_report(table, *, gmacs_per_second, targets=stopping.TARGETS_DB,
   rows = np.arange(worst.shape[1])
   satisfaction = []
   for target, per_target in zip(targets, worst):
-    accepted = per_target >= np.asarray(confidences)[:, None, None]
-    for confidence, taken in zip(confidences, stopping.first_accepting_exit(accepted) - 1):
-      taken = np.asarray(taken)  # 0-based, to index the exit axis.
-      exited = per_target[rows, taken] >= confidence
+    exits, accepted = _probabilistic_exits(per_target, np.asarray(confidences)[:, None, None])
+    for confidence, taken, exited in zip(confidences, exits, accepted):
       satisfaction.append({
           "target_snr_db": target, "confidence": float(confidence),
-          **calibration.target_satisfaction(exited, table.snr_min[rows, taken], target),
+          **calibration.target_satisfaction(exited, table.snr_min[rows, taken - 1], target),
           **_at_exits(table, taken, gmacs_per_second)})
   return {"per_exit": per_exit, "pooled": measures(lambda x: x),
           "target_satisfaction": satisfaction}
@@ -242,8 +253,8 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
   if threshold is None:
     return entry
   entry["calibration_risk"] = float(result["risk"][result["certified"]][-1])
-  taken = np.asarray(stopping.first_accepting_exit(worst_source(test_table) >= threshold)) - 1
-  failed = test_table.snr_min[np.arange(taken.size), taken] < target_snr_db
+  taken, _ = _probabilistic_exits(worst_source(test_table), threshold)
+  failed = test_table.snr_min[np.arange(taken.size), taken - 1] < target_snr_db
   rate = calibration.failure_rate(failed, test_groups)
   entry["test"] = {name: rate[name] for name in ("risk", "low", "high")}
   entry["test"].update(_at_exits(test_table, taken, gmacs_per_second))

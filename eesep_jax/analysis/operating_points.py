@@ -49,8 +49,6 @@ SPAN_QUANTILE = 0.1
 # and full depth for at least `MIN_DEPTH_GAIN` more.
 EXIT1_REACH = (0.3, 0.7)
 MIN_DEPTH_GAIN = 0.05
-# The policies' order along the policy axis (`stopping.POLICIES` names them).
-ORDER = ("probabilistic", "expected-snr", "oracle", "fixed")
 FIGURE_FILES = {"reach": "reach_compute.png", "satisfaction": "satisfaction.png"}
 # The metrics whose means are reported at the exits a policy takes, when the table has them.
 METRICS = (*(name + suffix for name in exit_table.SIGNAL_METRICS for suffix in ("", "i")),
@@ -283,9 +281,10 @@ def from_json(fields):
 
 
 def _columns(policies, confidences, num_exits):
-  """`(policy, confidence, exit_index)` of every policy column, in `ORDER`."""
+  """`(policy, confidence, exit_index)` of every policy column, in the order of
+  `stopping.POLICIES`."""
   columns = []
-  for policy in ORDER:
+  for policy in stopping.POLICIES:
     if policy not in policies:
       continue
     if policy == "probabilistic":

@@ -19,6 +19,9 @@ valid samples of each example (broadcastable to the batch dims; None: all `time`
 Signals must be zero beyond them (callers zero-pad), so energies need no mask and only
 the sample counts change: block `b` holds `clip(lengths − b·L, 0, L)` valid samples, and
 a block with none contributes nothing (see `valid_block_count`).
+
+The law of the error energy these parameters predict, whose CDF the exit probability
+reads, is `core/energy_law.py`; its float32 special functions are `core/special.py`.
 """
 
 from collections.abc import Callable
@@ -30,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import special
 import numpy as np
+
+from eesep_jax.core import energy_law
 
 # Floor on an estimate's power per sample (−100 dB re full scale): a silent estimate
 # still gives a finite, positive variance under the `*-snr` forms.
@@ -173,16 +178,6 @@ def gaussian_nll(target, estimate, variance, *, block_length=None, lengths=None)
   return jnp.sum(nll, axis=-1) / _valid_samples(target.shape[-1], lengths)
 
 
-def _likelihood(params):
-  """"gaussian" or "student", from a parameter dict's keys."""
-  if set(params) == {"variance"}:
-    return "gaussian"
-  if set(params) == {"alpha", "beta"}:
-    return "student"
-  raise ValueError(f"variance parameters must have keys {{'alpha', 'beta'}} or "
-                   f"{{'variance'}}, got {sorted(params)}")
-
-
 def exit_nll(target, estimate, params, config, *, lengths=None):
   """Per-sample NLL of one exit under its variance parameters.
 
@@ -198,7 +193,7 @@ def exit_nll(target, estimate, params, config, *, lengths=None):
   """
   if config.block_length is None:  # The low-level NLLs take per-utterance parameters.
     params = {name: value[..., 0] for name, value in params.items()}
-  if _likelihood(params) == "gaussian":
+  if energy_law.likelihood(params) == "gaussian":
     return gaussian_nll(target, estimate, params["variance"],
                         block_length=config.block_length, lengths=lengths)
   return student_t_nll(target, estimate, params["alpha"], params["beta"],
@@ -363,359 +358,6 @@ def variance_parameters(raw, estimate, state, config, *, lengths=None):
 
 
 # ----------------------------------------------------------------------------------
-# Regularised incomplete gamma and beta functions that stay accurate in float32 for
-# shapes up to ~10^6. jax.scipy's gammainc/betainc lose ~1e-3 at shape 10^4 and ~0.1
-# at 5·10^5: they subtract log Γ of the shapes, whose rounding errors then get
-# exponentiated (and betainc's x = c/(c + 2β) rounds to 1 in float32 for large T).
-
-# Shapes from which `_gammaincc` uses Temme's expansion; below, jax.scipy's.
-_TEMME_MIN_SHAPE = 50.0
-# Coefficients of the Taylor series of Temme's c_0(η) = 1/μ − 1/η at η = 0.
-_TEMME_C0 = (-1 / 3, 1 / 12, -2 / 135, 1 / 864, 1 / 2835, -139 / 777600, 1 / 25515)
-# Beta shapes from which `_beta_prime_cdf` uses Paulson's form where BGRAT does not
-# hold; below, jax.scipy's betainc (accurate there: both shapes are then below 100).
-_LARGE_BETA_SHAPE = 50.0
-# Terms of the BGRAT series after the leading one (truncation error < 1e-7).
-_BGRAT_TERMS = 6
-# BGRAT holds (error < 1e-5 in float32) where the smaller shape is at most this share of
-# the larger and at most √(50 · larger), the larger being at least `_BGRAT_MIN_SHAPE`
-# (measured against scipy; at a ratio of 2/3 the error grows to 1e-2 at shape 300).
-_BGRAT_RATIO = 0.5
-_BGRAT_MIN_SHAPE = 10.0
-# Relative step in `b` of the central differences that give betainc's derivative there
-# (error ~1e-3 relative: float32 rounding of the values against the step).
-_BETAINC_STEP = 3e-3
-# Clamp on beta-prime / gamma arguments: far beyond where the probabilities saturate,
-# far inside float32's range.
-_ARG_MIN, _ARG_MAX = 1e-30, 1e30
-_LOG_ARG_MIN, _LOG_ARG_MAX = math.log(_ARG_MIN), math.log(_ARG_MAX)
-# Bounds on `μ = x/a − 1` in Temme/Stirling forms, which hold for `a ≥ 10`: beyond them
-# `Q(a, x)` is 1 or 0 and `x^a e^(−x)/Γ(a) = 0` in float32, `log(1 + μ)` stays finite,
-# and `μ²` cannot overflow (which, compiled, made the gradient NaN at `x = 10^30`).
-_MU_MIN, _MU_MAX = -1 + 1e-6, 1e6
-
-
-def _log1pmx_over_square(mu):
-  """`(μ − log(1 + μ)) / μ²`, accurate near `μ = 0` (smooth: no branch cut there)."""
-  small = jnp.abs(mu) < 0.1
-  mu_small = jnp.where(small, mu, 0.0)
-  series = sum((-mu_small) ** k / (k + 2) for k in range(9))
-  mu_big = jnp.where(small, 1.0, mu)
-  return jnp.where(small, series, (mu_big - jnp.log1p(mu_big)) / mu_big / mu_big)
-
-
-def _gammaincc_temme(a, x):
-  """`Q(a, x)` by Temme's uniform expansion, leading term (DLMF 8.12.3–8.12.9).
-
-  Error below 1e-5 for `a ≥ 50` (the next term is `c_1/(a √(2πa))`, `|c_1| ≲ 1/540`).
-  """
-  mu = jnp.clip(x / a - 1, _MU_MIN, _MU_MAX)
-  eta = mu * jnp.sqrt(2 * _log1pmx_over_square(mu))
-  small = jnp.abs(eta) < 0.3
-  eta_small = jnp.where(small, eta, 0.0)
-  series = sum(c * eta_small ** k for k, c in enumerate(_TEMME_C0))
-  mu_big, eta_big = jnp.where(small, 1.0, mu), jnp.where(small, 1.0, eta)
-  c0 = jnp.where(small, series, 1 / mu_big - 1 / eta_big)
-  remainder = jnp.exp(-0.5 * a * jnp.square(eta)) / jnp.sqrt(2 * math.pi * a) * c0
-  return 0.5 * special.erfc(eta * jnp.sqrt(a / 2)) + remainder
-
-
-def _gammaincc(a, x):
-  """Upper regularised incomplete gamma `Q(a, x)` for any shape `a > 0`, `x ≥ 0`."""
-  x = jnp.clip(x, 0.0, _ARG_MAX)
-  if isinstance(a, (int, float)):  # A static shape picks its branch when tracing.
-    return _gammaincc_temme(a, x) if a >= _TEMME_MIN_SHAPE else special.gammaincc(a, x)
-  large = a >= _TEMME_MIN_SHAPE
-  # Each branch gets inputs valid for it, so the other's NaNs reach no gradient.
-  small_value = special.gammaincc(jnp.where(large, 1.0, a), x)
-  large_value = _gammaincc_temme(jnp.where(large, a, _TEMME_MIN_SHAPE), x)
-  return jnp.where(large, large_value, small_value)
-
-
-def _stirling_remainder(z):
-  """`log Γ(z) − [(z − ½) log z − z + ½ log 2π]` for `z ≥ 10` (error < 1e-10)."""
-  return 1 / (12 * z) - 1 / (360 * z ** 3) + 1 / (1260 * z ** 5)
-
-
-def _log_gamma_kernel(shape, x):
-  """`log(x^shape e^(−x) / Γ(shape))`; from Stirling for `shape ≥ 10`, as
-  `−shape (μ − log(1 + μ)) + ½ log(shape/2π) − remainder`, `μ = x/shape − 1`, whose
-  terms do not cancel the way `shape log x − x − log Γ(shape)` does."""
-  large = shape >= 10
-  shape_large = jnp.where(large, shape, 10.0)
-  x = jnp.maximum(x, _ARG_MIN)
-  mu = jnp.clip(x / shape_large - 1, _MU_MIN, _MU_MAX)
-  stirling = (-shape_large * mu * (mu * _log1pmx_over_square(mu))
-              + 0.5 * jnp.log(shape_large / (2 * math.pi)) - _stirling_remainder(shape_large))
-  shape_small = jnp.where(large, 1.0, shape)
-  direct = shape_small * jnp.log(x) - x - special.gammaln(shape_small)
-  return jnp.where(large, stirling, direct)
-
-
-def _betainc_bgrat(a, b, log_x):
-  """`I_x(a, b)` for large `a` and `b ≤ min(a/5, √(50a))`.
-
-  DiDonato & Morris (1992) BGRAT, as in Boost's `beta_small_b_large_a_series`:
-  `I_x(a, b) = Γ(a+b)/(Γ(a) t^b) Σ_n p_n J_n(b, u)` with `t = a + (b−1)/2`,
-  `u = −t log x`; the leading term is Temme's `Q(b, u)`. The ratio of gammas is formed
-  from Stirling differences, never from `log Γ(a)` itself:
-  `log Γ(a+b) − log Γ(a) − b log t = (a − ½) log(1 + r) − b + b log((a+b)/t) + …`,
-  `r = b/a`, whose first two terms cancel to `−a (r − log(1 + r)) − ½ log(1 + r)`.
-  """
-  t = a + (b - 1) / 2
-  u = -t * log_x
-  r = b / a
-  ratio = jnp.exp(-b * r * _log1pmx_over_square(r) - 0.5 * jnp.log1p(r)
-                  + b * jnp.log1p((b + 1) / (2 * t))
-                  + _stirling_remainder(a + b) - _stirling_remainder(a))
-  prefix = ratio * jnp.exp(_log_gamma_kernel(b, u))
-  term = ratio * _gammaincc(b, u)
-  total = term
-  p = [1.0]
-  half_log_x_squared = jnp.square(log_x / 2)
-  power = 1.0
-  for n in range(1, _BGRAT_TERMS + 1):
-    # Python ints this large would overflow int32 once inside jax: divide by floats.
-    p.append(sum((m * b - n) * p[n - m] / float(math.factorial(2 * m + 1))
-                 for m in range(1, n)) / n
-             + (b - 1) / float(math.factorial(2 * n + 1)))
-    b2n = b + 2 * (n - 1)
-    term = (b2n * (b2n + 1) * term + (u + b2n + 1) * power * prefix) / (4 * t * t)
-    power = power * half_log_x_squared
-    total = total + p[n] * term
-  return total
-
-
-def _beta_prime_cdf_paulson(a, b, z):
-  """`P(W ≤ z)`, `W ~ BetaPrime(a, b)`, by Paulson's cube-root normal approximation of
-  `F = W b/a ~ F(2a, 2b)`. Where `_beta_prime_cdf` uses it (both shapes ≥ 25) its
-  error is below 7e-5, and falls as the shapes grow (2e-5 from `a = 200`)."""
-  cube_root = jnp.cbrt(z * b / a)
-  u1, u2 = 1 / (9 * a), 1 / (9 * b)
-  score = ((1 - u2) * cube_root - (1 - u1)) / jnp.sqrt(u2 * jnp.square(cube_root) + u1)
-  return special.ndtr(score)
-
-
-@jax.custom_jvp
-def _betainc(a, b, x):
-  """jax.scipy's `I_x(a, b)`, with a derivative in `b`, which jax does not provide.
-
-  Used only for shapes below 100, where it is accurate. The derivative in `b` is a
-  central difference (relative step `_BETAINC_STEP`: within 2e-3 of scipy's); `a` is
-  half a sample count and gets none.
-  """
-  return special.betainc(a, b, x)
-
-
-@_betainc.defjvp
-def _betainc_jvp(primals, tangents):
-  a, b, x = primals
-  _, b_dot, x_dot = tangents
-  value, x_term = jax.jvp(lambda x: special.betainc(a, b, x), (x,), (x_dot,))
-  step = _BETAINC_STEP * b
-  slope = (special.betainc(a, b + step, x) - special.betainc(a, b - step, x)) / (2 * step)
-  return value, x_term + slope * b_dot
-
-
-def _beta_prime_cdf(z, a, b):
-  """`P(W ≤ z) = I_{z/(1+z)}(a, b)` for `W ~ BetaPrime(a, b)`.
-
-  `a` (= T/2) is a Python number, which picks the branches when tracing, or an array
-  (valid lengths); `b` an array. By region, with the float32 error measured against
-  scipy in float64:
-
-  - BGRAT (`_betainc_bgrat`) where the smaller shape is at most `_BGRAT_RATIO` of the
-    larger and at most `√(50 · larger)`, the larger ≥ 10: on `I_x(a, b)` when `b` is
-    the smaller, on `1 − I_{1−x}(b, a)` when `a` is (large `α`, short signals): ≤ 6e-6;
-  - elsewhere, for `a ≥ _LARGE_BETA_SHAPE`, Paulson's approximation (both shapes are
-    then ≥ 25): ≤ 7e-5 (at `a ≈ b ≈ 50`), 2e-5 from `a = 200`;
-  - elsewhere (both shapes below 100), jax.scipy's betainc: ≤ 4e-5.
-
-  Over `a` from 0.5 to 5·10⁵ and `b` from 1.01 to 10⁵ the error is at most 7e-5.
-
-  BGRAT takes `log x` (`_log_ratio_to_sum`) or `log(1 − x) = −log1p(z)`, so `x` near 1
-  loses no precision. Every branch gets inputs valid for it, so the others' NaNs reach no
-  gradient. `z` is clamped to `[_ARG_MIN, _ARG_MAX]` (see `_clamped_ratio`).
-  """
-  z = jnp.clip(z, _ARG_MIN, _ARG_MAX)
-  static = isinstance(a, (int, float))
-
-  def bgrat_holds(large, small):
-    return (large >= _BGRAT_MIN_SHAPE) & (
-        small <= jnp.minimum(_BGRAT_RATIO * large, jnp.sqrt(50 * large)))
-
-  small_b, small_a = bgrat_holds(a, b), bgrat_holds(b, a)
-  # One BGRAT for both orientations (half the compiled program): `I_x(a, b)`, or
-  # `I_{1−x}(b, a)` whose complement it is.
-  bgrat = small_b | small_a
-  large = jnp.where(small_b, a, jnp.where(small_a, b, _BGRAT_MIN_SHAPE))
-  small = jnp.where(small_b, b, jnp.where(small_a, a, 1.0))
-  series = _betainc_bgrat(large, small, jnp.where(small_b, _log_ratio_to_sum(z),
-                                                  -jnp.log1p(z)))
-  value = jnp.where(small_b, series, jnp.where(small_a, 1 - series, 0.0))
-  rest = ~bgrat
-  if not static or a >= _LARGE_BETA_SHAPE:
-    paulson = rest & (a >= _LARGE_BETA_SHAPE)
-    value = value + jnp.where(paulson, _beta_prime_cdf_paulson(
-        jnp.where(paulson, a, 1.0), jnp.where(paulson, b, 1.0), z), 0.0)
-  if not static or a < _LARGE_BETA_SHAPE:
-    moderate = rest & (a < _LARGE_BETA_SHAPE)
-    value = value + jnp.where(moderate, _betainc(
-        jnp.where(moderate, a, 1.0), jnp.where(moderate, b, 1.0),
-        jnp.where(moderate, z / (1 + z), 0.5)), 0.0)
-  return value
-
-
-def _log_ratio_to_sum(z):
-  """`log(z/(1 + z)) = −log1p(1/z)`, accurate for `z` large, `log z − log1p(z)` for `z`
-  small, whose gradient, unlike `1/z`'s, stays finite down to `z = _ARG_MIN`."""
-  large = z > 1
-  z_large, z_small = jnp.where(large, z, 1.0), jnp.where(large, 1.0, z)
-  return jnp.where(large, -jnp.log1p(1 / z_large), jnp.log(z_small) - jnp.log1p(z_small))
-
-
-def _clamped_ratio(numerator, denominator):
-  """`numerator / denominator` (positive) clamped to `[_ARG_MIN, _ARG_MAX]`, with the
-  gradient of `exp(clip(log numerator − log denominator))`.
-
-  The quotient's own gradient, `−numerator/denominator²`, overflows at `β = 10^±30`
-  and meets the clamp's zero as `0 · inf = NaN`; the logs' never does. The value is the
-  quotient's (the log form rounds `log` to 1e-6, an error of 3e-4 in `χ²_{10⁶}`'s CDF).
-  """
-  log_ratio = jnp.clip(jnp.log(numerator) - jnp.log(denominator), _LOG_ARG_MIN,
-                       _LOG_ARG_MAX)
-  smooth = jnp.exp(log_ratio)
-  quotient = jnp.clip(numerator / denominator, _ARG_MIN, _ARG_MAX)
-  return smooth + jax.lax.stop_gradient(quotient - smooth)
-
-
-# ----------------------------------------------------------------------------------
-# The distribution of the total error energy over variance blocks.
-
-# Normal score of the per-block lower bounds of `_grid`: less than ~1e-8 of
-# a block's mass lies below its bound (by the union of its two factors' tails).
-_TAIL_SCORE = 5.6
-# Cells of the finer of `_block_sum_cdf`'s two grids: a power of two (the FFTs'
-# lengths), at least `_CELLS_PER_BLOCK` per block, as the error grows with the blocks.
-_MIN_CELLS = 512
-_CELLS_PER_BLOCK = 12
-
-
-def _wilson_hilferty(shape, score):
-  """Wilson–Hilferty's quantile of `Gamma(shape, 1)` at normal score `score`, floored
-  at 0: a location (`score` 0) or a bound (far in a tail) of the law, not a quantile to
-  rely on (its tails are off by a factor or so, on the safe side for the bounds here)."""
-  root = 1 - 1 / (9 * shape) + score / (3 * jnp.sqrt(shape))
-  return shape * jnp.maximum(root, 0.0) ** 3
-
-
-def _convolve_truncated(mass):
-  """`[..., terms, cells] -> [..., cells]`: the law of the terms' sum, on the cells'
-  lattice, below the last cell. Pairwise by FFT, truncating after each round, so no
-  round's sum wraps around (FFT length ≥ 2 · cells)."""
-  cells = mass.shape[-1]
-  length = 1 << (2 * cells - 1).bit_length()
-  while mass.shape[-2] > 1:
-    if mass.shape[-2] % 2:  # A term that is 0 (all its mass in cell 0) evens the count.
-      zero = jnp.zeros(mass.shape[:-2] + (1, cells), mass.dtype).at[..., 0].set(1.0)
-      mass = jnp.concatenate([mass, zero], axis=-2)
-    spectrum = jnp.fft.rfft(mass, length, axis=-1)
-    mass = jnp.fft.irfft(spectrum[..., 0::2, :] * spectrum[..., 1::2, :], length,
-                         axis=-1)[..., :cells]
-  return mass[..., 0, :]
-
-
-def _grid(c, lower, location, present, cells):
-  """`(edges, offset, step)` of a grid of `cells` cells per block; see `_block_sum_cdf`.
-
-  Each `E_b` lies above its bound `l_b` (but for ~1e-8), so `Σ E_b ≤ c` only involves
-  each block's law on `[l_b, c − Σ_{j≠b} l_j]`: a range of width `R = c − Σ l_b`, cut
-  into cells of `h = R / (cells − blocks)` (the blocks' offsets below take up to one
-  more cell each). Block `b`'s cell `k` is `[o_b + k h, o_b + (k+1) h)`: `edges`
-  `[..., blocks, cells]` are their upper ends. The offset `o_b ∈ (l_b − h, l_b]` puts
-  the block's location (about its median) at a cell's midpoint, so that a block much
-  narrower than a cell is placed where it is rather than rounded by up to `h/2` (many
-  quiet blocks' roundings would add up).
-  """
-  num_blocks = lower.shape[-1]
-  span = c - jnp.sum(lower, axis=-1)
-  # Where c is below every bound the result is 0 (`_block_sum_cdf`): any finite grid.
-  span = jnp.where(span > 0, span, c)
-  step = span / (cells - num_blocks)
-  step_b = step[..., None]
-  rounds = jnp.ceil((location - lower) / step_b - 0.5) + 0.5
-  offset = jnp.where(present, location - rounds * step_b, 0.0)
-  edges = offset[..., None] + step_b[..., None] * jnp.arange(1, cells + 1, dtype=c.dtype)
-  return jnp.maximum(edges, _ARG_MIN), offset, step
-
-
-def _grid_probability(c, cdf, offset, step, present):
-  """`P(Σ_b E_b ≤ c)` from the blocks' CDFs at a `_grid`'s edges, `[..., blocks, cells]`.
-
-  Cell `k` of block `b` holds `F_b(edge_k) − F_b(edge_{k−1})` (cell 0 also the mass
-  below `o_b`), taken at its midpoint. Convolving the blocks' cells gives the sum's,
-  whose CDF at `c` is read by linear interpolation.
-  """
-  cells = cdf.shape[-1]
-  mass = jnp.diff(cdf, axis=-1, prepend=jnp.zeros_like(cdf[..., :1]))
-  # A block with no valid sample is 0: all its mass in cell 0, with no midpoint offset.
-  mass = jnp.where(present[..., None], mass, jnp.arange(cells) == 0)
-  total = _convolve_truncated(mass)
-  # Sum cell j covers Σ E_b ∈ Σ o_b + (j + n/2 + [−½, ½]) h, n blocks present.
-  top = ((c - jnp.sum(offset, axis=-1)) / step
-         - 0.5 * jnp.sum(present, axis=-1, dtype=c.dtype) + 0.5)
-  weight = jnp.clip(top[..., None] - jnp.arange(cells, dtype=c.dtype), 0.0, 1.0)
-  return jnp.sum(total * weight, axis=-1)
-
-
-def _block_sum_cdf(c, block_cdf, lower, location, present):
-  """`P(Σ_b E_b ≤ c)` for independent `E_b ≥ 0`, given each block's CDF.
-
-  Why this method: the total error energy of several variance blocks has no closed
-  law, and the usual numerical routes fail here. The beta prime's characteristic
-  function has no closed form (Gil-Pelaez inversion would need a numerical integral
-  per frequency and block); a saddle-point approximation needs a moment generating
-  function, which the inverse gamma's polynomial tail does not have; numerical Laplace
-  inversion cannot resolve the near-step CDF of long blocks with large `α`. But
-  `P(Σ E_b ≤ c)` depends only on each block's law below `c`, which its exact CDF
-  gives: so the blocks' laws are discretised on a grid of the range that matters and
-  convolved (`_grid`, `_grid_probability`), tails included, in fixed shapes (jit-able, and
-  differentiable wherever the block CDFs are).
-
-  Rounding each block to its cell's midpoint adds about `(n + 1) h²/12` to the sum's
-  variance, an error of order `h²`; so two grids, of `M` and `M/2` cells, are combined
-  by Richardson extrapolation. Against a grid of 8192 cells the result is within 1e-4
-  (40 blocks with `α = 10³`, the sharpest case; a single grid of 512 cells errs by
-  3e-3); against Monte Carlo of the generative model, within 0.002 at levels 0.5–0.99
-  for 2–40 blocks and `α` from 1.01 to 10³ (`tests/test_probabilistic.py`). Cost:
-  about `1.5 M` CDF evaluations per block (`M = 512` for up to 42 blocks).
-
-  Args:
-    c: `[...]` thresholds.
-    block_cdf: `edges [..., blocks, k] -> [..., blocks, k]`, each block's CDF.
-    lower: `[..., blocks]`, bounds with less than ~1e-8 of each block's mass below.
-    location: `[..., blocks]`, about each block's median (only places cells).
-    present: `[..., blocks]` booleans; a block that is not present is 0.
-
-  Returns:
-    `[...]` probabilities.
-  """
-  num_blocks = lower.shape[-1]
-  cells = max(_MIN_CELLS, 1 << (_CELLS_PER_BLOCK * num_blocks - 1).bit_length())
-  lower = jnp.where(present, lower, 0.0)
-  grids = [_grid(c, lower, location, present, size) for size in (cells, cells // 2)]
-  # One evaluation of the CDFs for both grids: it is most of the compiled program.
-  cdf = jnp.split(block_cdf(jnp.concatenate([edges for edges, _, _ in grids], axis=-1)),
-                  [cells], axis=-1)
-  fine, coarse = (_grid_probability(c, part, offset, step, present)
-                  for part, (_, offset, step) in zip(cdf, grids))
-  ratio = ((cells - num_blocks) / (cells // 2 - num_blocks)) ** 2  # (h_coarse/h_fine)².
-  probability = (ratio * fine - coarse) / (ratio - 1)
-  # Below every block's bound, P ≈ 0 (< 1e-8 per block).
-  return jnp.where(c > jnp.sum(lower, axis=-1), jnp.clip(probability, 0.0, 1.0), 0.0)
-
-
-# ----------------------------------------------------------------------------------
 # Exit conditions (docs/method.md §4).
 
 
@@ -745,102 +387,6 @@ def _energy_threshold(signal_energy, target_snr_db):
   return c, jnp.broadcast_to(certain, c.shape)
 
 
-def _by_block_count(count, function, *arrays):
-  """`function(half_count, *arrays)` over `[..., blocks, k]` arrays, `half_count` being
-  the blocks' `T_b/2`: for static counts a Python number per run of equal counts (all
-  blocks but maybe a shorter last one), so that each run picks its special-function
-  branches when tracing; for valid lengths an array `[..., blocks, 1]`."""
-  if not isinstance(count, np.ndarray):
-    return function(count[..., None] / 2, *arrays)
-  runs = [slice(0, count.size)]
-  if count[-1] != count[0]:
-    runs = [slice(0, count.size - 1), slice(count.size - 1, None)]
-  return jnp.concatenate([function(float(count[run][0]) / 2, *(x[..., run, :] for x in arrays))
-                          for run in runs], axis=-2)
-
-
-def _blocks_present(count, shape):
-  """`(present, count)`: which blocks hold valid samples, `[..., blocks]` broadcast to
-  `shape`, and the counts with 1 where none, so no empty block's law is evaluated (its
-  NaNs would reach the gradient through the `where` that discards it)."""
-  if isinstance(count, np.ndarray):
-    return jnp.ones(shape, bool), count
-  count = jnp.broadcast_to(count, shape)
-  return count > 0, jnp.maximum(count, 1)
-
-
-def _half_count(count):
-  """`T/2` of a one-block count: a Python number (static) or `[...]`."""
-  if isinstance(count, np.ndarray):
-    return float(count[0]) / 2
-  return count[..., 0] / 2
-
-
-def _student_energy_cdf(c, alpha, beta, count, exact):
-  """`P(‖e‖² ≤ c)` under the Student-t error model: `E_b/(2β_b) ~ BetaPrime(T_b/2, α_b)`
-  (`exact`) or `E_b/T_b ~ InvGamma(α_b, β_b)`, independent over blocks.
-
-  Args:
-    c: `[...]`.
-    alpha, beta: `[..., blocks]`.
-    count: the blocks' valid samples (`valid_block_count`): numpy `[blocks]` or
-      `[..., blocks]`.
-    exact: the beta prime form, else the large-`T` inverse gamma one.
-  """
-  shape = jnp.broadcast_shapes(c.shape + (1,), alpha.shape, beta.shape, jnp.shape(count))
-  present, count = _blocks_present(count, shape)
-  alpha, beta = jnp.broadcast_to(alpha, shape), jnp.broadcast_to(beta, shape)
-  if shape[-1] == 1:  # One block: the closed form.
-    half = _half_count(count)
-    alpha, beta = alpha[..., 0], beta[..., 0]
-    if exact:
-      probability = _beta_prime_cdf(_clamped_ratio(c, 2 * beta), half, alpha)
-    else:
-      probability = _gammaincc(alpha, _clamped_ratio(2 * half * beta, c))
-    return jnp.where(present[..., 0], probability, 1.0)
-  samples = jnp.asarray(count, alpha.dtype)
-  if exact:
-    def block_cdf(edges):
-      return _by_block_count(count, lambda half, edges, alpha, beta: _beta_prime_cdf(
-          _clamped_ratio(edges, 2 * beta), half, alpha),
-          edges, alpha[..., None], beta[..., None])
-    # E_b = 2β Y/G, Y ~ Gamma(T_b/2), G ~ Gamma(α_b): bounded below by Y's lower and
-    # G's upper tail.
-    half = samples / 2
-    lower = 2 * beta * _wilson_hilferty(half, -_TAIL_SCORE) / _wilson_hilferty(
-        alpha, _TAIL_SCORE)
-    location = 2 * beta * _wilson_hilferty(half, 0.0) / _wilson_hilferty(alpha, 0.0)
-  else:
-    def block_cdf(edges):
-      return _gammaincc(alpha[..., None], _clamped_ratio((samples * beta)[..., None], edges))
-    lower = samples * beta / _wilson_hilferty(alpha, _TAIL_SCORE)
-    location = samples * beta / _wilson_hilferty(alpha, 0.0)
-  return _block_sum_cdf(jnp.broadcast_to(c, shape[:-1]), block_cdf, lower, location,
-                        present)
-
-
-def _gaussian_energy_cdf(c, variance, count):
-  """`P(‖e‖² ≤ c)` under Gaussian errors, `E_b/σ_b² ~ χ²_{T_b}` independent over blocks;
-  `c` `[...]`, `variance` `[..., blocks]`, `count` as in `_student_energy_cdf`."""
-  shape = jnp.broadcast_shapes(c.shape + (1,), variance.shape, jnp.shape(count))
-  present, count = _blocks_present(count, shape)
-  variance = jnp.broadcast_to(variance, shape)
-  if shape[-1] == 1:
-    half = _half_count(count)
-    probability = 1 - _gammaincc(half, _clamped_ratio(c, 2 * variance[..., 0]))
-    return jnp.where(present[..., 0], probability, 1.0)
-
-  def block_cdf(edges):
-    return _by_block_count(count, lambda half, edges, variance: 1 - _gammaincc(
-        half, _clamped_ratio(edges, 2 * variance)), edges, variance[..., None])
-
-  half = jnp.asarray(count, variance.dtype) / 2
-  lower = 2 * variance * _wilson_hilferty(half, -_TAIL_SCORE)
-  location = 2 * variance * _wilson_hilferty(half, 0.0)
-  return _block_sum_cdf(jnp.broadcast_to(c, shape[:-1]), block_cdf, lower, location,
-                        present)
-
-
 def snr_exceedance(signal_energy, params, target_snr_db, num_samples, *, exact=True):
   """`P(SNR ≥ γ)` of each source under its predicted error law (docs/method.md §4): the one
   implementation of the exit probability, which `exit_probability` combines over
@@ -850,11 +396,11 @@ def snr_exceedance(signal_energy, params, target_snr_db, num_samples, *, exact=T
   `P = 1` for `γ ≤ 0`. Student-t: `‖e‖²/(2β) ~ BetaPrime(T/2, α)`, `P = I_{c/(c+2β)}(T/2,
   α)` (`exact`), or its large-`T` limit `Q(α, βT/c)`. Gaussian: `P(χ²_T ≤ c/σ²)`. Both
   stay accurate in float32 up to `T = 10^6` (the exact Student form to 7e-5 for any `T`
-  and `α` up to 10⁵, see `_beta_prime_cdf`; the Gaussian one by Temme's expansion of
-  the incomplete gamma function for `T ≥ 100`). With several blocks,
+  and `α` up to 10⁵, see `core/special.py`; the Gaussian one by Temme's expansion of the
+  incomplete gamma function for `T ≥ 100`). With several blocks,
   `P(Σ_b E_b ≤ c)` for independent blocks has no closed form and is computed by
-  numerical convolution of the blocks' laws (`_block_sum_cdf`; within 2e-3 of Monte
-  Carlo).
+  numerical convolution of the blocks' laws (`energy_law.energy_cdf`; within 2e-3 of
+  Monte Carlo).
 
   Args:
     signal_energy: `S = ‖ŝ‖²` `[...]`, or `P_ref · T` for the SNR_ref condition.
@@ -868,13 +414,7 @@ def snr_exceedance(signal_energy, params, target_snr_db, num_samples, *, exact=T
     `[...]` probabilities.
   """
   c, certain = _energy_threshold(jnp.asarray(signal_energy), target_snr_db)
-  if isinstance(num_samples, np.ndarray) and num_samples.ndim > 1:
-    # Static counts are those shared by every example, `[blocks]`; others are arrays.
-    num_samples = jnp.asarray(num_samples)
-  if _likelihood(params) == "gaussian":
-    probability = _gaussian_energy_cdf(c, params["variance"], num_samples)
-  else:
-    probability = _student_energy_cdf(c, params["alpha"], params["beta"], num_samples, exact)
+  probability = energy_law.energy_cdf(c, params, num_samples, exact=exact)
   return jnp.where(certain, 1.0, probability)
 
 
@@ -962,7 +502,7 @@ def expected_snr_db(estimate, params, config, *, lengths=None):
     `[...]` in dB.
   """
   count = valid_block_count(estimate.shape[-1], config.block_length, lengths)
-  if _likelihood(params) == "gaussian":
+  if energy_law.likelihood(params) == "gaussian":
     mean_variance = params["variance"]
   else:
     mean_variance = params["beta"] / (params["alpha"] - 1)
@@ -996,7 +536,7 @@ def apply_posthoc(params, scales, exit_axis=-1):
   Returns:
     The rescaled parameters, a new dict with the same keys.
   """
-  gaussian = _likelihood(params) == "gaussian"
+  gaussian = energy_law.likelihood(params) == "gaussian"
   allowed = set(LIKELIHOOD_SCALES["gaussian" if gaussian else "student"])
   if not set(scales) <= allowed or not scales:
     raise ValueError(f"scales {sorted(scales)} do not fit parameters {sorted(params)}")

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 
 from eesep_jax.core import probabilistic
 
-POLICIES = ("probabilistic", "expected-snr", "fixed", "oracle")
-# The exit conditions `probabilistic.exit_probability` knows, which owns them.
-CONDITIONS = probabilistic.CONDITIONS
+# The policies, in the order of operating points' policy axis.
+POLICIES = ("probabilistic", "expected-snr", "oracle", "fixed")
 # The defaults of `eesep separate` and `inference.separate`: a 15 dB target met with
 # probability 0.9.
 TARGET_SNR_DB = 15.0
@@ -53,9 +52,10 @@ class Policy:
     """`self`, or a `ValueError` naming what a network of `num_exits` exits cannot run."""
     if self.kind not in POLICIES:
       raise ValueError(f"policy={self.kind!r} is not one of {POLICIES}")
-    unknown = set(self.conditions) - set(CONDITIONS)
+    unknown = set(self.conditions) - set(probabilistic.CONDITIONS)
     if unknown or not self.conditions:
-      raise ValueError(f"conditions={self.conditions!r}: choose one or more of {CONDITIONS}")
+      raise ValueError(f"conditions={self.conditions!r}: choose one or more of "
+                       f"{probabilistic.CONDITIONS}")
     if self.kind == "fixed" and not (self.exit_index and 1 <= self.exit_index <= num_exits):
       raise ValueError(f"policy='fixed' needs exit_index in 1..{num_exits}, "
                        f"got {self.exit_index!r}")
