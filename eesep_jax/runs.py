@@ -63,6 +63,7 @@ class Defaults:
 
   @classmethod
   def from_config(cls, config):
+    """The defaults an experiment config (`checkpoints.read_config`'s) sets."""
     inference_config, evaluation = config.inference, config.evaluation
     return cls(target_snr_db=inference_config.target_snr_db,
                confidence=inference_config.confidence,
