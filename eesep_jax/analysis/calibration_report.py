@@ -43,11 +43,11 @@ from eesep_jax import data
 from eesep_jax import errors
 from eesep_jax import files
 from eesep_jax import inference
+from eesep_jax import runs
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import evaluate
 from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
-from eesep_jax.training import checkpoints
 
 # The guarantee's defaults: at most a share DELTA of utterances short of the target,
 # wrong with probability at most EPSILON.
@@ -376,7 +376,7 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
     out_dir: folder for `calibration.json`, the test split's `exit_table.npz` and
       `per_utterance.csv`, and the figures.
     config: the experiment config whose data is read (`data.open_split`); None: the
-      checkpoint's own (`checkpoints.read_config`).
+      checkpoint's own (`runs.load`).
     fit_config: the config whose data the fit split is read from, when not `config`'s
       (fit on in-domain validation data, test on a shifted corpus).
     fit_split: where the scales are fitted and the threshold certified; None: the
@@ -389,8 +389,10 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
     `fit_dataset` added and the scales' `path` under `posthoc`, and
     `write_calibration`'s paths.
   """
-  config = checkpoints.read_config(checkpoint) if config is None else config
-  model_config, variables = checkpoints.restore_params(checkpoint)
+  # The scales it holds are never read: calibrating replaces them, damaged or not.
+  run = runs.load(checkpoint)
+  config = run.config if config is None else config
+  model_config, variables = run.model_config, run.variables
   fit_source = data.open_split(fit_config or config, fit_split or config.data.valid_split)
   test_source = data.open_split(config, split or config.data.test_split)
   scales, table, report = calibrate(variables, model_config, fit_source, test_source,

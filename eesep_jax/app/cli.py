@@ -246,24 +246,12 @@ def _grid(args):
   return {"targets": args.targets, "confidences": args.confidences}
 
 
-def _posthoc_scales(args, model_config):
-  """The post-hoc scales `eesep calibrate` saved in the checkpoint, every one of the
-  model's (`probabilistic.full_posthoc`), announced on stderr; None with `--no-posthoc`
-  or when there are none."""
-  from eesep_jax.analysis import calibration
-  from eesep_jax.core import probabilistic
-
-  scales = None if args.no_posthoc else calibration.load_posthoc(args.checkpoint)
-  if scales is None:
-    return None
-  path = os.path.join(args.checkpoint, calibration.POSTHOC_FILE)
-  try:
-    scales = probabilistic.full_posthoc(scales, model_config)
-  except ValueError as error:
-    raise errors.DataError(f"{path}: {error}. Run `eesep calibrate` again, or pass "
-                           "--no-posthoc.") from None
-  if not getattr(args, "quiet", False):
-    print(f"applying post-hoc calibration from {path} (--no-posthoc to ignore it)",
+def _posthoc_scales(args, run):
+  """The post-hoc scales `eesep calibrate` saved in the `run` (`runs.TrainedRun`),
+  announced on stderr; None with `--no-posthoc` or when there are none."""
+  scales = None if args.no_posthoc else run.posthoc_scales
+  if scales is not None and not getattr(args, "quiet", False):
+    print(f"applying post-hoc calibration from {run.posthoc_path} (--no-posthoc to ignore it)",
           file=sys.stderr)
   return scales
 
@@ -271,19 +259,19 @@ def _posthoc_scales(args, model_config):
 def evaluate_command(args):
   """Evaluates a checkpoint on full-length utterances (see `eesep_jax.analysis.evaluate`)."""
   from eesep_jax import data
+  from eesep_jax import runs
   from eesep_jax.analysis import evaluate
   from eesep_jax.app import separate_files
-  from eesep_jax.training import checkpoints
 
-  config = _data_config(args, checkpoints.read_config(args.checkpoint))
+  run = runs.load(args.checkpoint)
+  config = _data_config(args, run.config)
   _apply_run_defaults(args, config)
   grid = _grid(args)
-  model_config, variables = checkpoints.restore_params(args.checkpoint)
-  scales = _posthoc_scales(args, model_config)
+  scales = _posthoc_scales(args, run)
   source = data.open_split(config, args.split or config.data.test_split)
   with separate_files.report_dir(args.out):
     table, summary = evaluate.evaluate_model(
-        variables, model_config, source, max_utterances=args.max_utterances,
+        run.variables, run.model_config, source, max_utterances=args.max_utterances,
         enhancement_metrics=args.enhancement_metrics, target_snr_db=args.target_snr,
         confidence=args.confidence, posthoc_scales=scales, **grid)
     summary = {"checkpoint": str(args.checkpoint), "dataset": repr(source),
@@ -354,17 +342,14 @@ def _chunking(args, config):
   return chunking
 
 
-def _warn_of_another_regime(args, config, chunking):
-  """One line on stderr when `separate` chunks otherwise than the chunks the post-hoc
-  scales were fitted (and their threshold certified) on: then neither holds for it."""
-  from eesep_jax import inference
-  from eesep_jax.analysis import calibration
-
-  regime = calibration.load_posthoc_regime(args.checkpoint)
+def _warn_of_another_regime(run, chunking):
+  """One line on stderr when `separate` chunks otherwise than the chunks the `run`'s
+  post-hoc scales were fitted (and their threshold certified) on: then neither holds
+  for it."""
   running = (chunking["chunk_seconds"], chunking["overlap_seconds"])
-  if regime is not None and (inference.chunk_lengths(config, *running) == inference.chunk_lengths(
-      config, regime["chunk_seconds"], regime["overlap_seconds"])):
+  if run.posthoc_fits(*running):
     return
+  regime = run.posthoc_regime
   fitted = ("whole utterances" if regime is None else
             f"chunks of {regime['chunk_seconds']:g} s overlapping {regime['overlap_seconds']:g} s")
   print(f"warning: the post-hoc scales were fitted on {fitted}, but separate runs on chunks "
@@ -377,16 +362,17 @@ def separate_command(args):
   """Separates audio files with a trained model; exit code 1 if any file failed."""
   import tqdm
 
+  from eesep_jax import runs
   from eesep_jax.app import separate_files
-  from eesep_jax.training import checkpoints
 
   if args.exit_index is not None and args.policy not in (None, "fixed"):
     raise errors.UsageError(f"--exit-index {args.exit_index}",
                             f"fixes the depth: it cannot go with --policy {args.policy}")
   if args.policy == "fixed" and args.exit_index is None:
     raise errors.UsageError("--policy fixed", "needs --exit-index")
-  config, variables = checkpoints.restore_params(args.checkpoint)
-  _apply_run_defaults(args, checkpoints.read_config(args.checkpoint))
+  run = runs.load(args.checkpoint)
+  config = run.model_config
+  _apply_run_defaults(args, run.config)
   exit_index = config.num_exits if args.exit_index == "last" else args.exit_index
   if exit_index is not None and exit_index > config.num_exits:
     raise errors.UsageError(f"--exit-index {exit_index}",
@@ -399,11 +385,11 @@ def separate_command(args):
     elif not args.quiet:
       tqdm.tqdm.write(_describe(result, args.target_snr, config.num_exits))
 
-  scales = _posthoc_scales(args, config)
+  scales = _posthoc_scales(args, run)
   if scales is not None:
-    _warn_of_another_regime(args, config, chunking)
+    _warn_of_another_regime(run, chunking)
   results = separate_files.separate_files(
-      args.inputs, variables=variables, config=config, out_dir=args.out_dir,
+      args.inputs, variables=run.variables, config=config, out_dir=args.out_dir,
       report=report, progress=not args.quiet, overwrite=args.overwrite,
       policy="fixed" if exit_index else (args.policy or "probabilistic"),
       target_snr_db=args.target_snr, confidence=args.confidence, exit_index=exit_index,
@@ -414,9 +400,9 @@ def separate_command(args):
 def calibrate_command(args):
   """Fits post-hoc calibration and a guaranteed threshold, and reports calibration
   before and after (see `eesep_jax.analysis.calibration_report`)."""
+  from eesep_jax import runs
   from eesep_jax.analysis import calibration_report
   from eesep_jax.app import separate_files
-  from eesep_jax.training import checkpoints
 
   if args.fit_alpha and args.method != "nll":
     raise errors.UsageError("--fit-alpha", "needs --method nll")
@@ -424,7 +410,7 @@ def calibrate_command(args):
       args.max_utterances < calibration_report.MIN_FIT_UTTERANCES):
     raise errors.UsageError(f"--max-utterances {args.max_utterances}",
                             calibration_report.TOO_FEW_TO_FIT)
-  config = _data_config(args, checkpoints.read_config(args.checkpoint))
+  config = _data_config(args, runs.load(args.checkpoint).config)
   _apply_run_defaults(args, config)
   grid = _grid(args)
   # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.

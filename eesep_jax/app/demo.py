@@ -34,38 +34,15 @@ import numpy as np
 
 from eesep_jax import config_lib
 from eesep_jax import data
-from eesep_jax.analysis import calibration
+from eesep_jax import runs
 from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import operating_points
 from eesep_jax.app import separate_files
-from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
 # Shipped inside the package, so that `eesep demo` runs from any directory.
 DEMO_CONFIG = config_lib.PACKAGED_CONFIGS / "demo.py"
-
-
-def locate(path, start=None):
-  """`path` if it exists, else `path` under the nearest folder above `start` (default:
-  the working directory) that holds it; None when none does.
-
-  How the notebooks find `runs/demo`, `data/demo` and the experiment configs, from the
-  repository root or from `notebooks/`, wherever the package is installed.
-  """
-  start = pathlib.Path(start or pathlib.Path.cwd()).resolve()
-  for folder in (start, *start.parents):
-    if (folder / path).exists():
-      return folder / path
-  return None
-
-
-def run_config(workdir):
-  """The config a run saved (`checkpoints.read_config`), a relative `data.root` found as
-  `locate` finds it: the demo trains from the repository root with `data/demo`."""
-  config = checkpoints.read_config(workdir)
-  config.data.root = str(locate(config.data.root) or config.data.root)
-  return config
 
 
 def _per_exit_lines(name, summary):
@@ -174,7 +151,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   train.train_and_evaluate(config, workdir)
 
   print("[3/6] choosing the target on the validation split")
-  model_config, variables = checkpoints.restore_params(workdir)
+  run = runs.load(workdir)
+  model_config, variables = run.model_config, run.variables
   try:
     target_snr_db, reach = choose_target(variables, model_config,
                                          data.open_split(config, config.data.valid_split))
@@ -189,7 +167,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   calibration_report.calibrate_checkpoint(
       workdir, workdir / "calibration", config=config, target_snr_db=target_snr_db,
       **_grid(config, target_snr_db))
-  scales = calibration.load_posthoc(workdir)
+  scales = run.posthoc_scales  # Read on first use: the scales just saved.
 
   print("[5/6] evaluating every exit and stopping policy (test split, held-out voices, "
         "check sets)")

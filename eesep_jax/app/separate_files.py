@@ -446,9 +446,11 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
     errors.UsageError: when nothing can be written in `out_dir` (before any work).
 
   Example:
-    config, variables = checkpoints.restore_params("runs/demo")
-    results = separate_files(["mixtures/"], variables=variables, config=config,
-                             out_dir="separated", target_snr_db=10.0, confidence=0.95)
+    run = runs.load("runs/demo")
+    results = separate_files(["mixtures/"], variables=run.variables,
+                             config=run.model_config, out_dir="separated",
+                             target_snr_db=10.0, confidence=0.95,
+                             posthoc_scales=run.posthoc_scales)
     failed = [result.error for result in results if result.error]
   """
   out_dir = str(out_dir)
