@@ -197,14 +197,14 @@ def trained_workdir(tmp_path_factory, tiny_corpus, compile_cache):
 
 @pytest.fixture(scope="session")
 def smoke_ablation(tmp_path_factory):
-  """`(out, comparison)` of the ablation at smoke size on `ablation.SMOKE_SUBSET`.
+  """`(out, comparison)` of the ablation at smoke size on `driver.SMOKE_SUBSET`.
 
   Notebook 02 makes the same call, so given `out` it loads these variants instead of
   training them, and notebooks 01 and 03 reuse the reference run in `out`.
   """
-  from eesep_jax.analysis import ablation
+  from experiments.ablations import driver
 
   out = tmp_path_factory.mktemp("ablation")
-  comparison = ablation.run_ablation(DEMO_CONFIG, out, names=ablation.SMOKE_SUBSET,
-                                     smoke=True, progress=False)
+  comparison = driver.run_ablation(DEMO_CONFIG, out, names=driver.SMOKE_SUBSET,
+                                   smoke=True, progress=False)
   return out, comparison

@@ -57,13 +57,13 @@ def test_notebook_runs_headless_at_smoke_size(path, smoke_ablation, tmp_path):
 def test_quickstart_on_a_trained_run_applies_its_posthoc_scales(smoke_ablation, tmp_path):
   """`RUN` instead of `SMOKE`: the path a user takes after `make demo`, whose run holds
   post-hoc scales (smoke runs hold none)."""
-  from eesep_jax.analysis import ablation
   from eesep_jax.analysis import calibration
   from eesep_jax.app import demo
+  from experiments.ablations import driver
 
   out, _ = smoke_ablation
   run = tmp_path / "run"
-  shutil.copytree(ablation.smoke_run(DEMO_CONFIG, out), run)
+  shutil.copytree(driver.smoke_run(DEMO_CONFIG, out), run)
   num_exits = demo.run_config(run).model.num_exits
   calibration.save_posthoc(run, {"beta_scale": [1.5] * num_exits,
                                  "alpha_excess_scale": [0.75] * num_exits})
