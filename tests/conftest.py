@@ -96,6 +96,17 @@ def write_speech_mixtures(root, split, names, *, length, rate=8000, silent_s2=()
       soundfile.write(root / split / folder / f"{name}.wav", signal, rate, subtype="PCM_16")
 
 
+def noise(seed, length, channels=1, level=0.3):
+  """White noise `[length]` (`[length, channels]` for several channels) at `level` RMS."""
+  return level * np.random.default_rng(seed).standard_normal((length, channels)).squeeze()
+
+
+def write_wav(path, signal, rate=8000):
+  """Writes `signal` to `path` as 16-bit PCM WAV; returns the path as a string."""
+  soundfile.write(path, signal, rate, subtype="PCM_16")
+  return str(path)
+
+
 def si_snri_reference(references, estimates, mixture):
   """Mean SI-SNR improvement `[sources, time]` of two sources under the best
   permutation, in float64 numpy (the tests' own reference, not the library's metric)."""
