@@ -96,6 +96,17 @@ def write_speech_mixtures(root, split, names, *, length, rate=8000, silent_s2=()
       soundfile.write(root / split / folder / f"{name}.wav", signal, rate, subtype="PCM_16")
 
 
+def noise(seed, length, channels=1, level=0.3):
+  """White noise `[length]` (`[length, channels]` for several channels) at `level` RMS."""
+  return level * np.random.default_rng(seed).standard_normal((length, channels)).squeeze()
+
+
+def write_wav(path, signal, rate=8000):
+  """Writes `signal` to `path` as 16-bit PCM WAV; returns the path as a string."""
+  soundfile.write(path, signal, rate, subtype="PCM_16")
+  return str(path)
+
+
 def si_snri_reference(references, estimates, mixture):
   """Mean SI-SNR improvement `[sources, time]` of two sources under the best
   permutation, in float64 numpy (the tests' own reference, not the library's metric)."""
@@ -197,14 +208,14 @@ def trained_workdir(tmp_path_factory, tiny_corpus, compile_cache):
 
 @pytest.fixture(scope="session")
 def smoke_ablation(tmp_path_factory):
-  """`(out, comparison)` of the ablation at smoke size on `ablation.SMOKE_SUBSET`.
+  """`(out, comparison)` of the ablation at smoke size on `driver.SMOKE_SUBSET`.
 
   Notebook 02 makes the same call, so given `out` it loads these variants instead of
   training them, and notebooks 01 and 03 reuse the reference run in `out`.
   """
-  from eesep_jax.analysis import ablation
+  from experiments.ablations import driver
 
   out = tmp_path_factory.mktemp("ablation")
-  comparison = ablation.run_ablation(DEMO_CONFIG, out, names=ablation.SMOKE_SUBSET,
-                                     smoke=True, progress=False)
+  comparison = driver.run_ablation(DEMO_CONFIG, out, names=driver.SMOKE_SUBSET,
+                                   smoke=True, progress=False)
   return out, comparison

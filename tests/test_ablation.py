@@ -1,4 +1,5 @@
-"""The variance-parameterisation ablation: its variants, and a smoke-size run of two."""
+"""The variance-parameterisation ablation: its variants (`eesep_jax.analysis.ablation`),
+and a smoke-size run of two by its driver (`experiments/ablations/driver.py`)."""
 
 import csv
 import math
@@ -15,6 +16,7 @@ from eesep_jax.analysis import ablation
 from eesep_jax.analysis import calibration_report
 from eesep_jax.core import probabilistic
 from eesep_jax.training import train
+from experiments.ablations import driver
 
 SCRIPT = REPO / "experiments" / "ablations" / "variance_parameterisations.py"
 FULL_CONFIG = REPO / "experiments" / "configs" / "ablation_full.py"
@@ -84,7 +86,7 @@ def test_smoke_ablation_compares_every_variant(smoke_ablation):
   out, comparison = smoke_ablation
   with (out / ablation.FILES["csv"]).open(newline="") as file:
     rows = list(csv.DictReader(file))
-  assert [row["variant"] for row in rows] == list(ablation.SMOKE_SUBSET)
+  assert [row["variant"] for row in rows] == list(driver.SMOKE_SUBSET)
   for row in rows:
     for column in MEASURED:
       assert math.isfinite(float(row[column])), (row["variant"], column)
@@ -99,12 +101,12 @@ def test_smoke_ablation_compares_every_variant(smoke_ablation):
   assert comparison["variants"][1]["reference"] == "student-snr"
 
   table = (out / ablation.FILES["markdown"]).read_text()
-  assert all(f"| {name} |" in table for name in ablation.SMOKE_SUBSET)
+  assert all(f"| {name} |" in table for name in driver.SMOKE_SUBSET)
   assert ablation.load_comparison(out) == comparison
   for kind in ("si_snri", "calibration"):
     assert (out / ablation.FILES[kind]).stat().st_size > 0
-  for name in ablation.SMOKE_SUBSET:
-    assert (out / name / ablation.CALIBRATION_DIR / "reliability.png").is_file()
+  for name in driver.SMOKE_SUBSET:
+    assert (out / name / driver.CALIBRATION_DIR / "reliability.png").is_file()
     assert (out / name / "posthoc_calibration.json").is_file()
 
 
@@ -118,9 +120,9 @@ def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation,
 
   monkeypatch.setattr(train, "train_and_evaluate", forbidden)
   monkeypatch.setattr(calibration_report, "calibrate_checkpoint", forbidden)
-  again = ablation.run_ablation(DEMO_CONFIG, out, names=ablation.SMOKE_SUBSET, smoke=True)
+  again = driver.run_ablation(DEMO_CONFIG, out, names=driver.SMOKE_SUBSET, smoke=True)
   assert again == comparison
   # A finished run is not trained again, even without its result.
   config = config_lib.load_config(
-      DEMO_CONFIG, ablation.smoke_overrides(out / ablation.CORPUS_DIR))
-  ablation.train_variant(config, out / "student-snr")
+      DEMO_CONFIG, driver.smoke_overrides(out / driver.CORPUS_DIR))
+  driver.train_variant(config, out / "student-snr")

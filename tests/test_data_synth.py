@@ -1,9 +1,8 @@
-"""The embedded eSpeak corpus: layout, determinism, speakers, levels, noise, CLI."""
+"""The embedded eSpeak corpus: layout, determinism, speakers, levels, noise.
+`eesep data synth`: test_cli_data.py."""
 
-import argparse
 import concurrent.futures
 import csv
-import json
 import multiprocessing
 import os
 
@@ -14,7 +13,6 @@ import scipy.stats
 import soundfile
 
 from eesep_jax import data
-from eesep_jax.data import cli
 from eesep_jax.data import espeak
 from eesep_jax.data import sentences
 from eesep_jax.data import synth
@@ -234,23 +232,3 @@ def test_synthesize_rejects_bad_arguments(tmp_path):
     synth.synthesize_corpus(tmp_path / "x", sample_rate=22050)
   with pytest.raises(ValueError, match="noise"):
     synth.synthesize_corpus(tmp_path / "x", noise="brown")
-
-
-def test_cli_data_synth(tmp_path, capsys):
-  parser = argparse.ArgumentParser(prog="eesep")
-  cli.add_data_commands(parser.add_subparsers(dest="command", required=True))
-  out = tmp_path / "cli"
-  args = parser.parse_args(["data", "synth", "--out", str(out), "--num-train", "2",
-                            "--num-valid", "1", "--num-test", "1", "--noise", "white",
-                            "--sample-rate", "16000", "--seed", "1", "--quiet"])
-  args.handler(args)
-  printed = json.loads(capsys.readouterr().out)
-  assert printed["layout"] == "wham" and printed["splits"]["tr"]["mixtures"] == 2
-  manifest = json.loads((out / "manifest.json").read_text())
-  assert manifest["arguments"]["noise"] == "white" and manifest["arguments"]["sample_rate"] == 16000
-  with pytest.raises(SystemExit):
-    parser.parse_args(["data", "synth", "--out", "x", "--num-sources", "4"])
-  capsys.readouterr()
-  with pytest.raises(SystemExit):
-    parser.parse_args(["data", "synth", "--help"])
-  assert "example:\n  eesep data synth --out" in capsys.readouterr().out

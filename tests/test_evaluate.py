@@ -1,6 +1,6 @@
-"""Evaluation: the exit table, policies simulated from it against the real stopping
-loop, the report files (the table's npz and CSV export) and the `eesep evaluate`
-command, on a random tiny model."""
+"""Evaluation (`analysis/evaluate`): the exit table, policies simulated from it against
+the real stopping loop, and the report files (the table's npz and CSV export), on a
+random tiny model. The `eesep evaluate` command: test_cli_evaluate.py."""
 
 import csv
 import json
@@ -11,16 +11,13 @@ import pytest
 
 from conftest import make_exit_table
 from conftest import write_speech_mixtures
-from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import inference
 from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import operating_points
-from eesep_jax.app import cli
 from eesep_jax.core import metrics
 from eesep_jax.core import stopping
-from eesep_jax.training import checkpoints
 
 RATE = 8000
 LENGTH = RATE  # One length for every utterance: one compilation.
@@ -364,31 +361,3 @@ def test_a_report_interrupted_while_written_leaves_the_earlier_one(evaluation, t
     evaluate.write_report(tmp_path, table, changed)
   assert {path: path.read_bytes() for path in earlier} == earlier
   assert sorted(tmp_path.iterdir()) == sorted(earlier)
-
-
-def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, monkeypatch,
-                                                      capsys):
-  config, variables = model
-  monkeypatch.setattr(checkpoints, "read_config", lambda workdir: config_lib.base_config(
-      preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
-  monkeypatch.setattr(checkpoints, "restore_params", lambda workdir: (config, variables))
-  out = tmp_path / "evaluation"
-  cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
-            "--max-utterances", "2", "--targets", "0.5,2,5", "--confidences", "0.5,0.9"])
-  report = json.loads((out / evaluate.JSON_FILE).read_text())
-  assert report["num_utterances"] == 2 and set(TARGETS) <= set(report["targets_db"])
-  # The run's default operating point (`config.inference`) heads the report.
-  assert (report["target_snr_db"], report["confidence"]) == (15.0, 0.9)
-  assert 15.0 in report["targets_db"] and (out / "reach_compute.png").is_file()
-  assert report["dataset"].startswith("MixtureSource(wsj0-mix 'tt'")
-  assert "pesq" not in report["per_exit"][0]  # Separation: no enhancement metrics.
-  assert (out / evaluate.CSV_FILE).is_file()
-  assert exit_table.load(out / evaluate.TABLE_FILE).ids.size == 2
-  assert "| probabilistic, p = 0.9 |" in capsys.readouterr().out
-  capsys.readouterr()
-  with pytest.raises(SystemExit) as raised:
-    cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
-              "--data-root", str(tmp_path / "elsewhere")])
-  assert raised.value.code == 2
-  assert capsys.readouterr().err == (f"error: --data-root {tmp_path / 'elsewhere'}: "
-                                     "does not exist\n")

@@ -1,8 +1,7 @@
-"""Objectives and metrics against independent references (numpy loops, fast_bss_eval)."""
+"""Objectives against independent references (numpy loops, brute-force permutations)."""
 
 import itertools
 
-import fast_bss_eval
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,29 +16,6 @@ STUDENT = probabilistic.VarianceConfig(parameterisation="student-logvar")
 
 def _signals(seed, shape):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def test_si_snr_matches_fast_bss_eval():
-  reference, noise = _signals(0, (2, 5, 1000))
-  estimate = 0.7 * reference + 0.3 * noise + 0.1
-  expected = np.array([fast_bss_eval.numpy.si_sdr(r[None].astype(np.float64),
-                                                 e[None].astype(np.float64), zero_mean=True)[0]
-                       for r, e in zip(reference, estimate)])
-  np.testing.assert_allclose(metrics.si_snr(reference, estimate), expected, atol=1e-3)
-
-
-def test_snr_and_improvement_match_numpy():
-  reference, estimate = _signals(1, (2, 3, 2, 400))
-  mixture = reference.sum(axis=1)
-  ref64, est64, mix64 = (x.astype(np.float64) for x in (reference, estimate, mixture))
-
-  def snr64(s, s_hat):
-    return 10 * np.log10(np.sum(s ** 2, -1) / np.sum((s - s_hat) ** 2, -1))
-
-  np.testing.assert_allclose(metrics.snr(reference, estimate), snr64(ref64, est64), atol=1e-4)
-  expected = snr64(ref64, est64) - snr64(ref64, mix64[:, None, :])
-  np.testing.assert_allclose(
-      metrics.improvement(metrics.snr, reference, estimate, mixture), expected, atol=1e-4)
 
 
 def _brute_force_joint(pairwise):

@@ -58,12 +58,12 @@ def test_quickstart_on_a_trained_run_applies_its_posthoc_scales(smoke_ablation, 
   """`RUN` instead of `SMOKE`: the path a user takes after `make demo`, whose run holds
   post-hoc scales (smoke runs hold none)."""
   from eesep_jax import runs
-  from eesep_jax.analysis import ablation
   from eesep_jax.analysis import calibration
+  from experiments.ablations import driver
 
   out, _ = smoke_ablation
   run = tmp_path / "run"
-  shutil.copytree(ablation.smoke_run(DEMO_CONFIG, out), run)
+  shutil.copytree(driver.smoke_run(DEMO_CONFIG, out), run)
   num_exits = runs.load(run).config.model.num_exits
   calibration.save_posthoc(run, {"beta_scale": [1.5] * num_exits,
                                  "alpha_excess_scale": [0.75] * num_exits})

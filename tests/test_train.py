@@ -24,7 +24,6 @@ from conftest import TRAIN_STEPS
 from eesep_jax import config_lib
 from eesep_jax import errors
 from eesep_jax import models
-from eesep_jax.app import cli
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
@@ -190,23 +189,6 @@ def test_optimizer_skips_and_counts_non_finite_updates():
   assert int(train.skipped_steps(state)) == 1
   updates, state = optimizer.update({"w": jnp.ones(3)}, state, params)
   assert int(train.skipped_steps(state)) == 1
-
-
-def test_config_overrides_from_the_command_line():
-  args = cli.parse_args(["train", "--config", "c.py", "--workdir", "w", "--config.steps=5",
-                         "--config.model.width", "48"])
-  assert (args.command, args.config) == ("train", "c.py")
-  assert args.config_flags == ["--config.steps=5", "--config.model.width", "48"]
-  config, overrides = config_lib.parse_flags(DEMO_CONFIG, args.config_flags)
-  assert overrides == {"steps": 5, "model.width": 48}
-  assert (config.steps, config.model.width) == (5, 48)
-  config = config_lib.load_config(REPO / "eesep_jax/configs/demo.py",
-                                  ["steps=5", "optimizer.learning_rate=0.5",
-                                   "data.root=/somewhere"])
-  assert (config.steps, config.optimizer.learning_rate, config.data.root) == (
-      5, 0.5, "/somewhere")
-  with pytest.raises(ValueError, match="no_such_key"):
-    config_lib.load_config(REPO / "eesep_jax/configs/demo.py", ["no_such_key=1"])
 
 
 def test_loss_counts_only_the_valid_samples_of_padded_utterances(model):

@@ -1,8 +1,9 @@
-"""The variance-parameterisation ablation: train, evaluate and calibrate named variants.
+"""The variance-parameterisation ablation: its variants, and the comparison of their results.
 
-    comparison = ablation.run_ablation("eesep_jax/configs/demo.py", "runs/ablation-smoke",
-                                       smoke=True)
-    # or: python experiments/ablations/variance_parameterisations.py --smoke --out ...
+    variants = ablation.variants(config_lib.model_config(config))
+    entry = ablation.summarise(variant, config, report, base_model_config=..., ...)
+    ablation.write_comparison("runs/ablation", comparison)
+    ablation.markdown_table(ablation.load_comparison("runs/ablation"))
 
 Every variant is one experiment config: the base config (the same data, seed, steps,
 batch and optimiser for all) with the variant's dotted overrides (`variants`):
@@ -18,55 +19,32 @@ batch and optimiser for all) with the variant's dotted overrides (`variants`):
   full network does, less the heads of the exits before it;
 - the per-exit permutation, against the default joint one (docs/method.md §6).
 
-Each variant is trained with `train.train_and_evaluate` in `OUT/<variant>/`, then
-`calibration_report.calibrate_checkpoint` (what `eesep calibrate` runs) evaluates it on
-the validation and test splits and writes its report to `OUT/<variant>/calibration/`.
-A variant whose `OUT/<variant>/result.json` was made with the same config and settings
-is loaded instead, and training is skipped when the run already holds its last step,
-so an interrupted ablation resumes where it stopped. `write_comparison` writes one
-table (`comparison.md`, `.csv`, `.json`) and figures.
-
-At smoke size (`smoke=True`) the base config runs a few short steps on a small corpus
-whose validation and test utterances all last `SMOKE_EVAL_SECONDS`: one length keeps
-a variant's evaluation to one compilation. Smoke numbers check the plumbing, not the method.
+This module computes and reports: a variant's entry of the comparison from its
+calibration report (`summarise`), and the comparison's table (`comparison.md`, `.csv`,
+`.json`) and figures (`write_comparison`). The driver that trains, calibrates and
+resumes the variants is an experiment, `experiments/ablations/driver.py`, whose command
+line is `experiments/ablations/variance_parameterisations.py`.
 """
 
 import csv
 import dataclasses
+import io
 import json
 import pathlib
-import shutil
-import tempfile
 
 import matplotlib
 from matplotlib import figure
-import soundfile
 
 from eesep_jax import config_lib
-from eesep_jax import data
-from eesep_jax.analysis import calibration_report
+from eesep_jax import files
 from eesep_jax.analysis import evaluate
 from eesep_jax.core import probabilistic
-from eesep_jax.training import checkpoints
-from eesep_jax.training import train
 
-RESULT_FILE = "result.json"
-CALIBRATION_DIR = "calibration"
-CORPUS_DIR = "corpus"
 FILES = {"markdown": "comparison.md", "csv": "comparison.csv", "json": "comparison.json",
          "si_snri": "si_snri_per_exit.png", "calibration": "calibration_per_exit.png"}
 # Measures of the table, each before and after post-hoc calibration: the calibration
 # report's key and the Markdown header.
 MEASURES = {"nll": "NLL", "ece_mean": "ECE", "ks": "KS", "crps": "CRPS (dB)"}
-
-SMOKE_STEPS = 10
-SMOKE_SIZES = {"num_train": 16, "num_valid": 6, "num_test": 6}
-SMOKE_EVAL_SECONDS = 1.0
-SMOKE_TARGET_SNR_DB = 1.0  # What a few steps of training reach.
-# The smallest ablation that has both kinds of run, a multi-exit one and a single-exit
-# baseline: what the notebooks and tests run at smoke size.
-SMOKE_SUBSET = ("student-snr", "single-exit-1")
-_SMOKE_DONE = "smoke_corpus.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,68 +112,7 @@ def select_variants(all_variants, names=None):
 
 
 # ----------------------------------------------------------------------------------
-# Smoke size.
-
-
-def smoke_corpus(root):
-  """A small corpus at `root` (`SMOKE_SIZES`), made unless there; returns `root`.
-
-  Its validation and test utterances are cut to their first `SMOKE_EVAL_SECONDS` (a
-  mixture and its sources alike), so that evaluation compiles once.
-  """
-  root = pathlib.Path(root)
-  if (root / _SMOKE_DONE).is_file():
-    return root
-  # Made aside and renamed when complete, so an interrupted run leaves no half corpus.
-  partial = root.with_name(root.name + ".partial")
-  shutil.rmtree(partial, ignore_errors=True)
-  manifest = data.synthesize_corpus(partial, progress=False, **SMOKE_SIZES)
-  length = round(SMOKE_EVAL_SECONDS * manifest["arguments"]["sample_rate"])
-  for split in ("cv", "tt"):
-    for path in sorted((partial / split).glob("*/*.wav")):
-      audio, rate = soundfile.read(path, dtype="int16")
-      soundfile.write(path, audio[:length], rate, subtype="PCM_16")
-  (partial / _SMOKE_DONE).write_text(json.dumps({"eval_seconds": SMOKE_EVAL_SECONDS}))
-  partial.rename(root)
-  return root
-
-
-def smoke_overrides(corpus_root, steps=SMOKE_STEPS):
-  """Overrides that shrink the demo config to `steps` short steps of a network with one
-  shared block on `corpus_root`."""
-  return [f"data.root={corpus_root}", "data.synthesize_if_missing=False",
-          "model.num_shared_blocks=1",
-          "data.segment_seconds=0.5", "batch_size=4", f"steps={steps}",
-          f"checkpoint_every={steps}", f"eval_every={steps}", "log_every=5",
-          "eval_max_utterances=1", "optimizer.warmup_steps=5"]
-
-
-def smoke_run(config_path, directory=None):
-  """The base config trained at smoke size, as the ablation's smoke run trains it.
-
-  The corpus goes to `directory/corpus` and the run to `directory/<variance_name>`;
-  so `directory` may be an ablation's `--smoke` output, whose reference run is then
-  reused. None: a new temporary folder.
-
-  Returns:
-    The run's workdir.
-  """
-  directory = pathlib.Path(directory or tempfile.mkdtemp(prefix="eesep-smoke-"))
-  corpus = smoke_corpus(directory / CORPUS_DIR)
-  config = config_lib.load_config(config_path, smoke_overrides(corpus))
-  workdir = directory / variance_name(config_lib.model_config(config).variance)
-  train_variant(config, workdir)
-  return workdir
-
-
-# ----------------------------------------------------------------------------------
-# Running the variants.
-
-
-def train_variant(config, workdir):
-  """Trains `config` in `workdir`, unless the run there already holds its last step."""
-  if checkpoints.latest_step(workdir) != config.steps:
-    train.train_and_evaluate(config, workdir)
+# A variant's entry of the comparison.
 
 
 def _per_exit(report, depth_of_exit):
@@ -258,81 +175,6 @@ def summarise(variant, config, report, *, base_model_config, target_snr_db, conf
                               "reference": reference, "description": variant.description,
                               "overrides": list(variant.overrides), "per_exit": per_exit,
                               "row": row})
-
-
-def _variant_result(variant, config, workdir, *, base_model_config, settings, progress):
-  """Trains, calibrates and summarises one variant, or loads its saved result."""
-  path = workdir / RESULT_FILE
-  request = {"config": json.loads(config.to_json_best_effort()), **settings}
-  if path.is_file():
-    saved = json.loads(path.read_text())
-    if saved["request"] == request:
-      return saved["entry"]
-  train_variant(config, workdir)
-  report, _ = calibration_report.calibrate_checkpoint(
-      workdir, workdir / CALIBRATION_DIR, target_snr_db=settings["target_snr_db"],
-      confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
-      max_utterances=settings["max_utterances"], progress=progress)
-  entry = summarise(variant, config, report, base_model_config=base_model_config,
-                    target_snr_db=settings["target_snr_db"], confidence=settings["confidence"])
-  path.write_text(json.dumps({"request": request, "entry": entry}, indent=2))
-  return entry
-
-
-def run_ablation(config_path, out_dir, *, names=None, overrides=(), smoke=False, steps=None,
-                 max_utterances=None, target_snr_db=None, confidence=None,
-                 progress=True, log=print):
-  """Trains, evaluates and calibrates every variant, and writes the comparison.
-
-  Args:
-    config_path: the base experiment config file.
-    out_dir: where each variant's run (`OUT/<variant>/`) and the comparison go.
-    names: the variants to run (`variants`' names), in this order; None: all.
-    overrides: dotted overrides of the base config, applied before the variants'.
-    smoke: shrink the base config to `smoke_overrides` on a `smoke_corpus` made in
-      `out_dir/corpus`.
-    steps: training steps of every variant; None: the config's (`SMOKE_STEPS` when
-      `smoke`).
-    max_utterances: evaluate at most this many utterances of the validation and of
-      the test split; None: all.
-    target_snr_db, confidence: the `(γ, p)` whose target satisfaction the table
-      reports; `γ` is also the target of the certified threshold. None: the base
-      config's (`config.inference`; `γ` is `SMOKE_TARGET_SNR_DB` when `smoke`).
-    progress: show progress bars.
-    log: called with a line as each variant starts.
-
-  Returns:
-    The comparison (`write_comparison`'s input): `settings` and `variants`, the
-    `summarise` entry of each.
-  """
-  out_dir = pathlib.Path(out_dir)
-  base = list(overrides)
-  if smoke:
-    base = smoke_overrides(smoke_corpus(out_dir / CORPUS_DIR), steps or SMOKE_STEPS) + base
-  elif steps:
-    base.append(f"steps={steps}")
-  base_config = config_lib.load_config(config_path, base)
-  base_model_config = config_lib.model_config(base_config)
-  chosen = select_variants(variants(base_model_config), names)
-  if target_snr_db is None:
-    target_snr_db = SMOKE_TARGET_SNR_DB if smoke else base_config.inference.target_snr_db
-  if confidence is None:
-    confidence = base_config.inference.confidence
-  settings = {"target_snr_db": float(target_snr_db), "confidence": float(confidence),
-              "max_utterances": max_utterances}
-  entries = []
-  for index, variant in enumerate(chosen, start=1):
-    log(f"[{index}/{len(chosen)}] {variant.name}: {variant.description}")
-    config = config_lib.load_config(config_path, [*base, *variant.overrides])
-    entries.append(_variant_result(variant, config, out_dir / variant.name,
-                                   base_model_config=base_model_config, settings=settings,
-                                   progress=progress))
-  comparison = {"settings": {"config": str(config_path), "overrides": base,
-                             "steps": base_config.steps, "smoke": smoke,
-                             "num_exits": base_model_config.num_exits, **settings},
-                "variants": entries}
-  write_comparison(out_dir, comparison)
-  return comparison
 
 
 # ----------------------------------------------------------------------------------
@@ -425,25 +267,28 @@ def calibration_figure(comparison):
 
 
 def write_comparison(out_dir, comparison):
-  """Writes `FILES` to `out_dir`: the table as Markdown, CSV (one row per variant) and
-  JSON (everything, per-exit values included), and the figures; returns their paths."""
+  """Writes `FILES` to `out_dir`, all or nothing (`files.atomic_writes`): the table as
+  Markdown, CSV (one row per variant) and JSON (everything, per-exit values included),
+  and the figures; returns their paths."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {kind: out_dir / name for kind, name in FILES.items()}
-  paths["markdown"].write_text(markdown_table(comparison))
-  paths["json"].write_text(json.dumps(evaluate.json_ready(comparison), indent=2,
-                                      allow_nan=False))
   rows = [entry["row"] for entry in comparison["variants"]]
-  with paths["csv"].open("w", newline="") as file:
-    writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows({name: "" if value is None else value for name, value in row.items()}
-                     for row in rows)
-  si_snri_figure(comparison).savefig(paths["si_snri"], dpi=120)
-  calibration_figure(comparison).savefig(paths["calibration"], dpi=120)
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows({name: "" if value is None else value for name, value in row.items()}
+                   for row in rows)
+  with files.atomic_writes(paths) as partials:
+    partials["markdown"].write_text(markdown_table(comparison))
+    partials["json"].write_text(json.dumps(evaluate.json_ready(comparison), indent=2,
+                                           allow_nan=False))
+    partials["csv"].write_text(table.getvalue())
+    si_snri_figure(comparison).savefig(partials["si_snri"], dpi=120)
+    calibration_figure(comparison).savefig(partials["calibration"], dpi=120)
   return paths
 
 
 def load_comparison(out_dir):
-  """The comparison `run_ablation` wrote to `out_dir` (its `comparison.json`)."""
+  """The comparison `write_comparison` wrote to `out_dir` (its `comparison.json`)."""
   return json.loads((pathlib.Path(out_dir) / FILES["json"]).read_text())

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Compares the variance parameterisations, single-exit baselines and per-exit permutation.
 
-Trains every variant of `eesep_jax.analysis.ablation.variants` on the same data, seed and
-budget, evaluates and calibrates each (what `eesep calibrate` does), and writes one
-comparison table (`OUT/comparison.md`, `.csv`, `.json`) and figures. Re-running the
-same command resumes: finished variants are loaded, finished trainings skipped.
+The command line of `driver.py`: trains every variant of
+`eesep_jax.analysis.ablation.variants` on the same data, seed and budget, evaluates and
+calibrates each (what `eesep calibrate` does), and writes one comparison table
+(`OUT/comparison.md`, `.csv`, `.json`) and figures. Re-running the same command resumes:
+finished variants are loaded, finished trainings skipped.
 
     python experiments/ablations/variance_parameterisations.py --smoke --out runs/ablation-smoke
     python experiments/ablations/variance_parameterisations.py --out runs/ablation  # a TPU host
@@ -72,8 +73,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not (args.out or args.list):
     parser.error("--out is required")
+  # Imported after parsing, so that `--help` does not load JAX; the driver from this
+  # checkout, as `experiments.ablations.driver`.
+  sys.path.insert(0, str(REPO))
   from eesep_jax import config_lib
-  from eesep_jax.analysis import ablation  # After parsing: `--help` does not load JAX.
+  from eesep_jax.analysis import ablation
+  from experiments.ablations import driver
 
   config_path = args.config or (SMOKE_CONFIG if args.smoke else FULL_CONFIG)
   variants = ablation.variants(config_lib.model_config(
@@ -87,7 +92,7 @@ def main(argv=None):
   except ValueError as error:
     parser.error(str(error))
   start = time.monotonic()
-  comparison = ablation.run_ablation(
+  comparison = driver.run_ablation(
       config_path, args.out, names=args.variants, overrides=args.override,
       smoke=args.smoke, steps=args.steps, max_utterances=args.max_utterances,
       target_snr_db=args.target_snr, confidence=args.confidence)

@@ -97,3 +97,27 @@ def test_notebooks_import_the_library_not_the_application(path):
   assert imported, f"{path.name} imports nothing of eesep_jax: is it parsed?"
   for name in imported:
     assert LAYERS[_layer(name)] < LAYERS["app"], f"{path.name} imports {name}"
+
+
+# The analysis layer computes and reports: it reads trained runs (training.checkpoints)
+# but never trains; the drivers that train live in experiments/.
+TRAINING_READ_BY_ANALYSIS = {"eesep_jax.training.checkpoints"}
+
+
+def _imported_modules(path):
+  """`_imports`, with each name of `from eesep_jax.X import name` as `eesep_jax.X.name`."""
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      yield from (f"{node.module}.{alias.name}" for alias in node.names)
+    elif isinstance(node, ast.Import):
+      yield from (alias.name for alias in node.names)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_analysis_does_not_train_and_nothing_imports_experiments(path):
+  own = path.relative_to(PACKAGE).parts[0]
+  for imported in _imported_modules(path):
+    if own == "analysis" and imported.startswith("eesep_jax.training"):
+      assert imported in TRAINING_READ_BY_ANALYSIS, f"{path.name} imports {imported}"
+    # Experiment drivers sit above the package.
+    assert not imported.startswith("experiments"), f"{path.name} imports {imported}"
