@@ -1,16 +1,10 @@
-"""The quickstart experiment: the embedded corpus, a `tiny` network, 2 CPU cores.
+"""The quickstart experiment: a `tiny` network on the embedded corpus, sized for 2 CPU cores.
 
-    eesep train --config demo --workdir runs/demo
-
-(`--config demo` names this file, shipped in the package, from any directory; `make
-demo` trains it, then calibrates and evaluates.) The corpus (`data/demo`) is eSpeak NG
-speakers with Piper speakers among its training voices, re-mixed on the fly with the
-voices warped and tilted and the mixtures put through rooms, bands and noise floors
-(`data.augment`), so that the model learns speech rather than one synthesiser. The
-check sets (`data/checks`, `data.checksets`) are speech no corpus trains on: Kokoro-82M
-voices and a recorded voice. The network is `tiny` with four shared blocks and two
-blocks per stage, at an encoder stride of 16 samples: training here is short of steps,
-not of capacity. Measurements behind these choices: experiments/benchmarks/README.md.
+`eesep train --config demo --workdir runs/demo` trains it from any directory; `make
+demo` trains, calibrates and evaluates it. It trains on `data/demo` (eSpeak NG and
+Piper voices, augmented dynamic mixing) and checks on speech no corpus trains on
+(`data/checks`). Measurements behind its choices: experiments/benchmarks/README.md,
+"The demo config".
 """
 
 from eesep_jax import config_lib
@@ -41,10 +35,9 @@ def get_config():
   # The estimate learns from the SNR, the variance head from the NLL (docs/method.md §3):
   # the NLL alone starves the mean of gradient early on.
   config.loss.mean_loss = "snr"
-  # The last exit's loss counts most: exit 1 need not be as good as the last. Test
-  # split per exit at 3500 steps: (0.1, 0.2, 1) 7.29 / 7.71 / 8.03 dB, these 7.37 /
-  # 7.78 / 8.05 dB; (0.25, 0.5, 1) reached 7.19 dB at the last exit after 3000 steps. The lighter the
-  # early exits, the more they differ, and the more stopping at exit 1 costs.
+  # The last exit's loss counts most: exit 1 need not be as good as the last, and the
+  # lighter the early exits, the more stopping there costs (measured in the benchmarks
+  # README, "The demo config").
   config.loss.exit_weights = (0.15, 0.3, 1.0)
   config.steps = 3500
   config.batch_size = 4
@@ -58,9 +51,8 @@ def get_config():
   # target it chooses on the validation split as a user would
   # (`operating_points.choose_target`), and at this one when none qualifies.
   config.inference.target_snr_db = 5.0
-  # At p = 0.9 the calibrated policy stops 38 of the 50 test utterances before the last
-  # exit (97% of them reach 5 dB) and saves 31% of the compute for 0.46 dB. At p = 0.5
-  # it saves 46% but loses 0.67 dB: the utterances exit 1 already separates well are
-  # those that gain most from depth (correlation 0.7).
+  # A high confidence: the utterances exit 1 already separates well are those that gain
+  # most from depth, so a lower p saves more compute at a larger loss (measured in the
+  # benchmarks README, "The demo config").
   config.inference.confidence = 0.9
   return config
