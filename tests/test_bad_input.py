@@ -93,8 +93,10 @@ def _run(argv, cwd=None, env=None):
       code = exit_.code
   code = 0 if code is None else code  # Commands without failing files return None.
   # tqdm redraws its bars after carriage returns: each redraw is a line here.
-  lines = lambda text: [part for line in text.getvalue().splitlines()
-                        for part in line.split("\r") if part.strip()]
+  def lines(text):
+    return [part for line in text.getvalue().splitlines()
+            for part in line.split("\r") if part.strip()]
+
   return code, lines(stdout), lines(stderr)
 
 
@@ -704,11 +706,11 @@ def test_the_debug_flag_and_variable_show_the_traceback(world, tmp_path):
 
 def test_nothing_out_of_range_or_non_finite_is_ever_written(tmp_path):
   """The last line of defence, whatever computed the samples."""
-  for signal, problem in ((np.array([0.1, np.nan, np.inf]), "2 of 3 samples to write are "
-                                                             "NaN or infinite"),
-                          (np.array([0.5, -1.5]), "beyond full scale")):
+  for samples, problem in ((np.array([0.1, np.nan, np.inf]), "2 of 3 samples to write are "
+                                                              "NaN or infinite"),
+                           (np.array([0.5, -1.5]), "beyond full scale")):
     with pytest.raises(audio.AudioError, match=re.escape(problem)):
-      audio.write_audio(tmp_path / "x.wav", signal, RATE)
+      audio.write_audio(tmp_path / "x.wav", samples, RATE)
   assert not list(tmp_path.iterdir())
 
 

@@ -168,7 +168,10 @@ def test_crps_matches_quadrature_and_vectorises():
       energy = scipy.stats.chi2(time, scale=params["variance"])
     else:
       energy = scipy.stats.betaprime(time / 2, params["alpha"], scale=2 * params["beta"])
-    cdf = lambda x, e=energy, s=signal: e.sf(_threshold(s, x))
+
+    def cdf(x, energy=energy, signal=signal):
+      return energy.sf(_threshold(signal, x))
+
     low, high = (DB * np.log1p(signal / energy.isf(level)) for level in (1e-13, 1 - 1e-13))
     below = scipy.integrate.quad(lambda x: cdf(x) ** 2, low, min(max(realised, low), high),
                                  limit=500, epsabs=1e-12)[0]

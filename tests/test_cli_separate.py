@@ -61,7 +61,9 @@ def _run_cli(argv, model, saved_config=None):
     patch.setattr(checkpoints, "read_config", lambda workdir: saved_config)
     code = cli.main(argv)
   # tqdm redraws its bar with carriage returns around each line it writes.
-  lines = lambda text: [line.split("\r")[-1] for line in text.getvalue().splitlines()]
+  def lines(text):
+    return [line.split("\r")[-1] for line in text.getvalue().splitlines()]
+
   return code, lines(stdout), lines(stderr)
 
 
@@ -180,7 +182,7 @@ def test_a_trained_run_separates_a_mixture_alike_at_any_level(trained_workdir, t
                      "--out-dir", str(out), "--exit-index", "last", "--no-posthoc"])
   assert not code, stderr.getvalue()
   si_snri = {}
-  for name, level in levels.items():
+  for name in levels:
     estimates = np.stack([soundfile.read(out / f"{name}_s{k}.wav")[0] for k in (1, 2)])
     si_snri[name] = si_snri_reference(references, estimates, mixture)
   assert abs(si_snri["quiet"] - si_snri["loud"]) < 0.5, si_snri

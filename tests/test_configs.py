@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from conftest import run_config
 from eesep_jax import config_lib
 from eesep_jax import errors
 from eesep_jax import inference
@@ -22,8 +23,6 @@ from eesep_jax.core import stopping
 from eesep_jax.data import readers
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
-
-from conftest import run_config
 
 REPO = pathlib.Path(__file__).parents[1]
 # The dataset configs of `experiments/`, and those that ship in the package (the demo).

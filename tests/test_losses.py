@@ -187,7 +187,7 @@ def test_padded_batch_has_the_loss_of_its_utterances(name, block_length, objecti
                        **kwargs))
   np.testing.assert_allclose(aux["per_exit"], np.mean([a["per_exit"] for _, a in alone], 0),
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(loss, np.mean([l for l, _ in alone]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(loss, np.mean([value for value, _ in alone]), rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(aux["permutation"],
                                 np.concatenate([a["permutation"] for _, a in alone]))
   # Without the lengths, padding counts as error-free samples: the loss differs.

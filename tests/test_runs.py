@@ -72,7 +72,7 @@ def test_a_damaged_posthoc_file_is_one_line_naming_it_when_read(run_copy, conten
   run = runs.load(run_copy)  # `calibrate` loads the run to replace the file.
   assert run.model_config.num_exits == 3
   with pytest.raises(errors.DataError) as raised:
-    run.posthoc_scales  # pylint: disable=pointless-statement
+    _ = run.posthoc_scales
   message = str(raised.value)
   assert message.startswith(f"{path}: {problem}") and "\n" not in message
 

@@ -42,8 +42,11 @@ def test_the_loop_compiles_once_across_chunks(long_run):
 def test_a_stationary_input_has_no_level_step_at_chunk_seams(long_run):
   result, _ = long_run
   overlap = round(CHUNK["overlap_seconds"] * RATE)
-  power = lambda starts: np.mean(
-      [np.mean(result.estimates[:, s:s + overlap] ** 2, axis=-1) for s in starts], axis=0)
+
+  def power(starts):
+    return np.mean(
+        [np.mean(result.estimates[:, s:s + overlap] ** 2, axis=-1) for s in starts], axis=0)
+
   typical = power(range(0, 4 * RATE - overlap, overlap))
   seam_ends = result.exits.starts[:-1] + LENGTH
   # Just before the cross-fades, across them, and just after them. A window's level

@@ -17,8 +17,8 @@ import pytest
 from conftest import DEMO_CONFIG
 from conftest import REPO
 from conftest import run_training
-from conftest import TRAIN_CONFIG_OVERRIDES
 from conftest import train_command
+from conftest import TRAIN_CONFIG_OVERRIDES
 from conftest import train_env
 from conftest import TRAIN_STEPS
 from eesep_jax import config_lib

@@ -75,8 +75,8 @@ def check_command(args):
 
 def add_data_commands(subparsers):
   """Adds `data` (sub-commands `synth`, `check`) to the `eesep` sub-command parsers."""
-  from eesep_jax.data import \
-      synth  # Light: numpy, soundfile; no JAX.  # pylint: disable=g-import-not-at-top
+  # Light: numpy, soundfile; no JAX.
+  from eesep_jax.data import synth  # pylint: disable=g-import-not-at-top
 
   data_parser = subparsers.add_parser(
       "data", help="Dataset tools: synthesise the embedded speech corpus.",

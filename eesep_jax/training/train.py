@@ -32,9 +32,9 @@ from eesep_jax.analysis import evaluate
 from eesep_jax.core import losses
 from eesep_jax.core import metrics
 from eesep_jax.training import checkpoints
-from eesep_jax.training import throughput
 from eesep_jax.training import preemption
 from eesep_jax.training import storage
+from eesep_jax.training import throughput
 
 METRICS_FILE = "metrics.jsonl"
 

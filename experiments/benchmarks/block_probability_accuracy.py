@@ -27,7 +27,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from eesep_jax.core import probabilistic  # pylint: disable=wrong-import-position
+from eesep_jax.core import probabilistic  # noqa: E402  # pylint: disable=wrong-import-position
 
 OLD_COMMIT = "b01124e"
 LEVELS = (0.9, 0.95, 0.99)
