@@ -22,7 +22,7 @@ from eesep_jax.core import special
 
 
 def likelihood(params):
-  """"gaussian" or "student", from a parameter dict's keys."""
+  """The likelihood, "gaussian" or "student", read from a parameter dict's keys."""
   if set(params) == {"variance"}:
     return "gaussian"
   if set(params) == {"alpha", "beta"}:
