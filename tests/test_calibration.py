@@ -567,12 +567,13 @@ def test_grouped_threshold_holds_when_chunks_are_dependent():
   rng = _rng(15)
   probabilities, realised, groups = _chunked_population(rng, 20_000)
   candidates = np.linspace(0, 1, 101)
+  # Equal chunks per utterance: the mean of utterance shares.
   population = np.array(
     [
       np.mean(realised[np.arange(len(realised)), _reference_exit(probabilities, t)] < GAMMA)
       for t in candidates
     ]
-  )  # Equal chunks per utterance: the mean of utterance shares.
+  )
   splits, size = 200, 300
   violations = naive_violations = 0
   for _ in range(splits):

@@ -141,9 +141,8 @@ def test_paper_config_trains_two_steps_in_its_own_layout(name, tmp_path):
   assert speed["steps_per_second"] > 0 and "steps_per_second" not in steps[1]
   assert speed["audio_seconds_per_second"] == pytest.approx(speed["steps_per_second"] * 2 * 0.25)
   trained = config_lib.model_config(config)
-  step_flops = (
-    3 * 2 * 2e9 * models.gmacs_by_exit(trained, trained.sample_rate // 4)[-1]
-  )  # Forward and backward, 2 x 0.25 s.
+  # Forward and backward, 2 x 0.25 s.
+  step_flops = 3 * 2 * 2e9 * models.gmacs_by_exit(trained, trained.sample_rate // 4)[-1]
   assert speed["mfu"] == pytest.approx(speed["steps_per_second"] * step_flops / 1e12)
   [validation] = [r for r in records if "valid_si_snri" in r]
   assert len(validation["valid_si_snri"]) == model.num_exits

@@ -402,9 +402,9 @@ def test_block_exceedance_matches_monte_carlo_in_the_tail(name):
     ([3.0, 4.0, 5.0, 6.0], [0.02, 0.03, 0.04, 0.05], True),  # similar blocks
     ([1.3, 8.0, 30.0, 3.0], [0.003, 0.2, 0.5, 0.02], True),  # one with infinite variance
     ([1e3, 1e3, 1e3, 3.0], [1.0, 1.1, 0.9, 3e-3], True),  # three narrow and loud
-    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01], False),
+    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01], False),  # loudness varies 100-fold
   ],
-)  # loudness varies 100-fold
+)
 def test_uneven_blocks_match_monte_carlo_in_the_tail(alpha, beta, exact):
   """A shorter last block, blocks unlike each other, and the large-`T` form."""
   alpha, beta = np.array(alpha), np.array(beta)
@@ -511,8 +511,9 @@ def _scipy_probability(likelihood, params, energy, gamma_db):
 @pytest.mark.parametrize(
   "likelihood,conditions",
   [
+    # Wiring is shared: one each.
     ("student", ("snri",)),
-    ("gaussian", ("snr_ref",)),  # Wiring is shared: one each.
+    ("gaussian", ("snr_ref",)),
     ("student", ("snr", "snri", "snr_ref")),
     ("gaussian", ("snr", "snri", "snr_ref")),
   ],
@@ -879,7 +880,8 @@ def test_exit_probability_of_a_padded_example_is_its_own(likelihood, block_lengt
         expected_snr_db(
           sources,
           params,
-          config,  # Its `[...]` is [batch, sources].
+          config,
+          # Its `[...]` is [batch, sources].
           lengths=None if lengths is None else lengths[:, None],
         ).min(-1)
       ],
