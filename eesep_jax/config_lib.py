@@ -55,7 +55,6 @@ def _config_dict(instance):
   return config
 
 
-
 # ----------------------------------------------------------------------------------
 # The schema: one declaration per field (`FIELDS`). `base_config`, `validate_config`,
 # the resume check, the defaults of older configs and the table of docs/usage.md are
@@ -76,13 +75,15 @@ def _is_probability(value):
 
 
 def _is_tuple_of(test):
-  return lambda value: (isinstance(value, (tuple, list)) and len(value) > 0
-                        and all(test(item) for item in value))
+  return lambda value: (
+    isinstance(value, (tuple, list)) and len(value) > 0 and all(test(item) for item in value)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
   """What a field's value must be: `test(value)` is True, said as `what`."""
+
   test: typing.Callable[[typing.Any], bool]
   what: str
 
@@ -99,8 +100,7 @@ FRACTION = Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 
 FINITE_NUMBER = Constraint(_is_number, "a finite number")
 PROBABILITY = Constraint(_is_probability, "a probability in (0, 1]")
 FINITE_NUMBERS = Constraint(_is_tuple_of(_is_number), "one or more finite numbers")
-PROBABILITIES = Constraint(_is_tuple_of(_is_probability),
-                           "one or more probabilities in (0, 1]")
+PROBABILITIES = Constraint(_is_tuple_of(_is_probability), "one or more probabilities in (0, 1]")
 BOOL = Constraint(lambda v: isinstance(v, bool), "True or False")
 NAME = Constraint(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 STRING = Constraint(lambda v: isinstance(v, str), "a string")
@@ -115,6 +115,7 @@ def one_of(choices):
 class Owned:
   """A default another module owns (`stopping.TARGET_SNR_DB`), read from it each time:
   the schema holds no copy."""
+
   module: types.ModuleType
   name: str
 
@@ -128,6 +129,7 @@ class Owned:
 @dataclasses.dataclass(frozen=True)
 class Given:
   """A default `base_config` takes from its `argument` (`preset`: the preset's value)."""
+
   argument: str
 
 
@@ -150,6 +152,7 @@ class Field:
     made_if_missing: a root at which `data.synthesize_if_missing` makes a corpus;
       overriding it alone turns that off (`parse_flags`).
   """
+
   key: str
   default: typing.Any
   must_be: Constraint | None = None
@@ -178,140 +181,302 @@ _PRESET = Given("preset")
 _NOT_TRAINING = "not read by training: "
 
 FIELDS = (
-    Field("seed", 0, NON_NEGATIVE_INT, meaning="the random seed of initialisation, data "
-          "and dropout"),
-    Field("steps", 100_000, POSITIVE_INT, resumable=True, meaning="optimiser steps"),
-    Field("batch_size", 16, POSITIVE_INT,
-          meaning="the **global** batch (split over devices and processes)"),
-    Field("checkpoint_every", 1000, POSITIVE_INT, resumable=True, meaning="save interval"),
-    Field("keep_checkpoints", 3, POSITIVE_INT, resumable=True,
-          meaning="how many latest checkpoints to keep (plus the best)"),
-    Field("log_every", 50, POSITIVE_INT, resumable=True,
-          meaning="training-loss and speed logging interval"),
-    Field("peak_flops", 0.0, NON_NEGATIVE_NUMBER, resumable=True, added=True,
-          meaning="one device's peak FLOP/s for the logged MFU; 0 looks it up by device "
-          "kind (`eesep_jax/hardware.py`: H100, H200, A100, TPU v4, v5e, v5p, v6e), and "
-          "none is logged for a device it does not know"),
-    Field("compilation_cache_dir", "", STRING, resumable=True, added=True,
-          meaning="JAX's persistent compilation cache: \"\" is "
-          "`$JAX_COMPILATION_CACHE_DIR` if set, else `~/.cache/eesep_jax/jax` (local, "
-          "also for `gs://` workdirs); a path or `gs://` URL; `none` turns it off"),
-    Field("eval_every", 5000, POSITIVE_INT, resumable=True,
-          meaning="validation interval, on full-length utterances"),
-    Field("eval_max_utterances", 500, NON_NEGATIVE_INT, resumable=True,
-          meaning="validation utterances per evaluation; 0: all"),
-
-    Field("model.sample_rate", Given("sample_rate"), POSITIVE_INT),
-    Field("model.num_sources", Given("num_sources"), POSITIVE_INT),
-    Field("model.width", _PRESET, POSITIVE_INT),
-    Field("model.num_shared_blocks", _PRESET, NON_NEGATIVE_INT),
-    Field("model.num_exit_blocks", _PRESET, POSITIVE_INT),
-    Field("model.num_exits", _PRESET, POSITIVE_INT),
-    Field("model.encoder_kernel", _PRESET, POSITIVE_INT),
-    Field("model.encoder_stride", _PRESET, POSITIVE_INT),
-    Field("model.encoder_features", _PRESET, POSITIVE_INT),
-    Field("model.rnn_expansion", _PRESET, POSITIVE_INT),
-    Field("model.conv_expansion", _PRESET, POSITIVE_INT),
-    Field("model.ffn_expansion", _PRESET, POSITIVE_INT),
-    Field("model.conv_kernel", _PRESET, POSITIVE_INT),
-    Field("model.num_heads", _PRESET, POSITIVE_INT),
-    Field("model.dropout", _PRESET),
-    Field("model.layer_scale_init", _PRESET),
-    Field("model.remat", _PRESET),
-    Field("model.unroll_blocks", _PRESET),
-    Field("model.dtype", _PRESET),
-    # The layers' forms only choose how the same function runs, e.g. when a run moves
-    # between a CPU and an accelerator.
-    Field("model.recurrence_form", _PRESET, resumable=True),
-    Field("model.depthwise_form", _PRESET, resumable=True),
-    Field("model.variance.parameterisation", _PRESET),
-    Field("model.variance.monotone", _PRESET),
-    Field("model.variance.block_length", _PRESET),
-    Field("model.variance.alpha_min", _PRESET),
-    Field("model.variance.fixed_alpha", _PRESET),
-
-    Field("data.kind", Given("dataset"), one_of(tuple(readers.READERS)),
-          meaning="the reader (`eesep_jax.data.open_dataset`; see [data.md](data.md))"),
-    Field("data.root", Given("data_root"), NAME, resumable=True, made_if_missing=True,
-          meaning="the dataset's root folder"),
-    Field("data.train_split", "tr", NAME, meaning="the split training reads"),
-    Field("data.valid_split", "cv", NAME, resumable=True,
-          meaning="the split validation and calibration read"),
-    Field("data.test_split", "tt", NAME, resumable=True, meaning="the split reports test on"),
-    Field("data.segment_seconds", 4.0, POSITIVE_NUMBER,
-          meaning="the length of the training crops"),
-    Field("data.dynamic_mixing", False, BOOL,
-          meaning="re-mix the training sources on the fly"),
-    Field("data.augment", False, BOOL, added=True,
-          meaning="vary each dynamic mixture's voices and channel (`data.augment`)"),
-    Field("data.num_workers", 0, NON_NEGATIVE_INT,
-          meaning="grain worker processes that read, crop and mix ahead (see "
-          "[tpu.md](tpu.md#feeding-the-devices))"),
-    Field("data.synthesize_if_missing", False, BOOL, resumable=True,
-          meaning="make the embedded demo corpus at `root` (and the held-out and check "
-          "sets at theirs) if it is not there; an override of a root alone turns this "
-          "off, so that a mistyped root fails instead of filling a new folder"),
-    Field("data.strict", True, BOOL, resumable=True, added=True,
-          meaning="False: skip unusable examples with a warning (`open_dataset`)"),
-    Field("data.options", {}, meaning="extra keywords of the reader (see [data.md]"
-          "(data.md)), each checked against the reader's own"),
-    Field("data.heldout_root", None, NAME.or_none(), resumable=True, kind=str, added=True,
-          made_if_missing=True, meaning="the demo's held-out test set of other languages' "
-          "voices (`data.ensure_heldout_corpus`); None: none"),
-    Field("data.check_root", None, NAME.or_none(), resumable=True, kind=str, added=True,
-          made_if_missing=True, meaning="the folder of the check sets"),
-    Field("data.check_sets", (), Constraint(
-        lambda v: isinstance(v, (tuple, list)) and all(name in checksets.CHECK_SETS
-                                                       for name in v),
-        f"check sets' names ({', '.join(checksets.CHECK_SETS)})"), resumable=True, added=True,
-          meaning="check sets of speech no corpus trains on, made and evaluated by the "
-          "demo under `check_root` (`data.ensure_check_set`)"),
-    Field("data.check_mixtures", None, POSITIVE_INT.or_none(), resumable=True, kind=int,
-          added=True, meaning="mixtures per check set; None: each set's own size"),
-
-    Field("loss.objective", "nll", one_of(losses.OBJECTIVES),
-          meaning="the training loss of every exit"),
-    Field("loss.mean_loss", "nll", one_of(losses.MEAN_LOSSES),
-          meaning="what the estimate learns from (docs/method.md §3)"),
-    Field("loss.permutation", "joint", one_of(losses.PERMUTATIONS),
-          meaning="one speaker permutation for all exits, or one per exit"),
-    # Any literal, so that an override may set weights or reset them to None (a tuple
-    # field's flag parses "None" as `(None,)`).
-    Field("loss.exit_weights", None, kind=object,
-          meaning="each exit's weight in the loss, one non-negative number per exit, "
-          "not all zero; None: equal"),
-
-    Field("optimizer.learning_rate", 1e-3, POSITIVE_NUMBER, meaning="AdamW's peak rate"),
-    Field("optimizer.warmup_steps", 1000, NON_NEGATIVE_INT, meaning="linear warm-up"),
-    # A resumed run that raises `steps` sets it to the run's first `steps`, so that the
-    # schedule continues without a jump (`schedule_change`).
-    Field("optimizer.decay_steps", 0, NON_NEGATIVE_INT, resumable=True, added=True,
-          meaning="the cosine decay's horizon; 0: `steps`"),
-    Field("optimizer.end_learning_rate_fraction", 0.01, FRACTION,
-          meaning="where the cosine decay ends, as a fraction of the peak"),
-    Field("optimizer.weight_decay", 0.01, NON_NEGATIVE_NUMBER, meaning="AdamW's"),
-    Field("optimizer.clip_norm", 5.0, POSITIVE_NUMBER, meaning="global gradient-norm clip"),
-    Field("optimizer.max_consecutive_nonfinite", 100, POSITIVE_INT,
-          meaning="non-finite updates skipped in a row before training stops"),
-
-    Field("inference.target_snr_db", Owned(stopping, "TARGET_SNR_DB"), FINITE_NUMBER,
-          resumable=True, added=True,
-          meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` stops at with the "
-          "run, and `eesep evaluate`'s report heads with"),
-    Field("inference.confidence", Owned(stopping, "CONFIDENCE"), PROBABILITY,
-          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the confidence it stops at"),
-    Field("inference.chunk_seconds", Owned(inference, "CHUNK_SECONDS"), POSITIVE_NUMBER,
-          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the chunk length of "
-          "separation"),
-    Field("inference.overlap_seconds", Owned(inference, "OVERLAP_SECONDS"), POSITIVE_NUMBER,
-          resumable=True, added=True,
-          meaning=f"{_NOT_TRAINING}the chunks' overlap, at most half a chunk"),
-    Field("inference.chunk_batch", Owned(inference, "CHUNK_BATCH"), POSITIVE_INT,
-          resumable=True, added=True, meaning=f"{_NOT_TRAINING}chunks separated at once"),
-    Field("evaluation.targets_db", Owned(stopping, "TARGETS_DB"), FINITE_NUMBERS,
-          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' targets"),
-    Field("evaluation.confidences", Owned(stopping, "CONFIDENCES"), PROBABILITIES,
-          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' confidences"),
+  Field("seed", 0, NON_NEGATIVE_INT, meaning="the random seed of initialisation, data and dropout"),
+  Field("steps", 100_000, POSITIVE_INT, resumable=True, meaning="optimiser steps"),
+  Field(
+    "batch_size",
+    16,
+    POSITIVE_INT,
+    meaning="the **global** batch (split over devices and processes)",
+  ),
+  Field("checkpoint_every", 1000, POSITIVE_INT, resumable=True, meaning="save interval"),
+  Field(
+    "keep_checkpoints",
+    3,
+    POSITIVE_INT,
+    resumable=True,
+    meaning="how many latest checkpoints to keep (plus the best)",
+  ),
+  Field(
+    "log_every",
+    50,
+    POSITIVE_INT,
+    resumable=True,
+    meaning="training-loss and speed logging interval",
+  ),
+  Field(
+    "peak_flops",
+    0.0,
+    NON_NEGATIVE_NUMBER,
+    resumable=True,
+    added=True,
+    meaning="one device's peak FLOP/s for the logged MFU; 0 looks it up by device "
+    "kind (`eesep_jax/hardware.py`: H100, H200, A100, TPU v4, v5e, v5p, v6e), and "
+    "none is logged for a device it does not know",
+  ),
+  Field(
+    "compilation_cache_dir",
+    "",
+    STRING,
+    resumable=True,
+    added=True,
+    meaning='JAX\'s persistent compilation cache: "" is '
+    "`$JAX_COMPILATION_CACHE_DIR` if set, else `~/.cache/eesep_jax/jax` (local, "
+    "also for `gs://` workdirs); a path or `gs://` URL; `none` turns it off",
+  ),
+  Field(
+    "eval_every",
+    5000,
+    POSITIVE_INT,
+    resumable=True,
+    meaning="validation interval, on full-length utterances",
+  ),
+  Field(
+    "eval_max_utterances",
+    500,
+    NON_NEGATIVE_INT,
+    resumable=True,
+    meaning="validation utterances per evaluation; 0: all",
+  ),
+  Field("model.sample_rate", Given("sample_rate"), POSITIVE_INT),
+  Field("model.num_sources", Given("num_sources"), POSITIVE_INT),
+  Field("model.width", _PRESET, POSITIVE_INT),
+  Field("model.num_shared_blocks", _PRESET, NON_NEGATIVE_INT),
+  Field("model.num_exit_blocks", _PRESET, POSITIVE_INT),
+  Field("model.num_exits", _PRESET, POSITIVE_INT),
+  Field("model.encoder_kernel", _PRESET, POSITIVE_INT),
+  Field("model.encoder_stride", _PRESET, POSITIVE_INT),
+  Field("model.encoder_features", _PRESET, POSITIVE_INT),
+  Field("model.rnn_expansion", _PRESET, POSITIVE_INT),
+  Field("model.conv_expansion", _PRESET, POSITIVE_INT),
+  Field("model.ffn_expansion", _PRESET, POSITIVE_INT),
+  Field("model.conv_kernel", _PRESET, POSITIVE_INT),
+  Field("model.num_heads", _PRESET, POSITIVE_INT),
+  Field("model.dropout", _PRESET),
+  Field("model.layer_scale_init", _PRESET),
+  Field("model.remat", _PRESET),
+  Field("model.unroll_blocks", _PRESET),
+  Field("model.dtype", _PRESET),
+  # The layers' forms only choose how the same function runs, e.g. when a run moves
+  # between a CPU and an accelerator.
+  Field("model.recurrence_form", _PRESET, resumable=True),
+  Field("model.depthwise_form", _PRESET, resumable=True),
+  Field("model.variance.parameterisation", _PRESET),
+  Field("model.variance.monotone", _PRESET),
+  Field("model.variance.block_length", _PRESET),
+  Field("model.variance.alpha_min", _PRESET),
+  Field("model.variance.fixed_alpha", _PRESET),
+  Field(
+    "data.kind",
+    Given("dataset"),
+    one_of(tuple(readers.READERS)),
+    meaning="the reader (`eesep_jax.data.open_dataset`; see [data.md](data.md))",
+  ),
+  Field(
+    "data.root",
+    Given("data_root"),
+    NAME,
+    resumable=True,
+    made_if_missing=True,
+    meaning="the dataset's root folder",
+  ),
+  Field("data.train_split", "tr", NAME, meaning="the split training reads"),
+  Field(
+    "data.valid_split",
+    "cv",
+    NAME,
+    resumable=True,
+    meaning="the split validation and calibration read",
+  ),
+  Field("data.test_split", "tt", NAME, resumable=True, meaning="the split reports test on"),
+  Field("data.segment_seconds", 4.0, POSITIVE_NUMBER, meaning="the length of the training crops"),
+  Field("data.dynamic_mixing", False, BOOL, meaning="re-mix the training sources on the fly"),
+  Field(
+    "data.augment",
+    False,
+    BOOL,
+    added=True,
+    meaning="vary each dynamic mixture's voices and channel (`data.augment`)",
+  ),
+  Field(
+    "data.num_workers",
+    0,
+    NON_NEGATIVE_INT,
+    meaning="grain worker processes that read, crop and mix ahead (see "
+    "[tpu.md](tpu.md#feeding-the-devices))",
+  ),
+  Field(
+    "data.synthesize_if_missing",
+    False,
+    BOOL,
+    resumable=True,
+    meaning="make the embedded demo corpus at `root` (and the held-out and check "
+    "sets at theirs) if it is not there; an override of a root alone turns this "
+    "off, so that a mistyped root fails instead of filling a new folder",
+  ),
+  Field(
+    "data.strict",
+    True,
+    BOOL,
+    resumable=True,
+    added=True,
+    meaning="False: skip unusable examples with a warning (`open_dataset`)",
+  ),
+  Field(
+    "data.options",
+    {},
+    meaning="extra keywords of the reader (see [data.md]"
+    "(data.md)), each checked against the reader's own",
+  ),
+  Field(
+    "data.heldout_root",
+    None,
+    NAME.or_none(),
+    resumable=True,
+    kind=str,
+    added=True,
+    made_if_missing=True,
+    meaning="the demo's held-out test set of other languages' "
+    "voices (`data.ensure_heldout_corpus`); None: none",
+  ),
+  Field(
+    "data.check_root",
+    None,
+    NAME.or_none(),
+    resumable=True,
+    kind=str,
+    added=True,
+    made_if_missing=True,
+    meaning="the folder of the check sets",
+  ),
+  Field(
+    "data.check_sets",
+    (),
+    Constraint(
+      lambda v: isinstance(v, (tuple, list)) and all(name in checksets.CHECK_SETS for name in v),
+      f"check sets' names ({', '.join(checksets.CHECK_SETS)})",
+    ),
+    resumable=True,
+    added=True,
+    meaning="check sets of speech no corpus trains on, made and evaluated by the "
+    "demo under `check_root` (`data.ensure_check_set`)",
+  ),
+  Field(
+    "data.check_mixtures",
+    None,
+    POSITIVE_INT.or_none(),
+    resumable=True,
+    kind=int,
+    added=True,
+    meaning="mixtures per check set; None: each set's own size",
+  ),
+  Field(
+    "loss.objective", "nll", one_of(losses.OBJECTIVES), meaning="the training loss of every exit"
+  ),
+  Field(
+    "loss.mean_loss",
+    "nll",
+    one_of(losses.MEAN_LOSSES),
+    meaning="what the estimate learns from (docs/method.md §3)",
+  ),
+  Field(
+    "loss.permutation",
+    "joint",
+    one_of(losses.PERMUTATIONS),
+    meaning="one speaker permutation for all exits, or one per exit",
+  ),
+  # Any literal, so that an override may set weights or reset them to None (a tuple
+  # field's flag parses "None" as `(None,)`).
+  Field(
+    "loss.exit_weights",
+    None,
+    kind=object,
+    meaning="each exit's weight in the loss, one non-negative number per exit, "
+    "not all zero; None: equal",
+  ),
+  Field("optimizer.learning_rate", 1e-3, POSITIVE_NUMBER, meaning="AdamW's peak rate"),
+  Field("optimizer.warmup_steps", 1000, NON_NEGATIVE_INT, meaning="linear warm-up"),
+  # A resumed run that raises `steps` sets it to the run's first `steps`, so that the
+  # schedule continues without a jump (`schedule_change`).
+  Field(
+    "optimizer.decay_steps",
+    0,
+    NON_NEGATIVE_INT,
+    resumable=True,
+    added=True,
+    meaning="the cosine decay's horizon; 0: `steps`",
+  ),
+  Field(
+    "optimizer.end_learning_rate_fraction",
+    0.01,
+    FRACTION,
+    meaning="where the cosine decay ends, as a fraction of the peak",
+  ),
+  Field("optimizer.weight_decay", 0.01, NON_NEGATIVE_NUMBER, meaning="AdamW's"),
+  Field("optimizer.clip_norm", 5.0, POSITIVE_NUMBER, meaning="global gradient-norm clip"),
+  Field(
+    "optimizer.max_consecutive_nonfinite",
+    100,
+    POSITIVE_INT,
+    meaning="non-finite updates skipped in a row before training stops",
+  ),
+  Field(
+    "inference.target_snr_db",
+    Owned(stopping, "TARGET_SNR_DB"),
+    FINITE_NUMBER,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` stops at with the "
+    "run, and `eesep evaluate`'s report heads with",
+  ),
+  Field(
+    "inference.confidence",
+    Owned(stopping, "CONFIDENCE"),
+    PROBABILITY,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}the confidence it stops at",
+  ),
+  Field(
+    "inference.chunk_seconds",
+    Owned(inference, "CHUNK_SECONDS"),
+    POSITIVE_NUMBER,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}the chunk length of separation",
+  ),
+  Field(
+    "inference.overlap_seconds",
+    Owned(inference, "OVERLAP_SECONDS"),
+    POSITIVE_NUMBER,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}the chunks' overlap, at most half a chunk",
+  ),
+  Field(
+    "inference.chunk_batch",
+    Owned(inference, "CHUNK_BATCH"),
+    POSITIVE_INT,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}chunks separated at once",
+  ),
+  Field(
+    "evaluation.targets_db",
+    Owned(stopping, "TARGETS_DB"),
+    FINITE_NUMBERS,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}the reports' targets",
+  ),
+  Field(
+    "evaluation.confidences",
+    Owned(stopping, "CONFIDENCES"),
+    PROBABILITIES,
+    resumable=True,
+    added=True,
+    meaning=f"{_NOT_TRAINING}the reports' confidences",
+  ),
 )
 _FIELDS = {field.key: field for field in FIELDS}
 
@@ -350,8 +515,9 @@ def base_config(*, preset, dataset, data_root, sample_rate=8000, num_sources=2):
     if spec.key.startswith("model."):
       # `PressNetConfig` holds the model's fields, and their defaults by preset.
       if "model" not in config:
-        config.model = _config_dict(models.preset(
-            preset, sample_rate=sample_rate, num_sources=num_sources))
+        config.model = _config_dict(
+          models.preset(preset, sample_rate=sample_rate, num_sources=num_sources)
+        )
     elif isinstance(spec.default, Given):
       _set(config, spec.key, given[spec.default.argument])
     else:
@@ -386,10 +552,13 @@ def markdown_table():
   """The table of every field, as docs/usage.md shows it: key, default, what it must
   be, whether a resumed run may change it, and what it does (a model field's meaning is
   its `PressNetConfig` attribute's)."""
-  meanings = {f"model.{name}": text
-              for name, text in _attributes(models.PressNetConfig).items()}
-  meanings.update({f"model.variance.{name}": text for name, text in
-                   _attributes(type(models.PressNetConfig().variance)).items()})
+  meanings = {f"model.{name}": text for name, text in _attributes(models.PressNetConfig).items()}
+  meanings.update(
+    {
+      f"model.variance.{name}": text
+      for name, text in _attributes(type(models.PressNetConfig().variance)).items()
+    }
+  )
   rows = ["| key | default | must be | resumable | meaning |", "|---|---|---|---|---|"]
   for spec in FIELDS:
     if spec.must_be:
@@ -397,8 +566,10 @@ def markdown_table():
     else:
       must_be = "checked by `PressNetConfig`" if spec.key in meanings else "see its meaning"
     meaning = spec.meaning or meanings[spec.key].removesuffix(".")
-    rows.append(f"| `{spec.key}` | {_cell(spec)} | {must_be} "
-                f"| {'yes' if spec.resumable else 'no'} | {meaning} |")
+    rows.append(
+      f"| `{spec.key}` | {_cell(spec)} | {must_be} "
+      f"| {'yes' if spec.resumable else 'no'} | {meaning} |"
+    )
   return "\n".join(rows) + "\n"
 
 
@@ -463,7 +634,6 @@ def _get(config, key):
   return node
 
 
-
 # The configs shipped in the package, found by path: they import this module, which
 # imports none of them.
 PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
@@ -471,16 +641,19 @@ PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 def packaged_configs():
   """The names of the configs shipped in the package: `["demo"]`."""
-  return sorted(path.stem for path in PACKAGED_CONFIGS.glob("*.py")
-                if path.stem != "__init__")
+  return sorted(path.stem for path in PACKAGED_CONFIGS.glob("*.py") if path.stem != "__init__")
 
 
 def resolve(path):
   """The file of the packaged config `path` names (a bare name, `"demo"`, that is no
   file here); else `path` itself, as a `pathlib.Path`."""
   path = pathlib.Path(path)
-  if (len(path.parts) == 1 and not path.suffix and not path.exists()
-      and path.name in packaged_configs()):
+  if (
+    len(path.parts) == 1
+    and not path.suffix
+    and not path.exists()
+    and path.name in packaged_configs()
+  ):
     return PACKAGED_CONFIGS / f"{path.name}.py"
   return path
 
@@ -504,9 +677,13 @@ def _parse(argv):
   sys.modules.pop(f"{FLAG}_config", None)
   flag_values = flags.FlagValues()
   # Unlocked, as a config from `get_config()` is: code may add fields to it.
-  config_flags.DEFINE_config_file(FLAG, help_string="an experiment config file",
-                                  flag_values=flag_values, lock_config=False,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    FLAG,
+    help_string="an experiment config file",
+    flag_values=flag_values,
+    lock_config=False,
+    sys_argv=argv,
+  )
   with warnings.catch_warnings():
     # How `config_flags` 1.1 loads the file (`SourceFileLoader.load_module`).
     warnings.filterwarnings("ignore", "the load_module", DeprecationWarning)
@@ -539,8 +716,11 @@ def parse_flags(path, flag_args=()):
   """
   path = resolve(path)
   if not pathlib.Path(str(path).partition(":")[0]).is_file():
-    raise errors.UsageError(f"--config {path}", "the config file does not exist (configs "
-                            f"shipped in the package: {', '.join(packaged_configs())})")
+    raise errors.UsageError(
+      f"--config {path}",
+      "the config file does not exist (configs "
+      f"shipped in the package: {', '.join(packaged_configs())})",
+    )
   flag_args = [str(arg) for arg in flag_args]
   try:
     flag_values, unparsed = _parse(["eesep", f"--{FLAG}={path}", *flag_args])
@@ -550,8 +730,10 @@ def parse_flags(path, flag_args=()):
     raise _unparsed_error(flag_args, unparsed[0])
   config = flag_values[FLAG].value
   overrides = dict(flag_values[FLAG].override_values)
-  if (overrides.keys() & {spec.key for spec in FIELDS if spec.made_if_missing}
-      and "data.synthesize_if_missing" not in overrides):
+  if (
+    overrides.keys() & {spec.key for spec in FIELDS if spec.made_if_missing}
+    and "data.synthesize_if_missing" not in overrides
+  ):
     config.data.synthesize_if_missing = False
   return config, overrides
 
@@ -567,8 +749,9 @@ def _unparsed_error(flag_args, value):
   value only after `=` (absl's bool flags, and `config_flags`' literal ones)."""
   for given, arg in zip(flag_args, flag_args[1:]):
     if arg == value and is_override(given) and "=" not in given:
-      return errors.UsageError(f"{given} {value}", "this field takes its value only after "
-                               f"'=': {given}={value}")
+      return errors.UsageError(
+        f"{given} {value}", f"this field takes its value only after '=': {given}={value}"
+      )
   return errors.UsageError(value, "not a --config.KEY=VALUE flag")
 
 
@@ -588,22 +771,24 @@ def _flag_error(path, flag_args, error):
       try:
         config_path.get_type(match.group(1), config)
       except (AttributeError, KeyError, IndexError, ValueError):
-        return errors.UsageError(arg, f"cannot apply it to {path}: {match.group(1)!r} is "
-                                      "not a field of this config")
+        return errors.UsageError(
+          arg, f"cannot apply it to {path}: {match.group(1)!r} is not a field of this config"
+        )
   message = str(error)
   missing = re.fullmatch(r"Missing value for flag (\S+)", message)
   if missing:
     return errors.UsageError(missing.group(1), "needs a value: --config.KEY=VALUE")
   # `flag --config.KEY=VALUE: <the parser's error>`, the parser's error as its context.
   cause = error.__context__
-  value = re.fullmatch(rf"flag (--{FLAG}\.([^=]*)=.*): {re.escape(str(cause))}", message,
-                       re.DOTALL)
+  value = re.fullmatch(rf"flag (--{FLAG}\.([^=]*)=.*): {re.escape(str(cause))}", message, re.DOTALL)
   if isinstance(error, flags.IllegalFlagValueError) and value:
     kind = config_path.get_type(value.group(2), config).__name__
     # absl's bool parser gives `(message, value)`.
     problem = ": ".join([str(cause.args[0]), *map(repr, cause.args[1:])])
-    return errors.UsageError(value.group(1), f"cannot apply it to {path}: "
-                             f"{value.group(2)!r} is {_article(kind)} {kind} field: {problem}")
+    return errors.UsageError(
+      value.group(1),
+      f"cannot apply it to {path}: {value.group(2)!r} is {_article(kind)} {kind} field: {problem}",
+    )
   return errors.UsageError(f"--config {path}", message.splitlines()[0])
 
 
@@ -644,33 +829,39 @@ def validate_config(config):
     if spec.must_be is not None:
       value = get_field(config, spec.key)
       if not spec.must_be.test(value):
-        raise errors.UsageError(f"config.{spec.key}",
-                                f"{value!r}: must be {spec.must_be.what}")
+        raise errors.UsageError(f"config.{spec.key}", f"{value!r}: must be {spec.must_be.what}")
   kind = get_field(config, "data.kind")
   accepted = set(inspect.signature(readers.READERS[kind]).parameters) - {"root", "split"}
   options = get_field(config, "data.options")
   unknown = sorted(set(options.to_dict() if options else {}) - accepted)
   if unknown:
-    raise errors.UsageError(f"config.data.options.{unknown[0]}",
-                            f"not an option of the {kind} reader (options: "
-                            f"{', '.join(sorted(accepted)) or 'none'})")
+    raise errors.UsageError(
+      f"config.data.options.{unknown[0]}",
+      f"not an option of the {kind} reader (options: {', '.join(sorted(accepted)) or 'none'})",
+    )
   try:
     model = model_config(config)
   except (ValueError, TypeError) as error:
     raise errors.UsageError("config.model", str(error)) from None
-  chunk, overlap = (get_field(config, f"inference.{key}")
-                    for key in ("chunk_seconds", "overlap_seconds"))
+  chunk, overlap = (
+    get_field(config, f"inference.{key}") for key in ("chunk_seconds", "overlap_seconds")
+  )
   if 2 * overlap > chunk:
-    raise errors.UsageError("config.inference.overlap_seconds",
-                            f"{overlap!r}: must be at most half of inference.chunk_seconds "
-                            f"({chunk!r})")
+    raise errors.UsageError(
+      "config.inference.overlap_seconds",
+      f"{overlap!r}: must be at most half of inference.chunk_seconds ({chunk!r})",
+    )
   weights = get_field(config, "loss.exit_weights")
   if weights is not None and not (
-      isinstance(weights, (tuple, list)) and len(weights) == model.num_exits
-      and all(_is_number(w) and w >= 0 for w in weights) and any(weights)):
-    raise errors.UsageError("config.loss.exit_weights",
-                            f"{weights!r}: must be {model.num_exits} non-negative numbers, "
-                            "one per exit, not all zero")
+    isinstance(weights, (tuple, list))
+    and len(weights) == model.num_exits
+    and all(_is_number(w) and w >= 0 for w in weights)
+    and any(weights)
+  ):
+    raise errors.UsageError(
+      "config.loss.exit_weights",
+      f"{weights!r}: must be {model.num_exits} non-negative numbers, one per exit, not all zero",
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -683,11 +874,13 @@ def validate_config(config):
 # may change (`inference`, `evaluation`: training does not read them) may change in any
 # field, one a config adds too.
 RESUMABLE_SECTIONS = tuple(
-    section for section in dict.fromkeys(spec.key.split(".")[0] for spec in FIELDS
-                                         if "." in spec.key)
-    if all(spec.resumable for spec in FIELDS if spec.key.startswith(f"{section}.")))
-RESUMABLE_FIELDS = tuple(spec.key for spec in FIELDS if spec.resumable
-                         and spec.key.split(".")[0] not in RESUMABLE_SECTIONS)
+  section
+  for section in dict.fromkeys(spec.key.split(".")[0] for spec in FIELDS if "." in spec.key)
+  if all(spec.resumable for spec in FIELDS if spec.key.startswith(f"{section}."))
+)
+RESUMABLE_FIELDS = tuple(
+  spec.key for spec in FIELDS if spec.resumable and spec.key.split(".")[0] not in RESUMABLE_SECTIONS
+)
 
 
 def _flat(config):
@@ -713,11 +906,13 @@ def schedule_change(saved, config):
   old, new = decay_steps(saved), decay_steps(config)
   if old == new:
     return None
-  return (f"the learning rate decays over {old} steps in this run, and this config would "
-          f"make that {new}: the rate would jump mid-run. To train to step {config.steps} "
-          f"on the same schedule, add --config.optimizer.decay_steps={old} (the rate stays "
-          f"at its end value after step {old}); for a longer schedule, train in a new "
-          "--workdir")
+  return (
+    f"the learning rate decays over {old} steps in this run, and this config would "
+    f"make that {new}: the rate would jump mid-run. To train to step {config.steps} "
+    f"on the same schedule, add --config.optimizer.decay_steps={old} (the rate stays "
+    f"at its end value after step {old}); for a longer schedule, train in a new "
+    "--workdir"
+  )
 
 
 def resume_differences(saved, config):
@@ -726,7 +921,10 @@ def resume_differences(saved, config):
   `config` differs from the `saved` config of the run it would resume; `"(absent)"`
   stands for a field one of them lacks."""
   old, new = _flat(saved), _flat(config)
-  return [(key, old.get(key, _ABSENT), new.get(key, _ABSENT))
-          for key in sorted(old.keys() | new.keys())
-          if key not in RESUMABLE_FIELDS and key.split(".")[0] not in RESUMABLE_SECTIONS
-          and old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+  return [
+    (key, old.get(key, _ABSENT), new.get(key, _ABSENT))
+    for key in sorted(old.keys() | new.keys())
+    if key not in RESUMABLE_FIELDS
+    and key.split(".")[0] not in RESUMABLE_SECTIONS
+    and old.get(key, _ABSENT) != new.get(key, _ABSENT)
+  ]

@@ -10,15 +10,15 @@ the core count, clock and vector units, which `jax.Device` does not say.
 # (lower-case substring of `jax.Device.device_kind`, {dtype: peak FLOP/s}); the first
 # match wins, so the more specific names come first.
 _PEAKS = (
-    ("h100 pcie", {"bfloat16": 756e12, "float32": 378e12}),
-    ("h100", {"bfloat16": 989e12, "float32": 495e12}),  # SXM.
-    ("h200", {"bfloat16": 989e12, "float32": 495e12}),
-    ("a100", {"bfloat16": 312e12, "float32": 156e12}),
-    ("tpu v4", {"bfloat16": 275e12, "float32": 275e12}),
-    ("tpu v5 lite", {"bfloat16": 197e12, "float32": 197e12}),
-    ("tpu v5e", {"bfloat16": 197e12, "float32": 197e12}),
-    ("tpu v5", {"bfloat16": 459e12, "float32": 459e12}),  # v5p.
-    ("tpu v6", {"bfloat16": 918e12, "float32": 918e12}),  # v6e ("TPU v6 lite").
+  ("h100 pcie", {"bfloat16": 756e12, "float32": 378e12}),
+  ("h100", {"bfloat16": 989e12, "float32": 495e12}),  # SXM.
+  ("h200", {"bfloat16": 989e12, "float32": 495e12}),
+  ("a100", {"bfloat16": 312e12, "float32": 156e12}),
+  ("tpu v4", {"bfloat16": 275e12, "float32": 275e12}),
+  ("tpu v5 lite", {"bfloat16": 197e12, "float32": 197e12}),
+  ("tpu v5e", {"bfloat16": 197e12, "float32": 197e12}),
+  ("tpu v5", {"bfloat16": 459e12, "float32": 459e12}),  # v5p.
+  ("tpu v6", {"bfloat16": 918e12, "float32": 918e12}),  # v6e ("TPU v6 lite").
 )
 DTYPES = ("float32", "bfloat16")
 

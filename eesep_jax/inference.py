@@ -60,6 +60,7 @@ class SeparationResult:
       conditions and sources) at that exit, whatever the policy.
     gmacs: `[batch]`, giga multiply-accumulates spent on that example.
   """
+
   estimates: jax.Array
   exit_index: jax.Array
   probability: jax.Array
@@ -69,23 +70,33 @@ class SeparationResult:
 def oracle_snr(references, estimates):
   """Worst-source SNR under the best permutation: `[batch, sources, time] -> [batch]`,
   what the oracle policy and "reached the target" judge by."""
-  return permutation.worst_source(
-      metrics.snr(references[:, None, :, :], estimates[:, :, None, :]))
+  return permutation.worst_source(metrics.snr(references[:, None, :, :], estimates[:, :, None, :]))
 
 
-def _stopping_inputs(policy, exit_output, *, mixture, references, reference_power,
-                     lengths, config, exact):
+def _stopping_inputs(
+  policy, exit_output, *, mixture, references, reference_power, lengths, config, exact
+):
   """What `stopping.accepts` reads for `policy` at one exit: `(probability [batch],
   keywords)`. The probability is always computed: `SeparationResult` reports it."""
   probability = probabilistic.exit_probability(
-      exit_output["estimates"], exit_output["variance"], policy.target_snr_db,
-      conditions=policy.conditions, mixture=mixture, reference_power=reference_power,
-      config=config.variance, exact=exact, lengths=lengths)
+    exit_output["estimates"],
+    exit_output["variance"],
+    policy.target_snr_db,
+    conditions=policy.conditions,
+    mixture=mixture,
+    reference_power=reference_power,
+    config=config.variance,
+    exact=exact,
+    lengths=lengths,
+  )
   inputs = {"probability": probability}
   if policy.kind == "expected-snr":
-    inputs["expected_snr_db"] = jnp.min(probabilistic.expected_snr_db(
-        exit_output["estimates"], exit_output["variance"], config.variance,
-        lengths=lengths[:, None]), axis=-1)
+    inputs["expected_snr_db"] = jnp.min(
+      probabilistic.expected_snr_db(
+        exit_output["estimates"], exit_output["variance"], config.variance, lengths=lengths[:, None]
+      ),
+      axis=-1,
+    )
   if policy.kind == "oracle":
     inputs["oracle_snr_db"] = oracle_snr(references, exit_output["estimates"])
   return probability, inputs
@@ -110,13 +121,27 @@ def training_level(mixture, *others):
   level (`input_gains`), and `others` (its references, say) scaled by the same gain."""
   mixture = np.asarray(mixture, np.float32)
   gain = float(input_gains(mixture[None], np.array([mixture.shape[-1]]))[0])
-  return (gain, mixture * np.float32(gain),
-          *(np.asarray(other, np.float32) * np.float32(gain) for other in others))
+  return (
+    gain,
+    mixture * np.float32(gain),
+    *(np.asarray(other, np.float32) * np.float32(gain) for other in others),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "exact"))
-def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, references,
-                   reference_power, gains, *, config, exact):
+def _stopping_loop(
+  variables,
+  mixture,
+  lengths,
+  gmacs_by_exit,
+  policy,
+  references,
+  reference_power,
+  gains,
+  *,
+  config,
+  exact,
+):
   batch, time = mixture.shape
   # The loop runs at the training level (`input_gains`; ones when not asked); the
   # estimates are scaled back at its end.
@@ -124,8 +149,9 @@ def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, reference
   mixture = mixture * gains[:, None]
   if references is not None:
     references = references * gains[:, None, None]
-  carry = models.PressNet(config).apply(variables, mixture, lengths=lengths,
-                                        method=models.PressNet.encode)
+  carry = models.PressNet(config).apply(
+    variables, mixture, lengths=lengths, method=models.PressNet.encode
+  )
   # Compute is linear in time: an example padded to `time` costs its own length's share.
   gmacs_by_exit = gmacs_by_exit[:, None] * (lengths / time)
   variance_state = models.initial_variance_state(config, batch, time)
@@ -133,27 +159,40 @@ def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, reference
   def body(state):
     k, params, carry, variance_state, result, done = state
     carry, variance_state, exit_output = models.apply_stage(
-        config, params, carry, time, variance_state)
+      config, params, carry, time, variance_state
+    )
     # Post-hoc calibration acts on what the policy reads, not on the running sums of
     # `variance_state`, which are the network's own.
-    exit_output = {**exit_output, "variance": probabilistic.apply_posthoc(
-        exit_output["variance"],
-        {name: scale[k] for name, scale in policy.posthoc_scales.items()})}
+    exit_output = {
+      **exit_output,
+      "variance": probabilistic.apply_posthoc(
+        exit_output["variance"], {name: scale[k] for name, scale in policy.posthoc_scales.items()}
+      ),
+    }
     probability, inputs = _stopping_inputs(
-        policy, exit_output, mixture=mixture, references=references,
-        reference_power=reference_power, lengths=lengths, config=config, exact=exact)
+      policy,
+      exit_output,
+      mixture=mixture,
+      references=references,
+      reference_power=reference_power,
+      lengths=lengths,
+      config=config,
+      exact=exact,
+    )
     # The last exit accepts whatever the policy says (`stopping.first_accepting_exit`).
     stop = stopping.accepts(policy, k + 1, **inputs) | (k + 1 == config.num_exits)
     newly_stopped = stop & ~done
     stopped_now = SeparationResult(
-        estimates=exit_output["estimates"].astype(mixture.dtype),
-        exit_index=jnp.full((batch,), k + 1, jnp.int32),
-        probability=probability.astype(jnp.float32),
-        gmacs=gmacs_by_exit[k])
+      estimates=exit_output["estimates"].astype(mixture.dtype),
+      exit_index=jnp.full((batch,), k + 1, jnp.int32),
+      probability=probability.astype(jnp.float32),
+      gmacs=gmacs_by_exit[k],
+    )
     result = jax.tree.map(
-        lambda new, old: jnp.where(
-            newly_stopped.reshape((batch,) + (1,) * (old.ndim - 1)), new, old),
-        stopped_now, result)
+      lambda new, old: jnp.where(newly_stopped.reshape((batch,) + (1,) * (old.ndim - 1)), new, old),
+      stopped_now,
+      result,
+    )
     # The next stage's parameters travel in the loop state, which XLA materialises:
     # sliced where they are used, the dynamic slice would be fused into every
     # element-wise fusion that reads a parameter and recomputed per element.
@@ -165,12 +204,19 @@ def _stopping_loop(variables, mixture, lengths, gmacs_by_exit, policy, reference
     return (k < config.num_exits) & ~jnp.all(done)
 
   initial = SeparationResult(
-      estimates=jnp.zeros((batch, config.num_sources, time), mixture.dtype),
-      exit_index=jnp.zeros((batch,), jnp.int32),
-      probability=jnp.zeros((batch,), jnp.float32),
-      gmacs=jnp.zeros((batch,), jnp.float32))
-  state = (jnp.int32(0), models.stage_params(variables, 0), carry, variance_state, initial,
-           jnp.zeros((batch,), bool))
+    estimates=jnp.zeros((batch, config.num_sources, time), mixture.dtype),
+    exit_index=jnp.zeros((batch,), jnp.int32),
+    probability=jnp.zeros((batch,), jnp.float32),
+    gmacs=jnp.zeros((batch,), jnp.float32),
+  )
+  state = (
+    jnp.int32(0),
+    models.stage_params(variables, 0),
+    carry,
+    variance_state,
+    initial,
+    jnp.zeros((batch,), bool),
+  )
   result = jax.lax.while_loop(cond, body, state)[4]
   return result.replace(estimates=result.estimates / gains[:, None, None])
 
@@ -182,10 +228,23 @@ def _gmacs_by_exit(config, num_samples):
   return tuple(models.gmacs_by_exit(config, num_samples))
 
 
-def separate(variables, config, mixture, *, policy="probabilistic",
-             target_snr_db=stopping.TARGET_SNR_DB, confidence=stopping.CONFIDENCE,
-             conditions=("snr",), exit_index=None, references=None, reference_power=None,
-             exact=True, posthoc_scales=None, lengths=None, normalize_level=True):
+def separate(
+  variables,
+  config,
+  mixture,
+  *,
+  policy="probabilistic",
+  target_snr_db=stopping.TARGET_SNR_DB,
+  confidence=stopping.CONFIDENCE,
+  conditions=("snr",),
+  exit_index=None,
+  references=None,
+  reference_power=None,
+  exact=True,
+  posthoc_scales=None,
+  lengths=None,
+  normalize_level=True,
+):
   """Separate `mixture`, stopping each example at the first exit its policy accepts.
 
   Each example is brought to the level the network was trained at (`input_gains`)
@@ -234,8 +293,13 @@ def separate(variables, config, mixture, *, policy="probabilistic",
   """
   if isinstance(policy, str):
     policy = stopping.Policy(
-        kind=policy, target_snr_db=target_snr_db, confidence=confidence,
-        exit_index=exit_index, conditions=tuple(conditions), posthoc_scales=posthoc_scales)
+      kind=policy,
+      target_snr_db=target_snr_db,
+      confidence=confidence,
+      exit_index=exit_index,
+      conditions=tuple(conditions),
+      posthoc_scales=posthoc_scales,
+    )
   policy.check(config.num_exits)
   if policy.kind == "oracle" and references is None:
     raise ValueError("policy='oracle' needs the clean references")
@@ -250,16 +314,26 @@ def separate(variables, config, mixture, *, policy="probabilistic",
   # Traced numbers, every scale of the likelihood (ones where none was fitted): other
   # targets, confidences, exits and scales reuse the compiled loop.
   policy = policy.replace(
-      target_snr_db=jnp.float32(policy.target_snr_db),
-      confidence=jnp.float32(policy.confidence),
-      exit_index=jnp.int32(policy.exit_index or config.num_exits),
-      posthoc_scales={name: jnp.asarray(scale, jnp.float32) for name, scale in
-                      probabilistic.full_posthoc(policy.posthoc_scales, config).items()})
+    target_snr_db=jnp.float32(policy.target_snr_db),
+    confidence=jnp.float32(policy.confidence),
+    exit_index=jnp.int32(policy.exit_index or config.num_exits),
+    posthoc_scales={
+      name: jnp.asarray(scale, jnp.float32)
+      for name, scale in probabilistic.full_posthoc(policy.posthoc_scales, config).items()
+    },
+  )
   return _stopping_loop(
-      variables, mixture, lengths, gmacs_by_exit, policy, references,
-      jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
-      input_gains(mixture, lengths) if normalize_level else jnp.ones((batch,), mixture.dtype),
-      config=config, exact=exact)
+    variables,
+    mixture,
+    lengths,
+    gmacs_by_exit,
+    policy,
+    references,
+    jnp.asarray(0.0 if reference_power is None else reference_power, jnp.float32),
+    input_gains(mixture, lengths) if normalize_level else jnp.ones((batch,), mixture.dtype),
+    config=config,
+    exact=exact,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +351,7 @@ class ChunkExits:
       `gmacs` where chunks of one batch stop at different exits, so that the saving
       `gmacs` gives is a count of FLOPs, not of time.
   """
+
   starts: np.ndarray
   exit_index: np.ndarray
   probability: np.ndarray
@@ -304,6 +379,7 @@ class ChunkExits:
 @dataclasses.dataclass(frozen=True)
 class LongSeparationResult:
   """What `separate_long` returns: `estimates` `[sources, time]` and the chunks' `exits`."""
+
   estimates: np.ndarray
   exits: ChunkExits
 
@@ -343,9 +419,11 @@ def check_chunk_memory(config, chunk_seconds, chunk_batch, memory_bytes=None):
   longest = longest_chunk_seconds(config, chunk_batch, memory_bytes)
   if chunk_seconds > longest:
     raise ChunkingError(
-        "chunk_seconds", f"{chunk_batch} chunks that long at once "
-        f"would not fit in this device's memory; at most {longest:.0f} s (or fewer chunks "
-        "at once)")
+      "chunk_seconds",
+      f"{chunk_batch} chunks that long at once "
+      f"would not fit in this device's memory; at most {longest:.0f} s (or fewer chunks "
+      "at once)",
+    )
 
 
 def chunk_lengths(config, chunk_seconds, overlap_seconds):
@@ -362,20 +440,26 @@ def chunk_lengths(config, chunk_seconds, overlap_seconds):
   shortest = MIN_CHUNK_KERNELS * config.encoder_kernel
   if chunk < shortest:
     raise ChunkingError(
-        "chunk_seconds", f"{chunk_seconds:g} s is shorter than the model's "
-        f"{MIN_CHUNK_KERNELS} encoder kernels ({shortest} samples at {config.sample_rate} "
-        f"Hz, {shortest / config.sample_rate:g} s), too short to separate")
+      "chunk_seconds",
+      f"{chunk_seconds:g} s is shorter than the model's "
+      f"{MIN_CHUNK_KERNELS} encoder kernels ({shortest} samples at {config.sample_rate} "
+      f"Hz, {shortest / config.sample_rate:g} s), too short to separate",
+    )
   shortest = MIN_OVERLAP_KERNELS * config.encoder_kernel
   if overlap < shortest:
     raise ChunkingError(
-        "overlap_seconds", f"{overlap_seconds:g} s is shorter than the model's "
-        f"{MIN_OVERLAP_KERNELS} encoder kernels ({shortest / config.sample_rate:g} s), "
-        "too short to align the chunks' sources")
+      "overlap_seconds",
+      f"{overlap_seconds:g} s is shorter than the model's "
+      f"{MIN_OVERLAP_KERNELS} encoder kernels ({shortest / config.sample_rate:g} s), "
+      "too short to align the chunks' sources",
+    )
   if not 2 * overlap <= chunk:
     raise ChunkingError(
-        "overlap_seconds", f"{overlap_seconds:g} s is more than half of the {chunk_seconds:g} s "
-        f"chunk ({overlap} of {chunk} samples at {config.sample_rate} Hz): at most "
-        f"{chunk // 2 / config.sample_rate:g} s")
+      "overlap_seconds",
+      f"{overlap_seconds:g} s is more than half of the {chunk_seconds:g} s "
+      f"chunk ({overlap} of {chunk} samples at {config.sample_rate} Hz): at most "
+      f"{chunk // 2 / config.sample_rate:g} s",
+    )
   return chunk, overlap
 
 
@@ -407,7 +491,7 @@ def _chunk_weight(chunk, fade_in, fade_start, last):
   overlap = fade_in.shape[0]
   if fade_start is not None:
     weight[:fade_start] = 0.0
-    weight[fade_start:fade_start + overlap] = fade_in
+    weight[fade_start : fade_start + overlap] = fade_in
   if not last:
     weight[-overlap:] *= 1.0 - fade_in
   return weight
@@ -431,9 +515,17 @@ def align_sources(reference, estimates):
   return np.asarray(permutation.reference_order(correlation))
 
 
-def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
-                  overlap_seconds=OVERLAP_SECONDS, chunk_batch=CHUNK_BATCH, progress=None,
-                  **separate_kwargs):
+def separate_long(
+  variables,
+  config,
+  mixture,
+  *,
+  chunk_seconds=CHUNK_SECONDS,
+  overlap_seconds=OVERLAP_SECONDS,
+  chunk_batch=CHUNK_BATCH,
+  progress=None,
+  **separate_kwargs,
+):
   """Separates one signal of any length in overlapping chunks.
 
   Chunks last `chunk_seconds` and start every `chunk_seconds - overlap_seconds`; the
@@ -493,22 +585,28 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
   if progress:
     progress(0, starts.size)
   for first in range(0, starts.size, batch):
-    batch_starts = starts[first:first + batch]
+    batch_starts = starts[first : first + batch]
     # Repeating the last chunk keeps every batch the same shape, and a repeat stops
     # where its original does, so the loop does not run longer for it.
     padded = np.pad(batch_starts, (0, batch - batch_starts.size), mode="edge")
-    result = jax.device_get(separate(
-        variables, config, np.stack([mixture[s:s + chunk] for s in padded]),
-        lengths=np.full(batch, valid), normalize_level=False, **separate_kwargs))
+    result = jax.device_get(
+      separate(
+        variables,
+        config,
+        np.stack([mixture[s : s + chunk] for s in padded]),
+        lengths=np.full(batch, valid),
+        normalize_level=False,
+        **separate_kwargs,
+      )
+    )
     for name, values in per_chunk.items():
-      values.append(getattr(result, name)[:batch_starts.size])
+      values.append(getattr(result, name)[: batch_starts.size])
     executed.append(np.full(batch_starts.size, np.max(result.gmacs)))
     for start, chunk_estimates in zip(batch_starts, result.estimates[..., :valid]):
       fade_start = None
       if previous_tail is not None:
         fade_start = previous_end - overlap - start
-        order = align_sources(previous_tail,
-                              chunk_estimates[:, fade_start:fade_start + overlap])
+        order = align_sources(previous_tail, chunk_estimates[:, fade_start : fade_start + overlap])
         chunk_estimates = chunk_estimates[order]
       end = start + valid
       weight = _chunk_weight(valid, fade_in, fade_start, last=end == time)
@@ -517,7 +615,9 @@ def separate_long(variables, config, mixture, *, chunk_seconds=CHUNK_SECONDS,
     if progress:
       progress(first + batch_starts.size, starts.size)
   exits = ChunkExits(
-      starts=starts, **{name: np.concatenate(values) for name, values in per_chunk.items()},
-      full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk,
-      executed_gmacs=np.concatenate(executed))
+    starts=starts,
+    **{name: np.concatenate(values) for name, values in per_chunk.items()},
+    full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk,
+    executed_gmacs=np.concatenate(executed),
+  )
   return LongSeparationResult(estimates=estimates / np.float32(gain), exits=exits)

@@ -65,13 +65,15 @@ class Defaults:
   def from_config(cls, config):
     """The defaults an experiment config (`checkpoints.read_config`'s) sets."""
     inference_config, evaluation = config.inference, config.evaluation
-    return cls(target_snr_db=inference_config.target_snr_db,
-               confidence=inference_config.confidence,
-               chunk_seconds=inference_config.chunk_seconds,
-               overlap_seconds=inference_config.overlap_seconds,
-               chunk_batch=inference_config.chunk_batch,
-               targets_db=tuple(evaluation.targets_db),
-               confidences=tuple(evaluation.confidences))
+    return cls(
+      target_snr_db=inference_config.target_snr_db,
+      confidence=inference_config.confidence,
+      chunk_seconds=inference_config.chunk_seconds,
+      overlap_seconds=inference_config.overlap_seconds,
+      chunk_batch=inference_config.chunk_batch,
+      targets_db=tuple(evaluation.targets_db),
+      confidences=tuple(evaluation.confidences),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +125,9 @@ class TrainedRun:
     try:
       return probabilistic.full_posthoc(scales, model_config)
     except ValueError as error:
-      raise errors.DataError(f"{self.posthoc_path}: {error}. Run `eesep calibrate` again, "
-                             "or pass --no-posthoc.") from None
+      raise errors.DataError(
+        f"{self.posthoc_path}: {error}. Run `eesep calibrate` again, or pass --no-posthoc."
+      ) from None
 
   @functools.cached_property
   def posthoc_regime(self):
@@ -134,9 +137,10 @@ class TrainedRun:
     """`(chunk, overlap)` in samples (`inference.chunk_lengths`) at the model's rate;
     None: the run's default."""
     return inference.chunk_lengths(
-        self.model_config,
-        self.defaults.chunk_seconds if chunk_seconds is None else chunk_seconds,
-        self.defaults.overlap_seconds if overlap_seconds is None else overlap_seconds)
+      self.model_config,
+      self.defaults.chunk_seconds if chunk_seconds is None else chunk_seconds,
+      self.defaults.overlap_seconds if overlap_seconds is None else overlap_seconds,
+    )
 
   def posthoc_fits(self, chunk_seconds, overlap_seconds):
     """Whether the post-hoc scales were fitted (and their threshold certified) on the
@@ -144,7 +148,8 @@ class TrainedRun:
     scales fitted on whole utterances."""
     regime = self.posthoc_regime
     return regime is not None and self.chunk_lengths(chunk_seconds, overlap_seconds) == (
-        self.chunk_lengths(regime["chunk_seconds"], regime["overlap_seconds"]))
+      self.chunk_lengths(regime["chunk_seconds"], regime["overlap_seconds"])
+    )
 
 
 def load(workdir, *, locate_data=False):

@@ -32,19 +32,26 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # Neural speech (`data.neural_tts`) is cached here, not in the user's cache, and kept
 # between runs as the compilation cache is.
-os.environ.setdefault("EESEP_CACHE", str(pathlib.Path(tempfile.gettempdir())
-                                         / f"eesep-jax-test-speech-{os.getuid()}"))
+os.environ.setdefault(
+  "EESEP_CACHE", str(pathlib.Path(tempfile.gettempdir()) / f"eesep-jax-test-speech-{os.getuid()}")
+)
 DEMO_CONFIG = REPO / "eesep_jax" / "configs" / "demo.py"
 
 # Small enough for CI (2 cores) yet a real run: the demo's three exits, one block each
 # and one shared block, 0.25 s segments.
 TRAIN_STEPS = 6
 TRAIN_OVERRIDES = (
-    f"--config.steps={TRAIN_STEPS}", "--config.batch_size=8",
-    "--config.model.num_shared_blocks=1", "--config.model.num_exit_blocks=3",
-    "--config.data.segment_seconds=0.25", "--config.data.synthesize_if_missing=False",
-    "--config.checkpoint_every=2", "--config.log_every=1", "--config.eval_every=1000",
-    "--config.eval_max_utterances=2", "--config.optimizer.warmup_steps=2",
+  f"--config.steps={TRAIN_STEPS}",
+  "--config.batch_size=8",
+  "--config.model.num_shared_blocks=1",
+  "--config.model.num_exit_blocks=3",
+  "--config.data.segment_seconds=0.25",
+  "--config.data.synthesize_if_missing=False",
+  "--config.checkpoint_every=2",
+  "--config.log_every=1",
+  "--config.eval_every=1000",
+  "--config.eval_max_utterances=2",
+  "--config.optimizer.warmup_steps=2",
 )
 # The same, as `config_lib.load_config` overrides.
 TRAIN_CONFIG_OVERRIDES = tuple(flag.removeprefix("--config.") for flag in TRAIN_OVERRIDES)
@@ -81,6 +88,7 @@ def write_speech_mixtures(root, split, names, *, length, rate=8000, silent_s2=()
   Sources are harmonic tones under a 4 Hz envelope, different for every name; the
   second source of the names in `silent_s2` is silent.
   """
+
   def speech_like(seed, pitch):
     rng = np.random.default_rng(seed)
     t = np.arange(length) / rate
@@ -110,13 +118,17 @@ def write_wav(path, signal, rate=8000):
 def si_snri_reference(references, estimates, mixture):
   """Mean SI-SNR improvement `[sources, time]` of two sources under the best
   permutation, in float64 numpy (the tests' own reference, not the library's metric)."""
+
   def si_snr(reference, estimate):
     reference, estimate = reference - reference.mean(), estimate - estimate.mean()
     target = reference * (estimate @ reference) / (reference @ reference)
     return 10 * np.log10((target @ target) / np.sum((estimate - target) ** 2))
+
   references, estimates = np.asarray(references, np.float64), np.asarray(estimates, np.float64)
-  best = max(np.mean([si_snr(r, e) for r, e in zip(references, order)])
-             for order in (estimates, estimates[::-1]))
+  best = max(
+    np.mean([si_snr(r, e) for r, e in zip(references, order)])
+    for order in (estimates, estimates[::-1])
+  )
   return best - np.mean([si_snr(r, np.asarray(mixture, np.float64)) for r in references])
 
 
@@ -130,13 +142,20 @@ def make_exit_table(utterances, exits, sources, **fields):
 
   ids = np.array([f"u{i}" for i in range(utterances)])
   defaults = {
-      "ids": ids, "utterance": ids, "num_samples": np.full(utterances, 8000),
-      "targets_db": np.array([0.0]), "probability": nan(utterances, exits, 1),
-      **{name: nan(utterances, exits) for name in (
-          "si_snr", "si_snri", "snr", "snri", "sdr", "sdri", "snr_min", "expected_snr_db")},
-      **{name: nan(utterances, exits, sources)
-         for name in ("source_snr", "error_energy", "estimate_energy")},
-      "variance": {name: nan(utterances, exits, sources, 1) for name in ("alpha", "beta")},
+    "ids": ids,
+    "utterance": ids,
+    "num_samples": np.full(utterances, 8000),
+    "targets_db": np.array([0.0]),
+    "probability": nan(utterances, exits, 1),
+    **{
+      name: nan(utterances, exits)
+      for name in ("si_snr", "si_snri", "snr", "snri", "sdr", "sdri", "snr_min", "expected_snr_db")
+    },
+    **{
+      name: nan(utterances, exits, sources)
+      for name in ("source_snr", "error_energy", "estimate_energy")
+    },
+    "variance": {name: nan(utterances, exits, sources, 1) for name in ("alpha", "beta")},
   }
   return exit_table.ExitTable(**{**defaults, **fields})
 
@@ -173,27 +192,44 @@ def compile_cache():
 def train_env(compile_cache, devices=1):
   """Environment for a training subprocess: `devices` forced CPU devices, shared cache."""
   env = dict(os.environ)
-  env.update({
+  env.update(
+    {
       "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
       "JAX_PLATFORMS": "cpu",
       "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-  })
+    }
+  )
   return env
 
 
 def train_command(workdir, corpus, *extra):
-  return [sys.executable, "-m", "eesep_jax.app.cli", "train", "--config", str(DEMO_CONFIG),
-          "--workdir", str(workdir), f"--config.data.root={corpus}", *TRAIN_OVERRIDES,
-          *extra]
+  return [
+    sys.executable,
+    "-m",
+    "eesep_jax.app.cli",
+    "train",
+    "--config",
+    str(DEMO_CONFIG),
+    "--workdir",
+    str(workdir),
+    f"--config.data.root={corpus}",
+    *TRAIN_OVERRIDES,
+    *extra,
+  ]
 
 
 def run_training(workdir, corpus, compile_cache, *extra, devices=1):
   """Runs `eesep train` to completion; fails the test with its output if it fails."""
-  result = subprocess.run(train_command(workdir, corpus, *extra), cwd=REPO,
-                          env=train_env(compile_cache, devices), capture_output=True,
-                          text=True, timeout=900)
+  result = subprocess.run(
+    train_command(workdir, corpus, *extra),
+    cwd=REPO,
+    env=train_env(compile_cache, devices),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   return result
 
@@ -216,6 +252,7 @@ def smoke_ablation(tmp_path_factory):
   from experiments.ablations import driver
 
   out = tmp_path_factory.mktemp("ablation")
-  comparison = driver.run_ablation(DEMO_CONFIG, out, names=driver.SMOKE_SUBSET,
-                                   smoke=True, progress=False)
+  comparison = driver.run_ablation(
+    DEMO_CONFIG, out, names=driver.SMOKE_SUBSET, smoke=True, progress=False
+  )
   return out, comparison

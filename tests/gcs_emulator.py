@@ -31,8 +31,7 @@ def _object_name(request):
 def _generation(request, storage):
   """The object's generation; "0" when it does not exist (GCS's convention)."""
   try:
-    return storage.get_file_obj(request.params["bucket_name"], _object_name(request))[
-        "generation"]
+    return storage.get_file_obj(request.params["bucket_name"], _object_name(request))["generation"]
   except NotFound:
     return "0"
 
@@ -50,19 +49,21 @@ def _with_generations(handler):
         response.status = HTTPStatus.NOT_MODIFIED
         return None
     result = handler(request, response, storage, *args, **kwargs)
-    if request.method == "GET" and response.status in (HTTPStatus.OK,
-                                                       HTTPStatus.PARTIAL_CONTENT):
+    if request.method == "GET" and response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
       object_ = storage.get_file_obj(request.params["bucket_name"], _object_name(request))
       response["x-goog-generation"] = object_["generation"]
       response["x-goog-metageneration"] = object_["metageneration"]
     return result
+
   return conditional
 
 
 def patch_handlers():
   """Routes object reads, uploads and deletes through `_with_generations`."""
-  wrapped = {handler: _with_generations(handler)
-             for handler in (objects.get, objects.download, objects.insert, objects.delete)}
+  wrapped = {
+    handler: _with_generations(handler)
+    for handler in (objects.get, objects.download, objects.insert, objects.delete)
+  }
   for _, handlers in server.HANDLERS:
     for method, handler in handlers.items():
       if handler in wrapped:
@@ -75,8 +76,7 @@ def main():
   parser.add_argument("--bucket", required=True)
   args = parser.parse_args()
   patch_handlers()
-  server.create_server("127.0.0.1", args.port, in_memory=True,
-                       default_bucket=args.bucket).run()
+  server.create_server("127.0.0.1", args.port, in_memory=True, default_bucket=args.bucket).run()
 
 
 if __name__ == "__main__":

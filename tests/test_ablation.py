@@ -34,26 +34,39 @@ def test_variants_are_those_of_the_issue():
   variants = {variant.name: variant for variant in ablation.variants(models.preset("tiny"))}
   for parameterisation in probabilistic.PARAMETERISATIONS:
     assert _overrides(variants[parameterisation]) == {
-        "model.variance.parameterisation": parameterisation,
-        "model.variance.monotone": False}
+      "model.variance.parameterisation": parameterisation,
+      "model.variance.monotone": False,
+    }
   assert _overrides(variants["student-snr+monotone"]) == {
-      "model.variance.parameterisation": "student-snr", "model.variance.monotone": True}
+    "model.variance.parameterisation": "student-snr",
+    "model.variance.monotone": True,
+  }
   for depth in (1, 2, 3):  # The tiny preset: 3 exits of one block each.
     assert _overrides(variants[f"single-exit-{depth}"]) == {
-        "model.num_exits": 1, "model.num_exit_blocks": depth, "loss.exit_weights": None}
+      "model.num_exits": 1,
+      "model.num_exit_blocks": depth,
+      "loss.exit_weights": None,
+    }
   assert _overrides(variants["per-exit-permutation"]) == {"loss.permutation": "per-exit"}
   assert len(variants) == 5 + 1 + 3 + 1
-  assert all(variants[name].kind == "single-exit" for name in variants
-             if name.startswith("single-exit"))
+  assert all(
+    variants[name].kind == "single-exit" for name in variants if name.startswith("single-exit")
+  )
 
 
 def test_single_exit_baselines_save_only_the_earlier_exit_heads():
   base = config_lib.load_config(DEMO_CONFIG)
   full_cost = models.gmacs_by_exit(config_lib.model_config(base))
-  baselines = ablation.select_variants(ablation.variants(config_lib.model_config(base)),
-                                       ["single-exit-1", "single-exit-2", "single-exit-3"])
-  cost = [models.gmacs_by_exit(config_lib.model_config(
-      config_lib.load_config(DEMO_CONFIG, variant.overrides)))[0] for variant in baselines]
+  baselines = ablation.select_variants(
+    ablation.variants(config_lib.model_config(base)),
+    ["single-exit-1", "single-exit-2", "single-exit-3"],
+  )
+  cost = [
+    models.gmacs_by_exit(
+      config_lib.model_config(config_lib.load_config(DEMO_CONFIG, variant.overrides))
+    )[0]
+    for variant in baselines
+  ]
   # Depth 1 is exit 1's network; deeper ones skip the heads of the exits before theirs.
   assert cost[0] == pytest.approx(full_cost[0], rel=1e-6)
   head = full_cost[1] - full_cost[0] - (cost[1] - cost[0])
@@ -76,8 +89,9 @@ def test_unknown_variants_are_named():
 
 
 def test_script_help_has_an_example():
-  result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
-                          text=True, check=True)
+  result = subprocess.run(
+    [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+  )
   assert "--smoke" in result.stdout and "examples:" in result.stdout
 
 
@@ -111,8 +125,7 @@ def test_smoke_ablation_compares_every_variant(smoke_ablation):
 
 
 @pytest.mark.slow
-def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation,
-                                                                monkeypatch):
+def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation, monkeypatch):
   out, comparison = smoke_ablation
 
   def forbidden(*args, **kwargs):
@@ -123,6 +136,5 @@ def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation,
   again = driver.run_ablation(DEMO_CONFIG, out, names=driver.SMOKE_SUBSET, smoke=True)
   assert again == comparison
   # A finished run is not trained again, even without its result.
-  config = config_lib.load_config(
-      DEMO_CONFIG, driver.smoke_overrides(out / driver.CORPUS_DIR))
+  config = config_lib.load_config(DEMO_CONFIG, driver.smoke_overrides(out / driver.CORPUS_DIR))
   driver.train_variant(config, out / "student-snr")

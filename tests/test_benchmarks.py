@@ -18,14 +18,14 @@ from eesep_jax.training import throughput
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "run.py"
 # Every script of experiments/benchmarks/ and the test below that runs it at smoke size.
 SMOKE_TESTS = {
-    "run.py": "test_run_script_at_smoke_size",
-    "accelerator.py": "test_accelerator_script_at_smoke_size",
-    "train_step.py": "test_train_step_script_times_one_step",
-    "eval_throughput.py": "test_eval_throughput_script_at_smoke_size",
-    "time_to_quality.py": "test_time_to_quality_script_at_smoke_size",
-    "block_probability_accuracy.py": "test_block_probability_accuracy_script_at_smoke_size",
-    "input_pipeline.py": "test_input_pipeline_benchmark_runs_at_smoke_size",
-    "corpus_breadth.py": "test_corpus_breadth_reports_exits_and_honesty",
+  "run.py": "test_run_script_at_smoke_size",
+  "accelerator.py": "test_accelerator_script_at_smoke_size",
+  "train_step.py": "test_train_step_script_times_one_step",
+  "eval_throughput.py": "test_eval_throughput_script_at_smoke_size",
+  "time_to_quality.py": "test_time_to_quality_script_at_smoke_size",
+  "block_probability_accuracy.py": "test_block_probability_accuracy_script_at_smoke_size",
+  "input_pipeline.py": "test_input_pipeline_benchmark_runs_at_smoke_size",
+  "corpus_breadth.py": "test_corpus_breadth_reports_exits_and_honesty",
 }
 
 
@@ -42,8 +42,9 @@ def bench():
 
 
 def test_help_names_the_options():
-  result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
-                          text=True, check=True, timeout=60)
+  result = subprocess.run(
+    [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True, timeout=60
+  )
   assert "--quick" in result.stdout and "--out" in result.stdout
 
 
@@ -89,36 +90,65 @@ def test_train_flops_bound_what_xla_counts_in_the_gradient(bench):
 
 
 def _results():
-  preset = {"train_all_exits_over_last_exit": 1.1, "train_mfu": 0.1,
-            "train": {"batch": 2, "segment_samples": 800, "achieved_gflops": 3.0,
-                      "peak_matmul_gflops": 30.0},
-            "stop_at_k_over_full": [0.6, 1.0], "stop_at_k_compute_fraction": [0.58, 1.0],
-            "while_loop_over_static": [1.0, 1.2]}
-  return {"device": {"device_kind": "cpu", "platform": "cpu", "cpu_count": 2,
-                     "jax_version": jax.__version__},
-          "quick": True, "presets": {"tiny": preset}, "compile_scan_e12_over_e2": 1.1,
-          "compile_unrolled_e4_over_e2": 1.6, "rtf_press4_full": 0.5,
-          "rtf_press4_stop": 0.4, "rtf_press4_stop_mean_exit": 3.5,
-          "long_file_seconds": 120.0, "long_file_peak_rss_gb": 1.0,
-          "long_file_throughput_over_60s": 0.85}
+  preset = {
+    "train_all_exits_over_last_exit": 1.1,
+    "train_mfu": 0.1,
+    "train": {
+      "batch": 2,
+      "segment_samples": 800,
+      "achieved_gflops": 3.0,
+      "peak_matmul_gflops": 30.0,
+    },
+    "stop_at_k_over_full": [0.6, 1.0],
+    "stop_at_k_compute_fraction": [0.58, 1.0],
+    "while_loop_over_static": [1.0, 1.2],
+  }
+  return {
+    "device": {
+      "device_kind": "cpu",
+      "platform": "cpu",
+      "cpu_count": 2,
+      "jax_version": jax.__version__,
+    },
+    "quick": True,
+    "presets": {"tiny": preset},
+    "compile_scan_e12_over_e2": 1.1,
+    "compile_unrolled_e4_over_e2": 1.6,
+    "rtf_press4_full": 0.5,
+    "rtf_press4_stop": 0.4,
+    "rtf_press4_stop_mean_exit": 3.5,
+    "long_file_seconds": 120.0,
+    "long_file_peak_rss_gb": 1.0,
+    "long_file_throughput_over_60s": 0.85,
+  }
 
 
 def test_targets_flag_each_miss(bench):
   assert bench._targets(_results()) == {
-      "tiny/train_all_exits_over_last_exit <= 1.15": True, "tiny/train_mfu >= 0.20": False,
-      "tiny/stop_at_k_over_full <= k/E + 0.05": False,
-      "tiny/stop_at_k_over_full <= compute fraction + 0.05": True,
-      "tiny/while_loop_over_static <= 1.05": False, "compile_scan_e12_over_e2 <= 1.3": True,
-      "long_file_peak_rss_gb < 3": True, "long_file_throughput_over_60s within 10%": False}
+    "tiny/train_all_exits_over_last_exit <= 1.15": True,
+    "tiny/train_mfu >= 0.20": False,
+    "tiny/stop_at_k_over_full <= k/E + 0.05": False,
+    "tiny/stop_at_k_over_full <= compute fraction + 0.05": True,
+    "tiny/while_loop_over_static <= 1.05": False,
+    "compile_scan_e12_over_e2 <= 1.3": True,
+    "long_file_peak_rss_gb < 3": True,
+    "long_file_throughput_over_60s within 10%": False,
+  }
 
 
 def test_markdown_table_marks_each_target(bench, tmp_path):
   results = tmp_path / "results.json"
   results.write_text(json.dumps(_results()))
-  table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results)],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-  rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()
-          if line.startswith("| ")}
+  table = subprocess.run(
+    [sys.executable, str(SCRIPT), "--table", str(results)],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=60,
+  ).stdout
+  rows = {
+    line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")
+  }
   assert rows["tiny/train_all_exits_over_last_exit"].endswith("| yes |")
   assert rows["tiny/train_mfu"].endswith("| 0.100 (3.0 of 30 GFLOP/s) | >= 0.20 | no |")
   assert rows["long_file_throughput_over_60s"].endswith("| no |")
@@ -132,10 +162,19 @@ def test_peak_rss_is_this_process_own(bench):
   assert bench.peak_rss_bytes() >= before + block.nbytes // 2
   # A child started from this (larger) process reports its own, smaller peak.
   child = subprocess.run(
-      [sys.executable, "-c", "import importlib.util, sys; "
-       f"spec = importlib.util.spec_from_file_location('b', {str(SCRIPT)!r}); "
-       "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
-       "print(m.peak_rss_bytes())"], capture_output=True, text=True, check=True, timeout=120)
+    [
+      sys.executable,
+      "-c",
+      "import importlib.util, sys; "
+      f"spec = importlib.util.spec_from_file_location('b', {str(SCRIPT)!r}); "
+      "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+      "print(m.peak_rss_bytes())",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+  )
   assert int(child.stdout) < bench.peak_rss_bytes()
 
 
@@ -145,16 +184,20 @@ def test_time_to_quality_reuses_only_a_finished_run(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match="holds no finished run"):
     ttq._train(config, tmp_path / "demo", reuse=True)  # pylint: disable=protected-access
 
-  records = [{"step": 10, "train_loss": 1.0},
-             {"step": 20, "train_seconds": 5.0, "valid_si_snri": [1.0, 2.0, 3.0]},
-             {"step": config.steps, "train_seconds": 9.0, "valid_si_snri": [2.0, 3.0, 4.0]}]
+  records = [
+    {"step": 10, "train_loss": 1.0},
+    {"step": 20, "train_seconds": 5.0, "valid_si_snri": [1.0, 2.0, 3.0]},
+    {"step": config.steps, "train_seconds": 9.0, "valid_si_snri": [2.0, 3.0, 4.0]},
+  ]
   (tmp_path / "demo").mkdir()
   (tmp_path / "demo" / "metrics.jsonl").write_text(
-      "".join(json.dumps(record) + "\n" for record in records))
+    "".join(json.dumps(record) + "\n" for record in records)
+  )
   finished = {tmp_path / "demo": config.steps, tmp_path / "cut": config.steps - 1}
   monkeypatch.setattr(ttq.checkpoints, "latest_step", finished.get)
-  monkeypatch.setattr(ttq.train, "train_and_evaluate",
-                      lambda *args: pytest.fail("--reuse trained a run"))
+  monkeypatch.setattr(
+    ttq.train, "train_and_evaluate", lambda *args: pytest.fail("--reuse trained a run")
+  )
   assert ttq._train(config, tmp_path / "demo", reuse=True) == [(5.0, 3.0), (9.0, 4.0)]  # pylint: disable=protected-access
   with pytest.raises(SystemExit, match=f"latest checkpoint {config.steps - 1}"):
     ttq._train(config, tmp_path / "cut", reuse=True)  # pylint: disable=protected-access
@@ -171,8 +214,13 @@ def test_every_benchmark_script_has_a_smoke_test():
 
 
 def _run_script(name, *args, timeout=900):
-  return subprocess.run([sys.executable, str(SCRIPT.with_name(name)), *map(str, args)],
-                        capture_output=True, text=True, check=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, str(SCRIPT.with_name(name)), *map(str, args)],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=timeout,
+  )
 
 
 @pytest.mark.slow
@@ -197,8 +245,12 @@ def test_accelerator_script_at_smoke_size(tmp_path):
     assert dtype["step_s"] > 0 and dtype["model_gflop_per_step"] > 0
     assert dtype["mfu"] is None  # CPUs have no peak unless --peak-flops gives one.
   layer_shares = results["presets"]["tiny"]["layers"]["share_of_bfloat16_step"]
-  assert set(layer_shares) == {"recurrence/chunked", "recurrence/associative",
-                               "depthwise/shifted", "depthwise/grouped"}
+  assert set(layer_shares) == {
+    "recurrence/chunked",
+    "recurrence/associative",
+    "depthwise/shifted",
+    "depthwise/grouped",
+  }
   separated = results["presets"]["tiny"]["separate"]
   assert set(separated) == {"batch_1", "batch_8"}
   exit_1 = separated["batch_8"]["exit_1"]
@@ -213,15 +265,19 @@ def test_accelerator_peak_flops_flag_overrides_the_table():
   peaks = accelerator._peaks(jax.devices("cpu")[0], {"float32": 1e12})  # pylint: disable=protected-access
   assert peaks == {"bfloat16": None, "float32": 1e12}
   assert accelerator._peaks("NVIDIA H100 PCIe", {}) == {  # pylint: disable=protected-access
-      "bfloat16": 756e12, "float32": 378e12}
+    "bfloat16": 756e12,
+    "float32": 378e12,
+  }
   device = {"platform": "tpu", "device_kind": "TPU v5 lite"}
   assert accelerator.results_path(pathlib.Path("r"), device).name == (
-      "accelerator_tpu_tpu_v5_lite.json")
+    "accelerator_tpu_tpu_v5_lite.json"
+  )
 
 
 def test_train_step_script_times_one_step():
-  result = _run_script("train_step.py", "--batch", "1", "--samples", "800", "--repeats", "1",
-                       timeout=300)
+  result = _run_script(
+    "train_step.py", "--batch", "1", "--samples", "800", "--repeats", "1", timeout=300
+  )
   record = json.loads(result.stdout.strip().splitlines()[-1])
   assert record["preset"] == "tiny" and record["samples"] == 800
   assert record["compile_s"] > 0 and record["step_s"] > 0
@@ -229,16 +285,32 @@ def test_train_step_script_times_one_step():
 
 @pytest.mark.slow
 def test_eval_throughput_script_at_smoke_size(trained_workdir, tmp_path):
-  _run_script("eval_throughput.py", "--checkpoint", trained_workdir, "--max-utterances", 2,
-              "--out", tmp_path / "eval.json")
+  _run_script(
+    "eval_throughput.py",
+    "--checkpoint",
+    trained_workdir,
+    "--max-utterances",
+    2,
+    "--out",
+    tmp_path / "eval.json",
+  )
   results = json.loads((tmp_path / "eval.json").read_text())
   assert results["utterances"] == 2 and results["bucketed_utterances_per_second"] > 0
 
 
 @pytest.mark.slow
 def test_time_to_quality_script_at_smoke_size(tiny_corpus, tmp_path):
-  _run_script("time_to_quality.py", "--out-dir", tmp_path, "--steps", 2, "--points", 1,
-              "--data-root", tiny_corpus)
+  _run_script(
+    "time_to_quality.py",
+    "--out-dir",
+    tmp_path,
+    "--steps",
+    2,
+    "--points",
+    1,
+    "--data-root",
+    tiny_corpus,
+  )
   curves = json.loads((tmp_path / "time_to_quality.json").read_text())["curves"]
   assert set(curves) == {"demo", "single_exit"}
   assert all(len(curve) == 1 for curve in curves.values())
@@ -258,25 +330,40 @@ INPUT_PIPELINE = SCRIPT.with_name("input_pipeline.py")
 @pytest.mark.slow
 def test_input_pipeline_benchmark_runs_at_smoke_size(tmp_path):
   out = tmp_path / "input_pipeline.json"
-  subprocess.run([sys.executable, str(INPUT_PIPELINE), "--smoke", "--workers", "0", "1",
-                  "--out", str(out)], check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    [sys.executable, str(INPUT_PIPELINE), "--smoke", "--workers", "0", "1", "--out", str(out)],
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   results = json.loads(out.read_text())
   assert results["smoke"] and results["dynamic_mixing"]
   assert set(results["examples_per_second"]) == {"0", "1"}
   assert all(rate > 0 for rate in results["examples_per_second"].values())
-  assert results["examples_per_second_per_worker"] == {
-      "1": results["examples_per_second"]["1"]}
+  assert results["examples_per_second_per_worker"] == {"1": results["examples_per_second"]["1"]}
 
 
 def test_corpus_breadth_reports_exits_and_honesty(tmp_path, trained_workdir, tiny_corpus):
   breadth = _load_script(SCRIPT.with_name("corpus_breadth.py"), "benchmarks_corpus_breadth")
   workdir = tmp_path / "run"
   import shutil  # pylint: disable=g-import-not-at-top
+
   shutil.copytree(trained_workdir, workdir)
   out = tmp_path / "breadth.json"
-  results = breadth.main(["--run", f"r={workdir}", "--set", "test=",
-                          "--set", f"other={tiny_corpus}", "--max-utterances", "2",
-                          "--out", str(out)])
+  results = breadth.main(
+    [
+      "--run",
+      f"r={workdir}",
+      "--set",
+      "test=",
+      "--set",
+      f"other={tiny_corpus}",
+      "--max-utterances",
+      "2",
+      "--out",
+      str(out),
+    ]
+  )
   row = results["r"]["test"]
   table = breadth.exit_table.load(workdir / "eval_test" / "exit_table.npz")
   np.testing.assert_allclose(row["si_snri_per_exit"], table.si_snri.mean(0), atol=1e-3)
@@ -284,14 +371,18 @@ def test_corpus_breadth_reports_exits_and_honesty(tmp_path, trained_workdir, tin
   # Honesty by brute force: walk each utterance's exits until P(SNR >= γ) >= p.
   probability = table.probability[..., list(table.targets_db).index(gamma)]
   for entry in row["honesty"]:
-    stops = [next((k for k in range(table.num_exits - 1)
-                   if probability[i, k] >= entry["confidence"]), None)
-             for i in range(len(table.ids))]
+    stops = [
+      next(
+        (k for k in range(table.num_exits - 1) if probability[i, k] >= entry["confidence"]), None
+      )
+      for i in range(len(table.ids))
+    ]
     early = [(i, k) for i, k in enumerate(stops) if k is not None]
     assert entry["stopped_early"] == len(early)
     if early:
       assert entry["satisfaction"] == pytest.approx(
-          np.mean([table.snr_min[i, k] >= gamma for i, k in early]))
+        np.mean([table.snr_min[i, k] >= gamma for i, k in early])
+      )
   assert row["last_exit_reached_share"] == pytest.approx(np.mean(table.snr_min[:, -1] >= gamma))
   assert json.loads(out.read_text())["r"]["other"]["utterances"] == 2
   assert "| r | other | 2 |" in out.with_suffix(".md").read_text()

@@ -51,7 +51,7 @@ def test_reliability_separates_calibrated_from_miscalibrated():
   rng = _rng(0)
   p = rng.uniform(size=(20, 1000))  # Any shape: flattened.
   calibrated = calibration.reliability(p, rng.uniform(size=p.shape) < p)
-  overconfident = calibration.reliability(p, rng.uniform(size=p.shape) < p ** 2)
+  overconfident = calibration.reliability(p, rng.uniform(size=p.shape) < p**2)
   assert calibrated["ece"] < 0.015
   assert overconfident["ece"] > 0.15  # E|p − p²| = 1/6.
   assert calibrated["count"].sum() == p.size
@@ -63,10 +63,15 @@ def test_reliability_separates_calibrated_from_miscalibrated():
 
 def test_ks_distance_matches_scipy():
   rng = _rng(1)
-  for u in (rng.uniform(size=50), rng.uniform(size=3000) ** 1.3, rng.beta(2, 2, 777),
-            np.array([0.5])):
+  for u in (
+    rng.uniform(size=50),
+    rng.uniform(size=3000) ** 1.3,
+    rng.beta(2, 2, 777),
+    np.array([0.5]),
+  ):
     assert calibration.ks_distance(u) == pytest.approx(
-        scipy.stats.kstest(u, "uniform").statistic, abs=1e-12)
+      scipy.stats.kstest(u, "uniform").statistic, abs=1e-12
+    )
 
 
 def test_student_pit_is_uniform_under_the_generative_model():
@@ -96,8 +101,9 @@ def test_gaussian_pit_is_uniform_under_the_generative_model():
   energy = variance * rng.chisquare(time)
   pit = calibration.pit_values_gaussian(energy, variance, time)
   assert calibration.ks_distance(pit) < 1.95 / math.sqrt(n)
-  assert calibration.ks_distance(calibration.pit_values_gaussian(energy, 1.2 * variance,
-                                                                 time)) > 0.3
+  assert (
+    calibration.ks_distance(calibration.pit_values_gaussian(energy, 1.2 * variance, time)) > 0.3
+  )
 
 
 # Levels from either tail to the median, where the PIT is pinned to scipy's CDF.
@@ -113,12 +119,22 @@ def test_pit_matches_scipys_law_in_both_tails():
   beta = 1e-3 * (alpha - 1)  # A mean variance of 1e-3.
   variance = np.array([1e-6, 1e-3, 1.0])[:, None]
   cases = [
-      (calibration.pit_values, scipy.stats.betaprime.ppf(LEVELS, time / 2, alpha, scale=2 * beta),
-       lambda energy: (energy / time, alpha, beta, time)),
-      (calibration.pit_values, scipy.stats.invgamma.ppf(LEVELS, alpha, scale=beta),
-       lambda energy: (energy, alpha, beta)),
-      (calibration.pit_values_gaussian, scipy.stats.chi2.ppf(LEVELS, time, scale=variance),
-       lambda energy: (energy, variance, time))]
+    (
+      calibration.pit_values,
+      scipy.stats.betaprime.ppf(LEVELS, time / 2, alpha, scale=2 * beta),
+      lambda energy: (energy / time, alpha, beta, time),
+    ),
+    (
+      calibration.pit_values,
+      scipy.stats.invgamma.ppf(LEVELS, alpha, scale=beta),
+      lambda energy: (energy, alpha, beta),
+    ),
+    (
+      calibration.pit_values_gaussian,
+      scipy.stats.chi2.ppf(LEVELS, time, scale=variance),
+      lambda energy: (energy, variance, time),
+    ),
+  ]
   for pit_values, energy, arguments in cases:
     pit = pit_values(*arguments(energy))
     expected = np.broadcast_to(LEVELS, energy.shape)
@@ -132,12 +148,12 @@ def test_pit_matches_scipys_law_in_both_tails():
 # (params, T, S, realised SNR dB): typical, heavy-tailed, sharp, below the support,
 # far in the upper tail, Gaussian.
 CRPS_CASES = [
-    ({"alpha": 3.0, "beta": 0.02}, 4000, 1265.0, 16.0),
-    ({"alpha": 1.2, "beta": 0.002}, 1000, 300.0, 8.0),
-    ({"alpha": 50.0, "beta": 0.5}, 4000, 1265.0, 15.0),
-    ({"alpha": 2.0, "beta": 0.01}, 100, 3.0, -3.0),
-    ({"alpha": 3.0, "beta": 0.02}, 4000, 1265.0, 30.0),
-    ({"variance": 0.01}, 4000, 1265.0, 15.05),
+  ({"alpha": 3.0, "beta": 0.02}, 4000, 1265.0, 16.0),
+  ({"alpha": 1.2, "beta": 0.002}, 1000, 300.0, 8.0),
+  ({"alpha": 50.0, "beta": 0.5}, 4000, 1265.0, 15.0),
+  ({"alpha": 2.0, "beta": 0.01}, 100, 3.0, -3.0),
+  ({"alpha": 3.0, "beta": 0.02}, 4000, 1265.0, 30.0),
+  ({"variance": 0.01}, 4000, 1265.0, 15.05),
 ]
 
 
@@ -168,23 +184,31 @@ def test_crps_matches_quadrature_and_vectorises():
       energy = scipy.stats.chi2(time, scale=params["variance"])
     else:
       energy = scipy.stats.betaprime(time / 2, params["alpha"], scale=2 * params["beta"])
-    cdf = lambda x, e=energy, s=signal: e.sf(_threshold(s, x))
+
+    def cdf(x, energy=energy, signal=signal):
+      return energy.sf(_threshold(signal, x))
+
     low, high = (DB * np.log1p(signal / energy.isf(level)) for level in (1e-13, 1 - 1e-13))
-    below = scipy.integrate.quad(lambda x: cdf(x) ** 2, low, min(max(realised, low), high),
-                                 limit=500, epsabs=1e-12)[0]
-    above = scipy.integrate.quad(lambda x: (1 - cdf(x)) ** 2, max(min(realised, high), low),
-                                 high, limit=500, epsabs=1e-12)[0]
+    below = scipy.integrate.quad(
+      lambda x: cdf(x) ** 2, low, min(max(realised, low), high), limit=500, epsabs=1e-12
+    )[0]
+    above = scipy.integrate.quad(
+      lambda x: (1 - cdf(x)) ** 2, max(min(realised, high), low), high, limit=500, epsabs=1e-12
+    )[0]
     expected.append(below + above + max(realised - high, 0) + max(low - realised, 0))
   student = [i for i, case in enumerate(CRPS_CASES) if "alpha" in case[0]]
-  params = {name: np.array([CRPS_CASES[i][0][name] for i in student]).reshape(1, -1)
-            for name in ("alpha", "beta")}
+  params = {
+    name: np.array([CRPS_CASES[i][0][name] for i in student]).reshape(1, -1)
+    for name in ("alpha", "beta")
+  }
   time, signal, realised = (np.array([CRPS_CASES[i][j] for i in student]) for j in (1, 2, 3))
   crps = calibration.snr_crps(signal, params, realised, time)
   assert crps.shape == (1, len(student))
   np.testing.assert_allclose(crps[0], np.array(expected)[student], rtol=1e-4)
   gaussian = CRPS_CASES[-1]
   assert calibration.snr_crps(gaussian[2], gaussian[0], gaussian[3], gaussian[1]) == (
-      pytest.approx(expected[-1], rel=1e-4))
+    pytest.approx(expected[-1], rel=1e-4)
+  )
 
 
 def test_sharpness_is_the_predicted_spread_of_the_error_energy_in_db():
@@ -195,12 +219,15 @@ def test_sharpness_is_the_predicted_spread_of_the_error_energy_in_db():
   variance = beta / rng.gamma(np.repeat(alpha, size, 0))
   gaussian = 0.01 * rng.chisquare(time, size)
   params = {"alpha": np.repeat(alpha, 2, 0), "beta": np.full((2, 3), beta)}
-  np.testing.assert_allclose(calibration.sharpness(params, time, axis=0),
-                             np.std(DB * np.log(energy), axis=0), rtol=0.01)
-  np.testing.assert_allclose(calibration.sharpness(params, axis=0),
-                             np.std(DB * np.log(variance), axis=0), rtol=0.01)
+  np.testing.assert_allclose(
+    calibration.sharpness(params, time, axis=0), np.std(DB * np.log(energy), axis=0), rtol=0.01
+  )
+  np.testing.assert_allclose(
+    calibration.sharpness(params, axis=0), np.std(DB * np.log(variance), axis=0), rtol=0.01
+  )
   assert calibration.sharpness({"variance": np.full(4, 0.01)}, time) == pytest.approx(
-      np.std(DB * np.log(gaussian)), rel=0.01)
+    np.std(DB * np.log(gaussian)), rel=0.01
+  )
   with pytest.raises(ValueError):
     calibration.sharpness({"variance": np.ones(3)})
 
@@ -258,9 +285,15 @@ def test_posthoc_nll_recovers_the_scale_and_calibrates_held_out_data():
   rng = _rng(6)
   params, energy, time, _ = _posthoc_population(rng, 3000)
   test_params, test_energy, test_time, test_signal = _posthoc_population(rng, 3000)
-  before = [_calibration_measures({k: v[:, i] for k, v in test_params.items()},
-                                  test_energy[:, i], test_time[:, 0], test_signal[:, i])
-            for i in range(2)]
+  before = [
+    _calibration_measures(
+      {k: v[:, i] for k, v in test_params.items()},
+      test_energy[:, i],
+      test_time[:, 0],
+      test_signal[:, i],
+    )
+    for i in range(2)
+  ]
   for fit_alpha in (False, True):
     scales = calibration.fit_posthoc(params, energy, time, fit_alpha=fit_alpha)
     np.testing.assert_allclose(scales["beta_scale"], SCALES, rtol=0.1 if fit_alpha else 0.05)
@@ -268,8 +301,12 @@ def test_posthoc_nll_recovers_the_scale_and_calibrates_held_out_data():
       np.testing.assert_allclose(scales["alpha_excess_scale"], 1.0, rtol=0.15)
     fitted = probabilistic.apply_posthoc(test_params, scales)
     for i in range(2):
-      ece, ks = _calibration_measures({k: v[:, i] for k, v in fitted.items()},
-                                      test_energy[:, i], test_time[:, 0], test_signal[:, i])
+      ece, ks = _calibration_measures(
+        {k: v[:, i] for k, v in fitted.items()},
+        test_energy[:, i],
+        test_time[:, 0],
+        test_signal[:, i],
+      )
       assert before[i][0] > 0.1 and before[i][1] > 0.2
       assert ece < 0.03 and ks < 0.04
 
@@ -295,15 +332,15 @@ def test_posthoc_nll_maximises_scipys_beta_prime_likelihood():
     return -np.sum(scipy.stats.betaprime.logpdf(energy, time / 2, shape, scale=scale))
 
   one = scipy.optimize.minimize_scalar(nll, bracket=(0.0, 1.0), tol=1e-10).x
-  two = scipy.optimize.minimize(lambda x: nll(*x), [0.0, 0.0], method="Nelder-Mead",
-                                options={"xatol": 1e-8, "fatol": 1e-10}).x
+  two = scipy.optimize.minimize(
+    lambda x: nll(*x), [0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10}
+  ).x
   fitted_one = calibration.fit_posthoc({"alpha": alpha, "beta": beta}, energy, time)
-  fitted_two = calibration.fit_posthoc({"alpha": alpha, "beta": beta}, energy, time,
-                                       fit_alpha=True)
+  fitted_two = calibration.fit_posthoc({"alpha": alpha, "beta": beta}, energy, time, fit_alpha=True)
   np.testing.assert_allclose(np.log(fitted_one["beta_scale"]), [one], atol=1e-4)
   np.testing.assert_allclose(
-      np.log([fitted_two["beta_scale"][0], fitted_two["alpha_excess_scale"][0]]), two,
-      atol=1e-3)
+    np.log([fitted_two["beta_scale"][0], fitted_two["alpha_excess_scale"][0]]), two, atol=1e-3
+  )
 
 
 def test_posthoc_gaussian():
@@ -316,16 +353,20 @@ def test_posthoc_gaussian():
     np.testing.assert_allclose(scales["variance_scale"], [2.0, 1.0, 0.3], rtol=0.01)
   # The NLL scale maximises scipy's chi-square likelihood.
   best = scipy.optimize.minimize_scalar(
-      lambda c: -np.sum(scipy.stats.chi2.logpdf(energy[:, 0], time[:, 0],
-                                                scale=c * variance[:, 0])),
-      bounds=(1.0, 3.0), method="bounded", options={"xatol": 1e-9}).x
+    lambda c: -np.sum(scipy.stats.chi2.logpdf(energy[:, 0], time[:, 0], scale=c * variance[:, 0])),
+    bounds=(1.0, 3.0),
+    method="bounded",
+    options={"xatol": 1e-9},
+  ).x
   fitted = calibration.fit_posthoc({"variance": variance}, energy, time)
   assert fitted["variance_scale"][0] == pytest.approx(best, rel=1e-6)
 
 
 def test_apply_posthoc_along_the_exit_axis_and_under_jit():
-  scales = {"beta_scale": np.array([2.0, 0.5, 1.0]),
-            "alpha_excess_scale": np.array([1.0, 0.1, 3.0])}
+  scales = {
+    "beta_scale": np.array([2.0, 0.5, 1.0]),
+    "alpha_excess_scale": np.array([1.0, 0.1, 3.0]),
+  }
   alpha, beta = np.full((4, 3), 1.5), np.full((4, 3), 0.2)
   fitted = probabilistic.apply_posthoc({"alpha": alpha, "beta": beta}, scales)
   np.testing.assert_allclose(fitted["beta"][0], [0.4, 0.1, 0.2])
@@ -335,13 +376,14 @@ def test_apply_posthoc_along_the_exit_axis_and_under_jit():
   on_model = probabilistic.apply_posthoc(model, scales, exit_axis=0)
   np.testing.assert_allclose(on_model["beta"][:, 1, 0, 0], [0.4, 0.1, 0.2], rtol=1e-6)
   # One exit's scalars, as the stopping loop would apply them.
-  one_exit = jax.jit(lambda p: probabilistic.apply_posthoc(
-      p, {name: value[1] for name, value in scales.items()}))(
-          {"alpha": jnp.full((2, 2, 1), 1.5), "beta": jnp.full((2, 2, 1), 0.2)})
+  one_exit = jax.jit(
+    lambda p: probabilistic.apply_posthoc(p, {name: value[1] for name, value in scales.items()})
+  )({"alpha": jnp.full((2, 2, 1), 1.5), "beta": jnp.full((2, 2, 1), 0.2)})
   np.testing.assert_allclose(one_exit["alpha"], 1.05, rtol=1e-6)
   np.testing.assert_allclose(one_exit["beta"], 0.1, rtol=1e-6)
-  gaussian = probabilistic.apply_posthoc({"variance": np.ones((2, 3))},
-                                       {"variance_scale": np.array([1.0, 2.0, 3.0])})
+  gaussian = probabilistic.apply_posthoc(
+    {"variance": np.ones((2, 3))}, {"variance_scale": np.array([1.0, 2.0, 3.0])}
+  )
   np.testing.assert_allclose(gaussian["variance"][1], [1.0, 2.0, 3.0])
   with pytest.raises(ValueError):
     probabilistic.apply_posthoc({"variance": np.ones(3)}, scales)
@@ -407,15 +449,17 @@ def test_guaranteed_threshold_p_values_are_exact_binomial_tails():
   rng = _rng(11)
   probabilities, realised = _exit_population(rng, 200)
   candidates = np.linspace(0, 1, 21)
-  result = calibration.guaranteed_threshold(probabilities, realised, GAMMA, DELTA, EPSILON,
-                                            candidates)
+  result = calibration.guaranteed_threshold(
+    probabilities, realised, GAMMA, DELTA, EPSILON, candidates
+  )
   np.testing.assert_allclose(result["candidates"], candidates[::-1])
   for i, threshold in enumerate(result["candidates"]):
     taken = _reference_exit(probabilities, threshold)
     failures = int(np.sum(realised[np.arange(200), taken] < GAMMA))
     assert result["risk"][i] == pytest.approx(failures / 200)
     assert result["p_values"][i] == pytest.approx(
-        scipy.stats.binomtest(failures, 200, DELTA, alternative="less").pvalue, rel=1e-9)
+      scipy.stats.binomtest(failures, 200, DELTA, alternative="less").pvalue, rel=1e-9
+    )
     assert result["mean_exit"][i] == pytest.approx(taken.mean() + 1)  # 1-based.
   # Fixed-sequence testing: certified up to the first p-value above ε.
   first_failure = np.argmax(result["p_values"] > EPSILON)
@@ -430,17 +474,21 @@ def test_guaranteed_threshold_holds_over_calibration_splits():
   candidates = np.linspace(0, 1, 201)
   # Ground truth: the failure rate of each candidate over the whole population, from
   # which calibration sets are drawn with replacement (so it is their exact risk).
-  population = np.array([
+  population = np.array(
+    [
       np.mean(realised[np.arange(len(realised)), _reference_exit(probabilities, t)] < GAMMA)
-      for t in candidates])
+      for t in candidates
+    ]
+  )
   assert population.max() > 3 * DELTA and population.min() < DELTA / 3  # The risk crosses δ.
   splits, size = 300, 1000
   violations = naive_violations = 0
   thresholds = []
   for _ in range(splits):
     index = rng.integers(0, len(realised), size)
-    result = calibration.guaranteed_threshold(probabilities[index], realised[index], GAMMA,
-                                              DELTA, EPSILON, candidates)
+    result = calibration.guaranteed_threshold(
+      probabilities[index], realised[index], GAMMA, DELTA, EPSILON, candidates
+    )
     if result["threshold"] is not None:
       thresholds.append(result["threshold"])
       violations += population[np.searchsorted(candidates, result["threshold"])] > DELTA
@@ -464,8 +512,7 @@ def test_guaranteed_threshold_certifies_nothing_when_the_last_exit_fails():
   assert result["threshold"] is None and not result["certified"].any()
   assert result["candidates"].size == 1001
   with pytest.raises(ValueError):
-    calibration.guaranteed_threshold(probabilities[:, :1], realised[:, :1], GAMMA, DELTA,
-                                     EPSILON)
+    calibration.guaranteed_threshold(probabilities[:, :1], realised[:, :1], GAMMA, DELTA, EPSILON)
 
 
 # Chunks of one utterance are dependent: the certificate counts utterances, not chunks.
@@ -485,8 +532,9 @@ def test_grouped_threshold_uses_hoeffding_bentkus_on_utterance_shares():
   rng = _rng(14)
   probabilities, realised, groups = _chunked_population(rng, 300)
   candidates = np.linspace(0, 1, 21)
-  result = calibration.guaranteed_threshold(probabilities, realised, GAMMA, DELTA, EPSILON,
-                                            candidates, groups=groups)
+  result = calibration.guaranteed_threshold(
+    probabilities, realised, GAMMA, DELTA, EPSILON, candidates, groups=groups
+  )
   assert result["num_utterances"] == 300
   for i, threshold in enumerate(result["candidates"]):
     taken = _reference_exit(probabilities, threshold)
@@ -494,16 +542,21 @@ def test_grouped_threshold_uses_hoeffding_bentkus_on_utterance_shares():
     risk = failed.reshape(300, 3).mean(-1).mean()
     assert result["risk"][i] == pytest.approx(risk)
     low = min(risk, DELTA)
-    divergence = (scipy.special.xlogy(low, low / DELTA)
-                  + scipy.special.xlogy(1 - low, (1 - low) / (1 - DELTA)))
-    expected = min(math.exp(-300 * divergence),
-                   math.e * scipy.stats.binom.cdf(math.ceil(300 * risk - 1e-9), 300, DELTA))
+    divergence = scipy.special.xlogy(low, low / DELTA) + scipy.special.xlogy(
+      1 - low, (1 - low) / (1 - DELTA)
+    )
+    expected = min(
+      math.exp(-300 * divergence),
+      math.e * scipy.stats.binom.cdf(math.ceil(300 * risk - 1e-9), 300, DELTA),
+    )
     assert result["p_values"][i] == pytest.approx(expected, rel=1e-9)
   # One chunk per utterance: the exact binomial test, as without groups.
-  single = calibration.guaranteed_threshold(probabilities[::3], realised[::3], GAMMA, DELTA,
-                                            EPSILON, candidates)
-  grouped = calibration.guaranteed_threshold(probabilities[::3], realised[::3], GAMMA, DELTA,
-                                             EPSILON, candidates, groups=groups[::3])
+  single = calibration.guaranteed_threshold(
+    probabilities[::3], realised[::3], GAMMA, DELTA, EPSILON, candidates
+  )
+  grouped = calibration.guaranteed_threshold(
+    probabilities[::3], realised[::3], GAMMA, DELTA, EPSILON, candidates, groups=groups[::3]
+  )
   np.testing.assert_array_equal(single["p_values"], grouped["p_values"])
 
 
@@ -514,17 +567,27 @@ def test_grouped_threshold_holds_when_chunks_are_dependent():
   rng = _rng(15)
   probabilities, realised, groups = _chunked_population(rng, 20_000)
   candidates = np.linspace(0, 1, 101)
-  population = np.array([
+  # Equal chunks per utterance: the mean of utterance shares.
+  population = np.array(
+    [
       np.mean(realised[np.arange(len(realised)), _reference_exit(probabilities, t)] < GAMMA)
-      for t in candidates])  # Equal chunks per utterance: the mean of utterance shares.
+      for t in candidates
+    ]
+  )
   splits, size = 200, 300
   violations = naive_violations = 0
   for _ in range(splits):
     index = (3 * rng.integers(0, 20_000, size)[:, None] + np.arange(3)).ravel()
     for name, split_groups in (("grouped", np.repeat(np.arange(size), 3)), ("naive", None)):
-      result = calibration.guaranteed_threshold(probabilities[index], realised[index], GAMMA,
-                                                DELTA, EPSILON, candidates,
-                                                groups=split_groups)
+      result = calibration.guaranteed_threshold(
+        probabilities[index],
+        realised[index],
+        GAMMA,
+        DELTA,
+        EPSILON,
+        candidates,
+        groups=split_groups,
+      )
       if result["threshold"] is not None:
         violated = population[np.searchsorted(candidates, result["threshold"])] > DELTA
         if name == "grouped":
@@ -547,4 +610,5 @@ def test_failure_rate_counts_utterances():
   assert grouped["num_utterances"] == 3
   half_width = math.sqrt(math.log(2 / 0.05) / 6)  # Hoeffding at 95 %, 3 utterances.
   assert (grouped["low"], grouped["high"]) == pytest.approx(
-      (max(0, grouped["risk"] - half_width), min(1, grouped["risk"] + half_width)))
+    (max(0, grouped["risk"] - half_width), min(1, grouped["risk"] + half_width))
+  )

@@ -42,14 +42,23 @@ def _population(seed, n, *, factor=1.0, gaussian=False, exits=3, sources=2):
   params[scaled] = params[scaled] * factor
   realised = 10 * np.log10(1 + signal / energy)  # No cross term: exactly the model's SNR.
   return make_exit_table(
-      n, exits, sources, num_samples=time, snr_min=realised.min(axis=-1),
-      si_snri=realised.mean(axis=-1), source_snr=realised, error_energy=energy,
-      estimate_energy=signal, variance={name: value[..., None] for name, value in params.items()})
+    n,
+    exits,
+    sources,
+    num_samples=time,
+    snr_min=realised.min(axis=-1),
+    si_snri=realised.mean(axis=-1),
+    source_snr=realised,
+    error_energy=energy,
+    estimate_energy=signal,
+    variance={name: value[..., None] for name, value in params.items()},
+  )
 
 
 def _report(table, **kwargs):
-  return calibration_report.calibration_report(table, gmacs_per_second=GMACS,
-                                               targets=(5.0, 10.0, 15.0), **kwargs)
+  return calibration_report.calibration_report(
+    table, gmacs_per_second=GMACS, targets=(5.0, 10.0, 15.0), **kwargs
+  )
 
 
 @pytest.mark.parametrize("gaussian", [False, True])
@@ -59,23 +68,22 @@ def test_calibrated_predictions_score_better_and_posthoc_recovers_them(gaussian)
   overconfident = _report(overconfident_table)
   underconfident = _report(_population(0, 1000, factor=4.0, gaussian=gaussian))
   for worse in (overconfident, underconfident):
-    for good, bad in zip(calibrated["per_exit"] + [calibrated["pooled"]],
-                         worse["per_exit"] + [worse["pooled"]]):
+    for good, bad in zip(
+      calibrated["per_exit"] + [calibrated["pooled"]], worse["per_exit"] + [worse["pooled"]]
+    ):
       assert good["ece_mean"] < 0.02 and bad["ece_mean"] > 0.08
       assert good["ks"] < 0.05 and bad["ks"] > 0.3
       assert good["crps"] < bad["crps"] and good["nll"] < bad["nll"]
       # Sharpness does not see the level, only the spread.
       assert good["sharpness"] == pytest.approx(bad["sharpness"])
   # Calibrated exits keep their promise; overconfident ones do not.
-  for good, bad in zip(calibrated["target_satisfaction"],
-                       overconfident["target_satisfaction"]):
+  for good, bad in zip(calibrated["target_satisfaction"], overconfident["target_satisfaction"]):
     assert good["count"] > 100 and good["share"] >= good["confidence"] - 0.03
     assert bad["share"] < good["share"]
   assert min(e["share"] - e["confidence"] for e in overconfident["target_satisfaction"]) < -0.2
 
   scales = calibration_report.fit_scales(overconfident_table)
-  np.testing.assert_allclose(scales["variance_scale" if gaussian else "beta_scale"], 4.0,
-                             rtol=0.1)
+  np.testing.assert_allclose(scales["variance_scale" if gaussian else "beta_scale"], 4.0, rtol=0.1)
   recovered = _report(overconfident_table, scales=scales)
   assert recovered["pooled"]["ece_mean"] < 0.02 and recovered["pooled"]["ks"] < 0.05
 
@@ -83,8 +91,16 @@ def test_calibrated_predictions_score_better_and_posthoc_recovers_them(gaussian)
 def test_report_layout():
   report = _report(_population(1, 200))
   assert [entry["exit"] for entry in report["per_exit"]] == [1, 2, 3]
-  assert set(report["pooled"]) == {"ece", "ece_mean", "ks", "crps", "nll", "sharpness",
-                                   "reliability", "pit_histogram"}
+  assert set(report["pooled"]) == {
+    "ece",
+    "ece_mean",
+    "ks",
+    "crps",
+    "nll",
+    "sharpness",
+    "reliability",
+    "pit_histogram",
+  }
   assert set(report["pooled"]["ece"]) == {"5", "10", "15"}
   assert sum(report["pooled"]["pit_histogram"]) == 200 * 3 * 2
   assert sum(report["per_exit"][0]["reliability"]["10"]["count"]) == 200 * 2
@@ -99,36 +115,52 @@ def test_report_layout():
 
 def test_certified_threshold_holds_on_fresh_utterances():
   result = calibration_report.guarantee(
-      _population(2, 1000), _population(3, 1000), target_snr_db=5.0, delta=0.1,
-      epsilon=0.1, gmacs_per_second=GMACS)
+    _population(2, 1000),
+    _population(3, 1000),
+    target_snr_db=5.0,
+    delta=0.1,
+    epsilon=0.1,
+    gmacs_per_second=GMACS,
+  )
   assert 0 < result["threshold"] < 1 and result["calibration_risk"] <= 0.1
   test = result["test"]
   assert test["risk"] < 0.13 and test["low"] <= test["risk"] <= test["high"]
   assert 1 < test["mean_exit"] < 3 and sum(test["exit_histogram"]) == 1000
   # The last exit alone misses 5 dB on ~1% of utterances: no threshold can do better.
-  assert calibration_report.guarantee(
-      _population(2, 1000), _population(3, 1000), target_snr_db=5.0, delta=0.005,
-      epsilon=0.1, gmacs_per_second=GMACS)["threshold"] is None
+  assert (
+    calibration_report.guarantee(
+      _population(2, 1000),
+      _population(3, 1000),
+      target_snr_db=5.0,
+      delta=0.005,
+      epsilon=0.1,
+      gmacs_per_second=GMACS,
+    )["threshold"]
+    is None
+  )
 
 
 def test_a_single_exit_model_is_reported_with_no_threshold():
   table = _population(5, 100, exits=1)
-  report = calibration_report.calibration_report(table, gmacs_per_second=GMACS[:1],
-                                                 targets=(5.0,))
+  report = calibration_report.calibration_report(table, gmacs_per_second=GMACS[:1], targets=(5.0,))
   assert [entry["exit"] for entry in report["per_exit"]] == [1]
   assert all(entry["mean_exit"] == 1 for entry in report["target_satisfaction"])
-  result = calibration_report.guarantee(table, table, target_snr_db=5.0, delta=0.1,
-                                        epsilon=0.1, gmacs_per_second=GMACS[:1])
+  result = calibration_report.guarantee(
+    table, table, target_snr_db=5.0, delta=0.1, epsilon=0.1, gmacs_per_second=GMACS[:1]
+  )
   assert result["threshold"] is None and result["num_utterances"] == 100
 
 
 def test_identity_scales_leave_parameters_bit_for_bit():
   rng = np.random.default_rng(4)
-  params = {"alpha": (1.01 + rng.exponential(3, (5, 3))).astype(np.float32),
-            "beta": rng.exponential(1, (5, 3)).astype(np.float32)}
+  params = {
+    "alpha": (1.01 + rng.exponential(3, (5, 3))).astype(np.float32),
+    "beta": rng.exponential(1, (5, 3)).astype(np.float32),
+  }
   ones = {name: np.ones(3) for name in probabilistic.LIKELIHOOD_SCALES["student"]}
   traced = jax.jit(lambda p, s: probabilistic.apply_posthoc(p, s))(
-      jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.float32, ones))
+    jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.float32, ones)
+  )
   for result in (traced, probabilistic.apply_posthoc(params, ones)):
     for name in params:
       np.testing.assert_array_equal(np.asarray(result[name], np.float32), params[name])

@@ -31,8 +31,10 @@ def _scipy_exceedance(estimate_energy, params, num_samples, target_snr_db):
   threshold = np.asarray(estimate_energy, np.float64) / np.expm1(target_snr_db * np.log(10) / 10)
   if "variance" in params:
     return scipy.stats.chi2.cdf(threshold, num_samples, scale=params["variance"])
-  return scipy.stats.betaprime.cdf(threshold, num_samples / 2, params["alpha"],
-                                   scale=2 * np.asarray(params["beta"], np.float64))
+  return scipy.stats.betaprime.cdf(
+    threshold, num_samples / 2, params["alpha"], scale=2 * np.asarray(params["beta"], np.float64)
+  )
+
 
 RATE = 8000
 LENGTH = RATE // 2  # One length for every utterance: one compilation.
@@ -63,8 +65,13 @@ def _run(argv, model, corpus, exit_code=None):
   config, variables = model
   stdout, stderr = io.StringIO(), io.StringIO()
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(checkpoints, "read_config", lambda workdir: config_lib.base_config(
-        preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
+    patch.setattr(
+      checkpoints,
+      "read_config",
+      lambda workdir: config_lib.base_config(
+        preset="tiny", dataset="wsj0-mix", data_root=str(corpus)
+      ),
+    )
     patch.setattr(checkpoints, "restore_params", lambda workdir: (config, variables))
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
       if exit_code is None:
@@ -81,10 +88,27 @@ def calibrated(model, corpus, tmp_path_factory):
   """`(checkpoint, out, stdout)` of one `eesep calibrate` run."""
   checkpoint = tmp_path_factory.mktemp("run")
   out = checkpoint / "calibration"
-  stdout, _ = _run(["calibrate", "--checkpoint", str(checkpoint), "--out", str(out),
-                    "--targets", "0.5,5", "--confidences", "0.3,0.6,0.9",
-                    "--target-snr", "2", "--delta", "0.5", "--epsilon", "0.5"],
-                   model, corpus)
+  stdout, _ = _run(
+    [
+      "calibrate",
+      "--checkpoint",
+      str(checkpoint),
+      "--out",
+      str(out),
+      "--targets",
+      "0.5,5",
+      "--confidences",
+      "0.3,0.6,0.9",
+      "--target-snr",
+      "2",
+      "--delta",
+      "0.5",
+      "--epsilon",
+      "0.5",
+    ],
+    model,
+    corpus,
+  )
   return checkpoint, out, stdout
 
 
@@ -98,8 +122,9 @@ def test_calibrate_writes_the_report_figures_and_scales(calibrated):
     for entry in report[stage]["per_exit"] + [report[stage]["pooled"]]:
       assert {"ece", "ks", "crps", "nll", "sharpness"} <= set(entry)
       assert set(entry["ece"]) == {"0.5", "2", "5"}
-    assert {(e["target_snr_db"], e["confidence"]) for e in report[stage]["target_satisfaction"]
-            } == {(t, p) for t in TARGETS for p in (0.3, 0.6, 0.9)}
+    assert {
+      (e["target_snr_db"], e["confidence"]) for e in report[stage]["target_satisfaction"]
+    } == {(t, p) for t in TARGETS for p in (0.3, 0.6, 0.9)}
   assert report["guarantee"]["num_utterances"] == 2
   assert {"threshold", "delta", "epsilon", "test"} <= set(report["guarantee"])
   for name in calibration_report.FIGURE_FILES.values():
@@ -121,8 +146,11 @@ def test_report_recomputes_from_the_saved_table(calibrated):
   report = json.loads((out / calibration_report.JSON_FILE).read_text())
   table = exit_table.load(out / evaluate.TABLE_FILE)
   again = calibration_report.calibration_report(
-      table, gmacs_per_second=report["gmacs_per_second_by_exit"], targets=TARGETS,
-      confidences=(0.3, 0.6, 0.9))
+    table,
+    gmacs_per_second=report["gmacs_per_second_by_exit"],
+    targets=TARGETS,
+    confidences=(0.3, 0.6, 0.9),
+  )
   for name in ("ks", "crps", "nll", "sharpness"):
     assert again["pooled"][name] == pytest.approx(report["before"]["pooled"][name], rel=1e-3)
 
@@ -132,16 +160,27 @@ def test_worst_source_probability_is_the_exit_probability(calibrated):
   _, out, _ = calibrated
   table = exit_table.load(out / evaluate.TABLE_FILE)
   for target in TARGETS:
-    worst = _scipy_exceedance(table.estimate_energy, _parameters(table),
-                              table.num_samples[:, None, None], target).min(axis=-1)
-    np.testing.assert_allclose(worst, table.probability[..., table.target_index(target)],
-                               atol=1e-4)
+    worst = _scipy_exceedance(
+      table.estimate_energy, _parameters(table), table.num_samples[:, None, None], target
+    ).min(axis=-1)
+    np.testing.assert_allclose(worst, table.probability[..., table.target_index(target)], atol=1e-4)
 
 
 def test_evaluate_applies_the_saved_scales(calibrated, model, corpus):
   checkpoint, out, _ = calibrated
-  _, stderr = _run(["evaluate", "--checkpoint", str(checkpoint), "--targets", "0.5,2,5",
-                    "--out", str(checkpoint / "evaluated")], model, corpus)
+  _, stderr = _run(
+    [
+      "evaluate",
+      "--checkpoint",
+      str(checkpoint),
+      "--targets",
+      "0.5,2,5",
+      "--out",
+      str(checkpoint / "evaluated"),
+    ],
+    model,
+    corpus,
+  )
   assert "applying post-hoc calibration from" in stderr
   # `eesep calibrate` wrote the test split's table without post-hoc calibration.
   before = exit_table.load(out / evaluate.TABLE_FILE)
@@ -149,14 +188,18 @@ def test_evaluate_applies_the_saved_scales(calibrated, model, corpus):
   scales = calibration.load_posthoc(checkpoint)
   for target in TARGETS:
     expected = _scipy_exceedance(
-        before.estimate_energy,
-        probabilistic.apply_posthoc(_parameters(before), scales, exit_axis=1),
-        before.num_samples[:, None, None], target).min(axis=-1)
-    np.testing.assert_allclose(after.probability[..., after.target_index(target)], expected,
-                               atol=1e-4)
+      before.estimate_energy,
+      probabilistic.apply_posthoc(_parameters(before), scales, exit_axis=1),
+      before.num_samples[:, None, None],
+      target,
+    ).min(axis=-1)
+    np.testing.assert_allclose(
+      after.probability[..., after.target_index(target)], expected, atol=1e-4
+    )
   at_2db = after.target_index(2.0)
-  assert not np.allclose(after.probability[..., at_2db],
-                         before.probability[..., before.target_index(2.0)], atol=1e-3)
+  assert not np.allclose(
+    after.probability[..., at_2db], before.probability[..., before.target_index(2.0)], atol=1e-3
+  )
   # Estimates untouched (to float32 rounding: evaluate computes probabilities for more
   # targets than calibrate, in another compiled program).
   np.testing.assert_allclose(after.si_snr, before.si_snr, rtol=1e-6)
@@ -171,10 +214,17 @@ def test_separate_applies_scales_without_recompiling(calibrated, model, corpus):
   example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
   table = exit_table.load(out / evaluate.TABLE_FILE)
   params = probabilistic.apply_posthoc(_parameters(table), scales, exit_axis=1)
-  expected = _scipy_exceedance(table.estimate_energy, params, table.num_samples[:, None, None],
-                               2.0).min(axis=-1)[table.ids.tolist().index(example["id"])]
-  separate = functools.partial(inference.separate, variables, config,
-                               example["mixture"][None], policy="fixed", target_snr_db=2.0)
+  expected = _scipy_exceedance(
+    table.estimate_energy, params, table.num_samples[:, None, None], 2.0
+  ).min(axis=-1)[table.ids.tolist().index(example["id"])]
+  separate = functools.partial(
+    inference.separate,
+    variables,
+    config,
+    example["mixture"][None],
+    policy="fixed",
+    target_snr_db=2.0,
+  )
   plain = [separate(exit_index=k).probability[0] for k in (1, 2, 3)]
   compiled = inference._stopping_loop._cache_size()  # pylint: disable=protected-access
   identity = {name: np.ones(3) for name in scales}
@@ -183,16 +233,21 @@ def test_separate_applies_scales_without_recompiling(calibrated, model, corpus):
     probability = separate(exit_index=k, posthoc_scales=scales).probability[0]
     assert probability == pytest.approx(expected[k - 1], abs=1e-4)
   assert inference._stopping_loop._cache_size() == compiled  # pylint: disable=protected-access
-  assert not np.allclose([separate(exit_index=k, posthoc_scales=scales).probability[0]
-                          for k in (1, 2, 3)], plain, atol=1e-3)
+  assert not np.allclose(
+    [separate(exit_index=k, posthoc_scales=scales).probability[0] for k in (1, 2, 3)],
+    plain,
+    atol=1e-3,
+  )
 
 
-def test_separate_command_passes_the_saved_scales_on(calibrated, model, corpus,
-                                                     monkeypatch, tmp_path):
+def test_separate_command_passes_the_saved_scales_on(
+  calibrated, model, corpus, monkeypatch, tmp_path
+):
   checkpoint, _, _ = calibrated
   calls = []
-  monkeypatch.setattr(separate_files, "separate_files",
-                      lambda paths, **kwargs: calls.append(kwargs) or [])
+  monkeypatch.setattr(
+    separate_files, "separate_files", lambda paths, **kwargs: calls.append(kwargs) or []
+  )
   argv = ["separate", "x.wav", "--checkpoint", str(checkpoint), "--out-dir", str(tmp_path)]
   _, stderr = _run(argv, model, corpus)
   _run([*argv, "--no-posthoc"], model, corpus)
@@ -214,13 +269,34 @@ def test_the_fit_split_may_come_from_another_corpus(model, corpus, tmp_path):
   write_speech_mixtures(shifted, "tt", ["shifted0", "shifted1"], length=LENGTH, rate=RATE)
   out, checkpoint = tmp_path / "out", tmp_path / "run"
   checkpoint.mkdir()  # Where the scales go; the model is the patched-in random one.
-  stdout, stderr = _run(["calibrate", "--checkpoint", str(checkpoint), "--out", str(out),
-                         "--data-root", str(shifted), "--fit-data-root", str(corpus),
-                         "--targets", "0.5,5", "--target-snr", "2", "--delta", "0.5",
-                         "--epsilon", "0.5"], model, corpus)
+  stdout, stderr = _run(
+    [
+      "calibrate",
+      "--checkpoint",
+      str(checkpoint),
+      "--out",
+      str(out),
+      "--data-root",
+      str(shifted),
+      "--fit-data-root",
+      str(corpus),
+      "--targets",
+      "0.5,5",
+      "--target-snr",
+      "2",
+      "--delta",
+      "0.5",
+      "--epsilon",
+      "0.5",
+    ],
+    model,
+    corpus,
+  )
   report = json.loads((out / calibration_report.JSON_FILE).read_text())
-  assert report["fit_dataset"] == f"MixtureSource(wsj0-mix 'cv' at {corpus}, 4 examples, " \
-                                  "2 sources, 8000 Hz)"
+  assert (
+    report["fit_dataset"] == f"MixtureSource(wsj0-mix 'cv' at {corpus}, 4 examples, "
+    "2 sources, 8000 Hz)"
+  )
   assert report["dataset"].startswith(f"MixtureSource(wsj0-mix 'tt' at {shifted}, 2 examples")
   assert "same split" not in stderr and "saved post-hoc scales" in stdout
 
@@ -236,16 +312,34 @@ def calibrated_in_chunks(model, corpus, tmp_path_factory):
   """`(checkpoint, out, stdout)` of `eesep calibrate` in chunks of 0.25 s."""
   checkpoint = tmp_path_factory.mktemp("run_in_chunks")
   out = checkpoint / "calibration"
-  stdout, _ = _run(["calibrate", "--checkpoint", str(checkpoint), "--out", str(out),
-                    "--targets", "0.5,5", "--confidences", "0.3,0.6,0.9", "--target-snr", "2",
-                    "--delta", "0.5", "--epsilon", "0.5", *CHUNKING], model, corpus)
+  stdout, _ = _run(
+    [
+      "calibrate",
+      "--checkpoint",
+      str(checkpoint),
+      "--out",
+      str(out),
+      "--targets",
+      "0.5,5",
+      "--confidences",
+      "0.3,0.6,0.9",
+      "--target-snr",
+      "2",
+      "--delta",
+      "0.5",
+      "--epsilon",
+      "0.5",
+      *CHUNKING,
+    ],
+    model,
+    corpus,
+  )
   return checkpoint, out, stdout
 
 
 def test_calibrate_records_the_default_regime_of_separate(calibrated):
   checkpoint, out, stdout = calibrated
-  regime = {"chunk_seconds": inference.CHUNK_SECONDS,
-            "overlap_seconds": inference.OVERLAP_SECONDS}
+  regime = {"chunk_seconds": inference.CHUNK_SECONDS, "overlap_seconds": inference.OVERLAP_SECONDS}
   assert calibration.load_posthoc_regime(checkpoint) == regime
   report = json.loads((out / calibration_report.JSON_FILE).read_text())
   assert report["regime"] == report["posthoc"]["regime"] == regime
@@ -255,8 +349,9 @@ def test_calibrate_records_the_default_regime_of_separate(calibrated):
   assert "--chunk-seconds 4 --overlap-seconds 0.5" in stdout
 
 
-def test_calibrate_in_chunks_evaluates_what_separate_long_separates(calibrated_in_chunks,
-                                                                    model, corpus):
+def test_calibrate_in_chunks_evaluates_what_separate_long_separates(
+  calibrated_in_chunks, model, corpus
+):
   config, variables = model
   checkpoint, out, stdout = calibrated_in_chunks
   report = json.loads((out / calibration_report.JSON_FILE).read_text())
@@ -279,23 +374,40 @@ def test_calibrate_in_chunks_evaluates_what_separate_long_separates(calibrated_i
   # Every chunk's exit probabilities are those `separate_long` stops on.
   example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
   for k in (1, 3):
-    result = inference.separate_long(variables, config, example["mixture"], policy="fixed",
-                                     exit_index=k, target_snr_db=2.0, **regime)
+    result = inference.separate_long(
+      variables,
+      config,
+      example["mixture"],
+      policy="fixed",
+      exit_index=k,
+      target_snr_db=2.0,
+      **regime,
+    )
     np.testing.assert_array_equal(result.exits.starts, [0, 1600, 2000])
-    np.testing.assert_allclose(result.exits.probability,
-                               table.probability[:3, k - 1, table.target_index(2.0)],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+      result.exits.probability, table.probability[:3, k - 1, table.target_index(2.0)], atol=1e-4
+    )
 
 
 def test_separate_warns_when_its_regime_is_not_the_calibrated_one(
-    calibrated, calibrated_in_chunks, model, corpus, monkeypatch, tmp_path):
+  calibrated, calibrated_in_chunks, model, corpus, monkeypatch, tmp_path
+):
   monkeypatch.setattr(separate_files, "separate_files", lambda paths, **kwargs: [])
 
   def warnings_of(checkpoint, *flags):
-    argv = ["separate", "x.wav", "--checkpoint", str(checkpoint), "--out-dir", str(tmp_path),
-            "--quiet", *flags]
-    return [line for line in _run(argv, model, corpus)[1].splitlines()
-            if line.startswith("warning:")]
+    argv = [
+      "separate",
+      "x.wav",
+      "--checkpoint",
+      str(checkpoint),
+      "--out-dir",
+      str(tmp_path),
+      "--quiet",
+      *flags,
+    ]
+    return [
+      line for line in _run(argv, model, corpus)[1].splitlines() if line.startswith("warning:")
+    ]
 
   default, chunked = calibrated[0], calibrated_in_chunks[0]
   assert warnings_of(default) == warnings_of(chunked, *CHUNKING) == []
@@ -315,8 +427,9 @@ def test_separate_warns_when_its_regime_is_not_the_calibrated_one(
 
 def test_calibrate_usage_errors(capsys):
   with pytest.raises(SystemExit):
-    cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha",
-              "--method", "moments"])
+    cli.main(
+      ["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha", "--method", "moments"]
+    )
   assert "error: --fit-alpha: needs --method nll" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--delta", "1"])
@@ -324,10 +437,27 @@ def test_calibrate_usage_errors(capsys):
 
 
 def test_calibrate_rejects_chunks_separate_would_reject(corpus, monkeypatch, capsys):
-  monkeypatch.setattr(checkpoints, "read_config", lambda workdir: config_lib.base_config(
-      preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
+  monkeypatch.setattr(
+    checkpoints,
+    "read_config",
+    lambda workdir: config_lib.base_config(
+      preset="tiny", dataset="wsj0-mix", data_root=str(corpus)
+    ),
+  )
   with pytest.raises(SystemExit):
-    cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--chunk-seconds", "1",
-              "--overlap-seconds", "0.6"])
+    cli.main(
+      [
+        "calibrate",
+        "--checkpoint",
+        "run",
+        "--out",
+        "out",
+        "--chunk-seconds",
+        "1",
+        "--overlap-seconds",
+        "0.6",
+      ]
+    )
   assert capsys.readouterr().err.startswith(
-      "error: --overlap-seconds 0.6: 0.6 s is more than half of the 1 s chunk")
+    "error: --overlap-seconds 0.6: 0.6 s is more than half of the 1 s chunk"
+  )

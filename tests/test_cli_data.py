@@ -12,9 +12,27 @@ def test_cli_data_synth(tmp_path, capsys):
   parser = argparse.ArgumentParser(prog="eesep")
   cli.add_data_commands(parser.add_subparsers(dest="command", required=True))
   out = tmp_path / "cli"
-  args = parser.parse_args(["data", "synth", "--out", str(out), "--num-train", "2",
-                            "--num-valid", "1", "--num-test", "1", "--noise", "white",
-                            "--sample-rate", "16000", "--seed", "1", "--quiet"])
+  args = parser.parse_args(
+    [
+      "data",
+      "synth",
+      "--out",
+      str(out),
+      "--num-train",
+      "2",
+      "--num-valid",
+      "1",
+      "--num-test",
+      "1",
+      "--noise",
+      "white",
+      "--sample-rate",
+      "16000",
+      "--seed",
+      "1",
+      "--quiet",
+    ]
+  )
   args.handler(args)
   printed = json.loads(capsys.readouterr().out)
   assert printed["layout"] == "wham" and printed["splits"]["tr"]["mixtures"] == 2

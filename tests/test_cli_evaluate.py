@@ -21,20 +21,38 @@ def corpus(tmp_path_factory):
   """A wsj0-mix test split of three 1 s mixtures (one length: one compilation); the last
   one's second source is silent."""
   root = tmp_path_factory.mktemp("wsj0-mix")
-  write_speech_mixtures(root, "tt", ("u0", "u1", "silent_s2"), length=RATE, rate=RATE,
-                        silent_s2=("silent_s2",))
+  write_speech_mixtures(
+    root, "tt", ("u0", "u1", "silent_s2"), length=RATE, rate=RATE, silent_s2=("silent_s2",)
+  )
   return root
 
 
-def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, monkeypatch,
-                                                      capsys):
+def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, monkeypatch, capsys):
   config, variables = model
-  monkeypatch.setattr(checkpoints, "read_config", lambda workdir: config_lib.base_config(
-      preset="tiny", dataset="wsj0-mix", data_root=str(corpus)))
+  monkeypatch.setattr(
+    checkpoints,
+    "read_config",
+    lambda workdir: config_lib.base_config(
+      preset="tiny", dataset="wsj0-mix", data_root=str(corpus)
+    ),
+  )
   monkeypatch.setattr(checkpoints, "restore_params", lambda workdir: (config, variables))
   out = tmp_path / "evaluation"
-  cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
-            "--max-utterances", "2", "--targets", "0.5,2,5", "--confidences", "0.5,0.9"])
+  cli.main(
+    [
+      "evaluate",
+      "--checkpoint",
+      str(tmp_path / "run"),
+      "--out",
+      str(out),
+      "--max-utterances",
+      "2",
+      "--targets",
+      "0.5,2,5",
+      "--confidences",
+      "0.5,0.9",
+    ]
+  )
   report = json.loads((out / evaluate.JSON_FILE).read_text())
   assert report["num_utterances"] == 2 and set(TARGETS) <= set(report["targets_db"])
   # The run's default operating point (`config.inference`) heads the report.
@@ -47,8 +65,18 @@ def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, m
   assert "| probabilistic, p = 0.9 |" in capsys.readouterr().out
   capsys.readouterr()
   with pytest.raises(SystemExit) as raised:
-    cli.main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(out),
-              "--data-root", str(tmp_path / "elsewhere")])
+    cli.main(
+      [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+        "--data-root",
+        str(tmp_path / "elsewhere"),
+      ]
+    )
   assert raised.value.code == 2
-  assert capsys.readouterr().err == (f"error: --data-root {tmp_path / 'elsewhere'}: "
-                                     "does not exist\n")
+  assert capsys.readouterr().err == (
+    f"error: --data-root {tmp_path / 'elsewhere'}: does not exist\n"
+  )

@@ -28,8 +28,15 @@ from eesep_jax.training import checkpoints
 RATE = 8000
 LENGTH = 3000  # Samples of every separated signal at RATE, whole or per chunk.
 GOOD = {"wideband.wav": (2 * RATE, 1), "stereo.wav": (RATE, 2)}  # Rate, channels.
-BAD = ("empty.wav", "corrupt.wav", "truncated.wav", "silent.wav", "missing.wav",
-       "notes.txt", "nothing")
+BAD = (
+  "empty.wav",
+  "corrupt.wav",
+  "truncated.wav",
+  "silent.wav",
+  "missing.wav",
+  "notes.txt",
+  "nothing",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +62,36 @@ def _run_cli(argv, model, saved_config=None):
   (`run_config()` by default): `(code, stdout, stderr)`."""
   stdout, stderr = io.StringIO(), io.StringIO()
   saved_config = saved_config or run_config()
-  with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout), \
-       contextlib.redirect_stderr(stderr):
+  with (
+    pytest.MonkeyPatch.context() as patch,
+    contextlib.redirect_stdout(stdout),
+    contextlib.redirect_stderr(stderr),
+  ):
     patch.setattr(checkpoints, "restore_params", lambda workdir: model)
     patch.setattr(checkpoints, "read_config", lambda workdir: saved_config)
     code = cli.main(argv)
+
   # tqdm redraws its bar with carriage returns around each line it writes.
-  lines = lambda text: [line.split("\r")[-1] for line in text.getvalue().splitlines()]
+  def lines(text):
+    return [line.split("\r")[-1] for line in text.getvalue().splitlines()]
+
   return code, lines(stdout), lines(stderr)
 
 
 @pytest.fixture(scope="module")
 def cli_run(model, inputs):
   out_dir = inputs / "out"
-  argv = ["separate", str(inputs / "inputs"), *(str(inputs / name) for name in BAD[-3:]),
-          "--checkpoint", "runs/random", "--out-dir", str(out_dir), "--exit-index", "last"]
+  argv = [
+    "separate",
+    str(inputs / "inputs"),
+    *(str(inputs / name) for name in BAD[-3:]),
+    "--checkpoint",
+    "runs/random",
+    "--out-dir",
+    str(out_dir),
+    "--exit-index",
+    "last",
+  ]
   code, stdout, stderr = _run_cli(argv, model)
   return types.SimpleNamespace(code=code, stdout=stdout, stderr=stderr, out_dir=out_dir)
 
@@ -82,12 +104,14 @@ def test_outputs_have_the_inputs_names_rates_and_lengths(cli_run):
       info = soundfile.info(out_dir / f"{stem}_s{k}.wav")
       assert (info.samplerate, info.frames, info.channels) == (rate, LENGTH * rate // RATE, 1)
       assert info.subtype == "PCM_16"
-    [line] = [line for line in cli_run.stdout
-              if line.startswith(str(out_dir.parent / "inputs" / name))]
+    [line] = [
+      line for line in cli_run.stdout if line.startswith(str(out_dir.parent / "inputs" / name))
+    ]
     assert ": exit 3 of 3, P(SNR >= 15 dB) = " in line
     assert " GMAC, 0% of the FLOPs saved -> " in line
   assert sorted(os.listdir(out_dir)) == sorted(
-      f"{os.path.splitext(name)[0]}_s{k}.wav" for name in GOOD for k in (1, 2))
+    f"{os.path.splitext(name)[0]}_s{k}.wav" for name in GOOD for k in (1, 2)
+  )
 
 
 def test_multichannel_input_is_downmixed_with_a_warning(cli_run):
@@ -110,23 +134,42 @@ def test_each_bad_input_gets_one_error_line_and_a_failing_exit_code(cli_run):
 def test_a_fixed_exit_index(model, inputs, tmp_path, exit_index, expected):
   path = str(inputs / "inputs" / "wideband.wav")
   code, stdout, stderr = _run_cli(
-      ["separate", path, "--checkpoint", "runs/random", "--out-dir", str(tmp_path),
-       "--exit-index", exit_index], model)
+    [
+      "separate",
+      path,
+      "--checkpoint",
+      "runs/random",
+      "--out-dir",
+      str(tmp_path),
+      "--exit-index",
+      exit_index,
+    ],
+    model,
+  )
   assert code == 0 and not stderr
   [line] = stdout
   assert line.startswith(f"{path}: {expected},")
   assert (" 0% of the FLOPs saved" in line) == (exit_index == "last")
 
 
-@pytest.mark.parametrize("flags", [
-    ["--exit-index", "4"], ["--exit-index", "0"], ["--exit-index", "1", "--confidence", "0.5"],
-    ["--exit-index", "1", "--policy", "expected-snr"], ["--policy", "fixed"],
-    ["--overlap-seconds", "3"], ["--overlap-seconds", "0"],
-])
+@pytest.mark.parametrize(
+  "flags",
+  [
+    ["--exit-index", "4"],
+    ["--exit-index", "0"],
+    ["--exit-index", "1", "--confidence", "0.5"],
+    ["--exit-index", "1", "--policy", "expected-snr"],
+    ["--policy", "fixed"],
+    ["--overlap-seconds", "3"],
+    ["--overlap-seconds", "0"],
+  ],
+)
 def test_impossible_flags_are_usage_errors(model, tmp_path, flags):
   with pytest.raises(SystemExit) as raised:
-    _run_cli(["separate", "x.wav", "--checkpoint", "runs/random", "--out-dir",
-              str(tmp_path), *flags], model)
+    _run_cli(
+      ["separate", "x.wav", "--checkpoint", "runs/random", "--out-dir", str(tmp_path), *flags],
+      model,
+    )
   assert raised.value.code == 2
 
 
@@ -134,24 +177,67 @@ def test_impossible_flags_are_usage_errors(model, tmp_path, flags):
 DEMO_LIKE = {"target_snr_db": 5.0, "confidence": 0.5, "chunk_batch": 2}
 
 
-@pytest.mark.parametrize("flags,run,expected", [
-    ([], {}, {"policy": "probabilistic", "target_snr_db": 15.0, "confidence": 0.9,
-              "exit_index": None, "chunk_seconds": inference.CHUNK_SECONDS,
-              "overlap_seconds": inference.OVERLAP_SECONDS,
-              "chunk_batch": inference.CHUNK_BATCH}),
-    ([], DEMO_LIKE, {"policy": "probabilistic", "target_snr_db": 5.0, "confidence": 0.5,
-                     "chunk_seconds": inference.CHUNK_SECONDS, "chunk_batch": 2}),
-    (["--policy", "expected-snr", "--target-snr", "10", "--chunk-seconds", "2",
-      "--overlap-seconds", "0.25", "--chunk-batch", "4"], DEMO_LIKE,
-     {"policy": "expected-snr", "target_snr_db": 10.0, "chunk_seconds": 2.0,
-      "overlap_seconds": 0.25, "chunk_batch": 4}),
-])
+@pytest.mark.parametrize(
+  "flags,run,expected",
+  [
+    (
+      [],
+      {},
+      {
+        "policy": "probabilistic",
+        "target_snr_db": 15.0,
+        "confidence": 0.9,
+        "exit_index": None,
+        "chunk_seconds": inference.CHUNK_SECONDS,
+        "overlap_seconds": inference.OVERLAP_SECONDS,
+        "chunk_batch": inference.CHUNK_BATCH,
+      },
+    ),
+    (
+      [],
+      DEMO_LIKE,
+      {
+        "policy": "probabilistic",
+        "target_snr_db": 5.0,
+        "confidence": 0.5,
+        "chunk_seconds": inference.CHUNK_SECONDS,
+        "chunk_batch": 2,
+      },
+    ),
+    (
+      [
+        "--policy",
+        "expected-snr",
+        "--target-snr",
+        "10",
+        "--chunk-seconds",
+        "2",
+        "--overlap-seconds",
+        "0.25",
+        "--chunk-batch",
+        "4",
+      ],
+      DEMO_LIKE,
+      {
+        "policy": "expected-snr",
+        "target_snr_db": 10.0,
+        "chunk_seconds": 2.0,
+        "overlap_seconds": 0.25,
+        "chunk_batch": 4,
+      },
+    ),
+  ],
+)
 def test_the_cli_passes_its_choices_on(model, monkeypatch, tmp_path, flags, run, expected):
   calls = []
-  monkeypatch.setattr(separate_files, "separate_files",
-                      lambda paths, **kwargs: calls.append(kwargs) or [])
-  code, _, _ = _run_cli(["separate", "x.wav", "--checkpoint", "runs/random", "--out-dir",
-                         str(tmp_path), *flags], model, run_config(**run))
+  monkeypatch.setattr(
+    separate_files, "separate_files", lambda paths, **kwargs: calls.append(kwargs) or []
+  )
+  code, _, _ = _run_cli(
+    ["separate", "x.wav", "--checkpoint", "runs/random", "--out-dir", str(tmp_path), *flags],
+    model,
+    run_config(**run),
+  )
   assert code == 0
   assert {name: calls[0][name] for name in expected} == expected
 
@@ -159,15 +245,15 @@ def test_the_cli_passes_its_choices_on(model, monkeypatch, tmp_path, flags, run,
 # ------------------------------------------------------------- a trained run, end to end
 
 
-def test_a_trained_run_separates_a_mixture_alike_at_any_level(trained_workdir, tiny_corpus,
-                                                              tmp_path):
+def test_a_trained_run_separates_a_mixture_alike_at_any_level(
+  trained_workdir, tiny_corpus, tmp_path
+):
   """The same mixture as float WAV at -60 and 0 dBFS peak: SI-SNRi within 0.5 dB through
   `eesep separate`; the quiet one's sources, at its level, are too quiet for 16-bit
   steps and come out as float WAV with a warning naming it."""
   name = sorted((tiny_corpus / "tt" / "mix").iterdir())[0].name
   mixture, rate = soundfile.read(tiny_corpus / "tt" / "mix" / name)
-  references = np.stack([soundfile.read(tiny_corpus / "tt" / f"s{k}" / name)[0]
-                         for k in (1, 2)])
+  references = np.stack([soundfile.read(tiny_corpus / "tt" / f"s{k}" / name)[0] for k in (1, 2)])
   inputs, out = tmp_path / "inputs", tmp_path / "out"
   inputs.mkdir()
   peak = np.abs(mixture).max()
@@ -176,17 +262,29 @@ def test_a_trained_run_separates_a_mixture_alike_at_any_level(trained_workdir, t
     soundfile.write(inputs / f"{name}.wav", mixture * level / peak, rate, subtype="FLOAT")
   stdout, stderr = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-    code = cli.main(["separate", str(inputs), "--checkpoint", str(trained_workdir),
-                     "--out-dir", str(out), "--exit-index", "last", "--no-posthoc"])
+    code = cli.main(
+      [
+        "separate",
+        str(inputs),
+        "--checkpoint",
+        str(trained_workdir),
+        "--out-dir",
+        str(out),
+        "--exit-index",
+        "last",
+        "--no-posthoc",
+      ]
+    )
   assert not code, stderr.getvalue()
   si_snri = {}
-  for name, level in levels.items():
+  for name in levels:
     estimates = np.stack([soundfile.read(out / f"{name}_s{k}.wav")[0] for k in (1, 2)])
     si_snri[name] = si_snri_reference(references, estimates, mixture)
   assert abs(si_snri["quiet"] - si_snri["loud"]) < 0.5, si_snri
-  assert [soundfile.info(out / f"{name}_s1.wav").subtype for name in levels] == [
-      "FLOAT", "PCM_16"]
+  assert [soundfile.info(out / f"{name}_s1.wav").subtype for name in levels] == ["FLOAT", "PCM_16"]
   warned = [line for line in stderr.getvalue().splitlines() if "too quiet" in line]
   assert len(warned) == 1 and re.fullmatch(
-      rf"warning: {re.escape(str(inputs / 'quiet.wav'))}: its sources peak at -\d+ dBFS, "
-      "too quiet for 16-bit steps: written as 32-bit float WAV", warned[0]), warned
+    rf"warning: {re.escape(str(inputs / 'quiet.wav'))}: its sources peak at -\d+ dBFS, "
+    "too quiet for 16-bit steps: written as 32-bit float WAV",
+    warned[0],
+  ), warned

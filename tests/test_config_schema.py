@@ -13,8 +13,9 @@ from eesep_jax import errors
 from eesep_jax import models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted([*(REPO / "experiments" / "configs").glob("*.py"),
-                  REPO / "eesep_jax" / "configs" / "demo.py"])
+CONFIGS = sorted(
+  [*(REPO / "experiments" / "configs").glob("*.py"), REPO / "eesep_jax" / "configs" / "demo.py"]
+)
 KEYS = [spec.key for spec in config_lib.FIELDS]
 
 
@@ -65,18 +66,24 @@ def test_the_configs_add_no_undeclared_field(path):
 
 def test_the_docs_table_is_the_schemas():
   usage = (REPO / "docs" / "usage.md").read_text()
-  table = re.search(r"<!-- config table: made by config_lib.markdown_table\(\) -->\n"
-                    r"(.*?)<!-- end of config table -->", usage, re.DOTALL)
+  table = re.search(
+    r"<!-- config table: made by config_lib.markdown_table\(\) -->\n"
+    r"(.*?)<!-- end of config table -->",
+    usage,
+    re.DOTALL,
+  )
   assert table, "docs/usage.md has no config table between its markers"
   assert table.group(1) == config_lib.markdown_table(), (
-      "docs/usage.md's config table differs from the schema: paste in the output of "
-      "python -c 'from eesep_jax import config_lib; print(config_lib.markdown_table())'")
+    "docs/usage.md's config table differs from the schema: paste in the output of "
+    "python -c 'from eesep_jax import config_lib; print(config_lib.markdown_table())'"
+  )
   rows = [line.split(" | ")[0].strip("| `") for line in table.group(1).splitlines()[2:]]
   assert rows == KEYS
 
 
-@pytest.mark.parametrize("spec", [spec for spec in config_lib.FIELDS if spec.must_be],
-                         ids=lambda spec: spec.key)
+@pytest.mark.parametrize(
+  "spec", [spec for spec in config_lib.FIELDS if spec.must_be], ids=lambda spec: spec.key
+)
 def test_validation_checks_each_field_against_its_declaration(spec):
   config_lib.validate_config(_base())
   with pytest.raises(errors.UsageError) as raised:
@@ -90,17 +97,24 @@ def test_a_resumed_run_may_change_exactly_the_resumable_fields():
     differences = config_lib.resume_differences(base, _with(base, spec.key, "changed"))
     assert bool(differences) != spec.resumable, spec.key
   # What the checkpoint holds fixes the model, the optimiser and the data stream.
-  assert not {"seed", "batch_size", "model.width", "optimizer.learning_rate",
-              "data.segment_seconds"} & set(config_lib.RESUMABLE_FIELDS)
+  assert not {
+    "seed",
+    "batch_size",
+    "model.width",
+    "optimizer.learning_rate",
+    "data.segment_seconds",
+  } & set(config_lib.RESUMABLE_FIELDS)
   assert {"steps", "data.root", "data.heldout_root", "model.recurrence_form"} <= set(
-      config_lib.RESUMABLE_FIELDS)
+    config_lib.RESUMABLE_FIELDS
+  )
 
 
 def test_a_config_saved_before_the_added_fields_reads_them_at_their_defaults():
   base = _base()
   added = [spec for spec in config_lib.FIELDS if spec.added]
   assert {"data.heldout_root", "data.strict", "inference.confidence"} <= {
-      spec.key for spec in added}
+    spec.key for spec in added
+  }
   saved = json.loads(base.to_json_best_effort())
   for spec in added:
     *sections, name = spec.key.split(".")

@@ -40,16 +40,16 @@ def test_room_response_decays_by_60_db_in_rt60():
   tail = response[1:]
   # Energy in 20 ms frames against time: a line whose slope is -60 dB per rt60.
   frame = RATE // 50
-  energy = np.array([np.sum(tail[k:k + frame] ** 2)
-                     for k in range(0, len(tail) - frame, frame)])
+  energy = np.array([np.sum(tail[k : k + frame] ** 2) for k in range(0, len(tail) - frame, frame)])
   slope = np.polyfit(np.arange(len(energy)) * frame / RATE, 10 * np.log10(energy), 1)[0]
   assert slope == pytest.approx(-60.0 / rt60, rel=0.2)
 
 
 def test_band_limit_passes_the_band_and_stops_outside():
   def gain_db(hz):
-    out = augment.band_limit(_sine(hz), 300.0, 3000.0, RATE)[RATE // 2:]
-    return 20 * np.log10(np.std(out) / np.std(_sine(hz)[RATE // 2:]))
+    out = augment.band_limit(_sine(hz), 300.0, 3000.0, RATE)[RATE // 2 :]
+    return 20 * np.log10(np.std(out) / np.std(_sine(hz)[RATE // 2 :]))
+
   assert abs(gain_db(1000.0)) < 0.5
   assert gain_db(80.0) < -20.0
   assert gain_db(3800.0) < -15.0
@@ -59,34 +59,41 @@ def test_noise_floor_level_and_colour():
   rng = np.random.default_rng(2)
   noises = [augment.noise_floor(rng, 8000, 0.01) for _ in range(8)]
   for noise in noises:
-    assert np.sqrt(np.mean(noise ** 2)) == pytest.approx(0.01, rel=1e-6)
+    assert np.sqrt(np.mean(noise**2)) == pytest.approx(0.01, rel=1e-6)
 
 
 def test_augment_sources_keeps_the_mixture_the_sum_plus_noise():
   rng = np.random.default_rng(3)
   sources = rng.standard_normal((2, 4000)) * [[1.0], [0.5]]
-  quiet = augment.Augmentation(reverb_probability=1.0, band_probability=1.0,
-                               noise_probability=0.0)
+  quiet = augment.Augmentation(reverb_probability=1.0, band_probability=1.0, noise_probability=0.0)
   mixture, out = augment.augment_sources(sources, 3000, np.random.default_rng(4), quiet, RATE)
   np.testing.assert_allclose(mixture, out.sum(0), atol=1e-6)
   assert not out[:, 3000:].any() and not mixture[3000:].any()  # Padding stays silent.
-  noisy = augment.Augmentation(reverb_probability=0.0, band_probability=0.0,
-                               noise_probability=1.0, noise_snr_db=(20.0, 20.0))
+  noisy = augment.Augmentation(
+    reverb_probability=0.0, band_probability=0.0, noise_probability=1.0, noise_snr_db=(20.0, 20.0)
+  )
   mixture, out = augment.augment_sources(sources, 4000, np.random.default_rng(4), noisy, RATE)
   np.testing.assert_allclose(out, sources, atol=1e-6)  # Targets are untouched.
   noise = mixture - out.sum(0)
   loudest = np.sqrt(np.mean(sources[0] ** 2))
-  assert 20 * np.log10(loudest / np.sqrt(np.mean(noise ** 2))) == pytest.approx(20.0, abs=0.01)
+  assert 20 * np.log10(loudest / np.sqrt(np.mean(noise**2))) == pytest.approx(20.0, abs=0.01)
 
 
 def test_augmented_dynamic_mixing_is_deterministic_and_consistent(tiny_corpus):
   from eesep_jax import data
+
   source = data.open_dataset("wsj0-mix", tiny_corpus, "tr", sample_rate=RATE)
   no_noise = augment.Augmentation(noise_probability=0.0)
 
   def batches(augmentation):
-    loader = pipeline.training_loader(source, batch_size=2, segment_seconds=0.5, seed=5,
-                                      dynamic_mixing=True, augmentation=augmentation)
+    loader = pipeline.training_loader(
+      source,
+      batch_size=2,
+      segment_seconds=0.5,
+      seed=5,
+      dynamic_mixing=True,
+      augmentation=augmentation,
+    )
     iterator = iter(loader)
     return [next(iterator) for _ in range(3)]
 
@@ -97,5 +104,6 @@ def test_augmented_dynamic_mixing_is_deterministic_and_consistent(tiny_corpus):
     np.testing.assert_allclose(a["mixture"], a["sources"].sum(1), atol=1e-5)
     assert not np.allclose(a["sources"], c["sources"])  # Augmentation changed them.
   with pytest.raises(ValueError, match="dynamic_mixing"):
-    pipeline.training_loader(source, batch_size=2, segment_seconds=0.5, seed=5,
-                             augmentation=no_noise)
+    pipeline.training_loader(
+      source, batch_size=2, segment_seconds=0.5, seed=5, augmentation=no_noise
+    )

@@ -16,8 +16,9 @@ from eesep_jax.data import neural_tts
 from eesep_jax.data import synth
 
 TEXT = "The careful painter measured every wooden bridge."
-PIPER = neural_tts.PiperVoice(length_scale=1.1, noise_scale=0.667, noise_w=0.8,
-                              tract_scale=1.1, tilt=0.2)
+PIPER = neural_tts.PiperVoice(
+  length_scale=1.1, noise_scale=0.667, noise_w=0.8, tract_scale=1.1, tilt=0.2
+)
 
 
 def _speak_in(cache, voice):
@@ -30,8 +31,9 @@ def test_piper_speech_depends_only_on_text_and_voice(tmp_path):
   context = multiprocessing.get_context("spawn")
   voices = [PIPER, PIPER, neural_tts.PiperVoice(1.1, 0.3, 0.4, 1.1, 0.2)]
   with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-    first, second, other = pool.map(_speak_in, [tmp_path / "a", tmp_path / "b", tmp_path / "c"],
-                                     voices)
+    first, second, other = pool.map(
+      _speak_in, [tmp_path / "a", tmp_path / "b", tmp_path / "c"], voices
+    )
   np.testing.assert_array_equal(first, second)
   assert first.dtype == np.float32 and 1.0 < len(first) / 8000 < 5.0
   assert len(first) != len(other) or not np.allclose(first, other)
@@ -59,22 +61,31 @@ def test_piper_speakers_train_only_and_leave_the_test_split_unchanged(tmp_path):
   synth.synthesize_corpus(tmp_path / "plain", **sizes)
   manifest = synth.synthesize_corpus(tmp_path / "piper", piper_speakers=90, **sizes)
   assert manifest["arguments"]["piper_speakers"] == 90
-  plain_tt, piper_tt = (sorted((tmp_path / name / "tt" / "mix").iterdir())
-                        for name in ("plain", "piper"))
+  plain_tt, piper_tt = (
+    sorted((tmp_path / name / "tt" / "mix").iterdir()) for name in ("plain", "piper")
+  )
   assert [p.name for p in plain_tt] == [p.name for p in piper_tt]
   assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(plain_tt, piper_tt))
   with open(tmp_path / "piper" / "speakers.csv") as file:
     rows = list(csv.DictReader(file))
   engines = {(row["group"], row["engine"]) for row in rows}
-  assert engines == {("tr", "espeak"), ("tr", "piper"), ("cv", "espeak"), ("tt", "espeak"),
-                     ("babble", "espeak")}
+  assert engines == {
+    ("tr", "espeak"),
+    ("tr", "piper"),
+    ("cv", "espeak"),
+    ("tt", "espeak"),
+    ("babble", "espeak"),
+  }
   # 90 of 186 training speakers are Piper's: some of the 8 training utterances are.
   assert any(name.startswith("trp") for name in manifest["splits"]["tr"]["speakers"])
 
 
 def test_no_corpus_trains_on_a_check_set_engine():
-  trained = {type(voice) for voices in synth.draw_speakers(
-      0, piper_speakers=synth.DEMO_PIPER_SPEAKERS).values() for voice in voices.values()}
+  trained = {
+    type(voice)
+    for voices in synth.draw_speakers(0, piper_speakers=synth.DEMO_PIPER_SPEAKERS).values()
+    for voice in voices.values()
+  }
   assert trained == {espeak.Voice, neural_tts.PiperVoice}
   rng = np.random.default_rng(0)
   for name in ("kokoro", "kokoro-blend"):
@@ -89,27 +100,31 @@ def test_no_corpus_trains_on_a_check_set_engine():
 
 
 def test_recorded_check_set(tmp_path):
-  manifest = checksets.make_check_set("recorded", tmp_path / "a", num_mixtures=4,
-                                      progress=False)
+  manifest = checksets.make_check_set("recorded", tmp_path / "a", num_mixtures=4, progress=False)
   assert manifest["splits"]["tt"]["mixtures"] == 4
-  source = data.open_dataset("wsj0-mix", tmp_path / "a", "tt", sample_rate=8000,
-                             num_sources=2)
+  source = data.open_dataset("wsj0-mix", tmp_path / "a", "tt", sample_rate=8000, num_sources=2)
   speech = checksets.recorded_speech(8000)
   for k in range(len(source)):
     example = source[k]
     np.testing.assert_allclose(example["mixture"], example["sources"].sum(0), atol=2 / 32768)
     # Source 1 is the recording itself, rescaled.
     s1 = example["sources"][0]
-    reference = speech[:len(s1)]
+    reference = speech[: len(s1)]
     gain = np.dot(s1, reference) / np.dot(reference, reference)
     np.testing.assert_allclose(s1, gain * reference, atol=3 / 32768)
   checksets.make_check_set("recorded", tmp_path / "b", num_mixtures=4, progress=False)
   for folder in ("mix", "s1", "s2"):
     names = sorted(os.listdir(tmp_path / "a" / "tt" / folder))
-    assert all(filecmp.cmp(tmp_path / "a" / "tt" / folder / n, tmp_path / "b" / "tt" / folder / n,
-                           shallow=False) for n in names)
-  assert checksets.ensure_check_set("recorded", tmp_path / "a", num_mixtures=4,
-                                    progress=False) == manifest
+    assert all(
+      filecmp.cmp(
+        tmp_path / "a" / "tt" / folder / n, tmp_path / "b" / "tt" / folder / n, shallow=False
+      )
+      for n in names
+    )
+  assert (
+    checksets.ensure_check_set("recorded", tmp_path / "a", num_mixtures=4, progress=False)
+    == manifest
+  )
   with pytest.raises(FileExistsError, match="not"):
     checksets.ensure_check_set("recorded", tmp_path / "a", progress=False)
   with pytest.raises(ValueError, match="expected one of"):
@@ -118,8 +133,9 @@ def test_recorded_check_set(tmp_path):
 
 @pytest.mark.slow
 def test_kokoro_check_set_pairs_different_speakers(tmp_path):
-  manifest = checksets.make_check_set("kokoro", tmp_path / "k", num_mixtures=3,
-                                      num_utterances=2, num_workers=1, progress=False)
+  manifest = checksets.make_check_set(
+    "kokoro", tmp_path / "k", num_mixtures=3, num_utterances=2, num_workers=1, progress=False
+  )
   assert manifest["splits"]["tt"]["speakers"] == ["kk00", "kk01"]
   source = data.open_dataset("wsj0-mix", tmp_path / "k", "tt", sample_rate=8000)
   assert len(source) == 3
@@ -127,7 +143,7 @@ def test_kokoro_check_set_pairs_different_speakers(tmp_path):
     speakers = [part.split("u")[0] for part in mixture_id.split("_")[:2]]
     assert speakers[0] != speakers[1]
   example = source[0]
-  levels = [np.sqrt(np.mean(s ** 2)) for s in example["sources"]]
+  levels = [np.sqrt(np.mean(s**2)) for s in example["sources"]]
   assert 0.0 <= abs(20 * np.log10(levels[0] / levels[1])) <= 5.0 + 1e-3
   with open(tmp_path / "k" / "speakers.csv") as file:
     assert {row["engine"] for row in csv.DictReader(file)} == {"kokoro"}

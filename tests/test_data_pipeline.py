@@ -30,8 +30,12 @@ class CountingSource:
   def __getitem__(self, k):
     mixture = (1000 * k + np.arange(self.lengths[k])).astype(np.float32)
     sources = np.stack([mixture + 0.25 * (c + 1) for c in range(self.num_sources)])
-    return {"mixture": mixture, "sources": sources, "sample_rate": self.sample_rate,
-            "id": f"utt{k}"}
+    return {
+      "mixture": mixture,
+      "sources": sources,
+      "sample_rate": self.sample_rate,
+      "id": f"utt{k}",
+    }
 
 
 def _example_ids(batch):
@@ -52,16 +56,18 @@ def test_crops_pads_and_masks():
   for batch in batches:
     assert batch["mixture"].shape == (5, segment) and batch["sources"].shape == (5, 2, segment)
     assert batch["mask"].dtype == np.float32
-    for mixture, sources, mask, length in zip(batch["mixture"], batch["sources"], batch["mask"],
-                                              batch["length"]):
+    for mixture, sources, mask, length in zip(
+      batch["mixture"], batch["sources"], batch["mask"], batch["length"]
+    ):
       k = int(mixture[0] // 1000)
       valid = min(source.lengths[k], segment)
       assert length == valid and mask.sum() == valid and np.all(mask[:valid] == 1)
       # A contiguous window of example k, the sources aligned with it, zeros after it.
       window = mixture[:valid] - 1000 * k
       assert np.all(np.diff(window) == 1) and 0 <= window[0] <= source.lengths[k] - valid
-      np.testing.assert_array_equal(sources[:, :valid] - mixture[:valid], [[0.25] * valid,
-                                                                            [0.5] * valid])
+      np.testing.assert_array_equal(
+        sources[:, :valid] - mixture[:valid], [[0.25] * valid, [0.5] * valid]
+      )
       assert not np.any(mixture[valid:]) and not np.any(sources[:, valid:])
       if k == 2:
         starts.append(window[0])
@@ -69,8 +75,9 @@ def test_crops_pads_and_masks():
 
 
 def test_segment_seconds_uses_the_source_rate():
-  batch = _take(data.training_loader(CountingSource([300] * 4), batch_size=2,
-                                     segment_seconds=0.5, seed=0), 1)[0]
+  batch = _take(
+    data.training_loader(CountingSource([300] * 4), batch_size=2, segment_seconds=0.5, seed=0), 1
+  )[0]
   assert batch["mixture"].shape == (2, 50)
   with pytest.raises(ValueError, match="exactly one"):
     data.training_loader(CountingSource([3]), batch_size=1, seed=0)
@@ -82,7 +89,7 @@ def test_each_epoch_is_a_new_permutation_and_seeded():
   def epochs(seed):
     batches = _take(data.training_loader(source, batch_size=4, segment_length=5, seed=seed), 12)
     ids = [k for batch in batches for k in _example_ids(batch)]
-    return [ids[12 * e:12 * (e + 1)] for e in range(4)]
+    return [ids[12 * e : 12 * (e + 1)] for e in range(4)]
 
   first = epochs(seed=0)
   assert all(sorted(epoch) == list(range(12)) for epoch in first)
@@ -94,12 +101,18 @@ def test_each_epoch_is_a_new_permutation_and_seeded():
 @pytest.mark.parametrize("num_examples", [12, 10])
 def test_shards_interleave_the_global_stream(num_examples):
   source = CountingSource([30 + k for k in range(num_examples)])
-  stream = [b["mixture"][0] for b in _take(
-      data.training_loader(source, batch_size=1, segment_length=20, seed=5), 36)]
+  stream = [
+    b["mixture"][0]
+    for b in _take(data.training_loader(source, batch_size=1, segment_length=20, seed=5), 36)
+  ]
   shards = []
   for index in range(3):
-    batches = _take(data.training_loader(source, batch_size=2, segment_length=20, seed=5,
-                                         shard_index=index, shard_count=3), 6)
+    batches = _take(
+      data.training_loader(
+        source, batch_size=2, segment_length=20, seed=5, shard_index=index, shard_count=3
+      ),
+      6,
+    )
     shard = [mixture for batch in batches for mixture in batch["mixture"]]
     # Elements index, index + 3, ... of the global stream, crops included.
     np.testing.assert_array_equal(shard, stream[index::3])
@@ -108,8 +121,9 @@ def test_shards_interleave_the_global_stream(num_examples):
     first_epoch = [k for shard in shards for k in shard[:4]]
     assert sorted(first_epoch) == list(range(12))
   with pytest.raises(ValueError, match="shard_index"):
-    data.training_loader(source, batch_size=1, segment_length=5, seed=0, shard_index=3,
-                         shard_count=3)
+    data.training_loader(
+      source, batch_size=1, segment_length=5, seed=0, shard_index=3, shard_count=3
+    )
 
 
 def test_finite_epochs_warn_about_the_unused_tail():
@@ -121,8 +135,9 @@ def test_finite_epochs_warn_about_the_unused_tail():
 
 def test_iterator_state_restores_exactly():
   source = CountingSource([30, 80, 120, 60, 90, 45, 100])
-  loader = data.training_loader(source, batch_size=3, segment_length=50, seed=11,
-                                dynamic_mixing=True)
+  loader = data.training_loader(
+    source, batch_size=3, segment_length=50, seed=11, dynamic_mixing=True
+  )
   iterator = iter(loader)
   for _ in range(4):
     next(iterator)
@@ -151,8 +166,12 @@ class ToneSource:
   def __getitem__(self, k):
     t = np.arange(self.length)
     sources = np.stack([np.sin(2 * np.pi * (2 * k + c + 1) * t / 128) for c in range(2)])
-    return {"mixture": sources.sum(0).astype(np.float32), "sources": sources.astype(np.float32),
-            "sample_rate": 128, "id": str(k)}
+    return {
+      "mixture": sources.sum(0).astype(np.float32),
+      "sources": sources.astype(np.float32),
+      "sample_rate": 128,
+      "id": str(k),
+    }
 
 
 def _tone_origin(track):
@@ -162,8 +181,9 @@ def _tone_origin(track):
 
 def test_dynamic_mixing_remixes_other_examples_at_wsj0_levels():
   source = ToneSource(20)
-  loader = data.training_loader(source, batch_size=10, segment_length=128, seed=4,
-                                dynamic_mixing=True)
+  loader = data.training_loader(
+    source, batch_size=10, segment_length=128, seed=4, dynamic_mixing=True
+  )
   batches = _take(loader, 20)  # Ten epochs.
   anchors, differences = [], []
   for batch in batches:
@@ -176,15 +196,17 @@ def test_dynamic_mixing_remixes_other_examples_at_wsj0_levels():
       rms = np.sqrt(np.mean(sources.astype(np.float64) ** 2, axis=1))
       differences.append(20 * np.log10(rms[0] / rms[1]))
   for epoch in range(10):  # Every example leads one re-mix per epoch.
-    assert sorted(anchors[20 * epoch:20 * (epoch + 1)]) == list(range(20))
+    assert sorted(anchors[20 * epoch : 20 * (epoch + 1)]) == list(range(20))
   assert min(differences) >= 0 and max(differences) <= 5
   assert scipy.stats.kstest(differences, scipy.stats.uniform(0, 5).cdf).pvalue > 0.01
   # Reproducible from the seed, different with another.
-  again = _take(data.training_loader(source, batch_size=10, segment_length=128, seed=4,
-                                     dynamic_mixing=True), 2)
+  again = _take(
+    data.training_loader(source, batch_size=10, segment_length=128, seed=4, dynamic_mixing=True), 2
+  )
   np.testing.assert_array_equal(again[1]["sources"], batches[1]["sources"])
-  other = _take(data.training_loader(source, batch_size=10, segment_length=128, seed=5,
-                                     dynamic_mixing=True), 1)
+  other = _take(
+    data.training_loader(source, batch_size=10, segment_length=128, seed=5, dynamic_mixing=True), 1
+  )
   assert not np.allclose(other[0]["sources"], batches[0]["sources"])
 
 
@@ -216,8 +238,9 @@ def test_evaluation_is_never_cropped():
   for batch in bucketed:
     width = batch["mixture"].shape[1]
     assert width % 64 == 0 and width >= max(batch["length"])
-    for mixture, sources, mask, length, name in zip(batch["mixture"], batch["sources"],
-                                                    batch["mask"], batch["length"], batch["id"]):
+    for mixture, sources, mask, length, name in zip(
+      batch["mixture"], batch["sources"], batch["mask"], batch["length"], batch["id"]
+    ):
       original = source[int(name[3:])]
       assert length == len(original["mixture"]) and mask.sum() == length
       np.testing.assert_array_equal(mixture[:length], original["mixture"])
@@ -292,10 +315,20 @@ def test_dynamic_mixing_reads_one_file_per_track_with_the_same_stream(tmp_path, 
 
 
 def test_config_helpers_on_a_real_layout(tmp_path):
-  config = ml_collections.ConfigDict({
-      "model": {"sample_rate": 8000, "num_sources": 2}, "eval_max_utterances": 0,
-      "data": {"kind": "wsj0-mix", "root": str(_wsj0_fixture(tmp_path)), "train_split": "tr",
-               "valid_split": "cv", "synthesize_if_missing": False, "options": {}}})
+  config = ml_collections.ConfigDict(
+    {
+      "model": {"sample_rate": 8000, "num_sources": 2},
+      "eval_max_utterances": 0,
+      "data": {
+        "kind": "wsj0-mix",
+        "root": str(_wsj0_fixture(tmp_path)),
+        "train_split": "tr",
+        "valid_split": "cv",
+        "synthesize_if_missing": False,
+        "options": {},
+      },
+    }
+  )
   source = data.training_source(config)
   batch = _take(data.training_loader(source, batch_size=4, segment_seconds=0.2, seed=0), 1)[0]
   assert batch["mixture"].shape == (4, 1600)

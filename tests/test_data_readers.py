@@ -56,8 +56,7 @@ def _read16(path):
 @pytest.mark.parametrize("num_sources", [2, 3])
 def test_wsj0_mix_reads_mixtures_and_sources(tmp_path, num_sources):
   _wsj0_mix(tmp_path, num_sources)
-  source = data.open_dataset("wsj0-mix", tmp_path, "cv", sample_rate=RATE,
-                             num_sources=num_sources)
+  source = data.open_dataset("wsj0-mix", tmp_path, "cv", sample_rate=RATE, num_sources=num_sources)
   assert len(source) == 2 and source.num_sources == num_sources
   example = source[1]
   assert example["id"] == WSJ_NAMES[1] and example["sample_rate"] == RATE
@@ -65,8 +64,9 @@ def test_wsj0_mix_reads_mixtures_and_sources(tmp_path, num_sources):
   assert example["sources"].shape == (num_sources, LENGTH)
   folder = tmp_path / "cv"
   np.testing.assert_array_equal(example["mixture"], _read16(folder / "mix" / f"{WSJ_NAMES[1]}.wav"))
-  np.testing.assert_array_equal(example["sources"][-1],
-                                _read16(folder / f"s{num_sources}" / f"{WSJ_NAMES[1]}.wav"))
+  np.testing.assert_array_equal(
+    example["sources"][-1], _read16(folder / f"s{num_sources}" / f"{WSJ_NAMES[1]}.wav")
+  )
   assert source.lengths == [LENGTH, LENGTH] and source.num_skipped == 0
   for c in range(num_sources):
     np.testing.assert_array_equal(source.read_source(1, c), example["sources"][c])
@@ -87,8 +87,9 @@ def test_wsj0_mix_unknown_split_lists_the_splits(tmp_path):
 def test_missing_root(tmp_path):
   for kind in ("wsj0-mix", "wham", "voicebank-demand"):
     with pytest.raises(data.DatasetError, match=f"{tmp_path / 'nowhere'} does not exist"):
-      data.open_dataset(kind, tmp_path / "nowhere", "tt" if kind != "voicebank-demand" else "test",
-                        sample_rate=RATE)
+      data.open_dataset(
+        kind, tmp_path / "nowhere", "tt" if kind != "voicebank-demand" else "test", sample_rate=RATE
+      )
 
 
 def test_wsj0_mix_empty_split(tmp_path):
@@ -133,8 +134,7 @@ def test_unreadable_file(tmp_path):
 
 def test_one_source_read_alone_at_another_rate_and_broken_after_open(tmp_path):
   # 16001 frames at 16 kHz resample to 8001 samples at 8 kHz; the header rounds to 8000.
-  _parallel_folders(tmp_path / "tr", ["mix", "s1", "s2"], WSJ_NAMES[:1], rate=16000,
-                    length=16001)
+  _parallel_folders(tmp_path / "tr", ["mix", "s1", "s2"], WSJ_NAMES[:1], rate=16000, length=16001)
   source = data.open_dataset("wsj0-mix", tmp_path, "tr", sample_rate=RATE)
   example = source[0]
   for c in (0, 1):
@@ -232,8 +232,7 @@ def test_multichannel_is_downmixed_with_one_warning_per_dataset(tmp_path):
     examples = [source[0], source[1]]
   downmix = [w for w in caught if "downmixed to mono" in str(w.message)]
   assert len(downmix) == 1 and str(tmp_path / "mix" / "a.wav") in str(downmix[0].message)
-  np.testing.assert_allclose(examples[1]["mixture"], _signal(1, channels=2).mean(axis=1),
-                             atol=1e-7)
+  np.testing.assert_allclose(examples[1]["mixture"], _signal(1, channels=2).mean(axis=1), atol=1e-7)
   with pytest.warns(UserWarning, match="2 channels, downmixed"):
     audio_lib.read_audio(str(tmp_path / "s1" / "b.wav"), RATE)
 
@@ -243,48 +242,66 @@ def test_multichannel_is_downmixed_with_one_warning_per_dataset(tmp_path):
 LIBRI_IDS = ("1272-128104-0000_2035-147961-0014", "1462-170138-0027_6313-66125-0026")
 
 
-def _librimix(root, num_sources=2, split="dev", mixtures=("clean", "both", "single"),
-              extra_column=False):
+def _librimix(
+  root, num_sources=2, split="dev", mixtures=("clean", "both", "single"), extra_column=False
+):
   """`Libri{n}Mix/wav8k/min/{split}/{s1,..,mix_*,noise}` and metadata with absolute paths."""
   folders = [f"s{c + 1}" for c in range(num_sources)] + ["noise"] + [f"mix_{m}" for m in mixtures]
   _parallel_folders(root / split, folders, LIBRI_IDS)
   for mixture in mixtures:
     sources = [f"source_{c + 1}_path" for c in range(num_sources if mixture != "single" else 1)]
-    header = (["mixture_ID"] + (["original_mixture_ID"] if extra_column else [])
-              + ["mixture_path"] + sources + (["noise_path"] if mixture != "clean" else [])
-              + ["length"])
+    header = (
+      ["mixture_ID"]
+      + (["original_mixture_ID"] if extra_column else [])
+      + ["mixture_path"]
+      + sources
+      + (["noise_path"] if mixture != "clean" else [])
+      + ["length"]
+    )
     path = root / "metadata" / f"mixture_{split}_mix_{mixture}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
       writer = csv.writer(file)
       writer.writerow(header)
       for name in LIBRI_IDS:
-        row = [name] + ([name] if extra_column else []) + [
-            str((root / split / f"mix_{mixture}" / f"{name}.wav").absolute())]
-        row += [str((root / split / f"s{c + 1}" / f"{name}.wav").absolute())
-                for c in range(len(sources))]
-        row += [str((root / split / "noise" / f"{name}.wav").absolute())] if mixture != "clean" else []
+        row = (
+          [name]
+          + ([name] if extra_column else [])
+          + [str((root / split / f"mix_{mixture}" / f"{name}.wav").absolute())]
+        )
+        row += [
+          str((root / split / f"s{c + 1}" / f"{name}.wav").absolute()) for c in range(len(sources))
+        ]
+        row += (
+          [str((root / split / "noise" / f"{name}.wav").absolute())] if mixture != "clean" else []
+        )
         writer.writerow(row + [LENGTH])
   return root
 
 
-@pytest.mark.parametrize("mixture, folder, num_sources", [
-    ("clean", "mix_clean", 2), ("both", "mix_both", 2), ("single", "mix_single", 1)])
+@pytest.mark.parametrize(
+  "mixture, folder, num_sources",
+  [("clean", "mix_clean", 2), ("both", "mix_both", 2), ("single", "mix_single", 1)],
+)
 def test_librimix_mixture_kinds(tmp_path, mixture, folder, num_sources):
   root = _librimix(tmp_path / "Libri2Mix" / "wav8k" / "min")
-  source = data.open_dataset("librimix", root, "dev", sample_rate=RATE, mixture=mixture,
-                             num_sources=num_sources)
+  source = data.open_dataset(
+    "librimix", root, "dev", sample_rate=RATE, mixture=mixture, num_sources=num_sources
+  )
   example = source[0]
   assert example["id"] == LIBRI_IDS[0] and example["sources"].shape == (num_sources, LENGTH)
-  np.testing.assert_array_equal(example["mixture"],
-                                _read16(root / "dev" / folder / f"{LIBRI_IDS[0]}.wav"))
-  np.testing.assert_array_equal(example["sources"][0],
-                                _read16(root / "dev" / "s1" / f"{LIBRI_IDS[0]}.wav"))
+  np.testing.assert_array_equal(
+    example["mixture"], _read16(root / "dev" / folder / f"{LIBRI_IDS[0]}.wav")
+  )
+  np.testing.assert_array_equal(
+    example["sources"][0], _read16(root / "dev" / "s1" / f"{LIBRI_IDS[0]}.wav")
+  )
 
 
 def test_libri3mix_and_newer_metadata_columns(tmp_path):
-  root = _librimix(tmp_path, num_sources=3, split="train-360", mixtures=("clean",),
-                   extra_column=True)
+  root = _librimix(
+    tmp_path, num_sources=3, split="train-360", mixtures=("clean",), extra_column=True
+  )
   source = data.open_dataset("librimix", root, "train-360", sample_rate=RATE)
   assert source.num_sources == 3 and source[1]["sources"].shape == (3, LENGTH)
 
@@ -293,8 +310,9 @@ def test_librimix_moved_dataset_is_found_under_root(tmp_path):
   _librimix(tmp_path / "old" / "Libri2Mix", mixtures=("clean",))
   os.rename(tmp_path / "old", tmp_path / "new")
   source = data.open_dataset("librimix", tmp_path / "new" / "Libri2Mix", "dev", sample_rate=RATE)
-  assert source.entry(0).mixture == str(tmp_path / "new" / "Libri2Mix" / "dev" / "mix_clean" /
-                                        f"{LIBRI_IDS[0]}.wav")
+  assert source.entry(0).mixture == str(
+    tmp_path / "new" / "Libri2Mix" / "dev" / "mix_clean" / f"{LIBRI_IDS[0]}.wav"
+  )
 
 
 def test_librimix_missing_file_listed_in_metadata(tmp_path):
@@ -313,15 +331,17 @@ def test_librimix_length_column_catches_a_replaced_file(tmp_path):
   for folder in ("mix_clean", "s1", "s2"):
     _write(str(root / "dev" / folder / f"{LIBRI_IDS[0]}.wav"), _signal(1, 300))
   mixture = root / "dev" / "mix_clean" / f"{LIBRI_IDS[0]}.wav"
-  with pytest.raises(data.DatasetError, match=f"{mixture}: the metadata gives 400 samples but "
-                                              "the file holds 300"):
+  with pytest.raises(
+    data.DatasetError, match=f"{mixture}: the metadata gives 400 samples but the file holds 300"
+  ):
     data.open_dataset("librimix", root, "dev", sample_rate=RATE)
 
 
 def test_librimix_missing_metadata_lists_splits_and_empty_csv(tmp_path):
   root = _librimix(tmp_path, split="test", mixtures=("clean",))
-  with pytest.raises(data.DatasetError, match="mixture_dev_mix_clean.csv.*splits with "
-                                              "mix_clean metadata there: test"):
+  with pytest.raises(
+    data.DatasetError, match="mixture_dev_mix_clean.csv.*splits with mix_clean metadata there: test"
+  ):
     data.open_dataset("librimix", root, "dev", sample_rate=RATE)
   path = root / "metadata" / "mixture_test_mix_clean.csv"
   path.write_text(path.read_text().splitlines()[0] + "\n")
@@ -340,38 +360,59 @@ def test_librimix_csv_without_required_column(tmp_path):
 # ---------------------------------------------------------------------------- WHAM!, WHAMR!
 
 WHAM_FOLDERS = ("mix_clean", "mix_both", "mix_single", "s1", "s2", "noise")
-WHAMR_FOLDERS = ("mix_clean_anechoic", "mix_clean_reverb", "mix_both_anechoic",
-                 "mix_both_reverb", "mix_single_anechoic", "mix_single_reverb",
-                 "s1_anechoic", "s1_reverb", "s2_anechoic", "s2_reverb", "noise")
+WHAMR_FOLDERS = (
+  "mix_clean_anechoic",
+  "mix_clean_reverb",
+  "mix_both_anechoic",
+  "mix_both_reverb",
+  "mix_single_anechoic",
+  "mix_single_reverb",
+  "s1_anechoic",
+  "s1_reverb",
+  "s2_anechoic",
+  "s2_reverb",
+  "noise",
+)
 
 
-@pytest.mark.parametrize("task, mixture, targets", [
-    ("sep_clean", "mix_clean", ("s1", "s2")), ("sep_noisy", "mix_both", ("s1", "s2")),
-    ("enh_single", "mix_single", ("s1",)), ("enh_both", "mix_both", ("mix_clean",))])
+@pytest.mark.parametrize(
+  "task, mixture, targets",
+  [
+    ("sep_clean", "mix_clean", ("s1", "s2")),
+    ("sep_noisy", "mix_both", ("s1", "s2")),
+    ("enh_single", "mix_single", ("s1",)),
+    ("enh_both", "mix_both", ("mix_clean",)),
+  ],
+)
 def test_wham_tasks(tmp_path, task, mixture, targets):
   signals = _parallel_folders(tmp_path / "tt", WHAM_FOLDERS, WSJ_NAMES)
   source = data.open_dataset("wham", tmp_path, "tt", sample_rate=RATE, task=task)
   example = source[0]
   np.testing.assert_allclose(example["mixture"], signals[mixture, WSJ_NAMES[0]], atol=1 / 32768)
-  np.testing.assert_allclose(example["sources"],
-                             np.stack([signals[t, WSJ_NAMES[0]] for t in targets]), atol=1 / 32768)
+  np.testing.assert_allclose(
+    example["sources"], np.stack([signals[t, WSJ_NAMES[0]] for t in targets]), atol=1 / 32768
+  )
 
 
-@pytest.mark.parametrize("task, target, mixture, targets", [
+@pytest.mark.parametrize(
+  "task, target, mixture, targets",
+  [
     ("sep_clean", "anechoic", "mix_clean_anechoic", ("s1_anechoic", "s2_anechoic")),
     ("sep_reverb", "anechoic", "mix_clean_reverb", ("s1_anechoic", "s2_anechoic")),
     ("sep_noisy_reverb", "anechoic", "mix_both_reverb", ("s1_anechoic", "s2_anechoic")),
     ("sep_reverb", "reverb", "mix_clean_reverb", ("s1_reverb", "s2_reverb")),
     ("enh_single_reverb", "anechoic", "mix_single_reverb", ("s1_anechoic",)),
-    ("enh_both", "anechoic", "mix_both_anechoic", ("mix_clean_anechoic",))])
+    ("enh_both", "anechoic", "mix_both_anechoic", ("mix_clean_anechoic",)),
+  ],
+)
 def test_whamr_tasks(tmp_path, task, target, mixture, targets):
   signals = _parallel_folders(tmp_path / "cv", WHAMR_FOLDERS, WSJ_NAMES)
-  source = data.open_dataset("whamr", tmp_path, "cv", sample_rate=RATE, task=task,
-                             target=target)
+  source = data.open_dataset("whamr", tmp_path, "cv", sample_rate=RATE, task=task, target=target)
   example = source[1]
   np.testing.assert_allclose(example["mixture"], signals[mixture, WSJ_NAMES[1]], atol=1 / 32768)
-  np.testing.assert_allclose(example["sources"],
-                             np.stack([signals[t, WSJ_NAMES[1]] for t in targets]), atol=1 / 32768)
+  np.testing.assert_allclose(
+    example["sources"], np.stack([signals[t, WSJ_NAMES[1]] for t in targets]), atol=1 / 32768
+  )
 
 
 def test_wham_missing_folder_and_unknown_task(tmp_path):
@@ -386,17 +427,25 @@ def test_wham_missing_folder_and_unknown_task(tmp_path):
 
 
 def _voicebank(root):
-  names = {"trainset_28spk": ("p226_001", "p226_002", "p239_001", "p287_003", "p256_010"),
-           "testset": ("p232_001", "p257_004")}
+  names = {
+    "trainset_28spk": ("p226_001", "p226_002", "p239_001", "p287_003", "p256_010"),
+    "testset": ("p232_001", "p257_004"),
+  }
   for subset, files in names.items():
-    _parallel_folders(root, (f"clean_{subset}_wav", f"noisy_{subset}_wav"), files,
-                      rate=48000, length=2400)
+    _parallel_folders(
+      root, (f"clean_{subset}_wav", f"noisy_{subset}_wav"), files, rate=48000, length=2400
+    )
   return root
 
 
-@pytest.mark.parametrize("split, ids", [
-    ("train", ["p239_001", "p256_010"]), ("valid", ["p226_001", "p226_002", "p287_003"]),
-    ("test", ["p232_001", "p257_004"])])
+@pytest.mark.parametrize(
+  "split, ids",
+  [
+    ("train", ["p239_001", "p256_010"]),
+    ("valid", ["p226_001", "p226_002", "p287_003"]),
+    ("test", ["p232_001", "p257_004"]),
+  ],
+)
 def test_voicebank_demand_splits_at_16k(tmp_path, split, ids):
   root = _voicebank(tmp_path)
   source = data.open_dataset("voicebank-demand", root, split, sample_rate=16000, num_sources=1)
@@ -404,8 +453,9 @@ def test_voicebank_demand_splits_at_16k(tmp_path, split, ids):
   example = source[0]
   assert example["mixture"].shape == (800,) and example["sources"].shape == (1, 800)
   subset = "testset" if split == "test" else "trainset_28spk"
-  expected = audio_lib.resample(_read16(root / f"clean_{subset}_wav" / f"{ids[0]}.wav"),
-                                48000, 16000)
+  expected = audio_lib.resample(
+    _read16(root / f"clean_{subset}_wav" / f"{ids[0]}.wav"), 48000, 16000
+  )
   np.testing.assert_allclose(example["sources"][0], expected, atol=1e-6)
 
 

@@ -21,8 +21,7 @@ SEED = 3
 
 
 def _build(root, **kwargs):
-  arguments = dict(num_train=6, num_valid=2, num_test=2, seed=SEED, progress=False,
-                   num_workers=2)
+  arguments = dict(num_train=6, num_valid=2, num_test=2, seed=SEED, progress=False, num_workers=2)
   arguments.update(kwargs)
   return synth.synthesize_corpus(root, **arguments)
 
@@ -78,10 +77,12 @@ def test_speakers_are_many_varied_and_disjoint(corpus):
   variants = {group: {s["variant"] for s in members} for group, members in groups.items()}
   names = list(variants)
   for i, first in enumerate(names):  # No voice variant is shared between groups.
-    for second in names[i + 1:]:
+    for second in names[i + 1 :]:
       assert not variants[first] & variants[second], (first, second)
   for group in ("tr", "cv", "tt"):  # Both voice registers in every split.
-    assert variants[group] & set(espeak.HIGH_VARIANTS) and variants[group] & set(espeak.LOW_VARIANTS)
+    assert variants[group] & set(espeak.HIGH_VARIANTS) and variants[group] & set(
+      espeak.LOW_VARIANTS
+    )
   voices = [tuple(s[k] for k in ("accent", "variant", "pitch", "rate")) for s in speakers]
   assert len(set(voices)) == len(voices)
   used = {}
@@ -131,17 +132,28 @@ def test_noisy_corpus_in_wham_layout(tmp_path):
   root = tmp_path / "noisy"
   manifest = _build(root, noise="babble", num_sources=3, sample_rate=16000, num_train=4)
   assert manifest["layout"] == "wham"
-  assert sorted(os.listdir(root / "tr")) == ["mix_both", "mix_clean", "mix_single", "noise",
-                                             "s1", "s2", "s3"]
+  assert sorted(os.listdir(root / "tr")) == [
+    "mix_both",
+    "mix_clean",
+    "mix_single",
+    "noise",
+    "s1",
+    "s2",
+    "s3",
+  ]
   assert sorted(os.listdir(root / "metadata")) == sorted(
-      f"mixture_{split}_mix_{kind}.csv" for split in ("tr", "cv", "tt")
-      for kind in ("clean", "both", "single"))
+    f"mixture_{split}_mix_{kind}.csv"
+    for split in ("tr", "cv", "tt")
+    for kind in ("clean", "both", "single")
+  )
   quantum = 4 / 32768
   for name in os.listdir(root / "tr" / "noise"):
     signal = {folder: _read(root / "tr" / folder / name) for folder in os.listdir(root / "tr")}
     sources = [signal["s1"], signal["s2"], signal["s3"]]
     np.testing.assert_allclose(signal["mix_clean"], sum(sources), atol=quantum)
-    np.testing.assert_allclose(signal["mix_both"], signal["mix_clean"] + signal["noise"], atol=quantum)
+    np.testing.assert_allclose(
+      signal["mix_both"], signal["mix_clean"] + signal["noise"], atol=quantum
+    )
     np.testing.assert_allclose(signal["mix_single"], signal["s1"] + signal["noise"], atol=quantum)
     snr = 20 * np.log10(max(_rms(s) for s in sources) / _rms(signal["noise"]))
     assert -6.01 <= snr <= 3.01
@@ -175,10 +187,26 @@ def _speak(args):
 
 
 def test_speech_depends_only_on_its_arguments():
-  voice = espeak.Voice(accent="en-us", variant="f2", pitch=50, pitch_range=50, rate=170,
-                       word_gap=0, tract_scale=1.0, tilt=0.0)
-  other = espeak.Voice(accent="en-gb-x-rp", variant="m3", pitch=40, pitch_range=60, rate=150,
-                       word_gap=1, tract_scale=0.95, tilt=0.2)
+  voice = espeak.Voice(
+    accent="en-us",
+    variant="f2",
+    pitch=50,
+    pitch_range=50,
+    rate=170,
+    word_gap=0,
+    tract_scale=1.0,
+    tilt=0.0,
+  )
+  other = espeak.Voice(
+    accent="en-gb-x-rp",
+    variant="m3",
+    pitch=40,
+    pitch_range=60,
+    rate=150,
+    word_gap=1,
+    tract_scale=0.95,
+    tilt=0.2,
+  )
   text = "The careful painter measured every wooden bridge."
   requests = [(text, voice, 7, 8000), (text, other, 7, 8000), (text, voice, 7, 8000)]
   # eSpeak runs in a spawned process, as the corpus builder runs it.

@@ -13,13 +13,21 @@ PACKAGE = REPO / "eesep_jax"
 
 # Rank of each layer; a module may import modules of its own rank or lower.
 LAYERS = {
-    "errors": 0, "files": 0, "core": 0, "hardware": 0,
-    "models": 1, "data": 1,
-    "inference": 2, "config_lib": 2,
-    # The packaged configs import config_lib, which finds them by path.
-    "configs": 3,
-    "training": 3, "analysis": 3, "runs": 3,
-    "app": 4, "__main__": 4,
+  "errors": 0,
+  "files": 0,
+  "core": 0,
+  "hardware": 0,
+  "models": 1,
+  "data": 1,
+  "inference": 2,
+  "config_lib": 2,
+  # The packaged configs import config_lib, which finds them by path.
+  "configs": 3,
+  "training": 3,
+  "analysis": 3,
+  "runs": 3,
+  "app": 4,
+  "__main__": 4,
 }
 # Libraries the pure layers must not reach: scipy, and what reads or writes files.
 FORBIDDEN_IN_PURE = ("scipy", "soundfile", "orbax", "grain", "librosa", "eesep_jax.data")
@@ -83,8 +91,11 @@ def _notebook_source(path):
   from IPython.core.inputtransformer2 import TransformerManager
 
   cells = json.loads(path.read_text())["cells"]
-  return "\n".join(TransformerManager().transform_cell("".join(cell["source"]))
-                   for cell in cells if cell["cell_type"] == "code")
+  return "\n".join(
+    TransformerManager().transform_cell("".join(cell["source"]))
+    for cell in cells
+    if cell["cell_type"] == "code"
+  )
 
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -92,8 +103,9 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebooks_import_the_library_not_the_application(path):
-  imported = [name for name in _imports(path, _notebook_source(path))
-              if name.startswith("eesep_jax.")]
+  imported = [
+    name for name in _imports(path, _notebook_source(path)) if name.startswith("eesep_jax.")
+  ]
   assert imported, f"{path.name} imports nothing of eesep_jax: is it parsed?"
   for name in imported:
     assert LAYERS[_layer(name)] < LAYERS["app"], f"{path.name} imports {name}"

@@ -40,8 +40,11 @@ def test_bfloat16_loss_tracks_float32_over_50_steps():
     phase = rng.uniform(0, 2 * np.pi, size=(4, 2, 1))
     sources = sum(np.sin(2 * np.pi * h * pitch * t + phase) / h for h in (1, 2, 3))
     sources = (0.3 * sources).astype(np.float32)
-    return {"mixture": jnp.asarray(sources.sum(1)), "sources": jnp.asarray(sources),
-            "mask": jnp.ones((4, 800), jnp.float32)}
+    return {
+      "mixture": jnp.asarray(sources.sum(1)),
+      "sources": jnp.asarray(sources),
+      "mask": jnp.ones((4, 800), jnp.float32),
+    }
 
   batches = [batch() for _ in range(5)]
   full = _losses("float32", batches)

@@ -50,8 +50,9 @@ def tiny():
 
   Every test that compiles a new program costs seconds, so they share this one.
   """
-  config = models.preset("tiny", dropout=0.5, variance=probabilistic.VarianceConfig(
-      monotone=True, block_length=300))
+  config = models.preset(
+    "tiny", dropout=0.5, variance=probabilistic.VarianceConfig(monotone=True, block_length=300)
+  )
   variables, mixture = _init(config), _mixture()
   outputs = _forward(variables, mixture, {"dropout": jax.random.key(7)}, config=config)
   return config, variables, mixture, outputs
@@ -86,15 +87,26 @@ def test_frame_layout_covers_every_sample():
 
 def _sequential_recurrence(decay, update):
   """Reference: one step per frame with `lax.scan`, forward then backward in time."""
+
   def run(decay, update, reverse):
     step = lambda state, x: (x[0] * state + x[1],) * 2  # noqa: E731
     frames_first = lambda x: jnp.moveaxis(x, -2, 0)  # noqa: E731
-    _, states = jax.lax.scan(step, jnp.zeros_like(decay[..., 0, :]),
-                             (frames_first(decay), frames_first(update)), reverse=reverse)
+    _, states = jax.lax.scan(
+      step,
+      jnp.zeros_like(decay[..., 0, :]),
+      (frames_first(decay), frames_first(update)),
+      reverse=reverse,
+    )
     return jnp.moveaxis(states, 0, -2)
+
   half = decay.shape[-1] // 2
-  return jnp.concatenate([run(decay[..., :half], update[..., :half], False),
-                          run(decay[..., half:], update[..., half:], True)], axis=-1)
+  return jnp.concatenate(
+    [
+      run(decay[..., :half], update[..., :half], False),
+      run(decay[..., half:], update[..., half:], True),
+    ],
+    axis=-1,
+  )
 
 
 # Frames below, at and across the two-level scan's chunk of 32, with a partial chunk.
@@ -109,10 +121,10 @@ def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames, form):
     def loss(decay, update):
       states = recurrence(decay, update)
       return jnp.sum(weights * jnp.square(states)), states
+
     return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
 
-  got = states_and_gradients(
-      functools.partial(layers.bidirectional_linear_recurrence, form=form))
+  got = states_and_gradients(functools.partial(layers.bidirectional_linear_recurrence, form=form))
   want = states_and_gradients(_sequential_recurrence)
   for g, w in zip(jax.tree.leaves(got(decay, update)), jax.tree.leaves(want(decay, update))):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -121,10 +133,12 @@ def test_bidirectional_recurrence_and_its_gradient_match_a_loop(frames, form):
 def _values_and_gradients(module, variables, x, weights):
   """`module`'s output and the gradients of a weighted sum of its squares with respect
   to the input and every parameter."""
+
   def loss(variables, x):
     # `nn.ConvTranspose` keeps a trailing axis of one feature.
     y = module.apply(variables, x).reshape(weights.shape)
     return jnp.sum(weights * jnp.square(y)), y
+
   return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables, x)
 
 
@@ -134,7 +148,8 @@ def _assert_same_as_flax(module, reference, input_shape, output_shape):
   x = jax.random.normal(jax.random.key(0), input_shape)
   variables = reference.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, module.init(jax.random.key(1), x)) == jax.tree.map(
-      jnp.shape, variables)
+    jnp.shape, variables
+  )
   weights = jax.random.normal(jax.random.key(2), output_shape)
   got = _values_and_gradients(module, variables, x, weights)
   want = _values_and_gradients(reference, variables, x, weights)
@@ -148,9 +163,11 @@ def _assert_same_as_flax(module, reference, input_shape, output_shape):
 def test_depthwise_convolution_matches_flax_grouped_convolution(kernel, frames, form):
   channels = 6
   _assert_same_as_flax(
-      layers.DepthwiseConv(kernel, form),
-      nn.Conv(channels, (kernel,), padding="SAME", feature_group_count=channels),
-      (3, frames, channels), (3, frames, channels))
+    layers.DepthwiseConv(kernel, form),
+    nn.Conv(channels, (kernel,), padding="SAME", feature_group_count=channels),
+    (3, frames, channels),
+    (3, frames, channels),
+  )
 
 
 def test_unknown_layer_forms_are_refused():
@@ -164,15 +181,19 @@ def test_unknown_layer_forms_are_refused():
   assert (auto.resolved_recurrence_form, auto.resolved_depthwise_form) == ("chunked", "shifted")
   forced = models.preset("tiny", recurrence_form="associative", depthwise_form="grouped")
   assert (forced.resolved_recurrence_form, forced.resolved_depthwise_form) == (
-      "associative", "grouped")
+    "associative",
+    "grouped",
+  )
 
 
 @pytest.mark.parametrize("kernel, stride, frames", [(16, 8, 9), (4, 2, 1), (6, 3, 40)])
 def test_transposed_convolution_matches_flax(kernel, stride, frames):
   _assert_same_as_flax(
-      press_net.TransposedConvolution(kernel, stride),
-      nn.ConvTranspose(1, (kernel,), strides=(stride,), padding="VALID", use_bias=False),
-      (2, frames, 5), (2, (frames - 1) * stride + kernel))
+    press_net.TransposedConvolution(kernel, stride),
+    nn.ConvTranspose(1, (kernel,), strides=(stride,), padding="VALID", use_bias=False),
+    (2, frames, 5),
+    (2, (frames - 1) * stride + kernel),
+  )
 
 
 def test_fresh_block_is_near_identity(tiny):
@@ -181,14 +202,15 @@ def test_fresh_block_is_near_identity(tiny):
   params = jax.tree.map(lambda p: p[0], variables["params"]["shared"]["blocks"])
   x = jax.random.normal(jax.random.key(0), (2, 20, config.width))
   every_frame = jnp.ones(x.shape[:-1] + (1,))
-  apply = jax.jit(lambda params: layers.Block(config).apply(
-      {"params": params}, x, every_frame, False)[0])
+  apply = jax.jit(
+    lambda params: layers.Block(config).apply({"params": params}, x, every_frame, False)[0]
+  )
   change = jnp.abs(apply(params) - x)
   assert 0.0 < float(jnp.max(change)) < 1e-3
   # With LayerScale at 1 the same block changes its input: the 1e-5 is what keeps it still.
   scaled = jax.tree_util.tree_map_with_path(
-      lambda path, p: jnp.ones_like(p) if "LayerScale" in jax.tree_util.keystr(path) else p,
-      params)
+    lambda path, p: jnp.ones_like(p) if "LayerScale" in jax.tree_util.keystr(path) else p, params
+  )
   assert float(jnp.max(jnp.abs(apply(scaled) - x))) > 0.1
 
 
@@ -203,8 +225,7 @@ def test_forward_shapes_and_values(tiny):
 
 @pytest.mark.parametrize("num_sources, time, block_length", [(1, 799, None), (3, 13, 5)])
 def test_output_shapes_for_any_sources_and_length(num_sources, time, block_length):
-  config = models.preset("tiny", num_sources=num_sources,
-                         variance={"block_length": block_length})
+  config = models.preset("tiny", num_sources=num_sources, variance={"block_length": block_length})
   model, mixture = models.PressNet(config), _mixture(batch=3, time=time)
   variables = jax.eval_shape(model.init, jax.random.key(0), mixture)
   _check_output_shapes(jax.eval_shape(model.apply, variables, mixture), config, 3, time)
@@ -214,12 +235,15 @@ def test_training_scan_equals_stage_by_stage(tiny):
   config, variables, mixture, outputs = tiny
   carry = models.PressNet(config).apply(variables, mixture, method=models.PressNet.encode)
   state = probabilistic.init_variance_state(
-      (mixture.shape[0], config.num_sources),
-      probabilistic.num_variance_blocks(mixture.shape[1], config.variance), config.variance)
+    (mixture.shape[0], config.num_sources),
+    probabilistic.num_variance_blocks(mixture.shape[1], config.variance),
+    config.variance,
+  )
   apply_stage = jax.jit(models.apply_stage, static_argnums=(0, 3))
   for k in range(config.num_exits):
     carry, state, exit_output = apply_stage(
-        config, models.stage_params(variables, jnp.int32(k)), carry, mixture.shape[1], state)
+      config, models.stage_params(variables, jnp.int32(k)), carry, mixture.shape[1], state
+    )
     expected = jax.tree.map(operator.itemgetter(k), outputs)
     assert jax.tree.structure(exit_output) == jax.tree.structure(expected)
     for got, want in zip(jax.tree.leaves(exit_output), jax.tree.leaves(expected)):
@@ -233,8 +257,9 @@ def test_padded_batch_gives_each_example_its_own_outputs(block_length):
   """Zero-padded to one length with valid `lengths`, every example gets the estimates,
   variances and exit probabilities it gets alone: what lets evaluation and `separate`
   batch utterances of many lengths into one compiled program."""
-  config = models.preset("tiny", variance=probabilistic.VarianceConfig(
-      monotone=True, block_length=block_length))
+  config = models.preset(
+    "tiny", variance=probabilistic.VarianceConfig(monotone=True, block_length=block_length)
+  )
   variables = _init(config)
   lengths = (TIME, 517, 64)  # 64 samples: shorter than one variance block.
   padded = jnp.stack([jnp.pad(_mixture(1, n, seed=n)[0], (0, TIME - n)) for n in lengths])
@@ -242,7 +267,8 @@ def test_padded_batch_gives_each_example_its_own_outputs(block_length):
   padded = padded + 5.0 * (jnp.arange(TIME) >= jnp.asarray(lengths)[:, None])
   apply = jax.jit(models.PressNet(config).apply)
   exit_probability = jax.jit(
-      functools.partial(probabilistic.exit_probability, config=config.variance))
+    functools.partial(probabilistic.exit_probability, config=config.variance)
+  )
   batched = apply(variables, padded, lengths=jnp.asarray(lengths))
   for row, n in enumerate(lengths):
     alone = apply(variables, _mixture(1, n, seed=n))
@@ -251,14 +277,22 @@ def test_padded_batch_gives_each_example_its_own_outputs(block_length):
     np.testing.assert_array_equal(estimates[..., n:], 0.0)
     blocks = probabilistic.num_variance_blocks(n, config.variance)
     for name, value in alone["variance"].items():
-      np.testing.assert_allclose(batched["variance"][name][:, row, :, :blocks],
-                                 value[:, 0], rtol=1e-5, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(
+        batched["variance"][name][:, row, :, :blocks],
+        value[:, 0],
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg=name,
+      )
     np.testing.assert_allclose(
-        exit_probability(estimates, jax.tree.map(lambda v: v[:, row], batched["variance"]),
-                         10.0, lengths=n),
-        exit_probability(alone["estimates"][:, 0],
-                         jax.tree.map(lambda v: v[:, 0], alone["variance"]), 10.0),
-        atol=1e-5)
+      exit_probability(
+        estimates, jax.tree.map(lambda v: v[:, row], batched["variance"]), 10.0, lengths=n
+      ),
+      exit_probability(
+        alone["estimates"][:, 0], jax.tree.map(lambda v: v[:, 0], alone["variance"]), 10.0
+      ),
+      atol=1e-5,
+    )
 
 
 def test_monotone_variance_never_gets_worse(tiny):
@@ -285,13 +319,15 @@ def test_dropout_is_seeded_and_split_over_stages(tiny):
   def record_masks(next_fun, args, kwargs, context):
     output = next_fun(*args, **kwargs)
     if isinstance(context.module, nn.Dropout):
-      jax.debug.callback(lambda mask: masks.append(np.asarray(mask)), output == 0,
-                         ordered=True)
+      jax.debug.callback(lambda mask: masks.append(np.asarray(mask)), output == 0, ordered=True)
     return output
 
   with nn.intercept_methods(record_masks):  # Active while `train` traces.
-    train = jax.jit(lambda key: models.PressNet(config).apply(
-        variables, mixture, train=True, rngs={"dropout": key})["estimates"])
+    train = jax.jit(
+      lambda key: models.PressNet(config).apply(
+        variables, mixture, train=True, rngs={"dropout": key}
+      )["estimates"]
+    )
     first = train(jax.random.key(7))
   jax.effects_barrier()
   first_masks, masks[:] = list(masks), []
@@ -312,9 +348,10 @@ def test_dropout_is_seeded_and_split_over_stages(tiny):
 # --------------------------------------------------------------------------- sizes
 
 
-@pytest.mark.parametrize("name, params_m, gmacs_by_exit", [
-    ("press-4", 3.4, {4: 11.3}),
-    ("press-12", 22.4, {8: 54.4, 12: 79.7})])
+@pytest.mark.parametrize(
+  "name, params_m, gmacs_by_exit",
+  [("press-4", 3.4, {4: 11.3}), ("press-12", 22.4, {8: 54.4, 12: 79.7})],
+)
 def test_preset_size_and_compute_match_the_reported_ones(name, params_m, gmacs_by_exit):
   config = models.preset(name)
   assert models.count_params(config) == pytest.approx(params_m * 1e6, rel=0.25)
@@ -331,8 +368,10 @@ def test_preset_size_and_compute_match_the_reported_ones(name, params_m, gmacs_b
 def _loss_and_grads(config, variables, mixture):
   def loss(params):
     outputs = models.PressNet(config).apply({"params": params}, mixture)
-    return (jnp.mean(jnp.square(outputs["estimates"] - mixture[None, :, None]))
-            + sum(jnp.mean(jnp.log(v)) for v in outputs["variance"].values()))
+    return jnp.mean(jnp.square(outputs["estimates"] - mixture[None, :, None])) + sum(
+      jnp.mean(jnp.log(v)) for v in outputs["variance"].values()
+    )
+
   return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
 
@@ -347,7 +386,8 @@ def test_gradients_are_finite_and_remat_changes_nothing(tiny):
   assert bool(jnp.all(jnp.abs(layer_scale).sum(-1) > 0))
 
   remat_value, remat_grads = _loss_and_grads(
-      dataclasses.replace(config, remat=True), variables, mixture)
+    dataclasses.replace(config, remat=True), variables, mixture
+  )
   np.testing.assert_allclose(remat_value, value, rtol=1e-6)
   for got, want in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
@@ -361,8 +401,9 @@ def test_gradients_are_finite_and_remat_changes_nothing(tiny):
 # mantissa leaves of the two forms' different order of operations.
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2)])
 def test_accelerator_layer_forms_match_the_cpu_forms(dtype, tolerance):
-  config = models.preset("tiny", layer_scale_init=1.0, dtype=dtype, recurrence_form="chunked",
-                         depthwise_form="shifted")
+  config = models.preset(
+    "tiny", layer_scale_init=1.0, dtype=dtype, recurrence_form="chunked", depthwise_form="shifted"
+  )
   variables, mixture = _init(config), _mixture(time=401)
 
   def outputs_and_grads(config):
@@ -371,15 +412,17 @@ def test_accelerator_layer_forms_match_the_cpu_forms(dtype, tolerance):
     return [[value], jax.tree.leaves(outputs), jax.tree.leaves(grads)]
 
   want = outputs_and_grads(config)
-  got = outputs_and_grads(dataclasses.replace(config, recurrence_form="associative",
-                                              depthwise_form="grouped"))
+  got = outputs_and_grads(
+    dataclasses.replace(config, recurrence_form="associative", depthwise_form="grouped")
+  )
   for leaves_got, leaves_want, shared_scale in zip(got, want, (False, False, True)):
     largest = max(float(jnp.max(jnp.abs(w))) for w in leaves_want)
     for g, w in zip(leaves_got, leaves_want):
       scale = largest if shared_scale else float(jnp.max(jnp.abs(w)))
       assert scale > 0
-      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
-                                 rtol=0, atol=tolerance * scale)
+      np.testing.assert_allclose(
+        np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=0, atol=tolerance * scale
+      )
 
 
 def test_bfloat16_computes_in_bfloat16_with_float32_params(tiny):

@@ -15,8 +15,11 @@ from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # The parameter through which each notebook reuses the session's smoke ablation.
-SHARED_FOLDER = {"01_quickstart": "SMOKE_DIR", "02_variance_parameterisations": "OUT",
-                 "03_exit_calibration": "SMOKE_DIR"}
+SHARED_FOLDER = {
+  "01_quickstart": "SMOKE_DIR",
+  "02_variance_parameterisations": "OUT",
+  "03_exit_calibration": "SMOKE_DIR",
+}
 
 
 def test_every_notebook_of_the_issue_is_there():
@@ -30,8 +33,7 @@ def test_notebook_is_stored_clean_with_a_smoke_parameter(path):
   for cell in notebook.cells:
     if cell.cell_type == "code":
       assert not cell.outputs and cell.execution_count is None, cell.source[:60]
-  [parameters] = [cell for cell in notebook.cells
-                  if "parameters" in cell.metadata.get("tags", [])]
+  [parameters] = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
   assert re.search(r"^SMOKE = False\b", parameters.source, re.MULTILINE)
   assert re.search(rf"^{SHARED_FOLDER[path.stem]} = None\b", parameters.source, re.MULTILINE)
   assert re.search(r"^CONFIG = None\b", parameters.source, re.MULTILINE)
@@ -48,9 +50,13 @@ def test_the_python3_kernel_is_this_interpreter():
 def test_notebook_runs_headless_at_smoke_size(path, smoke_ablation, tmp_path):
   out, _ = smoke_ablation
   papermill.execute_notebook(
-      str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(tmp_path),
-      parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out), "CONFIG": str(DEMO_CONFIG)},
-      progress_bar=False)
+    str(path),
+    str(tmp_path / path.name),
+    kernel_name="python3",
+    cwd=str(tmp_path),
+    parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out), "CONFIG": str(DEMO_CONFIG)},
+    progress_bar=False,
+  )
 
 
 @pytest.mark.slow
@@ -65,14 +71,21 @@ def test_quickstart_on_a_trained_run_applies_its_posthoc_scales(smoke_ablation, 
   run = tmp_path / "run"
   shutil.copytree(driver.smoke_run(DEMO_CONFIG, out), run)
   num_exits = runs.load(run).config.model.num_exits
-  calibration.save_posthoc(run, {"beta_scale": [1.5] * num_exits,
-                                 "alpha_excess_scale": [0.75] * num_exits})
+  calibration.save_posthoc(
+    run, {"beta_scale": [1.5] * num_exits, "alpha_excess_scale": [0.75] * num_exits}
+  )
   path = REPO / "notebooks" / "01_quickstart.ipynb"
   executed = papermill.execute_notebook(
-      str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(tmp_path),
-      parameters={"RUN": str(run)}, progress_bar=False)
-  printed = "".join(output.get("text", "") for cell in executed.cells
-                    for output in cell.get("outputs", []))
+    str(path),
+    str(tmp_path / path.name),
+    kernel_name="python3",
+    cwd=str(tmp_path),
+    parameters={"RUN": str(run)},
+    progress_bar=False,
+  )
+  printed = "".join(
+    output.get("text", "") for cell in executed.cells for output in cell.get("outputs", [])
+  )
   assert f"checkpoint: {run}" in printed
   scales = ", ".join(["1.5"] * num_exits)
   assert f"post-hoc scales: {{'beta_scale': array([{scales}]" in printed

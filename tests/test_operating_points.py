@@ -19,12 +19,20 @@ CONFIDENCES = (0.5, 0.8)
 def _table(utterances=40, seed=0):
   """Exits whose worst-source SNR rises with depth, probabilities loosely tied to it."""
   rng = np.random.default_rng(seed)
-  snr_min = rng.normal(6.0, 3.0, (utterances, 1)) + [0.0, 1.0, 1.6] + rng.normal(
-      0, 1.0, (utterances, 3))
+  snr_min = (
+    rng.normal(6.0, 3.0, (utterances, 1)) + [0.0, 1.0, 1.6] + rng.normal(0, 1.0, (utterances, 3))
+  )
   noisy = snr_min[..., None] + rng.normal(0, 2.0, snr_min.shape + (1,)) - TARGETS
-  return make_exit_table(utterances, 3, 2, targets_db=TARGETS, snr_min=snr_min,
-                         si_snri=snr_min + 4.0, expected_snr_db=snr_min + rng.normal(
-                             0, 1.0, snr_min.shape), probability=1 / (1 + np.exp(-noisy)))
+  return make_exit_table(
+    utterances,
+    3,
+    2,
+    targets_db=TARGETS,
+    snr_min=snr_min,
+    si_snri=snr_min + 4.0,
+    expected_snr_db=snr_min + rng.normal(0, 1.0, snr_min.shape),
+    probability=1 / (1 + np.exp(-noisy)),
+  )
 
 
 def _exit_taken(table, policy, target, confidence=None, exit_index=None):
@@ -33,10 +41,12 @@ def _exit_taken(table, policy, target, confidence=None, exit_index=None):
   taken = []
   for i in range(len(table.ids)):
     for k in range(table.num_exits):
-      accepted = {"probabilistic": lambda: table.probability[i, k, k_target] >= confidence,
-                  "expected-snr": lambda: table.expected_snr_db[i, k] >= target,
-                  "oracle": lambda: table.snr_min[i, k] >= target,
-                  "fixed": lambda: k + 1 >= exit_index}[policy]()
+      accepted = {
+        "probabilistic": lambda: table.probability[i, k, k_target] >= confidence,
+        "expected-snr": lambda: table.expected_snr_db[i, k] >= target,
+        "oracle": lambda: table.snr_min[i, k] >= target,
+        "fixed": lambda: k + 1 >= exit_index,
+      }[policy]()
       if accepted or k == table.num_exits - 1:
         taken.append(k)
         break
@@ -52,11 +62,18 @@ def _brute_force(table, target, columns):
     reached = np.array([table.snr_min[i, k] >= target for i, k in enumerate(taken)])
     early = taken < table.num_exits - 1
     cost = COSTS[taken].mean()
-    rows.append({"reach": reached.mean(), "gmacs": cost,
-                 "satisfaction": reached[early].mean() if early.any() else np.nan,
-                 "successes": int(reached[early].sum()), "early": int(early.sum()),
-                 "oracle_share": ((COSTS[-1] - cost) / (COSTS[-1] - oracle)
-                                  if COSTS[-1] > oracle else np.nan)})
+    rows.append(
+      {
+        "reach": reached.mean(),
+        "gmacs": cost,
+        "satisfaction": reached[early].mean() if early.any() else np.nan,
+        "successes": int(reached[early].sum()),
+        "early": int(early.sum()),
+        "oracle_share": (
+          (COSTS[-1] - cost) / (COSTS[-1] - oracle) if COSTS[-1] > oracle else np.nan
+        ),
+      }
+    )
   return rows
 
 
@@ -85,11 +102,11 @@ def test_static_frontier_is_the_best_mix_of_fixed_exits(values):
     assert searched - 1e-12 <= best <= searched + 0.005 * np.ptp(values) + 1e-9, budget
   assert np.isnan(operating_points.static_frontier(COSTS, values, 0.9))
   # Broadcast: values [..., exits] against budgets [...].
-  stacked = operating_points.static_frontier(COSTS, np.stack([values, values[::-1]]),
-                                             np.array([2.0, 2.0]))
+  stacked = operating_points.static_frontier(
+    COSTS, np.stack([values, values[::-1]]), np.array([2.0, 2.0])
+  )
   assert stacked[0] == pytest.approx(operating_points.static_frontier(COSTS, values, 2.0))
-  assert stacked[1] == pytest.approx(
-      operating_points.static_frontier(COSTS, values[::-1], 2.0))
+  assert stacked[1] == pytest.approx(operating_points.static_frontier(COSTS, values[::-1], 2.0))
 
 
 def test_clopper_pearson_against_the_binomial_tails():
@@ -117,11 +134,13 @@ def test_clopper_pearson_covers_at_least_its_level():
 
 def test_operating_points_match_brute_force():
   table = _table()
-  points = operating_points.operating_points(table, gmacs_per_second=COSTS, targets=TARGETS,
-                                             confidences=CONFIDENCES, resamples=50)
+  points = operating_points.operating_points(
+    table, gmacs_per_second=COSTS, targets=TARGETS, confidences=CONFIDENCES, resamples=50
+  )
   columns = list(zip(points.policy, points.confidence, points.exit_index))
   assert [c[0] for c in columns] == ["probabilistic"] * 2 + ["expected-snr", "oracle"] + [
-      "fixed"] * 3
+    "fixed"
+  ] * 3
   for i, target in enumerate(TARGETS):
     expected = _brute_force(table, target, columns)
     fixed_reach = [row["reach"] for row in expected[-3:]]
@@ -136,8 +155,7 @@ def test_operating_points_match_brute_force():
       assert (points.satisfaction_low[i, q], points.satisfaction_high[i, q]) == (low, high)
       searched = _frontier_by_search(COSTS, np.array(fixed_reach), row["gmacs"], step=0.01)
       assert searched - 1e-9 <= points.frontier_reach[i, q] <= searched + 0.01
-      assert points.frontier_gain[i, q] == pytest.approx(row["reach"]
-                                                         - points.frontier_reach[i, q])
+      assert points.frontier_gain[i, q] == pytest.approx(row["reach"] - points.frontier_reach[i, q])
     # The oracle saves all of its own saving; no fixed exit beats the frontier, exit 1
     # (nothing cheaper to mix) is on it.
     assert points.oracle_share[i, points.column("oracle")] == pytest.approx(1.0)
@@ -148,8 +166,14 @@ def test_bootstrap_intervals_match_resampling_by_hand():
   table = _table(utterances=30, seed=2)
   resamples, seed = 40, 5
   points = operating_points.operating_points(
-      table, gmacs_per_second=COSTS, targets=TARGETS, confidences=CONFIDENCES,
-      resamples=resamples, seed=seed, confidence_level=0.8)
+    table,
+    gmacs_per_second=COSTS,
+    targets=TARGETS,
+    confidences=CONFIDENCES,
+    resamples=resamples,
+    seed=seed,
+    confidence_level=0.8,
+  )
   weights = operating_points.bootstrap_weights(30, resamples, seed)
   assert weights.shape == (resamples, 30) and np.all(weights.sum(axis=1) == 30)
   columns = list(zip(points.policy, points.confidence, points.exit_index))
@@ -162,8 +186,9 @@ def test_bootstrap_intervals_match_resampling_by_hand():
       taken = _exit_taken(drawn, "probabilistic", target, confidence=0.8)
       samples["si_snri"].append(drawn.si_snri[np.arange(30), taken].mean())
       fixed_reach = np.array([row["reach"] for row in rows[-3:]])
-      samples["frontier_gain"].append(rows[q]["reach"] - _frontier_by_search(
-          COSTS, fixed_reach, rows[q]["gmacs"], step=0.01))
+      samples["frontier_gain"].append(
+        rows[q]["reach"] - _frontier_by_search(COSTS, fixed_reach, rows[q]["gmacs"], step=0.01)
+      )
       samples["oracle_share"].append(rows[q]["oracle_share"])
       samples["reach_gain"].append(rows[q]["reach"] - fixed_reach[-1])
     for name, values in samples.items():
@@ -183,8 +208,11 @@ def test_span_and_chosen_target():
   target, reach = operating_points.choose_target(snr_min)
   assert target == round(target)
   # By hand: every whole dB, exit 1 within 30-70%, the one where depth gains most.
-  best = max((np.mean(snr_min[:, -1] >= t) - np.mean(snr_min[:, 0] >= t), t)
-             for t in range(-10, 20) if 0.3 <= np.mean(snr_min[:, 0] >= t) <= 0.7)
+  best = max(
+    (np.mean(snr_min[:, -1] >= t) - np.mean(snr_min[:, 0] >= t), t)
+    for t in range(-10, 20)
+    if 0.3 <= np.mean(snr_min[:, 0] >= t) <= 0.7
+  )
   assert target == best[1]
   np.testing.assert_allclose(reach, np.mean(snr_min >= target, axis=0))
   with pytest.raises(ValueError, match="no whole dB"):
@@ -193,8 +221,9 @@ def test_span_and_chosen_target():
 
 def test_figures_draw_every_policy(tmp_path):
   table = _table()
-  points = operating_points.operating_points(table, gmacs_per_second=COSTS, targets=TARGETS,
-                                             confidences=CONFIDENCES, resamples=20)
+  points = operating_points.operating_points(
+    table, gmacs_per_second=COSTS, targets=TARGETS, confidences=CONFIDENCES, resamples=20
+  )
   restored = operating_points.from_json(points.to_json())
   np.testing.assert_array_equal(restored.satisfaction, points.satisfaction)
   np.testing.assert_array_equal(restored.exit_index, points.exit_index)
@@ -202,6 +231,11 @@ def test_figures_draw_every_policy(tmp_path):
   paths = operating_points.write_figures(tmp_path, restored, 6.0)
   reach = operating_points.reach_figure(restored, [6.0])
   labels = reach.axes[0].get_legend_handles_labels()[1]
-  assert {"fixed exits", "static frontier", "probabilistic (over p)", "oracle",
-          "expected-snr"} <= set(labels)
+  assert {
+    "fixed exits",
+    "static frontier",
+    "probabilistic (over p)",
+    "oracle",
+    "expected-snr",
+  } <= set(labels)
   assert all(path.stat().st_size > 10_000 for path in paths.values())

@@ -84,8 +84,9 @@ class Bucket:
     names, token = [], None
     while True:
       query = {"prefix": prefix, **({"pageToken": token} if token else {})}
-      with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o?"
-                                  f"{urllib.parse.urlencode(query)}", timeout=60) as response:
+      with urllib.request.urlopen(
+        f"{self.url}/storage/v1/b/{BUCKET}/o?{urllib.parse.urlencode(query)}", timeout=60
+      ) as response:
         listing = json.load(response)
       names += [item["name"] for item in listing.get("items", [])]
       token = listing.get("nextPageToken")
@@ -95,8 +96,9 @@ class Bucket:
   def read(self, name):
     quoted = urllib.parse.quote(name, safe="")
     try:
-      with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media",
-                                  timeout=60) as response:
+      with urllib.request.urlopen(
+        f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media", timeout=60
+      ) as response:
         return response.read()
     except urllib.error.HTTPError as error:
       if error.code == 404:
@@ -113,8 +115,13 @@ class Bucket:
 
   def checkpoint_steps(self, run):
     """Steps of the finished checkpoints (orbax writes `commit_success.txt` last on GCS)."""
-    return sorted({int(name.split("/")[2]) for name in self.names(f"{run}/checkpoints/")
-                   if name.endswith("/commit_success.txt") and name.count("/") == 3})
+    return sorted(
+      {
+        int(name.split("/")[2])
+        for name in self.names(f"{run}/checkpoints/")
+        if name.endswith("/commit_success.txt") and name.count("/") == 3
+      }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +132,28 @@ def gcs(tmp_path_factory):
   log = tmp_path_factory.mktemp("gcs") / "emulator.log"
   with open(log, "w") as out:
     emulator = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "--port", str(port),
-         "--bucket", BUCKET], stdout=out, stderr=subprocess.STDOUT)
+      [
+        sys.executable,
+        str(REPO / "tests" / "gcs_emulator.py"),
+        "--port",
+        str(port),
+        "--bucket",
+        BUCKET,
+      ],
+      stdout=out,
+      stderr=subprocess.STDOUT,
+    )
   try:
     _wait_for_port(port, emulator)
     url = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-           # gcsfs's default file system asks the bucket's layout of a control-plane API
-           # the emulator lacks; the plain one is what the emulator serves.
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-           "GOOGLE_CLOUD_PROJECT": "test"}
+    env = {
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      # gcsfs's default file system asks the bucket's layout of a control-plane API
+      # the emulator lacks; the plain one is what the emulator serves.
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "GOOGLE_CLOUD_PROJECT": "test",
+    }
     yield env, Bucket(url)
   finally:
     emulator.terminate()
@@ -152,8 +171,7 @@ def test_the_emulator_keeps_object_generations_as_gcs_does(gcs, monkeypatch):
   monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", env_vars["TENSORSTORE_GCS_HTTP_URL"])
   import tensorstore as ts
 
-  store = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET,
-                           "path": "generations/"}).result()
+  store = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET, "path": "generations/"}).result()
   first = store.write("key", b"first").result().generation
   read = store.read("key").result()
   assert (read.value, read.stamp.generation) == (b"first", first)
@@ -168,12 +186,24 @@ def _launcher_command(run, corpus, steps):
   """The `eesep train` argv that `launch.py --dry-run` starts on every worker of a v4-32
   slice, run with this Python."""
   returncode, commands, stderr = test_tpu_launch._dry_run(
-      "--name", "pod", "--zone", "us-central2-b", "--accelerator-type", "v4-32",
-      "--config", "eesep_jax/configs/demo.py", "--workdir", f"gs://{BUCKET}/{run}",
-      *(f"--override={flag.removeprefix('--config.')}" for flag in TRAIN_OVERRIDES),
-      f"--override=data.root={corpus}", f"--override=steps={steps}",
-      f"--override=optimizer.decay_steps={DECAY_STEPS}",
-      "--override=checkpoint_every=1000", "--run-id", "POD")
+    "--name",
+    "pod",
+    "--zone",
+    "us-central2-b",
+    "--accelerator-type",
+    "v4-32",
+    "--config",
+    "eesep_jax/configs/demo.py",
+    "--workdir",
+    f"gs://{BUCKET}/{run}",
+    *(f"--override={flag.removeprefix('--config.')}" for flag in TRAIN_OVERRIDES),
+    f"--override=data.root={corpus}",
+    f"--override=steps={steps}",
+    f"--override=optimizer.decay_steps={DECAY_STEPS}",
+    "--override=checkpoint_every=1000",
+    "--run-id",
+    "POD",
+  )
   assert returncode == 0, stderr
   (start,) = [c for c in commands if "nohup" in (test_tpu_launch._flag(c, "command") or "")]
   argv = test_tpu_launch._train_argv(test_tpu_launch._flag(start, "command"))
@@ -191,11 +221,24 @@ class Pod:
     self.processes = []
     for index, log in enumerate(self.logs):
       with open(log, "w") as out:
-        self.processes.append(subprocess.Popen(
-            [*argv, "--coordinator", coordinator, "--num-processes", str(PROCESSES),
-             "--process-id", str(index)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True))
+        self.processes.append(
+          subprocess.Popen(
+            [
+              *argv,
+              "--coordinator",
+              coordinator,
+              "--num-processes",
+              str(PROCESSES),
+              "--process-id",
+              str(index),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+          )
+        )
 
   def tails(self):
     return "\n".join(f"--- {log.name}:\n{log.read_text()[-3000:]}" for log in self.logs)
@@ -209,8 +252,7 @@ class Pod:
       if any(s >= step for s, _ in bucket.losses(run)):
         return
       time.sleep(0.2)
-    pytest.fail(f"no step {step} in gs://{BUCKET}/{run} after {STEP_SECONDS} s:\n"
-                f"{self.tails()}")
+    pytest.fail(f"no step {step} in gs://{BUCKET}/{run} after {STEP_SECONDS} s:\n{self.tails()}")
 
   def wait(self, timeout):
     """Every process's exit status; fails when one still runs after `timeout` s."""
@@ -231,9 +273,14 @@ class Pod:
 
   def stop_steps(self):
     """The steps each process says it stopped at (`preempted: saving step N`)."""
-    return [[int(line.rsplit("saving step ", 1)[1].split()[0])
-             for line in log.read_text().splitlines() if "preempted: saving step" in line]
-            for log in self.logs]
+    return [
+      [
+        int(line.rsplit("saving step ", 1)[1].split()[0])
+        for line in log.read_text().splitlines()
+        if "preempted: saving step" in line
+      ]
+      for log in self.logs
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -257,17 +304,20 @@ def pod_runs(gcs, tiny_corpus, compile_cache, tmp_path_factory):
           time.sleep(0.5)
       signalled = time.monotonic()
       statuses = pod.wait(EXIT_SECONDS if signal_to else RUN_SECONDS)
-      launches[name] = {"statuses": statuses, "exit_seconds": time.monotonic() - signalled,
-                        "stop_steps": pod.stop_steps(), "tails": pod.tails(),
-                        "checkpoints": bucket.checkpoint_steps(run),
-                        "losses": bucket.losses(run)}
+      launches[name] = {
+        "statuses": statuses,
+        "exit_seconds": time.monotonic() - signalled,
+        "stop_steps": pod.stop_steps(),
+        "tails": pod.tails(),
+        "checkpoints": bucket.checkpoint_steps(run),
+        "losses": bucket.losses(run),
+      }
     finally:
       pod.kill()
 
   launch("every_process", "preempted", UNREACHED_STEPS, signal_to=[2, 0, 3, 1], after_step=2)
   first_stop = launches["every_process"]["checkpoints"][-1]
-  launch("one_process", "preempted", UNREACHED_STEPS, signal_to=[3],
-         after_step=first_stop + 1)
+  launch("one_process", "preempted", UNREACHED_STEPS, signal_to=[3], after_step=first_stop + 1)
   launch("reference", "reference", launches["one_process"]["checkpoints"][-1])
   return launches
 
@@ -310,7 +360,8 @@ def test_resumed_run_has_the_uninterrupted_losses_step_for_step(pod_runs):
 
 
 def test_evaluate_calibrate_and_separate_read_the_run_from_the_bucket(
-    pod_runs, gcs, tiny_corpus, tmp_path, monkeypatch, capsys):
+  pod_runs, gcs, tiny_corpus, tmp_path, monkeypatch, capsys
+):
   env_vars, bucket = gcs
   for name, value in env_vars.items():
     monkeypatch.setenv(name, value)
@@ -319,23 +370,59 @@ def test_evaluate_calibrate_and_separate_read_the_run_from_the_bucket(
   from eesep_jax.app import cli
 
   run = f"gs://{BUCKET}/preempted"
-  assert cli.main(["evaluate", "--checkpoint", run, "--out", str(tmp_path / "evaluation"),
-                   "--max-utterances", "2"]) is None
+  assert (
+    cli.main(
+      [
+        "evaluate",
+        "--checkpoint",
+        run,
+        "--out",
+        str(tmp_path / "evaluation"),
+        "--max-utterances",
+        "2",
+      ]
+    )
+    is None
+  )
   summary = json.loads((tmp_path / "evaluation" / evaluate.JSON_FILE).read_text())
   assert summary["checkpoint"] == run and summary["num_utterances"] == 2
 
-  cli.main(["calibrate", "--checkpoint", run, "--out", str(tmp_path / "calibration"),
-            "--max-utterances", "2", "--targets", "0.5,5", "--confidences", "0.3,0.9",
-            "--target-snr", "2", "--delta", "0.5", "--epsilon", "0.5"])
+  cli.main(
+    [
+      "calibrate",
+      "--checkpoint",
+      run,
+      "--out",
+      str(tmp_path / "calibration"),
+      "--max-utterances",
+      "2",
+      "--targets",
+      "0.5,5",
+      "--confidences",
+      "0.3,0.9",
+      "--target-snr",
+      "2",
+      "--delta",
+      "0.5",
+      "--epsilon",
+      "0.5",
+    ]
+  )
   saved = json.loads(bucket.read(f"preempted/{calibration.POSTHOC_FILE}"))
   report = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
   np.testing.assert_allclose(saved["beta_scale"], report["posthoc"]["scales"]["beta_scale"])
   capsys.readouterr()
 
   mixture = next((tiny_corpus / "tt" / "mix").glob("*.wav"))
-  assert cli.main(["separate", str(mixture), "--checkpoint", run,
-                   "--out-dir", str(tmp_path / "separated")]) == 0
+  assert (
+    cli.main(
+      ["separate", str(mixture), "--checkpoint", run, "--out-dir", str(tmp_path / "separated")]
+    )
+    == 0
+  )
   stderr = capsys.readouterr().err
   assert f"applying post-hoc calibration from {run}/{calibration.POSTHOC_FILE}" in stderr
   assert sorted(p.name for p in (tmp_path / "separated").iterdir()) == [
-      f"{mixture.stem}_s1.wav", f"{mixture.stem}_s2.wav"]
+    f"{mixture.stem}_s1.wav",
+    f"{mixture.stem}_s2.wav",
+  ]

@@ -18,23 +18,33 @@ NAMES = sorted(probabilistic.PARAMETERISATIONS)
 # these functions compiles hundreds of small programs).
 
 
-def _exceedance_of(estimate, params, target_snr_db, *, exact=True, reference_power=None,
-                   block_length=None, lengths=None):
+def _exceedance_of(
+  estimate,
+  params,
+  target_snr_db,
+  *,
+  exact=True,
+  reference_power=None,
+  block_length=None,
+  lengths=None,
+):
   """`probabilistic.snr_exceedance` of an estimate `[..., time]`, zero beyond `lengths`:
   its energy `S` (or `P_ref · T`, floored at `POWER_FLOOR · T`) and its blocks' counts."""
   if block_length is None:
     params = {name: value[..., None] for name, value in params.items()}
   samples = estimate.shape[-1] if lengths is None else jnp.asarray(lengths, jnp.float32)
-  energy = (jnp.sum(jnp.square(estimate), axis=-1) if reference_power is None
-            else reference_power * samples)
+  energy = (
+    jnp.sum(jnp.square(estimate), axis=-1) if reference_power is None else reference_power * samples
+  )
   energy = jnp.maximum(energy, probabilistic.POWER_FLOOR * samples)
   count = probabilistic.valid_block_count(estimate.shape[-1], block_length, lengths)
   return probabilistic.snr_exceedance(energy, params, target_snr_db, count, exact=exact)
 
 
 def student_probability(estimate, alpha, beta, target_snr_db, exact=True, **kwargs):
-  return _exceedance_of(estimate, {"alpha": alpha, "beta": beta}, target_snr_db,
-                        exact=exact, **kwargs)
+  return _exceedance_of(
+    estimate, {"alpha": alpha, "beta": beta}, target_snr_db, exact=exact, **kwargs
+  )
 
 
 def gaussian_probability(estimate, variance, target_snr_db, **kwargs):
@@ -43,8 +53,9 @@ def gaussian_probability(estimate, variance, target_snr_db, **kwargs):
 
 student_exceedance = jax.jit(student_probability, static_argnames=("exact", "block_length"))
 gaussian_exceedance = jax.jit(gaussian_probability, static_argnames="block_length")
-exit_probability = jax.jit(probabilistic.exit_probability,
-                           static_argnames=("conditions", "config", "exact"))
+exit_probability = jax.jit(
+  probabilistic.exit_probability, static_argnames=("conditions", "config", "exact")
+)
 variance_parameters = jax.jit(probabilistic.variance_parameters, static_argnames="config")
 exit_nll = jax.jit(probabilistic.exit_nll, static_argnames="config")
 expected_snr_db = jax.jit(probabilistic.expected_snr_db, static_argnames="config")
@@ -74,7 +85,7 @@ def _threshold(energy, gamma_db):
 
 
 def _blocks(signal, block_length):
-  return [signal[..., i:i + block_length] for i in range(0, signal.shape[-1], block_length)]
+  return [signal[..., i : i + block_length] for i in range(0, signal.shape[-1], block_length)]
 
 
 # ----------------------------------------------------------------------------------
@@ -92,11 +103,12 @@ def test_student_t_nll_matches_scipy_multivariate_t(x64, time, block_length):
   alpha, beta = rng.uniform(1.2, 8, (2, blocks)), rng.uniform(0.01, 0.5, (2, blocks))
   expected = np.zeros(2)
   for i in range(2):
-    for b, (s, s_hat) in enumerate(zip(_blocks(target[i], block_length or time),
-                                       _blocks(estimate[i], block_length or time))):
+    for b, (s, s_hat) in enumerate(
+      zip(_blocks(target[i], block_length or time), _blocks(estimate[i], block_length or time))
+    ):
       expected[i] -= scipy.stats.multivariate_t(
-          loc=s_hat, shape=beta[i, b] / alpha[i, b] * np.eye(s.size),
-          df=2 * alpha[i, b]).logpdf(s)
+        loc=s_hat, shape=beta[i, b] / alpha[i, b] * np.eye(s.size), df=2 * alpha[i, b]
+      ).logpdf(s)
   if block_length is None:
     alpha, beta = alpha[:, 0], beta[:, 0]
   nll = probabilistic.student_t_nll(target, estimate, alpha, beta, block_length=block_length)
@@ -111,8 +123,9 @@ def test_gaussian_nll_matches_scipy_norm(x64, time, block_length):
   variance = rng.uniform(0.1, 3, (2, blocks))
   expected = np.zeros(2)
   for i in range(2):
-    for b, (s, s_hat) in enumerate(zip(_blocks(target[i], block_length or time),
-                                       _blocks(estimate[i], block_length or time))):
+    for b, (s, s_hat) in enumerate(
+      zip(_blocks(target[i], block_length or time), _blocks(estimate[i], block_length or time))
+    ):
       expected[i] -= scipy.stats.norm(s_hat, np.sqrt(variance[i, b])).logpdf(s).sum()
   if block_length is None:
     variance = variance[:, 0]
@@ -121,24 +134,32 @@ def test_gaussian_nll_matches_scipy_norm(x64, time, block_length):
 
 
 def test_nlls_are_accurate_in_float32_at_a_million_samples():
-  time = 10 ** 6
+  time = 10**6
   rng = _rng(2)
   target = rng.standard_normal((2, time)).astype(np.float32)
   estimate = (target + 0.1 * rng.standard_normal((2, time))).astype(np.float32)
   alpha, beta = np.array([3.0, 50.0]), np.array([0.02, 0.5])
   variance = np.array([0.01, 0.02])
-  nll = probabilistic.student_t_nll(target, estimate, alpha.astype(np.float32),
-                                    beta.astype(np.float32))
+  nll = probabilistic.student_t_nll(
+    target, estimate, alpha.astype(np.float32), beta.astype(np.float32)
+  )
   gaussian = probabilistic.gaussian_nll(target, estimate, variance.astype(np.float32))
   assert nll.dtype == gaussian.dtype == jnp.float32
   # float64 references: ‖e‖²/(2β) ~ BetaPrime(T/2, α) and e is isotropic, so the
   # density of e is that of ‖e‖² over the area of the sphere through e.
   energy = np.sum(np.square(target.astype(np.float64) - estimate), axis=-1)
-  expected = (-scipy.stats.betaprime.logpdf(energy, time / 2, alpha, scale=2 * beta)
-              + time / 2 * np.log(np.pi) + (time / 2 - 1) * np.log(energy)
-              - scipy.special.gammaln(time / 2)) / time
-  expected_gaussian = -scipy.stats.norm(
-      estimate.astype(np.float64), np.sqrt(variance)[:, None]).logpdf(target).sum(-1) / time
+  expected = (
+    -scipy.stats.betaprime.logpdf(energy, time / 2, alpha, scale=2 * beta)
+    + time / 2 * np.log(np.pi)
+    + (time / 2 - 1) * np.log(energy)
+    - scipy.special.gammaln(time / 2)
+  ) / time
+  expected_gaussian = (
+    -scipy.stats.norm(estimate.astype(np.float64), np.sqrt(variance)[:, None])
+    .logpdf(target)
+    .sum(-1)
+    / time
+  )
   np.testing.assert_allclose(nll, expected, rtol=1e-5)
   np.testing.assert_allclose(gaussian, expected_gaussian, rtol=1e-5)
 
@@ -177,37 +198,52 @@ def _assert_non_positive_targets_are_met(probability_at):
     np.testing.assert_array_equal(probability_at(gamma), 1.0)
 
 
-@pytest.mark.parametrize("time,exact,atol", [
-    (50, True, 1e-9), (150, True, 5e-4), (4000, True, 2e-5), (10 ** 6, True, 1e-6),
-    (10 ** 6, False, 3e-6)])
+@pytest.mark.parametrize(
+  "time,exact,atol",
+  [
+    (50, True, 1e-9),
+    (150, True, 5e-4),
+    (4000, True, 2e-5),
+    (10**6, True, 1e-6),
+    (10**6, False, 3e-6),
+  ],
+)
 def test_exceedance_matches_scipy_in_float64(x64, time, exact, atol):
   estimate, alpha, beta, expected = _student_case(time, exact, np.float64)
   probability = student_exceedance(estimate, alpha, beta, GAMMA, exact=exact)
   np.testing.assert_allclose(probability, expected, atol=atol)
 
 
-@pytest.mark.parametrize("time,exact,atol", [
-    (150, True, 5e-4), (4000, True, 3e-5), (10 ** 6, True, 3e-5), (4000, False, 2e-5)])
+@pytest.mark.parametrize(
+  "time,exact,atol",
+  [(150, True, 5e-4), (4000, True, 3e-5), (10**6, True, 3e-5), (4000, False, 2e-5)],
+)
 def test_exceedance_is_accurate_in_float32(time, exact, atol):
   estimate, alpha, beta, expected = _student_case(time, exact, np.float32)
   probability = student_exceedance(estimate, alpha, beta, GAMMA, exact=exact)
   np.testing.assert_allclose(probability, expected, atol=atol)
   _assert_non_positive_targets_are_met(
-      functools.partial(student_exceedance, estimate, alpha, beta, exact=exact))
+    functools.partial(student_exceedance, estimate, alpha, beta, exact=exact)
+  )
 
 
 @pytest.mark.parametrize("time", [2, 9, 50, 99])
 def test_short_signals_are_accurate_for_any_alpha(time):
   """T < 100 up to α = 10⁵, where jax.scipy's betainc alone is off by 1e-2."""
-  alpha, level = (g.ravel() for g in np.meshgrid(
-      [1.01, 3.0, 30.0, 300.0, 1e3, 1e4, 1e5], [0.01, 0.1, 0.5, 0.9, 0.99], indexing="ij"))
+  alpha, level = (
+    g.ravel()
+    for g in np.meshgrid(
+      [1.01, 3.0, 30.0, 300.0, 1e3, 1e4, 1e5], [0.01, 0.1, 0.5, 0.9, 0.99], indexing="ij"
+    )
+  )
   beta = np.full_like(alpha, 0.01)
   x = scipy.special.betaincinv(time / 2, alpha, level)
   estimate = _constant_estimates(2 * beta * x / (1 - x) * (10 ** (GAMMA / 10) - 1), time)
   c = _threshold(_energy(estimate), GAMMA)
   expected = scipy.stats.betaprime.cdf(c / (2 * beta), time / 2, alpha)
-  probability = student_exceedance(estimate, jnp.asarray(alpha, jnp.float32),
-                                   jnp.asarray(beta, jnp.float32), GAMMA)
+  probability = student_exceedance(
+    estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32), GAMMA
+  )
   np.testing.assert_allclose(probability, expected, atol=5e-5)
 
 
@@ -219,10 +255,13 @@ def test_short_signal_alpha_gradient_matches_scipy():
   estimate = _constant_estimates(2 * beta * x / (1 - x) * (10 ** (GAMMA / 10) - 1), time)
   z = _threshold(_energy(estimate), GAMMA) / (2 * beta)
   step = 1e-5 * alpha
-  expected = (scipy.stats.betaprime.cdf(z, time / 2, alpha + step)
-              - scipy.stats.betaprime.cdf(z, time / 2, alpha - step)) / (2 * step)
-  gradient = jax.grad(lambda a: jnp.sum(student_exceedance(
-      estimate, a, jnp.full(4, beta, jnp.float32), GAMMA)))(jnp.asarray(alpha, jnp.float32))
+  expected = (
+    scipy.stats.betaprime.cdf(z, time / 2, alpha + step)
+    - scipy.stats.betaprime.cdf(z, time / 2, alpha - step)
+  ) / (2 * step)
+  gradient = jax.grad(
+    lambda a: jnp.sum(student_exceedance(estimate, a, jnp.full(4, beta, jnp.float32), GAMMA))
+  )(jnp.asarray(alpha, jnp.float32))
   np.testing.assert_allclose(gradient, expected, rtol=2e-3)
 
 
@@ -232,8 +271,9 @@ def test_method_note_check_values():
   # Shaped as in the float32 test above, which has compiled both forms already.
   estimate = _constant_estimates(np.full(15, 0.249206 * 4000), 4000)
   alpha, beta = jnp.full(15, 3.0, jnp.float32), jnp.full(15, 0.02, jnp.float32)
-  exact, asymptotic = (student_exceedance(estimate, alpha, beta, 15.0, exact=exact)[0]
-                       for exact in (True, False))
+  exact, asymptotic = (
+    student_exceedance(estimate, alpha, beta, 15.0, exact=exact)[0] for exact in (True, False)
+  )
   assert (round(float(exact), 4), round(float(asymptotic), 4)) == (0.5548, 0.5547)
 
 
@@ -242,8 +282,9 @@ def test_exceedance_matches_monte_carlo_of_the_generative_model(time, exact):
   """σ² ~ InvGamma(α, β), e ~ N(0, σ² I), and the true SNR of s = ŝ + e, cross term
   included; the error along ŝ is drawn apart from the rest, so no T-long vectors."""
   rng = _rng(3)
-  alpha, gamma, offset = (g.ravel() for g in np.meshgrid(
-      [2.0, 5.0, 20.0], [5.0, 15.0], [-2.0, 2.0], indexing="ij"))
+  alpha, gamma, offset = (
+    g.ravel() for g in np.meshgrid([2.0, 5.0, 20.0], [5.0, 15.0], [-2.0, 2.0], indexing="ij")
+  )
   beta = (alpha - 1) * 10 ** (-(gamma + offset) / 10)  # Mean SNR γ ± 2 dB at ‖ŝ‖² = T.
   estimate = _constant_estimates(np.full(alpha.shape, float(time)), time)
   samples = 40000
@@ -253,15 +294,27 @@ def test_exceedance_matches_monte_carlo_of_the_generative_model(time, exact):
   signal = time + 2 * np.sqrt(time) * along + error
   simulated = np.mean(signal >= 10 ** (gamma[:, None] / 10) * error, axis=1)
   probability = student_exceedance(
-      estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32),
-      jnp.asarray(gamma, jnp.float32), exact)
+    estimate,
+    jnp.asarray(alpha, jnp.float32),
+    jnp.asarray(beta, jnp.float32),
+    jnp.asarray(gamma, jnp.float32),
+    exact,
+  )
   np.testing.assert_allclose(probability, simulated, atol=0.02)
   assert np.ptp(simulated) > 0.5  # The grid spans the range that matters.
 
 
-@pytest.mark.parametrize("time,dtype,atol", [
-    (50, np.float64, 1e-9), (4000, np.float64, 1e-6), (10 ** 6, np.float64, 1e-6),
-    (50, np.float32, 1e-5), (4000, np.float32, 2e-5), (10 ** 6, np.float32, 2e-5)])
+@pytest.mark.parametrize(
+  "time,dtype,atol",
+  [
+    (50, np.float64, 1e-9),
+    (4000, np.float64, 1e-6),
+    (10**6, np.float64, 1e-6),
+    (50, np.float32, 1e-5),
+    (4000, np.float32, 2e-5),
+    (10**6, np.float32, 2e-5),
+  ],
+)
 def test_gaussian_exceedance_matches_chi2(time, dtype, atol):
   with jax.enable_x64(dtype == np.float64):
     variance = np.array([0.01, 0.3, 2.0])
@@ -272,7 +325,8 @@ def test_gaussian_exceedance_matches_chi2(time, dtype, atol):
     probability = gaussian_exceedance(estimate, jnp.asarray(variance, dtype), GAMMA)
     np.testing.assert_allclose(probability, expected, atol=atol)
     _assert_non_positive_targets_are_met(
-        functools.partial(gaussian_exceedance, estimate, jnp.asarray(variance, dtype)))
+      functools.partial(gaussian_exceedance, estimate, jnp.asarray(variance, dtype))
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -310,12 +364,16 @@ def _check_block_tail(probability_at, error, time):
 
 
 BLOCK_CASES = {  # name: (blocks, samples per block, α, β)
-    "8x4000 alpha=3": (8, 4000, 3.0, 0.02),
-    "10x400 alpha=200": (10, 400, 200.0, 0.5),
-    "2x16000 alpha=1.01": (2, 16000, 1.01, 0.003),
-    "40x400 alpha=1e3": (40, 400, 1e3, 10.0),
-    "40x400 alpha 1.01..1e3, beta 1e-3..1": (40, 400, np.geomspace(1.01, 1e3, 40),
-                                             np.geomspace(1e-3, 1.0, 40)),
+  "8x4000 alpha=3": (8, 4000, 3.0, 0.02),
+  "10x400 alpha=200": (10, 400, 200.0, 0.5),
+  "2x16000 alpha=1.01": (2, 16000, 1.01, 0.003),
+  "40x400 alpha=1e3": (40, 400, 1e3, 10.0),
+  "40x400 alpha 1.01..1e3, beta 1e-3..1": (
+    40,
+    400,
+    np.geomspace(1.01, 1e3, 40),
+    np.geomspace(1e-3, 1.0, 40),
+  ),
 }
 
 
@@ -325,31 +383,55 @@ def test_block_exceedance_matches_monte_carlo_in_the_tail(name):
   count = np.full(blocks, length)
   alpha, beta = np.broadcast_to(alpha, (blocks,)), np.broadcast_to(beta, (blocks,))
   error = _block_error_energy(_rng(5), count, alpha, beta)
-  _check_block_tail(lambda estimate, gamma: student_exceedance(
-      estimate, jnp.asarray(np.broadcast_to(alpha, (5, blocks)), jnp.float32),
-      jnp.asarray(np.broadcast_to(beta, (5, blocks)), jnp.float32), gamma,
-      block_length=length), error, blocks * length)
+  _check_block_tail(
+    lambda estimate, gamma: student_exceedance(
+      estimate,
+      jnp.asarray(np.broadcast_to(alpha, (5, blocks)), jnp.float32),
+      jnp.asarray(np.broadcast_to(beta, (5, blocks)), jnp.float32),
+      gamma,
+      block_length=length,
+    ),
+    error,
+    blocks * length,
+  )
 
 
-@pytest.mark.parametrize("alpha,beta,exact", [
-    ([3.0, 4.0, 5.0, 6.0], [0.02, 0.03, 0.04, 0.05], True),     # similar blocks
-    ([1.3, 8.0, 30.0, 3.0], [0.003, 0.2, 0.5, 0.02], True),      # one with infinite variance
-    ([1e3, 1e3, 1e3, 3.0], [1.0, 1.1, 0.9, 3e-3], True),         # three narrow and loud
-    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01], False)])    # loudness varies 100-fold
+@pytest.mark.parametrize(
+  "alpha,beta,exact",
+  [
+    ([3.0, 4.0, 5.0, 6.0], [0.02, 0.03, 0.04, 0.05], True),  # similar blocks
+    ([1.3, 8.0, 30.0, 3.0], [0.003, 0.2, 0.5, 0.02], True),  # one with infinite variance
+    ([1e3, 1e3, 1e3, 3.0], [1.0, 1.1, 0.9, 3e-3], True),  # three narrow and loud
+    ([3.0, 3.0, 3.0, 3.0], [0.001, 0.01, 0.1, 0.01], False),  # loudness varies 100-fold
+  ],
+)
 def test_uneven_blocks_match_monte_carlo_in_the_tail(alpha, beta, exact):
   """A shorter last block, blocks unlike each other, and the large-`T` form."""
   alpha, beta = np.array(alpha), np.array(beta)
   count = probabilistic.block_count(BLOCK_TIME, BLOCK_LENGTH)
   error = _block_error_energy(_rng(6), count, alpha, beta, exact)
-  _check_block_tail(lambda estimate, gamma: student_exceedance(
-      estimate, jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32), gamma,
-      exact, block_length=BLOCK_LENGTH), error, BLOCK_TIME)
+  _check_block_tail(
+    lambda estimate, gamma: student_exceedance(
+      estimate,
+      jnp.asarray(alpha, jnp.float32),
+      jnp.asarray(beta, jnp.float32),
+      gamma,
+      exact,
+      block_length=BLOCK_LENGTH,
+    ),
+    error,
+    BLOCK_TIME,
+  )
 
 
-@pytest.mark.parametrize("blocks,length,variance", [
+@pytest.mark.parametrize(
+  "blocks,length,variance",
+  [
     (4, None, [0.01, 0.002, 0.05, 0.02]),  # BLOCK_TIME in blocks of BLOCK_LENGTH
     (8, 4000, np.geomspace(1e-3, 0.05, 8)),
-    (40, 400, np.geomspace(1e-3, 1.0, 40))])
+    (40, 400, np.geomspace(1e-3, 1.0, 40)),
+  ],
+)
 def test_gaussian_block_exceedance_matches_monte_carlo_in_the_tail(blocks, length, variance):
   variance = np.asarray(variance)
   if length is None:
@@ -358,9 +440,16 @@ def test_gaussian_block_exceedance_matches_monte_carlo_in_the_tail(blocks, lengt
     time = blocks * length
   count = probabilistic.block_count(time, length)
   error = _block_error_energy(_rng(7), count, None, variance)
-  _check_block_tail(lambda estimate, gamma: gaussian_exceedance(
-      estimate, jnp.asarray(np.broadcast_to(variance, (5, blocks)), jnp.float32), gamma,
-      block_length=length), error, time)
+  _check_block_tail(
+    lambda estimate, gamma: gaussian_exceedance(
+      estimate,
+      jnp.asarray(np.broadcast_to(variance, (5, blocks)), jnp.float32),
+      gamma,
+      block_length=length,
+    ),
+    error,
+    time,
+  )
 
 
 def test_block_exceedance_gradients_are_finite():
@@ -370,8 +459,9 @@ def test_block_exceedance_gradients_are_finite():
   estimate = jnp.asarray(_rng(8).standard_normal(4 * BLOCK_LENGTH), jnp.float32) * 0.3
 
   def probabilities(alpha, beta, variance, gamma):
-    return (student_probability(estimate, alpha, beta, gamma, block_length=BLOCK_LENGTH)
-            + gaussian_probability(estimate, variance, gamma, block_length=BLOCK_LENGTH))
+    return student_probability(
+      estimate, alpha, beta, gamma, block_length=BLOCK_LENGTH
+    ) + gaussian_probability(estimate, variance, gamma, block_length=BLOCK_LENGTH)
 
   grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2)))
   for gamma in (0.0, 10.0, 40.0):
@@ -394,8 +484,10 @@ def _exit_setup(likelihood, seed=7):
   estimate *= rng.uniform(0.1, 1, (batch, sources, 1))
   mixture = estimate.sum(1) + 0.3 * rng.standard_normal((batch, time))
   if likelihood == "student":
-    params = {"alpha": rng.uniform(1.5, 20, (batch, sources, 1)),
-              "beta": rng.uniform(0.001, 0.05, (batch, sources, 1))}
+    params = {
+      "alpha": rng.uniform(1.5, 20, (batch, sources, 1)),
+      "beta": rng.uniform(0.001, 0.05, (batch, sources, 1)),
+    }
   else:  # The chi-square CDF is nearly a step: put the SNR condition on its slope.
     c = _threshold(_energy(estimate.astype(np.float32)), 8.0)
     z = rng.uniform(-1.5, 1.5, (batch, sources))
@@ -416,26 +508,41 @@ def _scipy_probability(likelihood, params, energy, gamma_db):
   return np.where(gamma_db > 0, p, 1.0)
 
 
-@pytest.mark.parametrize("likelihood,conditions", [
-    ("student", ("snri",)), ("gaussian", ("snr_ref",)),  # Wiring is shared: one each.
-    ("student", ("snr", "snri", "snr_ref")), ("gaussian", ("snr", "snri", "snr_ref"))])
+@pytest.mark.parametrize(
+  "likelihood,conditions",
+  [
+    # Wiring is shared: one each.
+    ("student", ("snri",)),
+    ("gaussian", ("snr_ref",)),
+    ("student", ("snr", "snri", "snr_ref")),
+    ("gaussian", ("snr", "snri", "snr_ref")),
+  ],
+)
 def test_exit_probability_combines_conditions(likelihood, conditions):
   estimate, mixture, params = _exit_setup(likelihood)
   gamma, reference_power = 8.0, np.array([0.05, 0.5, 2.0])
   energy = _energy(estimate)
   input_snr = 10 * np.log10(energy / _energy(mixture[:, None].astype(np.float64) - estimate))
   per_condition = {
-      "snr": _scipy_probability(likelihood, params, energy, gamma),
-      "snri": _scipy_probability(likelihood, params, energy, gamma + input_snr),
-      "snr_ref": _scipy_probability(likelihood, params,
-                                    np.broadcast_to(reference_power[:, None] * 2000,
-                                                    energy.shape), gamma)}
+    "snr": _scipy_probability(likelihood, params, energy, gamma),
+    "snri": _scipy_probability(likelihood, params, energy, gamma + input_snr),
+    "snr_ref": _scipy_probability(
+      likelihood, params, np.broadcast_to(reference_power[:, None] * 2000, energy.shape), gamma
+    ),
+  }
   expected = np.max([per_condition[name] for name in conditions], axis=0).min(axis=-1)
   config = probabilistic.VarianceConfig(
-      parameterisation="student-logvar" if likelihood == "student" else "gaussian-logvar")
+    parameterisation="student-logvar" if likelihood == "student" else "gaussian-logvar"
+  )
   probability = exit_probability(
-      estimate, jax.tree.map(jnp.float32, params), gamma, conditions=conditions,
-      mixture=mixture, reference_power=reference_power, config=config)
+    estimate,
+    jax.tree.map(jnp.float32, params),
+    gamma,
+    conditions=conditions,
+    mixture=mixture,
+    reference_power=reference_power,
+    config=config,
+  )
   assert probability.shape == (3,)
   np.testing.assert_allclose(probability, expected, atol=3e-5)
   spread = np.ptp(np.stack([per_condition[name] for name in per_condition]), axis=0)
@@ -445,9 +552,8 @@ def test_exit_probability_combines_conditions(likelihood, conditions):
 def test_input_snr_matches_a_direct_computation():
   estimate, mixture, _ = _exit_setup("student")
   est64, mix64 = estimate.astype(np.float64), mixture.astype(np.float64)
-  expected = 10 * np.log10(np.sum(est64 ** 2, -1) / np.sum((mix64[:, None] - est64) ** 2, -1))
-  np.testing.assert_allclose(probabilistic.input_snr_db(mixture, estimate), expected,
-                             atol=1e-4)
+  expected = 10 * np.log10(np.sum(est64**2, -1) / np.sum((mix64[:, None] - est64) ** 2, -1))
+  np.testing.assert_allclose(probabilistic.input_snr_db(mixture, estimate), expected, atol=1e-4)
 
 
 def test_exit_probability_rejects_missing_inputs_and_unknown_conditions():
@@ -469,14 +575,20 @@ def test_expected_snr_matches_invgamma_mean(block_length):
   alpha, beta = rng.uniform(1.5, 9, (2, count.size)), rng.uniform(0.01, 1, (2, count.size))
   mean = scipy.stats.invgamma(alpha, scale=beta).mean()
   signal = _energy(estimate)
-  config = probabilistic.VarianceConfig(parameterisation="student-logvar",
-                                        block_length=block_length)
+  config = probabilistic.VarianceConfig(
+    parameterisation="student-logvar", block_length=block_length
+  )
   params = jax.tree.map(jnp.float32, {"alpha": alpha, "beta": beta})
-  np.testing.assert_allclose(expected_snr_db(estimate, params, config),
-                             10 * np.log10(signal / np.sum(count * mean, -1)), atol=1e-4)
   np.testing.assert_allclose(
-      expected_snr_db(estimate, {"variance": jnp.float32(mean)}, config),
-      10 * np.log10(signal / np.sum(count * mean, -1)), atol=1e-4)
+    expected_snr_db(estimate, params, config),
+    10 * np.log10(signal / np.sum(count * mean, -1)),
+    atol=1e-4,
+  )
+  np.testing.assert_allclose(
+    expected_snr_db(estimate, {"variance": jnp.float32(mean)}, config),
+    10 * np.log10(signal / np.sum(count * mean, -1)),
+    atol=1e-4,
+  )
 
 
 @pytest.mark.parametrize("name", ["student-snr", "gaussian-snr"])
@@ -488,8 +600,7 @@ def test_snr_forms_put_the_expected_snr_at_the_predicted_snr(name):
   raw[..., 0] = rng.uniform(-10, 40, (4, 2, 1))
   state = probabilistic.init_variance_state((4, 2), 1, config)
   params, _ = variance_parameters(raw, estimate, state, config)
-  np.testing.assert_allclose(expected_snr_db(estimate, params, config),
-                             raw[..., 0, 0], atol=1e-3)
+  np.testing.assert_allclose(expected_snr_db(estimate, params, config), raw[..., 0, 0], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------
@@ -519,8 +630,9 @@ def _run_exits(config, raw, estimates):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("monotone,block_length", [(False, None), (True, 100)])
 def test_every_parameterisation_gives_floored_finite_parameters(name, monotone, block_length):
-  config = probabilistic.VarianceConfig(parameterisation=name, monotone=monotone,
-                                        block_length=block_length)
+  config = probabilistic.VarianceConfig(
+    parameterisation=name, monotone=monotone, block_length=block_length
+  )
   raw, estimates = _head_outputs(config, seed=10, exits=3)
   raw = raw.at[1].set(1e4).at[2].set(-1e4)
   params = _run_exits(config, raw, estimates)
@@ -535,7 +647,8 @@ def test_every_parameterisation_gives_floored_finite_parameters(name, monotone, 
   # The NLL and exit probability are finite on these parameters (they only depend on
   # the likelihood and the blocks: one config per pair keeps the compilations few).
   likelihood_config = probabilistic.VarianceConfig(
-      parameterisation=f"{form.likelihood}-logvar", block_length=block_length)
+    parameterisation=f"{form.likelihood}-logvar", block_length=block_length
+  )
   for k in range(3):
     exit_params = jax.tree.map(lambda p: p[k], params)
     nll = exit_nll(estimates[k] + 0.1, estimates[k], exit_params, likelihood_config)
@@ -547,15 +660,14 @@ def test_every_parameterisation_gives_floored_finite_parameters(name, monotone, 
 @pytest.mark.parametrize("name", ["student-snr", "gaussian-snr"])
 @pytest.mark.parametrize("monotone", [False, True])
 def test_snr_forms_are_scale_equivariant(name, monotone):
-  config = probabilistic.VarianceConfig(parameterisation=name, monotone=monotone,
-                                        block_length=100)
+  config = probabilistic.VarianceConfig(parameterisation=name, monotone=monotone, block_length=100)
   raw, estimates = _head_outputs(config, seed=11, exits=4, scale=1.0)
   estimates = estimates.at[:, 0, 0].add(0.1)  # No silent source: above the power floor.
   scale = 7.0
   params = _run_exits(config, raw, estimates)
   scaled = _run_exits(config, raw, scale * estimates)
   key = "variance" if name.startswith("gaussian") else "beta"
-  np.testing.assert_allclose(scaled[key], scale ** 2 * params[key], rtol=1e-5)
+  np.testing.assert_allclose(scaled[key], scale**2 * params[key], rtol=1e-5)
   if "alpha" in params:
     np.testing.assert_allclose(scaled["alpha"], params["alpha"], rtol=1e-6)
 
@@ -585,7 +697,8 @@ def test_state_passes_through_unless_monotone(name):
   _, new_state = variance_parameters(raw[0], estimates[0], state, config)
   jax.tree.map(np.testing.assert_array_equal, new_state, state)
   _, new_state = variance_parameters(
-      raw[0], estimates[0], state, dataclasses.replace(config, monotone=True))
+    raw[0], estimates[0], state, dataclasses.replace(config, monotone=True)
+  )
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert all(np.all(np.asarray(leaf) > 0) for leaf in jax.tree.leaves(new_state))
 
@@ -599,8 +712,10 @@ def test_config_validation_lists_the_valid_names():
 
 
 def test_raw_output_counts_blocks_and_block_energy():
-  assert [probabilistic.num_raw_outputs(probabilistic.VarianceConfig(parameterisation=name))
-          for name in NAMES] == [1, 1, 1, 2, 2]  # sorted: gaussian-*, student-fixed-dof, ...
+  assert [
+    probabilistic.num_raw_outputs(probabilistic.VarianceConfig(parameterisation=name))
+    for name in NAMES
+  ] == [1, 1, 1, 2, 2]  # sorted: gaussian-*, student-fixed-dof, ...
   config = probabilistic.VarianceConfig(block_length=100)
   assert probabilistic.num_variance_blocks(250, config) == 3
   assert probabilistic.num_variance_blocks(250, probabilistic.VarianceConfig()) == 1
@@ -627,34 +742,43 @@ def _padded_batch(seed, block_length, likelihood="student"):
   estimate = (target + 0.3 * rng.standard_normal((4, PAD_TIME))) * valid
   blocks = probabilistic.block_count(PAD_TIME, block_length).size
   if likelihood == "student":
-    params = {"alpha": rng.uniform(1.2, 8, (4, blocks)),
-              "beta": rng.uniform(0.01, 0.5, (4, blocks))}
+    params = {
+      "alpha": rng.uniform(1.2, 8, (4, blocks)),
+      "beta": rng.uniform(0.01, 0.5, (4, blocks)),
+    }
   else:
     params = {"variance": rng.uniform(0.01, 0.5, (4, blocks))}
-  return (jnp.asarray(target, jnp.float32), jnp.asarray(estimate, jnp.float32),
-          jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+  return (
+    jnp.asarray(target, jnp.float32),
+    jnp.asarray(estimate, jnp.float32),
+    jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params),
+  )
 
 
 def _unpadded(i, block_length, signals, params):
   """Example `i` on its own: its valid samples and its blocks' parameters."""
   length = PAD_LENGTHS[i]
   blocks = probabilistic.block_count(length, block_length).size
-  return ([x[i:i + 1, :length] for x in signals],
-          {name: p[i:i + 1, :blocks] for name, p in params.items()})
+  return (
+    [x[i : i + 1, :length] for x in signals],
+    {name: p[i : i + 1, :blocks] for name, p in params.items()},
+  )
 
 
 def _one_by_one(function, block_length, signals, params):
   """`function(signals, params)` on every example alone, `[4, ...]`."""
-  return np.concatenate([function(*_unpadded(i, block_length, signals, params))
-                         for i in range(PAD_LENGTHS.size)])
+  return np.concatenate(
+    [function(*_unpadded(i, block_length, signals, params)) for i in range(PAD_LENGTHS.size)]
+  )
 
 
 @pytest.mark.parametrize("likelihood", ["student", "gaussian"])
 @pytest.mark.parametrize("block_length", [None, 300])
 def test_nll_of_a_padded_example_is_its_own(likelihood, block_length):
   target, estimate, params = _padded_batch(20, block_length, likelihood)
-  config = probabilistic.VarianceConfig(parameterisation=f"{likelihood}-logvar",
-                                        block_length=block_length)
+  config = probabilistic.VarianceConfig(
+    parameterisation=f"{likelihood}-logvar", block_length=block_length
+  )
   blocked = params if block_length else jax.tree.map(lambda p: p[..., :1], params)
 
   def nll(signals, params, lengths=None):
@@ -681,11 +805,16 @@ def test_nll_optimal_scale_is_not_shrunk_by_padding():
   energy = _energy(np.asarray(target) - np.asarray(estimate))
   alpha = jnp.full(4, 3.0, jnp.float32)
   optimum = 3.0 * energy / PAD_LENGTHS
-  slope = jax.grad(lambda beta: jnp.sum(probabilistic.student_t_nll(
-      target, estimate, alpha, beta, lengths=PAD_LENGTHS)))(jnp.asarray(optimum, jnp.float32))
-  gaussian_slope = jax.grad(lambda variance: jnp.sum(probabilistic.gaussian_nll(
-      target, estimate, variance, lengths=PAD_LENGTHS)))(jnp.asarray(energy / PAD_LENGTHS,
-                                                                     jnp.float32))
+  slope = jax.grad(
+    lambda beta: jnp.sum(
+      probabilistic.student_t_nll(target, estimate, alpha, beta, lengths=PAD_LENGTHS)
+    )
+  )(jnp.asarray(optimum, jnp.float32))
+  gaussian_slope = jax.grad(
+    lambda variance: jnp.sum(
+      probabilistic.gaussian_nll(target, estimate, variance, lengths=PAD_LENGTHS)
+    )
+  )(jnp.asarray(energy / PAD_LENGTHS, jnp.float32))
   # Relative to the curvature's scale T/β²·β = T/β: a zero slope at the optimum.
   np.testing.assert_allclose(slope * optimum, 0.0, atol=1e-4)
   np.testing.assert_allclose(gaussian_slope * energy / PAD_LENGTHS, 0.0, atol=1e-4)
@@ -698,14 +827,19 @@ def test_variance_parameters_of_a_padded_example_are_its_own(name, block_length)
   config = probabilistic.VarianceConfig(parameterisation=name, block_length=block_length)
   _, estimate, _ = _padded_batch(22, block_length)
   blocks = probabilistic.num_variance_blocks(PAD_TIME, config)
-  raw = jnp.asarray(_rng(23).normal(0, 2, (4, blocks, probabilistic.num_raw_outputs(config))),
-                    jnp.float32)
+  raw = jnp.asarray(
+    _rng(23).normal(0, 2, (4, blocks, probabilistic.num_raw_outputs(config))), jnp.float32
+  )
   state = probabilistic.init_variance_state((4,), blocks, config)
   padded = variance_parameters(raw, estimate, state, config, lengths=PAD_LENGTHS)[0]
   for i, length in enumerate(PAD_LENGTHS):
     own_blocks = probabilistic.num_variance_blocks(length, config)
-    own, _ = variance_parameters(raw[i:i + 1, :own_blocks], estimate[i:i + 1, :length],
-                                 jax.tree.map(lambda x: x[:1, :own_blocks], state), config)
+    own, _ = variance_parameters(
+      raw[i : i + 1, :own_blocks],
+      estimate[i : i + 1, :length],
+      jax.tree.map(lambda x: x[:1, :own_blocks], state),
+      config,
+    )
     for key in own:
       np.testing.assert_allclose(padded[key][i, :own_blocks], own[key][0], rtol=1e-5)
   for value in padded.values():
@@ -722,26 +856,47 @@ def test_exit_probability_of_a_padded_example_is_its_own(likelihood, block_lengt
   if block_length is None:
     params = jax.tree.map(lambda p: p[..., :1], params)
   mixture = jnp.sum(sources, axis=1) + 0.1 * estimate
-  config = probabilistic.VarianceConfig(parameterisation=f"{likelihood}-logvar",
-                                        block_length=block_length)
+  config = probabilistic.VarianceConfig(
+    parameterisation=f"{likelihood}-logvar", block_length=block_length
+  )
   reference_power = jnp.full(4, 0.2, jnp.float32)
 
   def evaluate(sources, mixture, params, reference_power, lengths=None):
-    return np.stack([
-        exit_probability(sources, params, gamma, conditions=probabilistic.CONDITIONS,
-                         mixture=mixture, reference_power=reference_power, config=config,
-                         lengths=lengths)
-        for gamma in (-1.0, 3.0, 8.0)] + [
-        expected_snr_db(sources, params, config,  # Its `[...]` is [batch, sources].
-                        lengths=None if lengths is None else lengths[:, None]).min(-1)],
-        axis=-1)
+    return np.stack(
+      [
+        exit_probability(
+          sources,
+          params,
+          gamma,
+          conditions=probabilistic.CONDITIONS,
+          mixture=mixture,
+          reference_power=reference_power,
+          config=config,
+          lengths=lengths,
+        )
+        for gamma in (-1.0, 3.0, 8.0)
+      ]
+      + [
+        expected_snr_db(
+          sources,
+          params,
+          config,
+          # Its `[...]` is [batch, sources].
+          lengths=None if lengths is None else lengths[:, None],
+        ).min(-1)
+      ],
+      axis=-1,
+    )
 
   padded = evaluate(sources, mixture, params, reference_power, PAD_LENGTHS)
   for i, length in enumerate(PAD_LENGTHS):
     blocks = probabilistic.block_count(length, block_length).size
-    own = evaluate(sources[i:i + 1, :, :length], mixture[i:i + 1, :length],
-                   {k: p[i:i + 1, :, :blocks] for k, p in params.items()},
-                   reference_power[i:i + 1])
+    own = evaluate(
+      sources[i : i + 1, :, :length],
+      mixture[i : i + 1, :length],
+      {k: p[i : i + 1, :, :blocks] for k, p in params.items()},
+      reference_power[i : i + 1],
+    )
     np.testing.assert_allclose(padded[i], own[0], rtol=1e-4, atol=1e-5)
   assert np.all(np.isfinite(padded))
 
@@ -760,13 +915,18 @@ def test_exit_nll_dispatches_to_the_likelihood(name, block_length):
   target = estimates[0] + 0.2
   squeeze = (lambda p: p[..., 0]) if block_length is None else (lambda p: p)
   if name.startswith("gaussian"):
-    expected = probabilistic.gaussian_nll(target, estimates[0], squeeze(params["variance"]),
-                                          block_length=block_length)
+    expected = probabilistic.gaussian_nll(
+      target, estimates[0], squeeze(params["variance"]), block_length=block_length
+    )
   else:
-    expected = probabilistic.student_t_nll(target, estimates[0], squeeze(params["alpha"]),
-                                           squeeze(params["beta"]), block_length=block_length)
-  np.testing.assert_allclose(exit_nll(target, estimates[0], params, config),
-                             expected, rtol=1e-6)
+    expected = probabilistic.student_t_nll(
+      target,
+      estimates[0],
+      squeeze(params["alpha"]),
+      squeeze(params["beta"]),
+      block_length=block_length,
+    )
+  np.testing.assert_allclose(exit_nll(target, estimates[0], params, config), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["student-snr", "gaussian-snr"])
@@ -781,12 +941,23 @@ def test_one_exit_runs_under_a_single_jit(name):
   @jax.jit
   def one_exit(raw, estimate, state):
     params, state = probabilistic.variance_parameters(raw, estimate, state, config)
-    return params, state, (
+    return (
+      params,
+      state,
+      (
         probabilistic.exit_nll(estimate + 0.1, estimate, params, config),
         probabilistic.exit_probability(
-            estimate, params, 5.0, conditions=probabilistic.CONDITIONS, mixture=mixture,
-            reference_power=0.5, config=config),
-        probabilistic.expected_snr_db(estimate, params, config))
+          estimate,
+          params,
+          5.0,
+          conditions=probabilistic.CONDITIONS,
+          mixture=mixture,
+          reference_power=0.5,
+          config=config,
+        ),
+        probabilistic.expected_snr_db(estimate, params, config),
+      ),
+    )
 
   first, state, results = one_exit(raw[0], estimates[0], state)
   second, _, _ = one_exit(raw[1], estimates[1], state)
@@ -804,9 +975,11 @@ def test_exceedance_gradients_are_finite_across_branches():
 
     def probabilities(scale, alpha, beta, variance, gamma, estimate=estimate):
       signal = scale * estimate
-      return (student_probability(signal, alpha, beta, gamma, True)
-              + student_probability(signal, alpha, beta, gamma, False)
-              + gaussian_probability(signal, variance, gamma))
+      return (
+        student_probability(signal, alpha, beta, gamma, True)
+        + student_probability(signal, alpha, beta, gamma, False)
+        + gaussian_probability(signal, variance, gamma)
+      )
 
     grad = jax.jit(jax.grad(probabilities, argnums=(0, 1, 2, 3)))
     for gamma in (-3.0, 0.0, 10.0, 60.0):

@@ -11,8 +11,12 @@ from eesep_jax.app import demo
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 RESULTS = REPO / "experiments" / "benchmarks" / "results"
-DEMO_SETS = {"test": "test split", "heldout": "held-out voices", "kokoro": "kokoro check",
-             "recorded": "recorded check"}
+DEMO_SETS = {
+  "test": "test split",
+  "heldout": "held-out voices",
+  "kokoro": "kokoro check",
+  "recorded": "recorded check",
+}
 
 
 def _json(name):
@@ -43,7 +47,7 @@ def _printed_block():
   """The lines of the README's quickstart block that shows what `make demo` prints."""
   text = README.read_text()
   start = text.index("```\nSI-SNRi per exit (dB)") + len("```\n")
-  return text[start:text.index("```", start)].splitlines()
+  return text[start : text.index("```", start)].splitlines()
 
 
 def test_readme_is_a_page_not_a_notebook():
@@ -54,8 +58,10 @@ def test_readme_is_a_page_not_a_notebook():
 def test_the_printed_demo_output_is_the_demos_own_on_the_committed_reports():
   summaries = {_set_name(name): _demo(name) for name in DEMO_SETS}
   target, confidence = _demo("test")["target_snr_db"], _demo("test")["confidence"]
-  printed = [demo._per_exit_lines(name, summary)  # pylint: disable=protected-access
-             for name, summary in summaries.items()]
+  printed = [
+    demo._per_exit_lines(name, summary)  # pylint: disable=protected-access
+    for name, summary in summaries.items()
+  ]
   printed += demo._stopping_lines(summaries, target, confidence)  # pylint: disable=protected-access
   quoted = [line for line in _printed_block()[1:] if line.strip() != "..."]
   assert quoted
@@ -65,41 +71,59 @@ def test_the_printed_demo_output_is_the_demos_own_on_the_committed_reports():
 
 
 def test_demo_rows_are_the_committed_reports():
-  assert _row("demo: last-exit SI-SNRi")[1] == " / ".join(
-      _last_exit(name) for name in DEMO_SETS) + " dB"
+  assert (
+    _row("demo: last-exit SI-SNRi")[1] == " / ".join(_last_exit(name) for name in DEMO_SETS) + " dB"
+  )
   test = _demo("test")
   cells = demo._stopping_cells(test, test["target_snr_db"], test["confidence"])  # pylint: disable=protected-access
   assert _row("demo: compute saved")[0] == (
-      f"demo: compute saved at γ = {test['target_snr_db']:g} dB, p = {test['confidence']:g}, "
-      "test split (oracle's)")
+    f"demo: compute saved at γ = {test['target_snr_db']:g} dB, p = {test['confidence']:g}, "
+    "test split (oracle's)"
+  )
   assert _row("demo: compute saved")[1] == cells["compute saved"]
 
 
 def test_benchmark_rows_are_the_committed_result_files():
   cpu = _json("cpu.json")
-  tiny, press4 = (cpu["presets"][name]["train_all_exits_over_last_exit"]
-                  for name in ("tiny", "press-4"))
+  tiny, press4 = (
+    cpu["presets"][name]["train_all_exits_over_last_exit"] for name in ("tiny", "press-4")
+  )
   assert _row("training every exit")[1] == f"`tiny` {tiny:.2f}, `press-4` {press4:.2f}"
   assert _row("compile time, 12 stages")[1] == (
-      f"{cpu['compile_scan_e12_over_e2']:.2f} with the stage scan, "
-      f"{cpu['compile_unrolled_e12_over_e2']:.2f} unrolled")
+    f"{cpu['compile_scan_e12_over_e2']:.2f} with the stage scan, "
+    f"{cpu['compile_unrolled_e12_over_e2']:.2f} unrolled"
+  )
   assert _row("`separate` on a 10-minute file")[1] == (
-      f"{cpu['long_file_peak_rss_gb']:.2f} GB peak memory; throughput "
-      f"{cpu['long_file_throughput_over_60s']:.2f} of a 60 s file's")
+    f"{cpu['long_file_peak_rss_gb']:.2f} GB peak memory; throughput "
+    f"{cpu['long_file_throughput_over_60s']:.2f} of a 60 s file's"
+  )
   curves = _json("time_to_quality/time_to_quality.json")["curves"]
   assert _row("eSpeak-only demo against one exit")[1] == (
-      f"{curves['demo'][-1]['valid_si_snri']:.2f} against "
-      f"{curves['single_exit'][-1]['valid_si_snri']:.2f} dB")
+    f"{curves['demo'][-1]['valid_si_snri']:.2f} against "
+    f"{curves['single_exit'][-1]['valid_si_snri']:.2f} dB"
+  )
   assert _row("evaluation with length buckets")[1] == (
-      f"{_json('eval_throughput_cpu.json')['bucketed_over_per_length']:.1f}x the "
-      "utterances per second")
+    f"{_json('eval_throughput_cpu.json')['bucketed_over_per_length']:.1f}x the "
+    "utterances per second"
+  )
   rates = _json("input_pipeline_cpu.json")["examples_per_second"]
   assert _row("training input pipeline")[1] == (
-      " / ".join(f"{rates[w]:.0f}" for w in ("0", "1", "2")) + " examples/s")
+    " / ".join(f"{rates[w]:.0f}" for w in ("0", "1", "2")) + " examples/s"
+  )
 
 
-@pytest.mark.parametrize("label", ["demo: last", "demo: compute", "training every", "compile time",
-                                   "`separate` on", "eSpeak-only", "evaluation with",
-                                   "training input"])
+@pytest.mark.parametrize(
+  "label",
+  [
+    "demo: last",
+    "demo: compute",
+    "training every",
+    "compile time",
+    "`separate` on",
+    "eSpeak-only",
+    "evaluation with",
+    "training input",
+  ],
+)
 def test_every_results_row_links_its_benchmark(label):
   assert "experiments/benchmarks/README.md#" in _row(label)[2]

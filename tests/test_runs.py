@@ -28,14 +28,19 @@ def test_a_trained_run_is_its_config_checkpoint_and_defaults(trained_workdir):
   assert list(run.variables) == ["params"]
   jax.tree.map(np.testing.assert_array_equal, run.variables, restored)
   assert run.defaults == runs.Defaults(
-      target_snr_db=saved.inference.target_snr_db, confidence=saved.inference.confidence,
-      chunk_seconds=saved.inference.chunk_seconds,
-      overlap_seconds=saved.inference.overlap_seconds, chunk_batch=saved.inference.chunk_batch,
-      targets_db=tuple(saved.evaluation.targets_db),
-      confidences=tuple(saved.evaluation.confidences))
+    target_snr_db=saved.inference.target_snr_db,
+    confidence=saved.inference.confidence,
+    chunk_seconds=saved.inference.chunk_seconds,
+    overlap_seconds=saved.inference.overlap_seconds,
+    chunk_batch=saved.inference.chunk_batch,
+    targets_db=tuple(saved.evaluation.targets_db),
+    confidences=tuple(saved.evaluation.confidences),
+  )
   rate = run.model_config.sample_rate
-  assert run.chunk_lengths() == (round(saved.inference.chunk_seconds * rate),
-                                 round(saved.inference.overlap_seconds * rate))
+  assert run.chunk_lengths() == (
+    round(saved.inference.chunk_seconds * rate),
+    round(saved.inference.overlap_seconds * rate),
+  )
   # Never calibrated: no scales, and scales it has not are fitted in no regime.
   assert run.posthoc_scales is None and run.posthoc_regime is None
   assert not run.posthoc_fits(saved.inference.chunk_seconds, saved.inference.overlap_seconds)
@@ -43,8 +48,11 @@ def test_a_trained_run_is_its_config_checkpoint_and_defaults(trained_workdir):
 
 def test_posthoc_scales_come_whole_with_their_regime(run_copy):
   num_exits = config_lib.model_config(runs.load(run_copy).config).num_exits
-  calibration.save_posthoc(run_copy, {"beta_scale": [1.5] * num_exits},
-                           regime={"chunk_seconds": 1.0, "overlap_seconds": 0.25})
+  calibration.save_posthoc(
+    run_copy,
+    {"beta_scale": [1.5] * num_exits},
+    regime={"chunk_seconds": 1.0, "overlap_seconds": 0.25},
+  )
   run = runs.load(run_copy)
   assert run.model_config.num_exits == num_exits
   assert run.model_config.variance.parameterisation.startswith("student")
@@ -60,19 +68,25 @@ def test_posthoc_scales_come_whole_with_their_regime(run_copy):
   assert not run.posthoc_fits(2.0, 0.25) and not run.posthoc_fits(1.0, 0.5)
 
 
-@pytest.mark.parametrize("contents, problem", [
+@pytest.mark.parametrize(
+  "contents, problem",
+  [
     ('{"beta_scale": [1.0, ', "damaged post-hoc calibration, not JSON"),
-    ('{"beta_scale": [1.0, 1.0]}',
-     "post-hoc beta_scale has shape (2,), not one value for each of the model's 3 exits. "
-     "Run `eesep calibrate` again, or pass --no-posthoc."),
-], ids=["truncated", "another_model's"])
+    (
+      '{"beta_scale": [1.0, 1.0]}',
+      "post-hoc beta_scale has shape (2,), not one value for each of the model's 3 exits. "
+      "Run `eesep calibrate` again, or pass --no-posthoc.",
+    ),
+  ],
+  ids=["truncated", "another_model's"],
+)
 def test_a_damaged_posthoc_file_is_one_line_naming_it_when_read(run_copy, contents, problem):
   path = run_copy / calibration.POSTHOC_FILE
   path.write_text(contents)
   run = runs.load(run_copy)  # `calibrate` loads the run to replace the file.
   assert run.model_config.num_exits == 3
   with pytest.raises(errors.DataError) as raised:
-    run.posthoc_scales  # pylint: disable=pointless-statement
+    _ = run.posthoc_scales
   message = str(raised.value)
   assert message.startswith(f"{path}: {problem}") and "\n" not in message
 
@@ -86,7 +100,8 @@ def test_a_relative_data_root_is_located_only_when_asked(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path / "notebooks")
   assert runs.load(tmp_path / "run").config.data.root == "data/demo"
   assert runs.load(tmp_path / "run", locate_data=True).config.data.root == str(
-      tmp_path / "data" / "demo")
+    tmp_path / "data" / "demo"
+  )
   assert runs.locate("runs/demo") is None
 
 

@@ -36,7 +36,7 @@ def test_sdr_forgives_a_short_filter_but_not_noise():
   signal = _speech_like(3)
   noisy = signal + 0.05 * np.random.default_rng(3).standard_normal(signal.size)
   assert scores.sdr(signal, signal) > 100
-  filtered = np.convolve(signal, [1.0, 0.5, -0.2])[:signal.size]  # Within 512 taps.
+  filtered = np.convolve(signal, [1.0, 0.5, -0.2])[: signal.size]  # Within 512 taps.
   assert 30 < scores.sdr(signal, filtered) < np.inf
   assert scores.sdr(signal, noisy) < 20
 
@@ -64,8 +64,12 @@ def test_pesq_and_stoi_rank_a_cleaner_estimate_higher(rate):
   clean = _speech_like(5, rate=rate)
   noise = np.random.default_rng(5).standard_normal(clean.size)
   (pesq_clean, stoi_clean), (pesq_noisy, stoi_noisy) = (
-      (scores.pesq(clean, clean + level * noise, rate),
-       scores.stoi(clean, clean + level * noise, rate)) for level in (0.01, 0.1))
+    (
+      scores.pesq(clean, clean + level * noise, rate),
+      scores.stoi(clean, clean + level * noise, rate),
+    )
+    for level in (0.01, 0.1)
+  )
   assert pesq_clean[1] is None and stoi_clean[1] is None
   assert 1.0 <= pesq_noisy[0] < pesq_clean[0] <= 4.65
   assert 0.0 <= stoi_noisy[0] < stoi_clean[0] <= 1.0
@@ -81,6 +85,5 @@ def test_pesq_and_stoi_report_what_they_cannot_score():
   assert np.isnan(score) and "1/4 of a second" in problem
   score, problem = scores.pesq(_speech_like(6), _speech_like(7), 44100)
   assert np.isnan(score) and "44100 Hz" in problem
-  score, problem = scores.stoi(_speech_like(6, seconds=0.05), _speech_like(7, seconds=0.05),
-                                RATE)
+  score, problem = scores.stoi(_speech_like(6, seconds=0.05), _speech_like(7, seconds=0.05), RATE)
   assert np.isnan(score) and "STOI" in problem

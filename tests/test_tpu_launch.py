@@ -22,9 +22,24 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "experiments" / "tpu" / "launch.py"
 CONFIG = "experiments/configs/wsj0_2mix_press4.py"
 WORKDIR = "gs://my-bucket/runs/press4"
-POD = ["--name", "eesep-pod", "--zone", "us-central2-b", "--accelerator-type", "v4-32",
-       "--config", CONFIG, "--workdir", WORKDIR, "--override", "data.root=/data/wsj0 mix",
-       "--override", "steps=1000", "--run-id", "TEST"]
+POD = [
+  "--name",
+  "eesep-pod",
+  "--zone",
+  "us-central2-b",
+  "--accelerator-type",
+  "v4-32",
+  "--config",
+  CONFIG,
+  "--workdir",
+  WORKDIR,
+  "--override",
+  "data.root=/data/wsj0 mix",
+  "--override",
+  "steps=1000",
+  "--run-id",
+  "TEST",
+]
 
 
 def _load_launch():
@@ -46,10 +61,18 @@ def _pinned_jax():
 
 
 def _dry_run(*args, env=None):
-  result = subprocess.run([sys.executable, str(LAUNCH), "--dry-run", *args],
-                          capture_output=True, text=True, timeout=60, env=env)
-  return result.returncode, [shlex.split(line) for line in result.stdout.splitlines()], \
-      result.stderr
+  result = subprocess.run(
+    [sys.executable, str(LAUNCH), "--dry-run", *args],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=env,
+  )
+  return (
+    result.returncode,
+    [shlex.split(line) for line in result.stdout.splitlines()],
+    result.stderr,
+  )
 
 
 def _flag(cmd, name):
@@ -90,7 +113,15 @@ def test_dry_run_of_a_pod_slice_prints_every_step_in_order():
   returncode, commands, stderr = _dry_run(*POD)
   assert returncode == 0, stderr
   assert [_verb(c) for c in commands] == [
-      "describe", "create", "tar", "scp", "ssh", "ssh", "ssh", "ssh"]
+    "describe",
+    "create",
+    "tar",
+    "scp",
+    "ssh",
+    "ssh",
+    "ssh",
+    "ssh",
+  ]
   describe, create, tar, scp, unpack, install, start, stream = commands
 
   for cmd in (describe, create, scp, unpack, install, start, stream):
@@ -105,35 +136,66 @@ def test_dry_run_of_a_pod_slice_prints_every_step_in_order():
   assert tar[tar.index("-czf") + 1] == scp[5]
   assert scp[6].startswith("eesep-pod:") and _flag(scp, "worker") == "all"
   assert _flag(unpack, "worker") == "all"
-  assert ["tar", "-xzf", "$HOME/" + scp[6].split(":", 1)[1], "-C", "$HOME/eesep_jax"] in \
-      _statements(_flag(unpack, "command"))
+  assert [
+    "tar",
+    "-xzf",
+    "$HOME/" + scp[6].split(":", 1)[1],
+    "-C",
+    "$HOME/eesep_jax",
+  ] in _statements(_flag(unpack, "command"))
 
   # Install: the package with its tpu extra, jax at the version pyproject.toml pins.
   assert _flag(install, "worker") == "all"
   pip = [s for s in _statements(_flag(install, "command")) if "-e" in s]
-  assert pip == [["$HOME/eesep_venv/bin/python", "-m", "pip", "install", "--quiet",
-                  f"jax=={_pinned_jax()}", "-e", ".[tpu]"]]
+  assert pip == [
+    [
+      "$HOME/eesep_venv/bin/python",
+      "-m",
+      "pip",
+      "install",
+      "--quiet",
+      f"jax=={_pinned_jax()}",
+      "-e",
+      ".[tpu]",
+    ]
+  ]
 
   # The same training command on every worker, under nohup, logging to a file.
   assert _flag(start, "worker") == "all"
   script = _flag(start, "command")
   assert _train_argv(script) == [
-      "$HOME/eesep_venv/bin/eesep", "train", "--config", CONFIG, "--workdir", WORKDIR,
-      "--distributed", "--config.data.root=/data/wsj0 mix", "--config.steps=1000"]
+    "$HOME/eesep_venv/bin/eesep",
+    "train",
+    "--config",
+    CONFIG,
+    "--workdir",
+    WORKDIR,
+    "--distributed",
+    "--config.data.root=/data/wsj0 mix",
+    "--config.steps=1000",
+  ]
   assert 'LOG="$HOME/eesep_logs/TEST-worker$W.log"' in script
   assert re.search(r'nohup bash -c .* >> "\$LOG" 2>&1 < /dev/null &', script)
 
   # Then worker 0's log is followed until the run ends.
   assert _flag(stream, "worker") == "0"
-  assert _statements(_flag(stream, "command")) == [[
-      "tail", "-n", "+1", "-F", '--pid=$(cat $HOME/eesep_logs/train.pid)',
-      "$HOME/eesep_logs/TEST-worker0.log"]]
+  assert _statements(_flag(stream, "command")) == [
+    [
+      "tail",
+      "-n",
+      "+1",
+      "-F",
+      "--pid=$(cat $HOME/eesep_logs/train.pid)",
+      "$HOME/eesep_logs/TEST-worker0.log",
+    ]
+  ]
   assert "does not exist" in stderr
 
 
 def test_help_has_an_example():
-  result = subprocess.run([sys.executable, str(LAUNCH), "--help"], capture_output=True,
-                          text=True, timeout=60)
+  result = subprocess.run(
+    [sys.executable, str(LAUNCH), "--help"], capture_output=True, text=True, timeout=60
+  )
   assert result.returncode == 0
   assert "example" in result.stdout and "--dry-run" in result.stdout
   assert "--assume-state" not in result.stdout  # A testing seam, not for users.
@@ -146,8 +208,7 @@ def test_dry_run_executes_nothing(tmp_path):
   for program in ("gcloud", "tar", "git", "ssh", "scp"):
     (bin_dir / program).write_text(f"#!/bin/sh\necho {program} >> {calls}\n")
     (bin_dir / program).chmod(0o755)
-  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-             TMPDIR=str(tmp_path))
+  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TMPDIR=str(tmp_path))
   returncode, commands, stderr = _dry_run(*POD, "--delete-after", env=env)
   assert returncode == 0, stderr
   assert len(commands) == 10
@@ -165,9 +226,15 @@ def test_local_workdir_on_a_multi_host_slice_is_an_error(accelerator_type):
   assert "argument --workdir" in stderr and "gs://" in stderr and "runs/press4" in stderr
 
 
-@pytest.mark.parametrize("accelerator_type,version", [
-    ("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-8", "v2-alpha-tpuv5-lite"),
-    ("v5p-8", "v2-alpha-tpuv5"), ("v6e-4", "v2-alpha-tpuv6e")])
+@pytest.mark.parametrize(
+  "accelerator_type,version",
+  [
+    ("v4-8", "tpu-ubuntu2204-base"),
+    ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+    ("v5p-8", "v2-alpha-tpuv5"),
+    ("v6e-4", "v2-alpha-tpuv6e"),
+  ],
+)
 def test_one_host_accepts_a_local_workdir_under_home(accelerator_type, version):
   args = [a if a != WORKDIR else "runs/press4" for a in POD]
   args[args.index("v4-32")] = accelerator_type
@@ -180,10 +247,25 @@ def test_one_host_accepts_a_local_workdir_under_home(accelerator_type, version):
 
 
 def test_num_workers():
-  assert [launch.num_workers(t) for t in (
-      "v2-8", "v3-32", "v4-8", "v4-16", "v4-32", "v5p-8", "v5p-128", "v5litepod-1",
-      "v5litepod-8", "v5litepod-16", "v5litepod-256", "v6e-8", "v6e-64", "v9z-8")] == [
-          1, 4, 1, 2, 4, 1, 16, 1, 1, 4, 64, 1, 16, None]
+  assert [
+    launch.num_workers(t)
+    for t in (
+      "v2-8",
+      "v3-32",
+      "v4-8",
+      "v4-16",
+      "v4-32",
+      "v5p-8",
+      "v5p-128",
+      "v5litepod-1",
+      "v5litepod-8",
+      "v5litepod-16",
+      "v5litepod-256",
+      "v6e-8",
+      "v6e-64",
+      "v9z-8",
+    )
+  ] == [1, 4, 1, 2, 4, 1, 16, 1, 1, 4, 64, 1, 16, None]
 
 
 def test_argument_errors_name_the_argument():
@@ -206,9 +288,22 @@ def test_argument_errors_name_the_argument():
 def test_config_by_name_options_and_git_repo():
   args = [a if a != CONFIG else "wsj0_2mix_press4" for a in POD]
   returncode, commands, stderr = _dry_run(
-      *args, "--spot", "--project", "my-proj", "--version", "tpu-custom",
-      "--jax-version", "9.9.9", "--repo", "https://github.com/example/eesep_jax.git",
-      "--branch", "dev", "--create-arg=--reserved", "--setup", "gsutil -m cp -r gs://b/d /data")
+    *args,
+    "--spot",
+    "--project",
+    "my-proj",
+    "--version",
+    "tpu-custom",
+    "--jax-version",
+    "9.9.9",
+    "--repo",
+    "https://github.com/example/eesep_jax.git",
+    "--branch",
+    "dev",
+    "--create-arg=--reserved",
+    "--setup",
+    "gsutil -m cp -r gs://b/d /data",
+  )
   assert returncode == 0, stderr
   assert [_verb(c) for c in commands] == ["describe", "create", "ssh", "ssh", "ssh", "ssh", "ssh"]
   describe, create, clone, install, setup, start, _ = commands
@@ -216,13 +311,18 @@ def test_config_by_name_options_and_git_repo():
   assert "--spot" in create and "--reserved" in create
   assert _flag(create, "version") == "tpu-custom"
   assert _flag(clone, "worker") == "all"
-  assert ["git", "clone", "--quiet", "--depth=1", "--branch=dev",
-          "https://github.com/example/eesep_jax.git", "$HOME/eesep_jax"] in \
-      _statements(_flag(clone, "command"))
+  assert [
+    "git",
+    "clone",
+    "--quiet",
+    "--depth=1",
+    "--branch=dev",
+    "https://github.com/example/eesep_jax.git",
+    "$HOME/eesep_jax",
+  ] in _statements(_flag(clone, "command"))
   assert "jax==9.9.9" in _statements(_flag(install, "command"))[-1]
   assert _flag(setup, "worker") == "all"
-  assert ["gsutil", "-m", "cp", "-r", "gs://b/d", "/data"] in _statements(
-      _flag(setup, "command"))
+  assert ["gsutil", "-m", "cp", "-r", "gs://b/d", "/data"] in _statements(_flag(setup, "command"))
   assert CONFIG in _train_argv(_flag(start, "command"))
 
 
@@ -230,7 +330,15 @@ def test_reuse_of_a_ready_tpu_skips_creation():
   returncode, commands, stderr = _dry_run(*POD, "--assume-state", "READY")
   assert returncode == 0, stderr
   assert [_verb(c) for c in commands] == [
-      "describe", "ssh", "tar", "scp", "ssh", "ssh", "ssh", "ssh"]
+    "describe",
+    "ssh",
+    "tar",
+    "scp",
+    "ssh",
+    "ssh",
+    "ssh",
+    "ssh",
+  ]
   assert "reusing" in stderr
   # Before the code is replaced, every worker checks that no earlier run is still going.
   preflight = commands[1]
@@ -255,8 +363,7 @@ class FakeRunner(launch.Runner):
   def __init__(self, state=None, accelerator_type="v4-32", stream_status=0):
     super().__init__(dry_run=False)
     self.commands = []
-    self.state, self.accelerator_type, self.stream_status = state, accelerator_type, \
-        stream_status
+    self.state, self.accelerator_type, self.stream_status = state, accelerator_type, stream_status
 
   def run(self, cmd, check=True, retries=0):
     self.commands.append(cmd)
@@ -266,8 +373,9 @@ class FakeRunner(launch.Runner):
     self.commands.append(cmd)
     if self.state is None:
       return subprocess.CompletedProcess(cmd, 1, "", "ERROR: (gcloud) NOT_FOUND: eesep-pod")
-    return subprocess.CompletedProcess(cmd, 0, json.dumps(
-        {"state": self.state, "acceleratorType": self.accelerator_type}), "")
+    return subprocess.CompletedProcess(
+      cmd, 0, json.dumps({"state": self.state, "acceleratorType": self.accelerator_type}), ""
+    )
 
   def sleep(self, seconds):
     self.state = "READY"
@@ -279,12 +387,15 @@ def _launch(runner, *extra):
   return returncode, [_verb(c) for c in runner.commands]
 
 
-@pytest.mark.parametrize("state,expected", [
+@pytest.mark.parametrize(
+  "state,expected",
+  [
     (None, ["describe", "create"]),
     ("READY", ["describe", "ssh"]),  # Then a check that no run is going.
     ("STOPPED", ["describe", "start", "ssh"]),
     ("CREATING", ["describe", "describe", "ssh"]),
-])
+  ],
+)
 def test_tpu_states_outside_a_dry_run(state, expected):
   returncode, verbs = _launch(FakeRunner(state))
   assert returncode == 0
@@ -314,8 +425,9 @@ def test_no_deletion_when_the_stream_stops_early(capsys):
 
 
 def test_remote_scripts_are_valid_bash():
-  _, commands, _ = _dry_run(*POD, "--delete-after", "--restart", "--setup", "true",
-                            "--assume-state", "READY")
+  _, commands, _ = _dry_run(
+    *POD, "--delete-after", "--restart", "--setup", "true", "--assume-state", "READY"
+  )
   scripts = [_flag(c, "command") for c in commands if _verb(c) == "ssh"]
   assert len(scripts) == 7  # Preflight, unpack, install, setup, start, stream, wait.
   for script in scripts:
@@ -323,8 +435,10 @@ def test_remote_scripts_are_valid_bash():
     assert result.returncode == 0, (script, result.stderr)
 
 
-@pytest.mark.skipif(not (shutil.which("setsid") and sys.platform.startswith("linux")),
-                    reason="needs setsid and GNU tail")
+@pytest.mark.skipif(
+  not (shutil.which("setsid") and sys.platform.startswith("linux")),
+  reason="needs setsid and GNU tail",
+)
 def test_start_and_stream_scripts_run_training_in_the_background(tmp_path):
   """Runs the worker-side scripts for real, with a fake `eesep`, `curl` and `gcloud`."""
   home, bin_dir, calls = tmp_path / "home", tmp_path / "bin", tmp_path / "gcloud-calls"
@@ -344,8 +458,9 @@ def test_start_and_stream_scripts_run_training_in_the_background(tmp_path):
     return _flag(commands[6], "command"), _flag(commands[7], "command")
 
   def bash(script, timeout=30):
-    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+      ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
   start, stream = scripts()
   started = bash(start)
@@ -353,9 +468,11 @@ def test_start_and_stream_scripts_run_training_in_the_background(tmp_path):
   assert "worker 0: training started" in started.stdout
   streamed = bash(stream)  # Returns once the run ends: tail --pid.
   assert streamed.returncode == 0, streamed.stderr
-  assert "args: train --config experiments/configs/wsj0_2mix_press4.py --workdir " \
-         f"{WORKDIR} --distributed --config.data.root=/data/wsj0 mix --config.steps=1000" \
-         in streamed.stdout
+  assert (
+    "args: train --config experiments/configs/wsj0_2mix_press4.py --workdir "
+    f"{WORKDIR} --distributed --config.data.root=/data/wsj0 mix --config.steps=1000"
+    in streamed.stdout
+  )
   assert "=== eesep train exited with status 3 ===" in streamed.stdout
   log = home / "eesep_logs" / "TEST-worker0.log"
   assert streamed.stdout.strip() == log.read_text().strip()
@@ -363,7 +480,12 @@ def test_start_and_stream_scripts_run_training_in_the_background(tmp_path):
   while not calls.exists() and time.time() < deadline:
     time.sleep(0.1)
   assert calls.read_text().split() == [
-      "storage", "cp", "--quiet", str(log), f"{WORKDIR}/logs/TEST-worker0.log"]
+    "storage",
+    "cp",
+    "--quiet",
+    str(log),
+    f"{WORKDIR}/logs/TEST-worker0.log",
+  ]
 
   # A run still going blocks the next launch, unless --restart stops it.
   (home / "block").touch()
@@ -383,7 +505,11 @@ def test_start_and_stream_scripts_run_training_in_the_background(tmp_path):
 
 def test_shell_wrapper_passes_arguments_through():
   result = subprocess.run(
-      [str(LAUNCH.with_suffix(".sh")), "--dry-run", *POD], capture_output=True, text=True,
-      timeout=60, env=dict(os.environ, PYTHON=sys.executable))
+    [str(LAUNCH.with_suffix(".sh")), "--dry-run", *POD],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=dict(os.environ, PYTHON=sys.executable),
+  )
   assert result.returncode == 0, result.stderr
   assert _dry_run(*POD)[1] == [shlex.split(line) for line in result.stdout.splitlines()]

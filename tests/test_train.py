@@ -17,8 +17,8 @@ import pytest
 from conftest import DEMO_CONFIG
 from conftest import REPO
 from conftest import run_training
-from conftest import TRAIN_CONFIG_OVERRIDES
 from conftest import train_command
+from conftest import TRAIN_CONFIG_OVERRIDES
 from conftest import train_env
 from conftest import TRAIN_STEPS
 from eesep_jax import config_lib
@@ -39,8 +39,10 @@ def _train_losses(workdir):
 
 def _flat_params(workdir, step):
   _, variables = checkpoints.restore_params(workdir, step=step)
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+  return {
+    jax.tree_util.keystr(path): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+  }
 
 
 def _wait_for_step(workdir, process, step, timeout=600):
@@ -49,7 +51,8 @@ def _wait_for_step(workdir, process, step, timeout=600):
   while time.monotonic() < deadline:
     assert process.poll() is None, process.stderr.read()[-4000:]
     if (workdir / train.METRICS_FILE).exists() and any(
-        r["step"] >= step for r in _metrics(workdir)):
+      r["step"] >= step for r in _metrics(workdir)
+    ):
       return
     time.sleep(0.2)
   raise TimeoutError(f"no step {step} in {workdir} after {timeout} s")
@@ -61,8 +64,7 @@ def test_run_logs_metrics_tensorboard_config_and_checkpoints(trained_workdir):
   assert sorted(losses) == list(range(1, TRAIN_STEPS + 1))
   assert all(np.isfinite(v) for v in losses.values())
   training = [r for r in records if "train_loss" in r]
-  assert all(len(r["train_loss_per_exit"]) == 3 and r["skipped_steps"] == 0
-             for r in training)
+  assert all(len(r["train_loss_per_exit"]) == 3 and r["skipped_steps"] == 0 for r in training)
   validation = [r for r in records if "valid_si_snri" in r]
   assert [r["step"] for r in validation] == [TRAIN_STEPS]
   assert len(validation[0]["valid_si_snri"]) == 3
@@ -75,9 +77,9 @@ def test_run_logs_metrics_tensorboard_config_and_checkpoints(trained_workdir):
 def test_restore_params_gives_the_init_structure(trained_workdir):
   model_config, variables = checkpoints.restore_params(trained_workdir)
   assert model_config == config_lib.model_config(
-      config_lib.load_config(DEMO_CONFIG, TRAIN_CONFIG_OVERRIDES))
-  fresh = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
-                         jnp.zeros((1, 800)))
+    config_lib.load_config(DEMO_CONFIG, TRAIN_CONFIG_OVERRIDES)
+  )
+  fresh = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0), jnp.zeros((1, 800)))
   assert jax.tree.structure(variables) == jax.tree.structure(fresh)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, fresh)
 
@@ -97,11 +99,17 @@ def test_restore_params_names_a_workdir_without_config(tmp_path):
 
 
 def test_sigkill_then_restart_ends_with_the_uninterrupted_parameters(
-    tmp_path, tiny_corpus, compile_cache, trained_workdir):
+  tmp_path, tiny_corpus, compile_cache, trained_workdir
+):
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(train_command(workdir, tiny_corpus), cwd=REPO,
-                             env=train_env(compile_cache), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    train_command(workdir, tiny_corpus),
+    cwd=REPO,
+    env=train_env(compile_cache),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     _wait_for_step(workdir, process, 4)
   finally:
@@ -121,30 +129,37 @@ def test_sigkill_then_restart_ends_with_the_uninterrupted_parameters(
 def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tiny_corpus, compile_cache):
   workdir = tmp_path / "preempted"
   process = subprocess.Popen(
-      train_command(workdir, tiny_corpus, "--config.steps=1000"), cwd=REPO,
-      env=train_env(compile_cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-      text=True)
+    train_command(workdir, tiny_corpus, "--config.steps=1000"),
+    cwd=REPO,
+    env=train_env(compile_cache),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for_step(workdir, process, 3)
   process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=300) == 0, process.stderr.read()[-4000:]
   last_logged = max(_train_losses(workdir))
-  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert last_logged < 1000 and saved[-1] == last_logged
 
 
-def test_eight_devices_give_the_one_device_loss(tmp_path, tiny_corpus, compile_cache,
-                                                trained_workdir):
+def test_eight_devices_give_the_one_device_loss(
+  tmp_path, tiny_corpus, compile_cache, trained_workdir
+):
   workdir = tmp_path / "eight_devices"
   run_training(workdir, tiny_corpus, compile_cache, devices=8)
   eight, one = _train_losses(workdir), _train_losses(trained_workdir)
   np.testing.assert_allclose(eight[1], one[1], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)],
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    [eight[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=1e-4, atol=1e-5
+  )
   # Validation sharded over the 8 devices (its batches filled up with weight-0 copies)
   # gives the one device's.
-  valid = [[r["valid_si_snri"] for r in _metrics(w) if "valid_si_snri" in r]
-           for w in (workdir, trained_workdir)]
+  valid = [
+    [r["valid_si_snri"] for r in _metrics(w) if "valid_si_snri" in r]
+    for w in (workdir, trained_workdir)
+  ]
   np.testing.assert_allclose(valid[0], valid[1], rtol=1e-4, atol=1e-4)
 
 
@@ -155,19 +170,34 @@ def _free_port():
 
 
 def test_two_processes_over_loopback_give_the_one_process_loss(
-    tmp_path, tiny_corpus, compile_cache, trained_workdir):
+  tmp_path, tiny_corpus, compile_cache, trained_workdir
+):
   """Started --fresh over a finished run: the other process reads the workdir only
   once the lead has emptied it, so both start from step 0."""
   workdir = tmp_path / "two_processes"
   shutil.copytree(trained_workdir, workdir)
   coordinator = f"127.0.0.1:{_free_port()}"
   processes = [
-      subprocess.Popen(
-          train_command(workdir, tiny_corpus, "--coordinator", coordinator,
-                        "--num-processes", "2", "--process-id", str(index), "--fresh"),
-          cwd=REPO, env=train_env(compile_cache), stdout=subprocess.DEVNULL,
-          stderr=subprocess.PIPE, text=True)
-      for index in range(2)]
+    subprocess.Popen(
+      train_command(
+        workdir,
+        tiny_corpus,
+        "--coordinator",
+        coordinator,
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(index),
+        "--fresh",
+      ),
+      cwd=REPO,
+      env=train_env(compile_cache),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for index in range(2)
+  ]
   errors = [p.communicate(timeout=900)[1] for p in processes]
   for process, error in zip(processes, errors):
     assert process.returncode == 0, error[-4000:]
@@ -201,19 +231,31 @@ def test_loss_counts_only_the_valid_samples_of_padded_utterances(model):
   rng = np.random.default_rng(0)
   mask = (np.arange(1600) < np.array([[1600], [900]])).astype(np.float32)
   sources = rng.standard_normal((2, 2, 1600)).astype(np.float32) * mask[:, None]
-  batch = {"mixture": jnp.asarray(sources.sum(1)), "sources": jnp.asarray(sources),
-           "mask": jnp.asarray(mask)}
+  batch = {
+    "mixture": jnp.asarray(sources.sum(1)),
+    "sources": jnp.asarray(sources),
+    "mask": jnp.asarray(mask),
+  }
   network = models.PressNet(model_config)
   dropout = jax.random.key(1)
   loss, _ = train._loss_fn(variables["params"], batch, dropout, model=network, config=config)
-  outputs = network.apply(variables, batch["mixture"], train=True, rngs={"dropout": dropout},
-                          lengths=jnp.array([1600, 900]))
+  outputs = network.apply(
+    variables,
+    batch["mixture"],
+    train=True,
+    rngs={"dropout": dropout},
+    lengths=jnp.array([1600, 900]),
+  )
 
   def expected(lengths):
-    return losses.separation_loss(outputs, batch["sources"], lengths=lengths,
-                                  variance_config=model_config.variance,
-                                  objective=config.loss.objective,
-                                  mean_loss=config.loss.mean_loss)[0]
+    return losses.separation_loss(
+      outputs,
+      batch["sources"],
+      lengths=lengths,
+      variance_config=model_config.variance,
+      objective=config.loss.objective,
+      mean_loss=config.loss.mean_loss,
+    )[0]
 
   np.testing.assert_allclose(loss, expected(jnp.array([1600, 900])), rtol=1e-6)
   assert not np.isclose(loss, expected(None), rtol=1e-4)

@@ -40,8 +40,13 @@ from eesep_jax import files
 from eesep_jax.analysis import evaluate
 from eesep_jax.core import probabilistic
 
-FILES = {"markdown": "comparison.md", "csv": "comparison.csv", "json": "comparison.json",
-         "si_snri": "si_snri_per_exit.png", "calibration": "calibration_per_exit.png"}
+FILES = {
+  "markdown": "comparison.md",
+  "csv": "comparison.csv",
+  "json": "comparison.json",
+  "si_snri": "si_snri_per_exit.png",
+  "calibration": "calibration_per_exit.png",
+}
 # Measures of the table, each before and after post-hoc calibration: the calibration
 # report's key and the Markdown header.
 MEASURES = {"nll": "NLL", "ece_mean": "ECE", "ks": "KS", "crps": "CRPS (dB)"}
@@ -57,6 +62,7 @@ class Variant:
     description: what differs from the base config, in words.
     overrides: the dotted `config_lib.load_config` overrides that make it.
   """
+
   name: str
   kind: str
   description: str
@@ -69,12 +75,13 @@ def variance_name(variance):
 
 
 def _variance_variant(parameterisation, monotone):
-  variance = probabilistic.VarianceConfig(parameterisation=parameterisation,
-                                          monotone=monotone)
-  return Variant(variance_name(variance), "variance",
-                 f"{parameterisation} head" + (", monotone over exits" if monotone else ""),
-                 (f"model.variance.parameterisation={parameterisation}",
-                  f"model.variance.monotone={monotone}"))
+  variance = probabilistic.VarianceConfig(parameterisation=parameterisation, monotone=monotone)
+  return Variant(
+    variance_name(variance),
+    "variance",
+    f"{parameterisation} head" + (", monotone over exits" if monotone else ""),
+    (f"model.variance.parameterisation={parameterisation}", f"model.variance.monotone={monotone}"),
+  )
 
 
 def variants(model_config):
@@ -85,18 +92,33 @@ def variants(model_config):
   kinds keep the base model's variance head: the variance variant of the same name
   (`variance_name`) is their reference.
   """
-  result = [_variance_variant(parameterisation, False)
-            for parameterisation in probabilistic.PARAMETERISATIONS]
+  result = [
+    _variance_variant(parameterisation, False)
+    for parameterisation in probabilistic.PARAMETERISATIONS
+  ]
   result.append(_variance_variant(model_config.variance.parameterisation, True))
   num_exits = model_config.num_exits
   for depth in range(1, num_exits + 1):
-    result.append(Variant(
-        f"single-exit-{depth}", "single-exit",
+    result.append(
+      Variant(
+        f"single-exit-{depth}",
+        "single-exit",
         f"a network of {depth} of {num_exits} stages with one exit, trained alone",
-        ("model.num_exits=1", f"model.num_exit_blocks={depth * model_config.blocks_per_stage}",
-         "loss.exit_weights=None")))
-  result.append(Variant("per-exit-permutation", "permutation",
-                        "each exit picks its own permutation", ("loss.permutation=per-exit",)))
+        (
+          "model.num_exits=1",
+          f"model.num_exit_blocks={depth * model_config.blocks_per_stage}",
+          "loss.exit_weights=None",
+        ),
+      )
+    )
+  result.append(
+    Variant(
+      "per-exit-permutation",
+      "permutation",
+      "each exit picks its own permutation",
+      ("loss.permutation=per-exit",),
+    )
+  )
   return result
 
 
@@ -117,18 +139,30 @@ def select_variants(all_variants, names=None):
 
 def _per_exit(report, depth_of_exit):
   """`[{depth, gmacs_per_second, si_snri, <measure>_before, <measure>_after}]`."""
-  return [{"depth": depth, "gmacs_per_second": before["gmacs_per_second"],
-           "si_snri": before["si_snri"],
-           **{f"{key}_{when}": entry[key] for key in MEASURES
-              for when, entry in (("before", before), ("after", after))}}
-          for depth, before, after in zip(depth_of_exit, report["before"]["per_exit"],
-                                          report["after"]["per_exit"])]
+  return [
+    {
+      "depth": depth,
+      "gmacs_per_second": before["gmacs_per_second"],
+      "si_snri": before["si_snri"],
+      **{
+        f"{key}_{when}": entry[key]
+        for key in MEASURES
+        for when, entry in (("before", before), ("after", after))
+      },
+    }
+    for depth, before, after in zip(
+      depth_of_exit, report["before"]["per_exit"], report["after"]["per_exit"]
+    )
+  ]
 
 
 def _satisfaction(measures, target_snr_db, confidence):
   """`(share, count)` of the target satisfaction entry of `(γ, p)`."""
-  [entry] = [entry for entry in measures["target_satisfaction"]
-             if entry["target_snr_db"] == target_snr_db and entry["confidence"] == confidence]
+  [entry] = [
+    entry
+    for entry in measures["target_satisfaction"]
+    if entry["target_snr_db"] == target_snr_db and entry["confidence"] == confidence
+  ]
   return entry["share"], entry["count"]
 
 
@@ -156,25 +190,37 @@ def summarise(variant, config, report, *, base_model_config, target_snr_db, conf
   depth_of_exit = [round(stage * k) for k in range(1, model_config.num_exits + 1)]
   per_exit = _per_exit(report, depth_of_exit)
   si_snri = {entry["depth"]: entry["si_snri"] for entry in per_exit}
-  row = {"variant": variant.name, "description": variant.description,
-         "parameterisation": model_config.variance.parameterisation,
-         "monotone": model_config.variance.monotone,
-         "permutation": config.loss.permutation, "num_exits": model_config.num_exits,
-         **{f"si_snri_exit_{depth}": si_snri.get(depth)
-            for depth in range(1, base_model_config.num_exits + 1)},
-         "gmacs_per_second": per_exit[-1]["gmacs_per_second"]}
+  row = {
+    "variant": variant.name,
+    "description": variant.description,
+    "parameterisation": model_config.variance.parameterisation,
+    "monotone": model_config.variance.monotone,
+    "permutation": config.loss.permutation,
+    "num_exits": model_config.num_exits,
+    **{
+      f"si_snri_exit_{depth}": si_snri.get(depth)
+      for depth in range(1, base_model_config.num_exits + 1)
+    },
+    "gmacs_per_second": per_exit[-1]["gmacs_per_second"],
+  }
   for when in ("before", "after"):
     row.update({f"{key}_{when}": report[when]["pooled"][key] for key in MEASURES})
   for when in ("before", "after"):
     share, count = _satisfaction(report[when], target_snr_db, confidence)
     row.update({f"satisfaction_{when}": share, f"exited_{when}": count})
-  row.update(threshold=report["guarantee"]["threshold"],
-             num_utterances=report["num_utterances"])
+  row.update(threshold=report["guarantee"]["threshold"], num_utterances=report["num_utterances"])
   reference = None if variant.kind == "variance" else variance_name(model_config.variance)
-  return evaluate.json_ready({"variant": variant.name, "kind": variant.kind,
-                              "reference": reference, "description": variant.description,
-                              "overrides": list(variant.overrides), "per_exit": per_exit,
-                              "row": row})
+  return evaluate.json_ready(
+    {
+      "variant": variant.name,
+      "kind": variant.kind,
+      "reference": reference,
+      "description": variant.description,
+      "overrides": list(variant.overrides),
+      "per_exit": per_exit,
+      "row": row,
+    }
+  )
 
 
 # ----------------------------------------------------------------------------------
@@ -190,24 +236,38 @@ def markdown_table(comparison):
   settings = comparison["settings"]
   depths = range(1, settings["num_exits"] + 1)
   target, confidence = settings["target_snr_db"], settings["confidence"]
-  header = (["variant"] + [f"SI-SNRi exit {d} (dB)" for d in depths]
-            + ["GMAC/s (last exit)"] + list(MEASURES.values())
-            + [f"satisfaction γ={target:g} dB, p={confidence:g} (n)", "certified λ"])
-  lines = [f"# Variance parameterisation ablation: {settings['steps']} steps"
-           + (" (smoke size)" if settings["smoke"] else ""), "",
-           "Calibration measures are pooled over each variant's exits, before → after "
-           "post-hoc calibration (fitted on half the validation split). Satisfaction: the "
-           "share of the test utterances that stopped with P(SNR ≥ γ) ≥ p whose worst "
-           "source reached γ, and how many stopped so (–: none).", "",
-           "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  header = (
+    ["variant"]
+    + [f"SI-SNRi exit {d} (dB)" for d in depths]
+    + ["GMAC/s (last exit)"]
+    + list(MEASURES.values())
+    + [f"satisfaction γ={target:g} dB, p={confidence:g} (n)", "certified λ"]
+  )
+  lines = [
+    f"# Variance parameterisation ablation: {settings['steps']} steps"
+    + (" (smoke size)" if settings["smoke"] else ""),
+    "",
+    "Calibration measures are pooled over each variant's exits, before → after "
+    "post-hoc calibration (fitted on half the validation split). Satisfaction: the "
+    "share of the test utterances that stopped with P(SNR ≥ γ) ≥ p whose worst "
+    "source reached γ, and how many stopped so (–: none).",
+    "",
+    "| " + " | ".join(header) + " |",
+    "|---" * len(header) + "|",
+  ]
   for entry in comparison["variants"]:
     row = entry["row"]
     cells = [row["variant"]] + [_cell(row[f"si_snri_exit_{d}"]) for d in depths]
     cells.append(_cell(row["gmacs_per_second"], 3))
-    cells += [f"{_cell(row[f'{key}_before'], 3)} → {_cell(row[f'{key}_after'], 3)}"
-              for key in MEASURES]
-    cells.append(" → ".join(f"{_cell(row[f'satisfaction_{when}'])} ({row[f'exited_{when}']})"
-                            for when in ("before", "after")))
+    cells += [
+      f"{_cell(row[f'{key}_before'], 3)} → {_cell(row[f'{key}_after'], 3)}" for key in MEASURES
+    ]
+    cells.append(
+      " → ".join(
+        f"{_cell(row[f'satisfaction_{when}'])} ({row[f'exited_{when}']})"
+        for when in ("before", "after")
+      )
+    )
     cells.append(_cell(row["threshold"], 3))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -216,8 +276,9 @@ def markdown_table(comparison):
 def _variant_styles(comparison):
   """A colour per variant, from a qualitative colour map."""
   colours = matplotlib.colormaps["tab20"].colors
-  return {entry["variant"]: colours[i % len(colours)]
-          for i, entry in enumerate(comparison["variants"])}
+  return {
+    entry["variant"]: colours[i % len(colours)] for i, entry in enumerate(comparison["variants"])
+  }
 
 
 def _plot_by_depth(ax, comparison, key, colours, when=None):
@@ -232,11 +293,20 @@ def _plot_by_depth(ax, comparison, key, colours, when=None):
     if entry["kind"] == "single-exit":
       baselines += points
     else:
-      ax.plot(*zip(*points), "o" + style, markersize=3, color=colours[entry["variant"]],
-              label=entry["variant"] if labelled else None)
+      ax.plot(
+        *zip(*points),
+        "o" + style,
+        markersize=3,
+        color=colours[entry["variant"]],
+        label=entry["variant"] if labelled else None,
+      )
   if baselines:
-    ax.plot(*zip(*sorted(baselines)), "s" + style, color="k",
-            label="single-exit baselines" if labelled else None)
+    ax.plot(
+      *zip(*sorted(baselines)),
+      "s" + style,
+      color="k",
+      label="single-exit baselines" if labelled else None,
+    )
   ax.set_xticks(range(1, comparison["settings"]["num_exits"] + 1))
   ax.set_xlabel("exit (depth in stages)")
 
@@ -277,12 +347,14 @@ def write_comparison(out_dir, comparison):
   table = io.StringIO(newline="")
   writer = csv.DictWriter(table, fieldnames=list(rows[0]))
   writer.writeheader()
-  writer.writerows({name: "" if value is None else value for name, value in row.items()}
-                   for row in rows)
+  writer.writerows(
+    {name: "" if value is None else value for name, value in row.items()} for row in rows
+  )
   with files.atomic_writes(paths) as partials:
     partials["markdown"].write_text(markdown_table(comparison))
-    partials["json"].write_text(json.dumps(evaluate.json_ready(comparison), indent=2,
-                                           allow_nan=False))
+    partials["json"].write_text(
+      json.dumps(evaluate.json_ready(comparison), indent=2, allow_nan=False)
+    )
     partials["csv"].write_text(table.getvalue())
     si_snri_figure(comparison).savefig(partials["si_snri"], dpi=120)
     calibration_figure(comparison).savefig(partials["calibration"], dpi=120)

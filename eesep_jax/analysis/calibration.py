@@ -93,8 +93,13 @@ def reliability(probabilities, outcomes, num_bins=10):
     confidence = np.bincount(index, probabilities, num_bins) / count
     frequency = np.bincount(index, outcomes, num_bins) / count
   gap = np.where(count > 0, np.abs(frequency - confidence), 0.0)
-  return {"edges": edges, "count": count, "confidence": confidence,
-          "frequency": frequency, "ece": float(np.sum(count * gap) / max(count.sum(), 1))}
+  return {
+    "edges": edges,
+    "count": count,
+    "confidence": confidence,
+    "frequency": frequency,
+    "ece": float(np.sum(count * gap) / max(count.sum(), 1)),
+  }
 
 
 # ----------------------------------------------------------------------------------
@@ -115,15 +120,17 @@ def _energy_cdf(energy, params, num_samples, exact=True):
   limit.
   """
   names = sorted(params)
-  arrays = np.broadcast_arrays(_float(energy), _float(num_samples),
-                               *(_float(params[name]) for name in names))
+  arrays = np.broadcast_arrays(
+    _float(energy), _float(num_samples), *(_float(params[name]) for name in names)
+  )
   shape, size = arrays[0].shape, arrays[0].size
   padded_size = max(_MIN_PADDED_SIZE, 1 << (size - 1).bit_length())
   # The padding is a harmless law: `E = T = 1` under `α = 2`, `β = σ² = 1`.
   fill = [1.0, 1.0, *(2.0 if name == "alpha" else 1.0 for name in names)]
   energy, time, *values = (
-      jnp.asarray(np.pad(array.ravel(), (0, padded_size - size), constant_values=value),
-                  jnp.float32) for array, value in zip(arrays, fill))
+    jnp.asarray(np.pad(array.ravel(), (0, padded_size - size), constant_values=value), jnp.float32)
+    for array, value in zip(arrays, fill)
+  )
   blocks = {name: value[:, None] for name, value in zip(names, values)}  # One block.
   cdf = _jitted_energy_cdf(energy, blocks, time[:, None], exact)
   return np.asarray(cdf, np.float64)[:size].reshape(shape)
@@ -248,8 +255,12 @@ def snr_crps(estimate_energy, params, realised_snr_db, num_samples, *, num_nodes
     `[...]` CRPS in dB (lower is better; 0 only for a certain, exact prediction).
   """
   names = sorted(params)
-  arrays = np.broadcast_arrays(_float(estimate_energy), _float(realised_snr_db),
-                               _float(num_samples), *(_float(params[n]) for n in names))
+  arrays = np.broadcast_arrays(
+    _float(estimate_energy),
+    _float(realised_snr_db),
+    _float(num_samples),
+    *(_float(params[n]) for n in names),
+  )
   shape = arrays[0].shape
   signal, realised, time, *values = (a.reshape(-1, 1) for a in arrays)
   energy = _energy_distribution(dict(zip(names, values)), time)
@@ -325,13 +336,15 @@ def clopper_pearson(successes, count, confidence_level=0.95):
   Returns:
     `(low, high)`, `[...]` float64 each; `(0, 1)` where `n = 0`.
   """
-  successes, count = np.broadcast_arrays(np.asarray(successes, np.float64),
-                                         np.asarray(count, np.float64))
+  successes, count = np.broadcast_arrays(
+    np.asarray(successes, np.float64), np.asarray(count, np.float64)
+  )
   tail = (1 - confidence_level) / 2
   with np.errstate(invalid="ignore"):  # Beta(0, ·) where the bound is 0 or 1 anyway.
     low = np.where(successes > 0, stats.beta.ppf(tail, successes, count - successes + 1), 0.0)
-    high = np.where(successes < count,
-                    stats.beta.ppf(1 - tail, successes + 1, count - successes), 1.0)
+    high = np.where(
+      successes < count, stats.beta.ppf(1 - tail, successes + 1, count - successes), 1.0
+    )
   return low, high
 
 
@@ -385,12 +398,14 @@ def _student_nll_scales(energy, num_samples, alpha, beta, fit_alpha):
     nll = -shape * log_ratio + (half + shape) * np.log1p(ratio) + special.betaln(half, shape)
     gradient = [np.mean((half + shape) * ratio / (1 + ratio) - shape)]
     if fit_alpha:
-      gradient.append(np.mean(excess * (np.log1p(1 / ratio) + special.digamma(shape)
-                                        - special.digamma(half + shape))))
+      gradient.append(
+        np.mean(
+          excess * (np.log1p(1 / ratio) + special.digamma(shape) - special.digamma(half + shape))
+        )
+      )
     return np.mean(nll), np.array(gradient)
 
-  result = optimize.minimize(objective, np.zeros(2 if fit_alpha else 1), jac=True,
-                             method="BFGS")
+  result = optimize.minimize(objective, np.zeros(2 if fit_alpha else 1), jac=True, method="BFGS")
   # BFGS reports a precision loss when it stops at the optimum to rounding; only a
   # gradient that is not small means it did not converge.
   if not result.success and np.max(np.abs(result.jac)) > 1e-4:
@@ -434,8 +449,9 @@ def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False
   if fit_alpha and (gaussian or method != "nll"):
     raise ValueError('fit_alpha needs Student-t parameters and method="nll"')
   names = sorted(params)
-  arrays = np.broadcast_arrays(_float(error_energy), _float(num_samples),
-                               *(_float(params[n]) for n in names))
+  arrays = np.broadcast_arrays(
+    _float(error_energy), _float(num_samples), *(_float(params[n]) for n in names)
+  )
   num_exits = arrays[0].shape[-1]
   energy, time, *values = (a.reshape(-1, num_exits) for a in arrays)
   values = dict(zip(names, values))
@@ -446,8 +462,12 @@ def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False
   alpha, beta = values["alpha"], values["beta"]
   if method == "moments":
     return {"beta_scale": np.mean(energy / time * (alpha - 1) / beta, axis=0)}
-  fits = np.array([_student_nll_scales(energy[:, k], time[:, k], alpha[:, k], beta[:, k],
-                                       fit_alpha) for k in range(num_exits)])
+  fits = np.array(
+    [
+      _student_nll_scales(energy[:, k], time[:, k], alpha[:, k], beta[:, k], fit_alpha)
+      for k in range(num_exits)
+    ]
+  )
   scales = {"beta_scale": fits[:, 0]}
   if fit_alpha:
     scales["alpha_excess_scale"] = fits[:, 1]
@@ -469,7 +489,9 @@ def save_posthoc(workdir, scales, regime=None):
   """
   unknown = set(scales) - set(probabilistic.POSTHOC_SCALES)
   if unknown:
-    raise ValueError(f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}")
+    raise ValueError(
+      f"unknown post-hoc scales {sorted(unknown)}; valid: {probabilistic.POSTHOC_SCALES}"
+    )
   path = epath.Path(workdir) / POSTHOC_FILE
   contents = {name: _float(value).tolist() for name, value in scales.items()}
   files.write_text(path, json.dumps({**contents, REGIME_KEY: regime}, indent=2))
@@ -501,10 +523,14 @@ def _posthoc_problem(contents):
   regime = contents.get(REGIME_KEY)
   if regime is not None:
     keys = ("chunk_seconds", "overlap_seconds")
-    if not (isinstance(regime, dict) and set(regime) == set(keys) and all(
-        _is_number(regime[key]) and math.isfinite(regime[key]) and regime[key] > 0
-        for key in keys)):
-      return f"its {REGIME_KEY} is not {{\"chunk_seconds\": s, \"overlap_seconds\": s}}"
+    if not (
+      isinstance(regime, dict)
+      and set(regime) == set(keys)
+      and all(
+        _is_number(regime[key]) and math.isfinite(regime[key]) and regime[key] > 0 for key in keys
+      )
+    ):
+      return f'its {REGIME_KEY} is not {{"chunk_seconds": s, "overlap_seconds": s}}'
   return None
 
 
@@ -525,8 +551,10 @@ def _read_posthoc(workdir):
   except ValueError as error:  # JSONDecodeError, and bytes that are no text.
     problem = f"not JSON ({error})"
   if problem:
-    raise errors.DataError(f"{path}: damaged post-hoc calibration, {problem}: run `eesep "
-                           "calibrate` again, or pass --no-posthoc")
+    raise errors.DataError(
+      f"{path}: damaged post-hoc calibration, {problem}: run `eesep "
+      "calibrate` again, or pass --no-posthoc"
+    )
   return path, contents
 
 
@@ -562,8 +590,9 @@ def _group_shares(losses, groups):
     return losses, True
   _, index, sizes = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
   losses = np.asarray(losses, np.float64)
-  totals = np.stack([np.bincount(index, row, sizes.size)
-                     for row in losses.reshape(-1, losses.shape[-1])])
+  totals = np.stack(
+    [np.bincount(index, row, sizes.size) for row in losses.reshape(-1, losses.shape[-1])]
+  )
   return (totals / sizes).reshape(losses.shape[:-1] + sizes.shape), bool(np.all(sizes == 1))
 
 
@@ -596,16 +625,31 @@ def failure_rate(failed, groups=None, confidence_level=0.95):
   count = shares.size
   if singletons:  # Clopper–Pearson on the rows that did not fail.
     met = target_satisfaction(np.ones(count, bool), 1 - shares, 1.0, confidence_level)
-    return {"risk": 1 - met["share"], "low": 1 - met["high"], "high": 1 - met["low"],
-            "num_utterances": count}
+    return {
+      "risk": 1 - met["share"],
+      "low": 1 - met["high"],
+      "high": 1 - met["low"],
+      "num_utterances": count,
+    }
   risk = float(np.mean(shares))
   half_width = math.sqrt(math.log(2 / (1 - confidence_level)) / (2 * count))
-  return {"risk": risk, "low": max(0.0, risk - half_width), "high": min(1.0, risk + half_width),
-          "num_utterances": count}
+  return {
+    "risk": risk,
+    "low": max(0.0, risk - half_width),
+    "high": min(1.0, risk + half_width),
+    "num_utterances": count,
+  }
 
 
-def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, epsilon,
-                         candidate_thresholds=None, groups=None):
+def guaranteed_threshold(
+  probabilities,
+  realised_snr_db,
+  target_snr_db,
+  delta,
+  epsilon,
+  candidate_thresholds=None,
+  groups=None,
+):
   """The smallest exit threshold whose failure rate is certified `≤ δ` w.p. `≥ 1 − ε`.
 
   Learn then test (Angelopoulos et al., 2021) over the exit rule "stop at the first
@@ -661,8 +705,10 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
   """
   probabilities = _float(probabilities)
   if probabilities.ndim != 2 or probabilities.shape[1] < 2:
-    raise ValueError(f"probabilities {probabilities.shape}: need [utterances, exits] with "
-                     "two or more exits (pass a single early exit with the full network)")
+    raise ValueError(
+      f"probabilities {probabilities.shape}: need [utterances, exits] with "
+      "two or more exits (pass a single early exit with the full network)"
+    )
   if not (0 < delta < 1 and 0 < epsilon < 1):
     raise ValueError(f"delta={delta} and epsilon={epsilon} must lie in (0, 1)")
   if candidate_thresholds is None:
@@ -670,8 +716,11 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
   candidates = np.unique(_float(candidate_thresholds))[::-1]
   failed = np.broadcast_to(_float(realised_snr_db) < _float(target_snr_db), probabilities.shape)
   # The probabilistic policy at confidence λ, for every candidate λ: [candidates, rows].
-  accept = stopping.accepts(stopping.Policy(confidence=candidates[:, None, None]),
-                            np.arange(1, probabilities.shape[1] + 1), probability=probabilities)
+  accept = stopping.accepts(
+    stopping.Policy(confidence=candidates[:, None, None]),
+    np.arange(1, probabilities.shape[1] + 1),
+    probability=probabilities,
+  )
   taken = np.asarray(stopping.first_accepting_exit(accept))
   losses = failed[np.arange(probabilities.shape[0]), taken - 1]
   shares, singletons = _group_shares(losses, groups)
@@ -683,6 +732,12 @@ def guaranteed_threshold(probabilities, realised_snr_db, target_snr_db, delta, e
     p_values = _hoeffding_bentkus_p_value(risk, num_utterances, delta)
   certified = np.logical_and.accumulate(p_values <= epsilon)
   threshold = float(candidates[certified][-1]) if certified.any() else None
-  return {"threshold": threshold, "candidates": candidates, "p_values": p_values,
-          "certified": certified, "risk": risk, "mean_exit": taken.mean(axis=-1),
-          "num_utterances": num_utterances}
+  return {
+    "threshold": threshold,
+    "candidates": candidates,
+    "p_values": p_values,
+    "certified": certified,
+    "risk": risk,
+    "mean_exit": taken.mean(axis=-1),
+    "num_utterances": num_utterances,
+  }

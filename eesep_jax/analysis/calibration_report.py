@@ -57,12 +57,18 @@ RELIABILITY_BINS = 10
 PIT_BINS = 20
 # Utterances of the fit split, at least: one in each of its two halves.
 MIN_FIT_UTTERANCES = 2
-TOO_FEW_TO_FIT = (f"calibrate needs at least {MIN_FIT_UTTERANCES} (the scales are fitted on "
-                  "one half, the threshold certified on the other)")
+TOO_FEW_TO_FIT = (
+  f"calibrate needs at least {MIN_FIT_UTTERANCES} (the scales are fitted on "
+  "one half, the threshold certified on the other)"
+)
 JSON_FILE = "calibration.json"
-FIGURE_FILES = {"reliability": "reliability.png", "pit": "pit_hist.png",
-                "exit_depth": "exit_depth_hist.png", "tradeoff": "tradeoff.png",
-                "regimes": "reliability_regimes.png"}
+FIGURE_FILES = {
+  "reliability": "reliability.png",
+  "pit": "pit_hist.png",
+  "exit_depth": "exit_depth_hist.png",
+  "tradeoff": "tradeoff.png",
+  "regimes": "reliability_regimes.png",
+}
 
 
 def _key(target_snr_db):
@@ -74,8 +80,10 @@ def _parameters(table, scales=None):
   """The variance parameters `{name: [utterances, exits, sources]}` of a table with one
   variance block per utterance, with post-hoc `scales` `{name: [exits]}` applied."""
   if table.num_blocks != 1:
-    raise ValueError(f"calibration needs one variance block per utterance (block_length "
-                     f"None); the table has up to {table.num_blocks}")
+    raise ValueError(
+      f"calibration needs one variance block per utterance (block_length "
+      f"None); the table has up to {table.num_blocks}"
+    )
   params = {name: value[..., 0] for name, value in table.variance.items()}
   return params if scales is None else probabilistic.apply_posthoc(params, scales, exit_axis=1)
 
@@ -91,14 +99,18 @@ def halves(utterances):
 
 def fit_scales(table, method="nll", fit_alpha=False):
   """`calibration.fit_posthoc` on every source of every utterance of an exit table."""
+
   # `fit_posthoc` takes the exits on the last axis: `[utterances, sources, exits]`.
   def exits_last(values):
     return np.swapaxes(values, 1, 2)
 
   return calibration.fit_posthoc(
-      {name: exits_last(value) for name, value in _parameters(table).items()},
-      exits_last(table.error_energy), table.num_samples[:, None, None], method=method,
-      fit_alpha=fit_alpha)
+    {name: exits_last(value) for name, value in _parameters(table).items()},
+    exits_last(table.error_energy),
+    table.num_samples[:, None, None],
+    method=method,
+    fit_alpha=fit_alpha,
+  )
 
 
 def _exceedance(table, params, targets):
@@ -106,17 +118,25 @@ def _exceedance(table, params, targets):
   utterances, exits, sources]` float64, given the parameters (`_parameters`)."""
   blocks = {name: value[..., None] for name, value in params.items()}  # The one block.
   num_samples = table.num_samples[:, None, None, None]
-  return np.stack([np.asarray(probabilistic.snr_exceedance(
-      table.estimate_energy, blocks, target, num_samples), np.float64) for target in targets])
+  return np.stack(
+    [
+      np.asarray(
+        probabilistic.snr_exceedance(table.estimate_energy, blocks, target, num_samples), np.float64
+      )
+      for target in targets
+    ]
+  )
 
 
 def _at_exits(table, taken, gmacs_per_second):
   """Compute and quality of the 1-based exits `taken` `[utterances]`."""
   index = taken - 1  # Along the exit axis.
-  return {"mean_exit": float(np.mean(taken)),
-          "exit_histogram": np.bincount(index, minlength=table.num_exits).tolist(),
-          "gmacs_per_second": float(np.mean(np.asarray(gmacs_per_second)[index])),
-          "si_snri": float(np.mean(table.si_snri[np.arange(taken.size), index]))}
+  return {
+    "mean_exit": float(np.mean(taken)),
+    "exit_histogram": np.bincount(index, minlength=table.num_exits).tolist(),
+    "gmacs_per_second": float(np.mean(np.asarray(gmacs_per_second)[index])),
+    "si_snri": float(np.mean(table.si_snri[np.arange(taken.size), index])),
+  }
 
 
 def _probabilistic_exits(probability, confidence):
@@ -125,8 +145,9 @@ def _probabilistic_exits(probability, confidence):
   exit accepts (else the last exit was taken for want of one), from the worst source's
   `P(SNR ≥ γ)` `[utterances, exits]`."""
   exits = np.arange(1, probability.shape[-1] + 1)
-  accept = np.asarray(stopping.accepts(stopping.Policy(confidence=confidence), exits,
-                                       probability=probability))
+  accept = np.asarray(
+    stopping.accepts(stopping.Policy(confidence=confidence), exits, probability=probability)
+  )
   taken = np.asarray(stopping.first_accepting_exit(accept))
   return taken, np.take_along_axis(accept, taken[..., None] - 1, axis=-1)[..., 0]
 
@@ -134,23 +155,33 @@ def _probabilistic_exits(probability, confidence):
 def _measures(probability, outcome, pit, crps, nll, params, num_samples, targets):
   """Calibration measures of the predictions given, pooled over their every axis but
   the leading (targets) one of `probability` and `outcome`."""
-  reliability = [calibration.reliability(p, o, RELIABILITY_BINS)
-                 for p, o in zip(probability, outcome)]
+  reliability = [
+    calibration.reliability(p, o, RELIABILITY_BINS) for p, o in zip(probability, outcome)
+  ]
   ece = {_key(t): r["ece"] for t, r in zip(targets, reliability)}
   return {
-      "ece": ece, "ece_mean": float(np.mean(list(ece.values()))),
-      "ks": calibration.ks_distance(pit), "crps": float(np.mean(crps)),
-      "nll": float(np.mean(nll)),
-      "sharpness": float(calibration.sharpness(params, num_samples)),
-      "reliability": {_key(t): {name: r[name].tolist()
-                                for name in ("confidence", "frequency", "count")}
-                      for t, r in zip(targets, reliability)},
-      "pit_histogram": np.histogram(pit, PIT_BINS, (0.0, 1.0))[0].tolist(),
+    "ece": ece,
+    "ece_mean": float(np.mean(list(ece.values()))),
+    "ks": calibration.ks_distance(pit),
+    "crps": float(np.mean(crps)),
+    "nll": float(np.mean(nll)),
+    "sharpness": float(calibration.sharpness(params, num_samples)),
+    "reliability": {
+      _key(t): {name: r[name].tolist() for name in ("confidence", "frequency", "count")}
+      for t, r in zip(targets, reliability)
+    },
+    "pit_histogram": np.histogram(pit, PIT_BINS, (0.0, 1.0))[0].tolist(),
   }
 
 
-def calibration_report(table, *, gmacs_per_second, targets=stopping.TARGETS_DB,
-                       confidences=stopping.CONFIDENCES, scales=None):
+def calibration_report(
+  table,
+  *,
+  gmacs_per_second,
+  targets=stopping.TARGETS_DB,
+  confidences=stopping.CONFIDENCES,
+  scales=None,
+):
   """Calibration of every exit and of the probabilistic policy (see the module docstring).
 
   Args:
@@ -179,37 +210,65 @@ def calibration_report(table, *, gmacs_per_second, targets=stopping.TARGETS_DB,
   if "variance" in params:
     pit = calibration.pit_values_gaussian(energy, params["variance"], num_samples)
   else:
-    pit = calibration.pit_values(energy / num_samples, params["alpha"], params["beta"],
-                                 num_samples)
+    pit = calibration.pit_values(energy / num_samples, params["alpha"], params["beta"], num_samples)
   crps = calibration.snr_crps(table.estimate_energy, params, table.source_snr, num_samples)
   nll = calibration.log_energy_nll(energy, params, num_samples)
 
   def measures(select):
-    return _measures(select(probability), select(outcome), select(pit), select(crps),
-                     select(nll), {name: select(p) for name, p in params.items()},
-                     select(num_samples), targets)
+    return _measures(
+      select(probability),
+      select(outcome),
+      select(pit),
+      select(crps),
+      select(nll),
+      {name: select(p) for name, p in params.items()},
+      select(num_samples),
+      targets,
+    )
 
   # Exits are the second-to-last axis of every array measured.
-  per_exit = [{"exit": k + 1, "gmacs_per_second": float(gmacs_per_second[k]),
-               "si_snri": float(np.mean(table.si_snri[:, k])),
-               **measures(lambda x, k=k: x[..., k, :])}
-              for k in range(table.num_exits)]
+  per_exit = [
+    {
+      "exit": k + 1,
+      "gmacs_per_second": float(gmacs_per_second[k]),
+      "si_snri": float(np.mean(table.si_snri[:, k])),
+      **measures(lambda x, k=k: x[..., k, :]),
+    }
+    for k in range(table.num_exits)
+  ]
   worst = probability.min(axis=-1)  # [targets, utterances, exits].
   rows = np.arange(worst.shape[1])
   satisfaction = []
   for target, per_target in zip(targets, worst):
     exits, accepted = _probabilistic_exits(per_target, np.asarray(confidences)[:, None, None])
     for confidence, taken, exited in zip(confidences, exits, accepted):
-      satisfaction.append({
-          "target_snr_db": target, "confidence": float(confidence),
+      satisfaction.append(
+        {
+          "target_snr_db": target,
+          "confidence": float(confidence),
           **calibration.target_satisfaction(exited, table.snr_min[rows, taken - 1], target),
-          **_at_exits(table, taken, gmacs_per_second)})
-  return {"per_exit": per_exit, "pooled": measures(lambda x: x),
-          "target_satisfaction": satisfaction}
+          **_at_exits(table, taken, gmacs_per_second),
+        }
+      )
+  return {
+    "per_exit": per_exit,
+    "pooled": measures(lambda x: x),
+    "target_satisfaction": satisfaction,
+  }
 
 
-def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
-              gmacs_per_second, scales=None, calibration_groups=None, test_groups=None):
+def guarantee(
+  calibration_table,
+  test_table,
+  *,
+  target_snr_db,
+  delta,
+  epsilon,
+  gmacs_per_second,
+  scales=None,
+  calibration_groups=None,
+  test_groups=None,
+):
   """A threshold certified on `calibration_table` (learn then test), tried on `test_table`.
 
   `calibration.guaranteed_threshold` on the worst source's `P(SNR ≥ γ)` and SNR: with
@@ -235,20 +294,33 @@ def guarantee(calibration_table, test_table, *, target_snr_db, delta, epsilon,
     `mean_exit`, `exit_histogram`, `gmacs_per_second`, `si_snri` on the test chunks
     (None without a threshold).
   """
+
   def worst_source(table):  # [utterances, exits].
     return _exceedance(table, _parameters(table, scales), [target_snr_db])[0].min(axis=-1)
 
   num_chunks = len(calibration_table.ids)
-  entry = {"target_snr_db": float(target_snr_db), "delta": delta, "epsilon": epsilon,
-           "threshold": None,
-           "num_utterances": len(set(calibration_groups)) if calibration_groups is not None
-                             else num_chunks,
-           "num_chunks": num_chunks, "calibration_risk": None, "test": None}
+  entry = {
+    "target_snr_db": float(target_snr_db),
+    "delta": delta,
+    "epsilon": epsilon,
+    "threshold": None,
+    "num_utterances": len(set(calibration_groups))
+    if calibration_groups is not None
+    else num_chunks,
+    "num_chunks": num_chunks,
+    "calibration_risk": None,
+    "test": None,
+  }
   if calibration_table.num_exits < 2:
     return entry
   result = calibration.guaranteed_threshold(
-      worst_source(calibration_table), calibration_table.snr_min, target_snr_db, delta,
-      epsilon, groups=calibration_groups)
+    worst_source(calibration_table),
+    calibration_table.snr_min,
+    target_snr_db,
+    delta,
+    epsilon,
+    groups=calibration_groups,
+  )
   threshold = entry["threshold"] = result["threshold"]
   if threshold is None:
     return entry
@@ -275,16 +347,29 @@ def check_fit_count(fit_source, max_utterances=None):
   count = len(fit_source)
   if count < MIN_FIT_UTTERANCES:
     name = getattr(fit_source, "name", repr(fit_source))
-    raise errors.DataError(f"{name}: {count} utterance{'' if count == 1 else 's'}: "
-                           f"{TOO_FEW_TO_FIT}")
+    raise errors.DataError(
+      f"{name}: {count} utterance{'' if count == 1 else 's'}: {TOO_FEW_TO_FIT}"
+    )
 
 
-def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
-              fit_alpha=False, target_snr_db=stopping.TARGET_SNR_DB, delta=DELTA,
-              epsilon=EPSILON,
-              targets=stopping.TARGETS_DB, confidences=stopping.CONFIDENCES, max_utterances=None,
-              progress=True, chunk_seconds=inference.CHUNK_SECONDS,
-              overlap_seconds=inference.OVERLAP_SECONDS):
+def calibrate(
+  variables,
+  model_config,
+  fit_source,
+  test_source,
+  *,
+  method="nll",
+  fit_alpha=False,
+  target_snr_db=stopping.TARGET_SNR_DB,
+  delta=DELTA,
+  epsilon=EPSILON,
+  targets=stopping.TARGETS_DB,
+  confidences=stopping.CONFIDENCES,
+  max_utterances=None,
+  progress=True,
+  chunk_seconds=inference.CHUNK_SECONDS,
+  overlap_seconds=inference.OVERLAP_SECONDS,
+):
   """Fits post-hoc scales and a guaranteed threshold in the regime `separate` deploys,
   and reports calibration on a test set, in that regime and on whole utterances.
 
@@ -327,9 +412,17 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
   targets = tuple(sorted({float(t) for t in (*targets, target_snr_db)}))
   regime = {"chunk_seconds": float(chunk_seconds), "overlap_seconds": float(overlap_seconds)}
   evaluation = functools.partial(
-      evaluate.evaluate_model, variables, model_config, targets=targets, confidences=(),
-      policies=(), span=False, max_utterances=max_utterances, enhancement_metrics=False,
-      progress=progress)
+    evaluate.evaluate_model,
+    variables,
+    model_config,
+    targets=targets,
+    confidences=(),
+    policies=(),
+    span=False,
+    max_utterances=max_utterances,
+    enhancement_metrics=False,
+    progress=progress,
+  )
   check_fit_count(fit_source, max_utterances)
   fit_table, _ = evaluation(fit_source, **regime)
   scale_half, threshold_half = map(fit_table.subset, halves(fit_table.utterance))
@@ -341,30 +434,61 @@ def calibrate(variables, model_config, fit_source, test_source, *, method="nll",
   else:
     whole_table = evaluation(test_source)[0]
   gmacs = summary["gmacs_per_second_by_exit"]
-  report = functools.partial(calibration_report, gmacs_per_second=gmacs, targets=targets,
-                             confidences=confidences)
-  return scales, test_table, {
-      "regime": regime, "num_utterances": len(set(test_table.utterance)),
-      "num_chunks": len(test_table.ids), "num_exits": model_config.num_exits,
-      "num_sources": model_config.num_sources, "targets_db": list(targets),
-      "confidences": [float(p) for p in confidences], "gmacs_per_second_by_exit": gmacs,
-      "posthoc": {"method": method, "fit_alpha": fit_alpha,
-                  "num_utterances": len(set(scale_half.utterance)),
-                  "num_chunks": len(scale_half.ids), "regime": regime,
-                  "scales": {name: value.tolist() for name, value in scales.items()}},
-      "before": report(test_table), "after": report(test_table, scales=scales),
-      "whole_utterances": {"num_utterances": len(whole_table.ids),
-                           "before": report(whole_table),
-                           "after": report(whole_table, scales=scales)},
-      "guarantee": guarantee(threshold_half, test_table, target_snr_db=target_snr_db,
-                             delta=delta, epsilon=epsilon, gmacs_per_second=gmacs,
-                             scales=scales, calibration_groups=threshold_half.utterance,
-                             test_groups=test_table.utterance),
-  }
+  report = functools.partial(
+    calibration_report, gmacs_per_second=gmacs, targets=targets, confidences=confidences
+  )
+  return (
+    scales,
+    test_table,
+    {
+      "regime": regime,
+      "num_utterances": len(set(test_table.utterance)),
+      "num_chunks": len(test_table.ids),
+      "num_exits": model_config.num_exits,
+      "num_sources": model_config.num_sources,
+      "targets_db": list(targets),
+      "confidences": [float(p) for p in confidences],
+      "gmacs_per_second_by_exit": gmacs,
+      "posthoc": {
+        "method": method,
+        "fit_alpha": fit_alpha,
+        "num_utterances": len(set(scale_half.utterance)),
+        "num_chunks": len(scale_half.ids),
+        "regime": regime,
+        "scales": {name: value.tolist() for name, value in scales.items()},
+      },
+      "before": report(test_table),
+      "after": report(test_table, scales=scales),
+      "whole_utterances": {
+        "num_utterances": len(whole_table.ids),
+        "before": report(whole_table),
+        "after": report(whole_table, scales=scales),
+      },
+      "guarantee": guarantee(
+        threshold_half,
+        test_table,
+        target_snr_db=target_snr_db,
+        delta=delta,
+        epsilon=epsilon,
+        gmacs_per_second=gmacs,
+        scales=scales,
+        calibration_groups=threshold_half.utterance,
+        test_groups=test_table.utterance,
+      ),
+    },
+  )
 
 
-def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
-                         fit_split=None, split=None, **calibrate_kwargs):
+def calibrate_checkpoint(
+  checkpoint,
+  out_dir,
+  *,
+  config=None,
+  fit_config=None,
+  fit_split=None,
+  split=None,
+  **calibrate_kwargs,
+):
   """What `eesep calibrate` does: `calibrate` a training run, keep its scales, report.
 
   The post-hoc scales are saved in the checkpoint folder, with the regime they were
@@ -395,11 +519,16 @@ def calibrate_checkpoint(checkpoint, out_dir, *, config=None, fit_config=None,
   model_config, variables = run.model_config, run.variables
   fit_source = data.open_split(fit_config or config, fit_split or config.data.valid_split)
   test_source = data.open_split(config, split or config.data.test_split)
-  scales, table, report = calibrate(variables, model_config, fit_source, test_source,
-                                    **calibrate_kwargs)
+  scales, table, report = calibrate(
+    variables, model_config, fit_source, test_source, **calibrate_kwargs
+  )
   posthoc_path = calibration.save_posthoc(checkpoint, scales, regime=report["regime"])
-  report = {"checkpoint": str(checkpoint), "dataset": repr(test_source),
-            "fit_dataset": repr(fit_source), **report}
+  report = {
+    "checkpoint": str(checkpoint),
+    "dataset": repr(test_source),
+    "fit_dataset": repr(fit_source),
+    **report,
+  }
   report["posthoc"]["path"] = str(posthoc_path)
   return report, write_calibration(out_dir, table, report)
 
@@ -408,39 +537,58 @@ def text_summary(report):
   """A few lines for the terminal: every exit's measures before → after post-hoc
   calibration, and the certified threshold."""
   regime = report["regime"]
-  lines = [f"Calibration on {report['num_utterances']} utterances in {report['num_chunks']} "
-           f"chunks of {regime['chunk_seconds']:g} s (overlap {regime['overlap_seconds']:g} s), "
-           f"as `separate` runs them (before -> after post-hoc, "
-           f"{report['posthoc']['method']} fit on {report['posthoc']['num_utterances']}):",
-           f"{'exit':>8} {'ECE':>15} {'KS':>15} {'CRPS (dB)':>15} {'NLL':>15}"]
-  panels = [(str(b["exit"]), b, a) for b, a in zip(report["before"]["per_exit"],
-                                                   report["after"]["per_exit"])]
-  for name, before, after in panels + [("all", report["before"]["pooled"],
-                                        report["after"]["pooled"])]:
-    lines.append(f"{name:>8} " + " ".join(
+  lines = [
+    f"Calibration on {report['num_utterances']} utterances in {report['num_chunks']} "
+    f"chunks of {regime['chunk_seconds']:g} s (overlap {regime['overlap_seconds']:g} s), "
+    f"as `separate` runs them (before -> after post-hoc, "
+    f"{report['posthoc']['method']} fit on {report['posthoc']['num_utterances']}):",
+    f"{'exit':>8} {'ECE':>15} {'KS':>15} {'CRPS (dB)':>15} {'NLL':>15}",
+  ]
+  panels = [
+    (str(b["exit"]), b, a)
+    for b, a in zip(report["before"]["per_exit"], report["after"]["per_exit"])
+  ]
+  for name, before, after in panels + [
+    ("all", report["before"]["pooled"], report["after"]["pooled"])
+  ]:
+    lines.append(
+      f"{name:>8} "
+      + " ".join(
         f"{f'{before[key]:.3f} -> {after[key]:.3f}':>15}"
-        for key in ("ece_mean", "ks", "crps", "nll")))
+        for key in ("ece_mean", "ks", "crps", "nll")
+      )
+    )
   whole = report["whole_utterances"]
-  lines.append("Pooled ECE, before -> after: in chunks {:.3f} -> {:.3f}; on whole utterances "
-               "{:.3f} -> {:.3f}".format(report["before"]["pooled"]["ece_mean"],
-                                         report["after"]["pooled"]["ece_mean"],
-                                         whole["before"]["pooled"]["ece_mean"],
-                                         whole["after"]["pooled"]["ece_mean"]))
+  lines.append(
+    "Pooled ECE, before -> after: in chunks {:.3f} -> {:.3f}; on whole utterances "
+    "{:.3f} -> {:.3f}".format(
+      report["before"]["pooled"]["ece_mean"],
+      report["after"]["pooled"]["ece_mean"],
+      whole["before"]["pooled"]["ece_mean"],
+      whole["after"]["pooled"]["ece_mean"],
+    )
+  )
   entry = report["guarantee"]
-  setting = (f"gamma = {entry['target_snr_db']:g} dB, delta = {entry['delta']:g}, "
-             f"epsilon = {entry['epsilon']:g}, {entry['num_utterances']} utterances, "
-             f"{entry['num_chunks']} chunks")
+  setting = (
+    f"gamma = {entry['target_snr_db']:g} dB, delta = {entry['delta']:g}, "
+    f"epsilon = {entry['epsilon']:g}, {entry['num_utterances']} utterances, "
+    f"{entry['num_chunks']} chunks"
+  )
   if report["num_exits"] == 1:
     lines.append("No threshold: the model has one exit, so nothing stops early.")
   elif entry["threshold"] is None:
-    lines.append(f"No threshold certified ({setting}): even the last exit misses the target "
-                 "too often, or there are too few utterances.")
+    lines.append(
+      f"No threshold certified ({setting}): even the last exit misses the target "
+      "too often, or there are too few utterances."
+    )
   else:
     test = entry["test"]
-    lines.append(f"Certified threshold {entry['threshold']:g} ({setting}): on the test "
-                 f"split's chunks {test['risk']:.1%} miss the target [{test['low']:.1%}, "
-                 f"{test['high']:.1%}], mean exit {test['mean_exit']:.2f}, "
-                 f"{test['gmacs_per_second']:.3g} GMAC/s.")
+    lines.append(
+      f"Certified threshold {entry['threshold']:g} ({setting}): on the test "
+      f"split's chunks {test['risk']:.1%} miss the target [{test['low']:.1%}, "
+      f"{test['high']:.1%}], mean exit {test['mean_exit']:.2f}, "
+      f"{test['gmacs_per_second']:.3g} GMAC/s."
+    )
   return "\n".join(lines)
 
 
@@ -472,12 +620,15 @@ def _reliability_panel(ax, title, before, after, targets):
   for i, target in enumerate(targets):
     for measures, style, label in ((after, "-", f"{target:g} dB"), (before, "--", None)):
       bins = measures["reliability"][_key(target)]
-      shown = [(c, f) for c, f, n in zip(bins["confidence"], bins["frequency"],
-                                         bins["count"]) if n]
+      shown = [(c, f) for c, f, n in zip(bins["confidence"], bins["frequency"], bins["count"]) if n]
       ax.plot(*zip(*shown), style, marker=".", color=f"C{i}", label=label)
-  ax.set(title=f"{title}: ECE {after['ece_mean']:.3f} ({before['ece_mean']:.3f})",
-         xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(SNR ≥ γ)",
-         ylabel="observed frequency")
+  ax.set(
+    title=f"{title}: ECE {after['ece_mean']:.3f} ({before['ece_mean']:.3f})",
+    xlim=(0, 1),
+    ylim=(0, 1),
+    xlabel="predicted P(SNR ≥ γ)",
+    ylabel="observed frequency",
+  )
   ax.title.set_fontsize("small")
 
 
@@ -497,13 +648,20 @@ def regimes_figure(report):
   before (dashed) and after (solid) the scales fitted in chunks."""
   regime, whole = report["regime"], report["whole_utterances"]
   fig, axes = _panels(2, size=3.2)
-  _reliability_panel(axes[0], f"whole utterances ({whole['num_utterances']})",
-                     whole["before"]["pooled"], whole["after"]["pooled"],
-                     report["targets_db"])
-  _reliability_panel(axes[1], f"chunks of {regime['chunk_seconds']:g} s "
-                              f"({report['num_chunks']})",
-                     report["before"]["pooled"], report["after"]["pooled"],
-                     report["targets_db"])
+  _reliability_panel(
+    axes[0],
+    f"whole utterances ({whole['num_utterances']})",
+    whole["before"]["pooled"],
+    whole["after"]["pooled"],
+    report["targets_db"],
+  )
+  _reliability_panel(
+    axes[1],
+    f"chunks of {regime['chunk_seconds']:g} s ({report['num_chunks']})",
+    report["before"]["pooled"],
+    report["after"]["pooled"],
+    report["targets_db"],
+  )
   axes[0].legend(fontsize="x-small", title="γ (dashed: before)", title_fontsize="x-small")
   return fig
 
@@ -517,12 +675,22 @@ def pit_figure(report):
   for ax, (title, before, after) in zip(axes, panels):
     for measures, kind, label in ((after, "stepfilled", "after"), (before, "step", "before")):
       counts = np.asarray(measures["pit_histogram"], float)
-      ax.hist(edges[:-1], edges, weights=counts * PIT_BINS / max(counts.sum(), 1),
-              histtype=kind, alpha=0.5 if kind == "stepfilled" else 1.0,
-              color="C0" if kind == "stepfilled" else "C3", label=label)
+      ax.hist(
+        edges[:-1],
+        edges,
+        weights=counts * PIT_BINS / max(counts.sum(), 1),
+        histtype=kind,
+        alpha=0.5 if kind == "stepfilled" else 1.0,
+        color="C0" if kind == "stepfilled" else "C3",
+        label=label,
+      )
     ax.axhline(1.0, color="0.4", linewidth=0.8)
-    ax.set(title=f"{title}: KS {after['ks']:.3f} ({before['ks']:.3f})", xlim=(0, 1),
-           xlabel="PIT u", ylabel="density")
+    ax.set(
+      title=f"{title}: KS {after['ks']:.3f} ({before['ks']:.3f})",
+      xlim=(0, 1),
+      xlabel="PIT u",
+      ylabel="density",
+    )
     ax.title.set_fontsize("small")
   axes[0].legend(fontsize="x-small", title="post-hoc", title_fontsize="x-small")
   return fig
@@ -532,20 +700,30 @@ def exit_depth_figure(report):
   """Exits taken (after post-hoc) at the guarantee's target: one bar group per
   confidence, and the certified threshold's."""
   target = report["guarantee"]["target_snr_db"]
-  series = [(f"p = {entry['confidence']:g}", entry["exit_histogram"])
-            for entry in report["after"]["target_satisfaction"]
-            if entry["target_snr_db"] == target]
+  series = [
+    (f"p = {entry['confidence']:g}", entry["exit_histogram"])
+    for entry in report["after"]["target_satisfaction"]
+    if entry["target_snr_db"] == target
+  ]
   if report["guarantee"]["test"] is not None:
-    series.append((f"certified λ = {report['guarantee']['threshold']:g}",
-                   report["guarantee"]["test"]["exit_histogram"]))
+    series.append(
+      (
+        f"certified λ = {report['guarantee']['threshold']:g}",
+        report["guarantee"]["test"]["exit_histogram"],
+      )
+    )
   fig = figure.Figure(figsize=(6, 3.5), layout="constrained")
   ax = fig.subplots()
   exits = np.arange(1, report["num_exits"] + 1)
   width = 0.8 / len(series)
   for i, (label, histogram) in enumerate(series):
     ax.bar(exits - 0.4 + width * (i + 0.5), histogram, width, label=label)
-  ax.set(xticks=exits, xlabel="exit", ylabel="utterances",
-         title=f"Exits taken, γ = {target:g} dB (post-hoc calibrated)")
+  ax.set(
+    xticks=exits,
+    xlabel="exit",
+    ylabel="utterances",
+    title=f"Exits taken, γ = {target:g} dB (post-hoc calibrated)",
+  )
   ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
   return fig
 
@@ -557,24 +735,51 @@ def tradeoff_figure(report):
   fig = figure.Figure(figsize=(6, 4.5), layout="constrained")
   ax = fig.subplots()
   fixed = report["after"]["per_exit"]
-  ax.plot([e["gmacs_per_second"] for e in fixed], [e["si_snri"] for e in fixed], "s-",
-          color="k", linewidth=0.8, label="fixed exits")
+  ax.plot(
+    [e["gmacs_per_second"] for e in fixed],
+    [e["si_snri"] for e in fixed],
+    "s-",
+    color="k",
+    linewidth=0.8,
+    label="fixed exits",
+  )
   for entry in fixed:
-    ax.annotate(f"{entry['exit']}", (entry["gmacs_per_second"], entry["si_snri"]),
-                textcoords="offset points", xytext=(4, -10), fontsize="small")
+    ax.annotate(
+      f"{entry['exit']}",
+      (entry["gmacs_per_second"], entry["si_snri"]),
+      textcoords="offset points",
+      xytext=(4, -10),
+      fontsize="small",
+    )
   for i, target in enumerate(report["targets_db"]):
     for name, style in (("after", "o-"), ("before", "o--")):
-      points = sorted((e["gmacs_per_second"], e["si_snri"])
-                      for e in report[name]["target_satisfaction"]
-                      if e["target_snr_db"] == target)
-      ax.plot(*zip(*points), style, color=f"C{i}", markersize=3,
-              label=f"γ = {target:g} dB" if name == "after" else None)
+      points = sorted(
+        (e["gmacs_per_second"], e["si_snri"])
+        for e in report[name]["target_satisfaction"]
+        if e["target_snr_db"] == target
+      )
+      ax.plot(
+        *zip(*points),
+        style,
+        color=f"C{i}",
+        markersize=3,
+        label=f"γ = {target:g} dB" if name == "after" else None,
+      )
   if report["guarantee"]["test"] is not None:
     test = report["guarantee"]["test"]
-    ax.plot(test["gmacs_per_second"], test["si_snri"], "*", color="C3", markersize=12,
-            label="certified threshold")
-  ax.set(xlabel="GMAC/s", ylabel="SI-SNRi (dB)",
-         title="Probabilistic exits over (γ, p) (dashed: before post-hoc)")
+    ax.plot(
+      test["gmacs_per_second"],
+      test["si_snri"],
+      "*",
+      color="C3",
+      markersize=12,
+      label="certified threshold",
+    )
+  ax.set(
+    xlabel="GMAC/s",
+    ylabel="SI-SNRi (dB)",
+    title="Probabilistic exits over (γ, p) (dashed: before post-hoc)",
+  )
   ax.legend(fontsize="small")
   return fig
 
@@ -589,15 +794,21 @@ def write_calibration(out_dir, test_table, report):
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  figures = {"reliability": reliability_figure, "pit": pit_figure,
-             "exit_depth": exit_depth_figure, "tradeoff": tradeoff_figure,
-             "regimes": regimes_figure}
-  paths = {"json": out_dir / JSON_FILE, "table": out_dir / evaluate.TABLE_FILE,
-           "csv": out_dir / evaluate.CSV_FILE,
-           **{kind: out_dir / FIGURE_FILES[kind] for kind in figures}}
+  figures = {
+    "reliability": reliability_figure,
+    "pit": pit_figure,
+    "exit_depth": exit_depth_figure,
+    "tradeoff": tradeoff_figure,
+    "regimes": regimes_figure,
+  }
+  paths = {
+    "json": out_dir / JSON_FILE,
+    "table": out_dir / evaluate.TABLE_FILE,
+    "csv": out_dir / evaluate.CSV_FILE,
+    **{kind: out_dir / FIGURE_FILES[kind] for kind in figures},
+  }
   with files.atomic_writes(paths) as partials:
-    partials["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2,
-                                           allow_nan=False))
+    partials["json"].write_text(json.dumps(evaluate.json_ready(report), indent=2, allow_nan=False))
     test_table.save(partials["table"])
     test_table.to_csv(partials["csv"])
     for kind, draw in figures.items():

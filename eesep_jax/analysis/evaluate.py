@@ -54,65 +54,123 @@ CSV_FILE = "per_utterance.csv"
 MARKDOWN_FILE = "evaluation.md"
 # The means the summary reports for every exit and policy, when the table has them
 # (PESQ and STOI are not always computed), with their Markdown headers.
-SUMMARY_METRICS = {"si_snr": "SI-SNR", "si_snri": "SI-SNRi", "snr": "SNR", "snri": "SNRi",
-                   "sdr": "SDR", "sdri": "SDRi", "pesq": "PESQ", "stoi": "STOI"}
+SUMMARY_METRICS = {
+  "si_snr": "SI-SNR",
+  "si_snri": "SI-SNRi",
+  "snr": "SNR",
+  "snri": "SNRi",
+  "sdr": "SDR",
+  "sdri": "SDRi",
+  "pesq": "PESQ",
+  "stoi": "STOI",
+}
 
 
-def _utterance_outputs(outputs, mixture, references, length, *, config, conditions,
-                       posthoc_scales, targets, reference_power):
+def _utterance_outputs(
+  outputs,
+  mixture,
+  references,
+  length,
+  *,
+  config,
+  conditions,
+  posthoc_scales,
+  targets,
+  reference_power,
+):
   """`_exit_outputs` for one utterance of a padded batch (see `exit_outputs`)."""
   estimates = outputs["estimates"]
   variance = probabilistic.apply_posthoc(outputs["variance"], posthoc_scales, exit_axis=0)
   probability = jax.vmap(
-      lambda target: probabilistic.exit_probability(
-          estimates, variance, target, conditions=conditions, mixture=mixture,
-          reference_power=reference_power, config=config.variance, lengths=length),
-      out_axes=-1)(targets)
-  expected = jnp.min(probabilistic.expected_snr_db(estimates, variance, config.variance,
-                                                   lengths=length), axis=-1)
+    lambda target: probabilistic.exit_probability(
+      estimates,
+      variance,
+      target,
+      conditions=conditions,
+      mixture=mixture,
+      reference_power=reference_power,
+      config=config.variance,
+      lengths=length,
+    ),
+    out_axes=-1,
+  )(targets)
+  expected = jnp.min(
+    probabilistic.expected_snr_db(estimates, variance, config.variance, lengths=length), axis=-1
+  )
   # The oracle policy's test, on the network's own output order.
   snr_min = inference.oracle_snr(references[None], estimates)
 
   order = permutation.reference_order(  # `order[j]`: the estimate of reference `j`.
-      metrics.si_snr(references[None, None], estimates[:, :, None], lengths=length))
+    metrics.si_snr(references[None, None], estimates[:, :, None], lengths=length)
+  )
   estimates = jnp.take_along_axis(estimates, order[..., None], axis=1)
   variance = jax.tree.map(lambda p: jnp.take_along_axis(p, order[..., None], axis=1), variance)
   mixture_estimate = jnp.broadcast_to(mixture, references.shape)
   return {
-      "estimates": estimates, "order": order, "variance": variance,
-      "si_snr": metrics.si_snr(references, estimates, lengths=length),
-      "snr": metrics.snr(references, estimates),
-      "si_snr_input": metrics.si_snr(references, mixture_estimate, lengths=length),
-      "snr_input": metrics.snr(references, mixture_estimate),
-      "snr_min": snr_min, "probability": probability, "expected_snr_db": expected,
+    "estimates": estimates,
+    "order": order,
+    "variance": variance,
+    "si_snr": metrics.si_snr(references, estimates, lengths=length),
+    "snr": metrics.snr(references, estimates),
+    "si_snr_input": metrics.si_snr(references, mixture_estimate, lengths=length),
+    "snr_input": metrics.snr(references, mixture_estimate),
+    "snr_min": snr_min,
+    "probability": probability,
+    "expected_snr_db": expected,
   }
 
 
 @functools.partial(jax.jit, static_argnames=("config", "conditions"))
-def _exit_outputs(variables, mixture, references, lengths, targets, reference_power,
-                  posthoc_scales, *, config, conditions):
+def _exit_outputs(
+  variables,
+  mixture,
+  references,
+  lengths,
+  targets,
+  reference_power,
+  posthoc_scales,
+  *,
+  config,
+  conditions,
+):
   """`exit_outputs` of a zero-padded batch `[batch, time]`, each item as if alone.
 
   `posthoc_scales` is `probabilistic.full_posthoc`'s, traced: one compilation with or
   without calibration, whatever the scales."""
   outputs = models.PressNet(config).apply(variables, mixture, lengths=lengths)
   per_utterance = functools.partial(
-      _utterance_outputs, config=config, conditions=conditions,
-      posthoc_scales=posthoc_scales, targets=targets, reference_power=reference_power)
-  return jax.vmap(per_utterance, in_axes=(1, 0, 0, 0))(outputs, mixture, references,
-                                                      lengths)
+    _utterance_outputs,
+    config=config,
+    conditions=conditions,
+    posthoc_scales=posthoc_scales,
+    targets=targets,
+    reference_power=reference_power,
+  )
+  return jax.vmap(per_utterance, in_axes=(1, 0, 0, 0))(outputs, mixture, references, lengths)
 
 
 def _crop(outputs, length, config):
   """One utterance's `exit_outputs` cut from its padded batch: samples beyond
   `length` and variance blocks beyond its own dropped."""
   blocks = probabilistic.num_variance_blocks(length, config.variance)
-  return {**outputs, "estimates": outputs["estimates"][..., :length],
-          "variance": {name: value[..., :blocks] for name, value in outputs["variance"].items()}}
+  return {
+    **outputs,
+    "estimates": outputs["estimates"][..., :length],
+    "variance": {name: value[..., :blocks] for name, value in outputs["variance"].items()},
+  }
 
 
-def exit_outputs(variables, config, mixture, references, *, targets=stopping.TARGETS_DB,
-                 conditions=("snr",), reference_power=None, posthoc_scales=None):
+def exit_outputs(
+  variables,
+  config,
+  mixture,
+  references,
+  *,
+  targets=stopping.TARGETS_DB,
+  conditions=("snr",),
+  reference_power=None,
+  posthoc_scales=None,
+):
   """Every exit of one utterance, from one jit-compiled full-depth forward.
 
   Args:
@@ -138,15 +196,29 @@ def exit_outputs(variables, config, mixture, references, *, targets=stopping.TAR
   """
   mixture = jnp.asarray(mixture, jnp.float32)
   outputs = _exit_outputs(
-      variables, mixture[None], jnp.asarray(references, jnp.float32)[None],
-      jnp.asarray(mixture.shape[-1:], jnp.int32), jnp.asarray(targets, jnp.float32),
-      reference_power, probabilistic.full_posthoc(posthoc_scales, config), config=config,
-      conditions=tuple(conditions))
+    variables,
+    mixture[None],
+    jnp.asarray(references, jnp.float32)[None],
+    jnp.asarray(mixture.shape[-1:], jnp.int32),
+    jnp.asarray(targets, jnp.float32),
+    reference_power,
+    probabilistic.full_posthoc(posthoc_scales, config),
+    config=config,
+    conditions=tuple(conditions),
+  )
   return jax.tree.map(lambda x: x[0], outputs)
 
 
-def summarize(table, *, gmacs_per_second, targets=None, confidences=stopping.CONFIDENCES,
-              policies=stopping.POLICIES, target_snr_db=None, confidence=None):
+def summarize(
+  table,
+  *,
+  gmacs_per_second,
+  targets=None,
+  confidences=stopping.CONFIDENCES,
+  policies=stopping.POLICIES,
+  target_snr_db=None,
+  confidence=None,
+):
   """Per-exit means and every policy measured over the grid, from an exit table.
 
   Args:
@@ -170,32 +242,51 @@ def summarize(table, *, gmacs_per_second, targets=None, confidences=stopping.CON
   targets = table.targets_db.tolist() if targets is None else [float(t) for t in targets]
   num_exits = table.num_exits
   gmacs = np.asarray(gmacs_per_second, np.float64)
-  present = {name: getattr(table, name) for name in SUMMARY_METRICS
-             if getattr(table, name) is not None}
-  probabilities = {exit_table.probability_column(t):
-                   table.probability[..., table.target_index(t)] for t in targets}
+  present = {
+    name: getattr(table, name) for name in SUMMARY_METRICS if getattr(table, name) is not None
+  }
+  probabilities = {
+    exit_table.probability_column(t): table.probability[..., table.target_index(t)] for t in targets
+  }
   per_exit = [
-      {"exit": k + 1, "gmacs_per_second": float(gmacs[k]),
-       **{name: float(operating_points.masked_mean(values[:, k]))
-          for name, values in {**present, **probabilities}.items()}}
-      for k in range(num_exits)]
+    {
+      "exit": k + 1,
+      "gmacs_per_second": float(gmacs[k]),
+      **{
+        name: float(operating_points.masked_mean(values[:, k]))
+        for name, values in {**present, **probabilities}.items()
+      },
+    }
+    for k in range(num_exits)
+  ]
   points = None
   if policies:
     points = operating_points.operating_points(
-        table, gmacs_per_second=gmacs, targets=targets, confidences=confidences,
-        policies=policies).to_json()
-  problems = [] if table.problems is None else [
+      table, gmacs_per_second=gmacs, targets=targets, confidences=confidences, policies=policies
+    ).to_json()
+  problems = (
+    []
+    if table.problems is None
+    else [
       {"id": str(table.ids[i]), "exit": int(k) + 1, "problem": str(table.problems[i, k])}
-      for i, k in zip(*np.nonzero(table.problems != ""))]
+      for i, k in zip(*np.nonzero(table.problems != ""))
+    ]
+  )
   return {
-      "num_utterances": len(table.ids), "num_exits": num_exits, "targets_db": targets,
-      "confidences": [float(p) for p in confidences],
-      "target_snr_db": None if target_snr_db is None else float(target_snr_db),
-      "confidence": None if confidence is None else float(confidence),
-      "per_exit": per_exit, "operating_points": points,
-      "failures": {name: int(np.sum(~np.isfinite(present[name])))
-                   for name in exit_table.ENHANCEMENT_METRICS if name in present},
-      "problems": problems,
+    "num_utterances": len(table.ids),
+    "num_exits": num_exits,
+    "targets_db": targets,
+    "confidences": [float(p) for p in confidences],
+    "target_snr_db": None if target_snr_db is None else float(target_snr_db),
+    "confidence": None if confidence is None else float(confidence),
+    "per_exit": per_exit,
+    "operating_points": points,
+    "failures": {
+      name: int(np.sum(~np.isfinite(present[name])))
+      for name in exit_table.ENHANCEMENT_METRICS
+      if name in present
+    },
+    "problems": problems,
   }
 
 
@@ -206,57 +297,108 @@ def _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
   for batch in batches:
     for i, length in enumerate(batch["length"].tolist()):
       # At the training level, as `inference.separate_long` separates it.
-      _, mixture, references = inference.training_level(batch["mixture"][i, :length],
-                                                        batch["sources"][i, :, :length])
+      _, mixture, references = inference.training_level(
+        batch["mixture"][i, :length], batch["sources"][i, :, :length]
+      )
       utterance = str(batch["id"][i])
       if chunk_seconds is None:
         yield utterance, {}, mixture, references
       else:
-        starts, chunk = inference.chunk_starts(model_config, length, chunk_seconds,
-                                               overlap_seconds)
+        starts, chunk = inference.chunk_starts(model_config, length, chunk_seconds, overlap_seconds)
         for start in starts.tolist():
           span = slice(start, start + chunk)
           # Every chunk gets the fields, so that the tables concatenate.
-          yield (utterance if starts.size == 1 else f"{utterance}@{start}",
-                 {"utterance": utterance, "chunk_start": start}, mixture[span],
-                 references[:, span])
+          yield (
+            utterance if starts.size == 1 else f"{utterance}@{start}",
+            {"utterance": utterance, "chunk_start": start},
+            mixture[span],
+            references[:, span],
+          )
       progress_bar.update(1)
 
 
-def _group_tables(group, variables, model_config, *, targets, conditions, reference_power,
-                  posthoc_scales, enhancement_metrics):
+def _group_tables(
+  group,
+  variables,
+  model_config,
+  *,
+  targets,
+  conditions,
+  reference_power,
+  posthoc_scales,
+  enhancement_metrics,
+):
   """The one-row tables of up to `EVAL_BATCH` pieces (`_pieces`), from one padded
   forward."""
   lengths = [mixture.shape[-1] for _, _, mixture, _ in group]
   # Filled up with copies of the last piece: one shape per bucket length.
   batch = data.pad_batch(
-      [{"mixture": mixture, "sources": references, "id": name}
-       for name, _, mixture, references in group + group[-1:] * (EVAL_BATCH - len(group))],
-      round(PAD_SECONDS * model_config.sample_rate))
-  outputs = jax.device_get(_exit_outputs(
-      variables, jnp.asarray(batch["mixture"]), jnp.asarray(batch["sources"]),
-      jnp.asarray(batch["length"]), jnp.asarray(targets, jnp.float32), reference_power,
-      posthoc_scales, config=model_config, conditions=tuple(conditions)))
-  return [exit_table.from_exit_outputs(
-      name, _crop(jax.tree.map(lambda x, i=i: x[i], outputs), length, model_config),
-      mixture, references, sample_rate=model_config.sample_rate, targets=targets,
-      enhancement_metrics=enhancement_metrics, **chunk)
-      for i, ((name, chunk, mixture, references), length) in enumerate(zip(group, lengths))]
+    [
+      {"mixture": mixture, "sources": references, "id": name}
+      for name, _, mixture, references in group + group[-1:] * (EVAL_BATCH - len(group))
+    ],
+    round(PAD_SECONDS * model_config.sample_rate),
+  )
+  outputs = jax.device_get(
+    _exit_outputs(
+      variables,
+      jnp.asarray(batch["mixture"]),
+      jnp.asarray(batch["sources"]),
+      jnp.asarray(batch["length"]),
+      jnp.asarray(targets, jnp.float32),
+      reference_power,
+      posthoc_scales,
+      config=model_config,
+      conditions=tuple(conditions),
+    )
+  )
+  return [
+    exit_table.from_exit_outputs(
+      name,
+      _crop(jax.tree.map(lambda x, i=i: x[i], outputs), length, model_config),
+      mixture,
+      references,
+      sample_rate=model_config.sample_rate,
+      targets=targets,
+      enhancement_metrics=enhancement_metrics,
+      **chunk,
+    )
+    for i, ((name, chunk, mixture, references), length) in enumerate(zip(group, lengths))
+  ]
 
 
 def _with_targets(table, targets):
   """`table` with the exit probabilities of `targets` only (each one of its own)."""
   index = [table.target_index(t) for t in targets]
-  return exit_table.from_arrays({**table.arrays(), "targets_db": table.targets_db[index],
-                                 "probability": table.probability[..., index]})
+  return exit_table.from_arrays(
+    {
+      **table.arrays(),
+      "targets_db": table.targets_db[index],
+      "probability": table.probability[..., index],
+    }
+  )
 
 
-def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_DB,
-                   confidences=stopping.CONFIDENCES, policies=stopping.POLICIES,
-                   target_snr_db=None, confidence=None, span=True, conditions=("snr",),
-                   reference_power=None, max_utterances=None, enhancement_metrics=None,
-                   posthoc_scales=None, progress=True, chunk_seconds=None,
-                   overlap_seconds=inference.OVERLAP_SECONDS):
+def evaluate_model(
+  variables,
+  model_config,
+  source,
+  *,
+  targets=stopping.TARGETS_DB,
+  confidences=stopping.CONFIDENCES,
+  policies=stopping.POLICIES,
+  target_snr_db=None,
+  confidence=None,
+  span=True,
+  conditions=("snr",),
+  reference_power=None,
+  max_utterances=None,
+  enhancement_metrics=None,
+  posthoc_scales=None,
+  progress=True,
+  chunk_seconds=None,
+  overlap_seconds=inference.OVERLAP_SECONDS,
+):
   """Evaluates a model on full-length utterances: every exit, every simulated policy.
 
   With `chunk_seconds`, every utterance is evaluated instead in the chunks
@@ -292,37 +434,53 @@ def evaluate_model(variables, model_config, source, *, targets=stopping.TARGETS_
   """
   if enhancement_metrics is None:
     enhancement_metrics = model_config.num_sources == 1
-  targets = {float(t) for t in targets} | (set() if target_snr_db is None
-                                           else {float(target_snr_db)})
-  confidences = sorted({float(p) for p in confidences}
-                       | (set() if confidence is None else {float(confidence)}))
+  targets = {float(t) for t in targets} | (
+    set() if target_snr_db is None else {float(target_snr_db)}
+  )
+  confidences = sorted(
+    {float(p) for p in confidences} | (set() if confidence is None else {float(confidence)})
+  )
   # The span is known once the exits' SNRs are: probabilities for every candidate.
   computed = tuple(sorted(targets | (set(SPAN_CANDIDATES_DB) if span else set())))
   posthoc_scales = probabilistic.full_posthoc(posthoc_scales, model_config)
   # Sorted by length (the padding is `_group_tables`'), so that a group's pieces are alike.
-  batches = data.evaluation_batches(source, batch_size=EVAL_BATCH,
-                                    max_examples=max_utterances)
+  batches = data.evaluation_batches(source, batch_size=EVAL_BATCH, max_examples=max_utterances)
   total = min(max_utterances or len(source), len(source))
   tables = []
   # Closed however the loop ends, so that an error's line (or Ctrl-C's) comes last.
-  with tqdm.tqdm(total=total, desc="evaluate", unit="utt",
-                 disable=not progress) as progress_bar:
+  with tqdm.tqdm(total=total, desc="evaluate", unit="utt", disable=not progress) as progress_bar:
     pieces = _pieces(batches, model_config, chunk_seconds, overlap_seconds, progress_bar)
     # Pieces come sorted by length: EVAL_BATCH at a time share one padded forward.
     for group in iter(lambda: list(itertools.islice(pieces, EVAL_BATCH)), []):
-      tables += _group_tables(group, variables, model_config, targets=computed,
-                              conditions=conditions, reference_power=reference_power,
-                              posthoc_scales=posthoc_scales,
-                              enhancement_metrics=enhancement_metrics)
+      tables += _group_tables(
+        group,
+        variables,
+        model_config,
+        targets=computed,
+        conditions=conditions,
+        reference_power=reference_power,
+        posthoc_scales=posthoc_scales,
+        enhancement_metrics=enhancement_metrics,
+      )
   table = exit_table.concatenate(tables)
   if span:
     spanned = set(operating_points.span_targets(table.snr_min).tolist())
     table = _with_targets(table, sorted(targets | (spanned & set(SPAN_CANDIDATES_DB))))
   gmacs = models.gmacs_by_exit(model_config)
-  summary = summarize(table, gmacs_per_second=gmacs, confidences=confidences,
-                      policies=policies, target_snr_db=target_snr_db, confidence=confidence)
-  return table, {"sample_rate": model_config.sample_rate, "conditions": list(conditions),
-                "gmacs_per_second_by_exit": gmacs, **summary}
+  summary = summarize(
+    table,
+    gmacs_per_second=gmacs,
+    confidences=confidences,
+    policies=policies,
+    target_snr_db=target_snr_db,
+    confidence=confidence,
+  )
+  return table, {
+    "sample_rate": model_config.sample_rate,
+    "conditions": list(conditions),
+    "gmacs_per_second_by_exit": gmacs,
+    **summary,
+  }
 
 
 def json_ready(value):
@@ -351,6 +509,7 @@ def _points(value, low, high):
   """A difference of shares in points, with its interval: `+2 [-1, +4] pts`."""
   if value is None:
     return "–"
+
   def signed(share):  # Whole points; `round` first, so that -0.3 prints "+0", not "-0".
     return f"{round(100 * share):+d}"
 
@@ -364,24 +523,32 @@ def headline(summary):
   targets, confidences = summary["targets_db"], summary["confidences"]
   target = summary["target_snr_db"]
   confidence = summary["confidence"]
-  return (targets[len(targets) // 2] if target is None else target,
-          (confidences[-1] if confidences else None) if confidence is None else confidence)
+  return (
+    targets[len(targets) // 2] if target is None else target,
+    (confidences[-1] if confidences else None) if confidence is None else confidence,
+  )
 
 
 def _point_row(points, i, q):
   """One policy at one target, as Markdown cells after its name."""
+
   def at(name):
     return points[name][i][q]
 
   early = at("stopped_early")
-  return [f"{at('gmacs_per_second'):.3f}", _share(at("saved")),
-          _share(at("reach"), at("reach_low"), at("reach_high")), str(early),
-          _share(at("satisfaction"), at("satisfaction_low"), at("satisfaction_high"))
-          if early else "–",
-          f"{_number(points['means']['si_snri'][i][q])} [{_number(at('si_snri_low'))}, "
-          f"{_number(at('si_snri_high'))}]" if "si_snri" in points["means"] else "–",
-          _points(at("frontier_gain"), at("frontier_gain_low"), at("frontier_gain_high")),
-          _share(at("oracle_share"), at("oracle_share_low"), at("oracle_share_high"))]
+  return [
+    f"{at('gmacs_per_second'):.3f}",
+    _share(at("saved")),
+    _share(at("reach"), at("reach_low"), at("reach_high")),
+    str(early),
+    _share(at("satisfaction"), at("satisfaction_low"), at("satisfaction_high")) if early else "–",
+    f"{_number(points['means']['si_snri'][i][q])} [{_number(at('si_snri_low'))}, "
+    f"{_number(at('si_snri_high'))}]"
+    if "si_snri" in points["means"]
+    else "–",
+    _points(at("frontier_gain"), at("frontier_gain_low"), at("frontier_gain_high")),
+    _share(at("oracle_share"), at("oracle_share_low"), at("oracle_share_high")),
+  ]
 
 
 def _policy_name(points, q):
@@ -398,21 +565,30 @@ def markdown_report(summary):
   and the probabilistic policy at the headline confidence over the target grid."""
   summary = json_ready(summary)
   names = [name for name in SUMMARY_METRICS if name in summary["per_exit"][0]]
-  lines = [f"# Evaluation: {summary['num_utterances']} utterances, "
-           f"{summary['num_exits']} exits", "",
-           "## Every exit (means over utterances; in dB, except PESQ and STOI)", "",
-           "| exit | GMAC/s | " + " | ".join(SUMMARY_METRICS[name] for name in names) + " |",
-           "|---" * (len(names) + 2) + "|"]
+  lines = [
+    f"# Evaluation: {summary['num_utterances']} utterances, {summary['num_exits']} exits",
+    "",
+    "## Every exit (means over utterances; in dB, except PESQ and STOI)",
+    "",
+    "| exit | GMAC/s | " + " | ".join(SUMMARY_METRICS[name] for name in names) + " |",
+    "|---" * (len(names) + 2) + "|",
+  ]
   for entry in summary["per_exit"]:
-    lines.append(f"| {entry['exit']} | {entry['gmacs_per_second']:.3f} | "
-                 + " | ".join(_number(entry[name]) for name in names) + " |")
+    lines.append(
+      f"| {entry['exit']} | {entry['gmacs_per_second']:.3f} | "
+      + " | ".join(_number(entry[name]) for name in names)
+      + " |"
+    )
   points = summary["operating_points"]
   if points is not None:
     lines += _policy_lines(summary, points)
   for name, count in summary["failures"].items():
     if count:
-      lines += ["", f"{SUMMARY_METRICS[name]} could not be computed for {count} "
-                    f"utterance-exits (see `problems` in {JSON_FILE})."]
+      lines += [
+        "",
+        f"{SUMMARY_METRICS[name]} could not be computed for {count} "
+        f"utterance-exits (see `problems` in {JSON_FILE}).",
+      ]
   return "\n".join(lines) + "\n"
 
 
@@ -421,34 +597,55 @@ def _policy_lines(summary, points):
   the probabilistic policy at the headline confidence over the grid."""
   target, confidence = headline(summary)
   i = points["targets_db"].index(target)
-  header = ("GMAC/s | saved | reach | early | satisfied | SI-SNRi (dB) | reach − frontier "
-            "| oracle's saving |")
-  lines = ["", f"## Stopping at γ = {target:g} dB (simulated from every exit's outputs)", "",
-           "`reach`: share of all utterances whose worst source's SNR reaches γ; `early`: "
-           "utterances stopping before the last exit; `satisfied`: the share of those that "
-           "reach γ; `reach − frontier`: reach minus the best random mix of fixed exits at "
-           "the same compute; `oracle's saving`: the share of the oracle's saving achieved. "
-           "95% intervals: Clopper–Pearson on shares, paired bootstrap on SI-SNRi and "
-           "differences. `GMAC/s` is the mean over utterances of the compute their own "
-           "exits need, a count of FLOPs saved, not of time: run in batches, early exit "
-           "runs a batch until its last example stops (`eesep separate` says where its "
-           "batches of chunks ran longer).", "", "| policy | " + header, "|---" * 9 + "|"]
-  lines += [f"| {_policy_name(points, q)} | " + " | ".join(_point_row(points, i, q)) + " |"
-            for q in range(len(points["policy"]))]
-  columns = [q for q, policy in enumerate(points["policy"]) if policy == "probabilistic"
-             and math.isclose(points["confidence"][q], confidence)]
+  header = (
+    "GMAC/s | saved | reach | early | satisfied | SI-SNRi (dB) | reach − frontier "
+    "| oracle's saving |"
+  )
+  lines = [
+    "",
+    f"## Stopping at γ = {target:g} dB (simulated from every exit's outputs)",
+    "",
+    "`reach`: share of all utterances whose worst source's SNR reaches γ; `early`: "
+    "utterances stopping before the last exit; `satisfied`: the share of those that "
+    "reach γ; `reach − frontier`: reach minus the best random mix of fixed exits at "
+    "the same compute; `oracle's saving`: the share of the oracle's saving achieved. "
+    "95% intervals: Clopper–Pearson on shares, paired bootstrap on SI-SNRi and "
+    "differences. `GMAC/s` is the mean over utterances of the compute their own "
+    "exits need, a count of FLOPs saved, not of time: run in batches, early exit "
+    "runs a batch until its last example stops (`eesep separate` says where its "
+    "batches of chunks ran longer).",
+    "",
+    "| policy | " + header,
+    "|---" * 9 + "|",
+  ]
+  lines += [
+    f"| {_policy_name(points, q)} | " + " | ".join(_point_row(points, i, q)) + " |"
+    for q in range(len(points["policy"]))
+  ]
+  columns = [
+    q
+    for q, policy in enumerate(points["policy"])
+    if policy == "probabilistic" and math.isclose(points["confidence"][q], confidence)
+  ]
   fixed = [q for q, policy in enumerate(points["policy"]) if policy == "fixed"]
   oracle = [q for q, policy in enumerate(points["policy"]) if policy == "oracle"]
   if not (columns and fixed and oracle):
     return lines
   [q], first, last, [o] = columns, fixed[0], fixed[-1], oracle
-  lines += ["", f"## Over the targets: probabilistic, p = {confidence:g}", "",
-            "| γ (dB) | exit 1 reach | full reach | oracle saved | " + header,
-            "|---" * 12 + "|"]
+  lines += [
+    "",
+    f"## Over the targets: probabilistic, p = {confidence:g}",
+    "",
+    "| γ (dB) | exit 1 reach | full reach | oracle saved | " + header,
+    "|---" * 12 + "|",
+  ]
   for i, target in enumerate(points["targets_db"]):
-    lines.append(f"| {target:g} | {_share(points['reach'][i][first])} | "
-                 f"{_share(points['reach'][i][last])} | {_share(points['saved'][i][o])} | "
-                 + " | ".join(_point_row(points, i, q)) + " |")
+    lines.append(
+      f"| {target:g} | {_share(points['reach'][i][first])} | "
+      f"{_share(points['reach'][i][last])} | {_share(points['saved'][i][o])} | "
+      + " | ".join(_point_row(points, i, q))
+      + " |"
+    )
   return lines
 
 
@@ -463,8 +660,12 @@ def write_report(out_dir, table, summary):
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {"json": out_dir / JSON_FILE, "table": out_dir / TABLE_FILE,
-           "csv": out_dir / CSV_FILE, "markdown": out_dir / MARKDOWN_FILE}
+  paths = {
+    "json": out_dir / JSON_FILE,
+    "table": out_dir / TABLE_FILE,
+    "csv": out_dir / CSV_FILE,
+    "markdown": out_dir / MARKDOWN_FILE,
+  }
   drawn = {}
   if summary["operating_points"] is not None:
     points = operating_points.from_json(summary["operating_points"])

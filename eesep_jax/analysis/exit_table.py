@@ -73,6 +73,7 @@ class ExitTable:
     problems: `[utterances, exits]` str, why PESQ or STOI is NaN ("" when it is not);
       None with them.
   """
+
   ids: np.ndarray
   utterance: np.ndarray
   num_samples: np.ndarray
@@ -109,21 +110,30 @@ class ExitTable:
     """Index of target `γ` on the last axis of `probability`."""
     matches = np.flatnonzero(self.targets_db == float(target_snr_db))
     if not matches.size:
-      raise ValueError(f"no exit probabilities for {float(target_snr_db):g} dB: the table "
-                       f"has {', '.join(f'{t:g}' for t in self.targets_db)} dB")
+      raise ValueError(
+        f"no exit probabilities for {float(target_snr_db):g} dB: the table "
+        f"has {', '.join(f'{t:g}' for t in self.targets_db)} dB"
+      )
     return int(matches[0])
 
   def arrays(self):
     """`{name: array}`: every field that is not None, the variance parameters as
     `variance_<name>`; what `save` writes."""
-    arrays = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
-              if field.name != "variance" and getattr(self, field.name) is not None}
+    arrays = {
+      field.name: getattr(self, field.name)
+      for field in dataclasses.fields(self)
+      if field.name != "variance" and getattr(self, field.name) is not None
+    }
     return {**arrays, **{VARIANCE_PREFIX + name: value for name, value in self.variance.items()}}
 
   def subset(self, index):
     """The rows `index`: a slice, an array of indices or a boolean mask `[utterances]`."""
-    return from_arrays({name: value if name == "targets_db" else value[index]
-                        for name, value in self.arrays().items()})
+    return from_arrays(
+      {
+        name: value if name == "targets_db" else value[index]
+        for name, value in self.arrays().items()
+      }
+    )
 
   def save(self, path):
     """Writes the table to the `.npz` file `path` (`load` reads it back exactly)."""
@@ -146,8 +156,11 @@ class ExitTable:
     with pathlib.Path(path).open("w", newline="") as file:
       writer = csv.writer(file)
       writer.writerow(columns)
-      writer.writerows([_cell(values[i, k]) for values in columns.values()]
-                       for i in range(shape[0]) for k in range(shape[1]))
+      writer.writerows(
+        [_cell(values[i, k]) for values in columns.values()]
+        for i in range(shape[0])
+        for k in range(shape[1])
+      )
 
   def _columns(self):
     """`{column: [utterances, exits, ...] values}` of `to_csv`, in its order."""
@@ -156,8 +169,10 @@ class ExitTable:
     def each_exit(values):
       return np.broadcast_to(values[:, None], shape)
 
-    columns = {"id": each_exit(self.ids),
-               "exit": np.broadcast_to(np.arange(1, shape[1] + 1), shape)}
+    columns = {
+      "id": each_exit(self.ids),
+      "exit": np.broadcast_to(np.arange(1, shape[1] + 1), shape),
+    }
     for name in SIGNAL_METRICS:
       columns[name], columns[f"{name}i"] = getattr(self, name), getattr(self, f"{name}i")
     if self.pesq is not None:
@@ -165,15 +180,17 @@ class ExitTable:
     columns["snr_min"] = self.snr_min
     for k, target in enumerate(self.targets_db):
       columns[probability_column(target)] = self.probability[..., k]
-    columns.update(expected_snr_db=self.expected_snr_db,
-                   num_samples=each_exit(self.num_samples))
-    per_source = {"snr": self.source_snr, "error_energy": self.error_energy,
-                  "estimate_energy": self.estimate_energy, **dict(sorted(self.variance.items()))}
+    columns.update(expected_snr_db=self.expected_snr_db, num_samples=each_exit(self.num_samples))
+    per_source = {
+      "snr": self.source_snr,
+      "error_energy": self.error_energy,
+      "estimate_energy": self.estimate_energy,
+      **dict(sorted(self.variance.items())),
+    }
     for name, values in per_source.items():
       columns.update({f"{name}_s{c + 1}": values[:, :, c] for c in range(values.shape[2])})
     if self.chunk_start is not None:
-      columns.update(utterance=each_exit(self.utterance),
-                     chunk_start=each_exit(self.chunk_start))
+      columns.update(utterance=each_exit(self.utterance), chunk_start=each_exit(self.chunk_start))
     return columns
 
 
@@ -190,10 +207,12 @@ def _cell(value):
 
 def from_arrays(arrays):
   """The table of `ExitTable.arrays()`."""
-  fields = {name: value for name, value in arrays.items()
-            if not name.startswith(VARIANCE_PREFIX)}
-  variance = {name.removeprefix(VARIANCE_PREFIX): value for name, value in arrays.items()
-              if name.startswith(VARIANCE_PREFIX)}
+  fields = {name: value for name, value in arrays.items() if not name.startswith(VARIANCE_PREFIX)}
+  variance = {
+    name.removeprefix(VARIANCE_PREFIX): value
+    for name, value in arrays.items()
+    if name.startswith(VARIANCE_PREFIX)
+  }
   return ExitTable(**fields, variance=variance)
 
 
@@ -209,8 +228,10 @@ def concatenate(tables):
   arrays = [table.arrays() for table in tables]
   names = arrays[0].keys()
   if any(other.keys() != names for other in arrays):
-    raise ValueError("tables with different fields (chunks and whole utterances, PESQ "
-                     "and STOI or not, or other variance parameters)")
+    raise ValueError(
+      "tables with different fields (chunks and whole utterances, PESQ "
+      "and STOI or not, or other variance parameters)"
+    )
   targets = arrays[0]["targets_db"]
   if any(not np.array_equal(other["targets_db"], targets) for other in arrays):
     raise ValueError("tables with different targets_db")
@@ -219,12 +240,13 @@ def concatenate(tables):
   def joined(name):
     parts = [other[name] for other in arrays]
     if name.startswith(VARIANCE_PREFIX):  # Rows of other lengths, other block counts.
-      parts = [np.pad(part, [(0, 0)] * 3 + [(0, blocks - part.shape[-1])],
-                      constant_values=np.nan) for part in parts]
+      parts = [
+        np.pad(part, [(0, 0)] * 3 + [(0, blocks - part.shape[-1])], constant_values=np.nan)
+        for part in parts
+      ]
     return np.concatenate(parts)
 
-  return from_arrays({name: targets if name == "targets_db" else joined(name)
-                      for name in names})
+  return from_arrays({name: targets if name == "targets_db" else joined(name) for name in names})
 
 
 def _enhancement_scores(references, estimates, sample_rate):
@@ -234,16 +256,27 @@ def _enhancement_scores(references, estimates, sample_rate):
   problems = [[] for _ in estimates]
   for k, exit_estimates in enumerate(estimates):
     for name, metric in ENHANCEMENT_METRICS.items():
-      results = [metric(reference, estimate, sample_rate)
-                 for reference, estimate in zip(references, exit_estimates)]
+      results = [
+        metric(reference, estimate, sample_rate)
+        for reference, estimate in zip(references, exit_estimates)
+      ]
       values[name][k] = np.mean([score for score, _ in results])
-      problems[k] += [f"s{c + 1}: {problem}" for c, (_, problem) in enumerate(results)
-                      if problem]
+      problems[k] += [f"s{c + 1}: {problem}" for c, (_, problem) in enumerate(results) if problem]
   return values, ["; ".join(exit_problems) for exit_problems in problems]
 
 
-def from_exit_outputs(example_id, outputs, mixture, references, *, sample_rate, targets,
-                      enhancement_metrics=False, utterance=None, chunk_start=None):
+def from_exit_outputs(
+  example_id,
+  outputs,
+  mixture,
+  references,
+  *,
+  sample_rate,
+  targets,
+  enhancement_metrics=False,
+  utterance=None,
+  chunk_start=None,
+):
   """The one-row table of one utterance, from its `evaluate.exit_outputs`.
 
   Args:
@@ -263,10 +296,16 @@ def from_exit_outputs(example_id, outputs, mixture, references, *, sample_rate, 
   outputs = jax.device_get(outputs)
   references = np.asarray(references)
   estimates = np.asarray(outputs["estimates"])  # [exits, sources, time]
-  values = {"si_snr": outputs["si_snr"], "snr": outputs["snr"],
-            "sdr": scores.sdr(references, estimates)}
-  baselines = {"si_snr": outputs["si_snr_input"], "snr": outputs["snr_input"],
-               "sdr": scores.sdr(references, np.broadcast_to(mixture, references.shape))}
+  values = {
+    "si_snr": outputs["si_snr"],
+    "snr": outputs["snr"],
+    "sdr": scores.sdr(references, estimates),
+  }
+  baselines = {
+    "si_snr": outputs["si_snr_input"],
+    "snr": outputs["snr_input"],
+    "sdr": scores.sdr(references, np.broadcast_to(mixture, references.shape)),
+  }
   fields = {}
   for name in SIGNAL_METRICS:
     fields[name] = np.mean(values[name], axis=-1)
@@ -275,18 +314,26 @@ def from_exit_outputs(example_id, outputs, mixture, references, *, sample_rate, 
     enhancement, problems = _enhancement_scores(references, estimates, sample_rate)
     fields.update(enhancement, problems=np.array(problems, str))
   # In float64: an error energy is a sum of many small squares.
-  fields["error_energy"] = np.sum(np.square(references - estimates.astype(np.float64)),
-                                  axis=-1)
+  fields["error_energy"] = np.sum(np.square(references - estimates.astype(np.float64)), axis=-1)
   fields["estimate_energy"] = np.sum(np.square(estimates.astype(np.float64)), axis=-1)
-  fields.update(snr_min=outputs["snr_min"], expected_snr_db=outputs["expected_snr_db"],
-                probability=outputs["probability"], source_snr=outputs["snr"])
-  row = {name: (value if value.dtype.kind == "U" else value.astype(np.float64))[None]
-         for name, value in fields.items()}
+  fields.update(
+    snr_min=outputs["snr_min"],
+    expected_snr_db=outputs["expected_snr_db"],
+    probability=outputs["probability"],
+    source_snr=outputs["snr"],
+  )
+  row = {
+    name: (value if value.dtype.kind == "U" else value.astype(np.float64))[None]
+    for name, value in fields.items()
+  }
   return ExitTable(
-      ids=np.array([example_id], str),
-      utterance=np.array([example_id if utterance is None else utterance], str),
-      chunk_start=None if chunk_start is None else np.array([chunk_start], np.int64),
-      num_samples=np.array([references.shape[-1]], np.int64),
-      targets_db=np.asarray(targets, np.float64),
-      variance={name: np.asarray(value, np.float64)[None]
-                for name, value in outputs["variance"].items()}, **row)
+    ids=np.array([example_id], str),
+    utterance=np.array([example_id if utterance is None else utterance], str),
+    chunk_start=None if chunk_start is None else np.array([chunk_start], np.int64),
+    num_samples=np.array([references.shape[-1]], np.int64),
+    targets_db=np.asarray(targets, np.float64),
+    variance={
+      name: np.asarray(value, np.float64)[None] for name, value in outputs["variance"].items()
+    },
+    **row,
+  )

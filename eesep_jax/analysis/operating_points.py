@@ -51,8 +51,10 @@ EXIT1_REACH = (0.3, 0.7)
 MIN_DEPTH_GAIN = 0.05
 FIGURE_FILES = {"reach": "reach_compute.png", "satisfaction": "satisfaction.png"}
 # The metrics whose means are reported at the exits a policy takes, when the table has them.
-METRICS = (*(name + suffix for name in exit_table.SIGNAL_METRICS for suffix in ("", "i")),
-           *exit_table.ENHANCEMENT_METRICS)
+METRICS = (
+  *(name + suffix for name in exit_table.SIGNAL_METRICS for suffix in ("", "i")),
+  *exit_table.ENHANCEMENT_METRICS,
+)
 
 
 def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_index=None):
@@ -72,13 +74,19 @@ def policy_exits(table, policy, *, target_snr_db=None, confidence=None, exit_ind
   Returns:
     `[utterances]` 1-based exit indices.
   """
-  rule = stopping.Policy(kind=policy, target_snr_db=target_snr_db, confidence=confidence,
-                         exit_index=exit_index)
-  probability = (table.probability[..., table.target_index(target_snr_db)]
-                 if policy == "probabilistic" else None)
-  accept = stopping.accepts(rule, np.arange(1, table.num_exits + 1), probability=probability,
-                            expected_snr_db=table.expected_snr_db,
-                            oracle_snr_db=table.snr_min)
+  rule = stopping.Policy(
+    kind=policy, target_snr_db=target_snr_db, confidence=confidence, exit_index=exit_index
+  )
+  probability = (
+    table.probability[..., table.target_index(target_snr_db)] if policy == "probabilistic" else None
+  )
+  accept = stopping.accepts(
+    rule,
+    np.arange(1, table.num_exits + 1),
+    probability=probability,
+    expected_snr_db=table.expected_snr_db,
+    oracle_snr_db=table.snr_min,
+  )
   accept = np.broadcast_to(accept, table.snr_min.shape)
   return np.asarray(stopping.first_accepting_exit(accept))
 
@@ -145,8 +153,7 @@ def static_frontier(costs, values, at):
 def oracle_share(full_cost, cost, oracle_cost):
   """The share of the oracle's saving a policy achieves: `(full − cost) / (full −
   oracle)`, arrays broadcast; NaN where the oracle saves nothing."""
-  full_cost, cost, oracle_cost = (np.asarray(x, np.float64)
-                                  for x in (full_cost, cost, oracle_cost))
+  full_cost, cost, oracle_cost = (np.asarray(x, np.float64) for x in (full_cost, cost, oracle_cost))
   saving = full_cost - oracle_cost
   with np.errstate(divide="ignore", invalid="ignore"):
     return np.where(saving > 0, (full_cost - cost) / saving, np.nan)
@@ -156,8 +163,9 @@ def bootstrap_weights(num_utterances, resamples=RESAMPLES, seed=SEED):
   """`[resamples, utterances]` int: how often each utterance is drawn in each bootstrap
   resample (`num_utterances` draws with replacement)."""
   rng = np.random.default_rng(seed)
-  return rng.multinomial(num_utterances, np.full(num_utterances, 1 / num_utterances),
-                         size=resamples)
+  return rng.multinomial(
+    num_utterances, np.full(num_utterances, 1 / num_utterances), size=resamples
+  )
 
 
 def percentile_interval(samples, confidence_level=CONFIDENCE_LEVEL):
@@ -200,6 +208,7 @@ class OperatingPoints:
     oracle_share, oracle_share_low, oracle_share_high: the share of the oracle's saving
       the policy achieves (`oracle_share`).
   """
+
   targets_db: np.ndarray
   policy: np.ndarray
   confidence: np.ndarray
@@ -245,8 +254,9 @@ class OperatingPoints:
     if policy == "probabilistic":
       match &= np.isclose(self.confidence, setting)
     elif policy == "fixed":
-      match &= self.exit_index == (setting % len(self.gmacs_by_exit) + 1 if setting < 0
-                                   else setting)
+      match &= self.exit_index == (
+        setting % len(self.gmacs_by_exit) + 1 if setting < 0 else setting
+      )
     matches = np.flatnonzero(match)
     if not matches.size:
       raise ValueError(f"no {policy} policy at {setting!r}")
@@ -257,26 +267,32 @@ class OperatingPoints:
     fields = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
     fields["exit_index"] = [int(k) or None for k in self.exit_index]
     fields["means"] = {name: value.tolist() for name, value in self.means.items()}
-    return {name: value.tolist() if isinstance(value, np.ndarray) else value
-            for name, value in fields.items()}
+    return {
+      name: value.tolist() if isinstance(value, np.ndarray) else value
+      for name, value in fields.items()
+    }
 
 
 def from_json(fields):
   """The `OperatingPoints` of `OperatingPoints.to_json()`, or of it as
   `evaluation.json` holds it (NaN as None)."""
+
   def array(value, dtype=np.float64):
     return np.array(value, dtype)  # None is NaN as a float.
 
   kinds = {field.name: field.type for field in dataclasses.fields(OperatingPoints)}
-  values = {name: array(value) if kinds[name] is np.ndarray else value
-            for name, value in fields.items()
-            if name not in ("policy", "exit_index", "stopped_early", "exit_histogram", "means")}
+  values = {
+    name: array(value) if kinds[name] is np.ndarray else value
+    for name, value in fields.items()
+    if name not in ("policy", "exit_index", "stopped_early", "exit_histogram", "means")
+  }
   values.update(
-      policy=np.array(fields["policy"], str),
-      exit_index=np.nan_to_num(array(fields["exit_index"])).astype(np.int64),
-      stopped_early=array(fields["stopped_early"], np.int64),
-      exit_histogram=array(fields["exit_histogram"], np.int64),
-      means={name: array(value) for name, value in fields["means"].items()})
+    policy=np.array(fields["policy"], str),
+    exit_index=np.nan_to_num(array(fields["exit_index"])).astype(np.int64),
+    stopped_early=array(fields["stopped_early"], np.int64),
+    exit_histogram=array(fields["exit_histogram"], np.int64),
+    means={name: array(value) for name, value in fields["means"].items()},
+  )
   return OperatingPoints(**values)
 
 
@@ -301,9 +317,17 @@ def _bootstrapped(weights, values):
   return np.einsum("bn,...n->b...", weights, values) / weights.shape[1]
 
 
-def operating_points(table, *, gmacs_per_second, targets, confidences=stopping.CONFIDENCES,
-                     policies=stopping.POLICIES, resamples=RESAMPLES, seed=SEED,
-                     confidence_level=CONFIDENCE_LEVEL):
+def operating_points(
+  table,
+  *,
+  gmacs_per_second,
+  targets,
+  confidences=stopping.CONFIDENCES,
+  policies=stopping.POLICIES,
+  resamples=RESAMPLES,
+  seed=SEED,
+  confidence_level=CONFIDENCE_LEVEL,
+):
   """Every policy at every target, measured (see the module docstring).
 
   Args:
@@ -323,67 +347,94 @@ def operating_points(table, *, gmacs_per_second, targets, confidences=stopping.C
   costs = np.asarray(gmacs_per_second, np.float64)
   columns = _columns(policies, confidences, num_exits)
   # [targets, policies, utterances]: the 0-based exit each utterance takes.
-  taken = np.array([[policy_exits(table, policy, target_snr_db=target,
-                                           confidence=confidence, exit_index=exit_index) - 1
-                     for policy, confidence, exit_index in columns] for target in targets],
-                   np.int64).reshape(len(targets), len(columns), len(rows))
+  taken = np.array(
+    [
+      [
+        policy_exits(
+          table, policy, target_snr_db=target, confidence=confidence, exit_index=exit_index
+        )
+        - 1
+        for policy, confidence, exit_index in columns
+      ]
+      for target in targets
+    ],
+    np.int64,
+  ).reshape(len(targets), len(columns), len(rows))
   reached = table.snr_min[rows, taken] >= targets[:, None, None]
   early = taken < num_exits - 1
   # The fixed exits' reach, what the frontier mixes: [targets, exits, utterances].
   exit_reached = (table.snr_min.T >= targets[:, None, None]).astype(np.float64)
-  oracle = np.array([policy_exits(table, "oracle", target_snr_db=target) - 1
-                     for target in targets])  # [targets, utterances]
+  oracle = np.array(
+    [policy_exits(table, "oracle", target_snr_db=target) - 1 for target in targets]
+  )  # [targets, utterances]
   compute = costs[taken]
-  present = {name: getattr(table, name) for name in METRICS
-             if getattr(table, name) is not None}
-  means = {name: masked_mean(values[rows, taken], axis=-1)
-           for name, values in present.items()}
+  present = {name: getattr(table, name) for name in METRICS if getattr(table, name) is not None}
+  means = {name: masked_mean(values[rows, taken], axis=-1) for name, values in present.items()}
 
   def measured(weights=None):
     """The means and differences that get bootstrap intervals, for resample weights
     `[resamples, utterances]` (None: the utterances as they are)."""
-    mean = ((lambda x: x.mean(axis=-1)) if weights is None
-            else (lambda x: _bootstrapped(weights, x)))
+    mean = (lambda x: x.mean(axis=-1)) if weights is None else (lambda x: _bootstrapped(weights, x))
     reach, gmacs = mean(reached.astype(np.float64)), mean(compute)
     exit_reach = mean(exit_reached)  # [..., targets, exits]
     return {
-        "si_snri": mean(table.si_snri[rows, taken]),
-        "reach_gain": reach - exit_reach[..., -1:],
-        "frontier_gain": reach - static_frontier(costs, exit_reach[..., None, :], gmacs),
-        "oracle_share": oracle_share(costs[-1], gmacs, mean(costs[oracle])[..., None]),
+      "si_snri": mean(table.si_snri[rows, taken]),
+      "reach_gain": reach - exit_reach[..., -1:],
+      "frontier_gain": reach - static_frontier(costs, exit_reach[..., None, :], gmacs),
+      "oracle_share": oracle_share(costs[-1], gmacs, mean(costs[oracle])[..., None]),
     }
 
   point = measured()
   samples = measured(bootstrap_weights(len(rows), resamples, seed))
-  intervals = {f"{name}_{end}": bound for name, values in samples.items()
-               for end, bound in zip(("low", "high"),
-                                     percentile_interval(values, confidence_level))}
+  intervals = {
+    f"{name}_{end}": bound
+    for name, values in samples.items()
+    for end, bound in zip(("low", "high"), percentile_interval(values, confidence_level))
+  }
   successes, stopped = np.sum(reached & early, axis=-1), np.sum(early, axis=-1)
   gmacs = compute.mean(axis=-1)
   with np.errstate(invalid="ignore"):
     satisfaction = successes / stopped
   return OperatingPoints(
-      targets_db=targets, policy=np.array([c[0] for c in columns], str),
-      confidence=np.array([c[1] for c in columns], np.float64),
-      exit_index=np.array([c[2] for c in columns], np.int64), num_utterances=len(rows),
-      gmacs_by_exit=costs, mean_exit=taken.mean(axis=-1) + 1, gmacs_per_second=gmacs,
-      saved=1 - gmacs / costs[-1],
-      exit_histogram=np.apply_along_axis(np.bincount, -1, taken, minlength=num_exits),
-      reach=reached.mean(axis=-1),
-      **dict(zip(("reach_low", "reach_high"), calibration.clopper_pearson(
-          reached.sum(axis=-1), len(rows), confidence_level))),
-      stopped_early=stopped, satisfaction=satisfaction,
-      **dict(zip(("satisfaction_low", "satisfaction_high"), calibration.clopper_pearson(
-          successes, stopped, confidence_level))),
-      means=means, si_snri_low=intervals["si_snri_low"],
-      si_snri_high=intervals["si_snri_high"],
-      reach_gain=point["reach_gain"], reach_gain_low=intervals["reach_gain_low"],
-      reach_gain_high=intervals["reach_gain_high"],
-      frontier_reach=static_frontier(costs, np.mean(exit_reached, axis=-1)[:, None, :], gmacs),
-      frontier_gain=point["frontier_gain"], frontier_gain_low=intervals["frontier_gain_low"],
-      frontier_gain_high=intervals["frontier_gain_high"],
-      oracle_share=point["oracle_share"], oracle_share_low=intervals["oracle_share_low"],
-      oracle_share_high=intervals["oracle_share_high"])
+    targets_db=targets,
+    policy=np.array([c[0] for c in columns], str),
+    confidence=np.array([c[1] for c in columns], np.float64),
+    exit_index=np.array([c[2] for c in columns], np.int64),
+    num_utterances=len(rows),
+    gmacs_by_exit=costs,
+    mean_exit=taken.mean(axis=-1) + 1,
+    gmacs_per_second=gmacs,
+    saved=1 - gmacs / costs[-1],
+    exit_histogram=np.apply_along_axis(np.bincount, -1, taken, minlength=num_exits),
+    reach=reached.mean(axis=-1),
+    **dict(
+      zip(
+        ("reach_low", "reach_high"),
+        calibration.clopper_pearson(reached.sum(axis=-1), len(rows), confidence_level),
+      )
+    ),
+    stopped_early=stopped,
+    satisfaction=satisfaction,
+    **dict(
+      zip(
+        ("satisfaction_low", "satisfaction_high"),
+        calibration.clopper_pearson(successes, stopped, confidence_level),
+      )
+    ),
+    means=means,
+    si_snri_low=intervals["si_snri_low"],
+    si_snri_high=intervals["si_snri_high"],
+    reach_gain=point["reach_gain"],
+    reach_gain_low=intervals["reach_gain_low"],
+    reach_gain_high=intervals["reach_gain_high"],
+    frontier_reach=static_frontier(costs, np.mean(exit_reached, axis=-1)[:, None, :], gmacs),
+    frontier_gain=point["frontier_gain"],
+    frontier_gain_low=intervals["frontier_gain_low"],
+    frontier_gain_high=intervals["frontier_gain_high"],
+    oracle_share=point["oracle_share"],
+    oracle_share_low=intervals["oracle_share_low"],
+    oracle_share_high=intervals["oracle_share_high"],
+  )
 
 
 def choose_target(snr_min, reach_range=EXIT1_REACH, min_gain=MIN_DEPTH_GAIN):
@@ -411,9 +462,10 @@ def choose_target(snr_min, reach_range=EXIT1_REACH, min_gain=MIN_DEPTH_GAIN):
   fits = (reach_range[0] <= reach[:, 0]) & (reach[:, 0] <= reach_range[1]) & (gain >= min_gain)
   if not fits.any():
     raise ValueError(
-        f"no whole dB that exit 1 reaches for {reach_range[0]:.0%}-{reach_range[1]:.0%} of "
-        f"utterances and full depth for {min_gain:.0%} more; best depth gain "
-        f"{gain.max():.0%} at {candidates[np.argmax(gain)]:g} dB")
+      f"no whole dB that exit 1 reaches for {reach_range[0]:.0%}-{reach_range[1]:.0%} of "
+      f"utterances and full depth for {min_gain:.0%} more; best depth gain "
+      f"{gain.max():.0%} at {candidates[np.argmax(gain)]:g} dB"
+    )
   best = np.flatnonzero(fits)[np.argmax(gain[fits])]
   return float(candidates[best]), reach[best]
 
@@ -450,20 +502,47 @@ def reach_figure(points, targets):
   for ax, target in zip(axes, targets):
     i = points.target_index(target)
     if fixed.size:
-      ax.plot(points.gmacs_per_second[i, fixed], points.reach[i, fixed], "s-", color="k",
-              linewidth=0.8, label="fixed exits")
-      ax.plot(budgets, static_frontier(points.gmacs_by_exit, points.reach[i, fixed], budgets),
-              "--", color="0.5", linewidth=1.0, label="static frontier")
+      ax.plot(
+        points.gmacs_per_second[i, fixed],
+        points.reach[i, fixed],
+        "s-",
+        color="k",
+        linewidth=0.8,
+        label="fixed exits",
+      )
+      ax.plot(
+        budgets,
+        static_frontier(points.gmacs_by_exit, points.reach[i, fixed], budgets),
+        "--",
+        color="0.5",
+        linewidth=1.0,
+        label="static frontier",
+      )
     if probabilistic.size:
-      ax.errorbar(points.gmacs_per_second[i, probabilistic], points.reach[i, probabilistic],
-                  _errors(points.reach_low[i, probabilistic], points.reach[i, probabilistic],
-                          points.reach_high[i, probabilistic]),
-                  fmt="o-", color="C0", markersize=3, capsize=2, label="probabilistic (over p)")
+      ax.errorbar(
+        points.gmacs_per_second[i, probabilistic],
+        points.reach[i, probabilistic],
+        _errors(
+          points.reach_low[i, probabilistic],
+          points.reach[i, probabilistic],
+          points.reach_high[i, probabilistic],
+        ),
+        fmt="o-",
+        color="C0",
+        markersize=3,
+        capsize=2,
+        label="probabilistic (over p)",
+      )
     for policy, style in (("expected-snr", "D"), ("oracle", "*")):
       for q in np.flatnonzero(points.policy == policy):
-        ax.plot(points.gmacs_per_second[i, q], points.reach[i, q], style,
-                markersize=9 if style == "*" else 5, label=policy,
-                color="C3" if policy == "oracle" else "C2")
+        ax.plot(
+          points.gmacs_per_second[i, q],
+          points.reach[i, q],
+          style,
+          markersize=9 if style == "*" else 5,
+          label=policy,
+          color="C3" if policy == "oracle" else "C2",
+        )
     ax.set(title=f"γ = {target:g} dB", xlabel="GMAC/s", ylim=(0, 1.02))
   axes[0].set_ylabel(f"reach: share of {points.num_utterances} utterances ≥ γ")
   axes[0].legend(fontsize="x-small", loc="lower right")
@@ -484,15 +563,29 @@ def satisfaction_figure(points, targets):
     if not shown.size:
       continue
     offset = (n - (len(targets) - 1) / 2) * 0.006  # Bars side by side, not on top.
-    ax.errorbar(points.confidence[shown] + offset, points.satisfaction[i, shown],
-                _errors(points.satisfaction_low[i, shown], points.satisfaction[i, shown],
-                        points.satisfaction_high[i, shown]),
-                fmt="o-", markersize=3, capsize=2, color=f"C{n}", label=f"γ = {target:g} dB")
+    ax.errorbar(
+      points.confidence[shown] + offset,
+      points.satisfaction[i, shown],
+      _errors(
+        points.satisfaction_low[i, shown],
+        points.satisfaction[i, shown],
+        points.satisfaction_high[i, shown],
+      ),
+      fmt="o-",
+      markersize=3,
+      capsize=2,
+      color=f"C{n}",
+      label=f"γ = {target:g} dB",
+    )
   confidences = points.confidence[columns]
   low = min(confidences.min(), 0.5) - 0.05 if columns.size else 0.0
-  ax.set(xlim=(low, 1.0), ylim=(low, 1.02), xlabel="confidence p asked",
-         ylabel="share of early-stopped utterances reaching γ",
-         title="Satisfaction at the decision (probabilistic policy)")
+  ax.set(
+    xlim=(low, 1.0),
+    ylim=(low, 1.02),
+    xlabel="confidence p asked",
+    ylabel="share of early-stopped utterances reaching γ",
+    title="Satisfaction at the decision (probabilistic policy)",
+  )
   ax.legend(fontsize="small", loc="lower right")
   return fig
 
@@ -500,8 +593,10 @@ def satisfaction_figure(points, targets):
 def figures(points, target_snr_db=None):
   """The figures of `FIGURE_FILES`, by kind (matplotlib `Figure`s)."""
   targets = figure_targets(points, target_snr_db)
-  return {"reach": reach_figure(points, targets),
-          "satisfaction": satisfaction_figure(points, targets)}
+  return {
+    "reach": reach_figure(points, targets),
+    "satisfaction": satisfaction_figure(points, targets),
+  }
 
 
 def write_figures(out_dir, points, target_snr_db=None):

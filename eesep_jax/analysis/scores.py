@@ -22,16 +22,17 @@ def sdr(reference, estimate, filter_length=512):
   is scored against reference `i`. NaN where it is undefined: a silent reference, or
   one too narrow-band (e.g. a few pure tones) for the filter to be determined.
   """
-  reference, estimate = np.broadcast_arrays(np.asarray(reference, np.float64),
-                                            np.asarray(estimate, np.float64))
+  reference, estimate = np.broadcast_arrays(
+    np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
+  )
   try:
     # The library normalises every signal by its norm: silence divides 0 by 0. One
     # channel "pairwise" (`[..., 1, 1]` out), as its non-pairwise path hands
     # `np.linalg.solve` a stack of vectors, which numpy 2 reads as one matrix.
     with np.errstate(invalid="ignore", divide="ignore"):
       return -fast_bss_eval.numpy.sdr_loss(
-          estimate[..., None, :], reference[..., None, :], filter_length=filter_length,
-          pairwise=True)[..., 0, 0]
+        estimate[..., None, :], reference[..., None, :], filter_length=filter_length, pairwise=True
+      )[..., 0, 0]
   except np.linalg.LinAlgError:
     # One singular system fails the whole batch: find it, signal by signal.
     if reference.ndim == 1:
@@ -62,8 +63,11 @@ def pesq(reference, estimate, sample_rate):
   try:
     # The wrapper divides by the peak, so silence reaches the C code as NaNs.
     with np.errstate(invalid="ignore", divide="ignore"):
-      return float(pesq_lib.pesq(sample_rate, np.asarray(reference, np.float64),
-                                 np.asarray(estimate, np.float64), mode)), None
+      return float(
+        pesq_lib.pesq(
+          sample_rate, np.asarray(reference, np.float64), np.asarray(estimate, np.float64), mode
+        )
+      ), None
   except (pesq_lib.PesqError, ValueError) as error:
     # ValueError: the wrapper's own failure on a silent degraded signal.
     return float("nan"), f"PESQ: {_message(error)}"
@@ -83,8 +87,12 @@ def stoi(reference, estimate, sample_rate, extended=False):
   """
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    score = pystoi.stoi(np.asarray(reference, np.float64), np.asarray(estimate, np.float64),
-                        sample_rate, extended=extended)
+    score = pystoi.stoi(
+      np.asarray(reference, np.float64),
+      np.asarray(estimate, np.float64),
+      sample_rate,
+      extended=extended,
+    )
   if caught:
     return float("nan"), f"STOI: {caught[0].message}"
   return float(score), None

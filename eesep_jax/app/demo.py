@@ -63,59 +63,75 @@ def _stopping_cells(summary, target_snr_db, confidence):
   values = {field.name: getattr(points, field.name) for field in dataclasses.fields(points)}
   i = points.target_index(target_snr_db)
   q = points.column("probabilistic", confidence)
-  first, full, oracle = (points.column("fixed", 1), points.column("fixed", -1),
-                         points.column("oracle"))
+  first, full, oracle = (
+    points.column("fixed", 1),
+    points.column("fixed", -1),
+    points.column("oracle"),
+  )
   early = points.stopped_early[i, q]
   return {
-      "reach, the policy": _share(values, "reach", i, q),
-      "reach, full depth": _share(values, "reach", i, full),
-      "reach, exit 1": _share(values, "reach", i, first),
-      "compute saved": f"{100 * points.saved[i, q]:.0f}% (oracle {100 * points.saved[i, oracle]:.0f}%)",
-      "share of the oracle's saving": (_share(values, "oracle_share", i, q)
-                                       if np.isfinite(points.oracle_share[i, q]) else "–"),
-      "satisfaction": (f"{_share(values, 'satisfaction', i, q)} of {early}" if early
-                       else "none stopped early"),
-      "SI-SNRi (full depth)": (f"{points.means['si_snri'][i, q]:.2f} dB "
-                               f"({points.means['si_snri'][i, full]:.2f})"),
+    "reach, the policy": _share(values, "reach", i, q),
+    "reach, full depth": _share(values, "reach", i, full),
+    "reach, exit 1": _share(values, "reach", i, first),
+    "compute saved": f"{100 * points.saved[i, q]:.0f}% (oracle {100 * points.saved[i, oracle]:.0f}%)",
+    "share of the oracle's saving": (
+      _share(values, "oracle_share", i, q) if np.isfinite(points.oracle_share[i, q]) else "–"
+    ),
+    "satisfaction": (
+      f"{_share(values, 'satisfaction', i, q)} of {early}" if early else "none stopped early"
+    ),
+    "SI-SNRi (full depth)": (
+      f"{points.means['si_snri'][i, q]:.2f} dB ({points.means['si_snri'][i, full]:.2f})"
+    ),
   }
 
 
 def _stopping_lines(summaries, target_snr_db, confidence):
   """A table of the policy's reach, compute, satisfaction and quality at the demo's
   `(γ, p)`, a column per evaluated set."""
-  cells = {name: _stopping_cells(summary, target_snr_db, confidence)
-           for name, summary in summaries.items()}
-  lines = [f"Stopping at P(SNR >= {target_snr_db:g} dB) >= {confidence:g} (calibrated on "
-           "the validation split; 95% intervals):",
-           (f"  {'':<30}" + "".join(f"{name:<32}" for name in summaries)).rstrip()]
+  cells = {
+    name: _stopping_cells(summary, target_snr_db, confidence) for name, summary in summaries.items()
+  }
+  lines = [
+    f"Stopping at P(SNR >= {target_snr_db:g} dB) >= {confidence:g} (calibrated on "
+    "the validation split; 95% intervals):",
+    (f"  {'':<30}" + "".join(f"{name:<32}" for name in summaries)).rstrip(),
+  ]
   for row in next(iter(cells.values())):
-    lines.append((f"  {row:<30}" + "".join(f"{cell[row]:<32}" for cell in cells.values())
-                  ).rstrip())
+    lines.append((f"  {row:<30}" + "".join(f"{cell[row]:<32}" for cell in cells.values())).rstrip())
   return lines
 
 
 def _grid(config, target_snr_db):
   """The reports' grid: the config's (`config.evaluation`), with the demo's target and
   its confidence (`config.inference`)."""
-  return {"targets": sorted({*config.evaluation.targets_db, target_snr_db}),
-          "confidences": sorted({*config.evaluation.confidences,
-                                 config.inference.confidence})}
+  return {
+    "targets": sorted({*config.evaluation.targets_db, target_snr_db}),
+    "confidences": sorted({*config.evaluation.confidences, config.inference.confidence}),
+  }
 
 
 def choose_target(variables, model_config, source):
   """The demo's target, chosen as a user would on `source` (the validation split):
   `operating_points.choose_target` of its exits' worst-source SNRs. Returns `(γ,
   reach [exits])`."""
-  table, _ = evaluate.evaluate_model(variables, model_config, source, policies=(),
-                                     span=False, enhancement_metrics=False)
+  table, _ = evaluate.evaluate_model(
+    variables, model_config, source, policies=(), span=False, enhancement_metrics=False
+  )
   return operating_points.choose_target(table.snr_min)
 
 
 def _evaluate(variables, model_config, source, out_dir, scales, config, target_snr_db):
   table, summary = evaluate.evaluate_model(
-      variables, model_config, source, posthoc_scales=scales, target_snr_db=target_snr_db,
-      confidence=config.inference.confidence, enhancement_metrics=False,
-      **_grid(config, target_snr_db))
+    variables,
+    model_config,
+    source,
+    posthoc_scales=scales,
+    target_snr_db=target_snr_db,
+    confidence=config.inference.confidence,
+    enhancement_metrics=False,
+    **_grid(config, target_snr_db),
+  )
   return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
@@ -135,18 +151,25 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   heldout_root = config.data.get("heldout_root")
   check_sets = _check_sets(config)
 
-  print(f"[1/6] corpus: {config.data.root}, held-out voices: {heldout_root}, check sets: "
-        f"{', '.join(check_sets.values()) or 'none'}")
+  print(
+    f"[1/6] corpus: {config.data.root}, held-out voices: {heldout_root}, check sets: "
+    f"{', '.join(check_sets.values()) or 'none'}"
+  )
   if config.data.synthesize_if_missing:
-    data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
-                            num_sources=config.model.num_sources)
-    data.ensure_heldout_corpus(heldout_root, sample_rate=config.model.sample_rate,
-                               num_sources=config.model.num_sources)
+    data.ensure_demo_corpus(
+      config.data.root, sample_rate=config.model.sample_rate, num_sources=config.model.num_sources
+    )
+    data.ensure_heldout_corpus(
+      heldout_root, sample_rate=config.model.sample_rate, num_sources=config.model.num_sources
+    )
     for name, root in check_sets.items():
       # The Kokoro sets' size is the config's; the recorded set's is its own.
-      data.ensure_check_set(name, root, sample_rate=config.model.sample_rate,
-                            num_mixtures=(None if name == "recorded"
-                                          else config.data.check_mixtures))
+      data.ensure_check_set(
+        name,
+        root,
+        sample_rate=config.model.sample_rate,
+        num_mixtures=(None if name == "recorded" else config.data.check_mixtures),
+      )
   print(f"[2/6] training {config_path} for {config.steps} steps in {workdir}")
   train.train_and_evaluate(config, workdir)
 
@@ -154,10 +177,13 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   run = runs.load(workdir)
   model_config, variables = run.model_config, run.variables
   try:
-    target_snr_db, reach = choose_target(variables, model_config,
-                                         data.open_split(config, config.data.valid_split))
-    chosen = (f"target {target_snr_db:g} dB: exit 1 reaches it for {100 * reach[0]:.0f}% "
-              f"of validation utterances, full depth for {100 * reach[-1]:.0f}%")
+    target_snr_db, reach = choose_target(
+      variables, model_config, data.open_split(config, config.data.valid_split)
+    )
+    chosen = (
+      f"target {target_snr_db:g} dB: exit 1 reaches it for {100 * reach[0]:.0f}% "
+      f"of validation utterances, full depth for {100 * reach[-1]:.0f}%"
+    )
   except ValueError as error:  # A model whose exits do not differ: the config's target.
     target_snr_db = config.inference.target_snr_db
     chosen = f"target {target_snr_db:g} dB (config.inference): {error}"
@@ -165,34 +191,56 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
 
   print("[4/6] fitting post-hoc calibration on the validation split")
   calibration_report.calibrate_checkpoint(
-      workdir, workdir / "calibration", config=config, target_snr_db=target_snr_db,
-      **_grid(config, target_snr_db))
+    workdir,
+    workdir / "calibration",
+    config=config,
+    target_snr_db=target_snr_db,
+    **_grid(config, target_snr_db),
+  )
   scales = run.posthoc_scales  # Read on first use: the scales just saved.
 
-  print("[5/6] evaluating every exit and stopping policy (test split, held-out voices, "
-        "check sets)")
+  print("[5/6] evaluating every exit and stopping policy (test split, held-out voices, check sets)")
   test_source = data.open_split(config, config.data.test_split)
-  _, summary, paths = _evaluate(variables, model_config, test_source, workdir / "evaluation",
-                                scales, config, target_snr_db)
+  _, summary, paths = _evaluate(
+    variables, model_config, test_source, workdir / "evaluation", scales, config, target_snr_db
+  )
   heldout_config = config.copy_and_resolve_references()
   heldout_config.data.root, heldout_config.data.synthesize_if_missing = heldout_root, False
   _, heldout_summary, _ = _evaluate(
-      variables, model_config, data.open_split(heldout_config, config.data.test_split),
-      workdir / "evaluation_heldout", scales, config, target_snr_db)
+    variables,
+    model_config,
+    data.open_split(heldout_config, config.data.test_split),
+    workdir / "evaluation_heldout",
+    scales,
+    config,
+    target_snr_db,
+  )
   check_summaries = {}
   for name, root in check_sets.items():
     check_config = config.copy_and_resolve_references()
     check_config.data.root, check_config.data.synthesize_if_missing = root, False
     _, check_summaries[name], _ = _evaluate(
-        variables, model_config, data.open_split(check_config, config.data.test_split),
-        workdir / f"evaluation_{name}", scales, config, target_snr_db)
+      variables,
+      model_config,
+      data.open_split(check_config, config.data.test_split),
+      workdir / f"evaluation_{name}",
+      scales,
+      config,
+      target_snr_db,
+    )
 
   print("[6/6] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
   [result] = separate_files.separate_files(
-      [mixture_path], variables=variables, config=model_config,
-      out_dir=workdir / "separated", overwrite=True, target_snr_db=target_snr_db,
-      confidence=confidence, posthoc_scales=scales)
+    [mixture_path],
+    variables=variables,
+    config=model_config,
+    out_dir=workdir / "separated",
+    overwrite=True,
+    target_snr_db=target_snr_db,
+    confidence=confidence,
+    posthoc_scales=scales,
+  )
   if result.error:
     raise RuntimeError(result.error)
 
@@ -200,19 +248,34 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   gmacs = "".join(f"{row['gmacs_per_second']:8.2f}" for row in summary["per_exit"])
   test_name = f"test split ({summary['num_utterances']} utt.)"
   heldout_name = f"held-out voices ({heldout_summary['num_utterances']} utt.)"
-  print("\n".join([
-      "", f"{'SI-SNRi per exit (dB)':<30}{exits}",
-      _per_exit_lines(test_name, summary), _per_exit_lines(heldout_name, heldout_summary),
-      *(_per_exit_lines(f"{name} check ({check['num_utterances']} utt.)", check)
-        for name, check in check_summaries.items()),
-      f"  {'GMAC per second of audio':<28}{gmacs}",
-      f"The {chosen}.",
-      *_stopping_lines({test_name: summary, heldout_name: heldout_summary,
-                        **{f"{name} check": check for name, check in check_summaries.items()}},
-                       target_snr_db, confidence),
-      f"Separated {mixture_path} -> {', '.join(result.outputs)}",
-      f"Reports: {paths['markdown']} (figures {paths['reach'].name}, "
-      f"{paths['satisfaction'].name}), {workdir / 'calibration'}, "
-      f"{workdir / 'evaluation_heldout'}",
-      f"Demo finished in {(time.monotonic() - start) / 60:.1f} min."]))
+  print(
+    "\n".join(
+      [
+        "",
+        f"{'SI-SNRi per exit (dB)':<30}{exits}",
+        _per_exit_lines(test_name, summary),
+        _per_exit_lines(heldout_name, heldout_summary),
+        *(
+          _per_exit_lines(f"{name} check ({check['num_utterances']} utt.)", check)
+          for name, check in check_summaries.items()
+        ),
+        f"  {'GMAC per second of audio':<28}{gmacs}",
+        f"The {chosen}.",
+        *_stopping_lines(
+          {
+            test_name: summary,
+            heldout_name: heldout_summary,
+            **{f"{name} check": check for name, check in check_summaries.items()},
+          },
+          target_snr_db,
+          confidence,
+        ),
+        f"Separated {mixture_path} -> {', '.join(result.outputs)}",
+        f"Reports: {paths['markdown']} (figures {paths['reach'].name}, "
+        f"{paths['satisfaction'].name}), {workdir / 'calibration'}, "
+        f"{workdir / 'evaluation_heldout'}",
+        f"Demo finished in {(time.monotonic() - start) / 60:.1f} min.",
+      ]
+    )
+  )
   return summary

@@ -67,9 +67,9 @@ from eesep_jax.data import mixing
 
 PEAK = 0.99
 # Outputs peaking below this use under 8 of 16 bits: they are written as float.
-QUIET_PEAK = 2.0 ** -7
+QUIET_PEAK = 2.0**-7
 # One step of 16-bit audio: a file no louder than that holds nothing to separate.
-SILENCE_PEAK = 2.0 ** -15
+SILENCE_PEAK = 2.0**-15
 # Longer inputs are announced before the work: hours of audio take a while.
 LONG_INPUT_SECONDS = 3600.0
 # What starts the WAV comment of every output (`output_mark`).
@@ -91,6 +91,7 @@ class FileResult:
     note: why the input was not separated again although nothing is wrong (an earlier
       run did it); None otherwise.
   """
+
   path: str
   outputs: tuple[str, ...] = ()
   exits: inference.ChunkExits | None = None
@@ -120,8 +121,11 @@ def expand_inputs(paths):
       files = audio.list_audio_files(path)
       candidates = [file for file in files if not is_output(file)]
       if len(candidates) < len(files):
-        warnings.warn(f"{path}: left out {len(files) - len(candidates)} files that eesep "
-                      "separate wrote (name a file to separate it)", stacklevel=2)
+        warnings.warn(
+          f"{path}: left out {len(files) - len(candidates)} files that eesep "
+          "separate wrote (name a file to separate it)",
+          stacklevel=2,
+        )
       if not files:
         candidates = [path]
     for file in candidates:
@@ -148,8 +152,7 @@ def output_mark(path, source, num_sources):
   status = os.stat(path)
   identity = f"{os.path.realpath(path)}\0{status.st_size}\0{status.st_mtime_ns}"
   digest = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-  return (f"{MARK}: source {source} of {num_sources} of {os.path.basename(path)} "
-          f"[{digest}]")
+  return f"{MARK}: source {source} of {num_sources} of {os.path.basename(path)} [{digest}]"
 
 
 def prepare_out_dir(out_dir):
@@ -165,8 +168,9 @@ def prepare_out_dir(out_dir):
     with tempfile.TemporaryFile(dir=out_dir):
       pass
   except OSError as error:
-    raise errors.UsageError(out_dir, f"cannot write the outputs there "
-                                     f"({error.strerror or error})") from None
+    raise errors.UsageError(
+      out_dir, f"cannot write the outputs there ({error.strerror or error})"
+    ) from None
 
 
 @contextlib.contextmanager
@@ -205,8 +209,11 @@ def check_outputs(path, outputs, overwrite=False):
     directory, name = os.path.split(output)
     size, limit = len(os.fsencode(name)), _name_max(directory or ".")
     if size > limit:
-      raise audio.AudioError(path, f"its output name is {size} bytes long, more than the "
-                                   f"{limit} its folder allows: rename the input")
+      raise audio.AudioError(
+        path,
+        f"its output name is {size} bytes long, more than the "
+        f"{limit} its folder allows: rename the input",
+      )
   if overwrite or not os.path.isfile(path):  # A missing input fails when it is read.
     return True
   ours = 0
@@ -215,8 +222,11 @@ def check_outputs(path, outputs, overwrite=False):
       continue
     comment = audio.read_comment(output)
     if comment != output_mark(path, k, len(outputs)):
-      whose = ("was separated from another input, or from this one before it changed"
-               if comment.startswith(MARK + ":") else "exists and is not this file's output")
+      whose = (
+        "was separated from another input, or from this one before it changed"
+        if comment.startswith(MARK + ":")
+        else "exists and is not this file's output"
+      )
       raise audio.AudioError(path, f"{output} {whose}: --overwrite replaces it")
     ours += 1
   return ours < len(outputs)
@@ -234,18 +244,24 @@ def read_input(path, sample_rate):
   """
   if os.path.isdir(path):
     raise audio.AudioError(
-        path, f"folder holds no audio files ({', '.join(audio.AUDIO_EXTENSIONS)})")
+      path, f"folder holds no audio files ({', '.join(audio.AUDIO_EXTENSIONS)})"
+    )
   info = audio.inspect_audio(path)
   if info.seconds > LONG_INPUT_SECONDS:
-    warnings.warn(f"{path}: {info.seconds / 3600:.1f} hours of audio at "
-                  f"{info.sample_rate} Hz: separating it takes a while", stacklevel=2)
+    warnings.warn(
+      f"{path}: {info.seconds / 3600:.1f} hours of audio at "
+      f"{info.sample_rate} Hz: separating it takes a while",
+      stacklevel=2,
+    )
   mixture = audio.read_audio(path, sample_rate)
   if not mixture.size:
-    raise audio.AudioError(path, f"{info.frames} samples at {info.sample_rate} Hz are too "
-                                 f"short: none remain at the model's {sample_rate} Hz")
+    raise audio.AudioError(
+      path,
+      f"{info.frames} samples at {info.sample_rate} Hz are too "
+      f"short: none remain at the model's {sample_rate} Hz",
+    )
   if np.max(np.abs(mixture)) <= SILENCE_PEAK:
-    raise audio.AudioError(path, "silent (no sample above one 16-bit step): "
-                                 "nothing to separate")
+    raise audio.AudioError(path, "silent (no sample above one 16-bit step): nothing to separate")
   return mixture, info
 
 
@@ -267,12 +283,19 @@ def finish_sources(path, estimates, sample_rate, info):
   Raises:
     audio.AudioError: naming `path`, when an estimate holds a NaN or an infinity.
   """
-  sources = np.stack([_to_length(audio.resample(source, sample_rate, info.sample_rate),
-                                 info.frames) for source in estimates])
+  sources = np.stack(
+    [
+      _to_length(audio.resample(source, sample_rate, info.sample_rate), info.frames)
+      for source in estimates
+    ]
+  )
   bad = audio.non_finite_count(sources)
   if bad:
-    raise audio.AudioError(path, f"the separated sources hold {bad} NaN or infinite "
-                                 "samples (a damaged checkpoint?): nothing written")
+    raise audio.AudioError(
+      path,
+      f"the separated sources hold {bad} NaN or infinite "
+      "samples (a damaged checkpoint?): nothing written",
+    )
   gain = clipping_gain(sources)
   return gain * sources, gain
 
@@ -284,8 +307,11 @@ def output_subtype(path, sources):
   peak = float(np.max(np.abs(sources), initial=0.0))
   if peak >= QUIET_PEAK:
     return "PCM_16"
-  warnings.warn(f"{path}: its sources peak at {20 * np.log10(max(peak, 1e-30)):.0f} dBFS, "
-                "too quiet for 16-bit steps: written as 32-bit float WAV", stacklevel=2)
+  warnings.warn(
+    f"{path}: its sources peak at {20 * np.log10(max(peak, 1e-30)):.0f} dBFS, "
+    "too quiet for 16-bit steps: written as 32-bit float WAV",
+    stacklevel=2,
+  )
   return "FLOAT"
 
 
@@ -302,13 +328,17 @@ def _place_output(path, partial, output, mark, overwrite):
       audio.place(partial, output, replace=overwrite)
     except FileExistsError:
       if audio.read_comment(output) != mark:
-        raise audio.AudioError(path, f"{output} appeared while it was separated (another "
-                                     "run writing into the same folder?): not replaced, "
-                                     "none of its outputs written") from None
+        raise audio.AudioError(
+          path,
+          f"{output} appeared while it was separated (another "
+          "run writing into the same folder?): not replaced, "
+          "none of its outputs written",
+        ) from None
       audio.place(partial, output, replace=True)
   except OSError as error:
-    raise audio.AudioError(path, f"cannot write {output} ({audio.write_error(error)}): "
-                                 "none of its outputs written") from None
+    raise audio.AudioError(
+      path, f"cannot write {output} ({audio.write_error(error)}): none of its outputs written"
+    ) from None
 
 
 def write_outputs(path, outputs, sources, sample_rate, overwrite=False):
@@ -326,12 +356,15 @@ def write_outputs(path, outputs, sources, sample_rate, overwrite=False):
   try:
     for k, (output, source) in enumerate(zip(outputs, sources), start=1):
       try:
-        partials.append(audio.write_partial(output, source, sample_rate,
-                                            comment=output_mark(path, k, len(outputs)),
-                                            subtype=subtype))
+        partials.append(
+          audio.write_partial(
+            output, source, sample_rate, comment=output_mark(path, k, len(outputs)), subtype=subtype
+          )
+        )
       except audio.AudioError as error:
-        raise audio.AudioError(path, f"{output} {error.problem}: none of its outputs "
-                                     "written") from None
+        raise audio.AudioError(
+          path, f"{output} {error.problem}: none of its outputs written"
+        ) from None
     for k, (output, partial) in enumerate(zip(outputs, partials), start=1):
       _place_output(path, partial, output, output_mark(path, k, len(outputs)), overwrite)
       placed.append(output)
@@ -358,8 +391,13 @@ class _ChunkBar:
 
   def __call__(self, done, total):
     if self._bar is None and 0 < done < total:
-      self._bar = tqdm.tqdm(total=total, desc=os.path.basename(self._path), unit="chunk",
-                            leave=False, dynamic_ncols=True)
+      self._bar = tqdm.tqdm(
+        total=total,
+        desc=os.path.basename(self._path),
+        unit="chunk",
+        leave=False,
+        dynamic_ncols=True,
+      )
     if self._bar is not None:
       self._bar.update(done - self._bar.n)
 
@@ -368,8 +406,9 @@ class _ChunkBar:
       self._bar.close()
 
 
-def separate_file(path, *, variables, config, out_dir, overwrite=False, progress=False,
-                  **separate_long_kwargs):
+def separate_file(
+  path, *, variables, config, out_dir, overwrite=False, progress=False, **separate_long_kwargs
+):
   """Separates the audio file `path` and writes one WAV per source into `out_dir`.
 
   Args:
@@ -390,14 +429,17 @@ def separate_file(path, *, variables, config, out_dir, overwrite=False, progress
   """
   outputs = output_paths(path, out_dir, config.num_sources)
   if not check_outputs(path, outputs, overwrite):
-    return FileResult(path=path, outputs=outputs,
-                      note="separated by an earlier run, outputs kept (--overwrite "
-                           "separates it again)")
+    return FileResult(
+      path=path,
+      outputs=outputs,
+      note="separated by an earlier run, outputs kept (--overwrite separates it again)",
+    )
   mixture, info = read_input(path, config.sample_rate)
   bar = _ChunkBar(path) if progress else None
   try:
-    result = inference.separate_long(variables, config, mixture, progress=bar,
-                                     **separate_long_kwargs)
+    result = inference.separate_long(
+      variables, config, mixture, progress=bar, **separate_long_kwargs
+    )
   finally:
     if bar:
       bar.close()
@@ -415,15 +457,26 @@ def _check_run(path, outputs, inputs, claimed):
   for output in outputs:
     key = os.path.realpath(output)
     if key in inputs:
-      raise audio.AudioError(path, f"its output {output} is one of this run's inputs: "
-                                   "choose another --out-dir")
+      raise audio.AudioError(
+        path, f"its output {output} is one of this run's inputs: choose another --out-dir"
+      )
     if key in claimed:
-      raise audio.AudioError(path, f"has the same name as {claimed[key]}, whose outputs "
-                                   "it would overwrite")
+      raise audio.AudioError(
+        path, f"has the same name as {claimed[key]}, whose outputs it would overwrite"
+      )
 
 
-def separate_files(paths, *, variables, config, out_dir, report=None, progress=False,
-                   overwrite=False, **separate_long_kwargs):
+def separate_files(
+  paths,
+  *,
+  variables,
+  config,
+  out_dir,
+  report=None,
+  progress=False,
+  overwrite=False,
+  **separate_long_kwargs,
+):
   """Separates every file in `paths` (folders: their audio files), going on past errors.
 
   Args:
@@ -462,9 +515,15 @@ def separate_files(paths, *, variables, config, out_dir, report=None, progress=F
     try:
       outputs = output_paths(path, out_dir, config.num_sources)
       _check_run(path, outputs, inputs, claimed)
-      result = separate_file(path, variables=variables, config=config, out_dir=out_dir,
-                             overwrite=overwrite, progress=progress,
-                             **separate_long_kwargs)
+      result = separate_file(
+        path,
+        variables=variables,
+        config=config,
+        out_dir=out_dir,
+        overwrite=overwrite,
+        progress=progress,
+        **separate_long_kwargs,
+      )
       claimed.update((os.path.realpath(output), path) for output in outputs)
     except audio.AudioError as error:
       result = FileResult(path=path, error=str(error).replace("\n", " "))

@@ -22,13 +22,15 @@ from eesep_jax.core import special
 
 
 def likelihood(params):
-  """"gaussian" or "student", from a parameter dict's keys."""
+  """The likelihood, "gaussian" or "student", read from a parameter dict's keys."""
   if set(params) == {"variance"}:
     return "gaussian"
   if set(params) == {"alpha", "beta"}:
     return "student"
-  raise ValueError(f"variance parameters must have keys {{'alpha', 'beta'}} or "
-                   f"{{'variance'}}, got {sorted(params)}")
+  raise ValueError(
+    f"variance parameters must have keys {{'alpha', 'beta'}} or "
+    f"{{'variance'}}, got {sorted(params)}"
+  )
 
 
 # Normal score of the per-block lower bounds of `_grid`: less than ~1e-8 of
@@ -51,8 +53,9 @@ def _convolve_truncated(mass):
       zero = jnp.zeros(mass.shape[:-2] + (1, cells), mass.dtype).at[..., 0].set(1.0)
       mass = jnp.concatenate([mass, zero], axis=-2)
     spectrum = jnp.fft.rfft(mass, length, axis=-1)
-    mass = jnp.fft.irfft(spectrum[..., 0::2, :] * spectrum[..., 1::2, :], length,
-                         axis=-1)[..., :cells]
+    mass = jnp.fft.irfft(spectrum[..., 0::2, :] * spectrum[..., 1::2, :], length, axis=-1)[
+      ..., :cells
+    ]
   return mass[..., 0, :]
 
 
@@ -93,8 +96,7 @@ def _grid_probability(c, cdf, offset, step, present):
   mass = jnp.where(present[..., None], mass, jnp.arange(cells) == 0)
   total = _convolve_truncated(mass)
   # Sum cell j covers Σ E_b ∈ Σ o_b + (j + n/2 + [−½, ½]) h, n blocks present.
-  top = ((c - jnp.sum(offset, axis=-1)) / step
-         - 0.5 * jnp.sum(present, axis=-1, dtype=c.dtype) + 0.5)
+  top = (c - jnp.sum(offset, axis=-1)) / step - 0.5 * jnp.sum(present, axis=-1, dtype=c.dtype) + 0.5
   weight = jnp.clip(top[..., None] - jnp.arange(cells, dtype=c.dtype), 0.0, 1.0)
   return jnp.sum(total * weight, axis=-1)
 
@@ -136,10 +138,12 @@ def _block_sum_cdf(c, block_cdf, lower, location, present):
   lower = jnp.where(present, lower, 0.0)
   grids = [_grid(c, lower, location, present, size) for size in (cells, cells // 2)]
   # One evaluation of the CDFs for both grids: it is most of the compiled program.
-  cdf = jnp.split(block_cdf(jnp.concatenate([edges for edges, _, _ in grids], axis=-1)),
-                  [cells], axis=-1)
-  fine, coarse = (_grid_probability(c, part, offset, step, present)
-                  for part, (_, offset, step) in zip(cdf, grids))
+  cdf = jnp.split(
+    block_cdf(jnp.concatenate([edges for edges, _, _ in grids], axis=-1)), [cells], axis=-1
+  )
+  fine, coarse = (
+    _grid_probability(c, part, offset, step, present) for part, (_, offset, step) in zip(cdf, grids)
+  )
   ratio = ((cells - num_blocks) / (cells // 2 - num_blocks)) ** 2  # (h_coarse/h_fine)².
   probability = (ratio * fine - coarse) / (ratio - 1)
   # Below every block's bound, P ≈ 0 (< 1e-8 per block).
@@ -156,8 +160,9 @@ def _by_block_count(count, function, *arrays):
   runs = [slice(0, count.size)]
   if count[-1] != count[0]:
     runs = [slice(0, count.size - 1), slice(count.size - 1, None)]
-  return jnp.concatenate([function(float(count[run][0]) / 2, *(x[..., run, :] for x in arrays))
-                          for run in runs], axis=-2)
+  return jnp.concatenate(
+    [function(float(count[run][0]) / 2, *(x[..., run, :] for x in arrays)) for run in runs], axis=-2
+  )
 
 
 def _blocks_present(count, shape):
@@ -201,25 +206,38 @@ def _student_energy_cdf(c, alpha, beta, count, exact):
     return jnp.where(present[..., 0], probability, 1.0)
   samples = jnp.asarray(count, alpha.dtype)
   if exact:
+
     def block_cdf(edges):
-      return _by_block_count(count, lambda half, edges, alpha, beta: special.beta_prime_cdf(
-          special.clamped_ratio(edges, 2 * beta), half, alpha),
-          edges, alpha[..., None], beta[..., None])
+      return _by_block_count(
+        count,
+        lambda half, edges, alpha, beta: special.beta_prime_cdf(
+          special.clamped_ratio(edges, 2 * beta), half, alpha
+        ),
+        edges,
+        alpha[..., None],
+        beta[..., None],
+      )
+
     # E_b = 2β Y/G, Y ~ Gamma(T_b/2), G ~ Gamma(α_b): bounded below by Y's lower and
     # G's upper tail.
     half = samples / 2
-    lower = (2 * beta * special.wilson_hilferty(half, -_TAIL_SCORE)
-             / special.wilson_hilferty(alpha, _TAIL_SCORE))
-    location = (2 * beta * special.wilson_hilferty(half, 0.0)
-                / special.wilson_hilferty(alpha, 0.0))
+    lower = (
+      2
+      * beta
+      * special.wilson_hilferty(half, -_TAIL_SCORE)
+      / special.wilson_hilferty(alpha, _TAIL_SCORE)
+    )
+    location = 2 * beta * special.wilson_hilferty(half, 0.0) / special.wilson_hilferty(alpha, 0.0)
   else:
+
     def block_cdf(edges):
-      return special.gammaincc(alpha[..., None], special.clamped_ratio(
-          (samples * beta)[..., None], edges))
+      return special.gammaincc(
+        alpha[..., None], special.clamped_ratio((samples * beta)[..., None], edges)
+      )
+
     lower = samples * beta / special.wilson_hilferty(alpha, _TAIL_SCORE)
     location = samples * beta / special.wilson_hilferty(alpha, 0.0)
-  return _block_sum_cdf(jnp.broadcast_to(c, shape[:-1]), block_cdf, lower, location,
-                        present)
+  return _block_sum_cdf(jnp.broadcast_to(c, shape[:-1]), block_cdf, lower, location, present)
 
 
 def _gaussian_energy_cdf(c, variance, count):
@@ -234,14 +252,19 @@ def _gaussian_energy_cdf(c, variance, count):
     return jnp.where(present[..., 0], probability, 1.0)
 
   def block_cdf(edges):
-    return _by_block_count(count, lambda half, edges, variance: 1 - special.gammaincc(
-        half, special.clamped_ratio(edges, 2 * variance)), edges, variance[..., None])
+    return _by_block_count(
+      count,
+      lambda half, edges, variance: (
+        1 - special.gammaincc(half, special.clamped_ratio(edges, 2 * variance))
+      ),
+      edges,
+      variance[..., None],
+    )
 
   half = jnp.asarray(count, variance.dtype) / 2
   lower = 2 * variance * special.wilson_hilferty(half, -_TAIL_SCORE)
   location = 2 * variance * special.wilson_hilferty(half, 0.0)
-  return _block_sum_cdf(jnp.broadcast_to(c, shape[:-1]), block_cdf, lower, location,
-                        present)
+  return _block_sum_cdf(jnp.broadcast_to(c, shape[:-1]), block_cdf, lower, location, present)
 
 
 def energy_cdf(c, params, num_samples, *, exact=True):

@@ -19,8 +19,9 @@ MEAN_LOSSES = ("nll", "snr")
 PERMUTATIONS = ("joint", "per-exit")
 
 
-def pairwise_source_loss(estimates, variance, references, *, objective, mean_loss,
-                         variance_config, lengths=None):
+def pairwise_source_loss(
+  estimates, variance, references, *, objective, mean_loss, variance_config, lengths=None
+):
   """Loss of every estimate against every reference.
 
   Args:
@@ -50,11 +51,12 @@ def pairwise_source_loss(estimates, variance, references, *, objective, mean_los
   params_i = jax.tree.map(lambda p: p[..., :, None, :], variance)
   reference_j, estimate_i = jnp.broadcast_arrays(reference_j, estimate_i)
   if mean_loss == "nll":
-    return probabilistic.exit_nll(reference_j, estimate_i, params_i, variance_config,
-                                  lengths=lengths)
-  return (-metrics.snr(reference_j, estimate_i) + probabilistic.exit_nll(
-      reference_j, jax.lax.stop_gradient(estimate_i), params_i, variance_config,
-      lengths=lengths))
+    return probabilistic.exit_nll(
+      reference_j, estimate_i, params_i, variance_config, lengths=lengths
+    )
+  return -metrics.snr(reference_j, estimate_i) + probabilistic.exit_nll(
+    reference_j, jax.lax.stop_gradient(estimate_i), params_i, variance_config, lengths=lengths
+  )
 
 
 def _check_choice(name, value, choices):
@@ -62,8 +64,17 @@ def _check_choice(name, value, choices):
     raise ValueError(f"{name}={value!r} is not one of {choices}")
 
 
-def separation_loss(outputs, references, *, variance_config, objective="nll",
-                    mean_loss="nll", permutation="joint", exit_weights=None, lengths=None):
+def separation_loss(
+  outputs,
+  references,
+  *,
+  variance_config,
+  objective="nll",
+  mean_loss="nll",
+  permutation="joint",
+  exit_weights=None,
+  lengths=None,
+):
   """The joint objective over all exits.
 
   Args:
@@ -91,8 +102,14 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
   num_exits, _, num_sources = estimates.shape[:3]
   weights = jnp.ones((num_exits,)) if exit_weights is None else jnp.asarray(exit_weights)
   pairwise = pairwise_source_loss(
-      estimates, outputs["variance"], references, objective=objective,
-      mean_loss=mean_loss, variance_config=variance_config, lengths=lengths)
+    estimates,
+    outputs["variance"],
+    references,
+    objective=objective,
+    mean_loss=mean_loss,
+    variance_config=variance_config,
+    lengths=lengths,
+  )
   per_permutation = permutation_lib.mean_over_sources(pairwise)  # [exits, batch, permutations]
   if permutation == "joint":
     best = jnp.argmin(jnp.einsum("e,ebp->bp", weights, per_permutation), axis=-1)
@@ -101,6 +118,9 @@ def separation_loss(outputs, references, *, variance_config, objective="nll",
     best = jnp.argmin(per_permutation, axis=-1)
   chosen = jnp.take_along_axis(per_permutation, best[..., None], axis=-1)[..., 0]
   per_exit = jnp.mean(chosen, axis=-1)
-  aux = {"per_exit": per_exit, "per_example": chosen,
-         "permutation": permutation_lib.table(num_sources)[best[-1]]}
+  aux = {
+    "per_exit": per_exit,
+    "per_example": chosen,
+    "permutation": permutation_lib.table(num_sources)[best[-1]],
+  }
   return jnp.sum(weights * per_exit), aux

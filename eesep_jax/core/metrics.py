@@ -50,10 +50,12 @@ def si_snr(reference, estimate, lengths=None):
   reference = _remove_mean(reference, lengths)
   estimate = _remove_mean(estimate, lengths)
   scale = jnp.sum(reference * estimate, axis=-1, keepdims=True) / (
-      jnp.sum(jnp.square(reference), axis=-1, keepdims=True) + EPS)
+    jnp.sum(jnp.square(reference), axis=-1, keepdims=True) + EPS
+  )
   projection = scale * reference
-  return _db_ratio(jnp.sum(jnp.square(projection), axis=-1),
-                   jnp.sum(jnp.square(estimate - projection), axis=-1))
+  return _db_ratio(
+    jnp.sum(jnp.square(projection), axis=-1), jnp.sum(jnp.square(estimate - projection), axis=-1)
+  )
 
 
 def improvement(metric, reference, estimate, mixture):

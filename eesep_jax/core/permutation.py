@@ -23,9 +23,10 @@ def matched(pairwise):
   sources]`, entry `[p, i]` being `pairwise[..., i, table[p, i]]`."""
   perms = table(pairwise.shape[-1])
   return jnp.take_along_axis(
-      pairwise[..., None, :, :],
-      jnp.broadcast_to(perms[:, :, None], pairwise.shape[:-2] + perms.shape + (1,)),
-      axis=-1)[..., 0]
+    pairwise[..., None, :, :],
+    jnp.broadcast_to(perms[:, :, None], pairwise.shape[:-2] + perms.shape + (1,)),
+    axis=-1,
+  )[..., 0]
 
 
 def mean_over_sources(pairwise):

@@ -147,9 +147,12 @@ def student_t_nll(target, estimate, alpha, beta, *, block_length=None, lengths=N
   energy, _ = block_energy(target - estimate, block_length)
   count = valid_block_count(target.shape[-1], block_length, lengths)
   half = jnp.asarray(count / 2, energy.dtype)
-  nll = ((alpha + half) * jnp.log1p(energy / (2 * beta))
-         + half * jnp.log(2 * math.pi * beta)
-         + special.gammaln(alpha) - special.gammaln(alpha + half))
+  nll = (
+    (alpha + half) * jnp.log1p(energy / (2 * beta))
+    + half * jnp.log(2 * math.pi * beta)
+    + special.gammaln(alpha)
+    - special.gammaln(alpha + half)
+  )
   nll = jnp.where(count > 0, nll, 0.0)
   return jnp.sum(nll, axis=-1) / _valid_samples(target.shape[-1], lengths)
 
@@ -172,8 +175,9 @@ def gaussian_nll(target, estimate, variance, *, block_length=None, lengths=None)
   (variance,) = _with_block_axis(block_length, variance)
   energy, _ = block_energy(target - estimate, block_length)
   count = valid_block_count(target.shape[-1], block_length, lengths)
-  nll = 0.5 * (jnp.asarray(count, energy.dtype) * jnp.log(2 * math.pi * variance)
-               + energy / variance)
+  nll = 0.5 * (
+    jnp.asarray(count, energy.dtype) * jnp.log(2 * math.pi * variance) + energy / variance
+  )
   nll = jnp.where(count > 0, nll, 0.0)
   return jnp.sum(nll, axis=-1) / _valid_samples(target.shape[-1], lengths)
 
@@ -194,10 +198,17 @@ def exit_nll(target, estimate, params, config, *, lengths=None):
   if config.block_length is None:  # The low-level NLLs take per-utterance parameters.
     params = {name: value[..., 0] for name, value in params.items()}
   if energy_law.likelihood(params) == "gaussian":
-    return gaussian_nll(target, estimate, params["variance"],
-                        block_length=config.block_length, lengths=lengths)
-  return student_t_nll(target, estimate, params["alpha"], params["beta"],
-                       block_length=config.block_length, lengths=lengths)
+    return gaussian_nll(
+      target, estimate, params["variance"], block_length=config.block_length, lengths=lengths
+    )
+  return student_t_nll(
+    target,
+    estimate,
+    params["alpha"],
+    params["beta"],
+    block_length=config.block_length,
+    lengths=lengths,
+  )
 
 
 # ----------------------------------------------------------------------------------
@@ -225,6 +236,7 @@ class Parameterisation(NamedTuple):
   `P(ŝ)` and `mean_factor` (`α − 1` for Student-t, 1 for Gaussian); for Student-t with
   `num_raw == 2`, `α = α_min + softplus(raw[..., 1])`, else `α` is `fixed_alpha`.
   """
+
   likelihood: str  # "gaussian" or "student"
   num_raw: int
   precision: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -235,11 +247,11 @@ class Parameterisation(NamedTuple):
 
 
 PARAMETERISATIONS = {
-    "gaussian-logvar": Parameterisation("gaussian", 1, _log_precision),
-    "gaussian-snr": Parameterisation("gaussian", 1, _snr_precision),
-    "student-logvar": Parameterisation("student", 2, _log_precision),
-    "student-snr": Parameterisation("student", 2, _snr_precision),
-    "student-fixed-dof": Parameterisation("student", 1, _log_precision),
+  "gaussian-logvar": Parameterisation("gaussian", 1, _log_precision),
+  "gaussian-snr": Parameterisation("gaussian", 1, _snr_precision),
+  "student-logvar": Parameterisation("student", 2, _log_precision),
+  "student-snr": Parameterisation("student", 2, _snr_precision),
+  "student-fixed-dof": Parameterisation("student", 1, _log_precision),
 }
 
 
@@ -256,6 +268,7 @@ class VarianceConfig:
     alpha_min: lower bound on `α`; above 1 so the mean of `σ²` is finite.
     fixed_alpha: `α` of "student-fixed-dof".
   """
+
   parameterisation: str = "student-snr"
   monotone: bool = False
   block_length: int | None = None
@@ -264,11 +277,15 @@ class VarianceConfig:
 
   def __post_init__(self):
     if self.parameterisation not in PARAMETERISATIONS:
-      raise ValueError(f"unknown variance parameterisation {self.parameterisation!r}; "
-                       f"valid names: {sorted(PARAMETERISATIONS)}")
+      raise ValueError(
+        f"unknown variance parameterisation {self.parameterisation!r}; "
+        f"valid names: {sorted(PARAMETERISATIONS)}"
+      )
     if not (self.alpha_min > 1 and self.fixed_alpha > 1):
-      raise ValueError(f"alpha_min={self.alpha_min} and fixed_alpha={self.fixed_alpha} "
-                       "must exceed 1 for the mean of the variance to be finite")
+      raise ValueError(
+        f"alpha_min={self.alpha_min} and fixed_alpha={self.fixed_alpha} "
+        "must exceed 1 for the mean of the variance to be finite"
+      )
     if self.block_length is not None and self.block_length < 1:
       raise ValueError(f"block_length={self.block_length} must be positive or None")
 
@@ -330,8 +347,10 @@ def variance_parameters(raw, estimate, state, config, *, lengths=None):
   raw = raw.astype(jnp.promote_types(raw.dtype, jnp.float32))
   energy, _ = block_energy(estimate, config.block_length)
   if raw.shape[-2:] != (energy.shape[-1], form.num_raw):
-    raise ValueError(f"raw outputs end in {raw.shape[-2:]}, expected (blocks, num_raw) = "
-                     f"{(energy.shape[-1], form.num_raw)} for {config}")
+    raise ValueError(
+      f"raw outputs end in {raw.shape[-2:]}, expected (blocks, num_raw) = "
+      f"{(energy.shape[-1], form.num_raw)} for {config}"
+    )
   count = valid_block_count(estimate.shape[-1], config.block_length, lengths)
   # A block with no valid sample has no energy either: 0/1, then the floor.
   count = jnp.maximum(jnp.asarray(count, energy.dtype), 1)
@@ -434,8 +453,18 @@ def input_snr_db(mixture, estimate, *, lengths=None):
   return 10 * jnp.log10(_signal_energy(estimate, lengths=lengths) / residual)
 
 
-def exit_probability(estimate, params, target_snr_db, *, conditions=("snr",), mixture=None,
-                     reference_power=None, config, exact=True, lengths=None):
+def exit_probability(
+  estimate,
+  params,
+  target_snr_db,
+  *,
+  conditions=("snr",),
+  mixture=None,
+  reference_power=None,
+  config,
+  exact=True,
+  lengths=None,
+):
   """Probability that an exit's output meets the target, for every example.
 
   Conditions (docs/method.md §4), each a probability per source:
@@ -479,8 +508,9 @@ def exit_probability(estimate, params, target_snr_db, *, conditions=("snr",), mi
     else:
       targets.append((signal, gamma))
   # All conditions in one evaluation, `[conditions, batch..., sources]`.
-  energy, gamma = (jnp.stack([jnp.broadcast_to(x, signal.shape) for x in column])
-                   for column in zip(*targets))
+  energy, gamma = (
+    jnp.stack([jnp.broadcast_to(x, signal.shape) for x in column]) for column in zip(*targets)
+  )
   count = valid_block_count(estimate.shape[-1], config.block_length, per_source)
   probability = snr_exceedance(energy, params, gamma, count, exact=exact)
   return jnp.min(jnp.max(probability, axis=0), axis=-1)
@@ -514,8 +544,10 @@ def expected_snr_db(estimate, params, config, *, lengths=None):
 # Post-hoc calibration of the variance parameters (fitted by `analysis.calibration`).
 
 # The post-hoc scales each likelihood has (see `apply_posthoc`).
-LIKELIHOOD_SCALES = {"student": ("beta_scale", "alpha_excess_scale"),
-                     "gaussian": ("variance_scale",)}
+LIKELIHOOD_SCALES = {
+  "student": ("beta_scale", "alpha_excess_scale"),
+  "gaussian": ("variance_scale",),
+}
 POSTHOC_SCALES = LIKELIHOOD_SCALES["student"] + LIKELIHOOD_SCALES["gaussian"]
 
 
@@ -552,8 +584,10 @@ def apply_posthoc(params, scales, exit_axis=-1):
   if gaussian:
     return {"variance": params["variance"] * along_exits("variance_scale", params["variance"])}
   alpha, beta = params["alpha"], params["beta"]
-  return {"alpha": 1 + along_exits("alpha_excess_scale", alpha) * (alpha - 1),
-          "beta": beta * along_exits("beta_scale", beta)}
+  return {
+    "alpha": 1 + along_exits("alpha_excess_scale", alpha) * (alpha - 1),
+    "beta": beta * along_exits("beta_scale", beta),
+  }
 
 
 def full_posthoc(scales, config):
@@ -577,12 +611,16 @@ def full_posthoc(scales, config):
   names = LIKELIHOOD_SCALES[likelihood]
   scales = scales or {}
   if not set(scales) <= set(names):
-    raise ValueError(f"post-hoc scales {sorted(scales)} do not fit a {likelihood} "
-                     f"variance head (scales: {names})")
-  full = {name: np.asarray(scales.get(name, np.ones(config.num_exits)), np.float64)
-          for name in names}
+    raise ValueError(
+      f"post-hoc scales {sorted(scales)} do not fit a {likelihood} variance head (scales: {names})"
+    )
+  full = {
+    name: np.asarray(scales.get(name, np.ones(config.num_exits)), np.float64) for name in names
+  }
   for name, value in full.items():
     if value.shape != (config.num_exits,):
-      raise ValueError(f"post-hoc {name} has shape {value.shape}, not one value for each "
-                       f"of the model's {config.num_exits} exits")
+      raise ValueError(
+        f"post-hoc {name} has shape {value.shape}, not one value for each "
+        f"of the model's {config.num_exits} exits"
+      )
   return full

@@ -58,7 +58,7 @@ def _gammaincc_temme(a, x):
   eta = mu * jnp.sqrt(2 * _log1pmx_over_square(mu))
   small = jnp.abs(eta) < 0.3
   eta_small = jnp.where(small, eta, 0.0)
-  series = sum(c * eta_small ** k for k, c in enumerate(_TEMME_C0))
+  series = sum(c * eta_small**k for k, c in enumerate(_TEMME_C0))
   mu_big, eta_big = jnp.where(small, 1.0, mu), jnp.where(small, 1.0, eta)
   c0 = jnp.where(small, series, 1 / mu_big - 1 / eta_big)
   remainder = jnp.exp(-0.5 * a * jnp.square(eta)) / jnp.sqrt(2 * math.pi * a) * c0
@@ -79,7 +79,7 @@ def gammaincc(a, x):
 
 def _stirling_remainder(z):
   """`log Γ(z) − [(z − ½) log z − z + ½ log 2π]` for `z ≥ 10` (error < 1e-10)."""
-  return 1 / (12 * z) - 1 / (360 * z ** 3) + 1 / (1260 * z ** 5)
+  return 1 / (12 * z) - 1 / (360 * z**3) + 1 / (1260 * z**5)
 
 
 def _log_gamma_kernel(shape, x):
@@ -90,8 +90,11 @@ def _log_gamma_kernel(shape, x):
   shape_large = jnp.where(large, shape, 10.0)
   x = jnp.maximum(x, ARG_MIN)
   mu = jnp.clip(x / shape_large - 1, _MU_MIN, _MU_MAX)
-  stirling = (-shape_large * mu * (mu * _log1pmx_over_square(mu))
-              + 0.5 * jnp.log(shape_large / (2 * math.pi)) - _stirling_remainder(shape_large))
+  stirling = (
+    -shape_large * mu * (mu * _log1pmx_over_square(mu))
+    + 0.5 * jnp.log(shape_large / (2 * math.pi))
+    - _stirling_remainder(shape_large)
+  )
   shape_small = jnp.where(large, 1.0, shape)
   direct = shape_small * jnp.log(x) - x - special.gammaln(shape_small)
   return jnp.where(large, stirling, direct)
@@ -110,9 +113,13 @@ def _betainc_bgrat(a, b, log_x):
   t = a + (b - 1) / 2
   u = -t * log_x
   r = b / a
-  ratio = jnp.exp(-b * r * _log1pmx_over_square(r) - 0.5 * jnp.log1p(r)
-                  + b * jnp.log1p((b + 1) / (2 * t))
-                  + _stirling_remainder(a + b) - _stirling_remainder(a))
+  ratio = jnp.exp(
+    -b * r * _log1pmx_over_square(r)
+    - 0.5 * jnp.log1p(r)
+    + b * jnp.log1p((b + 1) / (2 * t))
+    + _stirling_remainder(a + b)
+    - _stirling_remainder(a)
+  )
   prefix = ratio * jnp.exp(_log_gamma_kernel(b, u))
   term = ratio * gammaincc(b, u)
   total = term
@@ -121,9 +128,10 @@ def _betainc_bgrat(a, b, log_x):
   power = 1.0
   for n in range(1, _BGRAT_TERMS + 1):
     # Python ints this large would overflow int32 once inside jax: divide by floats.
-    p.append(sum((m * b - n) * p[n - m] / float(math.factorial(2 * m + 1))
-                 for m in range(1, n)) / n
-             + (b - 1) / float(math.factorial(2 * n + 1)))
+    p.append(
+      sum((m * b - n) * p[n - m] / float(math.factorial(2 * m + 1)) for m in range(1, n)) / n
+      + (b - 1) / float(math.factorial(2 * n + 1))
+    )
     b2n = b + 2 * (n - 1)
     term = (b2n * (b2n + 1) * term + (u + b2n + 1) * power * prefix) / (4 * t * t)
     power = power * half_log_x_squared
@@ -187,7 +195,8 @@ def beta_prime_cdf(z, a, b):
 
   def bgrat_holds(large, small):
     return (large >= _BGRAT_MIN_SHAPE) & (
-        small <= jnp.minimum(_BGRAT_RATIO * large, jnp.sqrt(50 * large)))
+      small <= jnp.minimum(_BGRAT_RATIO * large, jnp.sqrt(50 * large))
+    )
 
   small_b, small_a = bgrat_holds(a, b), bgrat_holds(b, a)
   # One BGRAT for both orientations (half the compiled program): `I_x(a, b)`, or
@@ -195,19 +204,27 @@ def beta_prime_cdf(z, a, b):
   bgrat = small_b | small_a
   large = jnp.where(small_b, a, jnp.where(small_a, b, _BGRAT_MIN_SHAPE))
   small = jnp.where(small_b, b, jnp.where(small_a, a, 1.0))
-  series = _betainc_bgrat(large, small, jnp.where(small_b, _log_ratio_to_sum(z),
-                                                  -jnp.log1p(z)))
+  series = _betainc_bgrat(large, small, jnp.where(small_b, _log_ratio_to_sum(z), -jnp.log1p(z)))
   value = jnp.where(small_b, series, jnp.where(small_a, 1 - series, 0.0))
   rest = ~bgrat
   if not static or a >= _LARGE_BETA_SHAPE:
     paulson = rest & (a >= _LARGE_BETA_SHAPE)
-    value = value + jnp.where(paulson, _beta_prime_cdf_paulson(
-        jnp.where(paulson, a, 1.0), jnp.where(paulson, b, 1.0), z), 0.0)
+    value = value + jnp.where(
+      paulson,
+      _beta_prime_cdf_paulson(jnp.where(paulson, a, 1.0), jnp.where(paulson, b, 1.0), z),
+      0.0,
+    )
   if not static or a < _LARGE_BETA_SHAPE:
     moderate = rest & (a < _LARGE_BETA_SHAPE)
-    value = value + jnp.where(moderate, _betainc(
-        jnp.where(moderate, a, 1.0), jnp.where(moderate, b, 1.0),
-        jnp.where(moderate, z / (1 + z), 0.5)), 0.0)
+    value = value + jnp.where(
+      moderate,
+      _betainc(
+        jnp.where(moderate, a, 1.0),
+        jnp.where(moderate, b, 1.0),
+        jnp.where(moderate, z / (1 + z), 0.5),
+      ),
+      0.0,
+    )
   return value
 
 
@@ -227,12 +244,10 @@ def clamped_ratio(numerator, denominator):
   and meets the clamp's zero as `0 · inf = NaN`; the logs' never does. The value is the
   quotient's (the log form rounds `log` to 1e-6, an error of 3e-4 in `χ²_{10⁶}`'s CDF).
   """
-  log_ratio = jnp.clip(jnp.log(numerator) - jnp.log(denominator), _LOG_ARG_MIN,
-                       _LOG_ARG_MAX)
+  log_ratio = jnp.clip(jnp.log(numerator) - jnp.log(denominator), _LOG_ARG_MIN, _LOG_ARG_MAX)
   smooth = jnp.exp(log_ratio)
   quotient = jnp.clip(numerator / denominator, ARG_MIN, ARG_MAX)
   return smooth + jax.lax.stop_gradient(quotient - smooth)
-
 
 
 def wilson_hilferty(shape, score):
@@ -241,4 +256,3 @@ def wilson_hilferty(shape, score):
   rely on (its tails are off by a factor or so, on the safe side for the energy law's bounds)."""
   root = 1 - 1 / (9 * shape) + score / (3 * jnp.sqrt(shape))
   return shape * jnp.maximum(root, 0.0) ** 3
-

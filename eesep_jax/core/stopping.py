@@ -41,6 +41,7 @@ class Policy:
     posthoc_scales: per-exit post-hoc calibration `{name: [exits]}` applied to the
       variance parameters before any probability or expected SNR is read; None: none.
   """
+
   kind: str = flax.struct.field(pytree_node=False, default="probabilistic")
   target_snr_db: float = TARGET_SNR_DB
   confidence: float = CONFIDENCE
@@ -54,16 +55,17 @@ class Policy:
       raise ValueError(f"policy={self.kind!r} is not one of {POLICIES}")
     unknown = set(self.conditions) - set(probabilistic.CONDITIONS)
     if unknown or not self.conditions:
-      raise ValueError(f"conditions={self.conditions!r}: choose one or more of "
-                       f"{probabilistic.CONDITIONS}")
+      raise ValueError(
+        f"conditions={self.conditions!r}: choose one or more of {probabilistic.CONDITIONS}"
+      )
     if self.kind == "fixed" and not (self.exit_index and 1 <= self.exit_index <= num_exits):
-      raise ValueError(f"policy='fixed' needs exit_index in 1..{num_exits}, "
-                       f"got {self.exit_index!r}")
+      raise ValueError(
+        f"policy='fixed' needs exit_index in 1..{num_exits}, got {self.exit_index!r}"
+      )
     return self
 
 
-def accepts(policy, exit_number, *, probability=None, expected_snr_db=None,
-            oracle_snr_db=None):
+def accepts(policy, exit_number, *, probability=None, expected_snr_db=None, oracle_snr_db=None):
   """Whether `policy` accepts an exit, for arrays of any shape that broadcast.
 
   Each policy reads one input, and the others may be None: `probability`

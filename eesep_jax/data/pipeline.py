@@ -51,15 +51,19 @@ def _crop_or_pad(signal, segment_length, rng):
   length = signal.shape[-1]
   if length >= segment_length:
     start = int(rng.integers(length - segment_length + 1))
-    return signal[..., start:start + segment_length], segment_length
+    return signal[..., start : start + segment_length], segment_length
   padding = [(0, 0)] * (signal.ndim - 1) + [(0, segment_length - length)]
   return np.pad(signal, padding), length
 
 
 def _training_example(mixture, sources, valid, segment_length):
   mask = (np.arange(segment_length) < valid).astype(np.float32)
-  return {"mixture": mixture.astype(np.float32), "sources": sources.astype(np.float32),
-          "mask": mask, "length": np.int32(valid)}
+  return {
+    "mixture": mixture.astype(np.float32),
+    "sources": sources.astype(np.float32),
+    "mask": mask,
+    "length": np.int32(valid),
+  }
 
 
 class CropTransform(grain.transforms.RandomMap):
@@ -95,11 +99,15 @@ class DynamicMixTransform(grain.transforms.RandomMap):
 
   def __init__(self, source, segment_length, num_sources, augmentation=None):
     if num_sources < 2:
-      raise ValueError(f"dynamic mixing re-mixes speakers; it needs 2 or more sources, "
-                       f"the source has {num_sources}")
+      raise ValueError(
+        f"dynamic mixing re-mixes speakers; it needs 2 or more sources, "
+        f"the source has {num_sources}"
+      )
     if len(source) < num_sources:
-      raise ValueError(f"dynamic mixing of {num_sources} sources needs as many examples; "
-                       f"the source has {len(source)}")
+      raise ValueError(
+        f"dynamic mixing of {num_sources} sources needs as many examples; "
+        f"the source has {len(source)}"
+      )
     self.source = source
     self.segment_length = segment_length
     self.num_sources = num_sources
@@ -123,14 +131,16 @@ class DynamicMixTransform(grain.transforms.RandomMap):
       track, length = _crop_or_pad(track, self.segment_length, rng)
       tracks.append(track)
       valid.append(length)
-    reference = mixing.rms(tracks[0][:valid[0]])
-    tracks = mixing.apply_levels(tracks, mixing.wsj0_levels_db(rng, self.num_sources),
-                                 reference_rms=reference)
+    reference = mixing.rms(tracks[0][: valid[0]])
+    tracks = mixing.apply_levels(
+      tracks, mixing.wsj0_levels_db(rng, self.num_sources), reference_rms=reference
+    )
     sources = np.stack(tracks)
     if not self.augmentation:
       return _training_example(sources.sum(axis=0), sources, max(valid), self.segment_length)
-    mixture, sources = augment.augment_sources(sources, max(valid), rng, self.augmentation,
-                                               self.source.sample_rate)
+    mixture, sources = augment.augment_sources(
+      sources, max(valid), rng, self.augmentation, self.source.sample_rate
+    )
     return _training_example(mixture, sources, max(valid), self.segment_length)
 
 
@@ -140,10 +150,22 @@ def _stream_seeds(seed):
   return int(shuffle_seed), int(map_seed)
 
 
-def training_loader(source, *, batch_size, seed, segment_length=None, segment_seconds=None,
-                    shard_index=0, shard_count=1, num_workers=0, dynamic_mixing=False,
-                    augmentation=None, num_epochs=None, read_threads=4,
-                    prefetch_batches=4):
+def training_loader(
+  source,
+  *,
+  batch_size,
+  seed,
+  segment_length=None,
+  segment_seconds=None,
+  shard_index=0,
+  shard_count=1,
+  num_workers=0,
+  dynamic_mixing=False,
+  augmentation=None,
+  num_epochs=None,
+  read_threads=4,
+  prefetch_batches=4,
+):
   """Batches of fixed-length training segments, as a grain `IterDataset`.
 
   Args:
@@ -185,19 +207,24 @@ def training_loader(source, *, batch_size, seed, segment_length=None, segment_se
     global_batch = batch_size * shard_count
     usable = len(dataset) // global_batch * global_batch
     if usable < len(dataset):
-      warnings.warn(f"training_loader: the last {len(dataset) - usable} of {len(dataset)} "
-                    f"examples ({num_epochs} epochs) do not fill a batch of {batch_size} on "
-                    f"each of {shard_count} processes and are not used", stacklevel=2)
+      warnings.warn(
+        f"training_loader: the last {len(dataset) - usable} of {len(dataset)} "
+        f"examples ({num_epochs} epochs) do not fill a batch of {batch_size} on "
+        f"each of {shard_count} processes and are not used",
+        stacklevel=2,
+      )
     dataset = dataset[:usable]
   dataset = dataset[shard_index::shard_count].batch(batch_size, drop_remainder=True)
-  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                       prefetch_buffer_size=prefetch_batches))
+  iterable = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+  )
   if num_workers:
     if not flags.FLAGS.is_parsed():
       # grain 0.2.18's workers read absl flags, unparsed outside an absl app (grain#1355).
       flags.FLAGS.mark_as_parsed()
-    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=prefetch_batches))
+    iterable = iterable.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch_batches)
+    )
   return iterable
 
 
@@ -212,16 +239,25 @@ def pad_batch(examples, multiple, min_length=0):
     return np.pad(signal, [(0, 0)] * (signal.ndim - 1) + [(0, padded - signal.shape[-1])])
 
   return {
-      "mixture": np.stack([pad(e["mixture"]) for e in examples]).astype(np.float32),
-      "sources": np.stack([pad(e["sources"]) for e in examples]).astype(np.float32),
-      "mask": (np.arange(padded)[None] < np.array(lengths)[:, None]).astype(np.float32),
-      "length": np.array(lengths, np.int32),
-      "id": np.array([e["id"] for e in examples]),
+    "mixture": np.stack([pad(e["mixture"]) for e in examples]).astype(np.float32),
+    "sources": np.stack([pad(e["sources"]) for e in examples]).astype(np.float32),
+    "mask": (np.arange(padded)[None] < np.array(lengths)[:, None]).astype(np.float32),
+    "length": np.array(lengths, np.int32),
+    "id": np.array([e["id"] for e in examples]),
   }
 
 
-def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=None,
-                       num_threads=2, equal_batches=False, shard_index=0, shard_count=1):
+def evaluation_batches(
+  source,
+  *,
+  batch_size=1,
+  pad_multiple=1,
+  max_examples=None,
+  num_threads=2,
+  equal_batches=False,
+  shard_index=0,
+  shard_count=1,
+):
   """Whole utterances for evaluation, never cropped, as a grain `IterDataset`.
 
   With `batch_size=1` and `pad_multiple=1` every batch is one utterance, unpadded.
@@ -257,27 +293,39 @@ def evaluation_batches(source, *, batch_size=1, pad_multiple=1, max_examples=Non
   lengths = getattr(source, "lengths", None)
   if batch_size > 1 and lengths is not None:
     indices = indices[np.argsort([lengths[i] for i in indices], kind="stable")]
-  groups = [indices[i:i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+  groups = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
   if not equal_batches:
     dataset = grain.MapDataset.source(groups).map(
-        lambda group: pad_batch([source[i] for i in group], pad_multiple))
+      lambda group: pad_batch([source[i] for i in group], pad_multiple)
+    )
   else:
     if batch_size % shard_count or lengths is None:
-      raise ValueError(f"a batch of {batch_size} cannot be split into {shard_count} equal "
-                       "shares (or the source has no lengths)")
-    dataset = grain.MapDataset.source(groups).map(functools.partial(
-        _shard_of_group, source, batch_size=batch_size, pad_multiple=pad_multiple,
-        shard_index=shard_index, shard_count=shard_count))
-  return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=2 * num_threads))
+      raise ValueError(
+        f"a batch of {batch_size} cannot be split into {shard_count} equal "
+        "shares (or the source has no lengths)"
+      )
+    dataset = grain.MapDataset.source(groups).map(
+      functools.partial(
+        _shard_of_group,
+        source,
+        batch_size=batch_size,
+        pad_multiple=pad_multiple,
+        shard_index=shard_index,
+        shard_count=shard_count,
+      )
+    )
+  return dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+  )
 
 
 def _shard_of_group(source, group, *, batch_size, pad_multiple, shard_index, shard_count):
   """This process's rows of `group` filled up to `batch_size` (see `evaluation_batches`)."""
   weights = [1.0] * len(group) + [0.0] * (batch_size - len(group))
   group = group + group[-1:] * (batch_size - len(group))
-  share = slice(shard_index * batch_size // shard_count,
-                (shard_index + 1) * batch_size // shard_count)
+  share = slice(
+    shard_index * batch_size // shard_count, (shard_index + 1) * batch_size // shard_count
+  )
   # The lengths read at open time can miss a resampled file's by a sample: one more
   # keeps every process's padded length the same.
   longest = max(source.lengths[i] for i in group) + 1
@@ -300,10 +348,15 @@ def open_split(config, split):
   """
   data = config.data
   options = data.options.to_dict() if data.get("options") else {}
-  source = readers.open_dataset(data.kind, data.root, split,
-                                sample_rate=int(config.model.sample_rate),
-                                num_sources=int(config.model.num_sources),
-                                strict=data.get("strict", True), **options)
+  source = readers.open_dataset(
+    data.kind,
+    data.root,
+    split,
+    sample_rate=int(config.model.sample_rate),
+    num_sources=int(config.model.num_sources),
+    strict=data.get("strict", True),
+    **options,
+  )
   logging.info("opened %s", source)
   return source
 
@@ -313,8 +366,9 @@ def training_source(config):
   return open_split(config, config.data.train_split)
 
 
-def validation_batches(config, *, source=None, pad_seconds=0.5, batch_size=1, shard_index=0,
-                       shard_count=1):
+def validation_batches(
+  config, *, source=None, pad_seconds=0.5, batch_size=1, shard_index=0, shard_count=1
+):
   """Full-length validation utterances in batches of `batch_size` of similar length
   (`evaluation_batches`' length buckets, filled up, with `weight`), zero-padded to a
   multiple of `pad_seconds` (with `mask`) so that jit compiles a few shapes, not one
@@ -326,7 +380,11 @@ def validation_batches(config, *, source=None, pad_seconds=0.5, batch_size=1, sh
   if source is None:
     source = open_split(config, config.data.valid_split)
   return evaluation_batches(
-      source, batch_size=batch_size,
-      pad_multiple=max(1, round(pad_seconds * source.sample_rate)),
-      max_examples=config.get("eval_max_utterances") or None, equal_batches=True,
-      shard_index=shard_index, shard_count=shard_count)
+    source,
+    batch_size=batch_size,
+    pad_multiple=max(1, round(pad_seconds * source.sample_rate)),
+    max_examples=config.get("eval_max_utterances") or None,
+    equal_batches=True,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )

@@ -39,6 +39,7 @@ _HEADER_THREADS = 16  # Header reads wait on storage (a mounted bucket), not on 
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One example's files. `length`: the mixture's samples as the metadata states, if it does."""
+
   id: str
   mixture: str
   sources: tuple[str, ...]
@@ -64,15 +65,21 @@ def _entry_problem(entry, validate):
     return str(error), None
   mixture = infos[0]
   if entry.length is not None and mixture.frames != entry.length:
-    return (f"{entry.mixture}: the metadata gives {entry.length} samples but the file "
-            f"holds {mixture.frames} (truncated or replaced?)"), None
+    return (
+      f"{entry.mixture}: the metadata gives {entry.length} samples but the file "
+      f"holds {mixture.frames} (truncated or replaced?)"
+    ), None
   for path, info in zip(entry.sources, infos[1:]):
     if info.sample_rate != mixture.sample_rate:
-      return (f"{path}: sample rate {info.sample_rate} Hz differs from its mixture's "
-              f"{mixture.sample_rate} Hz ({entry.mixture})"), None
+      return (
+        f"{path}: sample rate {info.sample_rate} Hz differs from its mixture's "
+        f"{mixture.sample_rate} Hz ({entry.mixture})"
+      ), None
     if info.frames != mixture.frames:
-      return (f"{path}: length mismatch, {info.frames} samples against {mixture.frames} "
-              f"in its mixture {entry.mixture}"), None
+      return (
+        f"{path}: length mismatch, {info.frames} samples against {mixture.frames} "
+        f"in its mixture {entry.mixture}"
+      ), None
   return None, (mixture.frames, mixture.sample_rate)
 
 
@@ -109,16 +116,20 @@ class MixtureSource:
     if problems:
       summary = _summarise(name, [problem for _, problem in problems], len(entries))
       if strict:
-        raise DatasetError(summary + "\n(strict=False skips these examples instead: "
-                           "--config.data.strict=False for `eesep train`)")
-      warnings.warn(f"{summary}\nskipping these {len(problems)} examples (strict=False)",
-                    stacklevel=3)
+        raise DatasetError(
+          summary + "\n(strict=False skips these examples instead: "
+          "--config.data.strict=False for `eesep train`)"
+        )
+      warnings.warn(
+        f"{summary}\nskipping these {len(problems)} examples (strict=False)", stacklevel=3
+      )
     kept = [(entry, info) for entry, (problem, info) in zip(entries, checks) if not problem]
     if not kept:
       raise DatasetError(f"{name}: every one of its {len(entries)} examples was skipped")
     self._entries = [entry for entry, _ in kept]
-    self.lengths = ([round(frames * self.sample_rate / rate) for _, (frames, rate) in kept]
-                    if validate else None)
+    self.lengths = (
+      [round(frames * self.sample_rate / rate) for _, (frames, rate) in kept] if validate else None
+    )
     self._downmix_warned = False
 
   def __len__(self):
@@ -143,8 +154,11 @@ class MixtureSource:
     if channels > 1 and not self._downmix_warned:
       # Once per dataset (and process): a multichannel corpus would print one per file.
       self._downmix_warned = True
-      warnings.warn(f"{audio_lib.downmix_message(path, channels)} (further multichannel "
-                    f"files of {self.name} are downmixed without a warning)", stacklevel=3)
+      warnings.warn(
+        f"{audio_lib.downmix_message(path, channels)} (further multichannel "
+        f"files of {self.name} are downmixed without a warning)",
+        stacklevel=3,
+      )
     return audio
 
   def __getitem__(self, index):
@@ -153,12 +167,13 @@ class MixtureSource:
     sources = [self._read(path) for path in entry.sources]
     for path, source in zip(entry.sources, sources):
       if source.shape[0] != mixture.shape[0]:
-        raise AudioError(path, f"length mismatch, {source.shape[0]} samples against "
-                               f"{mixture.shape[0]} in its mixture {entry.mixture}")
-    sources = (np.stack(sources) if sources
-               else np.zeros((0, mixture.shape[0]), np.float32))
-    return {"mixture": mixture, "sources": sources, "sample_rate": self.sample_rate,
-            "id": entry.id}
+        raise AudioError(
+          path,
+          f"length mismatch, {source.shape[0]} samples against "
+          f"{mixture.shape[0]} in its mixture {entry.mixture}",
+        )
+    sources = np.stack(sources) if sources else np.zeros((0, mixture.shape[0]), np.float32)
+    return {"mixture": mixture, "sources": sources, "sample_rate": self.sample_rate, "id": entry.id}
 
   def read_source(self, index, source_index):
     """Source `source_index` of example `index` alone, `[time]` float32: one file read
@@ -171,8 +186,10 @@ class MixtureSource:
     return self._read(self._entries[index].sources[source_index])
 
   def __repr__(self):
-    return (f"MixtureSource({self.name}, {len(self)} examples, {self.num_sources} sources, "
-            f"{self.sample_rate} Hz)")
+    return (
+      f"MixtureSource({self.name}, {len(self)} examples, {self.num_sources} sources, "
+      f"{self.sample_rate} Hz)"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,8 +199,9 @@ class MixtureSource:
 def _subfolders(directory):
   if not os.path.isdir(directory):
     return []
-  return sorted(name for name in os.listdir(directory)
-                if os.path.isdir(os.path.join(directory, name)))
+  return sorted(
+    name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name))
+  )
 
 
 def _split_dir(root, split, kind):
@@ -191,8 +209,10 @@ def _split_dir(root, split, kind):
     raise DatasetError(f"{kind}: the root folder {root} does not exist")
   directory = os.path.join(root, split)
   if not os.path.isdir(directory):
-    raise DatasetError(f"{kind}: no split {split!r} in {root} "
-                       f"(folders there: {', '.join(_subfolders(root)) or 'none'})")
+    raise DatasetError(
+      f"{kind}: no split {split!r} in {root} "
+      f"(folders there: {', '.join(_subfolders(root)) or 'none'})"
+    )
   return directory
 
 
@@ -201,14 +221,20 @@ def _parallel_entries(directory, mixture_folder, source_folders, kind):
   present = _subfolders(directory)
   for folder in (mixture_folder, *source_folders):
     if folder not in present:
-      raise DatasetError(f"{kind}: no folder {folder}/ in {directory} "
-                         f"(folders there: {', '.join(present) or 'none'})")
+      raise DatasetError(
+        f"{kind}: no folder {folder}/ in {directory} "
+        f"(folders there: {', '.join(present) or 'none'})"
+      )
   entries = []
   for path in audio_lib.list_audio_files(os.path.join(directory, mixture_folder)):
     name = os.path.basename(path)
-    entries.append(Entry(
-        id=os.path.splitext(name)[0], mixture=path,
-        sources=tuple(os.path.join(directory, folder, name) for folder in source_folders)))
+    entries.append(
+      Entry(
+        id=os.path.splitext(name)[0],
+        mixture=path,
+        sources=tuple(os.path.join(directory, folder, name) for folder in source_folders),
+      )
+    )
   return entries
 
 
@@ -217,8 +243,10 @@ def _numbered_source_folders(directory, kind, suffix=""):
   pattern = re.compile(rf"s(\d+){re.escape(suffix)}$")
   numbers = sorted(int(m.group(1)) for m in map(pattern.match, _subfolders(directory)) if m)
   if numbers != list(range(1, len(numbers) + 1)):
-    raise DatasetError(f"{kind}: source folders in {directory} are not s1..sN: "
-                       f"{', '.join(f's{n}{suffix}' for n in numbers) or 'none'}")
+    raise DatasetError(
+      f"{kind}: source folders in {directory} are not s1..sN: "
+      f"{', '.join(f's{n}{suffix}' for n in numbers) or 'none'}"
+    )
   return [f"s{n}{suffix}" for n in numbers]
 
 
@@ -263,16 +291,22 @@ def read_librimix(root, split, *, mixture="clean"):
   path = os.path.join(metadata, f"mixture_{split}_mix_{mixture}.csv")
   if not os.path.isfile(path):
     pattern = re.compile(rf"mixture_(.+)_mix_{mixture}\.csv$")
-    found = sorted(m.group(1) for m in map(pattern.match, os.listdir(metadata)) if m) \
-        if os.path.isdir(metadata) else []
-    raise DatasetError(f"librimix: no metadata file {path} (splits with mix_{mixture} "
-                       f"metadata there: {', '.join(found) or 'none'})")
+    found = (
+      sorted(m.group(1) for m in map(pattern.match, os.listdir(metadata)) if m)
+      if os.path.isdir(metadata)
+      else []
+    )
+    raise DatasetError(
+      f"librimix: no metadata file {path} (splits with mix_{mixture} "
+      f"metadata there: {', '.join(found) or 'none'})"
+    )
   with open(path, newline="", encoding="utf-8") as file:
     reader = csv.DictReader(file)
     columns = reader.fieldnames or []
     rows = list(reader)
-  source_columns = sorted((c for c in columns if re.fullmatch(r"source_\d+_path", c)),
-                          key=lambda c: int(c.split("_")[1]))
+  source_columns = sorted(
+    (c for c in columns if re.fullmatch(r"source_\d+_path", c)), key=lambda c: int(c.split("_")[1])
+  )
   for required in ("mixture_path", "source_1_path"):
     if required not in columns:
       raise DatasetError(f"{path}: no column {required} (columns: {', '.join(columns)})")
@@ -280,16 +314,22 @@ def read_librimix(root, split, *, mixture="clean"):
     for column in ("mixture_path", *source_columns):
       if not row.get(column):
         raise DatasetError(f"{path}, line {line}: no {column}")
-  locate = ((lambda p: _under_root(p, root)) if rows and _moved(rows[0]["mixture_path"], root)
-            else (lambda p: p))
+  locate = (
+    (lambda p: _under_root(p, root))
+    if rows and _moved(rows[0]["mixture_path"], root)
+    else (lambda p: p)
+  )
   entries = []
   for row in rows:
     length = row.get("length")
-    entries.append(Entry(
+    entries.append(
+      Entry(
         id=row.get("mixture_ID") or os.path.splitext(os.path.basename(row["mixture_path"]))[0],
         mixture=locate(row["mixture_path"]),
         sources=tuple(locate(row[c]) for c in source_columns),
-        length=int(float(length)) if length else None))
+        length=int(float(length)) if length else None,
+      )
+    )
   return entries, len(source_columns)
 
 
@@ -297,21 +337,21 @@ def read_librimix(root, split, *, mixture="clean"):
 # (WHAM! has two speakers; the synthetic corpus in this layout may have three).
 # Task names follow asteroid's.
 WHAM_TASKS = {
-    "sep_clean": ("mix_clean", None),
-    "sep_noisy": ("mix_both", None),
-    "enh_single": ("mix_single", ("s1",)),
-    "enh_both": ("mix_both", ("mix_clean",)),
+  "sep_clean": ("mix_clean", None),
+  "sep_noisy": ("mix_both", None),
+  "enh_single": ("mix_single", ("s1",)),
+  "enh_both": ("mix_both", ("mix_clean",)),
 }
 # WHAMR!: `{target}` is `anechoic` or `reverb` (the `target` keyword).
 WHAMR_TASKS = {
-    "sep_clean": ("mix_clean_anechoic", None),
-    "sep_noisy": ("mix_both_anechoic", None),
-    "sep_reverb": ("mix_clean_reverb", None),
-    "sep_reverb_noisy": ("mix_both_reverb", None),
-    "enh_single": ("mix_single_anechoic", ("s1_{target}",)),
-    "enh_single_reverb": ("mix_single_reverb", ("s1_{target}",)),
-    "enh_both": ("mix_both_anechoic", ("mix_clean_{target}",)),
-    "enh_both_reverb": ("mix_both_reverb", ("mix_clean_{target}",)),
+  "sep_clean": ("mix_clean_anechoic", None),
+  "sep_noisy": ("mix_both_anechoic", None),
+  "sep_reverb": ("mix_clean_reverb", None),
+  "sep_reverb_noisy": ("mix_both_reverb", None),
+  "enh_single": ("mix_single_anechoic", ("s1_{target}",)),
+  "enh_single_reverb": ("mix_single_reverb", ("s1_{target}",)),
+  "enh_both": ("mix_both_anechoic", ("mix_clean_{target}",)),
+  "enh_both_reverb": ("mix_both_reverb", ("mix_clean_{target}",)),
 }
 
 
@@ -354,16 +394,16 @@ def read_whamr(root, split, *, task="sep_clean", target="anechoic"):
 VOICEBANK_VALIDATION_SPEAKERS = ("p226", "p287")
 
 
-def read_voicebank_demand(root, split, *, trainset="28spk",
-                          validation_speakers=VOICEBANK_VALIDATION_SPEAKERS):
+def read_voicebank_demand(
+  root, split, *, trainset="28spk", validation_speakers=VOICEBANK_VALIDATION_SPEAKERS
+):
   """VoiceBank-DEMAND (Valentini): `root/{clean,noisy}_{trainset_28spk,testset}_wav/*.wav`.
 
   Splits: `train` (the trainset without `validation_speakers`), `valid` (those
   speakers: p226 and p287, as common recipes hold out), `test` (the testset).
   `trainset="56spk"` reads `*_trainset_56spk_wav`. One target: the clean speech.
   """
-  folder_set = {"train": f"trainset_{trainset}", "valid": f"trainset_{trainset}",
-                "test": "testset"}
+  folder_set = {"train": f"trainset_{trainset}", "valid": f"trainset_{trainset}", "test": "testset"}
   if split not in folder_set:
     raise DatasetError(f"voicebank-demand: no split {split!r}; splits: train, valid, test")
   if not os.path.isdir(root):
@@ -375,8 +415,7 @@ def read_voicebank_demand(root, split, *, trainset="28spk",
     held_out = set(validation_speakers)
     want_held_out = split == "valid"
     # Valentini's files are named SPEAKER_UTTERANCE.wav, e.g. p226_001.wav.
-    entries = [entry for entry in entries
-               if (entry.id.split("_")[0] in held_out) == want_held_out]
+    entries = [entry for entry in entries if (entry.id.split("_")[0] in held_out) == want_held_out]
   return entries, 1
 
 
@@ -394,24 +433,26 @@ def read_folder(root, split=None):
   if os.path.isdir(os.path.join(directory, "mix")):
     folders = _numbered_source_folders(directory, "folder")
     return _parallel_entries(directory, "mix", folders, "folder"), len(folders)
-  entries = [Entry(id=os.path.splitext(os.path.relpath(path, directory))[0], mixture=path,
-                   sources=())
-             for path in audio_lib.list_audio_files(directory, recursive=True)]
+  entries = [
+    Entry(id=os.path.splitext(os.path.relpath(path, directory))[0], mixture=path, sources=())
+    for path in audio_lib.list_audio_files(directory, recursive=True)
+  ]
   return entries, 0
 
 
 READERS = {
-    "wsj0-mix": read_wsj0_mix,
-    "librimix": read_librimix,
-    "wham": read_wham,
-    "whamr": read_whamr,
-    "voicebank-demand": read_voicebank_demand,
-    "folder": read_folder,
+  "wsj0-mix": read_wsj0_mix,
+  "librimix": read_librimix,
+  "wham": read_wham,
+  "whamr": read_whamr,
+  "voicebank-demand": read_voicebank_demand,
+  "folder": read_folder,
 }
 
 
-def open_dataset(kind, root, split, *, sample_rate, num_sources=None, strict=True,
-                 validate=True, **options):
+def open_dataset(
+  kind, root, split, *, sample_rate, num_sources=None, strict=True, validate=True, **options
+):
   """Opens one split of a dataset in its standard layout.
 
   Args:
@@ -441,7 +482,10 @@ def open_dataset(kind, root, split, *, sample_rate, num_sources=None, strict=Tru
   entries, found = READERS[kind](root, split, **options)
   name = f"{kind} {split!r} at {root}"
   if num_sources is not None and found != num_sources:
-    raise DatasetError(f"{name}: wrong number of sources, the dataset has {found} per "
-                       f"mixture but {num_sources} were asked for")
-  return MixtureSource(entries, name=name, sample_rate=sample_rate, num_sources=found,
-                       strict=strict, validate=validate)
+    raise DatasetError(
+      f"{name}: wrong number of sources, the dataset has {found} per "
+      f"mixture but {num_sources} were asked for"
+    )
+  return MixtureSource(
+    entries, name=name, sample_rate=sample_rate, num_sources=found, strict=strict, validate=validate
+  )

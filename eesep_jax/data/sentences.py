@@ -6,42 +6,237 @@ so lengths and wording vary the way read speech does. Everything is drawn from t
 numpy `Generator` passed in: the same generator state gives the same sentence.
 """
 
-NAMES = ("Anna", "Boris", "Carmen", "David", "Elena", "Felix", "Grace", "Hugo", "Irene",
-         "James", "Karin", "Leo", "Maria", "Nathan", "Olga", "Peter", "Quinn", "Rosa",
-         "Simon", "Tara", "Victor", "Wendy", "Yusuf", "Zoe")
-ADJECTIVES = ("old", "new", "small", "large", "quiet", "busy", "bright", "dark", "early",
-              "late", "green", "yellow", "heavy", "light", "strange", "famous", "local",
-              "careful", "tired", "happy", "cold", "warm", "narrow", "wooden", "silver",
-              "empty", "crowded", "distant", "gentle", "sudden", "modern", "rural")
-NOUNS = ("teacher", "farmer", "driver", "doctor", "student", "captain", "painter", "baker",
-         "river", "mountain", "village", "market", "station", "garden", "kitchen", "bridge",
-         "letter", "report", "engine", "window", "basket", "ticket", "picture", "museum",
-         "island", "forest", "meeting", "journey", "question", "answer", "machine",
-         "company", "council", "harbour", "library", "committee", "morning", "concert")
+NAMES = (
+  "Anna",
+  "Boris",
+  "Carmen",
+  "David",
+  "Elena",
+  "Felix",
+  "Grace",
+  "Hugo",
+  "Irene",
+  "James",
+  "Karin",
+  "Leo",
+  "Maria",
+  "Nathan",
+  "Olga",
+  "Peter",
+  "Quinn",
+  "Rosa",
+  "Simon",
+  "Tara",
+  "Victor",
+  "Wendy",
+  "Yusuf",
+  "Zoe",
+)
+ADJECTIVES = (
+  "old",
+  "new",
+  "small",
+  "large",
+  "quiet",
+  "busy",
+  "bright",
+  "dark",
+  "early",
+  "late",
+  "green",
+  "yellow",
+  "heavy",
+  "light",
+  "strange",
+  "famous",
+  "local",
+  "careful",
+  "tired",
+  "happy",
+  "cold",
+  "warm",
+  "narrow",
+  "wooden",
+  "silver",
+  "empty",
+  "crowded",
+  "distant",
+  "gentle",
+  "sudden",
+  "modern",
+  "rural",
+)
+NOUNS = (
+  "teacher",
+  "farmer",
+  "driver",
+  "doctor",
+  "student",
+  "captain",
+  "painter",
+  "baker",
+  "river",
+  "mountain",
+  "village",
+  "market",
+  "station",
+  "garden",
+  "kitchen",
+  "bridge",
+  "letter",
+  "report",
+  "engine",
+  "window",
+  "basket",
+  "ticket",
+  "picture",
+  "museum",
+  "island",
+  "forest",
+  "meeting",
+  "journey",
+  "question",
+  "answer",
+  "machine",
+  "company",
+  "council",
+  "harbour",
+  "library",
+  "committee",
+  "morning",
+  "concert",
+)
 PLURALS = {"child": "children", "person": "people", "woman": "women", "man": "men"}
-PEOPLE = ("teacher", "farmer", "driver", "doctor", "student", "captain", "painter", "baker",
-          "child", "person", "woman", "man", "neighbour", "engineer", "reporter", "nurse")
-TRANSITIVE = ("found", "opened", "painted", "sold", "repaired", "visited", "described",
-              "noticed", "carried", "ordered", "built", "cleaned", "measured", "borrowed",
-              "watched", "followed", "answered", "signed", "delivered", "questioned")
-INTRANSITIVE = ("arrived", "waited", "laughed", "stopped", "returned", "disappeared",
-                "agreed", "slept", "complained", "hesitated", "smiled", "listened")
+PEOPLE = (
+  "teacher",
+  "farmer",
+  "driver",
+  "doctor",
+  "student",
+  "captain",
+  "painter",
+  "baker",
+  "child",
+  "person",
+  "woman",
+  "man",
+  "neighbour",
+  "engineer",
+  "reporter",
+  "nurse",
+)
+TRANSITIVE = (
+  "found",
+  "opened",
+  "painted",
+  "sold",
+  "repaired",
+  "visited",
+  "described",
+  "noticed",
+  "carried",
+  "ordered",
+  "built",
+  "cleaned",
+  "measured",
+  "borrowed",
+  "watched",
+  "followed",
+  "answered",
+  "signed",
+  "delivered",
+  "questioned",
+)
+INTRANSITIVE = (
+  "arrived",
+  "waited",
+  "laughed",
+  "stopped",
+  "returned",
+  "disappeared",
+  "agreed",
+  "slept",
+  "complained",
+  "hesitated",
+  "smiled",
+  "listened",
+)
 PRESENT = ("likes", "needs", "remembers", "expects", "prefers", "imagines", "recommends")
-ADVERBS = ("slowly", "quickly", "quietly", "carefully", "suddenly", "finally", "again",
-           "almost", "already", "gladly", "barely", "easily")
-PREPOSITIONS = ("near", "behind", "under", "beside", "across", "inside", "along", "beyond",
-                "around", "toward")
-TIMES = ("yesterday", "last week", "on Monday", "this morning", "in the evening",
-         "after lunch", "before dawn", "every summer", "at noon", "two days ago",
-         "later that night", "in the spring")
-CONJUNCTIONS = ("because", "while", "although", "after", "before", "until", "since",
-                "as soon as")
+ADVERBS = (
+  "slowly",
+  "quickly",
+  "quietly",
+  "carefully",
+  "suddenly",
+  "finally",
+  "again",
+  "almost",
+  "already",
+  "gladly",
+  "barely",
+  "easily",
+)
+PREPOSITIONS = (
+  "near",
+  "behind",
+  "under",
+  "beside",
+  "across",
+  "inside",
+  "along",
+  "beyond",
+  "around",
+  "toward",
+)
+TIMES = (
+  "yesterday",
+  "last week",
+  "on Monday",
+  "this morning",
+  "in the evening",
+  "after lunch",
+  "before dawn",
+  "every summer",
+  "at noon",
+  "two days ago",
+  "later that night",
+  "in the spring",
+)
+CONJUNCTIONS = ("because", "while", "although", "after", "before", "until", "since", "as soon as")
 REPORTING = ("said", "explained", "believed", "claimed", "heard", "wrote", "mentioned")
 QUESTION_WORDS = ("why", "where", "when", "how")
-NUMBERS = ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-           "twelve", "twenty", "thirty", "forty", "fifty", "a hundred")
-OBJECTS = ("boxes", "letters", "tickets", "chairs", "apples", "books", "bottles", "coins",
-           "lamps", "maps", "songs", "stones")
+NUMBERS = (
+  "two",
+  "three",
+  "four",
+  "five",
+  "six",
+  "seven",
+  "eight",
+  "nine",
+  "ten",
+  "eleven",
+  "twelve",
+  "twenty",
+  "thirty",
+  "forty",
+  "fifty",
+  "a hundred",
+)
+OBJECTS = (
+  "boxes",
+  "letters",
+  "tickets",
+  "chairs",
+  "apples",
+  "books",
+  "bottles",
+  "coins",
+  "lamps",
+  "maps",
+  "songs",
+  "stones",
+)
 
 
 def _pick(rng, words):
@@ -104,8 +299,10 @@ def _reported(rng):
 
 def _question(rng):
   if rng.random() < 0.5:
-    return (f"{_pick(rng, QUESTION_WORDS)} did {_noun_phrase(rng, PEOPLE)} "
-            f"{_pick(rng, ('leave', 'call', 'stay', 'wait', 'change'))} {_adjunct(rng)}").strip()
+    return (
+      f"{_pick(rng, QUESTION_WORDS)} did {_noun_phrase(rng, PEOPLE)} "
+      f"{_pick(rng, ('leave', 'call', 'stay', 'wait', 'change'))} {_adjunct(rng)}"
+    ).strip()
   return f"did {_noun_phrase(rng, PEOPLE)} see {_noun_phrase(rng)} {_adjunct(rng)}".strip()
 
 
@@ -114,12 +311,20 @@ def _preference(rng):
 
 
 def _counting(rng):
-  return (f"{_pick(rng, NAMES)} counted {_pick(rng, NUMBERS)} {_pick(rng, OBJECTS)} and "
-          f"{_pick(rng, NUMBERS)} {_pick(rng, OBJECTS)} {_adjunct(rng)}").strip()
+  return (
+    f"{_pick(rng, NAMES)} counted {_pick(rng, NUMBERS)} {_pick(rng, OBJECTS)} and "
+    f"{_pick(rng, NUMBERS)} {_pick(rng, OBJECTS)} {_adjunct(rng)}"
+  ).strip()
 
 
-_PATTERNS = ((_statement, 0.3), (_complex, 0.2), (_reported, 0.15), (_question, 0.15),
-             (_preference, 0.1), (_counting, 0.1))
+_PATTERNS = (
+  (_statement, 0.3),
+  (_complex, 0.2),
+  (_reported, 0.15),
+  (_question, 0.15),
+  (_preference, 0.1),
+  (_counting, 0.1),
+)
 
 
 def sentence(rng):

@@ -73,6 +73,7 @@ class Utterance:
 @dataclasses.dataclass(frozen=True)
 class MixtureSpec:
   """Everything needed to render one mixture, drawn in advance."""
+
   split: str
   id: str
   utterances: tuple[Utterance, ...]
@@ -98,8 +99,7 @@ def _assign_variants(seed):
   high = [str(v) for v in rng.permutation(espeak.HIGH_VARIANTS)]
   low = [str(v) for v in rng.permutation(espeak.LOW_VARIANTS)]
   assigned = {}
-  for group, (num_high, num_low) in (*_VARIANTS_PER_SPLIT.items(),
-                                     ("tr", (len(high), len(low)))):
+  for group, (num_high, num_low) in (*_VARIANTS_PER_SPLIT.items(), ("tr", (len(high), len(low)))):
     pairs = itertools.zip_longest(high[:num_high], low[:num_low])
     assigned[group] = [v for pair in pairs for v in pair if v is not None]
     high, low = high[num_high:], low[num_low:]
@@ -117,13 +117,15 @@ TILT = (-0.5, 0.5)
 
 def _draw_voice(rng, variant, accents):
   return espeak.Voice(
-      accent=str(rng.choice(accents)), variant=str(variant),
-      pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
-      pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-      rate=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
-      word_gap=int(rng.choice([0, 0, 1, 2])),
-      tract_scale=round(float(rng.uniform(*TRACT_SCALE)), 4),
-      tilt=round(float(rng.uniform(*TILT)), 4))
+    accent=str(rng.choice(accents)),
+    variant=str(variant),
+    pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
+    pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+    rate=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+    word_gap=int(rng.choice([0, 0, 1, 2])),
+    tract_scale=round(float(rng.uniform(*TRACT_SCALE)), 4),
+    tilt=round(float(rng.uniform(*TILT)), 4),
+  )
 
 
 # Piper speakers' settings (`neural_tts.PiperVoice`): the one voice stretched over
@@ -136,11 +138,12 @@ PIPER_TRACT_SCALE = (0.85, 1.3)
 
 def _draw_piper_voice(rng):
   return neural_tts.PiperVoice(
-      length_scale=round(float(rng.uniform(*PIPER_LENGTH_SCALE)), 4),
-      noise_scale=round(float(rng.uniform(*PIPER_NOISE_SCALE)), 4),
-      noise_w=round(float(rng.uniform(*PIPER_NOISE_W)), 4),
-      tract_scale=round(float(rng.uniform(*PIPER_TRACT_SCALE)), 4),
-      tilt=round(float(rng.uniform(*TILT)), 4))
+    length_scale=round(float(rng.uniform(*PIPER_LENGTH_SCALE)), 4),
+    noise_scale=round(float(rng.uniform(*PIPER_NOISE_SCALE)), 4),
+    noise_w=round(float(rng.uniform(*PIPER_NOISE_W)), 4),
+    tract_scale=round(float(rng.uniform(*PIPER_TRACT_SCALE)), 4),
+    tilt=round(float(rng.uniform(*TILT)), 4),
+  )
 
 
 def draw_speakers(seed, accents=espeak.ENGLISH_VOICES, piper_speakers=0):
@@ -157,8 +160,9 @@ def draw_speakers(seed, accents=espeak.ENGLISH_VOICES, piper_speakers=0):
     rng = _rng(seed, "speakers", group)
     pool = variants[group]
     prefix = "bb" if group == "babble" else group
-    speakers[group] = {f"{prefix}{k:02d}": _draw_voice(rng, pool[k % len(pool)], accents)
-                       for k in range(count)}
+    speakers[group] = {
+      f"{prefix}{k:02d}": _draw_voice(rng, pool[k % len(pool)], accents) for k in range(count)
+    }
   rng = _rng(seed, "speakers", "piper")
   speakers["tr"].update({f"trp{k:02d}": _draw_piper_voice(rng) for k in range(piper_speakers)})
   return speakers
@@ -179,9 +183,13 @@ def _plan_split(split, num_mixtures, *, num_sources, noise, seed, speakers):
 
   def utterance(name, voices):
     counts[name] += 1
-    return Utterance(id=f"{name}u{counts[name]:04d}", speaker=name, voice=voices[name],
-                     text=sentences.sentence_with_length(rng, *WORDS),
-                     seed=int(rng.integers(2**31)))
+    return Utterance(
+      id=f"{name}u{counts[name]:04d}",
+      speaker=name,
+      voice=voices[name],
+      text=sentences.sentence_with_length(rng, *WORDS),
+      seed=int(rng.integers(2**31)),
+    )
 
   specs = []
   for _ in range(num_mixtures):
@@ -195,9 +203,18 @@ def _plan_split(split, num_mixtures, *, num_sources, noise, seed, speakers):
       talkers = rng.choice(len(babble_names), size=BABBLE_TALKERS, replace=False)
       babble = tuple(utterance(babble_names[k], speakers["babble"]) for k in talkers)
     mixture_id = "_".join(f"{u.id}_{level:.4f}" for u, level in zip(utterances, levels))
-    specs.append(MixtureSpec(split=split, id=mixture_id, utterances=utterances,
-                             levels_db=levels, noise=noise, noise_snr_db=snr,
-                             noise_seed=noise_seed, babble=babble))
+    specs.append(
+      MixtureSpec(
+        split=split,
+        id=mixture_id,
+        utterances=utterances,
+        levels_db=levels,
+        noise=noise,
+        noise_snr_db=snr,
+        noise_seed=noise_seed,
+        babble=babble,
+      )
+    )
   return specs
 
 
@@ -235,12 +252,14 @@ def _render(spec, out_dir, sample_rate):
   if spec.noise is None:
     signals["mix"] = clean
   else:
-    noise = _noise(spec.noise, length, np.random.default_rng(spec.noise_seed), spec.babble,
-                   sample_rate)
+    noise = _noise(
+      spec.noise, length, np.random.default_rng(spec.noise_seed), spec.babble, sample_rate
+    )
     loudest = max(mixing.rms(s) for s in sources)
     noise *= loudest / max(mixing.rms(noise), 1e-12) * 10.0 ** (-spec.noise_snr_db / 20.0)
-    signals.update(noise=noise, mix_clean=clean, mix_both=clean + noise,
-                   mix_single=sources[0] + noise)
+    signals.update(
+      noise=noise, mix_clean=clean, mix_both=clean + noise, mix_single=sources[0] + noise
+    )
   gain = mixing.peak_scale(list(signals.values()))
   paths = {}
   for folder, signal in signals.items():
@@ -254,17 +273,20 @@ def _metadata_rows(spec, paths, length, num_sources):
   sources = [paths[f"s{c + 1}"] for c in range(num_sources)]
   if "mix" in paths:
     return {"clean": [spec.id, paths["mix"], *sources, length]}
-  return {"clean": [spec.id, paths["mix_clean"], *sources, length],
-          "both": [spec.id, paths["mix_both"], *sources, paths["noise"], length],
-          "single": [spec.id, paths["mix_single"], sources[0], paths["noise"], length]}
+  return {
+    "clean": [spec.id, paths["mix_clean"], *sources, length],
+    "both": [spec.id, paths["mix_both"], *sources, paths["noise"], length],
+    "single": [spec.id, paths["mix_single"], sources[0], paths["noise"], length],
+  }
 
 
 def _metadata_header(kind, num_sources):
   sources = [f"source_{c + 1}_path" for c in range(num_sources)]
-  return {"clean": ["mixture_ID", "mixture_path", *sources, "length"],
-          "both": ["mixture_ID", "mixture_path", *sources, "noise_path", "length"],
-          "single": ["mixture_ID", "mixture_path", "source_1_path", "noise_path",
-                     "length"]}[kind]
+  return {
+    "clean": ["mixture_ID", "mixture_path", *sources, "length"],
+    "both": ["mixture_ID", "mixture_path", *sources, "noise_path", "length"],
+    "single": ["mixture_ID", "mixture_path", "source_1_path", "noise_path", "length"],
+  }[kind]
 
 
 def _write_csv(path, header, rows):
@@ -275,22 +297,31 @@ def _write_csv(path, header, rows):
     writer.writerows(rows)
 
 
-_ENGINE_NAMES = {espeak.Voice: "espeak", neural_tts.PiperVoice: "piper",
-                 neural_tts.KokoroVoice: "kokoro"}
+_ENGINE_NAMES = {
+  espeak.Voice: "espeak",
+  neural_tts.PiperVoice: "piper",
+  neural_tts.KokoroVoice: "kokoro",
+}
 
 
 def write_speakers(path, speakers):
   """`speakers.csv`: each speaker's group, engine and voice settings (a column per
   setting any engine has; blank where the speaker's engine has none)."""
-  columns = list(dict.fromkeys(field.name for voices in speakers.values()
-                               for voice in voices.values()
-                               for field in dataclasses.fields(voice)))
+  columns = list(
+    dict.fromkeys(
+      field.name
+      for voices in speakers.values()
+      for voice in voices.values()
+      for field in dataclasses.fields(voice)
+    )
+  )
   rows = []
   for group, voices in speakers.items():
     for name, voice in voices.items():
       settings = dataclasses.asdict(voice)
-      rows.append([name, group, _ENGINE_NAMES[type(voice)],
-                   *(settings.get(column, "") for column in columns)])
+      rows.append(
+        [name, group, _ENGINE_NAMES[type(voice)], *(settings.get(column, "") for column in columns)]
+      )
   _write_csv(path, ["speaker", "group", "engine", *columns], rows)
 
 
@@ -307,10 +338,21 @@ def _check_arguments(sample_rate, num_sources, noise, sizes, num_workers):
     raise ValueError(f"num_workers={num_workers}; expected at least 1")
 
 
-def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400,
-                      num_valid=50, num_test=50, noise=None, seed=0,
-                      accents=espeak.ENGLISH_VOICES, piper_speakers=0, num_workers=None,
-                      progress=True):
+def synthesize_corpus(
+  out_dir,
+  *,
+  sample_rate=8000,
+  num_sources=2,
+  num_train=400,
+  num_valid=50,
+  num_test=50,
+  noise=None,
+  seed=0,
+  accents=espeak.ENGLISH_VOICES,
+  piper_speakers=0,
+  num_workers=None,
+  progress=True,
+):
   """Synthesises a speech separation corpus into `out_dir` (see the module docstring).
 
   Args:
@@ -336,26 +378,36 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
   if os.path.isdir(out_dir) and os.listdir(out_dir):
     interrupted = os.path.exists(os.path.join(out_dir, _IN_PROGRESS))
     raise FileExistsError(
-        f"{out_dir} holds a corpus an interrupted run left half-written; remove it"
-        if interrupted else f"{out_dir} is not empty; synthesise into a new folder")
+      f"{out_dir} holds a corpus an interrupted run left half-written; remove it"
+      if interrupted
+      else f"{out_dir} is not empty; synthesise into a new folder"
+    )
   os.makedirs(out_dir, exist_ok=True)
   marker = os.path.join(out_dir, _IN_PROGRESS)
   open(marker, "w", encoding="utf-8").close()
 
   accents = tuple(accents)
   speakers = draw_speakers(seed, accents, piper_speakers)
-  specs = [spec for split in SPLITS for spec in _plan_split(
-      split, sizes[split], num_sources=num_sources, noise=noise, seed=seed,
-      speakers=speakers)]
+  specs = [
+    spec
+    for split in SPLITS
+    for spec in _plan_split(
+      split, sizes[split], num_sources=num_sources, noise=noise, seed=seed, speakers=speakers
+    )
+  ]
   num_workers = num_workers or min(8, os.cpu_count() or 1)
   # Spawned workers: eSpeak is initialised (and forked from) in processes that hold
   # no threads, even when the caller has started JAX's.
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-    rendered = pool.map(_render, specs, itertools.repeat(out_dir),
-                        itertools.repeat(sample_rate), chunksize=4)
-    results = list(tqdm.tqdm(rendered, total=len(specs), desc="synthesising corpus",
-                             unit="mixture", disable=not progress))
+    rendered = pool.map(
+      _render, specs, itertools.repeat(out_dir), itertools.repeat(sample_rate), chunksize=4
+    )
+    results = list(
+      tqdm.tqdm(
+        rendered, total=len(specs), desc="synthesising corpus", unit="mixture", disable=not progress
+      )
+    )
 
   kinds = ["clean"] if noise is None else ["clean", "both", "single"]
   rows = {(split, kind): [] for split in SPLITS for kind in kinds}
@@ -366,21 +418,37 @@ def synthesize_corpus(out_dir, *, sample_rate=8000, num_sources=2, num_train=400
     seconds[spec.split] += length / sample_rate
   for (split, kind), split_rows in rows.items():
     if split_rows:
-      _write_csv(os.path.join(out_dir, "metadata", f"mixture_{split}_mix_{kind}.csv"),
-                 _metadata_header(kind, num_sources), split_rows)
+      _write_csv(
+        os.path.join(out_dir, "metadata", f"mixture_{split}_mix_{kind}.csv"),
+        _metadata_header(kind, num_sources),
+        split_rows,
+      )
   write_speakers(os.path.join(out_dir, "speakers.csv"), speakers)
 
   manifest = {
-      "format_version": FORMAT_VERSION,
-      "arguments": {"sample_rate": sample_rate, "num_sources": num_sources,
-                    "num_train": num_train, "num_valid": num_valid, "num_test": num_test,
-                    "noise": noise, "seed": seed, "accents": list(accents),
-                    "piper_speakers": piper_speakers},
-      "layout": "wsj0-mix" if noise is None else "wham",
-      "splits": {split: {"mixtures": sizes[split], "seconds": round(seconds[split], 3),
-                         "speakers": sorted({u.speaker for spec in specs if spec.split == split
-                                             for u in spec.utterances})}
-                 for split in SPLITS},
+    "format_version": FORMAT_VERSION,
+    "arguments": {
+      "sample_rate": sample_rate,
+      "num_sources": num_sources,
+      "num_train": num_train,
+      "num_valid": num_valid,
+      "num_test": num_test,
+      "noise": noise,
+      "seed": seed,
+      "accents": list(accents),
+      "piper_speakers": piper_speakers,
+    },
+    "layout": "wsj0-mix" if noise is None else "wham",
+    "splits": {
+      split: {
+        "mixtures": sizes[split],
+        "seconds": round(seconds[split], 3),
+        "speakers": sorted(
+          {u.speaker for spec in specs if spec.split == split for u in spec.utterances}
+        ),
+      }
+      for split in SPLITS
+    },
   }
   with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as file:
     json.dump(manifest, file, indent=2, sort_keys=True)
@@ -400,13 +468,27 @@ DEMO_PIPER_SPEAKERS = 8
 # test split's voice variants, none of which a training split of the same seed uses.
 # The seed is the demo's, so it holds the demo test split's sentences and speaker
 # pairs, spoken in other languages' voices: a controlled shift of the voices alone.
-HELDOUT = {"num_train": 0, "num_valid": 0, "num_test": 300, "seed": 0,
-           "accents": espeak.HELDOUT_VOICES, "piper_speakers": 0}
+HELDOUT = {
+  "num_train": 0,
+  "num_valid": 0,
+  "num_test": 300,
+  "seed": 0,
+  "accents": espeak.HELDOUT_VOICES,
+  "piper_speakers": 0,
+}
 
 
-def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0,
-                       accents=espeak.ENGLISH_VOICES, piper_speakers=DEMO_PIPER_SPEAKERS,
-                       progress=True, **sizes):
+def ensure_demo_corpus(
+  root,
+  *,
+  sample_rate=8000,
+  num_sources=2,
+  seed=0,
+  accents=espeak.ENGLISH_VOICES,
+  piper_speakers=DEMO_PIPER_SPEAKERS,
+  progress=True,
+  **sizes,
+):
   """Returns the manifest of the corpus at `root`, synthesising it first if missing.
 
   The default is the demo corpus: `DEMO_SIZES` clean 2-speaker mixtures of about
@@ -415,9 +497,16 @@ def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0,
   arguments, raises instead of being touched.
   """
   root = os.path.abspath(os.fspath(root))
-  arguments = {"sample_rate": sample_rate, "num_sources": num_sources, "seed": seed,
-               "noise": None, "accents": list(accents), "piper_speakers": piper_speakers,
-               **DEMO_SIZES, **sizes}
+  arguments = {
+    "sample_rate": sample_rate,
+    "num_sources": num_sources,
+    "seed": seed,
+    "noise": None,
+    "accents": list(accents),
+    "piper_speakers": piper_speakers,
+    **DEMO_SIZES,
+    **sizes,
+  }
   manifest_path = os.path.join(root, MANIFEST)
   if os.path.exists(os.path.join(root, _IN_PROGRESS)):
     shutil.rmtree(root)
@@ -425,13 +514,16 @@ def ensure_demo_corpus(root, *, sample_rate=8000, num_sources=2, seed=0,
     with open(manifest_path, encoding="utf-8") as file:
       manifest = json.load(file)
     if manifest["arguments"] != arguments:
-      raise FileExistsError(f"{root} holds a corpus made with {manifest['arguments']}, "
-                            f"not {arguments}; remove it or choose another folder")
+      raise FileExistsError(
+        f"{root} holds a corpus made with {manifest['arguments']}, "
+        f"not {arguments}; remove it or choose another folder"
+      )
     return manifest
   return synthesize_corpus(root, progress=progress, **arguments)
 
 
 def ensure_heldout_corpus(root, *, sample_rate=8000, num_sources=2, progress=True):
   """`ensure_demo_corpus` of the `HELDOUT` test set (its `tt` split only)."""
-  return ensure_demo_corpus(root, sample_rate=sample_rate, num_sources=num_sources,
-                            progress=progress, **HELDOUT)
+  return ensure_demo_corpus(
+    root, sample_rate=sample_rate, num_sources=num_sources, progress=progress, **HELDOUT
+  )

@@ -14,7 +14,16 @@ from eesep_jax.models.press_net import STAGES
 from eesep_jax.models.press_net import valid_lengths
 
 __all__ = [
-    "PRESETS", "PressNetConfig", "preset", "count_params", "gmacs_by_exit", "STAGES",
-    "PressNet", "apply_stage", "frame_layout", "initial_variance_state", "stage_params",
-    "valid_lengths",
+  "PRESETS",
+  "PressNetConfig",
+  "preset",
+  "count_params",
+  "gmacs_by_exit",
+  "STAGES",
+  "PressNet",
+  "apply_stage",
+  "frame_layout",
+  "initial_variance_state",
+  "stage_params",
+  "valid_lengths",
 ]

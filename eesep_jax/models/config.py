@@ -56,6 +56,7 @@ class PressNetConfig:
     variance: the variance head's parameterisation (`probabilistic.VarianceConfig`);
       a mapping is converted.
   """
+
   sample_rate: int = 8000
   num_sources: int = 2
   width: int = 64
@@ -78,31 +79,34 @@ class PressNetConfig:
   recurrence_form: str = "auto"
   depthwise_form: str = "auto"
   variance: probabilistic.VarianceConfig = dataclasses.field(
-      default_factory=probabilistic.VarianceConfig)
+    default_factory=probabilistic.VarianceConfig
+  )
 
   def __post_init__(self):
     if isinstance(self.variance, Mapping):
       object.__setattr__(self, "variance", probabilistic.VarianceConfig(**self.variance))
     if self.num_exits < 1 or self.num_exit_blocks % self.num_exits:
       raise ValueError(
-          f"num_exit_blocks={self.num_exit_blocks} must be a positive multiple of "
-          f"num_exits={self.num_exits}: every stage has the same number of blocks")
+        f"num_exit_blocks={self.num_exit_blocks} must be a positive multiple of "
+        f"num_exits={self.num_exits}: every stage has the same number of blocks"
+      )
     if self.num_exit_blocks < self.num_exits:
-      raise ValueError(f"every stage needs a block: num_exit_blocks={self.num_exit_blocks} "
-                       f"< num_exits={self.num_exits}")
+      raise ValueError(
+        f"every stage needs a block: num_exit_blocks={self.num_exit_blocks} "
+        f"< num_exits={self.num_exits}"
+      )
     if self.width % self.num_heads:
       raise ValueError(f"num_heads={self.num_heads} must divide width={self.width}")
     if self.encoder_kernel % self.encoder_stride:
-      raise ValueError(f"encoder_stride={self.encoder_stride} must divide "
-                       f"encoder_kernel={self.encoder_kernel}")
+      raise ValueError(
+        f"encoder_stride={self.encoder_stride} must divide encoder_kernel={self.encoder_kernel}"
+      )
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype={self.dtype!r} is not one of {DTYPES}")
     if self.recurrence_form not in RECURRENCE_FORMS:
-      raise ValueError(f"recurrence_form={self.recurrence_form!r} is not one of "
-                       f"{RECURRENCE_FORMS}")
+      raise ValueError(f"recurrence_form={self.recurrence_form!r} is not one of {RECURRENCE_FORMS}")
     if self.depthwise_form not in DEPTHWISE_FORMS:
-      raise ValueError(f"depthwise_form={self.depthwise_form!r} is not one of "
-                       f"{DEPTHWISE_FORMS}")
+      raise ValueError(f"depthwise_form={self.depthwise_form!r} is not one of {DEPTHWISE_FORMS}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout={self.dropout} must lie in [0, 1)")
 
@@ -127,8 +131,9 @@ class PressNetConfig:
   def with_cpu_forms(self):
     """This config with the CPU forms of the layers, e.g. to count FLOPs the same way on
     every machine."""
-    return dataclasses.replace(self, recurrence_form=RECURRENCE_FORMS[1],
-                               depthwise_form=DEPTHWISE_FORMS[1])
+    return dataclasses.replace(
+      self, recurrence_form=RECURRENCE_FORMS[1], depthwise_form=DEPTHWISE_FORMS[1]
+    )
 
   def to_dict(self):
     """Plain nested dict (the variance config as a dict), e.g. for `ml_collections`."""
@@ -151,18 +156,30 @@ def _resolve(form, forms):
 
 
 PRESETS = {
-    # Minutes on 2 CPU cores: what the demo and the tests train.
-    "tiny": PressNetConfig(
-        width=32, num_shared_blocks=1, num_exit_blocks=3, num_exits=3,
-        encoder_features=64, rnn_expansion=1, conv_expansion=1, ffn_expansion=2,
-        conv_kernel=15, num_heads=2),
-    # The reported S and M networks (ARCHITECTURE.md): 3.4 M / 11.3 GMAC/s and
-    # 22.4 M / 79.7 GMAC/s at the last exit.
-    "press-4": PressNetConfig(
-        width=64, num_shared_blocks=8, num_exit_blocks=12, num_exits=4),
-    "press-12": PressNetConfig(
-        width=128, num_shared_blocks=4, num_exit_blocks=24, num_exits=12,
-        encoder_features=512, ffn_expansion=6),
+  # Minutes on 2 CPU cores: what the demo and the tests train.
+  "tiny": PressNetConfig(
+    width=32,
+    num_shared_blocks=1,
+    num_exit_blocks=3,
+    num_exits=3,
+    encoder_features=64,
+    rnn_expansion=1,
+    conv_expansion=1,
+    ffn_expansion=2,
+    conv_kernel=15,
+    num_heads=2,
+  ),
+  # The reported S and M networks (ARCHITECTURE.md): 3.4 M / 11.3 GMAC/s and
+  # 22.4 M / 79.7 GMAC/s at the last exit.
+  "press-4": PressNetConfig(width=64, num_shared_blocks=8, num_exit_blocks=12, num_exits=4),
+  "press-12": PressNetConfig(
+    width=128,
+    num_shared_blocks=4,
+    num_exit_blocks=24,
+    num_exits=12,
+    encoder_features=512,
+    ffn_expansion=6,
+  ),
 }
 
 

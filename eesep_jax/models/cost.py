@@ -57,6 +57,5 @@ def gmacs_by_exit(config, num_samples=None):
     return apply_stage(config, params, carry, num_samples, variance_state)
 
   encode_flops = _flops(encode, variables, mixture)
-  stage_flops = _flops(stage, jax.eval_shape(stage_params, variables, 0), carry,
-                       variance_state)
+  stage_flops = _flops(stage, jax.eval_shape(stage_params, variables, 0), carry, variance_state)
   return [(encode_flops + k * stage_flops) / 2e9 for k in range(1, config.num_exits + 1)]

@@ -31,8 +31,9 @@ _GATE_RATE_RANGE = (1e-3, 1e-1)
 # the page faults of its temporary buffer, which this shrinks.
 _RECURRENCE_STATES = "recurrence_states"
 _SAVED_BY_BLOCKS = jax.checkpoint_policies.save_from_both_policies(
-    jax.checkpoint_policies.dots_saveable,
-    jax.checkpoint_policies.save_only_these_names(_RECURRENCE_STATES))
+  jax.checkpoint_policies.dots_saveable,
+  jax.checkpoint_policies.save_only_these_names(_RECURRENCE_STATES),
+)
 
 # Frames per chunk of the recurrence's two-level scan: the loop within chunks runs
 # this many steps, the loop across chunks `frames / _SCAN_CHUNK`.
@@ -65,7 +66,7 @@ def _scan_both_ways(decay, update, forward_first):
 
   def chunks(x, part):
     """Half `part` (0 or 1), zero-padded at the end: `[..., chunks, _SCAN_CHUNK, half]`."""
-    x = x[..., part * half:(part + 1) * half]
+    x = x[..., part * half : (part + 1) * half]
     x = jnp.pad(x, [(0, 0)] * len(batch) + [(0, num_chunks * _SCAN_CHUNK - frames), (0, 0)])
     return x.reshape(tuple(batch) + (num_chunks, _SCAN_CHUNK, half))
 
@@ -74,19 +75,25 @@ def _scan_both_ways(decay, update, forward_first):
 
   def within_chunks(i, carry):
     result = []
-    for (a, u), (h, p, states, products), position in zip(
-        inputs, carry, (i, _SCAN_CHUNK - 1 - i)):
+    for (a, u), (h, p, states, products), position in zip(inputs, carry, (i, _SCAN_CHUNK - 1 - i)):
       a_i = jax.lax.dynamic_index_in_dim(a, position, axis, keepdims=False)
       h = a_i * h + jax.lax.dynamic_index_in_dim(u, position, axis, keepdims=False)
       p = a_i * p
-      result.append((h, p, jax.lax.dynamic_update_index_in_dim(states, h, position, axis),
-                     jax.lax.dynamic_update_index_in_dim(products, p, position, axis)))
+      result.append(
+        (
+          h,
+          p,
+          jax.lax.dynamic_update_index_in_dim(states, h, position, axis),
+          jax.lax.dynamic_update_index_in_dim(products, p, position, axis),
+        )
+      )
     return result
 
   zeros = jnp.zeros(tuple(batch) + (num_chunks, half), decay.dtype)
   buffers = jnp.zeros_like(inputs[0][0])
-  carry = jax.lax.fori_loop(0, _SCAN_CHUNK, within_chunks,
-                            [(zeros, jnp.ones_like(zeros), buffers, buffers)] * 2)
+  carry = jax.lax.fori_loop(
+    0, _SCAN_CHUNK, within_chunks, [(zeros, jnp.ones_like(zeros), buffers, buffers)] * 2
+  )
 
   def across_chunks(state, chunk):
     h, p = chunk  # The chunk's own final state and decay product.
@@ -94,9 +101,12 @@ def _scan_both_ways(decay, update, forward_first):
 
   outputs = []
   for (h, p, states, products), reverse in zip(carry, (False, True)):
-    _, entering = jax.lax.scan(across_chunks, zeros[..., 0, :],
-                               (jnp.moveaxis(h, -2, 0), jnp.moveaxis(p, -2, 0)),
-                               reverse=reverse)
+    _, entering = jax.lax.scan(
+      across_chunks,
+      zeros[..., 0, :],
+      (jnp.moveaxis(h, -2, 0), jnp.moveaxis(p, -2, 0)),
+      reverse=reverse,
+    )
     outputs.append(states + products * jnp.moveaxis(entering, 0, -2)[..., None, :])
   outputs = jnp.concatenate(outputs if forward_first else outputs[::-1], axis=-1)
   return outputs.reshape(tuple(batch) + (num_chunks * _SCAN_CHUNK, channels))[..., :frames, :]
@@ -114,8 +124,9 @@ def _shift_halves(x, offset):
   """`_shift_frames` by `offset` on the first half of the channels, `-offset` on the
   second: one frame ahead (+1) or behind (-1) in each half's own direction."""
   half = x.shape[-1] // 2
-  return jnp.concatenate([_shift_frames(x[..., :half], offset),
-                          _shift_frames(x[..., half:], -offset)], axis=-1)
+  return jnp.concatenate(
+    [_shift_frames(x[..., :half], offset), _shift_frames(x[..., half:], -offset)], axis=-1
+  )
 
 
 def _associative_scan_both_ways(decay, update, forward_first):
@@ -130,8 +141,9 @@ def _associative_scan_both_ways(decay, update, forward_first):
 
   def scan(part, reverse):
     part = slice(None, half) if part == 0 else slice(half, None)
-    return jax.lax.associative_scan(combine, (decay[..., part], update[..., part]),
-                                    reverse=reverse, axis=decay.ndim - 2)[1]
+    return jax.lax.associative_scan(
+      combine, (decay[..., part], update[..., part]), reverse=reverse, axis=decay.ndim - 2
+    )[1]
 
   return jnp.concatenate([scan(0, not forward_first), scan(1, forward_first)], axis=-1)
 
@@ -178,7 +190,7 @@ _recurrence.defvjp(_recurrence_forward, _recurrence_backward)
 
 def _shifted_sum(padded, kernel, frames):
   """`sum_k padded[..., k:k + frames, :] · kernel[k]`: one fused pass over the input."""
-  return sum(padded[..., k:k + frames, :] * kernel[k] for k in range(kernel.shape[0]))
+  return sum(padded[..., k : k + frames, :] * kernel[k] for k in range(kernel.shape[0]))
 
 
 def _pad_frames(x, left, right):
@@ -211,9 +223,13 @@ def _grouped_convolution(x, kernel):
   size, channels = kernel.shape
   left = (size - 1) // 2
   y = jax.lax.conv_general_dilated(
-      x.reshape((-1,) + x.shape[-2:]), kernel[:, None, :], window_strides=(1,),
-      padding=[(left, size - 1 - left)], dimension_numbers=("NWC", "WIO", "NWC"),
-      feature_group_count=channels)
+    x.reshape((-1,) + x.shape[-2:]),
+    kernel[:, None, :],
+    window_strides=(1,),
+    padding=[(left, size - 1 - left)],
+    dimension_numbers=("NWC", "WIO", "NWC"),
+    feature_group_count=channels,
+  )
   return y.reshape(x.shape)
 
 
@@ -246,12 +262,15 @@ def _depthwise_kernel_gradient(x, cotangent, size):
   num_blocks = -(-frames // block)
   window = block + size - 1
   x = _pad_frames(x, left, (num_blocks + 1) * block - frames - left).reshape(
-      (-1, num_blocks + 1, block, channels))
-  windows = jnp.concatenate([x[:, :-1], x[:, 1:, :size - 1]], axis=2)  # [N, J, U, C]
+    (-1, num_blocks + 1, block, channels)
+  )
+  windows = jnp.concatenate([x[:, :-1], x[:, 1:, : size - 1]], axis=2)  # [N, J, U, C]
   cotangent = _pad_frames(cotangent, 0, num_blocks * block - frames).reshape(
-      (-1, num_blocks, block, channels))
-  products = jnp.einsum("njsc,njuc->csu", cotangent, windows,
-                        preferred_element_type=jnp.float32)  # [C, L, U]
+    (-1, num_blocks, block, channels)
+  )
+  products = jnp.einsum(
+    "njsc,njuc->csu", cotangent, windows, preferred_element_type=jnp.float32
+  )  # [C, L, U]
   skewed = jnp.pad(products.reshape(channels, block * window), ((0, 0), (0, block)))
   return skewed.reshape(channels, block, window + 1)[..., :size].sum(axis=1).T
 
@@ -265,8 +284,9 @@ def _depthwise_convolution_backward(residuals, cotangent):
   size = kernel.shape[0]
   left = (size - 1) // 2
   # The input's gradient is the same correlation with the kernel reversed.
-  x_gradient = _shifted_sum(_pad_frames(cotangent, size - 1 - left, left), kernel[::-1],
-                            x.shape[-2])
+  x_gradient = _shifted_sum(
+    _pad_frames(cotangent, size - 1 - left, left), kernel[::-1], x.shape[-2]
+  )
   return x_gradient, _depthwise_kernel_gradient(x, cotangent, size).astype(kernel.dtype)
 
 
@@ -283,6 +303,7 @@ def _gate_bias_init(key, shape, dtype=jnp.float32):
 class LayerScale(nn.Module):
   """Per-channel learned scale of a residual branch, initialised at `init_value`
   (`PressNetConfig.layer_scale_init`)."""
+
   init_value: float
 
   @nn.compact
@@ -307,6 +328,7 @@ class BidirectionalRecurrence(nn.Module):
   The two directions' states are concatenated, gated by `GELU(V x_t)` and projected
   back to the width. `[..., frames, width] -> [..., frames, width]`.
   """
+
   config: PressNetConfig
 
   @nn.compact
@@ -324,8 +346,9 @@ class BidirectionalRecurrence(nn.Module):
     # from a zero state, as it does at the end of an example run alone.
     update = rate * values.astype(jnp.float32) * frame_mask
     states = checkpoint_name(
-        bidirectional_linear_recurrence(1.0 - rate, update, cfg.resolved_recurrence_form),
-        _RECURRENCE_STATES)
+      bidirectional_linear_recurrence(1.0 - rate, update, cfg.resolved_recurrence_form),
+      _RECURRENCE_STATES,
+    )
     states = states.astype(cfg.compute_dtype)
     return dense(cfg.width, name="output")(states * output_gate)
 
@@ -336,6 +359,7 @@ class DepthwiseConv(nn.Module):
 
   `[..., frames, C] -> [..., frames, C]`; `form` as `depthwise_convolution` takes it.
   """
+
   kernel_size: int
   form: str = "shifted"
   dtype: jnp.dtype | None = None
@@ -344,8 +368,9 @@ class DepthwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (self.kernel_size, 1, channels), self.param_dtype)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (self.kernel_size, 1, channels), self.param_dtype
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     return depthwise_convolution(x, kernel[:, 0], self.form) + bias
@@ -356,6 +381,7 @@ class DepthwiseConvolution(nn.Module):
 
   `[..., frames, width] -> [..., frames, width]`.
   """
+
   config: PressNetConfig
 
   @nn.compact
@@ -366,13 +392,15 @@ class DepthwiseConvolution(nn.Module):
     # Zeros on padded frames, as the convolution's own "SAME" padding beyond the end.
     y = nn.glu(nn.Dense(2 * channels, **kwargs)(x)) * frame_mask.astype(x.dtype)
     # Named as the `nn.Conv` it stands in for, whose parameters it keeps.
-    y = nn.silu(DepthwiseConv(cfg.conv_kernel, cfg.resolved_depthwise_form, name="Conv_0",
-                              **kwargs)(y))
+    y = nn.silu(
+      DepthwiseConv(cfg.conv_kernel, cfg.resolved_depthwise_form, name="Conv_0", **kwargs)(y)
+    )
     return nn.Dense(cfg.width, **kwargs)(y)
 
 
 class FeedForward(nn.Module):
   """Gated feed-forward layer (GEGLU). `[..., width] -> [..., width]`."""
+
   config: PressNetConfig
 
   @nn.compact
@@ -380,8 +408,7 @@ class FeedForward(nn.Module):
     del frame_mask  # Frame by frame: padding cannot reach the valid frames.
     cfg = self.config
     kwargs = dict(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    value, gate = jnp.split(nn.Dense(2 * cfg.ffn_expansion * cfg.width, **kwargs)(x), 2,
-                            axis=-1)
+    value, gate = jnp.split(nn.Dense(2 * cfg.ffn_expansion * cfg.width, **kwargs)(x), 2, axis=-1)
     return nn.Dense(cfg.width, **kwargs)(value * nn.gelu(gate))
 
 
@@ -392,14 +419,14 @@ class Block(nn.Module):
   `__call__(x, frame_mask, train) -> (x, None)` so that `nn.scan` can stack blocks;
   `x`: `[..., frames, width]`, `frame_mask`: `[..., frames, 1]`.
   """
+
   config: PressNetConfig
 
   @nn.compact
   def __call__(self, x, frame_mask, train):
     cfg = self.config
     for layer in (BidirectionalRecurrence, DepthwiseConvolution, FeedForward):
-      y = layer(cfg)(nn.RMSNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)(x),
-                     frame_mask)
+      y = layer(cfg)(nn.RMSNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)(x), frame_mask)
       y = nn.Dropout(cfg.dropout, deterministic=not train)(y)
       x = x + LayerScale(cfg.layer_scale_init)(y)
     return x, None
@@ -414,6 +441,7 @@ class BlockStack(nn.Module):
   The backward pass keeps only what `_SAVED_BY_BLOCKS` names of each block's forward
   pass, or nothing but the block's input with `remat`.
   """
+
   config: PressNetConfig
   num_blocks: int
   remat: bool = False
@@ -422,10 +450,15 @@ class BlockStack(nn.Module):
   def __call__(self, x, frame_mask, train):
     if self.num_blocks == 0:
       return x
-    block = nn.remat(Block, static_argnums=(3,), prevent_cse=False,
-                     policy=None if self.remat else _SAVED_BY_BLOCKS)
+    block = nn.remat(
+      Block, static_argnums=(3,), prevent_cse=False, policy=None if self.remat else _SAVED_BY_BLOCKS
+    )
     blocks = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=self.num_blocks,
-        unroll=self.config.unroll_blocks)
+      block,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=self.num_blocks,
+      unroll=self.config.unroll_blocks,
+    )
     return blocks(self.config, name="blocks")(x, frame_mask, train)[0]

@@ -90,8 +90,9 @@ def _pooling_weights(lengths, time, frames, config):
   else:
     length = config.variance.block_length
     own_blocks = jnp.maximum((lengths + length - 1) // length, 1)
-    block = jnp.minimum(np.floor(centres / length).clip(0).astype(np.int32)[None],
-                        own_blocks[:, None] - 1)
+    block = jnp.minimum(
+      np.floor(centres / length).clip(0).astype(np.int32)[None], own_blocks[:, None] - 1
+    )
   membership = jax.nn.one_hot(block, num_blocks) * frame_mask(lengths, frames, config)
   return membership / jnp.maximum(membership.sum(axis=1, keepdims=True), 1.0)
 
@@ -101,8 +102,10 @@ def initial_variance_state(config, batch, time):
   `time` samples (`probabilistic.init_variance_state` over `[batch, C]` and the
   signal's variance blocks)."""
   return probabilistic.init_variance_state(
-      (batch, config.num_sources), probabilistic.num_variance_blocks(time, config.variance),
-      config.variance)
+    (batch, config.num_sources),
+    probabilistic.num_variance_blocks(time, config.variance),
+    config.variance,
+  )
 
 
 def _dense(config, features, **kwargs):
@@ -116,6 +119,7 @@ def _norm(config):
 class Encoder(nn.Module):
   """`[batch, time]` mixture -> (features `[batch, frames, D]`,
   basis activations `[batch, frames, encoder_features]`)."""
+
   config: PressNetConfig
 
   @nn.compact
@@ -123,16 +127,24 @@ class Encoder(nn.Module):
     cfg = self.config
     left, right, _ = frame_layout(mixture.shape[-1], cfg)
     x = jnp.pad(mixture, ((0, 0), (left, right)))[..., None].astype(cfg.compute_dtype)
-    basis = nn.gelu(nn.Conv(
-        cfg.encoder_features, (cfg.encoder_kernel,), strides=(cfg.encoder_stride,),
-        padding="VALID", use_bias=False, dtype=cfg.compute_dtype,
-        param_dtype=jnp.float32)(x))
+    basis = nn.gelu(
+      nn.Conv(
+        cfg.encoder_features,
+        (cfg.encoder_kernel,),
+        strides=(cfg.encoder_stride,),
+        padding="VALID",
+        use_bias=False,
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+      )(x)
+    )
     return _dense(cfg, cfg.width)(_norm(cfg)(basis)), basis
 
 
 class SpeakerAttention(nn.Module):
   """Multi-head attention across the `C` streams at every frame, as a pre-norm
   residual with LayerScale. `[batch, C, frames, D] -> [batch, C, frames, D]`."""
+
   config: PressNetConfig
 
   @nn.compact
@@ -140,7 +152,8 @@ class SpeakerAttention(nn.Module):
     cfg = self.config
     x = jnp.swapaxes(streams, 1, 2)  # Attend over the sources axis.
     y = nn.MultiHeadDotProductAttention(
-        cfg.num_heads, dtype=cfg.compute_dtype, param_dtype=jnp.float32)(_norm(cfg)(x))
+      cfg.num_heads, dtype=cfg.compute_dtype, param_dtype=jnp.float32
+    )(_norm(cfg)(x))
     y = nn.Dropout(cfg.dropout, deterministic=not train)(y)
     return jnp.swapaxes(x + LayerScale(cfg.layer_scale_init)(y), 1, 2)
 
@@ -153,6 +166,7 @@ class TransposedConvolution(nn.Module):
 
   `[..., frames, features] -> [..., (frames - 1)·S + K]`; needs `S` to divide `K`.
   """
+
   kernel_size: int
   stride: int
   dtype: jnp.dtype | None = None
@@ -161,8 +175,9 @@ class TransposedConvolution(nn.Module):
   @nn.compact
   def __call__(self, frames):
     size, stride = self.kernel_size, self.stride
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (size, frames.shape[-1], 1), self.param_dtype)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (size, frames.shape[-1], 1), self.param_dtype
+    )
     frames, kernel = nn.dtypes.promote_dtype(frames, kernel, dtype=self.dtype)
     # Frame `f` adds `segments[f, i]` at sample `f·S + i`; `nn.ConvTranspose` does not
     # flip its kernel, so segment sample `i` takes kernel tap `K − 1 − i`.
@@ -170,8 +185,9 @@ class TransposedConvolution(nn.Module):
     hops = size // stride
     segments = segments.reshape(segments.shape[:-1] + (hops, stride))
     pad = [(0, 0)] * (segments.ndim - 3)
-    output = sum(jnp.pad(segments[..., m, :], pad + [(m, hops - 1 - m), (0, 0)])
-                 for m in range(hops))  # [..., frames + hops - 1, S]
+    output = sum(
+      jnp.pad(segments[..., m, :], pad + [(m, hops - 1 - m), (0, 0)]) for m in range(hops)
+    )  # [..., frames + hops - 1, S]
     return output.reshape(output.shape[:-2] + (-1,))
 
 
@@ -183,6 +199,7 @@ class DecoderHead(nn.Module):
   -> float32 estimates `[batch, C, time]`. Frames beyond an example's own reach
   only samples beyond its length, which the caller zeroes.
   """
+
   config: PressNetConfig
 
   @nn.compact
@@ -191,10 +208,14 @@ class DecoderHead(nn.Module):
     mask = nn.relu(_dense(cfg, cfg.encoder_features)(_norm(cfg)(features)))
     # Named as the `nn.ConvTranspose` it stands in for, whose parameters it keeps.
     waveforms = TransposedConvolution(
-        cfg.encoder_kernel, cfg.encoder_stride, dtype=cfg.compute_dtype,
-        param_dtype=jnp.float32, name="ConvTranspose_0")(mask * basis[:, None])
+      cfg.encoder_kernel,
+      cfg.encoder_stride,
+      dtype=cfg.compute_dtype,
+      param_dtype=jnp.float32,
+      name="ConvTranspose_0",
+    )(mask * basis[:, None])
     left = frame_layout(time, cfg)[0]
-    return waveforms[..., left:left + time].astype(jnp.float32)
+    return waveforms[..., left : left + time].astype(jnp.float32)
 
 
 class VarianceHead(nn.Module):
@@ -203,6 +224,7 @@ class VarianceHead(nn.Module):
   features `[batch, C, frames, D]`, pooling `[batch, frames, blocks]`
   -> float32 raw outputs `[batch, C, blocks, probabilistic.num_raw_outputs]`.
   """
+
   config: PressNetConfig
 
   @nn.compact
@@ -223,8 +245,8 @@ def stage_trunk(config, features, mask, train):
   """
   batch, sources, frames, width = features.shape
   streams = BlockStack(config, config.blocks_per_stage, name="trunk")(
-      features.reshape(batch * sources, frames, width), jnp.repeat(mask, sources, axis=0),
-      train)
+    features.reshape(batch * sources, frames, width), jnp.repeat(mask, sources, axis=0), train
+  )
   streams = streams.reshape(batch, sources, frames, width)
   return SpeakerAttention(config, name="speaker_attention")(streams, train)
 
@@ -252,13 +274,14 @@ def stage_exit(config, features, basis, lengths, variance_state, mixture_length)
   estimates = DecoderHead(config, name="decoder")(features, basis, mixture_length)
   estimates = estimates * (jnp.arange(mixture_length) < lengths[:, None])[:, None]
   raw = VarianceHead(config, name="variance_head")(
-      features, _pooling_weights(lengths, mixture_length, frames, config))
+    features, _pooling_weights(lengths, mixture_length, frames, config)
+  )
   # P(ŝ) only sets the scale of the predicted variance: the likelihood must not
   # move the estimate's power to change its own variance (and `mean_loss="snr"`
   # relies on the NLL not reaching the estimate at all).
   variance, variance_state = probabilistic.variance_parameters(
-      raw, jax.lax.stop_gradient(estimates), variance_state, config.variance,
-      lengths=lengths[:, None])
+    raw, jax.lax.stop_gradient(estimates), variance_state, config.variance, lengths=lengths[:, None]
+  )
   return variance_state, {"estimates": estimates, "variance": variance}
 
 
@@ -273,6 +296,7 @@ class Stage(nn.Module):
     variance_state: `initial_variance_state` running sums;
     exit_output: `{"estimates": [batch, C, time], "variance": {name: [batch, C, blocks]}}`.
   """
+
   config: PressNetConfig
 
   @nn.compact
@@ -281,8 +305,8 @@ class Stage(nn.Module):
     mask = frame_mask(carry["lengths"], carry["features"].shape[2], self.config)
     streams = stage_trunk(self.config, carry["features"], mask, train)
     variance_state, exit_output = stage_exit(
-        self.config, streams, carry["basis"], carry["lengths"], variance_state,
-        mixture_length)
+      self.config, streams, carry["basis"], carry["lengths"], variance_state, mixture_length
+    )
     return ({**carry, "features": streams}, variance_state), exit_output
 
 
@@ -294,6 +318,7 @@ class PressNet(nn.Module):
   `[batch]` returns
   `{"estimates": [exits, batch, C, time], "variance": {name: [exits, batch, C, blocks]}}`.
   """
+
   config: PressNetConfig
 
   def setup(self):
@@ -303,8 +328,12 @@ class PressNet(nn.Module):
     self.split = _dense(cfg, cfg.num_sources * cfg.width)
     stage = nn.remat(Stage, static_argnums=(2, 3), prevent_cse=False) if cfg.remat else Stage
     self.stages = nn.scan(
-        stage, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_exits)(cfg, name=STAGES)
+      stage,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=cfg.num_exits,
+    )(cfg, name=STAGES)
 
   def encode(self, mixture, train=False, lengths=None):
     """Encoder, shared trunk and speaker split: the carry entering stage 1.
@@ -329,8 +358,7 @@ class PressNet(nn.Module):
     cfg = self.config
     batch, time = mixture.shape
     variance_state = initial_variance_state(cfg, batch, time)
-    _, outputs = self.stages((self.encode(mixture, train, lengths), variance_state), time,
-                             train)
+    _, outputs = self.stages((self.encode(mixture, train, lengths), variance_state), time, train)
     return outputs
 
 
@@ -338,8 +366,9 @@ def stage_params(variables, k):
   """Stage `k`'s parameters (0-based; may be traced) sliced out of
   `variables["params"]["stages"]`, where `nn.scan` stacks them on axis 0."""
   return jax.tree.map(
-      lambda p: jax.lax.dynamic_index_in_dim(p, k, axis=0, keepdims=False),
-      variables["params"][STAGES])
+    lambda p: jax.lax.dynamic_index_in_dim(p, k, axis=0, keepdims=False),
+    variables["params"][STAGES],
+  )
 
 
 def apply_stage(config, stage_params, carry, mixture_length, variance_state):
@@ -358,5 +387,6 @@ def apply_stage(config, stage_params, carry, mixture_length, variance_state):
     to slice `k` of the training forward's outputs.
   """
   (carry, variance_state), exit_output = Stage(config).apply(
-      {"params": stage_params}, (carry, variance_state), mixture_length, False)
+    {"params": stage_params}, (carry, variance_state), mixture_length, False
+  )
   return carry, variance_state, exit_output

@@ -50,16 +50,25 @@ def open_manager(workdir, config, preemption=None):
   validation SI-SNRi at the last exit."""
   policies = ocp.checkpoint_managers
   options = ocp.CheckpointManagerOptions(
-      save_decision_policy=policies.AnySavePolicy([
-          policies.FixedIntervalPolicy(config.checkpoint_every),
-          policies.PreemptionCheckpointingPolicy()]),
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(config.keep_checkpoints),
-          # Higher is better: BestN keeps the end of an ascending sort.
-          policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
-                         keep_checkpoints_without_metrics=False)]),
-      best_fn=lambda m: m[BEST_METRIC], best_mode="max",
-      enable_async_checkpointing=True)
+    save_decision_policy=policies.AnySavePolicy(
+      [
+        policies.FixedIntervalPolicy(config.checkpoint_every),
+        policies.PreemptionCheckpointingPolicy(),
+      ]
+    ),
+    preservation_policy=policies.AnyPreservationPolicy(
+      [
+        policies.LatestN(config.keep_checkpoints),
+        # Higher is better: BestN keeps the end of an ascending sort.
+        policies.BestN(
+          get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
+        ),
+      ]
+    ),
+    best_fn=lambda m: m[BEST_METRIC],
+    best_mode="max",
+    enable_async_checkpointing=True,
+  )
   return _Manager(absolute(workdir) / "checkpoints", options, preemption)
 
 
@@ -105,19 +114,23 @@ def check_workdir(workdir, fresh=False):
   names = sorted(entry.name for entry in path.iterdir())
   if not names:
     return "new"
-  ours = run_id(path) is not None or (
-      (path / CONFIG_FILE).is_file() and _has_checkpoint(path))
+  ours = run_id(path) is not None or ((path / CONFIG_FILE).is_file() and _has_checkpoint(path))
   if not ours:
     listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    raise errors.UsageError(workdir, f"holds files that are no eesep train run ({listed}): "
-                                     "train in a new or empty --workdir")
+    raise errors.UsageError(
+      workdir,
+      f"holds files that are no eesep train run ({listed}): train in a new or empty --workdir",
+    )
   if fresh:
     return "fresh"
   if _has_checkpoint(path):
     return "resume"
   if set(names) - {RUN_FILE, CONFIG_FILE}:
-    raise errors.UsageError(workdir, "holds a run whose checkpoints are gone: --fresh "
-                                     "starts it over (its logs and checkpoints are removed)")
+    raise errors.UsageError(
+      workdir,
+      "holds a run whose checkpoints are gone: --fresh "
+      "starts it over (its logs and checkpoints are removed)",
+    )
   return "new"  # Stopped before it wrote anything but its config: nothing to lose.
 
 
@@ -167,14 +180,17 @@ def saved_model_config(workdir, config):
   try:
     return config_lib.model_config(config)
   except (ValueError, TypeError, KeyError) as error:
-    raise errors.DataError(f"{epath.Path(workdir) / CONFIG_FILE}: its model does not "
-                           f"build ({error})") from None
+    raise errors.DataError(
+      f"{epath.Path(workdir) / CONFIG_FILE}: its model does not build ({error})"
+    ) from None
 
 
 def latest_step(workdir):
   """The step of the latest checkpoint in `workdir`; None when it holds none (or no run)."""
-  if not (epath.Path(workdir) / CONFIG_FILE).is_file() or not (
-      epath.Path(workdir) / "checkpoints").is_dir():
+  if (
+    not (epath.Path(workdir) / CONFIG_FILE).is_file()
+    or not (epath.Path(workdir) / "checkpoints").is_dir()
+  ):
     return None
   manager = open_manager(workdir, read_config(workdir))
   try:
@@ -189,19 +205,22 @@ def unreadable(workdir, step, error):
   while (error.__cause__ or error.__context__) is not None:
     error = error.__cause__ or error.__context__
   first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-  return errors.DataError(f"{epath.Path(workdir) / 'checkpoints' / str(step)}: the "
-                          f"checkpoint cannot be read, damaged or truncated? ({first_line})")
+  return errors.DataError(
+    f"{epath.Path(workdir) / 'checkpoints' / str(step)}: the "
+    f"checkpoint cannot be read, damaged or truncated? ({first_line})"
+  )
 
 
 def abstract_params(model_config):
   """The parameters' shapes and dtypes, on this process's first device: the target of a
   restore that reads the parameters alone."""
-  shapes = jax.eval_shape(models.PressNet(model_config).init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, model_config.sample_rate // 10),
-                                               jnp.float32))["params"]
+  shapes = jax.eval_shape(
+    models.PressNet(model_config).init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, model_config.sample_rate // 10), jnp.float32),
+  )["params"]
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                      shapes)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
 
 
 def restore_params(workdir, step=None):
@@ -223,9 +242,16 @@ def restore_params(workdir, step=None):
       raise errors.UsageError(workdir, "holds no checkpoint: its training has not saved one")
     target = {"params": abstract_params(model_config)}
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True)))
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+          )
+        ),
+      )
     except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
       raise unreadable(workdir, step, error) from error
   finally:
@@ -236,18 +262,26 @@ def restore_params(workdir, step=None):
 def save_state(manager, step, state, iterator, *, metrics=None, force=False):
   """Saves the train `state` and the data `iterator`'s position as checkpoint `step`
   (when `manager`'s policies or `force` ask for it)."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
-      metrics=metrics, force=force)
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)
+    ),
+    metrics=metrics,
+    force=force,
+  )
 
 
 def restore_state(manager, workdir, step, state, iterator):
   """The train state of checkpoint `step`, shaped as `state`; `iterator` is moved to
   the saved position. A `DataError` when the checkpoint cannot be read."""
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state),
-        data=grain.checkpoint.CheckpointRestore(iterator)))
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), data=grain.checkpoint.CheckpointRestore(iterator)
+      ),
+    )
   except Exception as error:  # Orbax and tensorstore raise many kinds; all mean this.
     raise unreadable(workdir, step, error) from error
   return restored.state

@@ -38,8 +38,9 @@ class Preemption:
     self._requested = False
     # Signal handlers can only be installed from the main thread; elsewhere (a
     # notebook's worker thread) a single process is not stopped by SIGTERM.
-    self._installed = (not self._coordinated
-                       and threading.current_thread() is threading.main_thread())
+    self._installed = (
+      not self._coordinated and threading.current_thread() is threading.main_thread()
+    )
     if self._installed:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 

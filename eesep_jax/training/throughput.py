@@ -20,8 +20,11 @@ from eesep_jax import models
 
 # Local even when the workdir is a bucket, and kept across restarts of the machine's
 # processes (not under /tmp): a resumed run compiles from it in seconds.
-DEFAULT_CACHE_DIR = pathlib.Path(
-    os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "eesep_jax" / "jax"
+DEFAULT_CACHE_DIR = (
+  pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+  / "eesep_jax"
+  / "jax"
+)
 PROFILE_DIR = "profile"
 
 
@@ -63,16 +66,21 @@ class Throughput:
     devices: the devices the step runs on (default: all).
   """
 
-  def __init__(self, *, schedule, batch_size, segment_seconds, model_config, peak_flops=0.0,
-               devices=None):
+  def __init__(
+    self, *, schedule, batch_size, segment_seconds, model_config, peak_flops=0.0, devices=None
+  ):
     devices = devices or jax.devices()
     self._schedule = schedule
     self._batch_size, self._segment_seconds = batch_size, segment_seconds
     peak = peak_flops or hardware.peak_flops(devices[0], model_config.dtype)
     self.peak_flops = peak * len(devices) if peak else None
-    self.step_flops = (model_flops_per_step(
-        model_config, batch_size, round(segment_seconds * model_config.sample_rate))
-        if self.peak_flops else None)
+    self.step_flops = (
+      model_flops_per_step(
+        model_config, batch_size, round(segment_seconds * model_config.sample_rate)
+      )
+      if self.peak_flops
+      else None
+    )
     self._last = None  # (step, time) of the previous log.
     self._excluded = 0.0
 
@@ -86,11 +94,11 @@ class Throughput:
     now = time.monotonic()
     scalars = {"learning_rate": float(self._schedule(step - 1))}
     if self._last is not None:
-      steps_per_second = (step - self._last[0]) / max(now - self._last[1] - self._excluded,
-                                                      1e-9)
+      steps_per_second = (step - self._last[0]) / max(now - self._last[1] - self._excluded, 1e-9)
       scalars["steps_per_second"] = steps_per_second
-      scalars["audio_seconds_per_second"] = (steps_per_second * self._batch_size
-                                             * self._segment_seconds)
+      scalars["audio_seconds_per_second"] = (
+        steps_per_second * self._batch_size * self._segment_seconds
+      )
       if self.peak_flops:
         scalars["mfu"] = steps_per_second * self.step_flops / self.peak_flops
     self._last, self._excluded = (step, now), 0.0
@@ -106,8 +114,10 @@ def parse_profile_steps(text):
   except ValueError:
     first = None
   if not colon or first is None or not 1 <= first <= last:
-    raise errors.UsageError(f"--profile-steps {text}", "must be A:B, the first and last "
-                            "step to trace, with 1 <= A <= B (e.g. 10:15)")
+    raise errors.UsageError(
+      f"--profile-steps {text}",
+      "must be A:B, the first and last step to trace, with 1 <= A <= B (e.g. 10:15)",
+    )
   return first, last
 
 
@@ -162,5 +172,6 @@ class DevicePrefetch:
     return batch
 
   def get_state(self):
-    return self._state if isinstance(self._state, bytes) else json.dumps(
-        self._state, indent=4).encode()
+    return (
+      self._state if isinstance(self._state, bytes) else json.dumps(self._state, indent=4).encode()
+    )

@@ -32,9 +32,9 @@ from eesep_jax.analysis import evaluate
 from eesep_jax.core import losses
 from eesep_jax.core import metrics
 from eesep_jax.training import checkpoints
-from eesep_jax.training import throughput
 from eesep_jax.training import preemption
 from eesep_jax.training import storage
+from eesep_jax.training import throughput
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -42,6 +42,7 @@ METRICS_FILE = "metrics.jsonl"
 @flax.struct.dataclass
 class TrainState:
   """Everything a training step changes. `rng` is raw key data so checkpoints hold it."""
+
   step: jax.Array
   params: flax.core.FrozenDict
   opt_state: optax.OptState
@@ -53,10 +54,12 @@ def learning_rate_schedule(optimizer_config, decay_steps):
   `end_learning_rate_fraction` at step `decay_steps` (`config_lib.decay_steps`), and
   constant after."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optimizer_config.learning_rate,
-      warmup_steps=optimizer_config.warmup_steps,
-      decay_steps=max(decay_steps, optimizer_config.warmup_steps + 1),
-      end_value=optimizer_config.learning_rate * optimizer_config.end_learning_rate_fraction)
+    init_value=0.0,
+    peak_value=optimizer_config.learning_rate,
+    warmup_steps=optimizer_config.warmup_steps,
+    decay_steps=max(decay_steps, optimizer_config.warmup_steps + 1),
+    end_value=optimizer_config.learning_rate * optimizer_config.end_learning_rate_fraction,
+  )
 
 
 def make_optimizer(optimizer_config, total_steps):
@@ -71,10 +74,14 @@ def make_optimizer(optimizer_config, total_steps):
   """
   schedule = learning_rate_schedule(optimizer_config, total_steps)
   return optax.apply_if_finite(
-      optax.flatten(optax.chain(
-          optax.clip_by_global_norm(optimizer_config.clip_norm),
-          optax.adamw(schedule, weight_decay=optimizer_config.weight_decay))),
-      max_consecutive_errors=optimizer_config.max_consecutive_nonfinite)
+    optax.flatten(
+      optax.chain(
+        optax.clip_by_global_norm(optimizer_config.clip_norm),
+        optax.adamw(schedule, weight_decay=optimizer_config.weight_decay),
+      )
+    ),
+    max_consecutive_errors=optimizer_config.max_consecutive_nonfinite,
+  )
 
 
 def skipped_steps(opt_state):
@@ -93,13 +100,19 @@ def _loss_fn(params, batch, dropout_rng, *, model, config):
   # zero beyond its length), and the likelihood counts (and SI-SNR averages over) the
   # valid samples only.
   lengths = batch["mask"].sum(-1).astype(jnp.int32)
-  outputs = model.apply({"params": params}, batch["mixture"], train=True, lengths=lengths,
-                        rngs={"dropout": dropout_rng})
+  outputs = model.apply(
+    {"params": params}, batch["mixture"], train=True, lengths=lengths, rngs={"dropout": dropout_rng}
+  )
   return losses.separation_loss(
-      outputs, batch["sources"], variance_config=model.config.variance,
-      objective=config.loss.objective, mean_loss=config.loss.mean_loss,
-      permutation=config.loss.permutation, exit_weights=config.loss.exit_weights,
-      lengths=lengths)
+    outputs,
+    batch["sources"],
+    variance_config=model.config.variance,
+    objective=config.loss.objective,
+    mean_loss=config.loss.mean_loss,
+    permutation=config.loss.permutation,
+    exit_weights=config.loss.exit_weights,
+    lengths=lengths,
+  )
 
 
 def make_train_step(config, model, optimizer):
@@ -113,13 +126,15 @@ def make_train_step(config, model, optimizer):
   @functools.partial(jax.jit, donate_argnums=0)
   def train_step(state, batch):
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, dropout_rng)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, dropout_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    step_metrics = {"train_loss": loss, "train_loss_per_exit": aux["per_exit"],
-                    "grad_norm": optax.tree.norm(grads),
-                    "skipped_steps": skipped_steps(opt_state)}
+    step_metrics = {
+      "train_loss": loss,
+      "train_loss_per_exit": aux["per_exit"],
+      "grad_norm": optax.tree.norm(grads),
+      "skipped_steps": skipped_steps(opt_state),
+    }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
 
   return train_step
@@ -131,8 +146,12 @@ def init_train_state(config, model, optimizer, example_mixture, sharding=None):
   def init(example_mixture):
     params_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     params = model.init(params_rng, example_mixture)["params"]
-    return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
-                      rng=jax.random.key_data(dropout_rng))
+    return TrainState(
+      step=jnp.int32(0),
+      params=params,
+      opt_state=optimizer.init(params),
+      rng=jax.random.key_data(dropout_rng),
+    )
 
   # One compiled program instead of hundreds of small dispatches.
   return jax.jit(init, out_shardings=sharding)(example_mixture)
@@ -163,14 +182,23 @@ def eval_step(params, batch, *, config):
   outputs = models.PressNet(config).apply({"params": params}, mixture, lengths=lengths)
 
   def per_example(**objective):  # [exits, batch]
-    return losses.separation_loss(outputs, sources, permutation="per-exit", lengths=lengths,
-                                  variance_config=config.variance,
-                                  **objective)[1]["per_example"]
+    return losses.separation_loss(
+      outputs,
+      sources,
+      permutation="per-exit",
+      lengths=lengths,
+      variance_config=config.variance,
+      **objective,
+    )[1]["per_example"]
 
-  baseline = metrics.si_snr(sources, jnp.broadcast_to(mixture[:, None], sources.shape),
-                            lengths[:, None]).mean(-1)
-  return {"si_snri": (-per_example(objective="si-snr") - baseline) @ weight,
-          "nll": per_example() @ weight, "weight": weight.sum()}
+  baseline = metrics.si_snr(
+    sources, jnp.broadcast_to(mixture[:, None], sources.shape), lengths[:, None]
+  ).mean(-1)
+  return {
+    "si_snri": (-per_example(objective="si-snr") - baseline) @ weight,
+    "nll": per_example() @ weight,
+    "weight": weight.sum(),
+  }
 
 
 def validation_batch_size(device_count):
@@ -197,16 +225,21 @@ def evaluate_exits(params, model, batches, sharding=None):
   for batch in batches:
     batch = dict(batch)
     batch.setdefault("weight", np.ones(batch["mixture"].shape[0], np.float32))
-    arrays = (_global_batch(batch, sharding) if sharding is not None else
-              {name: jnp.asarray(batch[name]) for name in _BATCH_FIELDS + ("weight",)})
+    arrays = (
+      _global_batch(batch, sharding)
+      if sharding is not None
+      else {name: jnp.asarray(batch[name]) for name in _BATCH_FIELDS + ("weight",)}
+    )
     result = eval_step(params, arrays, config=model.config)
     totals = result if totals is None else jax.tree.map(jnp.add, totals, result)
   if totals is None:
     return {"si_snri": [], "nll": []}
   totals = jax.device_get(totals)
   count = max(float(totals["weight"]), 1.0)
-  return {"si_snri": (np.asarray(totals["si_snri"]) / count).tolist(),
-          "nll": (np.asarray(totals["nll"]) / count).tolist()}
+  return {
+    "si_snri": (np.asarray(totals["si_snri"]) / count).tolist(),
+    "nll": (np.asarray(totals["nll"]) / count).tolist(),
+  }
 
 
 class MetricsWriter:
@@ -218,6 +251,7 @@ class MetricsWriter:
     self._enabled = enabled
     if enabled:
       import tensorboardX  # Heavy import kept out of `import eesep_jax.training.train`.
+
       self._jsonl = storage.LineLog(epath.Path(workdir) / METRICS_FILE)
       self._tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
@@ -248,10 +282,16 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   Its preemption service coordinates the stop on SIGTERM (`preemption.Preemption`).
   """
   preemption.enable_coordination()
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
-  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
+  logging.info(
+    "process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def _wait_for_every_process(name):
@@ -265,8 +305,11 @@ _BATCH_FIELDS = ("mixture", "sources", "mask")
 
 def _global_batch(local_batch, sharding):
   """Assembles each process's slice of the batch into one globally sharded array."""
-  return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for name, value in local_batch.items() if name in _BATCH_FIELDS + ("weight",)}
+  return {
+    name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    for name, value in local_batch.items()
+    if name in _BATCH_FIELDS + ("weight",)
+  }
 
 
 def _check_resume(config, workdir):
@@ -284,9 +327,11 @@ def _check_resume(config, workdir):
   if differences:
     listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in differences)
     raise errors.UsageError(
-        workdir, f"cannot resume the run there with this config, which differs from its "
-                 f"{checkpoints.CONFIG_FILE} in {listed}. Train in a new --workdir; a resumed run may "
-                 f"change only {', '.join(config_lib.RESUMABLE_FIELDS)}")
+      workdir,
+      f"cannot resume the run there with this config, which differs from its "
+      f"{checkpoints.CONFIG_FILE} in {listed}. Train in a new --workdir; a resumed run may "
+      f"change only {', '.join(config_lib.RESUMABLE_FIELDS)}",
+    )
 
 
 def _open_data(config, say):
@@ -295,10 +340,13 @@ def _open_data(config, say):
   asks for it (`data.synthesize_if_missing`)."""
   data = config.data
   if data.synthesize_if_missing:
-    data_lib.ensure_demo_corpus(data.root, sample_rate=config.model.sample_rate,
-                                num_sources=config.model.num_sources)
-  say(f"checking the data: {data.kind} at {data.root}, splits {data.train_split!r} and "
-      f"{data.valid_split!r} (every file's header)")
+    data_lib.ensure_demo_corpus(
+      data.root, sample_rate=config.model.sample_rate, num_sources=config.model.num_sources
+    )
+  say(
+    f"checking the data: {data.kind} at {data.root}, splits {data.train_split!r} and "
+    f"{data.valid_split!r} (every file's header)"
+  )
   train_source = data_lib.training_source(config)
   valid_source = data_lib.open_split(config, data.valid_split)
   say(f"  {train_source!r}\n  {valid_source!r}")
@@ -339,33 +387,42 @@ def failure(workdir, *, start_step, end_step, skipped):
   records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
   validations = [r for r in records if "valid_si_snri" in r]
   if validations and not np.all(np.isfinite(validations[-1]["valid_si_snri"])):
-    return (f"{workdir}: training diverged: the validation SI-SNRi at step "
-            f"{validations[-1]['step']} is not finite; no checkpoint is fit to use (lower "
-            "config.optimizer.learning_rate and train in a new --workdir)")
+    return (
+      f"{workdir}: training diverged: the validation SI-SNRi at step "
+      f"{validations[-1]['step']} is not finite; no checkpoint is fit to use (lower "
+      "config.optimizer.learning_rate and train in a new --workdir)"
+    )
   if end_step > start_step and skipped >= end_step:
-    return (f"{workdir}: every one of its {end_step} steps was skipped (non-finite loss or "
-            "gradient): nothing was trained")
+    return (
+      f"{workdir}: every one of its {end_step} steps was skipped (non-finite loss or "
+      "gradient): nothing was trained"
+    )
   return None
 
 
-def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager,
-             failed=False):
+def _summary(workdir, *, config, start_step, end_step, seconds, skipped, manager, failed=False):
   """The lines `train_and_evaluate` ends with: steps, time, skipped steps, the best
   validation per exit, and where the checkpoints are (recommended unless `failed`)."""
-  lines = [f"trained to step {end_step} of {config.steps} ({end_step - start_step} steps "
-           f"in {seconds / 60:.1f} min); {skipped} steps skipped in all (non-finite loss "
-           "or gradient)"]
+  lines = [
+    f"trained to step {end_step} of {config.steps} ({end_step - start_step} steps "
+    f"in {seconds / 60:.1f} min); {skipped} steps skipped in all (non-finite loss "
+    "or gradient)"
+  ]
   best = _best_validation(workdir)
   if best is None:
     lines.append("no validation yet (every config.eval_every steps, and at the last)")
   else:
     step, si_snri = best
-    lines.append(f"best validation SI-SNRi (step {step}): " + ", ".join(
-        f"exit {k} {value:.2f} dB" for k, value in enumerate(si_snri, start=1)))
+    lines.append(
+      f"best validation SI-SNRi (step {step}): "
+      + ", ".join(f"exit {k} {value:.2f} dB" for k, value in enumerate(si_snri, start=1))
+    )
   if not failed:
-    lines.append(f"checkpoints: {workdir / 'checkpoints'} (latest step "
-                 f"{manager.latest_step()}, best {manager.best_step()}); `eesep separate "
-                 f"--checkpoint {workdir}` uses the best")
+    lines.append(
+      f"checkpoints: {workdir / 'checkpoints'} (latest step "
+      f"{manager.latest_step()}, best {manager.best_step()}); `eesep separate "
+      f"--checkpoint {workdir}` uses the best"
+    )
   return "\n".join(lines)
 
 
@@ -403,12 +460,17 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   """
   config_lib.validate_config(config)
   if config.batch_size % jax.process_count():
-    raise errors.UsageError("config.batch_size", f"{config.batch_size} is not divisible by "
-                                                 f"the {jax.process_count()} processes")
+    raise errors.UsageError(
+      "config.batch_size",
+      f"{config.batch_size} is not divisible by the {jax.process_count()} processes",
+    )
   workdir = checkpoints.absolute(workdir)
   is_lead = jax.process_index() == 0
-  say = functools.partial(tqdm.tqdm.write, file=sys.stdout) if is_lead else (
-      lambda *args, **kwargs: None)
+  say = (
+    functools.partial(tqdm.tqdm.write, file=sys.stdout)
+    if is_lead
+    else (lambda *args, **kwargs: None)
+  )
   how = checkpoints.check_workdir(workdir, fresh)
   if how == "resume":
     _check_resume(config, workdir)
@@ -426,11 +488,16 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   model = models.PressNet(model_config)
 
   loader = data_lib.training_loader(
-      train_source, batch_size=config.batch_size // jax.process_count(),
-      segment_length=int(config.data.segment_seconds * model_config.sample_rate),
-      seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_workers=config.data.num_workers, dynamic_mixing=config.data.dynamic_mixing,
-      augmentation=data_lib.Augmentation() if config.data.get("augment") else None)
+    train_source,
+    batch_size=config.batch_size // jax.process_count(),
+    segment_length=int(config.data.segment_seconds * model_config.sample_rate),
+    seed=config.seed,
+    shard_index=jax.process_index(),
+    shard_count=jax.process_count(),
+    num_workers=config.data.num_workers,
+    dynamic_mixing=config.data.dynamic_mixing,
+    augmentation=data_lib.Augmentation() if config.data.get("augment") else None,
+  )
   iterator = iter(loader)
   segment_seconds = config.data.segment_seconds
 
@@ -446,23 +513,36 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
   latest = manager.latest_step()
   if latest is not None:
     state = checkpoints.restore_state(manager, workdir, latest, state, iterator)
-  say(f"resuming {workdir} from step {latest}" if latest is not None
-      else f"training {workdir} from scratch")
+  say(
+    f"resuming {workdir} from step {latest}"
+    if latest is not None
+    else f"training {workdir} from scratch"
+  )
 
   train_step = make_train_step(config, model, optimizer)
-  batches = throughput.DevicePrefetch(iterator, functools.partial(_global_batch,
-                                                                  sharding=data_sharding))
+  batches = throughput.DevicePrefetch(
+    iterator, functools.partial(_global_batch, sharding=data_sharding)
+  )
   speed = throughput.Throughput(
-      schedule=learning_rate_schedule(config.optimizer, config_lib.decay_steps(config)),
-      batch_size=config.batch_size, segment_seconds=segment_seconds,
-      model_config=model_config, peak_flops=config.get("peak_flops", 0.0))
+    schedule=learning_rate_schedule(config.optimizer, config_lib.decay_steps(config)),
+    batch_size=config.batch_size,
+    segment_seconds=segment_seconds,
+    model_config=model_config,
+    peak_flops=config.get("peak_flops", 0.0),
+  )
   profile = throughput.Profile(workdir, profile_steps)
   writer = MetricsWriter(workdir, enabled=is_lead)
   start_step = int(state.step)
   skipped = _SkipWarnings(int(skipped_steps(state.opt_state)), start_step, say)
   start_time, validating = time.monotonic(), 0.0
-  progress = tqdm.tqdm(total=config.steps, initial=start_step, disable=not is_lead,
-                       desc="train", unit="step", dynamic_ncols=True)
+  progress = tqdm.tqdm(
+    total=config.steps,
+    initial=start_step,
+    disable=not is_lead,
+    desc="train",
+    unit="step",
+    dynamic_ncols=True,
+  )
   try:
     try:
       for step in range(start_step + 1, config.steps + 1):
@@ -480,19 +560,34 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
         valid_metrics = {}
         if step % config.eval_every == 0 or step == config.steps:
           began = time.monotonic()
-          valid_metrics = _validate(state, model, config, valid_source, step, writer, say,
-                                    train_seconds=began - start_time - validating,
-                                    sharding=data_sharding)
+          valid_metrics = _validate(
+            state,
+            model,
+            config,
+            valid_source,
+            step,
+            writer,
+            say,
+            train_seconds=began - start_time - validating,
+            sharding=data_sharding,
+          )
           validating += time.monotonic() - began
           speed.exclude(time.monotonic() - began)
         preempted = stop.reached(step)
         # A validated step is always saved, so the best checkpoint holds the
         # parameters its metric was measured on.
-        checkpoints.save_state(manager, step, state, batches, metrics=valid_metrics or None,
-                               force=preempted or bool(valid_metrics) or step == config.steps)
+        checkpoints.save_state(
+          manager,
+          step,
+          state,
+          batches,
+          metrics=valid_metrics or None,
+          force=preempted or bool(valid_metrics) or step == config.steps,
+        )
         if preempted:
-          logging.warning("process %d: preempted: saving step %d and stopping",
-                          jax.process_index(), step)
+          logging.warning(
+            "process %d: preempted: saving step %d and stopping", jax.process_index(), step
+          )
           break
     except BaseException:
       progress.close()
@@ -504,12 +599,20 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       manager.wait_until_finished()
       writer.close()
     end_step, skipped_total = int(state.step), int(skipped_steps(state.opt_state))
-    failed = failure(workdir, start_step=start_step, end_step=end_step,
-                     skipped=skipped_total)
+    failed = failure(workdir, start_step=start_step, end_step=end_step, skipped=skipped_total)
     if is_lead:
-      print(_summary(workdir, config=config, start_step=start_step, end_step=end_step,
-                     seconds=time.monotonic() - start_time, skipped=skipped_total,
-                     manager=manager, failed=bool(failed)))
+      print(
+        _summary(
+          workdir,
+          config=config,
+          start_step=start_step,
+          end_step=end_step,
+          seconds=time.monotonic() - start_time,
+          skipped=skipped_total,
+          manager=manager,
+          failed=bool(failed),
+        )
+      )
     if failed:
       raise errors.DataError(failed)
   finally:
@@ -521,10 +624,12 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
 def _train_record(step_metrics):
   """The training scalars `metrics.jsonl` logs, from one step's metrics."""
   scalars = jax.device_get(step_metrics)
-  return {"train_loss": float(scalars["train_loss"]),
-          "train_loss_per_exit": np.asarray(scalars["train_loss_per_exit"]).tolist(),
-          "grad_norm": float(scalars["grad_norm"]),
-          "skipped_steps": int(scalars["skipped_steps"])}
+  return {
+    "train_loss": float(scalars["train_loss"]),
+    "train_loss_per_exit": np.asarray(scalars["train_loss_per_exit"]).tolist(),
+    "grad_norm": float(scalars["grad_norm"]),
+    "skipped_steps": int(scalars["skipped_steps"]),
+  }
 
 
 class _SkipWarnings:
@@ -540,8 +645,11 @@ class _SkipWarnings:
 
   def update(self, step, total):
     if total > self.total:
-      self._say(f"warning: steps {self._step + 1}-{step}: {total - self.total} skipped, "
-                f"their loss or gradient was not finite ({total} in all)", file=sys.stderr)
+      self._say(
+        f"warning: steps {self._step + 1}-{step}: {total - self.total} skipped, "
+        f"their loss or gradient was not finite ({total} in all)",
+        file=sys.stderr,
+      )
     self.total, self._step = total, step
 
 
@@ -554,12 +662,25 @@ def _validate(state, model, config, source, step, writer, say, train_seconds, sh
   count = min(config.eval_max_utterances or len(source), len(source))
   say(f"step {step}: validating on {count} utterances of {source.name}")
   batches = data_lib.validation_batches(
-      config, source=source, batch_size=validation_batch_size(sharding.mesh.size),
-      pad_seconds=evaluate.PAD_SECONDS, shard_index=jax.process_index(),
-      shard_count=jax.process_count())
+    config,
+    source=source,
+    batch_size=validation_batch_size(sharding.mesh.size),
+    pad_seconds=evaluate.PAD_SECONDS,
+    shard_index=jax.process_index(),
+    shard_count=jax.process_count(),
+  )
   evaluation = evaluate_exits(state.params, model, batches, sharding)
-  say(f"step {step}: validation SI-SNRi per exit " + ", ".join(
-      f"{value:.2f}" for value in evaluation["si_snri"]) + " dB")
-  writer.write(step, {"valid_si_snri": evaluation["si_snri"], "valid_nll": evaluation["nll"],
-                      "train_seconds": round(train_seconds, 3)})
+  say(
+    f"step {step}: validation SI-SNRi per exit "
+    + ", ".join(f"{value:.2f}" for value in evaluation["si_snri"])
+    + " dB"
+  )
+  writer.write(
+    step,
+    {
+      "valid_si_snri": evaluation["si_snri"],
+      "valid_nll": evaluation["nll"],
+      "train_seconds": round(train_seconds, 3),
+    },
+  )
   return {checkpoints.BEST_METRIC: evaluation["si_snri"][-1]}

@@ -77,11 +77,19 @@ def smoke_corpus(root):
 def smoke_overrides(corpus_root, steps=SMOKE_STEPS):
   """Overrides that shrink the demo config to `steps` short steps of a network with one
   shared block on `corpus_root`."""
-  return [f"data.root={corpus_root}", "data.synthesize_if_missing=False",
-          "model.num_shared_blocks=1",
-          "data.segment_seconds=0.5", "batch_size=4", f"steps={steps}",
-          f"checkpoint_every={steps}", f"eval_every={steps}", "log_every=5",
-          "eval_max_utterances=1", "optimizer.warmup_steps=5"]
+  return [
+    f"data.root={corpus_root}",
+    "data.synthesize_if_missing=False",
+    "model.num_shared_blocks=1",
+    "data.segment_seconds=0.5",
+    "batch_size=4",
+    f"steps={steps}",
+    f"checkpoint_every={steps}",
+    f"eval_every={steps}",
+    "log_every=5",
+    "eval_max_utterances=1",
+    "optimizer.warmup_steps=5",
+  ]
 
 
 def smoke_run(config_path, directory=None):
@@ -122,19 +130,39 @@ def _variant_result(variant, config, workdir, *, base_model_config, settings, pr
       return saved["entry"]
   train_variant(config, workdir)
   report, _ = calibration_report.calibrate_checkpoint(
-      workdir, workdir / CALIBRATION_DIR, target_snr_db=settings["target_snr_db"],
-      confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
-      max_utterances=settings["max_utterances"], progress=progress)
-  entry = ablation.summarise(variant, config, report, base_model_config=base_model_config,
-                             target_snr_db=settings["target_snr_db"],
-                             confidence=settings["confidence"])
+    workdir,
+    workdir / CALIBRATION_DIR,
+    target_snr_db=settings["target_snr_db"],
+    confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
+    max_utterances=settings["max_utterances"],
+    progress=progress,
+  )
+  entry = ablation.summarise(
+    variant,
+    config,
+    report,
+    base_model_config=base_model_config,
+    target_snr_db=settings["target_snr_db"],
+    confidence=settings["confidence"],
+  )
   files.write_text(path, json.dumps({"request": request, "entry": entry}, indent=2))
   return entry
 
 
-def run_ablation(config_path, out_dir, *, names=None, overrides=(), smoke=False, steps=None,
-                 max_utterances=None, target_snr_db=None, confidence=None,
-                 progress=True, log=print):
+def run_ablation(
+  config_path,
+  out_dir,
+  *,
+  names=None,
+  overrides=(),
+  smoke=False,
+  steps=None,
+  max_utterances=None,
+  target_snr_db=None,
+  confidence=None,
+  progress=True,
+  log=print,
+):
   """Trains, evaluates and calibrates every variant, and writes the comparison.
 
   Args:
@@ -171,18 +199,35 @@ def run_ablation(config_path, out_dir, *, names=None, overrides=(), smoke=False,
     target_snr_db = SMOKE_TARGET_SNR_DB if smoke else base_config.inference.target_snr_db
   if confidence is None:
     confidence = base_config.inference.confidence
-  settings = {"target_snr_db": float(target_snr_db), "confidence": float(confidence),
-              "max_utterances": max_utterances}
+  settings = {
+    "target_snr_db": float(target_snr_db),
+    "confidence": float(confidence),
+    "max_utterances": max_utterances,
+  }
   entries = []
   for index, variant in enumerate(chosen, start=1):
     log(f"[{index}/{len(chosen)}] {variant.name}: {variant.description}")
     config = config_lib.load_config(config_path, [*base, *variant.overrides])
-    entries.append(_variant_result(variant, config, out_dir / variant.name,
-                                   base_model_config=base_model_config, settings=settings,
-                                   progress=progress))
-  comparison = {"settings": {"config": str(config_path), "overrides": base,
-                             "steps": base_config.steps, "smoke": smoke,
-                             "num_exits": base_model_config.num_exits, **settings},
-                "variants": entries}
+    entries.append(
+      _variant_result(
+        variant,
+        config,
+        out_dir / variant.name,
+        base_model_config=base_model_config,
+        settings=settings,
+        progress=progress,
+      )
+    )
+  comparison = {
+    "settings": {
+      "config": str(config_path),
+      "overrides": base,
+      "steps": base_config.steps,
+      "smoke": smoke,
+      "num_exits": base_model_config.num_exits,
+      **settings,
+    },
+    "variants": entries,
+  }
   ablation.write_comparison(out_dir, comparison)
   return comparison

@@ -33,38 +33,62 @@ def _names(text):
 
 def build_parser():
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0] + " Train, evaluate and calibrate every "
-      "variant, then write one comparison table and figures.",
-      epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out",
-                      help="OUT: one folder per variant (its run and calibration), the "
-                           "comparison table and the figures (required but with --list)")
-  parser.add_argument("--smoke", action="store_true",
-                      help="a few short steps of the tiny demo model on a small corpus "
-                           "made in OUT/corpus: minutes on 2 CPU cores (a check of the "
-                           "plumbing, not results)")
-  parser.add_argument("--config", type=pathlib.Path,
-                      help="the base experiment config (default: "
-                           "experiments/configs/ablation_full.py; with --smoke, "
-                           "eesep_jax/configs/demo.py)")
-  parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                      help="a dotted override of the base config, e.g. data.root=/data/wsj0 "
-                           "(repeatable)")
-  parser.add_argument("--variants", type=_names, metavar="A,B,...",
-                      help="run these variants only (see --list)")
+    description=__doc__.split("\n\n")[0] + " Train, evaluate and calibrate every "
+    "variant, then write one comparison table and figures.",
+    epilog=EXAMPLE,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--out",
+    help="OUT: one folder per variant (its run and calibration), the "
+    "comparison table and the figures (required but with --list)",
+  )
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help="a few short steps of the tiny demo model on a small corpus "
+    "made in OUT/corpus: minutes on 2 CPU cores (a check of the "
+    "plumbing, not results)",
+  )
+  parser.add_argument(
+    "--config",
+    type=pathlib.Path,
+    help="the base experiment config (default: "
+    "experiments/configs/ablation_full.py; with --smoke, "
+    "eesep_jax/configs/demo.py)",
+  )
+  parser.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="a dotted override of the base config, e.g. data.root=/data/wsj0 (repeatable)",
+  )
+  parser.add_argument(
+    "--variants", type=_names, metavar="A,B,...", help="run these variants only (see --list)"
+  )
   parser.add_argument("--steps", type=int, help="training steps of every variant")
-  parser.add_argument("--max-utterances", type=int,
-                      help="evaluate at most this many utterances of the validation and "
-                           "of the test split (default: all)")
-  parser.add_argument("--target-snr", type=float,
-                      help="γ in dB of the reported target satisfaction and of the "
-                           "certified threshold (default: the base config's "
-                           "inference.target_snr_db; with --smoke, 1)")
-  parser.add_argument("--confidence", type=float,
-                      help="p of the reported target satisfaction (default: the base "
-                           "config's inference.confidence)")
-  parser.add_argument("--list", action="store_true",
-                      help="print the variants and their overrides, and exit")
+  parser.add_argument(
+    "--max-utterances",
+    type=int,
+    help="evaluate at most this many utterances of the validation and "
+    "of the test split (default: all)",
+  )
+  parser.add_argument(
+    "--target-snr",
+    type=float,
+    help="γ in dB of the reported target satisfaction and of the "
+    "certified threshold (default: the base config's "
+    "inference.target_snr_db; with --smoke, 1)",
+  )
+  parser.add_argument(
+    "--confidence",
+    type=float,
+    help="p of the reported target satisfaction (default: the base config's inference.confidence)",
+  )
+  parser.add_argument(
+    "--list", action="store_true", help="print the variants and their overrides, and exit"
+  )
   return parser
 
 
@@ -81,8 +105,9 @@ def main(argv=None):
   from experiments.ablations import driver
 
   config_path = args.config or (SMOKE_CONFIG if args.smoke else FULL_CONFIG)
-  variants = ablation.variants(config_lib.model_config(
-      config_lib.load_config(config_path, args.override)))
+  variants = ablation.variants(
+    config_lib.model_config(config_lib.load_config(config_path, args.override))
+  )
   if args.list:
     for variant in variants:
       print(f"{variant.name:28} {variant.description}\n{'':28} {' '.join(variant.overrides)}")
@@ -93,12 +118,21 @@ def main(argv=None):
     parser.error(str(error))
   start = time.monotonic()
   comparison = driver.run_ablation(
-      config_path, args.out, names=args.variants, overrides=args.override,
-      smoke=args.smoke, steps=args.steps, max_utterances=args.max_utterances,
-      target_snr_db=args.target_snr, confidence=args.confidence)
+    config_path,
+    args.out,
+    names=args.variants,
+    overrides=args.override,
+    smoke=args.smoke,
+    steps=args.steps,
+    max_utterances=args.max_utterances,
+    target_snr_db=args.target_snr,
+    confidence=args.confidence,
+  )
   print(ablation.markdown_table(comparison))
-  print(f"wrote {args.out}/{{{','.join(ablation.FILES.values())}}} "
-        f"in {(time.monotonic() - start) / 60:.1f} min")
+  print(
+    f"wrote {args.out}/{{{','.join(ablation.FILES.values())}}} "
+    f"in {(time.monotonic() - start) / 60:.1f} min"
+  )
   return 0
 
 

@@ -27,29 +27,37 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from eesep_jax.core import probabilistic  # pylint: disable=wrong-import-position
+from eesep_jax.core import probabilistic  # noqa: E402  # pylint: disable=wrong-import-position
 
 OLD_COMMIT = "b01124e"
 LEVELS = (0.9, 0.95, 0.99)
 GAMMA_DB = 10.0
 # (label, blocks, samples per block, α per block or None for Gaussian, β or σ² per block).
 CASES = (
-    ("8 × 4000, α = 3", 8, 4000, 3.0, 0.02),
-    ("10 × 400, α = 200", 10, 400, 200.0, 0.5),
-    ("2 × 16000, α = 1.01", 2, 16000, 1.01, 0.003),
-    ("40 × 400, α = 10³", 40, 400, 1e3, 10.0),
-    ("40 × 400, α from 1.01 to 10³, β from 10⁻³ to 1", 40, 400,
-     np.geomspace(1.01, 1e3, 40), np.geomspace(1e-3, 1.0, 40)),
-    ("8 × 4000, Gaussian", 8, 4000, None, 0.01),
-    ("40 × 400, Gaussian, σ² from 10⁻³ to 1", 40, 400, None, np.geomspace(1e-3, 1.0, 40)),
+  ("8 × 4000, α = 3", 8, 4000, 3.0, 0.02),
+  ("10 × 400, α = 200", 10, 400, 200.0, 0.5),
+  ("2 × 16000, α = 1.01", 2, 16000, 1.01, 0.003),
+  ("40 × 400, α = 10³", 40, 400, 1e3, 10.0),
+  (
+    "40 × 400, α from 1.01 to 10³, β from 10⁻³ to 1",
+    40,
+    400,
+    np.geomspace(1.01, 1e3, 40),
+    np.geomspace(1e-3, 1.0, 40),
+  ),
+  ("8 × 4000, Gaussian", 8, 4000, None, 0.01),
+  ("40 × 400, Gaussian, σ² from 10⁻³ to 1", 40, 400, None, np.geomspace(1e-3, 1.0, 40)),
 )
 
 
 def old_module():
   """`probabilistic` as it was at `OLD_COMMIT`."""
-  source = subprocess.run(["git", "-C", str(REPO), "show",
-                           f"{OLD_COMMIT}:eesep_jax/probabilistic.py"],
-                          capture_output=True, text=True, check=True).stdout
+  source = subprocess.run(
+    ["git", "-C", str(REPO), "show", f"{OLD_COMMIT}:eesep_jax/probabilistic.py"],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   path = pathlib.Path(tempfile.mkdtemp()) / "probabilistic_old.py"
   path.write_text(source)
   spec = importlib.util.spec_from_file_location("probabilistic_old", path)
@@ -76,20 +84,25 @@ def probabilities(module, thresholds, blocks, samples, alpha, scale):
   shape = (len(thresholds), blocks)
   scale = jnp.asarray(np.broadcast_to(scale, shape), jnp.float32)
   if hasattr(module, "snr_exceedance"):  # This checkout: from energies and block counts.
-    params = ({"variance": scale} if alpha is None else
-              {"alpha": jnp.asarray(np.broadcast_to(alpha, shape), jnp.float32), "beta": scale})
-    function = jax.jit(lambda s, p: module.snr_exceedance(s, p, GAMMA_DB,
-                                                          np.full(blocks, samples)))
+    params = (
+      {"variance": scale}
+      if alpha is None
+      else {"alpha": jnp.asarray(np.broadcast_to(alpha, shape), jnp.float32), "beta": scale}
+    )
+    function = jax.jit(lambda s, p: module.snr_exceedance(s, p, GAMMA_DB, np.full(blocks, samples)))
     return np.asarray(function(jnp.asarray(signal, jnp.float32), params))
   estimate = jnp.asarray(np.sqrt(signal / time)[:, None] * np.ones((1, time)), jnp.float32)
   if alpha is None:
-    function = jax.jit(lambda e, v: module.gaussian_snr_exceedance_probability(
-        e, v, GAMMA_DB, block_length=samples))
+    function = jax.jit(
+      lambda e, v: module.gaussian_snr_exceedance_probability(e, v, GAMMA_DB, block_length=samples)
+    )
     return np.asarray(function(estimate, scale))
-  function = jax.jit(lambda e, a, b: module.snr_exceedance_probability(
-      e, a, b, GAMMA_DB, block_length=samples))
-  return np.asarray(function(estimate, jnp.asarray(np.broadcast_to(alpha, shape), jnp.float32),
-                             scale))
+  function = jax.jit(
+    lambda e, a, b: module.snr_exceedance_probability(e, a, b, GAMMA_DB, block_length=samples)
+  )
+  return np.asarray(
+    function(estimate, jnp.asarray(np.broadcast_to(alpha, shape), jnp.float32), scale)
+  )
 
 
 def main():
@@ -97,8 +110,10 @@ def main():
   parser.add_argument("--draws", type=int, default=200_000, help="Monte Carlo draws per case")
   args = parser.parse_args()
   old = old_module()
-  print(f"| blocks × samples, α | true P (Monte Carlo, {args.draws} draws) | "
-        f"old ({OLD_COMMIT}) | new | largest error old → new |")
+  print(
+    f"| blocks × samples, α | true P (Monte Carlo, {args.draws} draws) | "
+    f"old ({OLD_COMMIT}) | new | largest error old → new |"
+  )
   print("|---|---|---|---|---|")
   for label, blocks, samples, alpha, scale in CASES:
     energy = monte_carlo(blocks, samples, alpha, scale, args.draws)
@@ -111,8 +126,10 @@ def main():
     def row(values):
       return " / ".join(f"{v:.3f}" for v in values)
 
-    print(f"| {label} | {row(truth)} | {row(before)} | {row(after)} | "
-          f"{np.max(np.abs(before - truth)):.3f} → {np.max(np.abs(after - truth)):.4f} |")
+    print(
+      f"| {label} | {row(truth)} | {row(before)} | {row(after)} | "
+      f"{np.max(np.abs(before - truth)):.3f} → {np.max(np.abs(after - truth)):.4f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,16 @@ def evaluation_table(workdir, name, root, max_utterances=None):
   out = pathlib.Path(workdir) / f"eval_{name}"
   path = out / "exit_table.npz"
   if not path.exists():
-    command = [sys.executable, "-m", "eesep_jax", "evaluate", "--checkpoint", str(workdir),
-               "--out", str(out)]
+    command = [
+      sys.executable,
+      "-m",
+      "eesep_jax",
+      "evaluate",
+      "--checkpoint",
+      str(workdir),
+      "--out",
+      str(out),
+    ]
     if root:
       command += ["--data-root", str(root)]
     if max_utterances:
@@ -52,42 +60,54 @@ def evaluation_table(workdir, name, root, max_utterances=None):
 def honesty(table, target_snr_db, confidence):
   """The probabilistic policy's early stops at `(γ, p)`: their count and the share of
   them whose worst source reaches `γ` (None when none stops early)."""
-  exits = operating_points.policy_exits(table, "probabilistic", target_snr_db=target_snr_db,
-                                        confidence=confidence)
+  exits = operating_points.policy_exits(
+    table, "probabilistic", target_snr_db=target_snr_db, confidence=confidence
+  )
   early = exits < table.num_exits
   reached = table.snr_min[np.arange(len(exits)), exits - 1] >= target_snr_db
-  return {"confidence": confidence, "stopped_early": int(early.sum()),
-          "satisfaction": float(reached[early].mean()) if early.any() else None}
+  return {
+    "confidence": confidence,
+    "stopped_early": int(early.sum()),
+    "satisfaction": float(reached[early].mean()) if early.any() else None,
+  }
 
 
 def measure(table, target_snr_db, confidence):
   """The report of one run on one set (see the module docstring)."""
   last_probability = table.probability[:, -1, table.target_index(target_snr_db)]
   return {
-      "utterances": len(table.ids),
-      "si_snri_per_exit": [round(float(v), 3) for v in table.si_snri.mean(axis=0)],
-      "target_snr_db": target_snr_db,
-      "honesty": [honesty(table, target_snr_db, p)
-                  for p in sorted({confidence, EXTRA_CONFIDENCE})],
-      "last_exit_mean_probability": float(last_probability.mean()),
-      "last_exit_reached_share": float(np.mean(table.snr_min[:, -1] >= target_snr_db)),
+    "utterances": len(table.ids),
+    "si_snri_per_exit": [round(float(v), 3) for v in table.si_snri.mean(axis=0)],
+    "target_snr_db": target_snr_db,
+    "honesty": [honesty(table, target_snr_db, p) for p in sorted({confidence, EXTRA_CONFIDENCE})],
+    "last_exit_mean_probability": float(last_probability.mean()),
+    "last_exit_reached_share": float(np.mean(table.snr_min[:, -1] >= target_snr_db)),
   }
 
 
 def markdown(results):
-  lines = ["| run | set | utt. | SI-SNRi per exit (dB) | early stops: share reaching γ "
-           "(count), per p | last exit: mean P(SNR ≥ γ) / share reaching γ |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+    "| run | set | utt. | SI-SNRi per exit (dB) | early stops: share reaching γ "
+    "(count), per p | last exit: mean P(SNR ≥ γ) / share reaching γ |",
+    "|---|---|---|---|---|---|",
+  ]
   for run, sets in results.items():
     for name, row in sets.items():
       exits = " / ".join(f"{v:.2f}" for v in row["si_snri_per_exit"])
       stops = "; ".join(
-          f"p={h['confidence']:g}: " + ("none" if h["satisfaction"] is None else
-                                         f"{100 * h['satisfaction']:.0f}% ({h['stopped_early']})")
-          for h in row["honesty"])
-      lines.append(f"| {run} | {name} | {row['utterances']} | {exits} | {stops} | "
-                   f"{row['last_exit_mean_probability']:.2f} / "
-                   f"{row['last_exit_reached_share']:.2f} (γ = {row['target_snr_db']:g} dB) |")
+        f"p={h['confidence']:g}: "
+        + (
+          "none"
+          if h["satisfaction"] is None
+          else f"{100 * h['satisfaction']:.0f}% ({h['stopped_early']})"
+        )
+        for h in row["honesty"]
+      )
+      lines.append(
+        f"| {run} | {name} | {row['utterances']} | {exits} | {stops} | "
+        f"{row['last_exit_mean_probability']:.2f} / "
+        f"{row['last_exit_reached_share']:.2f} (γ = {row['target_snr_db']:g} dB) |"
+      )
   return "\n".join(lines)
 
 
@@ -103,8 +123,12 @@ def _pairs(values, what):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--run", action="append", required=True, help="NAME=WORKDIR")
-  parser.add_argument("--set", action="append", required=True,
-                      help="NAME=ROOT (an empty ROOT: the run's own test split)")
+  parser.add_argument(
+    "--set",
+    action="append",
+    required=True,
+    help="NAME=ROOT (an empty ROOT: the run's own test split)",
+  )
   parser.add_argument("--max-utterances", type=int, default=None)
   parser.add_argument("--out", help="a .json file; the table goes beside it as .md")
   args = parser.parse_args(argv)
@@ -112,9 +136,10 @@ def main(argv=None):
   for run, workdir in _pairs(args.run, "run"):
     config = checkpoints.read_config(workdir)
     target, confidence = config.inference.target_snr_db, config.inference.confidence
-    results[run] = {name: measure(evaluation_table(workdir, name, root, args.max_utterances),
-                                  target, confidence)
-                    for name, root in _pairs(args.set, "set")}
+    results[run] = {
+      name: measure(evaluation_table(workdir, name, root, args.max_utterances), target, confidence)
+      for name, root in _pairs(args.set, "set")
+    }
   table = markdown(results)
   print(table)
   if args.out:

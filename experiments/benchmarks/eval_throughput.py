@@ -30,37 +30,48 @@ from eesep_jax.training import checkpoints
 def _timed_evaluation(variables, model_config, source, max_utterances):
   jax.clear_caches()
   start = time.perf_counter()
-  _, summary = evaluate.evaluate_model(variables, model_config, source,
-                                          max_utterances=max_utterances, progress=False)
+  _, summary = evaluate.evaluate_model(
+    variables, model_config, source, max_utterances=max_utterances, progress=False
+  )
   return time.perf_counter() - start, summary["num_utterances"]
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--checkpoint", default="runs/demo", help="a training workdir")
-  parser.add_argument("--max-utterances", type=int, default=30,
-                      help="test utterances, evenly spread (default: 30, as the demo)")
+  parser.add_argument(
+    "--max-utterances",
+    type=int,
+    default=30,
+    help="test utterances, evenly spread (default: 30, as the demo)",
+  )
   parser.add_argument("--out", help="JSON file for the results")
   args = parser.parse_args(argv)
 
   config = checkpoints.read_config(args.checkpoint)
   model_config, variables = checkpoints.restore_params(args.checkpoint)
   source = data.open_split(config, config.data.test_split)
-  bucketed_seconds, count = _timed_evaluation(variables, model_config, source,
-                                              args.max_utterances)
-  with mock.patch.object(evaluate, "EVAL_BATCH", 1), \
-       mock.patch.object(evaluate, "PAD_SECONDS", 1 / model_config.sample_rate):
-    per_length_seconds, _ = _timed_evaluation(variables, model_config, source,
-                                              args.max_utterances)
+  bucketed_seconds, count = _timed_evaluation(variables, model_config, source, args.max_utterances)
+  with (
+    mock.patch.object(evaluate, "EVAL_BATCH", 1),
+    mock.patch.object(evaluate, "PAD_SECONDS", 1 / model_config.sample_rate),
+  ):
+    per_length_seconds, _ = _timed_evaluation(variables, model_config, source, args.max_utterances)
   result = {
-      "device": jax.devices()[0].device_kind, "platform": platform.platform(),
-      "jax": jax.__version__, "checkpoint": args.checkpoint, "utterances": count,
-      "eval_batch": evaluate.EVAL_BATCH, "pad_seconds": evaluate.PAD_SECONDS,
-      "bucketed_utterances_per_second": count / bucketed_seconds,
-      "per_length_utterances_per_second": count / per_length_seconds,
-      "bucketed_over_per_length": per_length_seconds / bucketed_seconds,
+    "device": jax.devices()[0].device_kind,
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "checkpoint": args.checkpoint,
+    "utterances": count,
+    "eval_batch": evaluate.EVAL_BATCH,
+    "pad_seconds": evaluate.PAD_SECONDS,
+    "bucketed_utterances_per_second": count / bucketed_seconds,
+    "per_length_utterances_per_second": count / per_length_seconds,
+    "bucketed_over_per_length": per_length_seconds / bucketed_seconds,
   }
   print(json.dumps(result, indent=2))
   if args.out:

@@ -34,8 +34,10 @@ def write_corpus(root, num_examples, seconds=FILE_SECONDS, num_sources=2):
   rng = np.random.default_rng(0)
   for index in range(num_examples):
     sources = 0.1 * rng.standard_normal((num_sources, int(seconds * SAMPLE_RATE)))
-    for folder, signal in [("mix", sources.sum(0)), *(
-        (f"s{k + 1}", source) for k, source in enumerate(sources))]:
+    for folder, signal in [
+      ("mix", sources.sum(0)),
+      *((f"s{k + 1}", source) for k, source in enumerate(sources)),
+    ]:
       path = root / "tr" / folder / f"{index:04d}.wav"
       path.parent.mkdir(parents=True, exist_ok=True)
       soundfile.write(path, signal.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
@@ -43,9 +45,14 @@ def write_corpus(root, num_examples, seconds=FILE_SECONDS, num_sources=2):
 
 def examples_per_second(source, *, batch_size, segment_seconds, workers, batches):
   """Examples per second of `batches` batches after the first."""
-  loader = data.training_loader(source, batch_size=batch_size, seed=0,
-                                segment_seconds=segment_seconds, num_workers=workers,
-                                dynamic_mixing=True)
+  loader = data.training_loader(
+    source,
+    batch_size=batch_size,
+    seed=0,
+    segment_seconds=segment_seconds,
+    num_workers=workers,
+    dynamic_mixing=True,
+  )
   iterator = iter(loader)
   next(iterator)  # Worker start-up, and the first reads.
   start = time.perf_counter()
@@ -58,8 +65,10 @@ def examples_per_second(source, *, batch_size, segment_seconds, workers, batches
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--out", type=pathlib.Path, help="write the results JSON here")
   parser.add_argument("--batches", type=int, default=10, help="timed batches per setting")
   parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
@@ -73,19 +82,31 @@ def main(argv=None):
     source = data.open_dataset("wsj0-mix", root, "tr", sample_rate=SAMPLE_RATE)
     rates = {}
     for workers in args.workers:
-      rates[workers] = examples_per_second(source, batch_size=batch_size,
-                                           segment_seconds=segment_seconds,
-                                           workers=workers, batches=batches)
-      print(f"{workers} workers: {rates[workers]:.1f} examples/s "
-            f"({rates[workers] / batch_size:.2f} batches/s of {batch_size} x "
-            f"{segment_seconds:g} s)")
+      rates[workers] = examples_per_second(
+        source,
+        batch_size=batch_size,
+        segment_seconds=segment_seconds,
+        workers=workers,
+        batches=batches,
+      )
+      print(
+        f"{workers} workers: {rates[workers]:.1f} examples/s "
+        f"({rates[workers] / batch_size:.2f} batches/s of {batch_size} x "
+        f"{segment_seconds:g} s)"
+      )
   results = {
-      "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                  "cpu_count": os.cpu_count()},
-      "smoke": args.smoke, "batch_size": batch_size, "segment_seconds": segment_seconds,
-      "dynamic_mixing": True, "timed_batches": batches,
-      "examples_per_second": {str(w): rate for w, rate in rates.items()},
-      "examples_per_second_per_worker": {str(w): rate / w for w, rate in rates.items() if w},
+    "machine": {
+      "platform": platform.platform(),
+      "processor": platform.processor(),
+      "cpu_count": os.cpu_count(),
+    },
+    "smoke": args.smoke,
+    "batch_size": batch_size,
+    "segment_seconds": segment_seconds,
+    "dynamic_mixing": True,
+    "timed_batches": batches,
+    "examples_per_second": {str(w): rate for w, rate in rates.items()},
+    "examples_per_second_per_worker": {str(w): rate / w for w, rate in rates.items() if w},
   }
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -107,10 +107,16 @@ def interleaved_times(functions, repeats, warmup=1):
 def device_info():
   """What the benchmark ran on."""
   device = jax.devices()[0]
-  return {"platform": device.platform, "device_kind": device.device_kind,
-          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
-          "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
-          "python": platform.python_version(), "machine": platform.machine()}
+  return {
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "jax_version": jax.__version__,
+    "jaxlib_version": jaxlib.__version__,
+    "python": platform.python_version(),
+    "machine": platform.machine(),
+  }
 
 
 def matmul_size():
@@ -123,7 +129,7 @@ def _matmul(size):
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
   matmul = jax.jit(jnp.matmul)
-  return lambda: jax.block_until_ready(matmul(a, b)), 2 * size ** 3
+  return lambda: jax.block_until_ready(matmul(a, b)), 2 * size**3
 
 
 def peak_matmul_gflops(size, repeats=5):
@@ -144,6 +150,7 @@ def _elapsed(function):
 
 class _Trunk(nn.Module):
   """A stage without its exit, as the body of `nn.scan`."""
+
   config: models.PressNetConfig
 
   @nn.compact
@@ -156,8 +163,9 @@ class _Exit(nn.Module):
 
   @nn.compact
   def __call__(self, features, basis, lengths, variance_state, mixture_length):
-    return press_net.stage_exit(self.config, features, basis, lengths, variance_state,
-                                mixture_length)
+    return press_net.stage_exit(
+      self.config, features, basis, lengths, variance_state, mixture_length
+    )
 
 
 class LastExitOnly(models.PressNet):
@@ -170,8 +178,12 @@ class LastExitOnly(models.PressNet):
     cfg = self.config
     trunk = nn.remat(_Trunk, static_argnums=(3,), prevent_cse=False) if cfg.remat else _Trunk
     self.trunks = nn.scan(
-        trunk, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_exits)(cfg)
+      trunk,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=cfg.num_exits,
+    )(cfg)
     self.last_exit = _Exit(cfg)
 
   def __call__(self, mixture, train=False, lengths=None):
@@ -179,8 +191,13 @@ class LastExitOnly(models.PressNet):
     carry = self.encode(mixture, train, lengths)
     mask = press_net.frame_mask(carry["lengths"], carry["features"].shape[2], self.config)
     features, _ = self.trunks(carry["features"], mask, train)
-    _, outputs = self.last_exit(features, carry["basis"], carry["lengths"],
-                                models.initial_variance_state(self.config, batch, time), time)
+    _, outputs = self.last_exit(
+      features,
+      carry["basis"],
+      carry["lengths"],
+      models.initial_variance_state(self.config, batch, time),
+      time,
+    )
     return jax.tree.map(lambda x: x[None], outputs)
 
 
@@ -194,8 +211,10 @@ class UnrolledPressNet(models.PressNet):
 
   def __call__(self, mixture, train=False, lengths=None):
     batch, time = mixture.shape
-    state = (self.encode(mixture, train, lengths),
-             models.initial_variance_state(self.config, batch, time))
+    state = (
+      self.encode(mixture, train, lengths),
+      models.initial_variance_state(self.config, batch, time),
+    )
     outputs = []
     for stage in self.unrolled:
       state, output = stage(state, time, train)
@@ -212,9 +231,11 @@ def _experiment_config(preset):
 
 def _batch(batch, samples, num_sources, seed=0):
   rng = np.random.default_rng(seed)
-  return {"mixture": jnp.asarray(rng.normal(size=(batch, samples)), jnp.float32),
-          "sources": jnp.asarray(rng.normal(size=(batch, num_sources, samples)), jnp.float32),
-          "mask": jnp.ones((batch, samples), jnp.float32)}
+  return {
+    "mixture": jnp.asarray(rng.normal(size=(batch, samples)), jnp.float32),
+    "sources": jnp.asarray(rng.normal(size=(batch, num_sources, samples)), jnp.float32),
+    "mask": jnp.ones((batch, samples), jnp.float32),
+  }
 
 
 def _train_step(model, batch):
@@ -240,17 +261,24 @@ def train_benchmark(config, batch, samples, repeats):
   data = _batch(batch, samples, config.num_sources)
   matmul, matmul_flops = _matmul(matmul_size())
   all_exits, last_exit, matmul_s = interleaved_times(
-      [_train_step(models.PressNet(config), data), _train_step(LastExitOnly(config), data),
-       matmul], repeats)
+    [_train_step(models.PressNet(config), data), _train_step(LastExitOnly(config), data), matmul],
+    repeats,
+  )
   flops = throughput.model_flops_per_step(config, batch, samples)
   peak_gflops = matmul_flops / matmul_s / 1e9
   return {
-      "train": {"batch": batch, "segment_samples": samples, "remat": config.remat,
-                "all_exits_step_s": all_exits, "last_exit_step_s": last_exit,
-                "train_step_gflop": flops / 1e9, "achieved_gflops": flops / all_exits / 1e9,
-                "peak_matmul_gflops": peak_gflops},
-      "train_all_exits_over_last_exit": all_exits / last_exit,
-      "train_mfu": flops / all_exits / 1e9 / peak_gflops,
+    "train": {
+      "batch": batch,
+      "segment_samples": samples,
+      "remat": config.remat,
+      "all_exits_step_s": all_exits,
+      "last_exit_step_s": last_exit,
+      "train_step_gflop": flops / 1e9,
+      "achieved_gflops": flops / all_exits / 1e9,
+      "peak_matmul_gflops": peak_gflops,
+    },
+    "train_all_exits_over_last_exit": all_exits / last_exit,
+    "train_mfu": flops / all_exits / 1e9 / peak_gflops,
   }
 
 
@@ -259,8 +287,7 @@ def compile_seconds(model, batch, samples):
   config = _experiment_config("tiny")
   optimizer = train.make_optimizer(config.optimizer, total_steps=1000)
   mixture = jax.ShapeDtypeStruct((batch, samples), jnp.float32)
-  state = jax.eval_shape(lambda m: train.init_train_state(config, model, optimizer, m),
-                         mixture)
+  state = jax.eval_shape(lambda m: train.init_train_state(config, model, optimizer, m), mixture)
   data = jax.eval_shape(lambda: _batch(batch, samples, model.config.num_sources))
   step = train.make_train_step(config, model, optimizer)
   start = time.perf_counter()
@@ -271,15 +298,17 @@ def compile_seconds(model, batch, samples):
 def compile_benchmark(unrolled_exits, scan_exits=12):
   """Compile time with 2 and `scan_exits` stages of `tiny`'s stage (one block each),
   stacked with `nn.scan`, and with 2 and `unrolled_exits` unrolled."""
+
   def seconds(network, exits):
     config = models.preset("tiny", num_exits=exits, num_exit_blocks=exits)
     return compile_seconds(network(config), 2, SAMPLE_RATE // 4)
+
   scan = {exits: seconds(models.PressNet, exits) for exits in sorted({2, scan_exits})}
   unrolled = {exits: seconds(UnrolledPressNet, exits) for exits in sorted({2, unrolled_exits})}
   return {
-      "compile": {"stage": "tiny (one block)", "scan_s": scan, "unrolled_s": unrolled},
-      f"compile_scan_e{scan_exits}_over_e2": scan[scan_exits] / scan[2],
-      f"compile_unrolled_e{unrolled_exits}_over_e2": unrolled[unrolled_exits] / unrolled[2],
+    "compile": {"stage": "tiny (one block)", "scan_s": scan, "unrolled_s": unrolled},
+    f"compile_scan_e{scan_exits}_over_e2": scan[scan_exits] / scan[2],
+    f"compile_unrolled_e{unrolled_exits}_over_e2": unrolled[unrolled_exits] / unrolled[2],
   }
 
 
@@ -288,8 +317,9 @@ def compile_benchmark(unrolled_exits, scan_exits=12):
 
 def _first_stages(variables, config, stages):
   """`config` and `variables` cut to their first `stages` stages."""
-  config = dataclasses.replace(config, num_exits=stages,
-                               num_exit_blocks=stages * config.blocks_per_stage)
+  config = dataclasses.replace(
+    config, num_exits=stages, num_exit_blocks=stages * config.blocks_per_stage
+  )
   params = dict(variables["params"])
   params[models.STAGES] = jax.tree.map(lambda p: p[:stages], params[models.STAGES])
   return config, {"params": params}
@@ -302,24 +332,30 @@ def stopping_benchmark(config, variables, batch, samples, repeats):
   exits = config.num_exits
 
   def stopped_at(k):
-    return lambda: jax.block_until_ready(inference.separate(
-        variables, config, mixture, policy="fixed", exit_index=k))
+    return lambda: jax.block_until_ready(
+      inference.separate(variables, config, mixture, policy="fixed", exit_index=k)
+    )
 
   def static(k):
     config_k, variables_k = _first_stages(variables, config, k)
     forward = jax.jit(models.PressNet(config_k).apply)
     return lambda: jax.block_until_ready(forward(variables_k, mixture))
 
-  times = interleaved_times([stopped_at(k) for k in range(1, exits + 1)]
-                            + [static(k) for k in range(1, exits + 1)], repeats)
+  times = interleaved_times(
+    [stopped_at(k) for k in range(1, exits + 1)] + [static(k) for k in range(1, exits + 1)], repeats
+  )
   loop, static_times = times[:exits], times[exits:]
   gmacs = models.gmacs_by_exit(config, samples)
   return {
-      "inference": {"batch": batch, "segment_samples": samples, "stop_at_k_s": loop,
-                    "static_k_stages_s": static_times},
-      "stop_at_k_over_full": [t / loop[-1] for t in loop],
-      "stop_at_k_compute_fraction": [g / gmacs[-1] for g in gmacs],
-      "while_loop_over_static": [a / b for a, b in zip(loop, static_times)],
+    "inference": {
+      "batch": batch,
+      "segment_samples": samples,
+      "stop_at_k_s": loop,
+      "static_k_stages_s": static_times,
+    },
+    "stop_at_k_over_full": [t / loop[-1] for t in loop],
+    "stop_at_k_compute_fraction": [g / gmacs[-1] for g in gmacs],
+    "while_loop_over_static": [a / b for a, b in zip(loop, static_times)],
   }
 
 
@@ -334,15 +370,18 @@ def _compile_separate_long(variables, config, mixture, **kwargs):
     shapes.add(chunks.shape)
     batch, time = chunks.shape
     return inference.SeparationResult(
-        estimates=np.zeros((batch, config.num_sources, time), np.float32),
-        exit_index=np.ones(batch, np.int32), probability=np.zeros(batch, np.float32),
-        gmacs=np.zeros(batch, np.float32))
+      estimates=np.zeros((batch, config.num_sources, time), np.float32),
+      exit_index=np.ones(batch, np.int32),
+      probability=np.zeros(batch, np.float32),
+      gmacs=np.zeros(batch, np.float32),
+    )
 
   with mock.patch.object(inference, "separate", record):
     inference.separate_long(variables, config, mixture, **kwargs)
   for shape in shapes:
-    jax.block_until_ready(inference.separate(variables, config, np.zeros(shape, np.float32),
-                                             **kwargs))
+    jax.block_until_ready(
+      inference.separate(variables, config, np.zeros(shape, np.float32), **kwargs)
+    )
 
 
 def separation_child(preset, rtf_seconds, long_seconds, repeats):
@@ -352,11 +391,14 @@ def separation_child(preset, rtf_seconds, long_seconds, repeats):
   `separation_benchmark`'s timings, which exclude compiling (`_compile_separate_long`
   first)."""
   config = models.preset(preset)
-  variables = jax.jit(models.PressNet(config).init)(jax.random.key(0),
-                                                   jnp.zeros((1, config.encoder_kernel)))
+  variables = jax.jit(models.PressNet(config).init)(
+    jax.random.key(0), jnp.zeros((1, config.encoder_kernel))
+  )
   rng = np.random.default_rng(0)
-  short, long = (rng.normal(size=int(seconds * config.sample_rate)).astype(np.float32)
-                 for seconds in (rtf_seconds, long_seconds))
+  short, long = (
+    rng.normal(size=int(seconds * config.sample_rate)).astype(np.float32)
+    for seconds in (rtf_seconds, long_seconds)
+  )
   full_depth = {"policy": "fixed", "exit_index": config.num_exits}
   for mixture, kwargs in ((short, full_depth), (long, full_depth), (short, {})):
     _compile_separate_long(variables, config, mixture, **kwargs)
@@ -364,10 +406,11 @@ def separation_child(preset, rtf_seconds, long_seconds, repeats):
   stop = functools.partial(inference.separate_long, variables, config)
   stopped = []
   results = {
-      "rtf_press4_full": median_time(lambda: full(short), repeats, warmup=0) / rtf_seconds,
-      "rtf_press4_stop": median_time(lambda: stopped.append(stop(short)), repeats,
-                                     warmup=0) / rtf_seconds,
-      "long_file_rtf": _elapsed(lambda: full(long)) / long_seconds}
+    "rtf_press4_full": median_time(lambda: full(short), repeats, warmup=0) / rtf_seconds,
+    "rtf_press4_stop": median_time(lambda: stopped.append(stop(short)), repeats, warmup=0)
+    / rtf_seconds,
+    "long_file_rtf": _elapsed(lambda: full(long)) / long_seconds,
+  }
   results["rtf_press4_stop_mean_exit"] = stopped[-1].exits.mean_exit
   results["peak_rss_bytes"] = peak_rss_bytes()
   print(json.dumps(results))
@@ -392,14 +435,29 @@ def separation_benchmark(long_seconds, repeats, preset="press-4", rtf_seconds=RT
   """`separation_child` in a fresh process; its peak resident memory, and the long
   file's throughput over the 60 s file's."""
   process = subprocess.run(
-      [sys.executable, __file__, "--separation-child", preset, str(rtf_seconds),
-       str(long_seconds), str(repeats)], capture_output=True, text=True, check=True)
+    [
+      sys.executable,
+      __file__,
+      "--separation-child",
+      preset,
+      str(rtf_seconds),
+      str(long_seconds),
+      str(repeats),
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   results = json.loads(process.stdout.strip().splitlines()[-1])
   peak_gb = results.pop("peak_rss_bytes") / 1e9
-  return {"rtf_preset": preset, "rtf_audio_seconds": rtf_seconds, **results,
-          "long_file_seconds": long_seconds,
-          "long_file_peak_rss_gb": peak_gb,
-          "long_file_throughput_over_60s": results["rtf_press4_full"] / results["long_file_rtf"]}
+  return {
+    "rtf_preset": preset,
+    "rtf_audio_seconds": rtf_seconds,
+    **results,
+    "long_file_seconds": long_seconds,
+    "long_file_peak_rss_gb": peak_gb,
+    "long_file_throughput_over_60s": results["rtf_press4_full"] / results["long_file_rtf"],
+  }
 
 
 # --------------------------------------------------------------------------- report
@@ -411,38 +469,50 @@ def _targets(results):
   for name, preset in results["presets"].items():
     exits = len(preset["stop_at_k_over_full"])
     checks[f"{name}/train_all_exits_over_last_exit <= 1.15"] = (
-        preset["train_all_exits_over_last_exit"] <= 1.15)
+      preset["train_all_exits_over_last_exit"] <= 1.15
+    )
     checks[f"{name}/train_mfu >= 0.20"] = preset["train_mfu"] >= 0.20
     checks[f"{name}/stop_at_k_over_full <= k/E + 0.05"] = all(
-        ratio <= k / exits + 0.05
-        for k, ratio in enumerate(preset["stop_at_k_over_full"], start=1))
+      ratio <= k / exits + 0.05 for k, ratio in enumerate(preset["stop_at_k_over_full"], start=1)
+    )
     # The encoder and shared trunk run whatever the exit, so exit `k` costs more than
     # `k/E` of the compute: this check is the stopping loop's own overhead.
     checks[f"{name}/stop_at_k_over_full <= compute fraction + 0.05"] = all(
-        ratio <= fraction + 0.05 for ratio, fraction in
-        zip(preset["stop_at_k_over_full"], preset["stop_at_k_compute_fraction"]))
+      ratio <= fraction + 0.05
+      for ratio, fraction in zip(
+        preset["stop_at_k_over_full"], preset["stop_at_k_compute_fraction"]
+      )
+    )
     checks[f"{name}/while_loop_over_static <= 1.05"] = all(
-        ratio <= 1.05 for ratio in preset["while_loop_over_static"])
+      ratio <= 1.05 for ratio in preset["while_loop_over_static"]
+    )
   if "compile_scan_e12_over_e2" in results:  # Not measured by `--smoke`.
     checks["compile_scan_e12_over_e2 <= 1.3"] = results["compile_scan_e12_over_e2"] <= 1.3
   checks["long_file_peak_rss_gb < 3"] = results["long_file_peak_rss_gb"] < 3
   checks["long_file_throughput_over_60s within 10%"] = (
-      abs(results["long_file_throughput_over_60s"] - 1) <= 0.1)
+    abs(results["long_file_throughput_over_60s"] - 1) <= 0.1
+  )
   return checks
 
 
 def markdown_table(results):
   """A Markdown table of the headline ratios, each with its target and whether it is met."""
   device = results["device"]
-  rows = [f"Measured on {device['device_kind']} ({device['platform']}, "
-          f"{device['cpu_count']} CPU cores, jax {device['jax_version']})"
-          f"{', --smoke' if results.get('smoke') else ', --quick' if results['quick'] else ''}.", "",
-          "| measurement | value | target | met |", "|---|---|---|---|"]
+  rows = [
+    f"Measured on {device['device_kind']} ({device['platform']}, "
+    f"{device['cpu_count']} CPU cores, jax {device['jax_version']})"
+    f"{', --smoke' if results.get('smoke') else ', --quick' if results['quick'] else ''}.",
+    "",
+    "| measurement | value | target | met |",
+    "|---|---|---|---|",
+  ]
   checks = _targets(results)
 
   def row(name, value, target):
     met = checks.get(f"{name} {target}")
-    rows.append(f"| {name} | {value} | {target} | {'–' if met is None else 'yes' if met else 'no'} |")
+    rows.append(
+      f"| {name} | {value} | {target} | {'–' if met is None else 'yes' if met else 'no'} |"
+    )
 
   def ratios(values):
     return " / ".join(f"{v:.2f}" for v in values)
@@ -450,16 +520,27 @@ def markdown_table(results):
   for name, preset in results["presets"].items():
     train = preset["train"]
     size = f"batch {train['batch']} × {train['segment_samples']} samples"
-    row(f"{name}/train_all_exits_over_last_exit", f"{preset['train_all_exits_over_last_exit']:.2f} ({size})",
-        "<= 1.15")
-    row(f"{name}/train_mfu", f"{preset['train_mfu']:.3f} ({train['achieved_gflops']:.1f} "
-        f"of {train['peak_matmul_gflops']:.0f} GFLOP/s)", ">= 0.20")
-    row(f"{name}/stop_at_k_over_full", ratios(preset["stop_at_k_over_full"]),
-        "<= k/E + 0.05")
-    rows.append(f"| {name}/stop_at_k_compute_fraction | "
-                f"{ratios(preset['stop_at_k_compute_fraction'])} | (reference) | – |")
-    row(f"{name}/stop_at_k_over_full", ratios(preset["stop_at_k_over_full"]),
-        "<= compute fraction + 0.05")
+    row(
+      f"{name}/train_all_exits_over_last_exit",
+      f"{preset['train_all_exits_over_last_exit']:.2f} ({size})",
+      "<= 1.15",
+    )
+    row(
+      f"{name}/train_mfu",
+      f"{preset['train_mfu']:.3f} ({train['achieved_gflops']:.1f} "
+      f"of {train['peak_matmul_gflops']:.0f} GFLOP/s)",
+      ">= 0.20",
+    )
+    row(f"{name}/stop_at_k_over_full", ratios(preset["stop_at_k_over_full"]), "<= k/E + 0.05")
+    rows.append(
+      f"| {name}/stop_at_k_compute_fraction | "
+      f"{ratios(preset['stop_at_k_compute_fraction'])} | (reference) | – |"
+    )
+    row(
+      f"{name}/stop_at_k_over_full",
+      ratios(preset["stop_at_k_over_full"]),
+      "<= compute fraction + 0.05",
+    )
     row(f"{name}/while_loop_over_static", ratios(preset["while_loop_over_static"]), "<= 1.05")
   for key in results:
     if key.startswith("compile_scan_"):
@@ -468,12 +549,19 @@ def markdown_table(results):
     if key.startswith("compile_unrolled_"):
       row(key, f"{results[key]:.2f}", "(contrast)")
   row("rtf_press4_full", f"{results['rtf_press4_full']:.4f}", "(report)")
-  row("rtf_press4_stop", f"{results['rtf_press4_stop']:.4f} (mean exit "
-      f"{results['rtf_press4_stop_mean_exit']:.2f})", "(report)")
-  row("long_file_peak_rss_gb", f"{results['long_file_peak_rss_gb']:.2f} "
-      f"({results['long_file_seconds']:.0f} s file)", "< 3")
-  row("long_file_throughput_over_60s", f"{results['long_file_throughput_over_60s']:.2f}",
-      "within 10%")
+  row(
+    "rtf_press4_stop",
+    f"{results['rtf_press4_stop']:.4f} (mean exit {results['rtf_press4_stop_mean_exit']:.2f})",
+    "(report)",
+  )
+  row(
+    "long_file_peak_rss_gb",
+    f"{results['long_file_peak_rss_gb']:.2f} ({results['long_file_seconds']:.0f} s file)",
+    "< 3",
+  )
+  row(
+    "long_file_throughput_over_60s", f"{results['long_file_throughput_over_60s']:.2f}", "within 10%"
+  )
   return "\n".join(rows) + "\n"
 
 
@@ -486,25 +574,35 @@ def run(quick, remat=False, smoke=False):
   start = time.perf_counter()
   repeats = 1 if smoke else 3 if quick else 5
   peak = peak_matmul_gflops(256 if smoke else matmul_size())
-  results = {"device": device_info(), "quick": quick, "smoke": smoke,
-             "peak_matmul_gflops": peak, "presets": {}}
+  results = {
+    "device": device_info(),
+    "quick": quick,
+    "smoke": smoke,
+    "peak_matmul_gflops": peak,
+    "presets": {},
+  }
   _log(f"peak float32 matmul: {peak:.0f} GFLOP/s", start)
   train_sizes = SMOKE_SIZES if smoke else QUICK_TRAIN_SIZES if quick else TRAIN_SIZES
-  inference_sizes = (SMOKE_SIZES if smoke else QUICK_INFERENCE_SIZES if quick
-                     else INFERENCE_SIZES)
+  inference_sizes = SMOKE_SIZES if smoke else QUICK_INFERENCE_SIZES if quick else INFERENCE_SIZES
   for name in train_sizes:
     config = models.preset(name, remat=remat, **(SMOKE_OVERRIDES if smoke else {}))
     batch, seconds = train_sizes[name]
     preset_results = train_benchmark(config, batch, int(seconds * SAMPLE_RATE), repeats)
-    _log(f"{name}: train steps, all exits over the last alone "
-         f"{preset_results['train_all_exits_over_last_exit']:.2f}", start)
+    _log(
+      f"{name}: train steps, all exits over the last alone "
+      f"{preset_results['train_all_exits_over_last_exit']:.2f}",
+      start,
+    )
     variables = jax.jit(models.PressNet(config).init)(
-        jax.random.key(0), jnp.zeros((1, config.encoder_kernel)))
+      jax.random.key(0), jnp.zeros((1, config.encoder_kernel))
+    )
     batch, seconds = inference_sizes[name]
     # Calls of tens of milliseconds: more repeats, or the machine's noise decides.
-    preset_results.update(stopping_benchmark(config, variables, batch,
-                                             int(seconds * SAMPLE_RATE),
-                                             repeats if smoke else repeats + 6))
+    preset_results.update(
+      stopping_benchmark(
+        config, variables, batch, int(seconds * SAMPLE_RATE), repeats if smoke else repeats + 6
+      )
+    )
     _log(f"{name}: stopping loop", start)
     results["presets"][name] = preset_results
   if smoke:
@@ -524,19 +622,33 @@ def run(quick, remat=False, smoke=False):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description="\n\n".join(__doc__.split("\n\n")[:2]),
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="example: python experiments/benchmarks/run.py --quick "
-             "--out experiments/benchmarks/results/cpu_quick.json")
-  parser.add_argument("--quick", action="store_true",
-                      help="smaller sizes and fewer repeats: under 10 minutes on 2 CPU cores")
-  parser.add_argument("--smoke", action="store_true",
-                      help="`tiny` alone at tiny sizes, one repeat: checks that it runs")
+    description="\n\n".join(__doc__.split("\n\n")[:2]),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="example: python experiments/benchmarks/run.py --quick "
+    "--out experiments/benchmarks/results/cpu_quick.json",
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="smaller sizes and fewer repeats: under 10 minutes on 2 CPU cores",
+  )
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help="`tiny` alone at tiny sizes, one repeat: checks that it runs",
+  )
   parser.add_argument("--out", type=pathlib.Path, help="where to write the JSON results")
-  parser.add_argument("--remat", action="store_true",
-                      help="recompute each stage in the backward pass (`PressNetConfig.remat`)")
-  parser.add_argument("--table", type=pathlib.Path, metavar="RESULTS_JSON",
-                      help="print the Markdown table of an earlier run's results and exit")
+  parser.add_argument(
+    "--remat",
+    action="store_true",
+    help="recompute each stage in the backward pass (`PressNetConfig.remat`)",
+  )
+  parser.add_argument(
+    "--table",
+    type=pathlib.Path,
+    metavar="RESULTS_JSON",
+    help="print the Markdown table of an earlier run's results and exit",
+  )
   parser.add_argument("--separation-child", nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.separation_child:

@@ -65,8 +65,10 @@ def _train(config, workdir, reuse):
   if reuse:
     step = checkpoints.latest_step(workdir)
     if step != config.steps:
-      raise SystemExit(f"error: --reuse: {workdir} holds no finished run (latest checkpoint "
-                       f"{step}, {config.steps} steps asked); run without --reuse")
+      raise SystemExit(
+        f"error: --reuse: {workdir} holds no finished run (latest checkpoint "
+        f"{step}, {config.steps} steps asked); run without --reuse"
+      )
     return _curve(workdir)
   shutil.rmtree(workdir, ignore_errors=True)
   train.train_and_evaluate(config, workdir)
@@ -84,15 +86,27 @@ def _peer_curve(config, seconds, points):
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   segment = int(config.data.segment_seconds * config.model.sample_rate)
-  loader = iter(data.training_loader(
-      data.training_source(config), batch_size=config.batch_size, seed=config.seed,
-      segment_length=segment, dynamic_mixing=config.data.dynamic_mixing))
-  model = ConvTasNet(n_src=config.model.num_sources, n_blocks=4, n_repeats=2,
-                     bn_chan=64, hid_chan=128, skip_chan=64, n_filters=128,
-                     sample_rate=config.model.sample_rate)
+  loader = iter(
+    data.training_loader(
+      data.training_source(config),
+      batch_size=config.batch_size,
+      seed=config.seed,
+      segment_length=segment,
+      dynamic_mixing=config.data.dynamic_mixing,
+    )
+  )
+  model = ConvTasNet(
+    n_src=config.model.num_sources,
+    n_blocks=4,
+    n_repeats=2,
+    bn_chan=64,
+    hid_chan=128,
+    skip_chan=64,
+    n_filters=128,
+    sample_rate=config.model.sample_rate,
+  )
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-  loss_fn = asteroid_losses.PITLossWrapper(asteroid_losses.pairwise_neg_sisdr,
-                                           pit_from="pw_mtx")
+  loss_fn = asteroid_losses.PITLossWrapper(asteroid_losses.pairwise_neg_sisdr, pit_from="pw_mtx")
   valid = list(data.validation_batches(config))
 
   def validate():
@@ -110,13 +124,15 @@ def _peer_curve(config, seconds, points):
     return float(np.mean(gains))
 
   curve, spent, next_point = [], 0.0, seconds / points
-  with tqdm.tqdm(total=seconds, desc="peer_convtasnet",
-                 bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of training{postfix}") as progress:
+  with tqdm.tqdm(
+    total=seconds,
+    desc="peer_convtasnet",
+    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of training{postfix}",
+  ) as progress:
     while spent < seconds:
       batch = next(loader)
       start = time.perf_counter()
-      loss = loss_fn(model(torch.from_numpy(batch["mixture"])),
-                     torch.from_numpy(batch["sources"]))
+      loss = loss_fn(model(torch.from_numpy(batch["mixture"])), torch.from_numpy(batch["sources"]))
       optimizer.zero_grad()
       loss.backward()
       optimizer.step()
@@ -146,19 +162,25 @@ def _figure(curves):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--out-dir", required=True, help="where the runs, JSON and PNG go")
   parser.add_argument("--points", type=int, default=6, help="validations per run")
   parser.add_argument("--steps", type=int, help="training steps (default: the demo's)")
-  parser.add_argument("--data-root",
-                      help="a corpus in the demo's layout (default: the demo corpus, made "
-                           "if missing)")
-  parser.add_argument("--peer", action="store_true",
-                      help="also train Asteroid's Conv-TasNet (needs torch, asteroid)")
-  parser.add_argument("--reuse", action="store_true",
-                      help="read the demo and single-exit curves from the runs that finished "
-                           "in --out-dir instead of training them again (to add --peer later)")
+  parser.add_argument(
+    "--data-root", help="a corpus in the demo's layout (default: the demo corpus, made if missing)"
+  )
+  parser.add_argument(
+    "--peer", action="store_true", help="also train Asteroid's Conv-TasNet (needs torch, asteroid)"
+  )
+  parser.add_argument(
+    "--reuse",
+    action="store_true",
+    help="read the demo and single-exit curves from the runs that finished "
+    "in --out-dir instead of training them again (to add --peer later)",
+  )
   args = parser.parse_args(argv)
 
   out_dir = pathlib.Path(args.out_dir).resolve()
@@ -170,17 +192,24 @@ def main(argv=None):
     config.data.root = args.data_root
     config.data.synthesize_if_missing = False
   else:
-    data.ensure_demo_corpus(config.data.root, sample_rate=config.model.sample_rate,
-                            num_sources=config.model.num_sources)
-  curves = {"demo": _train(config, out_dir / "demo", args.reuse),
-            "single_exit": _train(single_exit_config(config), out_dir / "single_exit",
-                                  args.reuse)}
+    data.ensure_demo_corpus(
+      config.data.root, sample_rate=config.model.sample_rate, num_sources=config.model.num_sources
+    )
+  curves = {
+    "demo": _train(config, out_dir / "demo", args.reuse),
+    "single_exit": _train(single_exit_config(config), out_dir / "single_exit", args.reuse),
+  }
   if args.peer:
     curves["peer_convtasnet"] = _peer_curve(config, curves["demo"][-1][0], args.points)
-  result = {"steps": config.steps, "batch_size": config.batch_size,
-            "segment_seconds": config.data.segment_seconds,
-            "curves": {name: [{"train_seconds": s, "valid_si_snri": v} for s, v in curve]
-                       for name, curve in curves.items()}}
+  result = {
+    "steps": config.steps,
+    "batch_size": config.batch_size,
+    "segment_seconds": config.data.segment_seconds,
+    "curves": {
+      name: [{"train_seconds": s, "valid_si_snri": v} for s, v in curve]
+      for name, curve in curves.items()
+    },
+  }
   (out_dir / "time_to_quality.json").write_text(json.dumps(result, indent=2) + "\n")
   _figure(curves).savefig(out_dir / "time_to_quality.png", dpi=120)
   print(json.dumps({name: curve[-1] for name, curve in curves.items()}))

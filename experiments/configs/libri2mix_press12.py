@@ -15,9 +15,13 @@ from eesep_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_config(preset="press-12", dataset="librimix",
-                                   data_root="/data/Libri2Mix/wav8k/min",
-                                   steps=2_000_000, batch_size=64)
+  config = config_lib.paper_config(
+    preset="press-12",
+    dataset="librimix",
+    data_root="/data/Libri2Mix/wav8k/min",
+    steps=2_000_000,
+    batch_size=64,
+  )
   config_lib.librimix_splits(config)
   config.model.remat = True
   return config

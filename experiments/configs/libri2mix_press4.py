@@ -15,8 +15,12 @@ from eesep_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_config(preset="press-4", dataset="librimix",
-                                   data_root="/data/Libri2Mix/wav8k/min",
-                                   steps=1_000_000, batch_size=64)
+  config = config_lib.paper_config(
+    preset="press-4",
+    dataset="librimix",
+    data_root="/data/Libri2Mix/wav8k/min",
+    steps=1_000_000,
+    batch_size=64,
+  )
   config_lib.librimix_splits(config)
   return config

@@ -21,9 +21,15 @@ from eesep_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_config(preset="press-4", dataset="voicebank-demand",
-                                   data_root="/data/VoiceBank-DEMAND", sample_rate=16000,
-                                   num_sources=1, steps=300_000, batch_size=32)
+  config = config_lib.paper_config(
+    preset="press-4",
+    dataset="voicebank-demand",
+    data_root="/data/VoiceBank-DEMAND",
+    sample_rate=16000,
+    num_sources=1,
+    steps=300_000,
+    batch_size=32,
+  )
   config.data.train_split = "train"
   config.data.valid_split = "valid"
   config.data.test_split = "test"

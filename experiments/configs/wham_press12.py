@@ -15,9 +15,13 @@ from eesep_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_config(preset="press-12", dataset="wham",
-                                   data_root="/data/wham/wav8k/min",
-                                   steps=2_000_000, batch_size=64)
+  config = config_lib.paper_config(
+    preset="press-12",
+    dataset="wham",
+    data_root="/data/wham/wav8k/min",
+    steps=2_000_000,
+    batch_size=64,
+  )
   config.data.options.task = "sep_noisy"
   config.model.remat = True
   return config

@@ -15,8 +15,12 @@ from eesep_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_config(preset="press-4", dataset="wsj0-mix",
-                                   data_root="/data/wsj0-mix/2speakers/wav8k/min",
-                                   steps=1_000_000, batch_size=64)
+  config = config_lib.paper_config(
+    preset="press-4",
+    dataset="wsj0-mix",
+    data_root="/data/wsj0-mix/2speakers/wav8k/min",
+    steps=1_000_000,
+    batch_size=64,
+  )
   config.data.dynamic_mixing = True
   return config

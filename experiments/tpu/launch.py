@@ -40,23 +40,35 @@ REMOTE_PIDFILE = '"$HOME/eesep_logs/train.pid"'
 REMOTE_PYTHON = '"$HOME/eesep_venv/bin/python"'
 REMOTE_ARCHIVE = "eesep_jax-src.tar.gz"  # Relative to the worker's home directory.
 UV_INSTALLER = "https://astral.sh/uv/install.sh"
-WORKER_NUMBER_URL = ("http://metadata.google.internal/computeMetadata/v1/instance/"
-                     "attributes/agent-worker-number")
+WORKER_NUMBER_URL = (
+  "http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number"
+)
 
 # TPU software ("runtime") versions for JAX: https://cloud.google.com/tpu/docs/runtimes
 DEFAULT_RUNTIME = {
-    "v2": "tpu-ubuntu2204-base",
-    "v3": "tpu-ubuntu2204-base",
-    "v4": "tpu-ubuntu2204-base",
-    "v5p": "v2-alpha-tpuv5",
-    "v5litepod": "v2-alpha-tpuv5-lite",
-    "v6e": "v2-alpha-tpuv6e",
+  "v2": "tpu-ubuntu2204-base",
+  "v3": "tpu-ubuntu2204-base",
+  "v4": "tpu-ubuntu2204-base",
+  "v5p": "v2-alpha-tpuv5",
+  "v5litepod": "v2-alpha-tpuv5-lite",
+  "v6e": "v2-alpha-tpuv6e",
 }
 
 # Local files left out of the tarball of a local checkout (as in .gitignore). The `./`
 # ones only match at the top level: `data` alone would also drop `eesep_jax/data`.
-TAR_EXCLUDES = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info",
-                ".ipynb_checkpoints", "./runs", "./data", "./build", "./dist")
+TAR_EXCLUDES = (
+  ".git",
+  ".venv",
+  "__pycache__",
+  "*.pyc",
+  ".pytest_cache",
+  "*.egg-info",
+  ".ipynb_checkpoints",
+  "./runs",
+  "./data",
+  "./build",
+  "./dist",
+)
 
 WAITING_STATES = ("CREATING", "STARTING", "RESTARTING", "REPAIRING")
 RECREATE_STATES = ("PREEMPTED", "TERMINATED")
@@ -158,8 +170,9 @@ class Runner:
     try:
       return subprocess.run(cmd, check=False, **kwargs)
     except FileNotFoundError:
-      raise LaunchError(f"{cmd[0]} not found: install it (gcloud: "
-                        f"https://cloud.google.com/sdk/docs/install)") from None
+      raise LaunchError(
+        f"{cmd[0]} not found: install it (gcloud: https://cloud.google.com/sdk/docs/install)"
+      ) from None
 
   def sleep(self, seconds):
     time.sleep(seconds)
@@ -182,19 +195,26 @@ class Launcher:
     return flags
 
   def gcloud(self, verb, *flags):
-    return ["gcloud", "compute", "tpus", "tpu-vm", verb, self.args.name, *self._location(),
-            *flags]
+    return ["gcloud", "compute", "tpus", "tpu-vm", verb, self.args.name, *self._location(), *flags]
 
   def ssh(self, command, worker="all"):
     return self.gcloud("ssh", f"--worker={worker}", f"--command={command}")
 
   def scp(self, local, remote):
-    return ["gcloud", "compute", "tpus", "tpu-vm", "scp", local, f"{self.args.name}:{remote}",
-            "--worker=all", *self._location()]
+    return [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "scp",
+      local,
+      f"{self.args.name}:{remote}",
+      "--worker=all",
+      *self._location(),
+    ]
 
   def create_command(self):
-    flags = [f"--accelerator-type={self.args.accelerator_type}",
-             f"--version={self.args.version}"]
+    flags = [f"--accelerator-type={self.args.accelerator_type}", f"--version={self.args.version}"]
     if self.args.spot:
       flags.append("--spot")
     if self.args.preemptible:
@@ -222,29 +242,40 @@ class Launcher:
     finds its peers by itself on TPU VMs; a one-host slice is a job of one): they then
     shard each batch over every chip and stop together on preemption.
     """
-    parts = ['"$HOME/eesep_venv/bin/eesep"', "train", "--config", shlex.quote(self.args.config),
-             "--workdir", self.remote_workdir(), "--distributed"]
+    parts = [
+      '"$HOME/eesep_venv/bin/eesep"',
+      "train",
+      "--config",
+      shlex.quote(self.args.config),
+      "--workdir",
+      self.remote_workdir(),
+      "--distributed",
+    ]
     parts += [shlex.quote(f"--config.{override}") for override in self.args.override]
     return " ".join(parts)
 
   def unpack_script(self):
-    return "; ".join([
+    return "; ".join(
+      [
         "set -euo pipefail",
         f"rm -rf {REMOTE_CODE}",
         f"mkdir -p {REMOTE_CODE}",
         f'tar -xzf "$HOME/{REMOTE_ARCHIVE}" -C {REMOTE_CODE}',
         f'rm -f "$HOME/{REMOTE_ARCHIVE}"',
-    ])
+      ]
+    )
 
   def clone_script(self):
     branch = [f"--branch={shlex.quote(self.args.branch)}"] if self.args.branch else []
-    clone = " ".join(["git", "clone", "--quiet", "--depth=1", *branch,
-                      shlex.quote(self.args.repo), REMOTE_CODE])
+    clone = " ".join(
+      ["git", "clone", "--quiet", "--depth=1", *branch, shlex.quote(self.args.repo), REMOTE_CODE]
+    )
     return "; ".join(["set -euo pipefail", f"rm -rf {REMOTE_CODE}", clone])
 
   def install_script(self):
     python = REMOTE_PYTHON
-    return "; ".join([
+    return "; ".join(
+      [
         "set -euo pipefail",
         'export PATH="$HOME/.local/bin:$PATH"',
         f"command -v uv >/dev/null 2>&1 || curl -LsSf {UV_INSTALLER} | sh",
@@ -254,7 +285,8 @@ class Launcher:
         f"cd {REMOTE_CODE}",
         f"{python} -m pip install --quiet "
         f"{shlex.quote(f'jax=={self.args.jax_version}')} -e {shlex.quote('.[tpu]')}",
-    ])
+      ]
+    )
 
   def setup_script(self):
     return "; ".join(["set -euo pipefail", f"cd {REMOTE_CODE}", *self.args.setup])
@@ -266,12 +298,16 @@ class Launcher:
     running = f"[ -f {REMOTE_PIDFILE} ] && kill -0 -- -{pid} 2>/dev/null"
     if self.args.restart:
       # SIGTERM: the training loop saves a checkpoint before it exits.
-      on_running = (f"kill -TERM -- -{pid}; for i in $(seq 600); do "
-                    f"kill -0 -- -{pid} 2>/dev/null || break; sleep 1; done; "
-                    f"kill -KILL -- -{pid} 2>/dev/null || true")
+      on_running = (
+        f"kill -TERM -- -{pid}; for i in $(seq 600); do "
+        f"kill -0 -- -{pid} 2>/dev/null || break; sleep 1; done; "
+        f"kill -KILL -- -{pid} 2>/dev/null || true"
+      )
     else:
-      on_running = (f'echo "eesep training is already running on $(hostname) (pid {pid}): '
-                    f'pass --restart to stop it first" >&2; exit 1')
+      on_running = (
+        f'echo "eesep training is already running on $(hostname) (pid {pid}): '
+        f'pass --restart to stop it first" >&2; exit 1'
+      )
     return f"if {running}; then {on_running}; fi"
 
   def preflight_script(self):
@@ -279,13 +315,18 @@ class Launcher:
 
   def start_script(self):
     pid = f'"$(cat {REMOTE_PIDFILE})"'
-    inner = [f"echo $$ > {REMOTE_PIDFILE}", self.train_command(), "rc=$?",
-             'echo "=== eesep train exited with status $rc ==="']
+    inner = [
+      f"echo $$ > {REMOTE_PIDFILE}",
+      self.train_command(),
+      "rc=$?",
+      'echo "=== eesep train exited with status $rc ==="',
+    ]
     if self.args.workdir.startswith("gs://"):
       saved_log = shlex.quote(self.args.workdir.rstrip("/") + "/logs/") + '"$(basename "$LOG")"'
       inner.append(f'gcloud storage cp --quiet "$LOG" {saved_log} || true')
     inner.append("exit $rc")
-    return "; ".join([
+    return "; ".join(
+      [
         "set -euo pipefail",
         f"mkdir -p {REMOTE_LOGS}",
         self.guard(),
@@ -300,7 +341,8 @@ class Launcher:
         f'setsid nohup bash -c {shlex.quote("; ".join(inner))} >> "$LOG" 2>&1 < /dev/null '
         f"& for i in $(seq 100); do [ -s {REMOTE_PIDFILE} ] && break; sleep 0.1; done",
         f'echo "worker $W: training started (pid {pid}), log $LOG"',
-    ])
+      ]
+    )
 
   def stream_script(self):
     log = self.log_file.replace("$W", "0")
@@ -332,16 +374,18 @@ class Launcher:
     """Step 1: a READY TPU VM called --name, created or reused."""
     info = self.describe()
     if info is None:
-      self.runner.note(f"creating TPU VM {self.args.name} ({self.args.accelerator_type}, "
-                       f"{self.args.version})")
+      self.runner.note(
+        f"creating TPU VM {self.args.name} ({self.args.accelerator_type}, {self.args.version})"
+      )
       self.runner.run(self.create_command())
       return "created"
     existing = info.get("acceleratorType")
     if existing and existing != self.args.accelerator_type:
       raise LaunchError(
-          f"TPU VM {self.args.name} already exists as a {existing}, not the "
-          f"--accelerator-type {self.args.accelerator_type}: pass --accelerator-type {existing} "
-          f"or another --name")
+        f"TPU VM {self.args.name} already exists as a {existing}, not the "
+        f"--accelerator-type {self.args.accelerator_type}: pass --accelerator-type {existing} "
+        f"or another --name"
+      )
     state = info.get("state")
     if state == "READY":
       self.runner.note(f"reusing TPU VM {self.args.name}, which is READY")
@@ -365,8 +409,9 @@ class Launcher:
     if state in RECREATE_STATES:
       if not self.args.recreate:
         raise LaunchError(
-            f"TPU VM {self.args.name} is {state} and cannot be restarted: pass --recreate to "
-            f"delete and create it again (a gs:// --workdir resumes from its checkpoints)")
+          f"TPU VM {self.args.name} is {state} and cannot be restarted: pass --recreate to "
+          f"delete and create it again (a gs:// --workdir resumes from its checkpoints)"
+        )
       self.runner.run(self.gcloud("delete", "--quiet"))
       self.runner.run(self.create_command())
       return "recreated"
@@ -383,8 +428,17 @@ class Launcher:
       return
     archive = os.path.join(tempfile.gettempdir(), f"eesep_jax-{self.args.name}.tar.gz")
     if self.args.branch:
-      self.runner.run(["git", "-C", self.args.repo, "archive", "--format=tar.gz",
-                       f"--output={archive}", self.args.branch])
+      self.runner.run(
+        [
+          "git",
+          "-C",
+          self.args.repo,
+          "archive",
+          "--format=tar.gz",
+          f"--output={archive}",
+          self.args.branch,
+        ]
+      )
     else:
       excludes = [f"--exclude={pattern}" for pattern in TAR_EXCLUDES]
       self.runner.run(["tar", "-czf", archive, *excludes, "-C", self.args.repo, "."])
@@ -428,8 +482,9 @@ class Launcher:
   def launch(self):
     workers = num_workers(self.args.accelerator_type)
     self.runner.note(
-        f"{self.args.accelerator_type}: {workers or 'an unknown number of'} worker(s); "
-        f"workdir {self.args.workdir}; logs in ~/eesep_logs/{self.run_id}-worker*.log")
+      f"{self.args.accelerator_type}: {workers or 'an unknown number of'} worker(s); "
+      f"workdir {self.args.workdir}; logs in ~/eesep_logs/{self.run_id}-worker*.log"
+    )
     if self.ensure_tpu() != "created":
       self.preflight()
     self.copy_code()
@@ -450,68 +505,126 @@ class Launcher:
 
 def build_parser():
   parser = argparse.ArgumentParser(
-      prog="launch.py", description=__doc__.split("\n\nOnly the standard library")[0],
-      epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="launch.py",
+    description=__doc__.split("\n\nOnly the standard library")[0],
+    epilog=EXAMPLE,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   tpu = parser.add_argument_group("TPU VM")
   tpu.add_argument("--name", required=True, help="TPU VM name (reused when it exists)")
   tpu.add_argument("--zone", required=True, help="zone, e.g. us-central2-b or us-west4-a")
-  tpu.add_argument("--accelerator-type", required=True,
-                   help="slice type, e.g. v4-8 (1 host), v4-32 (4 hosts), v5litepod-8 (1 host), "
-                        "v5litepod-16 (4 hosts), v5p-16, v6e-16")
-  tpu.add_argument("--version", help="TPU software version; default by generation: "
-                   + ", ".join(f"{g}: {v}" for g, v in DEFAULT_RUNTIME.items()))
+  tpu.add_argument(
+    "--accelerator-type",
+    required=True,
+    help="slice type, e.g. v4-8 (1 host), v4-32 (4 hosts), v5litepod-8 (1 host), "
+    "v5litepod-16 (4 hosts), v5p-16, v6e-16",
+  )
+  tpu.add_argument(
+    "--version",
+    help="TPU software version; default by generation: "
+    + ", ".join(f"{g}: {v}" for g, v in DEFAULT_RUNTIME.items()),
+  )
   tpu.add_argument("--project", help="Google Cloud project (default: gcloud's core/project)")
   capacity = tpu.add_mutually_exclusive_group()
-  capacity.add_argument("--spot", action="store_true",
-                        help="create a spot TPU VM (cheaper; may be preempted at any time)")
-  capacity.add_argument("--preemptible", action="store_true",
-                        help="create a (legacy) preemptible TPU VM")
-  tpu.add_argument("--create-arg", action="append", default=[], metavar="FLAG",
-                   help="extra flag for `tpu-vm create`, e.g. --create-arg=--reserved or "
-                        "--create-arg=--service-account=SA (repeatable)")
-  tpu.add_argument("--recreate", action="store_true",
-                   help="delete and create the TPU VM again when it is PREEMPTED or TERMINATED")
-  tpu.add_argument("--delete-after", action="store_true",
-                   help="delete the TPU VM once training has ended on every worker (not when "
-                        "you stop the log stream with Ctrl-C)")
+  capacity.add_argument(
+    "--spot",
+    action="store_true",
+    help="create a spot TPU VM (cheaper; may be preempted at any time)",
+  )
+  capacity.add_argument(
+    "--preemptible", action="store_true", help="create a (legacy) preemptible TPU VM"
+  )
+  tpu.add_argument(
+    "--create-arg",
+    action="append",
+    default=[],
+    metavar="FLAG",
+    help="extra flag for `tpu-vm create`, e.g. --create-arg=--reserved or "
+    "--create-arg=--service-account=SA (repeatable)",
+  )
+  tpu.add_argument(
+    "--recreate",
+    action="store_true",
+    help="delete and create the TPU VM again when it is PREEMPTED or TERMINATED",
+  )
+  tpu.add_argument(
+    "--delete-after",
+    action="store_true",
+    help="delete the TPU VM once training has ended on every worker (not when "
+    "you stop the log stream with Ctrl-C)",
+  )
 
   code = parser.add_argument_group("code and install")
-  code.add_argument("--repo", default=str(REPO_ROOT),
-                    help="git URL to clone on each worker, or a local checkout to copy there "
-                         "(default: this checkout, uncommitted changes included)")
-  code.add_argument("--branch",
-                    help="branch or tag: cloned from a git URL, or `git archive`d from a local "
-                         "checkout (default: the default branch / the working tree)")
-  code.add_argument("--jax-version",
-                    help="version of jax[tpu] to install (default: the lowest that "
-                         "pyproject.toml allows)")
-  code.add_argument("--python-version", default="3.11",
-                    help="Python of the venv on the workers (default: %(default)s)")
-  code.add_argument("--setup", action="append", default=[], metavar="SHELL",
-                    help="shell command run on every worker after the install, in the code "
-                         "directory, e.g. to fetch data (repeatable)")
+  code.add_argument(
+    "--repo",
+    default=str(REPO_ROOT),
+    help="git URL to clone on each worker, or a local checkout to copy there "
+    "(default: this checkout, uncommitted changes included)",
+  )
+  code.add_argument(
+    "--branch",
+    help="branch or tag: cloned from a git URL, or `git archive`d from a local "
+    "checkout (default: the default branch / the working tree)",
+  )
+  code.add_argument(
+    "--jax-version",
+    help="version of jax[tpu] to install (default: the lowest that pyproject.toml allows)",
+  )
+  code.add_argument(
+    "--python-version",
+    default="3.11",
+    help="Python of the venv on the workers (default: %(default)s)",
+  )
+  code.add_argument(
+    "--setup",
+    action="append",
+    default=[],
+    metavar="SHELL",
+    help="shell command run on every worker after the install, in the code "
+    "directory, e.g. to fetch data (repeatable)",
+  )
 
   train = parser.add_argument_group("training")
-  train.add_argument("--config", required=True,
-                     help="config file relative to the repo, or a name in experiments/configs "
-                          "(wsj0_2mix_press4)")
-  train.add_argument("--workdir", required=True,
-                     help="where checkpoints and metrics go: gs://BUCKET/PATH (required for "
-                          "slices of more than one host), or a path on a one-host TPU VM")
-  train.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                     help="config override, passed as --config.KEY=VALUE (repeatable)")
-  train.add_argument("--restart", action="store_true",
-                     help="stop a run this launcher started earlier on the workers (it "
-                          "checkpoints on SIGTERM) instead of refusing to start")
-  train.add_argument("--detach", action="store_true",
-                     help="start training and return, without streaming the log")
+  train.add_argument(
+    "--config",
+    required=True,
+    help="config file relative to the repo, or a name in experiments/configs (wsj0_2mix_press4)",
+  )
+  train.add_argument(
+    "--workdir",
+    required=True,
+    help="where checkpoints and metrics go: gs://BUCKET/PATH (required for "
+    "slices of more than one host), or a path on a one-host TPU VM",
+  )
+  train.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="config override, passed as --config.KEY=VALUE (repeatable)",
+  )
+  train.add_argument(
+    "--restart",
+    action="store_true",
+    help="stop a run this launcher started earlier on the workers (it "
+    "checkpoints on SIGTERM) instead of refusing to start",
+  )
+  train.add_argument(
+    "--detach", action="store_true", help="start training and return, without streaming the log"
+  )
 
-  parser.add_argument("--dry-run", action="store_true",
-                      help="print every command, one per line, and run none (the TPU VM is "
-                           "assumed not to exist)")
+  parser.add_argument(
+    "--dry-run",
+    action="store_true",
+    help="print every command, one per line, and run none (the TPU VM is assumed not to exist)",
+  )
   # Testing seams: the state a dry run assumes `describe` reports, and the log file stamp.
-  parser.add_argument("--assume-state", default="missing", help=argparse.SUPPRESS,
-                      choices=["missing", "READY", "STOPPED", "CREATING", "PREEMPTED"])
+  parser.add_argument(
+    "--assume-state",
+    default="missing",
+    help=argparse.SUPPRESS,
+    choices=["missing", "READY", "STOPPED", "CREATING", "PREEMPTED"],
+  )
   parser.add_argument("--run-id", help=argparse.SUPPRESS)
   return parser
 
@@ -521,19 +634,23 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
 
   if parse_accelerator(args.accelerator_type) is None:
-    parser.error(f"argument --accelerator-type: {args.accelerator_type!r} is not like v4-8 "
-                 f"or v5litepod-16")
+    parser.error(
+      f"argument --accelerator-type: {args.accelerator_type!r} is not like v4-8 or v5litepod-16"
+    )
   workers = num_workers(args.accelerator_type)
   if args.version is None:
     generation = parse_accelerator(args.accelerator_type)[0]
     if generation not in DEFAULT_RUNTIME:
-      parser.error(f"argument --version: required for {args.accelerator_type} (no default "
-                   f"for {generation})")
+      parser.error(
+        f"argument --version: required for {args.accelerator_type} (no default for {generation})"
+      )
     args.version = DEFAULT_RUNTIME[generation]
   if (workers is None or workers > 1) and not args.workdir.startswith("gs://"):
     hosts = f"{workers} hosts" if workers else "possibly several hosts"
-    parser.error(f"argument --workdir: {args.accelerator_type} has {hosts}, which must share "
-                 f"the workdir: use gs://BUCKET/PATH, not {args.workdir!r}")
+    parser.error(
+      f"argument --workdir: {args.accelerator_type} has {hosts}, which must share "
+      f"the workdir: use gs://BUCKET/PATH, not {args.workdir!r}"
+    )
 
   if not is_git_url(args.repo):
     if not pathlib.Path(args.repo).is_dir():
@@ -541,8 +658,11 @@ def parse_args(argv=None):
     args.repo = str(pathlib.Path(args.repo).resolve())
   if "/" not in args.config and not args.config.endswith(".py"):
     args.config = f"experiments/configs/{args.config}.py"
-  if not is_git_url(args.repo) and not args.branch and not (
-      pathlib.Path(args.repo) / args.config).is_file():
+  if (
+    not is_git_url(args.repo)
+    and not args.branch
+    and not (pathlib.Path(args.repo) / args.config).is_file()
+  ):
     parser.error(f"argument --config: {args.config} is not a file in {args.repo}")
 
   overrides = []
@@ -559,8 +679,9 @@ def parse_args(argv=None):
     except (OSError, LaunchError) as error:
       parser.error(f"argument --jax-version: needed, since {error}")
   if args.delete_after and args.detach:
-    parser.error("argument --delete-after: not allowed with --detach (nothing would wait "
-                 "for training to end)")
+    parser.error(
+      "argument --delete-after: not allowed with --detach (nothing would wait for training to end)"
+    )
   if args.assume_state != "missing" and not args.dry_run:
     parser.error("argument --assume-state: only with --dry-run")
   return args
