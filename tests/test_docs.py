@@ -8,10 +8,13 @@ import re
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
-        REPO / "experiments" / "benchmarks" / "README.md",
-        *sorted((REPO / "eesep_jax" / "configs").glob("*.py")),
-        *sorted((REPO / "notebooks").glob("*.ipynb"))]
+DOCS = [
+  REPO / "README.md",
+  *sorted((REPO / "docs").glob("*.md")),
+  REPO / "experiments" / "benchmarks" / "README.md",
+  *sorted((REPO / "eesep_jax" / "configs").glob("*.py")),
+  *sorted((REPO / "notebooks").glob("*.ipynb")),
+]
 
 # A commit hash as docs would cite one: a whole word of 7 to 40 lowercase hex digits with
 # at least one digit and one letter. Dates (20250101), numbers and English words
