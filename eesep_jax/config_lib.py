@@ -180,304 +180,145 @@ _PRESET = Given("preset")
 # reports its own target).
 _NOT_TRAINING = "not read by training: "
 
+# One row per field: a table to read down, as ruff's layout would not keep it.
+# fmt: off
 FIELDS = (
-  Field("seed", 0, NON_NEGATIVE_INT, meaning="the random seed of initialisation, data and dropout"),
-  Field("steps", 100_000, POSITIVE_INT, resumable=True, meaning="optimiser steps"),
-  Field(
-    "batch_size",
-    16,
-    POSITIVE_INT,
-    meaning="the **global** batch (split over devices and processes)",
-  ),
-  Field("checkpoint_every", 1000, POSITIVE_INT, resumable=True, meaning="save interval"),
-  Field(
-    "keep_checkpoints",
-    3,
-    POSITIVE_INT,
-    resumable=True,
-    meaning="how many latest checkpoints to keep (plus the best)",
-  ),
-  Field(
-    "log_every",
-    50,
-    POSITIVE_INT,
-    resumable=True,
-    meaning="training-loss and speed logging interval",
-  ),
-  Field(
-    "peak_flops",
-    0.0,
-    NON_NEGATIVE_NUMBER,
-    resumable=True,
-    added=True,
-    meaning="one device's peak FLOP/s for the logged MFU; 0 looks it up by device "
-    "kind (`eesep_jax/hardware.py`: H100, H200, A100, TPU v4, v5e, v5p, v6e), and "
-    "none is logged for a device it does not know",
-  ),
-  Field(
-    "compilation_cache_dir",
-    "",
-    STRING,
-    resumable=True,
-    added=True,
-    meaning='JAX\'s persistent compilation cache: "" is '
-    "`$JAX_COMPILATION_CACHE_DIR` if set, else `~/.cache/eesep_jax/jax` (local, "
-    "also for `gs://` workdirs); a path or `gs://` URL; `none` turns it off",
-  ),
-  Field(
-    "eval_every",
-    5000,
-    POSITIVE_INT,
-    resumable=True,
-    meaning="validation interval, on full-length utterances",
-  ),
-  Field(
-    "eval_max_utterances",
-    500,
-    NON_NEGATIVE_INT,
-    resumable=True,
-    meaning="validation utterances per evaluation; 0: all",
-  ),
-  Field("model.sample_rate", Given("sample_rate"), POSITIVE_INT),
-  Field("model.num_sources", Given("num_sources"), POSITIVE_INT),
-  Field("model.width", _PRESET, POSITIVE_INT),
-  Field("model.num_shared_blocks", _PRESET, NON_NEGATIVE_INT),
-  Field("model.num_exit_blocks", _PRESET, POSITIVE_INT),
-  Field("model.num_exits", _PRESET, POSITIVE_INT),
-  Field("model.encoder_kernel", _PRESET, POSITIVE_INT),
-  Field("model.encoder_stride", _PRESET, POSITIVE_INT),
-  Field("model.encoder_features", _PRESET, POSITIVE_INT),
-  Field("model.rnn_expansion", _PRESET, POSITIVE_INT),
-  Field("model.conv_expansion", _PRESET, POSITIVE_INT),
-  Field("model.ffn_expansion", _PRESET, POSITIVE_INT),
-  Field("model.conv_kernel", _PRESET, POSITIVE_INT),
-  Field("model.num_heads", _PRESET, POSITIVE_INT),
-  Field("model.dropout", _PRESET),
-  Field("model.layer_scale_init", _PRESET),
-  Field("model.remat", _PRESET),
-  Field("model.unroll_blocks", _PRESET),
-  Field("model.dtype", _PRESET),
-  # The layers' forms only choose how the same function runs, e.g. when a run moves
-  # between a CPU and an accelerator.
-  Field("model.recurrence_form", _PRESET, resumable=True),
-  Field("model.depthwise_form", _PRESET, resumable=True),
-  Field("model.variance.parameterisation", _PRESET),
-  Field("model.variance.monotone", _PRESET),
-  Field("model.variance.block_length", _PRESET),
-  Field("model.variance.alpha_min", _PRESET),
-  Field("model.variance.fixed_alpha", _PRESET),
-  Field(
-    "data.kind",
-    Given("dataset"),
-    one_of(tuple(readers.READERS)),
-    meaning="the reader (`eesep_jax.data.open_dataset`; see [data.md](data.md))",
-  ),
-  Field(
-    "data.root",
-    Given("data_root"),
-    NAME,
-    resumable=True,
-    made_if_missing=True,
-    meaning="the dataset's root folder",
-  ),
-  Field("data.train_split", "tr", NAME, meaning="the split training reads"),
-  Field(
-    "data.valid_split",
-    "cv",
-    NAME,
-    resumable=True,
-    meaning="the split validation and calibration read",
-  ),
-  Field("data.test_split", "tt", NAME, resumable=True, meaning="the split reports test on"),
-  Field("data.segment_seconds", 4.0, POSITIVE_NUMBER, meaning="the length of the training crops"),
-  Field("data.dynamic_mixing", False, BOOL, meaning="re-mix the training sources on the fly"),
-  Field(
-    "data.augment",
-    False,
-    BOOL,
-    added=True,
-    meaning="vary each dynamic mixture's voices and channel (`data.augment`)",
-  ),
-  Field(
-    "data.num_workers",
-    0,
-    NON_NEGATIVE_INT,
-    meaning="grain worker processes that read, crop and mix ahead (see "
-    "[tpu.md](tpu.md#feeding-the-devices))",
-  ),
-  Field(
-    "data.synthesize_if_missing",
-    False,
-    BOOL,
-    resumable=True,
-    meaning="make the embedded demo corpus at `root` (and the held-out and check "
-    "sets at theirs) if it is not there; an override of a root alone turns this "
-    "off, so that a mistyped root fails instead of filling a new folder",
-  ),
-  Field(
-    "data.strict",
-    True,
-    BOOL,
-    resumable=True,
-    added=True,
-    meaning="False: skip unusable examples with a warning (`open_dataset`)",
-  ),
-  Field(
-    "data.options",
-    {},
-    meaning="extra keywords of the reader (see [data.md]"
-    "(data.md)), each checked against the reader's own",
-  ),
-  Field(
-    "data.heldout_root",
-    None,
-    NAME.or_none(),
-    resumable=True,
-    kind=str,
-    added=True,
-    made_if_missing=True,
-    meaning="the demo's held-out test set of other languages' "
-    "voices (`data.ensure_heldout_corpus`); None: none",
-  ),
-  Field(
-    "data.check_root",
-    None,
-    NAME.or_none(),
-    resumable=True,
-    kind=str,
-    added=True,
-    made_if_missing=True,
-    meaning="the folder of the check sets",
-  ),
-  Field(
-    "data.check_sets",
-    (),
-    Constraint(
-      lambda v: isinstance(v, (tuple, list)) and all(name in checksets.CHECK_SETS for name in v),
-      f"check sets' names ({', '.join(checksets.CHECK_SETS)})",
-    ),
-    resumable=True,
-    added=True,
-    meaning="check sets of speech no corpus trains on, made and evaluated by the "
-    "demo under `check_root` (`data.ensure_check_set`)",
-  ),
-  Field(
-    "data.check_mixtures",
-    None,
-    POSITIVE_INT.or_none(),
-    resumable=True,
-    kind=int,
-    added=True,
-    meaning="mixtures per check set; None: each set's own size",
-  ),
-  Field(
-    "loss.objective", "nll", one_of(losses.OBJECTIVES), meaning="the training loss of every exit"
-  ),
-  Field(
-    "loss.mean_loss",
-    "nll",
-    one_of(losses.MEAN_LOSSES),
-    meaning="what the estimate learns from (docs/method.md §3)",
-  ),
-  Field(
-    "loss.permutation",
-    "joint",
-    one_of(losses.PERMUTATIONS),
-    meaning="one speaker permutation for all exits, or one per exit",
-  ),
-  # Any literal, so that an override may set weights or reset them to None (a tuple
-  # field's flag parses "None" as `(None,)`).
-  Field(
-    "loss.exit_weights",
-    None,
-    kind=object,
-    meaning="each exit's weight in the loss, one non-negative number per exit, "
-    "not all zero; None: equal",
-  ),
-  Field("optimizer.learning_rate", 1e-3, POSITIVE_NUMBER, meaning="AdamW's peak rate"),
-  Field("optimizer.warmup_steps", 1000, NON_NEGATIVE_INT, meaning="linear warm-up"),
-  # A resumed run that raises `steps` sets it to the run's first `steps`, so that the
-  # schedule continues without a jump (`schedule_change`).
-  Field(
-    "optimizer.decay_steps",
-    0,
-    NON_NEGATIVE_INT,
-    resumable=True,
-    added=True,
-    meaning="the cosine decay's horizon; 0: `steps`",
-  ),
-  Field(
-    "optimizer.end_learning_rate_fraction",
-    0.01,
-    FRACTION,
-    meaning="where the cosine decay ends, as a fraction of the peak",
-  ),
-  Field("optimizer.weight_decay", 0.01, NON_NEGATIVE_NUMBER, meaning="AdamW's"),
-  Field("optimizer.clip_norm", 5.0, POSITIVE_NUMBER, meaning="global gradient-norm clip"),
-  Field(
-    "optimizer.max_consecutive_nonfinite",
-    100,
-    POSITIVE_INT,
-    meaning="non-finite updates skipped in a row before training stops",
-  ),
-  Field(
-    "inference.target_snr_db",
-    Owned(stopping, "TARGET_SNR_DB"),
-    FINITE_NUMBER,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` stops at with the "
-    "run, and `eesep evaluate`'s report heads with",
-  ),
-  Field(
-    "inference.confidence",
-    Owned(stopping, "CONFIDENCE"),
-    PROBABILITY,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}the confidence it stops at",
-  ),
-  Field(
-    "inference.chunk_seconds",
-    Owned(inference, "CHUNK_SECONDS"),
-    POSITIVE_NUMBER,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}the chunk length of separation",
-  ),
-  Field(
-    "inference.overlap_seconds",
-    Owned(inference, "OVERLAP_SECONDS"),
-    POSITIVE_NUMBER,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}the chunks' overlap, at most half a chunk",
-  ),
-  Field(
-    "inference.chunk_batch",
-    Owned(inference, "CHUNK_BATCH"),
-    POSITIVE_INT,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}chunks separated at once",
-  ),
-  Field(
-    "evaluation.targets_db",
-    Owned(stopping, "TARGETS_DB"),
-    FINITE_NUMBERS,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}the reports' targets",
-  ),
-  Field(
-    "evaluation.confidences",
-    Owned(stopping, "CONFIDENCES"),
-    PROBABILITIES,
-    resumable=True,
-    added=True,
-    meaning=f"{_NOT_TRAINING}the reports' confidences",
-  ),
+    Field("seed", 0, NON_NEGATIVE_INT, meaning="the random seed of initialisation, data "
+          "and dropout"),
+    Field("steps", 100_000, POSITIVE_INT, resumable=True, meaning="optimiser steps"),
+    Field("batch_size", 16, POSITIVE_INT,
+          meaning="the **global** batch (split over devices and processes)"),
+    Field("checkpoint_every", 1000, POSITIVE_INT, resumable=True, meaning="save interval"),
+    Field("keep_checkpoints", 3, POSITIVE_INT, resumable=True,
+          meaning="how many latest checkpoints to keep (plus the best)"),
+    Field("log_every", 50, POSITIVE_INT, resumable=True,
+          meaning="training-loss and speed logging interval"),
+    Field("peak_flops", 0.0, NON_NEGATIVE_NUMBER, resumable=True, added=True,
+          meaning="one device's peak FLOP/s for the logged MFU; 0 looks it up by device "
+          "kind (`eesep_jax/hardware.py`: H100, H200, A100, TPU v4, v5e, v5p, v6e), and "
+          "none is logged for a device it does not know"),
+    Field("compilation_cache_dir", "", STRING, resumable=True, added=True,
+          meaning="JAX's persistent compilation cache: \"\" is "
+          "`$JAX_COMPILATION_CACHE_DIR` if set, else `~/.cache/eesep_jax/jax` (local, "
+          "also for `gs://` workdirs); a path or `gs://` URL; `none` turns it off"),
+    Field("eval_every", 5000, POSITIVE_INT, resumable=True,
+          meaning="validation interval, on full-length utterances"),
+    Field("eval_max_utterances", 500, NON_NEGATIVE_INT, resumable=True,
+          meaning="validation utterances per evaluation; 0: all"),
+
+    Field("model.sample_rate", Given("sample_rate"), POSITIVE_INT),
+    Field("model.num_sources", Given("num_sources"), POSITIVE_INT),
+    Field("model.width", _PRESET, POSITIVE_INT),
+    Field("model.num_shared_blocks", _PRESET, NON_NEGATIVE_INT),
+    Field("model.num_exit_blocks", _PRESET, POSITIVE_INT),
+    Field("model.num_exits", _PRESET, POSITIVE_INT),
+    Field("model.encoder_kernel", _PRESET, POSITIVE_INT),
+    Field("model.encoder_stride", _PRESET, POSITIVE_INT),
+    Field("model.encoder_features", _PRESET, POSITIVE_INT),
+    Field("model.rnn_expansion", _PRESET, POSITIVE_INT),
+    Field("model.conv_expansion", _PRESET, POSITIVE_INT),
+    Field("model.ffn_expansion", _PRESET, POSITIVE_INT),
+    Field("model.conv_kernel", _PRESET, POSITIVE_INT),
+    Field("model.num_heads", _PRESET, POSITIVE_INT),
+    Field("model.dropout", _PRESET),
+    Field("model.layer_scale_init", _PRESET),
+    Field("model.remat", _PRESET),
+    Field("model.unroll_blocks", _PRESET),
+    Field("model.dtype", _PRESET),
+    # The layers' forms only choose how the same function runs, e.g. when a run moves
+    # between a CPU and an accelerator.
+    Field("model.recurrence_form", _PRESET, resumable=True),
+    Field("model.depthwise_form", _PRESET, resumable=True),
+    Field("model.variance.parameterisation", _PRESET),
+    Field("model.variance.monotone", _PRESET),
+    Field("model.variance.block_length", _PRESET),
+    Field("model.variance.alpha_min", _PRESET),
+    Field("model.variance.fixed_alpha", _PRESET),
+
+    Field("data.kind", Given("dataset"), one_of(tuple(readers.READERS)),
+          meaning="the reader (`eesep_jax.data.open_dataset`; see [data.md](data.md))"),
+    Field("data.root", Given("data_root"), NAME, resumable=True, made_if_missing=True,
+          meaning="the dataset's root folder"),
+    Field("data.train_split", "tr", NAME, meaning="the split training reads"),
+    Field("data.valid_split", "cv", NAME, resumable=True,
+          meaning="the split validation and calibration read"),
+    Field("data.test_split", "tt", NAME, resumable=True, meaning="the split reports test on"),
+    Field("data.segment_seconds", 4.0, POSITIVE_NUMBER,
+          meaning="the length of the training crops"),
+    Field("data.dynamic_mixing", False, BOOL,
+          meaning="re-mix the training sources on the fly"),
+    Field("data.augment", False, BOOL, added=True,
+          meaning="vary each dynamic mixture's voices and channel (`data.augment`)"),
+    Field("data.num_workers", 0, NON_NEGATIVE_INT,
+          meaning="grain worker processes that read, crop and mix ahead (see "
+          "[tpu.md](tpu.md#feeding-the-devices))"),
+    Field("data.synthesize_if_missing", False, BOOL, resumable=True,
+          meaning="make the embedded demo corpus at `root` (and the held-out and check "
+          "sets at theirs) if it is not there; an override of a root alone turns this "
+          "off, so that a mistyped root fails instead of filling a new folder"),
+    Field("data.strict", True, BOOL, resumable=True, added=True,
+          meaning="False: skip unusable examples with a warning (`open_dataset`)"),
+    Field("data.options", {}, meaning="extra keywords of the reader (see [data.md]"
+          "(data.md)), each checked against the reader's own"),
+    Field("data.heldout_root", None, NAME.or_none(), resumable=True, kind=str, added=True,
+          made_if_missing=True, meaning="the demo's held-out test set of other languages' "
+          "voices (`data.ensure_heldout_corpus`); None: none"),
+    Field("data.check_root", None, NAME.or_none(), resumable=True, kind=str, added=True,
+          made_if_missing=True, meaning="the folder of the check sets"),
+    Field("data.check_sets", (), Constraint(
+        lambda v: isinstance(v, (tuple, list)) and all(name in checksets.CHECK_SETS
+                                                       for name in v),
+        f"check sets' names ({', '.join(checksets.CHECK_SETS)})"), resumable=True, added=True,
+          meaning="check sets of speech no corpus trains on, made and evaluated by the "
+          "demo under `check_root` (`data.ensure_check_set`)"),
+    Field("data.check_mixtures", None, POSITIVE_INT.or_none(), resumable=True, kind=int,
+          added=True, meaning="mixtures per check set; None: each set's own size"),
+
+    Field("loss.objective", "nll", one_of(losses.OBJECTIVES),
+          meaning="the training loss of every exit"),
+    Field("loss.mean_loss", "nll", one_of(losses.MEAN_LOSSES),
+          meaning="what the estimate learns from (docs/method.md §3)"),
+    Field("loss.permutation", "joint", one_of(losses.PERMUTATIONS),
+          meaning="one speaker permutation for all exits, or one per exit"),
+    # Any literal, so that an override may set weights or reset them to None (a tuple
+    # field's flag parses "None" as `(None,)`).
+    Field("loss.exit_weights", None, kind=object,
+          meaning="each exit's weight in the loss, one non-negative number per exit, "
+          "not all zero; None: equal"),
+
+    Field("optimizer.learning_rate", 1e-3, POSITIVE_NUMBER, meaning="AdamW's peak rate"),
+    Field("optimizer.warmup_steps", 1000, NON_NEGATIVE_INT, meaning="linear warm-up"),
+    # A resumed run that raises `steps` sets it to the run's first `steps`, so that the
+    # schedule continues without a jump (`schedule_change`).
+    Field("optimizer.decay_steps", 0, NON_NEGATIVE_INT, resumable=True, added=True,
+          meaning="the cosine decay's horizon; 0: `steps`"),
+    Field("optimizer.end_learning_rate_fraction", 0.01, FRACTION,
+          meaning="where the cosine decay ends, as a fraction of the peak"),
+    Field("optimizer.weight_decay", 0.01, NON_NEGATIVE_NUMBER, meaning="AdamW's"),
+    Field("optimizer.clip_norm", 5.0, POSITIVE_NUMBER, meaning="global gradient-norm clip"),
+    Field("optimizer.max_consecutive_nonfinite", 100, POSITIVE_INT,
+          meaning="non-finite updates skipped in a row before training stops"),
+
+    Field("inference.target_snr_db", Owned(stopping, "TARGET_SNR_DB"), FINITE_NUMBER,
+          resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}the stopping target `eesep separate` stops at with the "
+          "run, and `eesep evaluate`'s report heads with"),
+    Field("inference.confidence", Owned(stopping, "CONFIDENCE"), PROBABILITY,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the confidence it stops at"),
+    Field("inference.chunk_seconds", Owned(inference, "CHUNK_SECONDS"), POSITIVE_NUMBER,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the chunk length of "
+          "separation"),
+    Field("inference.overlap_seconds", Owned(inference, "OVERLAP_SECONDS"), POSITIVE_NUMBER,
+          resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}the chunks' overlap, at most half a chunk"),
+    Field("inference.chunk_batch", Owned(inference, "CHUNK_BATCH"), POSITIVE_INT,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}chunks separated at once"),
+    Field("evaluation.targets_db", Owned(stopping, "TARGETS_DB"), FINITE_NUMBERS,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' targets"),
+    Field("evaluation.confidences", Owned(stopping, "CONFIDENCES"), PROBABILITIES,
+          resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' confidences"),
 )
+# fmt: on
 _FIELDS = {field.key: field for field in FIELDS}
 
 
