@@ -83,33 +83,25 @@ def _run(argv, model, corpus, exit_code=None):
   return stdout.getvalue(), stderr.getvalue()
 
 
+# The grid and certificate of every `eesep calibrate` run of this file.
+GRID_FLAGS = (
+  *("--targets", "0.5,5", "--confidences", "0.3,0.6,0.9", "--target-snr", "2"),
+  *("--delta", "0.5", "--epsilon", "0.5"),
+)
+
+
+def _calibrate_run(model, corpus, checkpoint, *flags):
+  """`(checkpoint, out, stdout)` of `eesep calibrate` on `checkpoint` with `flags`."""
+  out = checkpoint / "calibration"
+  argv = ["calibrate", "--checkpoint", str(checkpoint), "--out", str(out), *GRID_FLAGS, *flags]
+  stdout, _ = _run(argv, model, corpus)
+  return checkpoint, out, stdout
+
+
 @pytest.fixture(scope="module")
 def calibrated(model, corpus, tmp_path_factory):
   """`(checkpoint, out, stdout)` of one `eesep calibrate` run."""
-  checkpoint = tmp_path_factory.mktemp("run")
-  out = checkpoint / "calibration"
-  stdout, _ = _run(
-    [
-      "calibrate",
-      "--checkpoint",
-      str(checkpoint),
-      "--out",
-      str(out),
-      "--targets",
-      "0.5,5",
-      "--confidences",
-      "0.3,0.6,0.9",
-      "--target-snr",
-      "2",
-      "--delta",
-      "0.5",
-      "--epsilon",
-      "0.5",
-    ],
-    model,
-    corpus,
-  )
-  return checkpoint, out, stdout
+  return _calibrate_run(model, corpus, tmp_path_factory.mktemp("run"))
 
 
 def test_calibrate_writes_the_report_figures_and_scales(calibrated):
@@ -310,31 +302,7 @@ CHUNKING = ("--chunk-seconds", "0.25", "--overlap-seconds", "0.05")  # 3 chunks 
 @pytest.fixture(scope="module")
 def calibrated_in_chunks(model, corpus, tmp_path_factory):
   """`(checkpoint, out, stdout)` of `eesep calibrate` in chunks of 0.25 s."""
-  checkpoint = tmp_path_factory.mktemp("run_in_chunks")
-  out = checkpoint / "calibration"
-  stdout, _ = _run(
-    [
-      "calibrate",
-      "--checkpoint",
-      str(checkpoint),
-      "--out",
-      str(out),
-      "--targets",
-      "0.5,5",
-      "--confidences",
-      "0.3,0.6,0.9",
-      "--target-snr",
-      "2",
-      "--delta",
-      "0.5",
-      "--epsilon",
-      "0.5",
-      *CHUNKING,
-    ],
-    model,
-    corpus,
-  )
-  return checkpoint, out, stdout
+  return _calibrate_run(model, corpus, tmp_path_factory.mktemp("run_in_chunks"), *CHUNKING)
 
 
 def test_calibrate_records_the_default_regime_of_separate(calibrated):
