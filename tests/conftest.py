@@ -52,23 +52,32 @@ TRAIN_OVERRIDES = (
   "--config.eval_every=1000",
   "--config.eval_max_utterances=2",
   "--config.optimizer.warmup_steps=2",
+  # A schedule that does not depend on `steps`: the pod's runs, which stop where SIGTERM
+  # lands, take the same learning rates at every step as this run.
+  "--config.optimizer.decay_steps=20",
 )
 # The same, as `config_lib.load_config` overrides.
 TRAIN_CONFIG_OVERRIDES = tuple(flag.removeprefix("--config.") for flag in TRAIN_OVERRIDES)
 
 
-# Session fixtures that take minutes to build. `make test` spreads tests over CPU cores
-# with pytest-xdist, where each worker builds its own session fixtures: keeping every
-# test that needs one of these on one worker (`--dist loadgroup`) builds each once.
-EXPENSIVE_FIXTURES = ("trained_workdir", "smoke_ablation", "pod_runs")
+# Session fixtures that take minutes to build, and the xdist group of the tests that use
+# them. `make test` spreads tests over CPU cores with pytest-xdist, where each worker
+# builds its own session fixtures: keeping every test that needs one of these on one
+# worker (`--dist loadgroup`) builds each once. The pod's runs are compared with the
+# one-device run, so they share its group.
+EXPENSIVE_FIXTURES = {
+  "trained_workdir": "trained_workdir",
+  "pod_runs": "trained_workdir",
+  "smoke_ablation": "smoke_ablation",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # Before xdist's own hook reads the groups.
 def pytest_collection_modifyitems(items):
   for item in items:
-    for name in EXPENSIVE_FIXTURES:
+    for name, group in EXPENSIVE_FIXTURES.items():
       if name in item.fixturenames:
-        item.add_marker(pytest.mark.xdist_group(name))
+        item.add_marker(pytest.mark.xdist_group(group))
         break
 
 

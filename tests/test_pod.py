@@ -3,18 +3,19 @@ slice (`v4-32`), run here as 4 processes of 2 CPU devices each, joined over loop
 a `gs://` workdir on a local GCS emulator (`gcs_emulator.py`).
 
 The command is the one `launch.py --dry-run` prints; only the coordinator, which a TPU
-pod discovers by itself, is given explicitly. Three launches:
+pod discovers by itself, is given explicitly. Three launches of one run:
 
-1. The run `preempted` starts; SIGTERM reaches every process, at different moments.
+1. It starts; SIGTERM reaches every process, at different moments.
 2. It resumes from that checkpoint; SIGTERM reaches one process only.
-3. The run `reference` trains uninterrupted to the step where launch 2 stopped.
+3. It starts over (`--fresh`) and trains uninterrupted to the step where launch 2
+   stopped: the reference.
 
-`preempted` never ends by itself (its `steps` is far away), so each SIGTERM lands in
-training however fast the machine is. Both runs have the same learning-rate schedule
-(`optimizer.decay_steps` pinned), so `steps` only says where `reference` stops: the
-losses of `preempted`, its second launch resumed from the first's checkpoint, must be
-`reference`'s step for step. `eesep evaluate`, `calibrate` and `separate` then read
-`preempted` from the bucket, from the checkpoint of launch 2's stop.
+Launches 1 and 2 never end by themselves (their `steps` is far away), so each SIGTERM
+lands in training however fast the machine is. Every launch has the learning-rate
+schedule of the one-device run `trained_workdir` (`optimizer.decay_steps` pinned), so
+`steps` only says where launch 3 stops: the losses of launches 1 and 2 together must be
+launch 3's step for step, and the first steps' the one-device run's. `eesep evaluate`,
+`calibrate` and `separate` then read the run from the bucket.
 """
 
 import json
@@ -38,9 +39,9 @@ import test_tpu_launch
 PROCESSES = 4  # The hosts of a v4-32 slice.
 DEVICES_PER_PROCESS = 2
 BUCKET = "eesep-pod"
-# `preempted` would train this far: SIGTERM always comes first.
+RUN = "pod"
+# Launches 1 and 2 would train this far: SIGTERM always comes first.
 UNREACHED_STEPS = 1000
-DECAY_STEPS = 20
 # Bounds on every wait, generous for a loaded 2-core machine (a launch's 4 processes
 # share its cores): for a launch to log a step (start, compile or read the compiled
 # step, restore), for every process to exit after the last SIGTERM (reach the agreed
@@ -51,7 +52,9 @@ RUN_SECONDS = 300
 
 # Three launches of four processes, the fewest that check the three behaviours (each
 # process compiles its programs: JAX's compilation cache only serves process 0 here,
-# as the key of a multi-process CPU program holds the process's own topology).
+# as the key of a multi-process CPU program holds the process's own topology). The pod
+# is also the suite's multi-process and multi-device training: its losses and its
+# validation are compared with the one-device run's.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
@@ -182,7 +185,7 @@ def test_the_emulator_keeps_object_generations_as_gcs_does(gcs, monkeypatch):
   assert store.read("key").result().value == b"second"
 
 
-def _launcher_command(run, corpus, steps):
+def _launcher_command(corpus, steps):
   """The `eesep train` argv that `launch.py --dry-run` starts on every worker of a v4-32
   slice, run with this Python."""
   returncode, commands, stderr = test_tpu_launch._dry_run(
@@ -195,11 +198,10 @@ def _launcher_command(run, corpus, steps):
     "--config",
     "eesep_jax/configs/demo.py",
     "--workdir",
-    f"gs://{BUCKET}/{run}",
+    f"gs://{BUCKET}/{RUN}",
     *(f"--override={flag.removeprefix('--config.')}" for flag in TRAIN_OVERRIDES),
     f"--override=data.root={corpus}",
     f"--override=steps={steps}",
-    f"--override=optimizer.decay_steps={DECAY_STEPS}",
     "--override=checkpoint_every=1000",
     "--run-id",
     "POD",
@@ -286,19 +288,19 @@ class Pod:
 @pytest.fixture(scope="module")
 def pod_runs(gcs, tiny_corpus, compile_cache, tmp_path_factory):
   """What each launch left: exit statuses, seconds from the last SIGTERM to the last
-  exit, stop steps, and the run's checkpoints and losses in the bucket."""
+  exit, stop steps, and the run's checkpoints and metrics in the bucket."""
   env_vars, bucket = gcs
   env = {**train_env(compile_cache, devices=DEVICES_PER_PROCESS), **env_vars}
   logs = tmp_path_factory.mktemp("pod")
   launches = {}
 
-  def launch(name, run, steps, signal_to=(), after_step=None):
+  def launch(name, steps, *extra, signal_to=(), after_step=None):
     folder = logs / name
     folder.mkdir()
-    pod = Pod(_launcher_command(run, tiny_corpus, steps), env, folder)
+    pod = Pod([*_launcher_command(tiny_corpus, steps), *extra], env, folder)
     try:
       if signal_to:
-        pod.wait_for_step(bucket, run, after_step)
+        pod.wait_for_step(bucket, RUN, after_step)
         for index in signal_to:  # SIGTERM at different moments, in the order given.
           pod.processes[index].terminate()
           time.sleep(0.5)
@@ -309,16 +311,19 @@ def pod_runs(gcs, tiny_corpus, compile_cache, tmp_path_factory):
         "exit_seconds": time.monotonic() - signalled,
         "stop_steps": pod.stop_steps(),
         "tails": pod.tails(),
-        "checkpoints": bucket.checkpoint_steps(run),
-        "losses": bucket.losses(run),
+        "checkpoints": bucket.checkpoint_steps(RUN),
+        "losses": bucket.losses(RUN),
+        "metrics": bucket.metrics(RUN),
       }
     finally:
       pod.kill()
 
-  launch("every_process", "preempted", UNREACHED_STEPS, signal_to=[2, 0, 3, 1], after_step=2)
+  launch("every_process", UNREACHED_STEPS, signal_to=[2, 0, 3, 1], after_step=2)
   first_stop = launches["every_process"]["checkpoints"][-1]
-  launch("one_process", "preempted", UNREACHED_STEPS, signal_to=[3], after_step=first_stop + 1)
-  launch("reference", "reference", launches["one_process"]["checkpoints"][-1])
+  launch("one_process", UNREACHED_STEPS, signal_to=[3], after_step=first_stop + 1)
+  # `--fresh` over a run with checkpoints: the others read the bucket only once the lead
+  # has emptied it, or they would resume instead of starting at step 1.
+  launch("reference", launches["one_process"]["checkpoints"][-1], "--fresh")
   return launches
 
 
@@ -359,6 +364,45 @@ def test_resumed_run_has_the_uninterrupted_losses_step_for_step(pod_runs):
   assert [loss for _, loss in resumed["losses"]] == [loss for _, loss in reference["losses"]]
 
 
+def test_the_pod_gives_the_one_device_losses_and_validation(
+  pod_runs, trained_workdir, gcs, monkeypatch
+):
+  """8 devices in 4 processes, each loading its share of every global batch, train as
+  one device does; validation, each process evaluating its share of every batch filled
+  up with weight-0 copies, gives what one device gives with the same parameters."""
+  for name, value in gcs[0].items():
+    monkeypatch.setenv(name, value)
+  from eesep_jax import data as data_lib
+  from eesep_jax import models
+  from eesep_jax.analysis import evaluate
+  from eesep_jax.training import checkpoints
+  from eesep_jax.training import train
+
+  reference = pod_runs["reference"]
+  pod = dict(reference["losses"])
+  records = [json.loads(line) for line in (trained_workdir / train.METRICS_FILE).open()]
+  one = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+  steps = sorted(set(pod) & set(one))
+  assert steps[0] == 1 and len(steps) >= 3, steps
+  np.testing.assert_allclose(pod[1], one[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose([pod[s] for s in steps], [one[s] for s in steps], rtol=1e-4, atol=1e-5)
+
+  (validated,) = [r for r in reference["metrics"] if "valid_si_snri" in r]
+  run = f"gs://{BUCKET}/{RUN}"
+  config = checkpoints.read_config(run)
+  model_config, variables = checkpoints.restore_params(run, step=validated["step"])
+  one_device = train.evaluate_exits(
+    variables["params"],
+    models.PressNet(model_config),
+    data_lib.validation_batches(
+      config, batch_size=train.validation_batch_size(1), pad_seconds=evaluate.PAD_SECONDS
+    ),
+  )
+  np.testing.assert_allclose(
+    validated["valid_si_snri"], one_device["si_snri"], rtol=1e-4, atol=1e-4
+  )
+
+
 def test_evaluate_calibrate_and_separate_read_the_run_from_the_bucket(
   pod_runs, gcs, tiny_corpus, tmp_path, monkeypatch, capsys
 ):
@@ -369,7 +413,7 @@ def test_evaluate_calibrate_and_separate_read_the_run_from_the_bucket(
   from eesep_jax.analysis import evaluate
   from eesep_jax.app import cli
 
-  run = f"gs://{BUCKET}/preempted"
+  run = f"gs://{BUCKET}/{RUN}"
   assert (
     cli.main(
       [
@@ -408,7 +452,7 @@ def test_evaluate_calibrate_and_separate_read_the_run_from_the_bucket(
       "0.5",
     ]
   )
-  saved = json.loads(bucket.read(f"preempted/{calibration.POSTHOC_FILE}"))
+  saved = json.loads(bucket.read(f"{RUN}/{calibration.POSTHOC_FILE}"))
   report = json.loads((tmp_path / "calibration" / "calibration.json").read_text())
   np.testing.assert_allclose(saved["beta_scale"], report["posthoc"]["scales"]["beta_scale"])
   capsys.readouterr()

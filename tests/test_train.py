@@ -1,10 +1,8 @@
-"""Training: logs, checkpoints, exact resume after SIGKILL, SIGTERM saves, multi-device
-and multi-process runs that match the single-device one."""
+"""Training: logs, checkpoints, exact resume after SIGKILL, SIGTERM saves. Runs on
+several devices and processes are the pod's (`test_pod.py`)."""
 
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -142,71 +140,6 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tiny_corpus, compil
   last_logged = max(_train_losses(workdir))
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert last_logged < 1000 and saved[-1] == last_logged
-
-
-def test_eight_devices_give_the_one_device_loss(
-  tmp_path, tiny_corpus, compile_cache, trained_workdir
-):
-  workdir = tmp_path / "eight_devices"
-  run_training(workdir, tiny_corpus, compile_cache, devices=8)
-  eight, one = _train_losses(workdir), _train_losses(trained_workdir)
-  np.testing.assert_allclose(eight[1], one[1], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(
-    [eight[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=1e-4, atol=1e-5
-  )
-  # Validation sharded over the 8 devices (its batches filled up with weight-0 copies)
-  # gives the one device's.
-  valid = [
-    [r["valid_si_snri"] for r in _metrics(w) if "valid_si_snri" in r]
-    for w in (workdir, trained_workdir)
-  ]
-  np.testing.assert_allclose(valid[0], valid[1], rtol=1e-4, atol=1e-4)
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_over_loopback_give_the_one_process_loss(
-  tmp_path, tiny_corpus, compile_cache, trained_workdir
-):
-  """Started --fresh over a finished run: the other process reads the workdir only
-  once the lead has emptied it, so both start from step 0."""
-  workdir = tmp_path / "two_processes"
-  shutil.copytree(trained_workdir, workdir)
-  coordinator = f"127.0.0.1:{_free_port()}"
-  processes = [
-    subprocess.Popen(
-      train_command(
-        workdir,
-        tiny_corpus,
-        "--coordinator",
-        coordinator,
-        "--num-processes",
-        "2",
-        "--process-id",
-        str(index),
-        "--fresh",
-      ),
-      cwd=REPO,
-      env=train_env(compile_cache),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for index in range(2)
-  ]
-  errors = [p.communicate(timeout=900)[1] for p in processes]
-  for process, error in zip(processes, errors):
-    assert process.returncode == 0, error[-4000:]
-  two, one = _train_losses(workdir), _train_losses(trained_workdir)
-  # Each process loads its own half of every global batch: together the same examples.
-  np.testing.assert_allclose(two[1], one[1], rtol=1e-5, atol=1e-6)
-  assert max(two) == TRAIN_STEPS
-  assert len(_metrics(workdir)) == len(_metrics(trained_workdir))  # One run's log.
-  assert checkpoints.run_id(workdir) != checkpoints.run_id(trained_workdir)
 
 
 def test_optimizer_skips_and_counts_non_finite_updates():

@@ -7,9 +7,21 @@ object on every append. Training appends once every `log_every` steps, a few hun
 bytes each, so a 200k-step run's rewrites total well under a gigabyte.
 """
 
+import os
+
 from etils import epath
+from etils.epath import backend
 
 from eesep_jax import files
+
+
+def forget_listings(path):
+  """Makes this process list `path` afresh from the bucket. gcsfs remembers every
+  folder it listed, for the process's life: when another process (the lead of a
+  multi-host run) has since removed or added files there, the remembered listing names
+  files that are gone. Nothing for a local path."""
+  if files.is_object_store(path):
+    backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
 
 
 class LineLog:

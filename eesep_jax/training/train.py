@@ -484,6 +484,7 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
     checkpoints.start_run(workdir, how)
     checkpoints.write_config(config, workdir)
   _wait_for_every_process("eesep_jax: workdir started")
+  storage.forget_listings(workdir)
   model_config = config_lib.model_config(config)
   model = models.PressNet(model_config)
 
