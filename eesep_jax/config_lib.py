@@ -99,6 +99,9 @@ NON_NEGATIVE_NUMBER = Constraint(lambda v: _is_number(v) and v >= 0, "a non-nega
 FRACTION = Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
 FINITE_NUMBER = Constraint(_is_number, "a finite number")
 PROBABILITY = Constraint(_is_probability, "a probability in (0, 1]")
+OPEN_UNIT_INTERVAL = Constraint(
+  lambda v: _is_number(v) and 0 < v < 1, "a number strictly between 0 and 1"
+)
 FINITE_NUMBERS = Constraint(_is_tuple_of(_is_number), "one or more finite numbers")
 PROBABILITIES = Constraint(_is_tuple_of(_is_probability), "one or more probabilities in (0, 1]")
 BOOL = Constraint(lambda v: isinstance(v, bool), "True or False")
@@ -317,6 +320,11 @@ FIELDS = (
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' targets"),
     Field("evaluation.confidences", Owned(stopping, "CONFIDENCES"), PROBABILITIES,
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' confidences"),
+    Field("evaluation.delta", 0.1, OPEN_UNIT_INTERVAL, resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}the share of utterances `eesep calibrate`'s certified "
+          "threshold lets miss the target"),
+    Field("evaluation.epsilon", 0.1, OPEN_UNIT_INTERVAL, resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}the probability that the certificate is wrong"),
 )
 # fmt: on
 _FIELDS = {field.key: field for field in FIELDS}

@@ -231,13 +231,6 @@ def _stopping_loop(
   return result.replace(estimates=result.estimates / gains[:, None, None])
 
 
-@functools.lru_cache(maxsize=256)
-def _gmacs_by_exit(config, num_samples):
-  """`models.gmacs_by_exit`, remembered: its cost analysis lowers the model (seconds),
-  and every chunk of a long signal would ask again."""
-  return tuple(models.gmacs_by_exit(config, num_samples))
-
-
 def separate(
   variables,
   config,
@@ -320,7 +313,7 @@ def separate(
     raise ValueError(f"mixture must be [batch, time], got shape {mixture.shape}")
   batch, time = mixture.shape
   lengths = models.valid_lengths(lengths, batch, time)
-  gmacs_by_exit = jnp.asarray(_gmacs_by_exit(config, time), jnp.float32)
+  gmacs_by_exit = jnp.asarray(models.gmacs_by_exit(config, time), jnp.float32)
   # Traced numbers, every scale of the likelihood (ones where none was fitted): other
   # targets, confidences, exits and scales reuse the compiled loop.
   policy = policy.replace(
@@ -627,7 +620,7 @@ def separate_long(
   exits = ChunkExits(
     starts=starts,
     **{name: np.concatenate(values) for name, values in per_chunk.items()},
-    full_depth_gmacs=starts.size * _gmacs_by_exit(config, chunk)[-1] * valid / chunk,
+    full_depth_gmacs=starts.size * models.gmacs_by_exit(config, chunk)[-1] * valid / chunk,
     executed_gmacs=np.concatenate(executed),
   )
   return LongSeparationResult(estimates=estimates / np.float32(gain), exits=exits)

@@ -39,6 +39,7 @@ import pathlib
 from matplotlib import figure
 import numpy as np
 
+from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import errors
 from eesep_jax import files
@@ -51,8 +52,8 @@ from eesep_jax.core import stopping
 
 # The guarantee's defaults: at most a share DELTA of utterances short of the target,
 # wrong with probability at most EPSILON.
-DELTA = 0.1
-EPSILON = 0.1
+DELTA = config_lib.default("evaluation.delta")
+EPSILON = config_lib.default("evaluation.epsilon")
 RELIABILITY_BINS = 10
 PIT_BINS = 20
 # Utterances of the fit split, at least: one in each of its two halves.

@@ -7,12 +7,11 @@ adds the traceback.
 argparse parses the commands and their flags; `eesep train`'s `--config.KEY=VALUE`
 flags are left over for `ml_collections.config_flags` (`config_lib.parse_flags`),
 which types them as the config's fields. Every default a flag shares with the library
-is read when it is needed, from the config schema (`_RunDefault`) or the module that
-owns it (`_Default`): building the parser, and `eesep --help`, import no JAX.
+is read from the config schema when it is needed (`_RunDefault`): building the parser,
+and `eesep --help`, import no JAX.
 """
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -35,20 +34,6 @@ _CALIBRATE_EXAMPLE = (
 def _format(value):
   """A default as `--help` shows it: `15`, `5,10,15,20`."""
   return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
-
-
-class _Default:
-  """A flag's default owned by another module (`calibration_report.DELTA`), imported
-  when a help text shows it (`%(default)s`) or a command runs (`parse_args`)."""
-
-  def __init__(self, module, name):
-    self.module, self.name = module, name
-
-  def value(self):
-    return getattr(importlib.import_module(self.module), self.name)
-
-  def __str__(self):
-    return _format(self.value())
 
 
 class _RunDefault:
@@ -82,8 +67,8 @@ _CONFIDENCES = _RunDefault("evaluation.confidences")
 _CHUNK_SECONDS = _RunDefault("inference.chunk_seconds")
 _OVERLAP_SECONDS = _RunDefault("inference.overlap_seconds")
 _CHUNK_BATCH = _RunDefault("inference.chunk_batch")
-_DELTA = _Default("eesep_jax.analysis.calibration_report", "DELTA")
-_EPSILON = _Default("eesep_jax.analysis.calibration_report", "EPSILON")
+_DELTA = _RunDefault("evaluation.delta")
+_EPSILON = _RunDefault("evaluation.epsilon")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -826,9 +811,8 @@ def _config_flags(parser, extras):
 
 
 def parse_args(argv=None):
-  """`eesep ARGV` parsed: argparse's namespace, every `_Default` read from its owner
-  (a `_RunDefault` stays until the command reads the run: `_apply_run_defaults`),
-  and `config_flags`, the `--config.KEY=VALUE` flags `eesep train` passes to
+  """`eesep ARGV` parsed: argparse's namespace (a `_RunDefault` stays until the command
+  reads the run: `_apply_run_defaults`), and `config_flags`, the `--config.KEY=VALUE` flags `eesep train` passes to
   `config_lib.parse_flags`.
 
   Raises:
@@ -842,9 +826,6 @@ def parse_args(argv=None):
   args.config_flags = _config_flags(parser, extras)
   if args.config_flags and args.command != "train":
     raise errors.UsageError(args.config_flags[0], "overrides only apply to `train`")
-  for name, value in vars(args).items():
-    if isinstance(value, _Default):
-      setattr(args, name, value.value())
   return args
 
 

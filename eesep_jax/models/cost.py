@@ -32,6 +32,7 @@ def _flops(function, *args):
   return lowered.cost_analysis()["flops"]
 
 
+@functools.cache  # Lowering the model takes seconds; a config's count never changes.
 def gmacs_by_exit(config, num_samples=None):
   """Giga multiply-accumulates needed to reach each exit, for one example.
 
@@ -44,7 +45,7 @@ def gmacs_by_exit(config, num_samples=None):
   the model's, the same on every machine.
 
   Returns:
-    a list of `config.num_exits` floats.
+    a tuple of `config.num_exits` floats.
   """
   num_samples = num_samples or config.sample_rate
   config = dataclasses.replace(config.with_cpu_forms(), unroll_blocks=True)
@@ -58,4 +59,4 @@ def gmacs_by_exit(config, num_samples=None):
 
   encode_flops = _flops(encode, variables, mixture)
   stage_flops = _flops(stage, jax.eval_shape(stage_params, variables, 0), carry, variance_state)
-  return [(encode_flops + k * stage_flops) / 2e9 for k in range(1, config.num_exits + 1)]
+  return tuple((encode_flops + k * stage_flops) / 2e9 for k in range(1, config.num_exits + 1))
