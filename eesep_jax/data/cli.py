@@ -108,6 +108,12 @@ def check_command(args):
   )
 
 
+def _add_sample_rate(parser, rates):
+  parser.add_argument(
+    "--sample-rate", type=int, choices=rates, default=8000, help="sample rate in Hz (default: 8000)"
+  )
+
+
 def add_data_commands(subparsers):
   """Adds `data` (sub-commands `synth`, `check`) to the `eesep` sub-command parsers."""
   # Light: numpy, soundfile; no JAX.
@@ -133,35 +139,16 @@ def add_data_commands(subparsers):
   )
   parser.set_defaults(handler=synth_command)
   parser.add_argument("--out", required=True, help="output folder (new or empty)")
-  parser.add_argument(
-    "--sample-rate",
-    type=int,
-    choices=synth.SAMPLE_RATES,
-    default=8000,
-    help="sample rate in Hz (default: 8000)",
-  )
+  _add_sample_rate(parser, synth.SAMPLE_RATES)
   parser.add_argument(
     "--num-sources", type=int, choices=(2, 3), default=2, help="speakers per mixture (default: 2)"
   )
   defaults = synth.DEMO_SIZES
-  parser.add_argument(
-    "--num-train",
-    type=_count,
-    default=defaults["num_train"],
-    help=f"training mixtures (default: {defaults['num_train']})",
-  )
-  parser.add_argument(
-    "--num-valid",
-    type=_count,
-    default=defaults["num_valid"],
-    help=f"validation mixtures (default: {defaults['num_valid']})",
-  )
-  parser.add_argument(
-    "--num-test",
-    type=_count,
-    default=defaults["num_test"],
-    help=f"test mixtures (default: {defaults['num_test']})",
-  )
+  for split, what in (("train", "training"), ("valid", "validation"), ("test", "test")):
+    default = defaults[f"num_{split}"]
+    parser.add_argument(
+      f"--num-{split}", type=_count, default=default, help=f"{what} mixtures (default: {default})"
+    )
   parser.add_argument(
     "--noise",
     choices=("none", *synth.NOISES),
@@ -207,13 +194,7 @@ def add_data_commands(subparsers):
   check.set_defaults(handler=check_command)
   check.add_argument("name", choices=("kokoro", "kokoro-blend", "recorded"), help="which check set")
   check.add_argument("--out", required=True, help="output folder (new, or the same set)")
-  check.add_argument(
-    "--sample-rate",
-    type=int,
-    choices=synth.SAMPLE_RATES,
-    default=8000,
-    help="sample rate in Hz (default: 8000)",
-  )
+  _add_sample_rate(check, synth.SAMPLE_RATES)
   check.add_argument(
     "--num-mixtures", type=int, default=None, help="mixtures (default: the set's own, 300 or 24)"
   )
