@@ -333,6 +333,8 @@ def test_the_library_defaults_are_the_owners():
   assert config.evaluation.to_dict() == {
     "targets_db": stopping.TARGETS_DB,
     "confidences": stopping.CONFIDENCES,
+    "delta": 0.1,  # The certificate's, as docs/calibration.md states them.
+    "epsilon": 0.1,
   }
   config_lib.validate_config(config)
   separate = inspect.signature(inference.separate).parameters
@@ -343,6 +345,7 @@ def test_the_library_defaults_are_the_owners():
   calibrate = inspect.signature(calibration_report.calibrate).parameters
   assert calibrate["target_snr_db"].default == stopping.TARGET_SNR_DB
   assert calibrate["targets"].default == stopping.TARGETS_DB
+  assert (calibrate["delta"].default, calibrate["epsilon"].default) == (0.1, 0.1)
 
 
 def test_the_calibration_report_uses_the_evaluation_grid():

@@ -847,6 +847,9 @@ def main(argv=None):
     # `--debug` is parsed only once the flags are: before that, only the variable counts.
     raise SystemExit(errors.report(error, getattr(args, "debug", False))) from None
   except KeyboardInterrupt as interrupt:
+    # An object the interrupt caught half-built (a grain iterator) fails in `__del__` as
+    # the interpreter exits, after the one line: nothing the user can act on.
+    sys.unraisablehook = lambda unraisable: None
     raise SystemExit(errors.report_interrupt(interrupt, getattr(args, "debug", False))) from None
 
 
