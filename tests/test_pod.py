@@ -35,6 +35,7 @@ from conftest import REPO
 from conftest import train_env
 from conftest import TRAIN_OVERRIDES
 import test_tpu_launch
+import test_train
 
 PROCESSES = 4  # The hosts of a v4-32 slice.
 DEVICES_PER_PROCESS = 2
@@ -76,6 +77,11 @@ def _wait_for_port(port, process, timeout=60):
   raise TimeoutError(f"the GCS emulator did not listen on {port} in {timeout} s")
 
 
+def _losses(metrics):
+  """`[(step, train_loss)]` of a run's metrics, in the order they were logged."""
+  return [(r["step"], r["train_loss"]) for r in metrics if "train_loss" in r]
+
+
 class Bucket:
   """The emulator's bucket, read over its JSON API (not through the package's own
   gs:// code, which is what is tested)."""
@@ -113,8 +119,7 @@ class Bucket:
     return [json.loads(line) for line in text.decode().splitlines()] if text else []
 
   def losses(self, run):
-    """`[(step, train_loss)]` in the order they were logged."""
-    return [(r["step"], r["train_loss"]) for r in self.metrics(run) if "train_loss" in r]
+    return _losses(self.metrics(run))
 
   def checkpoint_steps(self, run):
     """Steps of the finished checkpoints (orbax writes `commit_success.txt` last on GCS)."""
@@ -306,14 +311,15 @@ def pod_runs(gcs, tiny_corpus, compile_cache, tmp_path_factory):
           time.sleep(0.5)
       signalled = time.monotonic()
       statuses = pod.wait(EXIT_SECONDS if signal_to else RUN_SECONDS)
+      metrics = bucket.metrics(RUN)
       launches[name] = {
         "statuses": statuses,
         "exit_seconds": time.monotonic() - signalled,
         "stop_steps": pod.stop_steps(),
         "tails": pod.tails(),
         "checkpoints": bucket.checkpoint_steps(RUN),
-        "losses": bucket.losses(RUN),
-        "metrics": bucket.metrics(RUN),
+        "losses": _losses(metrics),
+        "metrics": metrics,
       }
     finally:
       pod.kill()
@@ -380,8 +386,7 @@ def test_the_pod_gives_the_one_device_losses_and_validation(
 
   reference = pod_runs["reference"]
   pod = dict(reference["losses"])
-  records = [json.loads(line) for line in (trained_workdir / train.METRICS_FILE).open()]
-  one = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+  one = test_train._train_losses(trained_workdir)  # pylint: disable=protected-access
   steps = sorted(set(pod) & set(one))
   assert steps[0] == 1 and len(steps) >= 3, steps
   np.testing.assert_allclose(pod[1], one[1], rtol=1e-5, atol=1e-6)

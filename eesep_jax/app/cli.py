@@ -812,8 +812,8 @@ def _config_flags(parser, extras):
 
 def parse_args(argv=None):
   """`eesep ARGV` parsed: argparse's namespace (a `_RunDefault` stays until the command
-  reads the run: `_apply_run_defaults`), and `config_flags`, the `--config.KEY=VALUE` flags `eesep train` passes to
-  `config_lib.parse_flags`.
+  reads the run: `_apply_run_defaults`), and `config_flags`, the `--config.KEY=VALUE`
+  flags `eesep train` passes to `config_lib.parse_flags`.
 
   Raises:
     SystemExit: with code 2 for a usage error argparse finds, after its one line.
