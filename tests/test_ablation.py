@@ -33,14 +33,11 @@ def _overrides(variant):
 def test_variants_are_those_of_the_issue():
   variants = {variant.name: variant for variant in ablation.variants(models.preset("tiny"))}
   for parameterisation in probabilistic.PARAMETERISATIONS:
-    assert _overrides(variants[parameterisation]) == {
-      "model.variance.parameterisation": parameterisation,
-      "model.variance.monotone": False,
-    }
-  assert _overrides(variants["student-snr+monotone"]) == {
-    "model.variance.parameterisation": "student-snr",
-    "model.variance.monotone": True,
-  }
+    for name, monotone in ((parameterisation, False), (f"{parameterisation}+monotone", True)):
+      assert _overrides(variants[name]) == {
+        "model.variance.parameterisation": parameterisation,
+        "model.variance.monotone": monotone,
+      }
   for depth in (1, 2, 3):  # The tiny preset: 3 exits of one block each.
     assert _overrides(variants[f"single-exit-{depth}"]) == {
       "model.num_exits": 1,
@@ -48,7 +45,7 @@ def test_variants_are_those_of_the_issue():
       "loss.exit_weights": None,
     }
   assert _overrides(variants["per-exit-permutation"]) == {"loss.permutation": "per-exit"}
-  assert len(variants) == 5 + 1 + 3 + 1
+  assert len(variants) == 5 * 2 + 3 + 1
   assert all(
     variants[name].kind == "single-exit" for name in variants if name.startswith("single-exit")
   )

@@ -34,11 +34,15 @@ import pathlib
 
 import matplotlib
 from matplotlib import figure
+import numpy as np
 
 from eesep_jax import config_lib
 from eesep_jax import files
+from eesep_jax.analysis import calibration_report
 from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import operating_points
 from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 
 FILES = {
   "markdown": "comparison.md",
@@ -87,16 +91,16 @@ def _variance_variant(parameterisation, monotone):
 def variants(model_config):
   """Every variant of the ablation for a base model (`config_lib.model_config`).
 
-  The five parameterisations without `monotone`, the base model's with it, the
-  single-exit baselines of every depth, and the per-exit permutation. The last two
-  kinds keep the base model's variance head: the variance variant of the same name
-  (`variance_name`) is their reference.
+  The five parameterisations with `monotone` off and on, the single-exit baselines of
+  every depth, and the per-exit permutation. The last two kinds keep the base model's
+  variance head. Every variant but the base model's own variance variant
+  (`variance_name`) is compared with that one, its `reference`.
   """
   result = [
-    _variance_variant(parameterisation, False)
+    _variance_variant(parameterisation, monotone)
     for parameterisation in probabilistic.PARAMETERISATIONS
+    for monotone in (False, True)
   ]
-  result.append(_variance_variant(model_config.variance.parameterisation, True))
   num_exits = model_config.num_exits
   for depth in range(1, num_exits + 1):
     result.append(
@@ -166,7 +170,7 @@ def _satisfaction(measures, target_snr_db, confidence):
   return entry["share"], entry["count"]
 
 
-def summarise(variant, config, report, *, base_model_config, target_snr_db, confidence):
+def summarise(variant, config, report, *, base_model_config, target_snr_db, confidence, sets=None):
   """A variant's entry of the comparison, from its calibration report.
 
   Exits are placed by depth, in stages of the base model: exit `j` of a model with
@@ -183,7 +187,8 @@ def summarise(variant, config, report, *, base_model_config, target_snr_db, conf
     exits `_before` and `_after` post-hoc calibration, `satisfaction_{before,after}`
     (the share reaching `γ` of the utterances that stopped with `P ≥ p`; None when
     none did) and `exited_{before,after}` (how many stopped so), the certified
-    `threshold` and `num_utterances`.
+    `threshold` and `num_utterances`; `depths`, each exit's depth; and `sets`, the
+    `set_summary` of each report set given in `sets` (`{name: set_summary}`).
   """
   model_config = config_lib.model_config(config)
   stage = model_config.blocks_per_stage / base_model_config.blocks_per_stage
@@ -209,7 +214,8 @@ def summarise(variant, config, report, *, base_model_config, target_snr_db, conf
     share, count = _satisfaction(report[when], target_snr_db, confidence)
     row.update({f"satisfaction_{when}": share, f"exited_{when}": count})
   row.update(threshold=report["guarantee"]["threshold"], num_utterances=report["num_utterances"])
-  reference = None if variant.kind == "variance" else variance_name(model_config.variance)
+  base_name = variance_name(base_model_config.variance)
+  reference = None if variant.name == base_name else base_name
   return evaluate.json_ready(
     {
       "variant": variant.name,
@@ -219,8 +225,86 @@ def summarise(variant, config, report, *, base_model_config, target_snr_db, conf
       "overrides": list(variant.overrides),
       "per_exit": per_exit,
       "row": row,
+      "depths": depth_of_exit,
+      "sets": sets or {},
     }
   )
+
+
+def _interval(samples):
+  low, high = operating_points.percentile_interval(samples)
+  return low.tolist(), high.tolist()
+
+
+def set_summary(table, summary, *, target_snr_db, confidence):
+  """A variant's measures on one report set, from its calibrated evaluation.
+
+  Args:
+    table, summary: `evaluate.evaluate_model`'s output on the set, with the variant's
+      post-hoc scales, at `(γ, p)` = `(target_snr_db, confidence)`.
+
+  Returns:
+    A JSON-ready dict: `num_utterances`; per exit `[exits]`: `si_snri` with its
+    bootstrap interval `si_snri_low`, `si_snri_high`; the probabilistic policy at
+    `(γ, p)`: `reach` (with `reach_low`, `reach_high`, Clopper–Pearson), the full
+    depth's `full_depth_reach`, `stopped_early`, `satisfaction` (with its interval;
+    None when none stopped early), `saved` and the oracle's `oracle_saved`, and
+    `oracle_share`; honesty at the last exit: `predicted`, the mean `P(SNR ≥ γ)`, and
+    `observed`, the share reaching `γ`; and `ece_mean`, `ks`, `crps` pooled over exits
+    (`calibration_report.calibration_report` of the calibrated table).
+  """
+  points = operating_points.from_json(summary["operating_points"])
+  row = points.target_index(target_snr_db)
+  policy, full, oracle = (
+    points.column("probabilistic", confidence),
+    points.column("fixed", -1),
+    points.column("oracle"),
+  )
+  weights = operating_points.bootstrap_weights(len(table.ids))
+  si_snri_low, si_snri_high = _interval(operating_points.bootstrap_means(weights, table.si_snri.T))
+  pooled = calibration_report.calibration_report(
+    table,
+    gmacs_per_second=summary["gmacs_per_second_by_exit"],
+    targets=sorted({*stopping.TARGETS_DB, float(target_snr_db)}),
+    confidences=(confidence,),
+  )["pooled"]
+
+  def at(name, column=policy):
+    return getattr(points, name)[row, column].item()
+
+  return evaluate.json_ready(
+    {
+      "num_utterances": len(table.ids),
+      "si_snri": table.si_snri.mean(axis=0).tolist(),
+      "si_snri_low": si_snri_low,
+      "si_snri_high": si_snri_high,
+      **{name: at(name) for name in ("reach", "reach_low", "reach_high", "stopped_early")},
+      "full_depth_reach": at("reach", full),
+      **{name: at(name) for name in ("satisfaction", "satisfaction_low", "satisfaction_high")},
+      "saved": at("saved"),
+      "oracle_saved": at("saved", oracle),
+      "oracle_share": at("oracle_share"),
+      "predicted": float(table.probability[:, -1, table.target_index(target_snr_db)].mean()),
+      "observed": float(np.mean(table.snr_min[:, -1] >= target_snr_db)),
+      **{key: pooled[key] for key in ("ece_mean", "ks", "crps")},
+    }
+  )
+
+
+def paired_differences(values, reference_values):
+  """Mean differences `values − reference_values` `[columns]` over paired utterances,
+  with their bootstrap interval.
+
+  Args:
+    values, reference_values: `[utterances, columns]`, row `i` of both the same utterance.
+
+  Returns:
+    `{"difference", "low", "high"}`, each `[columns]`.
+  """
+  differences = np.asarray(values, np.float64) - np.asarray(reference_values, np.float64)
+  weights = operating_points.bootstrap_weights(len(differences))
+  low, high = _interval(operating_points.bootstrap_means(weights, differences.T))
+  return {"difference": differences.mean(axis=0).tolist(), "low": low, "high": high}
 
 
 # ----------------------------------------------------------------------------------
@@ -270,7 +354,96 @@ def markdown_table(comparison):
     )
     cells.append(_cell(row["threshold"], 3))
     lines.append("| " + " | ".join(cells) + " |")
+  for name in comparison["variants"][0]["sets"]:
+    lines += ["", *_set_table(comparison, name)]
   return "\n".join(lines) + "\n"
+
+
+def _with_interval(value, low, high, digits=2, scale=1):
+  if value is None:
+    return "–"
+  return (
+    f"{_cell(scale * value, digits)} [{_cell(scale * low, digits)}, {_cell(scale * high, digits)}]"
+  )
+
+
+def _satisfaction_cell(measured):
+  share = _with_interval(
+    measured["satisfaction"],
+    measured["satisfaction_low"],
+    measured["satisfaction_high"],
+    digits=0,
+    scale=100,
+  )
+  return f"{share} ({measured['stopped_early']})"
+
+
+def _set_table(comparison, name):
+  """The lines of one report set's table: per variant, SI-SNRi per exit and its
+  difference from the reference variant at the same depth, with 95% intervals, and the
+  probabilistic policy and calibration at the comparison's `(γ, p)`."""
+  settings = comparison["settings"]
+  depths = range(1, settings["num_exits"] + 1)
+  target, confidence = settings["target_snr_db"], settings["confidence"]
+  entries = [entry for entry in comparison["variants"] if name in entry["sets"]]
+  first = entries[0]["sets"][name]
+  header = (
+    ["variant"]
+    + [f"SI-SNRi exit {d} (dB)" for d in depths]
+    + [f"− reference, exit {d} (dB)" for d in depths]
+    + [
+      "reach, policy / full depth (%)",
+      "satisfaction (%, n)",
+      "saved / oracle's (%)",
+      f"P(SNR ≥ {target:g} dB) last exit: predicted / observed",
+      "ECE",
+      "CRPS (dB)",
+    ]
+  )
+  lines = [
+    f"## {name} ({first['num_utterances']} utterances), γ = {target:g} dB, p = {confidence:g}",
+    "",
+    "Post-hoc calibrated (fitted on the validation split). Intervals are 95%: bootstrap "
+    "over utterances for SI-SNRi and paired differences, Clopper–Pearson for shares. "
+    "A difference is the variant's exit minus the reference variant's exit of the same "
+    "depth, on the same utterances.",
+    "",
+    "| " + " | ".join(header) + " |",
+    "|---" * len(header) + "|",
+  ]
+  for entry in entries:
+    measured = entry["sets"][name]
+    by_depth = dict(zip(entry["depths"], range(len(entry["depths"]))))
+    differences = entry.get("differences", {}).get(name)
+    cells = [entry["variant"]]
+    for d in depths:
+      k = by_depth.get(d)
+      cells.append(
+        "–"
+        if k is None
+        else _with_interval(
+          measured["si_snri"][k], measured["si_snri_low"][k], measured["si_snri_high"][k]
+        )
+      )
+    for d in depths:
+      k = by_depth.get(d)
+      cells.append(
+        "–"
+        if k is None or differences is None
+        else _with_interval(
+          differences["difference"][k], differences["low"][k], differences["high"][k]
+        )
+      )
+    cells += [
+      f"{_cell(100 * measured['reach'], 0)} / {_cell(100 * measured['full_depth_reach'], 0)}",
+      "–" if measured["satisfaction"] is None else _satisfaction_cell(measured),
+      f"{_cell(100 * measured['saved'], 0)} / {_cell(100 * measured['oracle_saved'], 0)}",
+      f"{_cell(measured['predicted'])} / {_cell(measured['observed'])}",
+      _cell(measured["ece_mean"], 3),
+      _cell(measured["crps"]),
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
 
 
 def _variant_styles(comparison):

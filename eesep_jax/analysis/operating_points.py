@@ -312,7 +312,7 @@ def _columns(policies, confidences, num_exits):
   return columns
 
 
-def _bootstrapped(weights, values):
+def bootstrap_means(weights, values):
   """Means `[resamples, ...]` of `values` `[..., utterances]` in each resample."""
   return np.einsum("bn,...n->b...", weights, values) / weights.shape[1]
 
@@ -374,7 +374,9 @@ def operating_points(
   def measured(weights=None):
     """The means and differences that get bootstrap intervals, for resample weights
     `[resamples, utterances]` (None: the utterances as they are)."""
-    mean = (lambda x: x.mean(axis=-1)) if weights is None else (lambda x: _bootstrapped(weights, x))
+    mean = (
+      (lambda x: x.mean(axis=-1)) if weights is None else (lambda x: bootstrap_means(weights, x))
+    )
     reach, gmacs = mean(reached.astype(np.float64)), mean(compute)
     exit_reach = mean(exit_reached)  # [..., targets, exits]
     return {

@@ -135,11 +135,10 @@ def _evaluate(variables, model_config, source, out_dir, scales, config, target_s
   return table, summary, evaluate.write_report(out_dir, table, summary)
 
 
-def _check_sets(config):
-  """`{name: root}` of the config's check sets (`config.data.check_sets` under
-  `config.data.check_root`); none for a config without them."""
-  names = config.data.get("check_sets") or ()
-  return {name: str(pathlib.Path(config.data.check_root) / name) for name in names}
+def _set_label(name, summary):
+  """A report set's row label: "test split (300 utt.)", "kokoro check (300 utt.)"."""
+  kind = {data.TEST_SET: "test split", data.HELDOUT_SET: "held-out voices"}.get(name)
+  return f"{kind or name + ' check'} ({summary['num_utterances']} utt.)"
 
 
 def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
@@ -148,28 +147,13 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   workdir = pathlib.Path(workdir)
   config = config_lib.load_config(config_path, overrides)
   confidence = config.inference.confidence
-  heldout_root = config.data.get("heldout_root")
-  check_sets = _check_sets(config)
+  report_configs = data.report_configs(config)
 
   print(
-    f"[1/6] corpus: {config.data.root}, held-out voices: {heldout_root}, check sets: "
-    f"{', '.join(check_sets.values()) or 'none'}"
+    "[1/6] corpus and report sets: "
+    + ", ".join(f"{name} {c.data.root}" for name, c in report_configs.items())
   )
-  if config.data.synthesize_if_missing:
-    data.ensure_demo_corpus(
-      config.data.root, sample_rate=config.model.sample_rate, num_sources=config.model.num_sources
-    )
-    data.ensure_heldout_corpus(
-      heldout_root, sample_rate=config.model.sample_rate, num_sources=config.model.num_sources
-    )
-    for name, root in check_sets.items():
-      # The Kokoro sets' size is the config's; the recorded set's is its own.
-      data.ensure_check_set(
-        name,
-        root,
-        sample_rate=config.model.sample_rate,
-        num_mixtures=(None if name == "recorded" else config.data.check_mixtures),
-      )
+  data.ensure_report_sets(config)
   print(f"[2/6] training {config_path} for {config.steps} steps in {workdir}")
   train.train_and_evaluate(config, workdir)
 
@@ -200,34 +184,19 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   scales = run.posthoc_scales  # Read on first use: the scales just saved.
 
   print("[5/6] evaluating every exit and stopping policy (test split, held-out voices, check sets)")
-  test_source = data.open_split(config, config.data.test_split)
-  _, summary, paths = _evaluate(
-    variables, model_config, test_source, workdir / "evaluation", scales, config, target_snr_db
-  )
-  heldout_config = config.copy_and_resolve_references()
-  heldout_config.data.root, heldout_config.data.synthesize_if_missing = heldout_root, False
-  _, heldout_summary, _ = _evaluate(
-    variables,
-    model_config,
-    data.open_split(heldout_config, config.data.test_split),
-    workdir / "evaluation_heldout",
-    scales,
-    config,
-    target_snr_db,
-  )
-  check_summaries = {}
-  for name, root in check_sets.items():
-    check_config = config.copy_and_resolve_references()
-    check_config.data.root, check_config.data.synthesize_if_missing = root, False
-    _, check_summaries[name], _ = _evaluate(
+  summaries, paths = {}, {}
+  for name, set_config in report_configs.items():
+    _, summaries[name], paths[name] = _evaluate(
       variables,
       model_config,
-      data.open_split(check_config, config.data.test_split),
-      workdir / f"evaluation_{name}",
+      data.open_split(set_config, config.data.test_split),
+      workdir / ("evaluation" if name == data.TEST_SET else f"evaluation_{name}"),
       scales,
       config,
       target_snr_db,
     )
+  summary = summaries[data.TEST_SET]
+  test_source = data.open_split(config, config.data.test_split)
 
   print("[6/6] separating one test mixture")
   mixture_path = test_source.entry(0).mixture
@@ -246,34 +215,20 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
 
   exits = "".join(f"  exit {k}" for k in range(1, model_config.num_exits + 1))
   gmacs = "".join(f"{row['gmacs_per_second']:8.2f}" for row in summary["per_exit"])
-  test_name = f"test split ({summary['num_utterances']} utt.)"
-  heldout_name = f"held-out voices ({heldout_summary['num_utterances']} utt.)"
+  labelled = {_set_label(name, set_summary): set_summary for name, set_summary in summaries.items()}
   print(
     "\n".join(
       [
         "",
         f"{'SI-SNRi per exit (dB)':<30}{exits}",
-        _per_exit_lines(test_name, summary),
-        _per_exit_lines(heldout_name, heldout_summary),
-        *(
-          _per_exit_lines(f"{name} check ({check['num_utterances']} utt.)", check)
-          for name, check in check_summaries.items()
-        ),
+        *(_per_exit_lines(label, set_summary) for label, set_summary in labelled.items()),
         f"  {'GMAC per second of audio':<28}{gmacs}",
         f"The {chosen}.",
-        *_stopping_lines(
-          {
-            test_name: summary,
-            heldout_name: heldout_summary,
-            **{f"{name} check": check for name, check in check_summaries.items()},
-          },
-          target_snr_db,
-          confidence,
-        ),
+        *_stopping_lines(labelled, target_snr_db, confidence),
         f"Separated {mixture_path} -> {', '.join(result.outputs)}",
-        f"Reports: {paths['markdown']} (figures {paths['reach'].name}, "
-        f"{paths['satisfaction'].name}), {workdir / 'calibration'}, "
-        f"{workdir / 'evaluation_heldout'}",
+        f"Reports: {paths[data.TEST_SET]['markdown']} (figures "
+        f"{paths[data.TEST_SET]['reach'].name}, {paths[data.TEST_SET]['satisfaction'].name}), "
+        f"{workdir / 'calibration'}, and the other sets' beside it",
         f"Demo finished in {(time.monotonic() - start) / 60:.1f} min.",
       ]
     )

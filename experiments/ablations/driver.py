@@ -27,14 +27,20 @@ import tempfile
 from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import files
+from eesep_jax import runs
 from eesep_jax.analysis import ablation
 from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import exit_table
 from eesep_jax.data import audio
 from eesep_jax.training import checkpoints
 from eesep_jax.training import train
 
 RESULT_FILE = "result.json"
 CALIBRATION_DIR = "calibration"
+# A variant's evaluation of report set NAME (`data.report_configs`) goes to
+# `OUT/<variant>/evaluation_NAME/`.
+EVALUATION_DIR = "evaluation_{}"
 CORPUS_DIR = "corpus"
 
 SMOKE_STEPS = 10
@@ -137,6 +143,28 @@ def _variant_result(variant, config, workdir, *, base_model_config, settings, pr
     max_utterances=settings["max_utterances"],
     progress=progress,
   )
+  run = runs.load(workdir)
+  sets = {}
+  report_configs = data.report_configs(config)
+  for name in settings["report_sets"]:
+    table, summary = evaluate.evaluate_model(
+      run.variables,
+      run.model_config,
+      data.open_split(report_configs[name], config.data.test_split),
+      posthoc_scales=report["posthoc"]["scales"],
+      target_snr_db=settings["target_snr_db"],
+      confidence=settings["confidence"],
+      max_utterances=settings["max_utterances"],
+      enhancement_metrics=False,
+      progress=progress,
+    )
+    evaluate.write_report(workdir / EVALUATION_DIR.format(name), table, summary)
+    sets[name] = ablation.set_summary(
+      table,
+      summary,
+      target_snr_db=settings["target_snr_db"],
+      confidence=settings["confidence"],
+    )
   entry = ablation.summarise(
     variant,
     config,
@@ -144,9 +172,36 @@ def _variant_result(variant, config, workdir, *, base_model_config, settings, pr
     base_model_config=base_model_config,
     target_snr_db=settings["target_snr_db"],
     confidence=settings["confidence"],
+    sets=sets,
   )
   files.write_text(path, json.dumps({"request": request, "entry": entry}, indent=2))
   return entry
+
+
+def _with_differences(out_dir, entries):
+  """`entries` with `differences` `{set: ablation.paired_differences}` of each variant's
+  SI-SNRi per exit against its reference's exit of the same depth, on the same
+  utterances (read back from each variant's evaluation tables)."""
+  by_name = {entry["variant"]: entry for entry in entries}
+
+  def si_snri(name, set_name):
+    table = exit_table.load(out_dir / name / EVALUATION_DIR.format(set_name) / evaluate.TABLE_FILE)
+    return dict(zip(table.ids, table.si_snri))
+
+  for entry in entries:
+    reference = by_name.get(entry["reference"])
+    if reference is None:
+      continue
+    column = {depth: k for k, depth in enumerate(reference["depths"])}
+    columns = [column[depth] for depth in entry["depths"]]
+    entry["differences"] = {}
+    for set_name in entry["sets"]:
+      ours, theirs = si_snri(entry["variant"], set_name), si_snri(reference["variant"], set_name)
+      ids = sorted(ours)
+      entry["differences"][set_name] = ablation.paired_differences(
+        [ours[i] for i in ids], [theirs[i][columns] for i in ids]
+      )
+  return entries
 
 
 def run_ablation(
@@ -193,6 +248,7 @@ def run_ablation(
   elif steps:
     base.append(f"steps={steps}")
   base_config = config_lib.load_config(config_path, base)
+  data.ensure_report_sets(base_config, progress=progress)
   base_model_config = config_lib.model_config(base_config)
   chosen = ablation.select_variants(ablation.variants(base_model_config), names)
   if target_snr_db is None:
@@ -203,6 +259,16 @@ def run_ablation(
     "target_snr_db": float(target_snr_db),
     "confidence": float(confidence),
     "max_utterances": max_utterances,
+    # The smoke corpus's test split is its only report set.
+    "report_sets": [data.TEST_SET] if smoke else list(data.report_configs(base_config)),
+  }
+  comparison_settings = {
+    "config": str(config_path),
+    "overrides": base,
+    "steps": base_config.steps,
+    "smoke": smoke,
+    "num_exits": base_model_config.num_exits,
+    **settings,
   }
   entries = []
   for index, variant in enumerate(chosen, start=1):
@@ -218,16 +284,11 @@ def run_ablation(
         progress=progress,
       )
     )
-  comparison = {
-    "settings": {
-      "config": str(config_path),
-      "overrides": base,
-      "steps": base_config.steps,
-      "smoke": smoke,
-      "num_exits": base_model_config.num_exits,
-      **settings,
-    },
-    "variants": entries,
-  }
-  ablation.write_comparison(out_dir, comparison)
+    # Written after every variant: an interrupted ablation leaves the comparison of
+    # the variants done so far.
+    comparison = {
+      "settings": {**comparison_settings, "variants_done": f"{index} of {len(chosen)}"},
+      "variants": _with_differences(out_dir, entries),
+    }
+    ablation.write_comparison(out_dir, comparison)
   return comparison

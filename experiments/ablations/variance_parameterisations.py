@@ -44,6 +44,12 @@ def build_parser():
     "comparison table and the figures (required but with --list)",
   )
   parser.add_argument(
+    "--results",
+    type=pathlib.Path,
+    help="also write the comparison's table and figures here (the folder committed "
+    "with the results, without the runs)",
+  )
+  parser.add_argument(
     "--smoke",
     action="store_true",
     help="a few short steps of the tiny demo model on a small corpus "
@@ -128,6 +134,8 @@ def main(argv=None):
     target_snr_db=args.target_snr,
     confidence=args.confidence,
   )
+  if args.results:
+    ablation.write_comparison(args.results, comparison)
   print(ablation.markdown_table(comparison))
   print(
     f"wrote {args.out}/{{{','.join(ablation.FILES.values())}}} "
