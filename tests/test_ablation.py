@@ -2,11 +2,14 @@
 and a smoke-size run of two by its driver (`experiments/ablations/driver.py`)."""
 
 import csv
+import json
 import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import scipy.stats
 
 from conftest import DEMO_CONFIG
 from conftest import REPO
@@ -14,6 +17,8 @@ from eesep_jax import config_lib
 from eesep_jax import models
 from eesep_jax.analysis import ablation
 from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import exit_table
 from eesep_jax.core import probabilistic
 from eesep_jax.training import train
 from experiments.ablations import driver
@@ -135,3 +140,67 @@ def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation, 
   # A finished run is not trained again, even without its result.
   config = config_lib.load_config(DEMO_CONFIG, driver.smoke_overrides(out / driver.CORPUS_DIR))
   driver.train_variant(config, out / "student-snr")
+
+
+def test_paired_differences_agree_with_scipys_bootstrap():
+  rng = np.random.default_rng(3)
+  reference = rng.normal(5.0, 3.0, (400, 2))
+  values = reference + rng.normal([0.3, -0.1], 1.0, (400, 2))  # Paired: shared noise.
+  measured = ablation.paired_differences(values, reference)
+  differences = values - reference
+  assert measured["difference"] == pytest.approx(differences.mean(axis=0), abs=1e-12)
+  for column in range(2):
+    expected = scipy.stats.bootstrap(
+      (differences[:, column],), np.mean, method="percentile", random_state=4
+    ).confidence_interval
+    # Two independent sets of resamples: their percentiles agree to a few % of the width.
+    width = expected.high - expected.low
+    assert measured["low"][column] == pytest.approx(expected.low, abs=0.05 * width)
+    assert measured["high"][column] == pytest.approx(expected.high, abs=0.05 * width)
+  # Unpaired noise would make the interval far wider: pairing is what is measured.
+  assert measured["high"][0] - measured["low"][0] < 0.5
+
+
+def _evaluation(out, variant):
+  folder = out / variant / driver.EVALUATION_DIR.format("test")
+  summary = json.loads((folder / evaluate.JSON_FILE).read_text())
+  return exit_table.load(folder / evaluate.TABLE_FILE), summary
+
+
+@pytest.mark.slow
+def test_smoke_ablation_reports_each_set_as_brute_force_does(smoke_ablation):
+  out, comparison = smoke_ablation
+  settings = comparison["settings"]
+  target, confidence = settings["target_snr_db"], settings["confidence"]
+  assert settings["report_sets"] == ["test"]
+  entries = {entry["variant"]: entry for entry in comparison["variants"]}
+  tables = {}
+  for name, entry in entries.items():
+    table, _ = _evaluation(out, name)
+    tables[name] = table
+    measured = entry["sets"]["test"]
+    snr_min, probability = table.snr_min, table.probability[..., table.target_index(target)]
+    # The policy by a loop: the first exit whose probability reaches p, else the last.
+    taken = [
+      next((k for k in range(table.num_exits) if probability[i, k] >= confidence), -1)
+      for i in range(len(table.ids))
+    ]
+    reached = [snr_min[i, k] >= target for i, k in enumerate(taken)]
+    assert measured["reach"] == pytest.approx(np.mean(reached))
+    assert measured["full_depth_reach"] == pytest.approx(np.mean(snr_min[:, -1] >= target))
+    assert measured["stopped_early"] == sum(k != -1 and k < table.num_exits - 1 for k in taken)
+    assert measured["si_snri"] == pytest.approx(table.si_snri.mean(axis=0).tolist())
+    for k, mean in enumerate(measured["si_snri"]):
+      assert measured["si_snri_low"][k] <= mean <= measured["si_snri_high"][k]
+    assert measured["predicted"] == pytest.approx(probability[:, -1].mean())
+    assert measured["observed"] == pytest.approx(np.mean(snr_min[:, -1] >= target))
+    assert all(math.isfinite(measured[key]) for key in ("ece_mean", "ks", "crps"))
+  # single-exit-1 against exit 1 of its reference, utterance by utterance.
+  baseline = entries["single-exit-1"]
+  assert baseline["depths"] == [1] and entries["student-snr"]["depths"] == [1, 2, 3]
+  ours, theirs = tables["single-exit-1"], tables["student-snr"]
+  by_id = dict(zip(theirs.ids, theirs.si_snri[:, 0]))
+  expected = np.mean([value - by_id[i] for i, value in zip(ours.ids, ours.si_snri[:, 0])])
+  assert baseline["differences"]["test"]["difference"] == pytest.approx([expected])
+  assert "differences" not in entries["student-snr"]  # The reference itself.
+  assert "## test (" in (out / ablation.FILES["markdown"]).read_text()

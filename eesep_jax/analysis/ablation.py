@@ -311,6 +311,11 @@ def paired_differences(values, reference_values):
 # The comparison: table and figures.
 
 
+def _table_lines(header, rows):
+  """A Markdown table's lines: `header` `[columns]`, `rows` `[rows][columns]` str."""
+  return [f"| {' | '.join(cells)} |" for cells in (header, ["---"] * len(header), *rows)]
+
+
 def _cell(value, digits=2):
   return "–" if value is None else f"{value:.{digits}f}"
 
@@ -336,9 +341,8 @@ def markdown_table(comparison):
     "share of the test utterances that stopped with P(SNR ≥ γ) ≥ p whose worst "
     "source reached γ, and how many stopped so (–: none).",
     "",
-    "| " + " | ".join(header) + " |",
-    "|---" * len(header) + "|",
   ]
+  rows = []
   for entry in comparison["variants"]:
     row = entry["row"]
     cells = [row["variant"]] + [_cell(row[f"si_snri_exit_{d}"]) for d in depths]
@@ -353,7 +357,8 @@ def markdown_table(comparison):
       )
     )
     cells.append(_cell(row["threshold"], 3))
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
+  lines += _table_lines(header, rows)
   for name in comparison["variants"][0]["sets"]:
     lines += ["", *_set_table(comparison, name)]
   return "\n".join(lines) + "\n"
@@ -408,9 +413,8 @@ def _set_table(comparison, name):
     "A difference is the variant's exit minus the reference variant's exit of the same "
     "depth, on the same utterances.",
     "",
-    "| " + " | ".join(header) + " |",
-    "|---" * len(header) + "|",
   ]
+  rows = []
   for entry in entries:
     measured = entry["sets"][name]
     by_depth = dict(zip(entry["depths"], range(len(entry["depths"]))))
@@ -442,8 +446,8 @@ def _set_table(comparison, name):
       _cell(measured["ece_mean"], 3),
       _cell(measured["crps"]),
     ]
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines
+    rows.append(cells)
+  return lines + _table_lines(header, rows)
 
 
 def _variant_styles(comparison):
