@@ -1,6 +1,7 @@
 """The notebooks: stored without outputs, sized by a papermill `SMOKE` parameter, and
 run headless at smoke size in a kernel of this interpreter."""
 
+import json
 import re
 import shutil
 import sys
@@ -57,6 +58,29 @@ def test_notebook_runs_headless_at_smoke_size(path, smoke_ablation, tmp_path):
     parameters={"SMOKE": True, SHARED_FOLDER[path.stem]: str(out), "CONFIG": str(DEMO_CONFIG)},
     progress_bar=False,
   )
+
+
+def test_ablation_notebook_draws_the_committed_results(tmp_path):
+  path = REPO / "notebooks" / "02_variance_parameterisations.ipynb"
+  executed = papermill.execute_notebook(
+    str(path),
+    str(tmp_path / path.name),
+    kernel_name="python3",
+    cwd=str(tmp_path),
+    progress_bar=False,
+  )
+  printed = "".join(
+    output.get("text", "") for cell in executed.cells for output in cell.get("outputs", [])
+  )
+  committed = json.loads((REPO / "experiments/ablations/results/comparison.json").read_text())
+  assert f"{len(committed['variants'])} variants, {committed['settings']['steps']} steps" in printed
+  images = [
+    output
+    for cell in executed.cells
+    for output in cell.get("outputs", [])
+    if "image/png" in output.get("data", {})
+  ]
+  assert len(images) == 4  # SI-SNRi, calibration, differences, honesty.
 
 
 @pytest.mark.slow

@@ -50,6 +50,8 @@ FILES = {
   "json": "comparison.json",
   "si_snri": "si_snri_per_exit.png",
   "calibration": "calibration_per_exit.png",
+  "differences": "si_snri_differences.png",
+  "honesty": "honesty_per_set.png",
 }
 # Measures of the table, each before and after post-hoc calibration: the calibration
 # report's key and the Markdown header.
@@ -450,6 +452,66 @@ def _set_table(comparison, name):
   return lines + _table_lines(header, rows)
 
 
+def _difference_cell(entry, set_name, column=-1):
+  differences = entry.get("differences", {}).get(set_name)
+  if differences is None:
+    return "(reference)"
+  return (
+    f"{differences['difference'][column]:+.2f} "
+    f"[{differences['low'][column]:+.2f}, {differences['high'][column]:+.2f}]"
+  )
+
+
+def headline_markdown(comparison, unseen_set="kokoro"):
+  """The answer in two tables, as docs/calibration.md quotes it: per multi-exit
+  variant, the last exit's SI-SNRi on the test split and on `unseen_set` with its
+  difference from the reference, calibration after post-hoc scales, and the last
+  exit's predicted against observed `P(SNR ≥ γ)` on `unseen_set`; then each
+  single-exit baseline against the joint network's exit of its depth, per report set."""
+  settings = comparison["settings"]
+  target = settings["target_snr_db"]
+  sets = list(comparison["variants"][0]["sets"])
+  multi = [entry for entry in comparison["variants"] if entry["kind"] != "single-exit"]
+  rows = []
+  for entry in multi:
+    test, unseen = entry["sets"]["test"], entry["sets"][unseen_set]
+    rows.append(
+      [
+        entry["variant"],
+        f"{test['si_snri'][-1]:.2f}",
+        _difference_cell(entry, "test"),
+        f"{unseen['si_snri'][-1]:.2f}",
+        _difference_cell(entry, unseen_set),
+        f"{entry['row']['ece_mean_after']:.3f}",
+        f"{entry['row']['crps_after']:.2f}",
+        f"{unseen['predicted']:.2f} / {unseen['observed']:.2f}",
+      ]
+    )
+  lines = _table_lines(
+    [
+      "variant",
+      "SI-SNRi, test (dB)",
+      "− reference [95%]",
+      f"SI-SNRi, {unseen_set} (dB)",
+      "− reference [95%]",
+      "ECE, test",
+      "CRPS, test (dB)",
+      f"{unseen_set}: P(SNR ≥ {target:g} dB) predicted / observed",
+    ],
+    rows,
+  )
+  baselines = [entry for entry in comparison["variants"] if entry["kind"] == "single-exit"]
+  rows = [
+    [str(entry["depths"][-1]), entry["variant"], *(_difference_cell(entry, name) for name in sets)]
+    for entry in baselines
+  ]
+  lines += [
+    "",
+    *_table_lines(["depth", "baseline", *(f"− joint exit, {n} (dB)" for n in sets)], rows),
+  ]
+  return "\n".join(lines) + "\n"
+
+
 def _variant_styles(comparison):
   """A colour per variant, from a qualitative colour map."""
   colours = matplotlib.colormaps["tab20"].colors
@@ -513,6 +575,75 @@ def calibration_figure(comparison):
   return fig
 
 
+def _set_panels(comparison, width=4.2, height=4.0):
+  """A figure with a panel per report set, and the sets' names."""
+  names = list(comparison["variants"][0]["sets"])
+  fig = figure.Figure(figsize=(width * len(names), height), layout="constrained")
+  return fig, fig.subplots(1, len(names), squeeze=False)[0], names
+
+
+def differences_figure(comparison):
+  """Per report set, each variant's SI-SNRi minus its reference's at the same depth,
+  with its 95% interval: at the last exit of a multi-exit variant, at the one exit of
+  a single-exit baseline. Left of zero, the reference (every exit trained jointly, the
+  base variance head) is better."""
+  fig, axes, names = _set_panels(comparison, height=0.3 * len(comparison["variants"]) + 1.2)
+  compared = [entry for entry in comparison["variants"] if entry.get("differences")]
+  labels = [
+    f"{entry['variant']} (exit at depth {entry['depths'][-1]})"
+    if entry["kind"] == "single-exit"
+    else entry["variant"]
+    for entry in compared
+  ]
+  for ax, name in zip(axes, names):
+    rows = [entry["differences"][name] for entry in compared]
+    value = np.array([row["difference"][-1] for row in rows])
+    low = np.array([row["low"][-1] for row in rows])
+    high = np.array([row["high"][-1] for row in rows])
+    y = np.arange(len(rows))
+    ax.errorbar(value, y, xerr=[value - low, high - value], fmt="o", color="k", capsize=3)
+    ax.axvline(0.0, color="0.6", linewidth=1)
+    ax.set_yticks(y, labels if ax is axes[0] else [""] * len(y), fontsize="small")
+    ax.invert_yaxis()
+    ax.set(xlabel="SI-SNRi − reference's (dB)", title=name)
+  fig.suptitle(
+    f"Against {compared[0]['reference'] if compared else 'the reference'}, same "
+    "utterances, 95% bootstrap intervals",
+    fontsize="small",
+  )
+  return fig
+
+
+def honesty_figure(comparison):
+  """Per report set, each variant's last exit: the mean predicted `P(SNR ≥ γ)` against
+  the share of utterances that reach `γ`, after post-hoc calibration. On the diagonal
+  the probabilities keep their promise on average; the band is ±0.1."""
+  settings = comparison["settings"]
+  colours = _variant_styles(comparison)
+  fig, axes, names = _set_panels(comparison)
+  for ax, name in zip(axes, names):
+    ax.fill_between([0, 1], [-0.1, 0.9], [0.1, 1.1], color="0.9")
+    ax.plot([0, 1], [0, 1], color="0.5", linewidth=1)
+    for entry in comparison["variants"]:
+      measured = entry["sets"][name]
+      ax.plot(
+        measured["observed"],
+        measured["predicted"],
+        "s" if entry["kind"] == "single-exit" else "o",
+        color=colours[entry["variant"]],
+        label=entry["variant"],
+      )
+    ax.set(
+      xlim=(0, 1),
+      ylim=(0, 1),
+      xlabel=f"share reaching {settings['target_snr_db']:g} dB",
+      ylabel="mean predicted probability",
+      title=name,
+    )
+  axes[-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  return fig
+
+
 def write_comparison(out_dir, comparison):
   """Writes `FILES` to `out_dir`, all or nothing (`files.atomic_writes`): the table as
   Markdown, CSV (one row per variant) and JSON (everything, per-exit values included),
@@ -535,6 +666,8 @@ def write_comparison(out_dir, comparison):
     partials["csv"].write_text(table.getvalue())
     si_snri_figure(comparison).savefig(partials["si_snri"], dpi=120)
     calibration_figure(comparison).savefig(partials["calibration"], dpi=120)
+    differences_figure(comparison).savefig(partials["differences"], dpi=120)
+    honesty_figure(comparison).savefig(partials["honesty"], dpi=120)
   return paths
 
 
