@@ -513,6 +513,15 @@ FLAG = "config"
 _OVERRIDE = re.compile(rf"^--?(?:no)?{FLAG}\.([^=]*)")
 
 
+def _none_override(arg):
+  """The key of a `--config.KEY=None` flag whose field may be None; else None."""
+  match = re.fullmatch(rf"--?{FLAG}\.([^=]+)=None", arg)
+  if match is None or match.group(1) not in _FIELDS:
+    return None
+  must_be = _FIELDS[match.group(1)].must_be
+  return match.group(1) if must_be is not None and must_be.test(None) else None
+
+
 def is_override(arg):
   """Whether `arg` is a `--config.KEY[=VALUE]` (or `--noconfig.KEY`) flag."""
   return _OVERRIDE.match(str(arg)) is not None
@@ -571,6 +580,10 @@ def parse_flags(path, flag_args=()):
       f"shipped in the package: {', '.join(packaged_configs())})",
     )
   flag_args = [str(arg) for arg in flag_args]
+  # `config_flags` types a value by the field's default, so `None` would be the string
+  # "None" (or no int): a field that may be None takes it here instead.
+  set_none = [key for key in map(_none_override, flag_args) if key is not None]
+  flag_args = [arg for arg in flag_args if _none_override(arg) is None]
   try:
     flag_values, unparsed = _parse(["eesep", f"--{FLAG}={path}", *flag_args])
   except (flags.Error, AttributeError, KeyError, IndexError) as error:
@@ -579,8 +592,13 @@ def parse_flags(path, flag_args=()):
     raise _unparsed_error(flag_args, unparsed[0])
   config = flag_values[FLAG].value
   overrides = dict(flag_values[FLAG].override_values)
+  for key in set_none:
+    parent, _, name = key.rpartition(".")
+    (config_path.get_value(parent, config) if parent else config)[name] = None
+    overrides[key] = None
+  roots_moved = {key for key, value in overrides.items() if value is not None}
   if (
-    overrides.keys() & {spec.key for spec in FIELDS if spec.made_if_missing}
+    roots_moved & {spec.key for spec in FIELDS if spec.made_if_missing}
     and "data.synthesize_if_missing" not in overrides
   ):
     config.data.synthesize_if_missing = False

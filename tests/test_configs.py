@@ -101,6 +101,21 @@ def _main(argv, capsys):
   return code, capsys.readouterr().err.splitlines()
 
 
+def test_a_field_that_may_be_none_takes_none_from_a_flag():
+  config, overrides = config_lib.parse_flags(
+    DEMO_CONFIG,
+    ["--config.data.heldout_root=None", "--config.data.check_mixtures=None"],
+  )
+  assert config.data.heldout_root is None and config.data.check_mixtures is None
+  assert overrides == {"data.heldout_root": None, "data.check_mixtures": None}
+  # Dropping a report set moves no corpus root: the demo still makes its corpus.
+  assert config.data.synthesize_if_missing is True
+  config_lib.validate_config(config)
+  # A field that may not be None still refuses it, naming its type.
+  with pytest.raises(errors.UsageError, match="'steps' is an int field"):
+    config_lib.parse_flags(DEMO_CONFIG, ["--config.steps=None"])
+
+
 def test_config_flags_reach_nested_fields_typed(tmp_path, trained, capsys):
   code, stderr = _main(
     [
