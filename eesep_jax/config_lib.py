@@ -12,6 +12,7 @@ its field; `load_config(path, overrides)` does the same for overrides such as
 writes anything, and `resume_differences` lists the fields a resumed run must not change.
 """
 
+import ast
 import dataclasses
 import inspect
 import json
@@ -522,6 +523,20 @@ def _none_override(arg):
   return match.group(1) if must_be is not None and must_be.test(None) else None
 
 
+def _names_override(arg):
+  """`arg`, with a tuple field's `--config.KEY=a,b` of names (no Python literal, which
+  `config_flags` would read as the one name "a,b") written as `('a', 'b')`."""
+  match = re.fullmatch(rf"(--?{FLAG}\.([^=]+))=([^()\[\]'\"]+)", arg)
+  if match is None or not isinstance(getattr(_FIELDS.get(match.group(2)), "default", None), tuple):
+    return arg
+  try:
+    ast.literal_eval(match.group(3))
+    return arg
+  except (ValueError, SyntaxError):
+    names = tuple(name.strip() for name in match.group(3).split(",") if name.strip())
+    return f"{match.group(1)}={names!r}"
+
+
 def is_override(arg):
   """Whether `arg` is a `--config.KEY[=VALUE]` (or `--noconfig.KEY`) flag."""
   return _OVERRIDE.match(str(arg)) is not None
@@ -583,7 +598,7 @@ def parse_flags(path, flag_args=()):
   # `config_flags` types a value by the field's default, so `None` would be the string
   # "None" (or no int): a field that may be None takes it here instead.
   set_none = [key for key in map(_none_override, flag_args) if key is not None]
-  flag_args = [arg for arg in flag_args if _none_override(arg) is None]
+  flag_args = [_names_override(arg) for arg in flag_args if _none_override(arg) is None]
   try:
     flag_values, unparsed = _parse(["eesep", f"--{FLAG}={path}", *flag_args])
   except (flags.Error, AttributeError, KeyError, IndexError) as error:

@@ -116,6 +116,24 @@ def test_a_field_that_may_be_none_takes_none_from_a_flag():
     config_lib.parse_flags(DEMO_CONFIG, ["--config.steps=None"])
 
 
+def test_a_list_of_names_is_a_tuple_of_names():
+  for flag, names in [
+    ("--config.data.check_sets=kokoro,recorded", ("kokoro", "recorded")),
+    ("--config.data.check_sets=kokoro", ("kokoro",)),
+    ("--config.data.check_sets=('kokoro-blend',)", ("kokoro-blend",)),
+    ("--config.data.check_sets=()", ()),
+  ]:
+    config, _ = config_lib.parse_flags(DEMO_CONFIG, [flag])
+    assert config.data.check_sets == names, flag
+  # Numbers stay numbers.
+  config, _ = config_lib.parse_flags(DEMO_CONFIG, ["--config.evaluation.targets_db=5,10"])
+  assert config.evaluation.targets_db == (5, 10)
+  with pytest.raises(errors.UsageError, match="check_sets.*'kokoro', 'nope'"):
+    config_lib.validate_config(
+      config_lib.parse_flags(DEMO_CONFIG, ["--config.data.check_sets=kokoro,nope"])[0]
+    )
+
+
 def test_config_flags_reach_nested_fields_typed(tmp_path, trained, capsys):
   code, stderr = _main(
     [
