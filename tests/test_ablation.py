@@ -4,6 +4,7 @@ and a smoke-size run of two by its driver (`experiments/ablations/driver.py`).""
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from experiments.ablations import driver
 
 SCRIPT = REPO / "experiments" / "ablations" / "variance_parameterisations.py"
 FULL_CONFIG = REPO / "experiments" / "configs" / "ablation_full.py"
+ABLATION_DEMO = REPO / "experiments" / "configs" / "ablation_demo.py"
 # Columns every row must fill with a finite number.
 MEASURED = [f"{key}_{when}" for key in ablation.MEASURES for when in ("before", "after")]
 
@@ -204,3 +206,29 @@ def test_smoke_ablation_reports_each_set_as_brute_force_does(smoke_ablation):
   assert baseline["differences"]["test"]["difference"] == pytest.approx([expected])
   assert "differences" not in entries["student-snr"]  # The reference itself.
   assert "## test (" in (out / ablation.FILES["markdown"]).read_text()
+
+
+RESULTS = REPO / "experiments" / "ablations" / "results"
+HEADLINE = re.compile(
+  r"<!-- ablation headline: made by ablation.headline_markdown\(\) -->\n(.*?)<!-- end -->",
+  re.DOTALL,
+)
+
+
+def test_the_committed_results_are_one_complete_demo_scale_run():
+  comparison = ablation.load_comparison(RESULTS)
+  settings = comparison["settings"]
+  assert not settings["smoke"]
+  assert settings["config"].endswith("experiments/configs/ablation_demo.py")
+  names = [entry["variant"] for entry in comparison["variants"]]
+  base = config_lib.model_config(config_lib.load_config(ABLATION_DEMO))
+  assert names == [variant.name for variant in ablation.variants(base)]
+  assert settings["variants_done"] == f"{len(names)} of {len(names)}"
+  assert settings["report_sets"] == ["test", "heldout", "kokoro", "recorded"]
+  for kind in ablation.FILES.values():
+    assert (RESULTS / kind).stat().st_size > 0, kind
+
+
+def test_docs_quote_the_committed_ablation():
+  [quoted] = HEADLINE.findall((REPO / "docs" / "calibration.md").read_text())
+  assert quoted.strip() == ablation.headline_markdown(ablation.load_comparison(RESULTS)).strip()
