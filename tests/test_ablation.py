@@ -213,6 +213,10 @@ HEADLINE = re.compile(
   r"<!-- ablation headline: made by ablation.headline_markdown\(\) -->\n(.*?)<!-- end -->",
   re.DOTALL,
 )
+REPLICATES = re.compile(
+  r"<!-- ablation replicates: made by ablation.replicates_markdown\(\) -->\n(.*?)<!-- end -->",
+  re.DOTALL,
+)
 
 
 def test_the_committed_results_are_one_complete_demo_scale_run():
@@ -230,5 +234,22 @@ def test_the_committed_results_are_one_complete_demo_scale_run():
 
 
 def test_docs_quote_the_committed_ablation():
-  [quoted] = HEADLINE.findall((REPO / "docs" / "calibration.md").read_text())
+  text = (REPO / "docs" / "calibration.md").read_text()
+  [quoted] = HEADLINE.findall(text)
   assert quoted.strip() == ablation.headline_markdown(ablation.load_comparison(RESULTS)).strip()
+  [quoted] = REPLICATES.findall(text)
+  replicates = {
+    "seed 0": ablation.load_comparison(RESULTS),
+    "seed 1": ablation.load_comparison(RESULTS / "seed1"),
+  }
+  assert quoted.strip() == ablation.replicates_markdown(replicates).strip()
+
+
+def test_the_seed_replicate_differs_from_the_main_run_only_in_its_seed():
+  main, replicate = (
+    ablation.load_comparison(path)["settings"] for path in (RESULTS, RESULTS / "seed1")
+  )
+  assert replicate["overrides"] == [*main["overrides"], "seed=1"]
+  assert {
+    key: value for key, value in replicate.items() if key not in ("overrides", "variants_done")
+  } == {key: value for key, value in main.items() if key not in ("overrides", "variants_done")}

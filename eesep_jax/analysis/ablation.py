@@ -512,6 +512,36 @@ def headline_markdown(comparison, unseen_set="kokoro"):
   return "\n".join(lines) + "\n"
 
 
+def replicates_markdown(comparisons, set_name="test"):
+  """The last exit's SI-SNRi on `set_name` of the variants several ablations share, a
+  row per ablation (`{label: comparison}`, e.g. one per seed), with its bootstrap
+  interval over utterances: how far runs move with what the intervals do not cover."""
+  shared = [
+    entry["variant"]
+    for entry in next(iter(comparisons.values()))["variants"]
+    if all(
+      any(other["variant"] == entry["variant"] for other in comparison["variants"])
+      for comparison in comparisons.values()
+    )
+  ]
+  rows = []
+  for label, comparison in comparisons.items():
+    by_name = {entry["variant"]: entry["sets"][set_name] for entry in comparison["variants"]}
+    rows.append(
+      [label]
+      + [
+        _with_interval(
+          by_name[name]["si_snri"][-1],
+          by_name[name]["si_snri_low"][-1],
+          by_name[name]["si_snri_high"][-1],
+        )
+        for name in shared
+      ]
+    )
+  header = ["run", *(f"{name}: SI-SNRi, {set_name}, last exit (dB)" for name in shared)]
+  return "\n".join(_table_lines(header, rows)) + "\n"
+
+
 def _variant_styles(comparison):
   """A colour per variant, from a qualitative colour map."""
   colours = matplotlib.colormaps["tab20"].colors

@@ -24,6 +24,8 @@ import pathlib
 import shutil
 import tempfile
 
+import jax
+
 from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import files
@@ -284,6 +286,9 @@ def run_ablation(
         progress=progress,
       )
     )
+    # Each variant compiles its own programs; kept, they exhaust the process's memory
+    # maps after about ten variants (LLVM: "Cannot allocate memory", then SIGSEGV).
+    jax.clear_caches()
     # Written after every variant: an interrupted ablation leaves the comparison of
     # the variants done so far.
     comparison = {
