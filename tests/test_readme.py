@@ -97,6 +97,16 @@ def test_benchmark_rows_are_the_committed_result_files():
     f"{_json('eval_throughput_cpu.json')['bucketed_over_per_length']:.1f}x the "
     "utterances per second"
   )
+  ablation = json.loads(
+    (REPO / "experiments" / "ablations" / "results" / "comparison.json").read_text()
+  )
+  ece = {entry["variant"]: entry["row"]["ece_mean_after"] for entry in ablation["variants"]}
+  assert _row("variance heads at demo scale")[0].startswith(
+    f"variance heads at demo scale ({ablation['settings']['steps']:,} steps)"
+  )
+  assert _row("variance heads at demo scale")[1] == (
+    f"{ece['student-snr']:.3f} / {ece['gaussian-snr']:.3f}"
+  )
   rates = _json("input_pipeline_cpu.json")["examples_per_second"]
   assert _row("training input pipeline")[1] == (
     " / ".join(f"{rates[w]:.0f}" for w in ("0", "1", "2")) + " examples/s"
@@ -114,6 +124,7 @@ def test_benchmark_rows_are_the_committed_result_files():
     "eSpeak-only",
     "evaluation with",
     "training input",
+    "variance heads",
   ],
 )
 def test_every_results_row_links_its_benchmark(label):
