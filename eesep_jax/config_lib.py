@@ -597,8 +597,9 @@ def parse_flags(path, flag_args=()):
   flag_args = [str(arg) for arg in flag_args]
   # `config_flags` types a value by the field's default, so `None` would be the string
   # "None" (or no int): a field that may be None takes it here instead.
-  set_none = [key for key in map(_none_override, flag_args) if key is not None]
-  flag_args = [_names_override(arg) for arg in flag_args if _none_override(arg) is None]
+  none_keys = [_none_override(arg) for arg in flag_args]
+  set_none = [key for key in none_keys if key is not None]
+  flag_args = [_names_override(arg) for arg, key in zip(flag_args, none_keys) if key is None]
   try:
     flag_values, unparsed = _parse(["eesep", f"--{FLAG}={path}", *flag_args])
   except (flags.Error, AttributeError, KeyError, IndexError) as error:

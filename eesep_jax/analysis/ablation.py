@@ -366,12 +366,12 @@ def markdown_table(comparison):
   return "\n".join(lines) + "\n"
 
 
-def _with_interval(value, low, high, digits=2, scale=1):
+def _with_interval(value, low, high, digits=2, scale=1, signed=False):
+  """`value [low, high]`, each scaled by `scale`; "–" for None."""
   if value is None:
     return "–"
-  return (
-    f"{_cell(scale * value, digits)} [{_cell(scale * low, digits)}, {_cell(scale * high, digits)}]"
-  )
+  spec = f"{'+' if signed else ''}.{digits}f"
+  return f"{scale * value:{spec}} [{scale * low:{spec}}, {scale * high:{spec}}]"
 
 
 def _satisfaction_cell(measured):
@@ -456,9 +456,8 @@ def _difference_cell(entry, set_name, column=-1):
   differences = entry.get("differences", {}).get(set_name)
   if differences is None:
     return "(reference)"
-  return (
-    f"{differences['difference'][column]:+.2f} "
-    f"[{differences['low'][column]:+.2f}, {differences['high'][column]:+.2f}]"
+  return _with_interval(
+    *(differences[key][column] for key in ("difference", "low", "high")), signed=True
   )
 
 

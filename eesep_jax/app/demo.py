@@ -184,22 +184,25 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
   scales = run.posthoc_scales  # Read on first use: the scales just saved.
 
   print("[5/6] evaluating every exit and stopping policy (test split, held-out voices, check sets)")
+  sources = {
+    name: data.open_split(set_config, config.data.test_split)
+    for name, set_config in report_configs.items()
+  }
   summaries, paths = {}, {}
-  for name, set_config in report_configs.items():
+  for name, source in sources.items():
     _, summaries[name], paths[name] = _evaluate(
       variables,
       model_config,
-      data.open_split(set_config, config.data.test_split),
+      source,
       workdir / ("evaluation" if name == data.TEST_SET else f"evaluation_{name}"),
       scales,
       config,
       target_snr_db,
     )
-  summary = summaries[data.TEST_SET]
-  test_source = data.open_split(config, config.data.test_split)
+  summary, test_paths = summaries[data.TEST_SET], paths[data.TEST_SET]
 
   print("[6/6] separating one test mixture")
-  mixture_path = test_source.entry(0).mixture
+  mixture_path = sources[data.TEST_SET].entry(0).mixture
   [result] = separate_files.separate_files(
     [mixture_path],
     variables=variables,
@@ -226,8 +229,8 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
         f"The {chosen}.",
         *_stopping_lines(labelled, target_snr_db, confidence),
         f"Separated {mixture_path} -> {', '.join(result.outputs)}",
-        f"Reports: {paths[data.TEST_SET]['markdown']} (figures "
-        f"{paths[data.TEST_SET]['reach'].name}, {paths[data.TEST_SET]['satisfaction'].name}), "
+        f"Reports: {test_paths['markdown']} (figures {test_paths['reach'].name}, "
+        f"{test_paths['satisfaction'].name}), "
         f"{workdir / 'calibration'}, and the other sets' beside it",
         f"Demo finished in {(time.monotonic() - start) / 60:.1f} min.",
       ]

@@ -19,6 +19,7 @@ whose validation and test utterances all last `SMOKE_EVAL_SECONDS`: one length k
 a variant's evaluation to one compilation. Smoke numbers check the plumbing, not the method.
 """
 
+import functools
 import json
 import pathlib
 import shutil
@@ -186,13 +187,15 @@ def _with_differences(out_dir, entries):
   utterances (read back from each variant's evaluation tables)."""
   by_name = {entry["variant"]: entry for entry in entries}
 
+  @functools.cache
   def si_snri(name, set_name):
     table = exit_table.load(out_dir / name / EVALUATION_DIR.format(set_name) / evaluate.TABLE_FILE)
     return dict(zip(table.ids, table.si_snri))
 
   for entry in entries:
     reference = by_name.get(entry["reference"])
-    if reference is None:
+    # Once a variant's differences are in, they stand: its reference's tables are done.
+    if reference is None or "differences" in entry:
       continue
     column = {depth: k for k, depth in enumerate(reference["depths"])}
     columns = [column[depth] for depth in entry["depths"]]
