@@ -197,6 +197,7 @@ def test_smoke_ablation_reports_each_set_as_brute_force_does(smoke_ablation):
     assert measured["predicted"] == pytest.approx(probability[:, -1].mean())
     assert measured["observed"] == pytest.approx(np.mean(snr_min[:, -1] >= target))
     assert all(math.isfinite(measured[key]) for key in ("ece_mean", "ks", "crps"))
+    assert 0 <= measured["ece_mean_low"] <= measured["ece_mean_high"] <= 1
   # single-exit-1 against exit 1 of its reference, utterance by utterance.
   baseline = entries["single-exit-1"]
   assert baseline["depths"] == [1] and entries["student-snr"]["depths"] == [1, 2, 3]

@@ -47,6 +47,18 @@ def test_reliability_hand_computed():
   assert result["ece"] == pytest.approx(0.166)
 
 
+def test_resampled_ece_is_the_ece_of_the_resampled_items():
+  rng = _rng(1)
+  p = rng.uniform(size=(40, 3, 2))  # [items, ...]: a resample draws whole items.
+  outcome = rng.uniform(size=p.shape) < p**0.7
+  weights = np.vstack([np.ones(40, int), rng.multinomial(40, np.full(40, 1 / 40), size=5)])
+  expected = [
+    calibration.reliability(np.repeat(p, w, axis=0), np.repeat(outcome, w, axis=0))["ece"]
+    for w in weights
+  ]
+  np.testing.assert_allclose(calibration.resampled_ece(p, outcome, weights), expected)
+
+
 def test_reliability_separates_calibrated_from_miscalibrated():
   rng = _rng(0)
   p = rng.uniform(size=(20, 1000))  # Any shape: flattened.

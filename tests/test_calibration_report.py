@@ -113,6 +113,17 @@ def test_report_layout():
     _report(make_exit_table(2, 3, 2, variance={"variance": np.ones((2, 3, 2, 2))}))
 
 
+def test_resampled_ece_of_the_whole_population_is_the_reports():
+  table = _population(2, 60, factor=0.5)
+  targets = (5.0, 10.0, 15.0)
+  weights = np.vstack([np.ones(60, int), np.random.default_rng(0).multinomial(60, [1 / 60] * 60)])
+  whole, resampled = calibration_report.resampled_ece(table, weights, targets=targets)
+  assert whole == pytest.approx(_report(table)["pooled"]["ece_mean"])
+  # A resample is a population of its own: the utterances drawn, each as often as drawn.
+  drawn = np.repeat(np.arange(60), weights[1])
+  assert resampled == pytest.approx(_report(table.subset(drawn))["pooled"]["ece_mean"])
+
+
 def test_certified_threshold_holds_on_fresh_utterances():
   result = calibration_report.guarantee(
     _population(2, 1000),

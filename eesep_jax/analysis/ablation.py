@@ -252,7 +252,8 @@ def set_summary(table, summary, *, target_snr_db, confidence):
     depth's `full_depth_reach`, `stopped_early`, `satisfaction` (with its interval;
     None when none stopped early), `saved` and the oracle's `oracle_saved`, and
     `oracle_share`; honesty at the last exit: `predicted`, the mean `P(SNR ≥ γ)`, and
-    `observed`, the share reaching `γ`; and `ece_mean`, `ks`, `crps` pooled over exits
+    `observed`, the share reaching `γ`; and `ece_mean` (with its bootstrap interval
+    `ece_mean_low`, `ece_mean_high`), `ks`, `crps` pooled over exits
     (`calibration_report.calibration_report` of the calibrated table).
   """
   points = operating_points.from_json(summary["operating_points"])
@@ -264,12 +265,14 @@ def set_summary(table, summary, *, target_snr_db, confidence):
   )
   weights = operating_points.bootstrap_weights(len(table.ids))
   si_snri_low, si_snri_high = _interval(operating_points.bootstrap_means(weights, table.si_snri.T))
+  targets = sorted({*stopping.TARGETS_DB, float(target_snr_db)})
   pooled = calibration_report.calibration_report(
     table,
     gmacs_per_second=summary["gmacs_per_second_by_exit"],
-    targets=sorted({*stopping.TARGETS_DB, float(target_snr_db)}),
+    targets=targets,
     confidences=(confidence,),
   )["pooled"]
+  ece_low, ece_high = _interval(calibration_report.resampled_ece(table, weights, targets=targets))
 
   def at(name, column=policy):
     return getattr(points, name)[row, column].item()
@@ -289,6 +292,8 @@ def set_summary(table, summary, *, target_snr_db, confidence):
       "predicted": float(table.probability[:, -1, table.target_index(target_snr_db)].mean()),
       "observed": float(np.mean(table.snr_min[:, -1] >= target_snr_db)),
       **{key: pooled[key] for key in ("ece_mean", "ks", "crps")},
+      "ece_mean_low": ece_low,
+      "ece_mean_high": ece_high,
     }
   )
 
@@ -385,6 +390,12 @@ def _satisfaction_cell(measured):
   return f"{share} ({measured['stopped_early']})"
 
 
+def _ece_cell(measured):
+  return _with_interval(
+    measured["ece_mean"], measured["ece_mean_low"], measured["ece_mean_high"], digits=3
+  )
+
+
 def _set_table(comparison, name):
   """The lines of one report set's table: per variant, SI-SNRi per exit and its
   difference from the reference variant at the same depth, with 95% intervals, and the
@@ -411,7 +422,7 @@ def _set_table(comparison, name):
     f"## {name} ({first['num_utterances']} utterances), γ = {target:g} dB, p = {confidence:g}",
     "",
     "Post-hoc calibrated (fitted on the validation split). Intervals are 95%: bootstrap "
-    "over utterances for SI-SNRi and paired differences, Clopper–Pearson for shares. "
+    "over utterances for SI-SNRi, ECE and paired differences, Clopper–Pearson for shares. "
     "A difference is the variant's exit minus the reference variant's exit of the same "
     "depth, on the same utterances.",
     "",
@@ -445,7 +456,7 @@ def _set_table(comparison, name):
       "–" if measured["satisfaction"] is None else _satisfaction_cell(measured),
       f"{_cell(100 * measured['saved'], 0)} / {_cell(100 * measured['oracle_saved'], 0)}",
       f"{_cell(measured['predicted'])} / {_cell(measured['observed'])}",
-      _cell(measured["ece_mean"], 3),
+      _ece_cell(measured),
       _cell(measured["crps"]),
     ]
     rows.append(cells)
@@ -481,7 +492,7 @@ def headline_markdown(comparison, unseen_set="kokoro"):
         _difference_cell(entry, "test"),
         f"{unseen['si_snri'][-1]:.2f}",
         _difference_cell(entry, unseen_set),
-        f"{entry['row']['ece_mean_after']:.3f}",
+        _ece_cell(test),
         f"{entry['row']['crps_after']:.2f}",
         f"{unseen['predicted']:.2f} / {unseen['observed']:.2f}",
       ]
@@ -493,7 +504,7 @@ def headline_markdown(comparison, unseen_set="kokoro"):
       "− reference [95%]",
       f"SI-SNRi, {unseen_set} (dB)",
       "− reference [95%]",
-      "ECE, test",
+      "ECE, test [95%]",
       "CRPS, test (dB)",
       f"{unseen_set}: P(SNR ≥ {target:g} dB) predicted / observed",
     ],

@@ -102,6 +102,33 @@ def reliability(probabilities, outcomes, num_bins=10):
   }
 
 
+def resampled_ece(probabilities, outcomes, weights, num_bins=10):
+  """`reliability`'s ECE of resamples that draw whole items (utterances) with weights.
+
+  In a resample that draws item `i` `w_i` times, ECE is `Σ_b |Σ_i w_i r_ib| / Σ_i w_i n_i`,
+  with `r_ib` the sum of `outcome − probability` over item `i`'s predictions in bin `b`
+  and `n_i` its number of predictions, so that every resample costs one matrix product.
+
+  Args:
+    probabilities: predicted `P(SNR ≥ γ)` `[items, ...]`.
+    outcomes: realised `SNR ≥ γ`, booleans of the same shape.
+    weights: `[resamples, items]`, how often each item is drawn in each resample.
+    num_bins: number of bins.
+
+  Returns:
+    `[resamples]` ECE.
+  """
+  probabilities = _float(probabilities)
+  items = probabilities.shape[0]
+  probabilities = probabilities.reshape(items, -1)
+  outcomes = np.asarray(outcomes, bool).reshape(items, -1)
+  index = np.clip(np.floor(probabilities * num_bins).astype(np.int64), 0, num_bins - 1)
+  residual = np.zeros((items, num_bins))
+  np.add.at(residual, (np.arange(items)[:, None], index), outcomes - probabilities)
+  weights = np.asarray(weights, np.float64)
+  return np.abs(weights @ residual).sum(axis=-1) / (weights.sum(axis=-1) * probabilities.shape[1])
+
+
 # ----------------------------------------------------------------------------------
 # Predicted distribution of the error energy; probability integral transform.
 

@@ -258,6 +258,29 @@ def calibration_report(
   }
 
 
+def resampled_ece(table, weights, *, targets=stopping.TARGETS_DB, scales=None):
+  """The pooled `ece_mean` of `calibration_report` over resamples of the utterances.
+
+  Args:
+    table, targets, scales: as for `calibration_report`.
+    weights: `[resamples, utterances]`, how often each utterance is drawn in each resample
+      (`operating_points.bootstrap_weights`).
+
+  Returns:
+    `[resamples]` the mean over targets of each target's ECE.
+  """
+  targets = [float(t) for t in targets]
+  probability = _exceedance(table, _parameters(table, scales), targets)
+  outcome = table.source_snr >= np.reshape(targets, (-1, 1, 1, 1))
+  return np.mean(
+    [
+      calibration.resampled_ece(p, o, weights, RELIABILITY_BINS)
+      for p, o in zip(probability, outcome)
+    ],
+    axis=0,
+  )
+
+
 def guarantee(
   calibration_table,
   test_table,
