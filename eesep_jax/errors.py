@@ -7,7 +7,9 @@ that asks for something impossible); exit code 1 is a data error (`DataError`: a
 corpus, an audio file, a checkpoint or a config file that is missing, damaged or
 holds unusable samples, or an output that cannot be written). `EESEP_DEBUG=1` or
 `--debug` prints the traceback above the line. Ctrl-C ends a command with the line
-`interrupted` and exit code 130 (`report_interrupt`).
+`interrupted` and exit code 130 (`report_interrupt`). A preemption (SIGTERM) that
+stops training before the work a command goes on to do ends it with exit code 143
+(`Preempted`).
 
 Anything else is a bug, and keeps its traceback.
 """
@@ -20,6 +22,8 @@ USAGE_EXIT_CODE = 2
 DATA_EXIT_CODE = 1
 # What shells give a command that SIGINT (Ctrl-C) ended: 128 + the signal's number.
 INTERRUPT_EXIT_CODE = 130
+# And one that SIGTERM (a preemption) ended before its work was done.
+PREEMPTED_EXIT_CODE = 143
 DEBUG_VARIABLE = "EESEP_DEBUG"
 
 
@@ -40,6 +44,26 @@ class UsageError(ValueError):
 class DataError(ValueError):
   """Data that cannot be used: a corpus, file or checkpoint missing, damaged or holding
   unusable samples. Its message starts with the path (or the dataset) at fault."""
+
+
+class Preempted(Exception):
+  """Training saved the step at which a preemption (SIGTERM) stopped it, and returned
+  before its last step. `eesep train` ends with exit code 0 on it, so that launching it
+  again resumes; a command that goes on to use the trained run (the demo, an ablation)
+  ends with `PREEMPTED_EXIT_CODE` instead of using a half-trained one.
+
+  Attributes:
+    workdir: the run's folder.
+    step: the step saved.
+  """
+
+  def __init__(self, workdir, step):
+    self.workdir = workdir
+    self.step = step
+    super().__init__(
+      f"{workdir}: preempted (SIGTERM) at step {step}, which is saved; run the same "
+      "command again to resume"
+    )
 
 
 REPORTED = (UsageError, DataError, OSError)
@@ -75,6 +99,12 @@ def report(error, debug=False, file=None):
     traceback.print_exception(error, file=file)
   print(message(error), file=file)
   return exit_code(error)
+
+
+def report_preempted(preempted, file=None):
+  """Prints `preempted`'s line; returns `PREEMPTED_EXIT_CODE`."""
+  print(f"stopped: {preempted}", file=file or sys.stderr)
+  return PREEMPTED_EXIT_CODE
 
 
 def report_interrupt(interrupt, debug=False, file=None):

@@ -15,6 +15,7 @@ import scipy.stats
 from conftest import DEMO_CONFIG
 from conftest import REPO
 from eesep_jax import config_lib
+from eesep_jax import errors
 from eesep_jax import models
 from eesep_jax.analysis import ablation
 from eesep_jax.analysis import calibration_report
@@ -23,6 +24,7 @@ from eesep_jax.analysis import exit_table
 from eesep_jax.core import probabilistic
 from eesep_jax.training import train
 from experiments.ablations import driver
+from experiments.ablations import variance_parameterisations
 
 SCRIPT = REPO / "experiments" / "ablations" / "variance_parameterisations.py"
 FULL_CONFIG = REPO / "experiments" / "configs" / "ablation_full.py"
@@ -142,6 +144,20 @@ def test_smoke_ablation_resumes_without_training_or_calibrating(smoke_ablation, 
   # A finished run is not trained again, even without its result.
   config = config_lib.load_config(DEMO_CONFIG, driver.smoke_overrides(out / driver.CORPUS_DIR))
   driver.train_variant(config, out / "student-snr")
+
+
+def test_a_preempted_variant_stops_the_ablation_with_exit_143(tmp_path, monkeypatch, capsys):
+  """Rather than calibrate and report a half-trained variant."""
+
+  def preempted(config, workdir):
+    raise errors.Preempted(workdir, 3)
+
+  monkeypatch.setattr(train, "train_and_evaluate", preempted)
+  monkeypatch.setattr(calibration_report, "calibrate_checkpoint", None)  # Never reached.
+  argv = ["--smoke", "--variants", "student-snr", "--out", str(tmp_path)]
+  assert variance_parameterisations.main(argv) == errors.PREEMPTED_EXIT_CODE
+  assert "preempted (SIGTERM) at step 3" in capsys.readouterr().err
+  assert not (tmp_path / "student-snr" / driver.RESULT_FILE).exists()
 
 
 def test_paired_differences_agree_with_scipys_bootstrap():

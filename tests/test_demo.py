@@ -2,8 +2,12 @@
 
 import shutil
 
+import pytest
+
 from conftest import DEMO_CONFIG
 from conftest import TRAIN_CONFIG_OVERRIDES
+from eesep_jax import errors
+from eesep_jax.app import cli
 from eesep_jax.app import demo
 
 
@@ -53,3 +57,21 @@ def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_
   assert (workdir / "posthoc_calibration.json").is_file()
   separated = sorted(path.name for path in (workdir / "separated").iterdir())
   assert len(separated) == 2 and separated[0].endswith("_s1.wav")
+
+
+def test_a_preempted_demo_ends_with_one_line_and_exit_143(tmp_path, monkeypatch, capsys):
+  """`make demo` stopped by SIGTERM in training ends there, rather than evaluate a
+  half-trained run; running it again resumes."""
+
+  def preempted(workdir):
+    raise errors.Preempted(workdir, 7)
+
+  monkeypatch.setattr(demo, "main", preempted)
+  with pytest.raises(SystemExit) as stopped:
+    cli.main(["demo", "--workdir", str(tmp_path)])
+  assert stopped.value.code == errors.PREEMPTED_EXIT_CODE == 143
+  [line] = capsys.readouterr().err.splitlines()
+  assert (
+    line
+    == f"stopped: {tmp_path}: preempted (SIGTERM) at step 7, which is saved; run the same command again to resume"
+  )

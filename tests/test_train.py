@@ -23,6 +23,7 @@ from eesep_jax import config_lib
 from eesep_jax import errors
 from eesep_jax import models
 from eesep_jax.training import checkpoints
+from eesep_jax.training import preemption
 from eesep_jax.training import train
 
 
@@ -140,6 +141,26 @@ def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, tiny_corpus, compil
   last_logged = max(_train_losses(workdir))
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert last_logged < 1000 and saved[-1] == last_logged
+
+
+def test_a_run_preempted_before_its_last_step_raises_preempted(tmp_path, tiny_corpus, monkeypatch):
+  """So that what goes on from a trained run (the demo, an ablation) never uses a
+  half-trained one; `eesep train` itself exits 0 on it (above)."""
+  reached = preemption.Preemption.reached
+
+  def sigterm_at_step_2(self, step):
+    if step == 2:
+      self._handle(signal.SIGTERM, None)  # What SIGTERM does to a single process.
+    return reached(self, step)
+
+  monkeypatch.setattr(preemption.Preemption, "reached", sigterm_at_step_2)
+  config = config_lib.load_config(
+    DEMO_CONFIG, [*TRAIN_CONFIG_OVERRIDES, f"data.root={tiny_corpus}"]
+  )
+  workdir = tmp_path / "run"
+  with pytest.raises(errors.Preempted, match="at step 2, which is saved"):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoints.latest_step(workdir) == 2 < config.steps
 
 
 def test_optimizer_skips_and_counts_non_finite_updates():

@@ -137,7 +137,11 @@ def train_command(args):
   if args.distributed or args.coordinator:
     train.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
   config, _ = config_lib.parse_flags(args.config, args.config_flags)
-  train.train_and_evaluate(config, args.workdir, fresh=args.fresh, profile_steps=profile_steps)
+  try:
+    train.train_and_evaluate(config, args.workdir, fresh=args.fresh, profile_steps=profile_steps)
+  except errors.Preempted:
+    # Training's own work, saving where it stopped, is done: a relaunch resumes there.
+    return 0
 
 
 def _numbers(text):
@@ -835,7 +839,8 @@ def main(argv=None):
   Raises:
     SystemExit: with code 2 for a usage error, 1 for a data error, after its one line
       on stderr (`errors.report`); 130 on Ctrl-C, after one line too (what each
-      command was writing is removed, or left whole, by the command).
+      command was writing is removed, or left whole, by the command); 143 when a
+      preemption stopped the training a command goes on from (`errors.Preempted`).
   """
   args = None
   try:
@@ -846,6 +851,8 @@ def main(argv=None):
   except errors.REPORTED as error:
     # `--debug` is parsed only once the flags are: before that, only the variable counts.
     raise SystemExit(errors.report(error, getattr(args, "debug", False))) from None
+  except errors.Preempted as preempted:
+    raise SystemExit(errors.report_preempted(preempted)) from None
   except KeyboardInterrupt as interrupt:
     # An object the interrupt caught half-built (a grain iterator) fails in `__del__` as
     # the interpreter exits, after the one line: nothing the user can act on.

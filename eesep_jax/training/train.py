@@ -457,6 +457,8 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       resume the checkpoint cannot take.
     errors.DataError: for data that cannot be used, and, after the summary, for a run
       that diverged or skipped every step (`failure`).
+    errors.Preempted: after the summary, when a preemption (SIGTERM) stopped the run
+      before `config.steps`, at the step it saved.
   """
   config_lib.validate_config(config)
   if config.batch_size % jax.process_count():
@@ -616,6 +618,8 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
       )
     if failed:
       raise errors.DataError(failed)
+    if end_step < config.steps and stop.step is not None:
+      raise errors.Preempted(workdir, stop.step)
   finally:
     manager.close()
     stop.close()

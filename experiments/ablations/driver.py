@@ -130,55 +130,56 @@ def train_variant(config, workdir):
 
 
 def _variant_result(variant, config, workdir, *, base_model_config, settings, progress):
-  """Trains, calibrates and summarises one variant, or loads its saved result."""
+  """Trains, calibrates and evaluates one variant, unless its saved reports answer the
+  same request, and summarises them."""
   path = workdir / RESULT_FILE
   request = {"config": json.loads(config.to_json_best_effort()), **settings}
-  if path.is_file():
-    saved = json.loads(path.read_text())
-    if saved["request"] == request:
-      return saved["entry"]
-  train_variant(config, workdir)
-  report, _ = calibration_report.calibrate_checkpoint(
-    workdir,
-    workdir / CALIBRATION_DIR,
-    target_snr_db=settings["target_snr_db"],
-    confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
-    max_utterances=settings["max_utterances"],
-    progress=progress,
-  )
-  run = runs.load(workdir)
-  sets = {}
-  report_configs = data.report_configs(config)
-  for name in settings["report_sets"]:
-    table, summary = evaluate.evaluate_model(
-      run.variables,
-      run.model_config,
-      data.open_split(report_configs[name], config.data.test_split),
-      posthoc_scales=report["posthoc"]["scales"],
+  if not (path.is_file() and json.loads(path.read_text())["request"] == request):
+    train_variant(config, workdir)
+    report, _ = calibration_report.calibrate_checkpoint(
+      workdir,
+      workdir / CALIBRATION_DIR,
       target_snr_db=settings["target_snr_db"],
-      confidence=settings["confidence"],
+      confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
       max_utterances=settings["max_utterances"],
-      enhancement_metrics=False,
       progress=progress,
     )
-    evaluate.write_report(workdir / EVALUATION_DIR.format(name), table, summary)
+    run = runs.load(workdir)
+    report_configs = data.report_configs(config)
+    for name in settings["report_sets"]:
+      table, summary = evaluate.evaluate_model(
+        run.variables,
+        run.model_config,
+        data.open_split(report_configs[name], config.data.test_split),
+        posthoc_scales=report["posthoc"]["scales"],
+        target_snr_db=settings["target_snr_db"],
+        confidence=settings["confidence"],
+        max_utterances=settings["max_utterances"],
+        enhancement_metrics=False,
+        progress=progress,
+      )
+      evaluate.write_report(workdir / EVALUATION_DIR.format(name), table, summary)
+    files.write_text(path, json.dumps({"request": request}, indent=2))
+  # Summarised from the saved reports on every pass, resumed or not: cheap next to
+  # evaluating, and always by the current summary code.
+  sets = {}
+  for name in settings["report_sets"]:
+    folder = workdir / EVALUATION_DIR.format(name)
     sets[name] = ablation.set_summary(
-      table,
-      summary,
+      exit_table.load(folder / evaluate.TABLE_FILE),
+      json.loads((folder / evaluate.JSON_FILE).read_text()),
       target_snr_db=settings["target_snr_db"],
       confidence=settings["confidence"],
     )
-  entry = ablation.summarise(
+  return ablation.summarise(
     variant,
     config,
-    report,
+    json.loads((workdir / CALIBRATION_DIR / calibration_report.JSON_FILE).read_text()),
     base_model_config=base_model_config,
     target_snr_db=settings["target_snr_db"],
     confidence=settings["confidence"],
     sets=sets,
   )
-  files.write_text(path, json.dumps({"request": request, "entry": entry}, indent=2))
-  return entry
 
 
 def _with_differences(out_dir, entries):

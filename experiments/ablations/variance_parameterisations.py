@@ -107,6 +107,7 @@ def main(argv=None):
   # checkout, as `experiments.ablations.driver`.
   sys.path.insert(0, str(REPO))
   from eesep_jax import config_lib
+  from eesep_jax import errors
   from eesep_jax.analysis import ablation
   from experiments.ablations import driver
 
@@ -123,17 +124,20 @@ def main(argv=None):
   except ValueError as error:
     parser.error(str(error))
   start = time.monotonic()
-  comparison = driver.run_ablation(
-    config_path,
-    args.out,
-    names=args.variants,
-    overrides=args.override,
-    smoke=args.smoke,
-    steps=args.steps,
-    max_utterances=args.max_utterances,
-    target_snr_db=args.target_snr,
-    confidence=args.confidence,
-  )
+  try:
+    comparison = driver.run_ablation(
+      config_path,
+      args.out,
+      names=args.variants,
+      overrides=args.override,
+      smoke=args.smoke,
+      steps=args.steps,
+      max_utterances=args.max_utterances,
+      target_snr_db=args.target_snr,
+      confidence=args.confidence,
+    )
+  except errors.Preempted as preempted:  # The same command resumes at this variant.
+    return errors.report_preempted(preempted)
   if args.results:
     ablation.write_comparison(args.results, comparison)
   print(ablation.markdown_table(comparison))
