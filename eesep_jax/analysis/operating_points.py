@@ -487,9 +487,11 @@ def figure_targets(points, target_snr_db=None, count=4):
   return sorted(chosen)
 
 
-def _errors(low, value, high):
-  """Error bar lengths below and above `value` (matplotlib's `yerr`)."""
-  return np.stack([value - low, high - value])
+def _interval_bars(ax, x, value, low, high, **style):
+  """`value` against `x` joined by a line, with error bars from `low` to `high`."""
+  ax.errorbar(
+    x, value, np.stack([value - low, high - value]), fmt="o-", markersize=3, capsize=2, **style
+  )
 
 
 def reach_figure(points, targets):
@@ -521,18 +523,11 @@ def reach_figure(points, targets):
         label="static frontier",
       )
     if probabilistic.size:
-      ax.errorbar(
+      _interval_bars(
+        ax,
         points.gmacs_per_second[i, probabilistic],
-        points.reach[i, probabilistic],
-        _errors(
-          points.reach_low[i, probabilistic],
-          points.reach[i, probabilistic],
-          points.reach_high[i, probabilistic],
-        ),
-        fmt="o-",
+        *(getattr(points, name)[i, probabilistic] for name in ("reach", "reach_low", "reach_high")),
         color="C0",
-        markersize=3,
-        capsize=2,
         label="probabilistic (over p)",
       )
     for policy, style in (("expected-snr", "D"), ("oracle", "*")):
@@ -565,17 +560,13 @@ def satisfaction_figure(points, targets):
     if not shown.size:
       continue
     offset = (n - (len(targets) - 1) / 2) * 0.006  # Bars side by side, not on top.
-    ax.errorbar(
+    _interval_bars(
+      ax,
       points.confidence[shown] + offset,
-      points.satisfaction[i, shown],
-      _errors(
-        points.satisfaction_low[i, shown],
-        points.satisfaction[i, shown],
-        points.satisfaction_high[i, shown],
+      *(
+        getattr(points, name)[i, shown]
+        for name in ("satisfaction", "satisfaction_low", "satisfaction_high")
       ),
-      fmt="o-",
-      markersize=3,
-      capsize=2,
       color=f"C{n}",
       label=f"γ = {target:g} dB",
     )
