@@ -100,12 +100,13 @@ def test_benchmark_rows_are_the_committed_result_files():
   ablation = json.loads(
     (REPO / "experiments" / "ablations" / "results" / "comparison.json").read_text()
   )
-  ece = {entry["variant"]: entry["row"]["ece_mean_after"] for entry in ablation["variants"]}
+  test = {entry["variant"]: entry["sets"]["test"] for entry in ablation["variants"]}
   assert _row("variance heads at demo scale")[0].startswith(
     f"variance heads at demo scale ({ablation['settings']['steps']:,} steps)"
   )
-  assert _row("variance heads at demo scale")[1] == (
-    f"{ece['student-snr']:.3f} / {ece['gaussian-snr']:.3f}"
+  assert _row("variance heads at demo scale")[1] == " / ".join(
+    "{ece_mean:.3f} [{ece_mean_low:.3f}, {ece_mean_high:.3f}]".format(**test[name])
+    for name in ("student-snr", "gaussian-snr")
   )
   rates = _json("input_pipeline_cpu.json")["examples_per_second"]
   assert _row("training input pipeline")[1] == (
