@@ -84,8 +84,9 @@ class TrainedRun:
     workdir: the workdir, as given.
     config: the experiment config it was trained with (`checkpoints.read_config`).
     defaults: its inference and evaluation defaults.
+    step: the checkpoint to restore; None: the best (else latest).
     model_config, variables: the model (`models.PressNetConfig`) and `{"params": ...}`
-      of its best (else latest) checkpoint, restored on first use.
+      of that checkpoint, restored on first use.
     posthoc_scales: `{name: [exits]}` of every scale of the model's likelihood
       (missing ones are 1), or None when the run has no post-hoc calibration; read on
       first use.
@@ -96,10 +97,16 @@ class TrainedRun:
   workdir: str | os.PathLike
   config: ml_collections.ConfigDict
   defaults: Defaults
+  step: int | None = None
 
   @functools.cached_property
   def _restored(self):
-    return checkpoints.restore_params(self.workdir)
+    return checkpoints.restore_params(self.workdir, self.step)
+
+  @functools.cached_property
+  def checkpoint_step(self):
+    """The step of the checkpoint `model_config` and `variables` come from."""
+    return checkpoints.chosen_step(self.workdir, self.step)
 
   @property
   def model_config(self):
@@ -116,12 +123,18 @@ class TrainedRun:
 
   @functools.cached_property
   def posthoc_scales(self):
-    """Raises `errors.DataError`, naming the file, when it is damaged or does not fit
-    the model."""
+    """Raises `errors.DataError`, naming the file, when it is damaged, does not fit the
+    model, or was fitted on another checkpoint than `step`'s."""
     model_config = self.model_config  # The checkpoint first: its errors come first.
     scales = calibration.load_posthoc(self.workdir)
     if scales is None:
       return None
+    fitted_on = checkpoints.chosen_step(self.workdir)  # What `eesep calibrate` restores.
+    if self.checkpoint_step != fitted_on:
+      raise errors.DataError(
+        f"{self.posthoc_path}: fitted on the checkpoint of step {fitted_on}, not on step "
+        f"{self.checkpoint_step}; pass --no-posthoc to use step {self.checkpoint_step}"
+      )
     try:
       return probabilistic.full_posthoc(scales, model_config)
     except ValueError as error:
@@ -152,11 +165,12 @@ class TrainedRun:
     )
 
 
-def load(workdir, *, locate_data=False):
+def load(workdir, *, step=None, locate_data=False):
   """The trained run in `workdir` (a local path or `gs://...`).
 
   Args:
     workdir: a training workdir.
+    step: the checkpoint to restore; None: the best (else latest).
     locate_data: find a relative `config.data.root` as `locate` finds it, from the
       working directory or a folder above (the notebooks, run from `notebooks/`, find
       the demo's `data/demo` so); else it stays relative to the working directory.
@@ -168,4 +182,6 @@ def load(workdir, *, locate_data=False):
   config = checkpoints.read_config(workdir)
   if locate_data:
     config.data.root = str(locate(config.data.root) or config.data.root)
-  return TrainedRun(workdir=workdir, config=config, defaults=Defaults.from_config(config))
+  return TrainedRun(
+    workdir=workdir, config=config, defaults=Defaults.from_config(config), step=step
+  )

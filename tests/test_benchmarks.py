@@ -386,3 +386,9 @@ def test_corpus_breadth_reports_exits_and_honesty(tmp_path, trained_workdir, tin
   assert row["last_exit_reached_share"] == pytest.approx(np.mean(table.snr_min[:, -1] >= gamma))
   assert json.loads(out.read_text())["r"]["other"]["utterances"] == 2
   assert "| r | other | 2 |" in out.with_suffix(".md").read_text()
+  # An earlier checkpoint, evaluated as such.
+  first = min(int(path.name) for path in (workdir / "checkpoints").iterdir() if path.name.isdigit())
+  results = breadth.main(["--run", f"r={workdir}", "--set", "test=", "--steps", str(first)])
+  evaluated = json.loads((workdir / f"eval_test_step{first}" / "evaluation.json").read_text())
+  assert evaluated["step"] == first and evaluated["posthoc_scales"] is None
+  assert list(results) == [f"r@{first}"] and results[f"r@{first}"]["test"]["utterances"] > 0

@@ -36,7 +36,8 @@ def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, m
       preset="tiny", dataset="wsj0-mix", data_root=str(corpus)
     ),
   )
-  monkeypatch.setattr(checkpoints, "restore_params", lambda workdir: (config, variables))
+  monkeypatch.setattr(checkpoints, "restore_params", lambda workdir, step: (config, variables))
+  monkeypatch.setattr(checkpoints, "chosen_step", lambda workdir, step=None: 7)
   out = tmp_path / "evaluation"
   cli.main(
     [
@@ -59,6 +60,7 @@ def test_cli_evaluates_a_checkpoint_on_its_test_split(model, corpus, tmp_path, m
   assert (report["target_snr_db"], report["confidence"]) == (15.0, 0.9)
   assert 15.0 in report["targets_db"] and (out / "reach_compute.png").is_file()
   assert report["dataset"].startswith("MixtureSource(wsj0-mix 'tt'")
+  assert report["step"] == 7  # The checkpoint's step, as `runs.load` restored it.
   assert "pesq" not in report["per_exit"][0]  # Separation: no enhancement metrics.
   assert (out / evaluate.CSV_FILE).is_file()
   assert exit_table.load(out / evaluate.TABLE_FILE).ids.size == 2

@@ -108,3 +108,24 @@ def test_a_relative_data_root_is_located_only_when_asked(tmp_path, monkeypatch):
 def test_a_folder_that_is_no_run_is_a_usage_error(tmp_path):
   with pytest.raises(errors.UsageError, match=f"{tmp_path}: holds no config.json"):
     runs.load(tmp_path)
+
+
+def test_a_run_restores_the_checkpoint_of_the_step_asked(run_copy):
+  saved = sorted(
+    int(path.name) for path in (run_copy / "checkpoints").iterdir() if path.name.isdigit()
+  )
+  default, earlier = runs.load(run_copy), runs.load(run_copy, step=saved[0])
+  assert default.checkpoint_step == saved[-1] != earlier.checkpoint_step == saved[0]
+  _, restored = checkpoints.restore_params(run_copy, step=saved[0])
+  jax.tree.map(np.testing.assert_array_equal, earlier.variables, restored)
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(earlier.variables), jax.tree.leaves(default.variables))
+  )
+  with pytest.raises(errors.UsageError, match=f"no checkpoint of step 999 \\(saved: {saved[0]}, "):
+    _ = runs.load(run_copy, step=999).variables
+  # Scales fitted on the default checkpoint are not another step's.
+  calibration.save_posthoc(run_copy, {"beta_scale": [1.5] * default.model_config.num_exits})
+  assert runs.load(run_copy).posthoc_scales is not None
+  with pytest.raises(errors.DataError, match=f"fitted on the checkpoint of step {saved[-1]}, not"):
+    _ = runs.load(run_copy, step=saved[0]).posthoc_scales

@@ -274,7 +274,7 @@ def evaluate_command(args):
   from eesep_jax.analysis import evaluate
   from eesep_jax.app import separate_files
 
-  run = runs.load(args.checkpoint)
+  run = runs.load(args.checkpoint, step=args.step)
   config = _data_config(args, run.config)
   _apply_run_defaults(args, config)
   grid = _grid(args)
@@ -294,6 +294,7 @@ def evaluate_command(args):
     )
     summary = {
       "checkpoint": str(args.checkpoint),
+      "step": run.checkpoint_step,
       "dataset": repr(source),
       "posthoc_scales": None
       if scales is None
@@ -692,6 +693,12 @@ def build_parser():
     "eesep evaluate --checkpoint runs/demo --out runs/demo/evaluation --max-utterances 50",
   )
   _add_corpus_flags(parser_evaluate)
+  parser_evaluate.add_argument(
+    "--step",
+    type=int,
+    help="evaluate the checkpoint of this training step (default: the best by validation, "
+    "else the latest)",
+  )
   parser_evaluate.add_argument(
     "--out",
     required=True,

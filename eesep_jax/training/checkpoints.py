@@ -223,23 +223,48 @@ def abstract_params(model_config):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
 
 
+def _chosen_step(manager, workdir, step):
+  """`step`, or when None the best (else latest) step `manager` holds."""
+  if step is None:
+    step = manager.best_step() or manager.latest_step()
+    if step is None:
+      raise errors.UsageError(workdir, "holds no checkpoint: its training has not saved one")
+  elif step not in manager.all_steps():
+    saved = ", ".join(map(str, sorted(manager.all_steps()))) or "none"
+    raise errors.UsageError(workdir, f"holds no checkpoint of step {step} (saved: {saved})")
+  return step
+
+
+def chosen_step(workdir, step=None):
+  """The step `restore_params(workdir, step)` restores.
+
+  Raises:
+    As `restore_params`.
+  """
+  manager = open_manager(workdir, read_config(workdir))
+  try:
+    return _chosen_step(manager, workdir, step)
+  finally:
+    manager.close()
+
+
 def restore_params(workdir, step=None):
-  """`(model_config, variables)` of the best (else latest) checkpoint in `workdir`.
+  """`(model_config, variables)` of checkpoint `step` in `workdir`; None: the best
+  (else latest).
 
   Only the parameters are read, not the optimizer state that inference has no use for
   (twice their size with Adam).
 
   Raises:
-    errors.UsageError: when `workdir` is no training workdir, or holds no checkpoint.
+    errors.UsageError: when `workdir` is no training workdir, or holds no checkpoint (of
+      `step`).
     errors.DataError: when its config or checkpoint is damaged.
   """
   config = read_config(workdir)
   model_config = saved_model_config(workdir, config)
   manager = open_manager(workdir, config)
   try:
-    step = step if step is not None else (manager.best_step() or manager.latest_step())
-    if step is None:
-      raise errors.UsageError(workdir, "holds no checkpoint: its training has not saved one")
+    step = _chosen_step(manager, workdir, step)
     target = {"params": abstract_params(model_config)}
     try:
       restored = manager.restore(

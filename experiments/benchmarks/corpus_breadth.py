@@ -8,7 +8,8 @@ of speech they never heard.
 
 For every run and set it reads (or, when missing, writes with `eesep evaluate`)
 `RUN/eval_<set>/exit_table.npz` (an empty set root is the run's own test split),
-and reports:
+and reports the following; with `--steps 3500,7000`, the same for each run's
+checkpoints of those steps (`RUN/eval_<set>_step<N>/`, without post-hoc scales):
 - SI-SNRi per exit;
 - honesty at the run's target `γ` (`config.inference.target_snr_db`), at its
   confidence `p` and at p = 0.8: how many utterances the probabilistic policy stops
@@ -34,9 +35,10 @@ from eesep_jax.training import checkpoints
 EXTRA_CONFIDENCE = 0.8
 
 
-def evaluation_table(workdir, name, root, max_utterances=None):
-  """`RUN/eval_<name>/exit_table.npz`, made by `eesep evaluate` if missing."""
-  out = pathlib.Path(workdir) / f"eval_{name}"
+def evaluation_table(workdir, name, root, max_utterances=None, step=None):
+  """`RUN/eval_<name>/exit_table.npz` (`eval_<name>_step<step>` for checkpoint `step`),
+  made by `eesep evaluate` if missing."""
+  out = pathlib.Path(workdir) / (f"eval_{name}" if step is None else f"eval_{name}_step{step}")
   path = out / "exit_table.npz"
   if not path.exists():
     command = [
@@ -53,6 +55,9 @@ def evaluation_table(workdir, name, root, max_utterances=None):
       command += ["--data-root", str(root)]
     if max_utterances:
       command += ["--max-utterances", str(max_utterances)]
+    if step is not None:
+      # Post-hoc scales are fitted on one checkpoint: another step's probabilities are raw.
+      command += ["--step", str(step), "--no-posthoc"]
     subprocess.run(command, check=True)
   return exit_table.load(path)
 
@@ -130,16 +135,25 @@ def main(argv=None):
     help="NAME=ROOT (an empty ROOT: the run's own test split)",
   )
   parser.add_argument("--max-utterances", type=int, default=None)
+  parser.add_argument(
+    "--steps",
+    type=lambda text: [int(step) for step in text.split(",")],
+    help="evaluate each run's checkpoints of these training steps (rows NAME@STEP, "
+    "uncalibrated) instead of its best checkpoint",
+  )
   parser.add_argument("--out", help="a .json file; the table goes beside it as .md")
   args = parser.parse_args(argv)
   results = {}
   for run, workdir in _pairs(args.run, "run"):
     config = checkpoints.read_config(workdir)
     target, confidence = config.inference.target_snr_db, config.inference.confidence
-    results[run] = {
-      name: measure(evaluation_table(workdir, name, root, args.max_utterances), target, confidence)
-      for name, root in _pairs(args.set, "set")
-    }
+    for step in args.steps or [None]:
+      results[run if step is None else f"{run}@{step}"] = {
+        name: measure(
+          evaluation_table(workdir, name, root, args.max_utterances, step), target, confidence
+        )
+        for name, root in _pairs(args.set, "set")
+      }
   table = markdown(results)
   print(table)
   if args.out:
