@@ -129,11 +129,12 @@ class TrainedRun:
     scales = calibration.load_posthoc(self.workdir)
     if scales is None:
       return None
-    fitted_on = checkpoints.chosen_step(self.workdir)  # What `eesep calibrate` restores.
-    if self.checkpoint_step != fitted_on:
+    # `eesep calibrate` fits the scales on the default checkpoint: another's are not them.
+    fitted_on = None if self.step is None else checkpoints.chosen_step(self.workdir)
+    if fitted_on not in (None, self.step):
       raise errors.DataError(
         f"{self.posthoc_path}: fitted on the checkpoint of step {fitted_on}, not on step "
-        f"{self.checkpoint_step}; pass --no-posthoc to use step {self.checkpoint_step}"
+        f"{self.step}; pass --no-posthoc to use step {self.step}"
       )
     try:
       return probabilistic.full_posthoc(scales, model_config)

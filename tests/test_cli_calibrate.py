@@ -72,7 +72,8 @@ def _run(argv, model, corpus, exit_code=None):
         preset="tiny", dataset="wsj0-mix", data_root=str(corpus)
       ),
     )
-    patch.setattr(checkpoints, "restore_params", lambda workdir: (config, variables))
+    patch.setattr(checkpoints, "restore_params", lambda workdir, step: (config, variables))
+    patch.setattr(checkpoints, "chosen_step", lambda workdir, step=None: 1)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
       if exit_code is None:
         cli.main(argv)

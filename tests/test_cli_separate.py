@@ -67,7 +67,7 @@ def _run_cli(argv, model, saved_config=None):
     contextlib.redirect_stdout(stdout),
     contextlib.redirect_stderr(stderr),
   ):
-    patch.setattr(checkpoints, "restore_params", lambda workdir: model)
+    patch.setattr(checkpoints, "restore_params", lambda workdir, step: model)
     patch.setattr(checkpoints, "read_config", lambda workdir: saved_config)
     code = cli.main(argv)
 
