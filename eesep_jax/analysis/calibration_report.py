@@ -129,6 +129,13 @@ def _exceedance(table, params, targets):
   )
 
 
+def _predictions(table, params, targets):
+  """`(probability, outcome)`, each `[targets, utterances, exits, sources]`: the predicted
+  `P(SNR ≥ γ)` (`_exceedance`) and whether the source's realised SNR reaches `γ`."""
+  outcome = table.source_snr >= np.reshape(targets, (-1, 1, 1, 1))
+  return _exceedance(table, params, targets), outcome
+
+
 def _at_exits(table, taken, gmacs_per_second):
   """Compute and quality of the 1-based exits `taken` `[utterances]`."""
   index = taken - 1  # Along the exit axis.
@@ -204,10 +211,9 @@ def calibration_report(
   """
   targets = [float(t) for t in targets]
   params = _parameters(table, scales)  # [utterances, exits, sources] each.
-  probability = _exceedance(table, params, targets)
+  probability, outcome = _predictions(table, params, targets)
   energy = table.error_energy
   num_samples = np.broadcast_to(table.num_samples[:, None, None], energy.shape)
-  outcome = table.source_snr >= np.reshape(targets, (-1, 1, 1, 1))
   if "variance" in params:
     pit = calibration.pit_values_gaussian(energy, params["variance"], num_samples)
   else:
@@ -270,8 +276,7 @@ def resampled_ece(table, weights, *, targets=stopping.TARGETS_DB, scales=None):
     `[resamples]` the mean over targets of each target's ECE.
   """
   targets = [float(t) for t in targets]
-  probability = _exceedance(table, _parameters(table, scales), targets)
-  outcome = table.source_snr >= np.reshape(targets, (-1, 1, 1, 1))
+  probability, outcome = _predictions(table, _parameters(table, scales), targets)
   return np.mean(
     [
       calibration.resampled_ece(p, o, weights, RELIABILITY_BINS)
