@@ -253,6 +253,12 @@ FIELDS = (
           meaning="re-mix the training sources on the fly"),
     Field("data.augment", False, BOOL, added=True,
           meaning="vary each dynamic mixture's voices and channel (`data.augment`)"),
+    Field("data.augment_voices", True, BOOL, added=True,
+          meaning="with `data.augment`: warp and tilt each speaker's track; False: leave "
+          "the voices as they are"),
+    Field("data.augment_channel", True, BOOL, added=True,
+          meaning="with `data.augment`: the room, the band and the noise floor; False: "
+          "leave the channel as it is"),
     Field("data.num_workers", 0, NON_NEGATIVE_INT,
           meaning="grain worker processes that read, crop and mix ahead (see "
           "[tpu.md](tpu.md#feeding-the-devices))"),

@@ -4,8 +4,10 @@ the augmented dynamic-mixing stream."""
 import numpy as np
 import pytest
 
+from eesep_jax import config_lib
 from eesep_jax.data import augment
 from eesep_jax.data import pipeline
+from eesep_jax.training import train
 
 RATE = 8000
 
@@ -77,6 +79,40 @@ def test_augment_sources_keeps_the_mixture_the_sum_plus_noise():
   noise = mixture - out.sum(0)
   loudest = np.sqrt(np.mean(sources[0] ** 2))
   assert 20 * np.log10(loudest / np.sqrt(np.mean(noise**2))) == pytest.approx(20.0, abs=0.01)
+
+
+def test_augmentation_parts_leave_out_voices_or_channel():
+  assert augment.Augmentation.parts() == augment.Augmentation()
+  rng = np.random.default_rng(5)
+  track = rng.standard_normal(4000).astype(np.float32)
+  sources = rng.standard_normal((2, 4000)).astype(np.float32)
+  voices_only = augment.Augmentation.parts(channel=False)
+  channel_only = augment.Augmentation.parts(voices=False)
+  for seed in range(20):  # The draws that would vary the part left out are ignored.
+    np.testing.assert_array_equal(
+      augment.warp_track(track, np.random.default_rng(seed), channel_only), track
+    )
+    mixture, out = augment.augment_sources(
+      sources, 4000, np.random.default_rng(seed), voices_only, RATE
+    )
+    np.testing.assert_allclose(out, sources, atol=1e-6)
+    np.testing.assert_allclose(mixture, sources.sum(0), atol=1e-5)
+  warped = augment.warp_track(track, np.random.default_rng(0), voices_only)
+  assert len(warped) != len(track)  # The part kept still varies.
+
+
+@pytest.mark.parametrize(
+  "overrides, expected",
+  [
+    ((), augment.Augmentation()),
+    (("data.augment_voices=False",), augment.Augmentation.parts(voices=False)),
+    (("data.augment_channel=False",), augment.Augmentation.parts(channel=False)),
+    (("data.augment=False",), None),
+  ],
+)
+def test_the_config_chooses_the_training_augmentation(overrides, expected):
+  config = config_lib.load_config(config_lib.PACKAGED_CONFIGS / "demo.py", overrides)
+  assert train._augmentation(config.data) == expected  # pylint: disable=protected-access
 
 
 def test_augmented_dynamic_mixing_is_deterministic_and_consistent(tiny_corpus):

@@ -50,6 +50,17 @@ class Augmentation:
   noise_probability: float = 0.5
   noise_snr_db: tuple[float, float] = (15.0, 40.0)
 
+  @classmethod
+  def parts(cls, *, voices=True, channel=True):
+    """The default variation with a part left out: `voices` (each speaker's warp and
+    tilt) or `channel` (the room, the band and the noise floor)."""
+    left_out = {}
+    if not voices:
+      left_out.update(warp=(1.0, 1.0), tilt=(0.0, 0.0))
+    if not channel:
+      left_out.update(reverb_probability=0.0, band_probability=0.0, noise_probability=0.0)
+    return cls(**left_out)
+
 
 def warp(signal, factor):
   """`signal` `[time]` played `factor` times faster: formants and pitch up by `factor`,

@@ -353,6 +353,15 @@ def _open_data(config, say):
   return train_source, valid_source
 
 
+def _augmentation(data_config):
+  """The training loader's `data.Augmentation`, or None (`data.augment` off)."""
+  if not data_config.augment:
+    return None
+  return data_lib.Augmentation.parts(
+    voices=data_config.augment_voices, channel=data_config.augment_channel
+  )
+
+
 def _save_before_raising(manager, state, iterator, say):
   """Saves `state` as the loop dies of an exception, so that no finished step is lost;
   nothing when its step is saved already (or is 0: nothing trained). A failure to save
@@ -499,7 +508,7 @@ def train_and_evaluate(config, workdir, *, fresh=False, profile_steps=None):
     shard_count=jax.process_count(),
     num_workers=config.data.num_workers,
     dynamic_mixing=config.data.dynamic_mixing,
-    augmentation=data_lib.Augmentation() if config.data.get("augment") else None,
+    augmentation=_augmentation(config.data),
   )
   iterator = iter(loader)
   segment_seconds = config.data.segment_seconds
