@@ -1,4 +1,4 @@
-"""Neural speech, Piper speakers in the corpus, and the check sets of unheard speech."""
+"""Neural speech, Piper and Kokoro speakers in the corpus, and the check sets of unheard speech."""
 
 import concurrent.futures
 import csv
@@ -56,31 +56,48 @@ def test_colour_warps_like_resampling():
   assert len(warped) == pytest.approx(rate / 1.25, abs=2)
 
 
-def test_piper_speakers_train_only_and_leave_the_test_split_unchanged(tmp_path):
+@pytest.mark.parametrize(
+  "engine, prefix", [("piper", "trp"), pytest.param("kokoro", "trk", marks=pytest.mark.slow)]
+)
+def test_neural_speakers_train_only_and_leave_the_test_split_unchanged(tmp_path, engine, prefix):
   sizes = dict(num_train=4, num_valid=1, num_test=2, seed=1, progress=False, num_workers=2)
-  synth.synthesize_corpus(tmp_path / "plain", **sizes)
-  manifest = synth.synthesize_corpus(tmp_path / "piper", piper_speakers=90, **sizes)
-  assert manifest["arguments"]["piper_speakers"] == 90
-  plain_tt, piper_tt = (
-    sorted((tmp_path / name / "tt" / "mix").iterdir()) for name in ("plain", "piper")
+  plain = synth.synthesize_corpus(tmp_path / "plain", **sizes)
+  manifest = synth.synthesize_corpus(tmp_path / engine, **{f"{engine}_speakers": 90}, **sizes)
+  assert manifest["arguments"][f"{engine}_speakers"] == 90
+  # Corpora made before Kokoro speakers existed record no such argument, and still match.
+  assert "kokoro_speakers" not in plain["arguments"]
+  plain_tt, neural_tt = (
+    sorted((tmp_path / name / "tt" / "mix").iterdir()) for name in ("plain", engine)
   )
-  assert [p.name for p in plain_tt] == [p.name for p in piper_tt]
-  assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(plain_tt, piper_tt))
-  with open(tmp_path / "piper" / "speakers.csv") as file:
+  assert [p.name for p in plain_tt] == [p.name for p in neural_tt]
+  assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(plain_tt, neural_tt))
+  with open(tmp_path / engine / "speakers.csv") as file:
     rows = list(csv.DictReader(file))
   engines = {(row["group"], row["engine"]) for row in rows}
   assert engines == {
     ("tr", "espeak"),
-    ("tr", "piper"),
+    ("tr", engine),
     ("cv", "espeak"),
     ("tt", "espeak"),
     ("babble", "espeak"),
   }
-  # 90 of 186 training speakers are Piper's: some of the 8 training utterances are.
-  assert any(name.startswith("trp") for name in manifest["splits"]["tr"]["speakers"])
+  # 90 of 186 training speakers are the engine's: some of the 8 training utterances are.
+  assert any(name.startswith(prefix) for name in manifest["splits"]["tr"]["speakers"])
 
 
-def test_no_corpus_trains_on_a_check_set_engine():
+@pytest.mark.parametrize("num_voices", [(1, 4), (2, 4), (1, 2)])
+def test_kokoro_blends(num_voices):
+  rng = np.random.default_rng(0)
+  blends = [neural_tts.kokoro_blend(rng, num_voices) for _ in range(200)]
+  assert {len(blend) for blend in blends} == set(range(*num_voices))
+  for blend in blends:
+    names = [name for name, _ in blend]
+    assert names == [v for v in neural_tts.KOKORO_VOICES if v in names]  # Distinct, in order.
+    assert all(weight > 0 for _, weight in blend)
+    assert sum(weight for _, weight in blend) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_demo_corpus_trains_on_no_engine_of_its_unseen_engine_check():
   trained = {
     type(voice)
     for voices in synth.draw_speakers(0, piper_speakers=synth.DEMO_PIPER_SPEAKERS).values()
@@ -88,15 +105,37 @@ def test_no_corpus_trains_on_a_check_set_engine():
   }
   assert trained == {espeak.Voice, neural_tts.PiperVoice}
   rng = np.random.default_rng(0)
-  for name in ("kokoro", "kokoro-blend"):
-    speakers = checksets._kokoro_speakers(name, rng)  # pylint: disable=protected-access
-    assert {type(voice) for voice in speakers.values()} == {neural_tts.KokoroVoice}
-    for voice in speakers.values():
-      assert sum(weight for _, weight in voice.blend) == pytest.approx(1.0, abs=1e-9)
-  pure = checksets._kokoro_speakers("kokoro", rng)  # pylint: disable=protected-access
-  blends = checksets._kokoro_speakers("kokoro-blend", rng)  # pylint: disable=protected-access
-  assert all(len(v.blend) == 1 for v in pure.values())
-  assert all(len(v.blend) >= 2 for v in blends.values())
+  pools = {name: checksets._pool_speakers(name, rng) for name in checksets.CHECK_SETS}  # pylint: disable=protected-access
+  del pools["recorded"]
+  assert {name: {type(v) for v in pool.values()} for name, pool in pools.items()} == {
+    "kokoro": {neural_tts.KokoroVoice},
+    "kokoro-blend": {neural_tts.KokoroVoice},
+    "piper": {neural_tts.PiperVoice},
+  }
+  assert all(len(v.blend) == 1 for v in pools["kokoro"].values())
+  assert all(len(v.blend) >= 2 for v in pools["kokoro-blend"].values())
+  # A corpus with Kokoro speakers trains on no engine of the `piper` check set but Piper.
+  kokoro_trained = {
+    type(voice)
+    for voices in synth.draw_speakers(0, kokoro_speakers=8).values()
+    for voice in voices.values()
+  }
+  assert kokoro_trained == {espeak.Voice, neural_tts.KokoroVoice}
+
+
+def test_piper_check_set(tmp_path):
+  manifest = checksets.make_check_set(
+    "piper", tmp_path / "p", num_mixtures=3, num_utterances=2, num_workers=1, progress=False
+  )
+  assert manifest["splits"]["tt"]["speakers"] == ["pp00", "pp01"]
+  assert manifest["purpose"] == checksets.CHECK_SETS["piper"].purpose
+  source = data.open_dataset("wsj0-mix", tmp_path / "p", "tt", sample_rate=8000)
+  assert len(source) == 3
+  for k in range(len(source)):
+    example = source[k]
+    np.testing.assert_allclose(example["mixture"], example["sources"].sum(0), atol=2 / 32768)
+  with open(tmp_path / "p" / "speakers.csv") as file:
+    assert {row["engine"] for row in csv.DictReader(file)} == {"piper"}
 
 
 def test_recorded_check_set(tmp_path):

@@ -1,6 +1,6 @@
 """Check sets: two-speaker mixtures of speech that no corpus of this project trains on.
 
-    data.ensure_check_set("kokoro", "data/checks/kokoro")    # or "kokoro-blend", "recorded"
+    data.ensure_check_set("kokoro", "data/checks/kokoro")    # or "kokoro-blend", "piper", "recorded"
 
 Each set is written as a wsj0-mix test split, `root/tt/{mix,s1,s2}/<id>.wav`, with
 `speakers.csv` and `manifest.json`, so `open_dataset("wsj0-mix", root, "tt")`,
@@ -15,13 +15,17 @@ Each set is written as a wsj0-mix test split, `root/tt/{mix,s1,s2}/<id>.wav`, wi
   same engine speaking through blends of two or three of its voices (new timbres),
   other sentences. No engine is left for it that is neither trained on nor `kokoro`'s;
   what it adds is voices and sentences no decision saw.
+- `piper`: the unseen-engine check of a corpus that trains on Kokoro instead of
+  Piper (`synth`'s `kokoro_speakers`): Piper's one voice as ten speakers
+  (`synth.draw_piper_voice`). For the demo, which trains on Piper, it is a check of
+  a training engine's unheard speakers.
 - `recorded`: a small **recorded-speech check**. The one recording of a person that
   a pip-installed package ships (CMU ARCTIC `arctic_a0007`, in `pysptk`), mixed with
   itself played 0.8-0.9 or 1.12-1.25 times as fast (a shorter or longer vocal tract:
   another apparent speaker, saying the same words at another time). A few seconds
   of one voice: a sanity check of real recording conditions, never training data.
 
-Utterances are drawn up front from the set's seed; each Kokoro utterance is cached
+Utterances are drawn up front from the set's seed; each neural utterance is cached
 (`neural_tts.cache_dir`), and a mixture pairs two utterances of different speakers
 from the set's pool, the longer cut at a random offset to the shorter's length, at
 WSJ0-2mix relative levels (`mixing.wsj0_levels_db`). Kokoro speaks at about 0.6 CPU
@@ -73,25 +77,22 @@ class CheckSet:
 CHECK_SETS = {
   "kokoro": CheckSet(300, 100, 101, "unseen-engine check (Kokoro-82M, its 5 voices)"),
   "kokoro-blend": CheckSet(300, 80, 202, "final report only (Kokoro-82M, blends of its voices)"),
+  "piper": CheckSet(300, 100, 404, "unseen-engine check of a Kokoro-trained corpus (Piper)"),
   "recorded": CheckSet(24, 1, 303, "recorded speech (CMU ARCTIC arctic_a0007, pysptk)"),
 }
 
 
-def _kokoro_speakers(name, rng):
-  """`{speaker: KokoroVoice}`: each pure voice twice, or ten blends of 2-3 voices."""
+def _pool_speakers(name, rng):
+  """A pool's ten speakers: `kokoro`'s pure voices twice each, `kokoro-blend`'s blends
+  of 2-3 voices, or `piper`'s settings of its one voice."""
+  if name == "piper":
+    return {f"pp{k:02d}": synth.draw_piper_voice(rng) for k in range(10)}
   speakers = {}
   for k in range(10):
     if name == "kokoro":
       blend = ((neural_tts.KOKORO_VOICES[k % 5], 1.0),)
     else:
-      chosen = rng.choice(5, size=int(rng.integers(2, 4)), replace=False)
-      weights = rng.dirichlet(np.full(len(chosen), 2.0))
-      blend = tuple(
-        (neural_tts.KOKORO_VOICES[c], round(float(w), 4))
-        for c, w in zip(sorted(chosen), weights[np.argsort(chosen)])
-      )
-      # Rounding must not move the weights off a sum of 1.
-      blend = (*blend[:-1], (blend[-1][0], round(1.0 - sum(w for _, w in blend[:-1]), 4)))
+      blend = neural_tts.kokoro_blend(rng, (2, 4))
     speakers[f"kk{k:02d}"] = neural_tts.KokoroVoice(
       blend=blend,
       speed=round(float(rng.uniform(0.85, 1.15)), 4),
@@ -105,10 +106,10 @@ def _speak(utterance, sample_rate):
   return synth.speak(utterance, sample_rate)
 
 
-def _kokoro_pool(name, recipe, sample_rate, num_workers, progress):
+def _speech_pool(name, recipe, sample_rate, num_workers, progress):
   """`(speakers, utterances, audio)`: the pool's utterances, spoken (cached)."""
   rng = synth._rng(recipe.seed, "check", name)  # pylint: disable=protected-access
-  speakers = _kokoro_speakers(name, rng)
+  speakers = _pool_speakers(name, rng)
   names = sorted(speakers)
   utterances = []
   for k in range(recipe.num_utterances):
@@ -164,7 +165,7 @@ def _recorded_pairs(recipe, sample_rate):
   return pairs
 
 
-def _kokoro_pairs(recipe, utterances, audio, rng):
+def _pool_pairs(recipe, utterances, audio, rng):
   """`[(id, source 1, source 2)]`: pool utterances of different speakers, paired."""
   pairs = []
   for _ in range(recipe.num_mixtures):
@@ -221,11 +222,11 @@ def make_check_set(
   if name == "recorded":
     pairs = _recorded_pairs(recipe, sample_rate)
   else:
-    speakers, utterances, audio = _kokoro_pool(
+    speakers, utterances, audio = _speech_pool(
       name, recipe, sample_rate, num_workers or min(8, os.cpu_count() or 1), progress
     )
     rng = synth._rng(recipe.seed, "check", name, "mixtures")  # pylint: disable=protected-access
-    pairs = _kokoro_pairs(recipe, utterances, audio, rng)
+    pairs = _pool_pairs(recipe, utterances, audio, rng)
     speakers = {u.speaker: u.voice for u in utterances}  # Those the pool holds.
   rng = synth._rng(recipe.seed, "check", name, "levels")  # pylint: disable=protected-access
   rows, seconds = [], 0.0

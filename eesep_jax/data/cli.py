@@ -63,6 +63,7 @@ def synth_command(args):
     seed=args.seed,
     accents=_ACCENTS[args.accents](),
     piper_speakers=args.piper_speakers,
+    kokoro_speakers=args.kokoro_speakers,
     num_workers=args.num_workers,
     progress=not args.quiet,
   )
@@ -117,6 +118,7 @@ def _add_sample_rate(parser, rates):
 def add_data_commands(subparsers):
   """Adds `data` (sub-commands `synth`, `check`) to the `eesep` sub-command parsers."""
   # Light: numpy, soundfile; no JAX.
+  from eesep_jax.data import checksets  # pylint: disable=g-import-not-at-top
   from eesep_jax.data import synth  # pylint: disable=g-import-not-at-top
 
   data_parser = subparsers.add_parser(
@@ -165,11 +167,19 @@ def add_data_commands(subparsers):
   )
   parser.add_argument(
     "--piper-speakers",
-    type=int,
+    type=_count,
     default=0,
     help="training speakers who are Piper voices, beside the eSpeak "
     "ones (default: 0; the demo corpus has "
     f"{synth.DEMO_PIPER_SPEAKERS})",
+  )
+  parser.add_argument(
+    "--kokoro-speakers",
+    type=_count,
+    default=0,
+    help="training speakers who are Kokoro voices (blends of its five), "
+    "beside the eSpeak ones; check such a corpus on `eesep data check piper` "
+    "(default: 0)",
   )
   parser.add_argument(
     "--num-workers",
@@ -186,13 +196,15 @@ def add_data_commands(subparsers):
       "Make a check set: two-speaker mixtures, in the wsj0-mix layout (tt only), of\n"
       "speech that no corpus of this project trains on. kokoro: the unseen-engine\n"
       "check (Kokoro-82M); kokoro-blend: the final-report set (blends of its\n"
-      "voices); recorded: a recorded voice (CMU ARCTIC, shipped in pysptk)."
+      "voices); piper: the unseen-engine check of a corpus made with\n"
+      "--kokoro-speakers (Piper's voice); recorded: a recorded voice (CMU ARCTIC,\n"
+      "shipped in pysptk)."
     ),
     epilog="example:\n  eesep data check kokoro --out data/checks/kokoro",
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   check.set_defaults(handler=check_command)
-  check.add_argument("name", choices=("kokoro", "kokoro-blend", "recorded"), help="which check set")
+  check.add_argument("name", choices=tuple(checksets.CHECK_SETS), help="which check set")
   check.add_argument("--out", required=True, help="output folder (new, or the same set)")
   _add_sample_rate(check, synth.SAMPLE_RATES)
   check.add_argument(

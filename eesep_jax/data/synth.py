@@ -136,7 +136,8 @@ PIPER_NOISE_W = (0.4, 1.0)
 PIPER_TRACT_SCALE = (0.85, 1.3)
 
 
-def _draw_piper_voice(rng):
+def draw_piper_voice(rng):
+  """A `neural_tts.PiperVoice` with settings drawn from the ranges above."""
   return neural_tts.PiperVoice(
     length_scale=round(float(rng.uniform(*PIPER_LENGTH_SCALE)), 4),
     noise_scale=round(float(rng.uniform(*PIPER_NOISE_SCALE)), 4),
@@ -146,12 +147,30 @@ def _draw_piper_voice(rng):
   )
 
 
-def draw_speakers(seed, accents=espeak.ENGLISH_VOICES, piper_speakers=0):
+# Kokoro speakers' settings (`neural_tts.KokoroVoice`): blends of one to three of its
+# voices, at their own rate, vocal-tract scale and tilt.
+KOKORO_VOICES_PER_BLEND = (1, 4)  # [low, high)
+KOKORO_SPEED = (0.85, 1.2)
+KOKORO_TRACT_SCALE = (0.88, 1.15)
+
+
+def draw_kokoro_voice(rng):
+  """A `neural_tts.KokoroVoice` with settings drawn from the ranges above."""
+  return neural_tts.KokoroVoice(
+    blend=neural_tts.kokoro_blend(rng, KOKORO_VOICES_PER_BLEND),
+    speed=round(float(rng.uniform(*KOKORO_SPEED)), 4),
+    tract_scale=round(float(rng.uniform(*KOKORO_TRACT_SCALE)), 4),
+    tilt=round(float(rng.uniform(*TILT)), 4),
+  )
+
+
+def draw_speakers(seed, accents=espeak.ENGLISH_VOICES, piper_speakers=0, kokoro_speakers=0):
   """`{group: {speaker_id: voice}}` for tr, cv, tt and babble; variants never shared.
 
-  Each eSpeak speaker's accent is drawn from `accents`. `piper_speakers` more
-  training speakers (`trp00`, ...) are Piper voices (`neural_tts.PiperVoice`); the
-  other splits stay eSpeak's, so the test split does not depend on them.
+  Each eSpeak speaker's accent is drawn from `accents`. `piper_speakers` and
+  `kokoro_speakers` more training speakers (`trp00`, ...; `trk00`, ...) are Piper and
+  Kokoro voices (`neural_tts`); the other splits stay eSpeak's, so the test split
+  does not depend on them.
   """
   variants = _assign_variants(seed)
   counts = dict(SPEAKERS, babble=BABBLE_SPEAKERS)
@@ -164,7 +183,9 @@ def draw_speakers(seed, accents=espeak.ENGLISH_VOICES, piper_speakers=0):
       f"{prefix}{k:02d}": _draw_voice(rng, pool[k % len(pool)], accents) for k in range(count)
     }
   rng = _rng(seed, "speakers", "piper")
-  speakers["tr"].update({f"trp{k:02d}": _draw_piper_voice(rng) for k in range(piper_speakers)})
+  speakers["tr"].update({f"trp{k:02d}": draw_piper_voice(rng) for k in range(piper_speakers)})
+  rng = _rng(seed, "speakers", "kokoro")
+  speakers["tr"].update({f"trk{k:02d}": draw_kokoro_voice(rng) for k in range(kokoro_speakers)})
   return speakers
 
 
@@ -350,6 +371,7 @@ def synthesize_corpus(
   seed=0,
   accents=espeak.ENGLISH_VOICES,
   piper_speakers=0,
+  kokoro_speakers=0,
   num_workers=None,
   progress=True,
 ):
@@ -363,8 +385,10 @@ def synthesize_corpus(
     noise: None (clean, wsj0-mix layout) or "white", "pink", "babble" (WHAM! layout).
     seed: everything is drawn from it; same arguments, same bytes.
     accents: the eSpeak voices speakers' accents are drawn from (default: English).
-    piper_speakers: training speakers who are Piper voices, beside the eSpeak ones
-      (`draw_speakers`); their utterances are cached (`neural_tts.cache_dir`).
+    piper_speakers, kokoro_speakers: training speakers who are Piper or Kokoro
+      voices, beside the eSpeak ones (`draw_speakers`); their utterances are cached
+      (`neural_tts.cache_dir`). A corpus with Kokoro speakers is checked on the
+      `piper` check set, not on Kokoro's.
     num_workers: synthesis processes (default: the CPU count, at most 8).
     progress: show a progress bar.
 
@@ -387,7 +411,7 @@ def synthesize_corpus(
   open(marker, "w", encoding="utf-8").close()
 
   accents = tuple(accents)
-  speakers = draw_speakers(seed, accents, piper_speakers)
+  speakers = draw_speakers(seed, accents, piper_speakers, kokoro_speakers)
   specs = [
     spec
     for split in SPLITS
@@ -437,6 +461,9 @@ def synthesize_corpus(
       "seed": seed,
       "accents": list(accents),
       "piper_speakers": piper_speakers,
+      # Recorded only when used, so that corpora made before it existed still match
+      # the arguments `ensure_demo_corpus` asks for.
+      **({"kokoro_speakers": kokoro_speakers} if kokoro_speakers else {}),
     },
     "layout": "wsj0-mix" if noise is None else "wham",
     "splits": {
