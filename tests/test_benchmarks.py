@@ -26,6 +26,7 @@ SMOKE_TESTS = {
   "block_probability_accuracy.py": "test_block_probability_accuracy_script_at_smoke_size",
   "input_pipeline.py": "test_input_pipeline_benchmark_runs_at_smoke_size",
   "corpus_breadth.py": "test_corpus_breadth_reports_exits_and_honesty",
+  "crosstalk_widening.py": "test_crosstalk_widening_fits_and_reports",
 }
 
 
@@ -392,3 +393,56 @@ def test_corpus_breadth_reports_exits_and_honesty(tmp_path, trained_workdir, tin
   evaluated = json.loads((workdir / f"eval_test_step{first}" / "evaluation.json").read_text())
   assert evaluated["step"] == first and evaluated["posthoc_scales"] is None
   assert list(results) == [f"r@{first}"] and results[f"r@{first}"]["test"]["utterances"] > 0
+
+
+def test_crosstalk_widening_fits_and_reports(tmp_path, trained_workdir):
+  script = _load_script(SCRIPT.with_name("crosstalk_widening.py"), "benchmarks_crosstalk")
+  out = tmp_path / "crosstalk.json"
+  args = ["--run", str(trained_workdir), "--set", "test=", "--seconds", "0.5", "--out", str(out)]
+  results = script.main(args)
+  assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+  assert out.with_suffix(".md").read_text().count("\n") == 2 + len(results["sets"])
+  # Brute force on the fit set: the likelihood each fitted variance reaches, against the
+  # raw one and against each other (the cross-talk family holds the scalar one).
+  run = script.runs.load(trained_workdir)
+  config = script.checkpoints.read_config(trained_workdir)
+  outputs = script.exits_of_set(
+    run, "validation", script.data.open_split(config, config.data.valid_split), 4000
+  )
+  estimates = outputs["estimates"]
+  for n in range(len(estimates)):
+    for k in range(estimates.shape[1]):
+      a, b = estimates[n, k]
+      expected = abs(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))
+      assert script.crosstalk(estimates)[n, k] == pytest.approx(expected, rel=1e-5)
+
+  def nll(fit):
+    log_scale = np.asarray(fit["offsets"]) + fit["slope"] * script.crosstalk(estimates)
+    params = {"alpha": outputs["alpha"], "beta": outputs["beta"] * np.exp(log_scale)[..., None]}
+    return np.mean(script.calibration.log_energy_nll(outputs["energy"], params, 4000))
+
+  raw = {"offsets": [0.0] * estimates.shape[1], "slope": 0.0}
+  assert nll(results["fit"]["scalar"]) <= nll(raw) + 1e-9
+  assert nll(results["fit"]["crosstalk"]) <= nll(results["fit"]["scalar"]) + 1e-6
+  for row in results["sets"].values():
+    assert row["scalar+ceiling"]["last_exit_mean_probability"] <= (
+      row["scalar"]["last_exit_mean_probability"] + 1e-9
+    )
+    assert all(0.0 <= share <= 1.0 for share in row["above_ceiling_per_exit"])
+
+
+def test_crosstalk_widening_policy_walks_the_exits():
+  script = _load_script(SCRIPT.with_name("crosstalk_widening.py"), "benchmarks_crosstalk")
+  rng = np.random.default_rng(0)
+  probability, snr_min = rng.uniform(size=(50, 3)), rng.normal(5.0, 3.0, size=(50, 3))
+  for confidence in (0.5, 0.9):
+    stops = []
+    for row in probability:
+      stop = next((k for k in range(2) if row[k] >= confidence), 2)
+      stops.append(stop)
+    stops = np.array(stops)
+    early = stops < 2
+    reached = snr_min[np.arange(50), stops] >= 5.0
+    result = script.policy(probability, snr_min, 5.0, confidence)
+    assert result["stopped_early"] == early.sum()
+    assert result["satisfaction"] == pytest.approx(reached[early].mean())
