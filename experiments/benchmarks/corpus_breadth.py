@@ -116,7 +116,16 @@ def markdown(results):
   return "\n".join(lines)
 
 
-def _pairs(values, what):
+def write_results(out, results, table):
+  """`results` as JSON at `out`, and the markdown `table` beside it as .md."""
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2) + "\n")
+  out.with_suffix(".md").write_text(table + "\n")
+
+
+def pairs(values, what):
+  """`[(NAME, VALUE)]` of `--what NAME=VALUE` options."""
   pairs = []
   for value in values:
     if "=" not in value:
@@ -144,7 +153,7 @@ def main(argv=None):
   parser.add_argument("--out", help="a .json file; the table goes beside it as .md")
   args = parser.parse_args(argv)
   results = {}
-  for run, workdir in _pairs(args.run, "run"):
+  for run, workdir in pairs(args.run, "run"):
     config = checkpoints.read_config(workdir)
     target, confidence = config.inference.target_snr_db, config.inference.confidence
     for step in args.steps or [None]:
@@ -152,15 +161,12 @@ def main(argv=None):
         name: measure(
           evaluation_table(workdir, name, root, args.max_utterances, step), target, confidence
         )
-        for name, root in _pairs(args.set, "set")
+        for name, root in pairs(args.set, "set")
       }
   table = markdown(results)
   print(table)
   if args.out:
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, results, table)
   return results
 
 

@@ -27,8 +27,8 @@ demo's).
 """
 
 import argparse
-import json
 import pathlib
+import sys
 
 import numpy as np
 from scipy import optimize
@@ -39,6 +39,9 @@ from eesep_jax.analysis import calibration
 from eesep_jax.analysis import evaluate
 from eesep_jax.core import probabilistic
 from eesep_jax.training import checkpoints
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import corpus_breadth  # pylint: disable=g-import-not-at-top,wrong-import-position  (the sibling script)
 
 CONFIDENCES = (0.8, 0.9)
 VARIANCES = ("raw", "scalar", "crosstalk", "scalar+ceiling")
@@ -237,10 +240,7 @@ def main(argv=None):
   fit = fit_variances(fit_outputs, num_samples)
   results = {"run": str(args.run), "target_snr_db": target, "seconds": args.seconds, "fit": fit}
   results["sets"] = {"validation (fit)": measure(run, fit_outputs, fit, target)}
-  for pair in args.set:
-    if "=" not in pair:
-      raise SystemExit(f"--set {pair!r}: expected NAME=ROOT")
-    name, root = pair.split("=", 1)
+  for name, root in corpus_breadth.pairs(args.set, "set"):
     outputs = exits_of_set(
       run, name, opened(root, config.data.test_split), num_samples, args.max_utterances
     )
@@ -248,10 +248,7 @@ def main(argv=None):
   table = markdown(results)
   print(table)
   if args.out:
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table + "\n")
+    corpus_breadth.write_results(args.out, results, table)
   return results
 
 
