@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 from eesep_jax import models
 from eesep_jax.training import throughput
@@ -421,9 +422,33 @@ def test_crosstalk_widening_fits_and_reports(tmp_path, trained_workdir):
     params = {"alpha": outputs["alpha"], "beta": outputs["beta"] * np.exp(log_scale)[..., None]}
     return np.mean(script.calibration.log_energy_nll(outputs["energy"], params, 4000))
 
+  def reference_probability(fit):  # The worst source's P(SNR >= γ), by scipy.
+    log_scale = np.asarray(fit["offsets"]) + fit["slope"] * script.crosstalk(estimates)
+    beta = outputs["beta"] * np.exp(log_scale)[..., None]
+    c = outputs["signal"] / (10 ** (results["target_snr_db"] / 10) - 1)
+    return special.betainc(2000, outputs["alpha"], c / (c + 2 * beta)).min(-1)
+
+  def brier(fit):
+    reached = outputs["snr_min"] >= results["target_snr_db"]
+    return np.mean((reference_probability(fit) - reached) ** 2)
+
   raw = {"offsets": [0.0] * estimates.shape[1], "slope": 0.0}
-  assert nll(results["fit"]["scalar"]) <= nll(raw) + 1e-9
-  assert nll(results["fit"]["crosstalk"]) <= nll(results["fit"]["scalar"]) + 1e-6
+  fits = results["fit"]
+  assert nll(fits["scalar"]) <= nll(raw) + 1e-9
+  assert nll(fits["crosstalk"]) <= nll(fits["scalar"]) + 1e-6
+  assert brier(fits["scalar (Brier)"]) <= brier(fits["scalar"]) + 1e-6
+  assert brier(fits["crosstalk (Brier)"]) <= brier(fits["crosstalk"]) + 1e-6
+  np.testing.assert_allclose(
+    script.probability(outputs, fits["crosstalk (Brier)"], results["target_snr_db"], 4000),
+    reference_probability(fits["crosstalk (Brier)"]),
+    atol=1e-4,
+  )
+  fit_row = results["sets"]["validation (fit)"]
+  for variance in ("scalar (Brier)", "crosstalk (Brier)"):
+    probability = script.probabilities(outputs, fits, results["target_snr_db"], 4000, variance)
+    assert fit_row[variance]["last_exit_mean_probability"] == pytest.approx(
+      probability[:, -1].mean(), abs=1e-6
+    )
   for row in results["sets"].values():
     assert row["scalar+ceiling"]["last_exit_mean_probability"] <= (
       row["scalar"]["last_exit_mean_probability"] + 1e-9

@@ -12,16 +12,21 @@ one source into the other bounds each estimate's SNR by about `−20 log10 ρ` (
 cross-talk ceiling). For each set this reports, per exit, the mean `ρ`, its
 correlation with the worst source's SNR, and the share of utterances above the
 ceiling; and, at the run's target `γ`, the last exit's mean `P(SNR ≥ γ)` against the
-share reaching `γ`, and the probabilistic policy's early stops and satisfaction at
-p = 0.8 and 0.9, under four variances:
+share reaching `γ` (also by bins of `ρ`, for `scalar`), and the probabilistic
+policy's early stops and satisfaction at
+p = 0.8 and 0.9, under these variances:
 - `raw`: the network's;
 - `scalar`: per-exit scales on `β`, the post-hoc form `eesep calibrate` fits;
 - `crosstalk`: `β ← β · exp(c_k + b ρ)`, per-exit `c_k` and one slope `b`;
+- `scalar (Brier)`, `crosstalk (Brier)`: the same forms, fitted to the decision a
+  user makes rather than to the error energies: by the Brier score of `P(SNR ≥ γ)`
+  at the run's `γ`, over utterances and exits;
 - `scalar+ceiling`: `scalar`, with the probability set to 0 where the ceiling is
-  below `γ`;
-the fitted ones fitted by likelihood on the run's validation split (the demo's fit
-data), so no set reported here tunes them. Utterances are cut to their first
-`--seconds` (those shorter are left out), so every forward pass has one shape.
+  below `γ`.
+Every fit is made on the run's validation split (the demo's fit data), `scalar` and
+`crosstalk` by likelihood, so no set reported here tunes them. Utterances are cut to
+their first `--seconds` (those shorter are left out), so every forward pass has one
+shape.
 Needs a two-source run with a Student-t head and one variance per utterance (the
 demo's).
 """
@@ -44,13 +49,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import corpus_breadth  # pylint: disable=g-import-not-at-top,wrong-import-position  (the sibling script)
 
 CONFIDENCES = (0.8, 0.9)
-VARIANCES = ("raw", "scalar", "crosstalk", "scalar+ceiling")
+CROSSTALK_BINS = (0.0, 0.4, 0.55, 1.0)  # Where the last exit's calibration is broken down.
+VARIANCES = ("raw", "scalar", "crosstalk", "scalar (Brier)", "crosstalk (Brier)", "scalar+ceiling")
 
 
 def exits_of_set(run, name, source, num_samples, max_utterances=None):
   """Every exit of each utterance's first `num_samples`: `{"estimates" [n, exits,
   sources, time], "alpha", "beta" [n, exits, sources], "energy" [n, exits, sources]
-  (realised `‖s − ŝ‖²`), "snr_min" [n, exits]}`."""
+  (realised `‖s − ŝ‖²`), "signal" (`‖ŝ‖²`, the same shape), "snr_min" [n, exits]}`."""
   rows = []
   for index in range(len(source)):
     example = source[index]
@@ -70,6 +76,7 @@ def exits_of_set(run, name, source, num_samples, max_utterances=None):
         "alpha": np.asarray(outputs["variance"]["alpha"])[..., 0],
         "beta": np.asarray(outputs["variance"]["beta"])[..., 0],
         "energy": np.sum((references - estimates) ** 2, axis=-1),
+        "signal": np.sum(estimates**2, axis=-1),
         "snr_min": np.asarray(outputs["snr_min"]),
       }
     )
@@ -87,59 +94,90 @@ def crosstalk(estimates):
   return np.abs(np.sum(first * second, axis=-1)) / np.maximum(norms, 1e-12)
 
 
-def _widened(outputs, log_scale):
-  """`{"alpha", "beta"}` with `β` scaled by `exp(log_scale)` `[n, exits]`."""
-  return {"alpha": outputs["alpha"], "beta": outputs["beta"] * np.exp(log_scale)[..., None]}
+def log_scale(outputs, fit):
+  """`log` of the `β` scale `[n, exits]`: `c_k + b ρ` of `fit = {"offsets", "slope"}`."""
+  return np.asarray(fit["offsets"]) + fit["slope"] * crosstalk(outputs["estimates"])
 
 
-def fit_variances(outputs, num_samples):
-  """`{name: log β scale [n, exits] as a function of outputs}` for `VARIANCES`' fitted
-  ones, fitted on `outputs` by likelihood: `(c, b)` of `c_k + b ρ`."""
+def _widened(outputs, fit):
+  """`{"alpha", "beta"}` `[n, exits, sources]` with `β` scaled by `fit`."""
+  return {
+    "alpha": outputs["alpha"],
+    "beta": outputs["beta"] * np.exp(log_scale(outputs, fit))[..., None],
+  }
 
-  def per_exit(slope):
-    shifted = _widened(outputs, slope * crosstalk(outputs["estimates"]))
+
+def probability(outputs, fit, target_snr_db, num_samples):
+  """`P(worst source's SNR ≥ γ)` `[n, exits]` with `β` scaled by `fit`."""
+  params = {name: value[..., None] for name, value in _widened(outputs, fit).items()}  # One block.
+  per_source = probabilistic.snr_exceedance(
+    outputs["signal"], params, target_snr_db, np.array([num_samples])
+  )
+  return np.min(np.asarray(per_source), axis=-1)
+
+
+def nll(outputs, fit, num_samples):
+  """Mean NLL of the realised error energies."""
+  energy = outputs["energy"]
+  return float(np.mean(calibration.log_energy_nll(energy, _widened(outputs, fit), num_samples)))
+
+
+def brier(outputs, fit, target_snr_db, num_samples):
+  """Mean Brier score of `P(SNR ≥ γ)` against reaching `γ`, over utterances and exits."""
+  reached = outputs["snr_min"] >= target_snr_db
+  return float(np.mean((probability(outputs, fit, target_snr_db, num_samples) - reached) ** 2))
+
+
+def fit_variances(outputs, target_snr_db, num_samples):
+  """`{name: {"offsets": [exits], "slope"}}` of the fitted variances, on `outputs`:
+  by likelihood (`calibration.fit_posthoc` per exit, the slope by a line search),
+  and by the Brier score at `γ` (Nelder-Mead from the likelihood fits)."""
+  num_exits = outputs["alpha"].shape[1]
+
+  def by_likelihood(slope):
+    shifted = _widened(outputs, {"offsets": np.zeros(num_exits), "slope": slope})
     scales = calibration.fit_posthoc(
       {k: np.moveaxis(v, 1, -1) for k, v in shifted.items()},
       np.moveaxis(outputs["energy"], 1, -1),
       num_samples,
     )
-    return np.log(scales["beta_scale"])
+    return {"offsets": np.log(scales["beta_scale"]).tolist(), "slope": float(slope)}
 
-  def nll(slope):
-    log_scale = per_exit(slope) + slope * crosstalk(outputs["estimates"])
-    params = _widened(outputs, log_scale)
-    return float(np.mean(calibration.log_energy_nll(outputs["energy"], params, num_samples)))
+  slope = optimize.minimize_scalar(
+    lambda b: nll(outputs, by_likelihood(b), num_samples), bounds=(-5.0, 5.0), method="bounded"
+  ).x
+  fits = {"scalar": by_likelihood(0.0), "crosstalk": by_likelihood(slope)}
 
-  slope = optimize.minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x
-  offsets, scalar = per_exit(slope), per_exit(0.0)
-  return {
-    "scalar": {"offsets": scalar.tolist(), "slope": 0.0},
-    "crosstalk": {"offsets": offsets.tolist(), "slope": float(slope)},
-  }
+  def by_brier(start, with_slope):
+    def unpack(x):
+      return {
+        "offsets": x[:num_exits].tolist(),
+        "slope": float(x[num_exits]) if with_slope else 0.0,
+      }
 
-
-def probabilities(run, outputs, fit, target_snr_db, variance):
-  """`P(SNR ≥ γ)` `[n, exits]` under one of `VARIANCES`."""
-  rho = crosstalk(outputs["estimates"])
-  chosen = {"raw": None, "scalar+ceiling": "scalar"}.get(variance, variance)
-  log_scale = (
-    np.zeros_like(rho)
-    if chosen is None
-    else np.asarray(fit[chosen]["offsets"]) + fit[chosen]["slope"] * rho
-  )
-  probability = np.asarray(
-    probabilistic.exit_probability(
-      outputs["estimates"],
-      {
-        name: value[..., None] for name, value in _widened(outputs, log_scale).items()
-      },  # One block.
-      target_snr_db,
-      config=run.model_config.variance,
+    x0 = np.r_[start["offsets"], [start["slope"]] if with_slope else []]
+    result = optimize.minimize(
+      lambda x: brier(outputs, unpack(x), target_snr_db, num_samples),
+      x0,
+      method="Nelder-Mead",
+      options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-7},
     )
-  )
+    return unpack(result.x)
+
+  fits["scalar (Brier)"] = by_brier(fits["scalar"], with_slope=False)
+  fits["crosstalk (Brier)"] = by_brier(fits["crosstalk"], with_slope=True)
+  return fits
+
+
+def probabilities(outputs, fits, target_snr_db, num_samples, variance):
+  """`P(SNR ≥ γ)` `[n, exits]` under one of `VARIANCES`."""
+  if variance == "raw":
+    return probability(outputs, {"offsets": 0.0, "slope": 0.0}, target_snr_db, num_samples)
   if variance == "scalar+ceiling":
-    probability = np.where(-20 * np.log10(rho) < target_snr_db, 0.0, probability)
-  return probability
+    ceiling = -20 * np.log10(crosstalk(outputs["estimates"]))
+    scalar = probability(outputs, fits["scalar"], target_snr_db, num_samples)
+    return np.where(ceiling < target_snr_db, 0.0, scalar)
+  return probability(outputs, fits[variance], target_snr_db, num_samples)
 
 
 def policy(probability, snr_min, target_snr_db, confidence):
@@ -158,7 +196,7 @@ def policy(probability, snr_min, target_snr_db, confidence):
   }
 
 
-def measure(run, outputs, fit, target_snr_db):
+def measure(outputs, fits, target_snr_db, num_samples):
   rho = crosstalk(outputs["estimates"])
   snr_min = outputs["snr_min"]
   report = {
@@ -170,11 +208,25 @@ def measure(run, outputs, fit, target_snr_db):
     "above_ceiling_per_exit": np.mean(snr_min > -20 * np.log10(rho), axis=0).tolist(),
     "last_exit_reached_share": float(np.mean(snr_min[:, -1] >= target_snr_db)),
   }
+  scalar = probabilities(outputs, fits, target_snr_db, num_samples, "scalar")[:, -1]
+  report["scalar_by_crosstalk"] = []
+  for low, high in zip(CROSSTALK_BINS[:-1], CROSSTALK_BINS[1:]):
+    chosen = (rho[:, -1] >= low) & (rho[:, -1] < high)
+    report["scalar_by_crosstalk"].append(
+      {
+        "crosstalk": [low, high],
+        "utterances": int(chosen.sum()),
+        "mean_probability": float(scalar[chosen].mean()) if chosen.any() else None,
+        "reached_share": float(np.mean(snr_min[chosen, -1] >= target_snr_db))
+        if chosen.any()
+        else None,
+      }
+    )
   for variance in VARIANCES:
-    probability = probabilities(run, outputs, fit, target_snr_db, variance)
+    predicted = probabilities(outputs, fits, target_snr_db, num_samples, variance)
     report[variance] = {
-      "last_exit_mean_probability": float(probability[:, -1].mean()),
-      "policies": [policy(probability, snr_min, target_snr_db, p) for p in CONFIDENCES],
+      "last_exit_mean_probability": float(predicted[:, -1].mean()),
+      "policies": [policy(predicted, snr_min, target_snr_db, p) for p in CONFIDENCES],
     }
   return report
 
@@ -237,14 +289,14 @@ def main(argv=None):
   fit_outputs = exits_of_set(
     run, "validation", opened("", config.data.valid_split), num_samples, args.max_utterances
   )
-  fit = fit_variances(fit_outputs, num_samples)
-  results = {"run": str(args.run), "target_snr_db": target, "seconds": args.seconds, "fit": fit}
-  results["sets"] = {"validation (fit)": measure(run, fit_outputs, fit, target)}
+  fits = fit_variances(fit_outputs, target, num_samples)
+  results = {"run": str(args.run), "target_snr_db": target, "seconds": args.seconds, "fit": fits}
+  results["sets"] = {"validation (fit)": measure(fit_outputs, fits, target, num_samples)}
   for name, root in corpus_breadth.pairs(args.set, "set"):
     outputs = exits_of_set(
       run, name, opened(root, config.data.test_split), num_samples, args.max_utterances
     )
-    results["sets"][name] = measure(run, outputs, fit, target)
+    results["sets"][name] = measure(outputs, fits, target, num_samples)
   table = markdown(results)
   print(table)
   if args.out:
