@@ -279,8 +279,8 @@ FIELDS = (
         lambda v: isinstance(v, (tuple, list)) and all(name in checksets.CHECK_SETS
                                                        for name in v),
         f"check sets' names ({', '.join(checksets.CHECK_SETS)})"), resumable=True, added=True,
-          meaning="check sets of speech no corpus trains on, made and evaluated by the "
-          "demo under `check_root` (`data.ensure_check_set`)"),
+          meaning="check sets of speech the training corpus never heard, made and "
+          "evaluated by the demo under `check_root` (`data.ensure_check_set`)"),
     Field("data.check_mixtures", None, POSITIVE_INT.or_none(), resumable=True, kind=int,
           added=True, meaning="mixtures per check set; None: each set's own size"),
 
