@@ -445,7 +445,7 @@ def test_crosstalk_widening_fits_and_reports(tmp_path, trained_workdir):
   )
   fit_row = results["sets"]["validation (fit)"]
   for variance in ("scalar (Brier)", "crosstalk (Brier)"):
-    probability = script.probabilities(outputs, fits, results["target_snr_db"], 4000, variance)
+    probability = script.predictions(outputs, fits, results["target_snr_db"], 4000)[variance]
     assert fit_row[variance]["last_exit_mean_probability"] == pytest.approx(
       probability[:, -1].mean(), abs=1e-6
     )

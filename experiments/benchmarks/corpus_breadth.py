@@ -62,19 +62,25 @@ def evaluation_table(workdir, name, root, max_utterances=None, step=None):
   return exit_table.load(path)
 
 
-def honesty(table, target_snr_db, confidence):
-  """The probabilistic policy's early stops at `(γ, p)`: their count and the share of
-  them whose worst source reaches `γ` (None when none stops early)."""
-  exits = operating_points.policy_exits(
-    table, "probabilistic", target_snr_db=target_snr_db, confidence=confidence
-  )
-  early = exits < table.num_exits
-  reached = table.snr_min[np.arange(len(exits)), exits - 1] >= target_snr_db
+def early_stops(exits, snr_min, target_snr_db, confidence):
+  """Of 1-based `exits` `[utterances]` taken at confidence `p`: how many stop before the
+  last exit, and the share of those whose worst source (`snr_min` `[utterances,
+  exits]`) reaches `γ` (None when none stops early)."""
+  early = exits < snr_min.shape[1]
+  reached = snr_min[np.arange(len(exits)), exits - 1] >= target_snr_db
   return {
     "confidence": confidence,
     "stopped_early": int(early.sum()),
     "satisfaction": float(reached[early].mean()) if early.any() else None,
   }
+
+
+def honesty(table, target_snr_db, confidence):
+  """The probabilistic policy's early stops at `(γ, p)` (`early_stops`)."""
+  exits = operating_points.policy_exits(
+    table, "probabilistic", target_snr_db=target_snr_db, confidence=confidence
+  )
+  return early_stops(exits, table.snr_min, target_snr_db, confidence)
 
 
 def measure(table, target_snr_db, confidence):
@@ -126,12 +132,12 @@ def write_results(out, results, table):
 
 def pairs(values, what):
   """`[(NAME, VALUE)]` of `--what NAME=VALUE` options."""
-  pairs = []
+  parsed = []
   for value in values:
     if "=" not in value:
       raise SystemExit(f"--{what} {value!r}: expected NAME=PATH")
-    pairs.append(tuple(value.split("=", 1)))
-  return pairs
+    parsed.append(tuple(value.split("=", 1)))
+  return parsed
 
 
 def main(argv=None):

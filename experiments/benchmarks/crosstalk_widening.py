@@ -43,6 +43,7 @@ from eesep_jax import runs
 from eesep_jax.analysis import calibration
 from eesep_jax.analysis import evaluate
 from eesep_jax.core import probabilistic
+from eesep_jax.core import stopping
 from eesep_jax.training import checkpoints
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -169,31 +170,30 @@ def fit_variances(outputs, target_snr_db, num_samples):
   return fits
 
 
-def probabilities(outputs, fits, target_snr_db, num_samples, variance):
-  """`P(SNR ≥ γ)` `[n, exits]` under one of `VARIANCES`."""
-  if variance == "raw":
-    return probability(outputs, {"offsets": 0.0, "slope": 0.0}, target_snr_db, num_samples)
-  if variance == "scalar+ceiling":
-    ceiling = -20 * np.log10(crosstalk(outputs["estimates"]))
-    scalar = probability(outputs, fits["scalar"], target_snr_db, num_samples)
-    return np.where(ceiling < target_snr_db, 0.0, scalar)
-  return probability(outputs, fits[variance], target_snr_db, num_samples)
+def ceiling_db(rho):
+  """The cross-talk ceiling `−20 log10 ρ` on each estimate's SNR, in dB."""
+  return -20 * np.log10(rho)
+
+
+def predictions(outputs, fits, target_snr_db, num_samples):
+  """`{variance: P(SNR ≥ γ) [n, exits]}` for every one of `VARIANCES`."""
+  predicted = {
+    "raw": probability(outputs, {"offsets": 0.0, "slope": 0.0}, target_snr_db, num_samples)
+  }
+  predicted.update(
+    {name: probability(outputs, fit, target_snr_db, num_samples) for name, fit in fits.items()}
+  )
+  below = ceiling_db(crosstalk(outputs["estimates"])) < target_snr_db
+  predicted["scalar+ceiling"] = np.where(below, 0.0, predicted["scalar"])
+  return {variance: predicted[variance] for variance in VARIANCES}
 
 
 def policy(probability, snr_min, target_snr_db, confidence):
-  """Early stops of the probabilistic policy and the share of them reaching `γ`."""
-  num_exits = probability.shape[1]
-  confident = np.concatenate(
-    [probability[:, :-1] >= confidence, np.ones((len(probability), 1), bool)], axis=1
-  )
-  stops = np.argmax(confident, axis=1)
-  early = stops < num_exits - 1
-  reached = snr_min[np.arange(len(stops)), stops] >= target_snr_db
-  return {
-    "confidence": confidence,
-    "stopped_early": int(early.sum()),
-    "satisfaction": float(reached[early].mean()) if early.any() else None,
-  }
+  """Early stops of the probabilistic policy (`stopping`'s rule) and the share of them
+  reaching `γ`."""
+  rule = stopping.Policy(kind="probabilistic", target_snr_db=target_snr_db, confidence=confidence)
+  exits = stopping.first_accepting_exit(stopping.accepts(rule, None, probability=probability))
+  return corpus_breadth.early_stops(np.asarray(exits), snr_min, target_snr_db, confidence)
 
 
 def measure(outputs, fits, target_snr_db, num_samples):
@@ -205,10 +205,11 @@ def measure(outputs, fits, target_snr_db, num_samples):
     "crosstalk_snr_correlation_per_exit": [
       float(np.corrcoef(rho[:, k], snr_min[:, k])[0, 1]) for k in range(rho.shape[1])
     ],
-    "above_ceiling_per_exit": np.mean(snr_min > -20 * np.log10(rho), axis=0).tolist(),
+    "above_ceiling_per_exit": np.mean(snr_min > ceiling_db(rho), axis=0).tolist(),
     "last_exit_reached_share": float(np.mean(snr_min[:, -1] >= target_snr_db)),
   }
-  scalar = probabilities(outputs, fits, target_snr_db, num_samples, "scalar")[:, -1]
+  predicted = predictions(outputs, fits, target_snr_db, num_samples)
+  scalar = predicted["scalar"][:, -1]
   report["scalar_by_crosstalk"] = []
   for low, high in zip(CROSSTALK_BINS[:-1], CROSSTALK_BINS[1:]):
     chosen = (rho[:, -1] >= low) & (rho[:, -1] < high)
@@ -222,11 +223,10 @@ def measure(outputs, fits, target_snr_db, num_samples):
         else None,
       }
     )
-  for variance in VARIANCES:
-    predicted = probabilities(outputs, fits, target_snr_db, num_samples, variance)
+  for variance, probabilities in predicted.items():
     report[variance] = {
-      "last_exit_mean_probability": float(predicted[:, -1].mean()),
-      "policies": [policy(predicted, snr_min, target_snr_db, p) for p in CONFIDENCES],
+      "last_exit_mean_probability": float(probabilities[:, -1].mean()),
+      "policies": [policy(probabilities, snr_min, target_snr_db, p) for p in CONFIDENCES],
     }
   return report
 
