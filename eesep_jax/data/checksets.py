@@ -1,4 +1,4 @@
-"""Check sets: two-speaker mixtures of speech that no corpus of this project trains on.
+"""Check sets: two-speaker mixtures of speech a training corpus has not heard.
 
     data.ensure_check_set("kokoro", "data/checks/kokoro")    # or "kokoro-blend", "piper", "recorded"
 

@@ -191,11 +191,11 @@ def add_data_commands(subparsers):
 
   check = commands.add_parser(
     "check",
-    help="Make a check set of speech no corpus trains on (offline).",
+    help="Make a check set of speech a corpus has not heard (offline).",
     description=(
       "Make a check set: two-speaker mixtures, in the wsj0-mix layout (tt only), of\n"
-      "speech that no corpus of this project trains on. kokoro: the unseen-engine\n"
-      "check (Kokoro-82M); kokoro-blend: the final-report set (blends of its\n"
+      "speech a corpus has not heard. kokoro: the unseen-engine check of the demo\n"
+      "corpus (Kokoro-82M); kokoro-blend: the final-report set (blends of its\n"
       "voices); piper: the unseen-engine check of a corpus made with\n"
       "--kokoro-speakers (Piper's voice); recorded: a recorded voice (CMU ARCTIC,\n"
       "shipped in pysptk)."
