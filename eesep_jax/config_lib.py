@@ -33,6 +33,7 @@ from eesep_jax import errors
 from eesep_jax import inference
 from eesep_jax import models
 from eesep_jax.core import losses
+from eesep_jax.core import probabilistic
 from eesep_jax.core import stopping
 from eesep_jax.data import checksets
 from eesep_jax.data import readers
@@ -327,6 +328,9 @@ FIELDS = (
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' targets"),
     Field("evaluation.confidences", Owned(stopping, "CONFIDENCES"), PROBABILITIES,
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' confidences"),
+    Field("evaluation.calibration_method", "nll", one_of(probabilistic.POSTHOC_METHODS), resumable=True,
+          added=True, meaning=f"{_NOT_TRAINING}how `eesep calibrate` fits the post-hoc scales "
+          "(docs/calibration.md)"),
     Field("evaluation.delta", 0.1, OPEN_UNIT_INTERVAL, resumable=True, added=True,
           meaning=f"{_NOT_TRAINING}the share of utterances `eesep calibrate`'s certified "
           "threshold lets miss the target"),

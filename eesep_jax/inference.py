@@ -176,7 +176,9 @@ def _stopping_loop(
     exit_output = {
       **exit_output,
       "variance": probabilistic.apply_posthoc(
-        exit_output["variance"], {name: scale[k] for name, scale in policy.posthoc_scales.items()}
+        exit_output["variance"],
+        {name: scale[k] for name, scale in policy.posthoc_scales.items()},
+        crosstalk=probabilistic.crosstalk(exit_output["estimates"])[:, None, None],
       ),
     }
     probability, inputs = _stopping_inputs(

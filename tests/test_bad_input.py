@@ -434,12 +434,28 @@ def another_run_writes_the_same_outputs_meanwhile(s):
 @case(
   1,
   r"^error: .*posthoc_calibration\.json: damaged post-hoc calibration, beta_scale "
-  r"holds \[1\.0, nan, -2\.0\]: every scale must be finite and positive",
+  r"holds \[1\.0, nan, -2\.0\]: every value must be finite",
 )
 def a_posthoc_file_with_nan_and_negative_scales(s):
   run = s.tmp / "run"
   shutil.copytree(s.world.run, run)
   (run / "posthoc_calibration.json").write_text('{"beta_scale": [1.0, NaN, -2.0]}')
+  s.keep(run / "posthoc_calibration.json")
+  return s.usage(s.separate(s.inputs, checkpoint=run))
+
+
+@case(
+  1,
+  r"^error: .*posthoc_calibration\.json: damaged post-hoc calibration, beta_scale "
+  r"holds \[1\.0, 1\.0, -2\.0\]: every scale must be positive",
+)
+def a_posthoc_file_with_a_negative_scale(s):
+  run = s.tmp / "run"
+  shutil.copytree(s.world.run, run)
+  # A negative cross-talk slope is a valid one (the variance narrows with cross-talk).
+  (run / "posthoc_calibration.json").write_text(
+    '{"beta_scale": [1.0, 1.0, -2.0], "crosstalk_slope": [-1.0, -1.0, -1.0]}'
+  )
   s.keep(run / "posthoc_calibration.json")
   return s.usage(s.separate(s.inputs, checkpoint=run))
 

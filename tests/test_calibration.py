@@ -1,6 +1,7 @@
 """Calibration measures, post-hoc scales and guaranteed thresholds against scipy and
 simulations of the generative model (`σ² ~ InvGamma(α, β)`, `‖e‖² ~ σ² χ²_T`)."""
 
+import functools
 import math
 
 import jax
@@ -399,6 +400,110 @@ def test_apply_posthoc_along_the_exit_axis_and_under_jit():
   np.testing.assert_allclose(gaussian["variance"][1], [1.0, 2.0, 3.0])
   with pytest.raises(ValueError):
     probabilistic.apply_posthoc({"variance": np.ones(3)}, scales)
+
+
+def test_crosstalk_is_the_largest_cosine_between_two_estimates():
+  rng = _rng(20)
+  estimates = rng.normal(size=(4, 3, 50))
+  estimates[1, 1] = 0.3 * estimates[1, 0] + 0.1 * estimates[1, 1]  # Strong leakage.
+  estimates[2, 2] = 0.0  # A silent estimate correlates with nothing.
+  estimates[3, 1] = -2 * estimates[3, 2]  # Anti-correlated: |cos| = 1.
+
+  def brute_force(sources):
+    return max(
+      abs(sources[i] @ sources[j]) / (np.linalg.norm(sources[i]) * np.linalg.norm(sources[j]))
+      if np.linalg.norm(sources[i]) * np.linalg.norm(sources[j]) > 0
+      else 0.0
+      for i in range(len(sources))
+      for j in range(len(sources))
+      if i != j
+    )
+
+  rho = np.asarray(probabilistic.crosstalk(estimates))
+  np.testing.assert_allclose(rho, [brute_force(e) for e in estimates], rtol=1e-5)
+  assert rho[1] > 0.9 and rho[3] == pytest.approx(1.0, rel=1e-6)
+  # Padding with zeros changes nothing; one source has no cross-talk.
+  padded = np.pad(estimates, [(0, 0), (0, 0), (0, 30)])
+  np.testing.assert_allclose(probabilistic.crosstalk(padded), rho, rtol=1e-6)
+  np.testing.assert_array_equal(probabilistic.crosstalk(estimates[:, :1]), 0.0)
+
+
+def test_apply_posthoc_widens_the_variance_with_crosstalk():
+  scales = {"beta_scale": np.array([2.0, 0.5]), "crosstalk_slope": np.array([1.5, 1.5])}
+  alpha, beta = np.full((3, 2), 4.0), np.full((3, 2), 0.2)
+  rho = np.array([[0.0, 0.2], [0.5, 0.5], [1.0, 0.9]])
+  fitted = probabilistic.apply_posthoc({"alpha": alpha, "beta": beta}, scales, crosstalk=rho)
+  assert isinstance(fitted["beta"], np.ndarray) and fitted["beta"].dtype == np.float64
+  np.testing.assert_allclose(fitted["beta"], 0.2 * np.array([2.0, 0.5]) * np.exp(1.5 * rho))
+  np.testing.assert_array_equal(fitted["alpha"], alpha)  # The slope leaves the tails.
+  # One exit's scalars under jit, `ρ` per example broadcast over sources and blocks.
+  one_exit = jax.jit(
+    lambda p, r: probabilistic.apply_posthoc(
+      p, {name: value[1] for name, value in scales.items()}, crosstalk=r[:, None, None]
+    )
+  )({"alpha": jnp.full((2, 2, 1), 4.0), "beta": jnp.full((2, 2, 1), 0.2)}, jnp.array([0.0, 0.4]))
+  np.testing.assert_allclose(one_exit["beta"][:, 0, 0], 0.1 * np.exp(1.5 * np.array([0, 0.4])))
+  gaussian = probabilistic.apply_posthoc(
+    {"variance": np.ones((3, 2))}, {"crosstalk_slope": np.array([-1.0, 2.0])}, crosstalk=rho
+  )
+  np.testing.assert_allclose(gaussian["variance"], np.exp(np.array([-1.0, 2.0]) * rho))
+  with pytest.raises(ValueError, match="needs the estimates' crosstalk"):
+    probabilistic.apply_posthoc({"alpha": alpha, "beta": beta}, scales)
+
+
+def _decision_population(rng, n, scales, slope):
+  """One source at two exits whose true `β` is `scales · e^{slope·ρ}` times the
+  predicted one: `(params, S, snr_min, ρ, T)`, realised SNRs cross-term free."""
+  time = rng.integers(1000, 4000, n)
+  rho = rng.uniform(0, 1, (n, 2))
+  alpha = rng.uniform(3, 8, (n, 2))
+  mean_variance = np.exp(rng.uniform(-8, -3, (n, 2)))
+  beta = (alpha - 1) * mean_variance
+  energy = _student_energy(rng, time[:, None], alpha, beta * scales * np.exp(slope * rho))
+  signal = time[:, None] * mean_variance * 10 ** (rng.uniform(0, 20, (n, 2)) / 10)
+  snr_min = 10 * np.log10(1 + signal / energy)
+  params = {"alpha": alpha[..., None], "beta": beta[..., None]}
+  return params, signal[..., None], snr_min, rho, time
+
+
+def _scipy_brier(params, signal, snr_min, rho, time, scales, slope, targets):
+  """The Brier score of `P(SNR ≥ γ)` from scipy's beta prime law of `E`, the reference."""
+  beta = params["beta"][..., 0] * scales * np.exp(slope * rho)
+  scores = []
+  for gamma in targets:
+    threshold = _threshold(signal[..., 0], gamma)
+    probability = scipy.stats.betaprime.cdf(
+      threshold, time[:, None] / 2, params["alpha"][..., 0], scale=2 * beta
+    )
+    scores.append((probability - (snr_min >= gamma)) ** 2)
+  return np.mean(scores)
+
+
+def test_decision_fit_recovers_the_crosstalk_slope_and_lowers_scipys_brier_score():
+  rng = _rng(21)
+  true_scales, true_slope, targets = np.array([1.5, 0.7]), 2.0, (5.0, 10.0, 15.0)
+  population = _decision_population(rng, 4000, true_scales, true_slope)
+  fitted = calibration.fit_decision_posthoc(*population, targets)
+  assert set(fitted) == {"beta_scale", "crosstalk_slope"}
+  np.testing.assert_allclose(fitted["crosstalk_slope"], true_slope, atol=0.35)
+  np.testing.assert_allclose(fitted["beta_scale"], true_scales, rtol=0.2)
+  # Held out, the fit scores as the truth does, and better than no widening.
+  held_out = _decision_population(rng, 4000, true_scales, true_slope)
+  score = functools.partial(_scipy_brier, *held_out, targets=targets)
+  fitted_score = score(fitted["beta_scale"], fitted["crosstalk_slope"][0])
+  assert fitted_score <= score(true_scales, true_slope) + 2e-4
+  assert fitted_score < score(np.ones(2), 0.0) - 0.01
+  # Its own objective is scipy's score, and the fit lowers it from where it starts.
+  start = {"beta_scale": np.array([1.2, 1.2]), "crosstalk_slope": np.zeros(2)}
+  refit = calibration.fit_decision_posthoc(*population, targets, start=start)
+  in_sample = functools.partial(_scipy_brier, *population, targets=targets)
+  assert in_sample(refit["beta_scale"], refit["crosstalk_slope"][0]) < in_sample(
+    start["beta_scale"], 0.0
+  )
+  gaussian = calibration.fit_decision_posthoc(
+    {"variance": population[0]["beta"] / 3}, *population[1:], targets
+  )
+  assert set(gaussian) == {"variance_scale", "crosstalk_slope"}
 
 
 def test_save_and_load_posthoc(tmp_path):

@@ -168,10 +168,14 @@ def test_identity_scales_leave_parameters_bit_for_bit():
     "alpha": (1.01 + rng.exponential(3, (5, 3))).astype(np.float32),
     "beta": rng.exponential(1, (5, 3)).astype(np.float32),
   }
-  ones = {name: np.ones(3) for name in probabilistic.LIKELIHOOD_SCALES["student"]}
-  traced = jax.jit(lambda p, s: probabilistic.apply_posthoc(p, s))(
-    jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.float32, ones)
+  identity = {
+    name: np.full(3, probabilistic.POSTHOC_IDENTITY[name])
+    for name in probabilistic.LIKELIHOOD_SCALES["student"]
+  }
+  crosstalk = rng.uniform(0, 1, (5, 1)).astype(np.float32)
+  traced = jax.jit(lambda p, s, r: probabilistic.apply_posthoc(p, s, crosstalk=r))(
+    jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.float32, identity), crosstalk
   )
-  for result in (traced, probabilistic.apply_posthoc(params, ones)):
+  for result in (traced, probabilistic.apply_posthoc(params, identity, crosstalk=crosstalk)):
     for name in params:
       np.testing.assert_array_equal(np.asarray(result[name], np.float32), params[name])

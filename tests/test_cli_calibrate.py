@@ -233,6 +233,52 @@ def test_separate_applies_scales_without_recompiling(calibrated, model, corpus):
   )
 
 
+def _brute_force_crosstalk(estimates):
+  """`|ŝ₁ᵀŝ₂| / (‖ŝ₁‖ ‖ŝ₂‖)` of two estimates `[2, time]`, in float64."""
+  first, second = np.asarray(estimates, np.float64)
+  return abs(first @ second) / (np.linalg.norm(first) * np.linalg.norm(second))
+
+
+def test_brier_calibration_widens_what_separate_reads_with_crosstalk(
+  model, corpus, tmp_path_factory
+):
+  config, variables = model
+  checkpoint, out, _ = _calibrate_run(
+    model, corpus, tmp_path_factory.mktemp("run"), "--method", "brier"
+  )
+  report = json.loads((out / calibration_report.JSON_FILE).read_text())
+  assert report["posthoc"]["method"] == "brier"
+  scales = calibration.load_posthoc(checkpoint)
+  assert set(scales) == {"beta_scale", "crosstalk_slope"}
+  slope = scales["crosstalk_slope"]
+  assert np.all(slope == slope[0]) and np.isfinite(slope[0]) and slope[0] != 0
+  table = exit_table.load(out / evaluate.TABLE_FILE)
+  example = data.open_dataset("wsj0-mix", corpus, "tt", sample_rate=RATE)[0]
+  row = table.ids.tolist().index(example["id"])
+  for k in (1, 2, 3):
+    result = inference.separate(
+      variables,
+      config,
+      example["mixture"][None],
+      policy="fixed",
+      exit_index=k,
+      target_snr_db=2.0,
+      posthoc_scales=scales,
+    )
+    estimates = np.asarray(result.estimates[0])
+    rho = _brute_force_crosstalk(estimates)
+    np.testing.assert_allclose(table.crosstalk[row, k - 1], rho, rtol=1e-4)
+    params = _parameters(table)
+    widened = {
+      "alpha": params["alpha"][row, k - 1],
+      "beta": params["beta"][row, k - 1] * scales["beta_scale"][k - 1] * np.exp(slope[0] * rho),
+    }
+    expected = _scipy_exceedance(
+      np.sum(np.asarray(estimates, np.float64) ** 2, axis=-1), widened, LENGTH, 2.0
+    ).min()
+    assert result.probability[0] == pytest.approx(expected, abs=1e-4)
+
+
 def test_separate_command_passes_the_saved_scales_on(
   calibrated, model, corpus, monkeypatch, tmp_path
 ):
@@ -394,11 +440,18 @@ def test_separate_warns_when_its_regime_is_not_the_calibrated_one(
   assert "fitted on whole utterances" in line
 
 
-def test_calibrate_usage_errors(capsys):
+def test_calibrate_usage_errors(corpus, monkeypatch, capsys):
+  config = config_lib.base_config(preset="tiny", dataset="wsj0-mix", data_root=str(corpus))
+  monkeypatch.setattr(checkpoints, "read_config", lambda workdir: config)
   with pytest.raises(SystemExit):
     cli.main(
       ["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha", "--method", "moments"]
     )
+  assert "error: --fit-alpha: needs --method nll" in capsys.readouterr().err
+  # The method may come from the run's config.
+  config.evaluation.calibration_method = "brier"
+  with pytest.raises(SystemExit):
+    cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--fit-alpha"])
   assert "error: --fit-alpha: needs --method nll" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     cli.main(["calibrate", "--checkpoint", "run", "--out", "out", "--delta", "1"])

@@ -370,6 +370,7 @@ def test_the_library_defaults_are_the_owners():
   assert config.evaluation.to_dict() == {
     "targets_db": stopping.TARGETS_DB,
     "confidences": stopping.CONFIDENCES,
+    "calibration_method": "nll",  # What `calibrate` and `eesep calibrate` fit by default.
     "delta": 0.1,  # The certificate's, as docs/calibration.md states them.
     "epsilon": 0.1,
   }
@@ -383,6 +384,7 @@ def test_the_library_defaults_are_the_owners():
   assert calibrate["target_snr_db"].default == stopping.TARGET_SNR_DB
   assert calibrate["targets"].default == stopping.TARGETS_DB
   assert (calibrate["delta"].default, calibrate["epsilon"].default) == (0.1, 0.1)
+  assert calibrate["method"].default == "nll"
 
 
 def test_the_calibration_report_uses_the_evaluation_grid():

@@ -373,6 +373,7 @@ def test_the_csv_export_has_the_documented_columns_and_the_table_values(evaluati
         "stoi",
         "snr_min",
         "expected_snr_db",
+        "crosstalk",
       )
     },
     **{exit_table.probability_column(t): table.probability[i, k, j] for j, t in enumerate(TARGETS)},
@@ -429,6 +430,7 @@ def test_report_files(evaluation, tmp_path):
     "snr_min",
     *map(exit_table.probability_column, TARGETS),
     "expected_snr_db",
+    "crosstalk",
     "num_samples",
     "snr_s1",
     "snr_s2",

@@ -501,6 +501,86 @@ def fit_posthoc(params, error_energy, num_samples, method="nll", fit_alpha=False
   return scales
 
 
+def brier_score(probabilities, outcomes):
+  """Mean squared difference between probabilities and 0/1 outcomes (same shapes)."""
+  return float(np.mean((_float(probabilities) - np.asarray(outcomes, np.float64)) ** 2))
+
+
+def fit_decision_posthoc(
+  params, estimate_energy, snr_min, crosstalk, num_samples, targets, start=None
+):
+  """Per-exit scales on `β` (or `σ²`) and one cross-talk slope, fitted to the decision.
+
+  The stopping rule reads `P(worst source's SNR ≥ γ)`; these scales minimise its Brier
+  score against reaching `γ` (`snr_min ≥ γ`), averaged over `targets`, utterances and
+  exits. The variance becomes `c_k e^{bρ}` times the network's at exit `k`
+  (`probabilistic.apply_posthoc`, `ρ` the cross-talk): one slope `b` for every exit,
+  stored once per exit. A likelihood fit weighs every error energy alike, and leaves
+  the utterances with middling cross-talk as over-confident at the decision as speech
+  the network never heard; the Brier score weighs the decision alone.
+
+  Minimised by Nelder-Mead over `(log c_k, b)`, from `start` (the likelihood's scales,
+  say: `fit_posthoc`); the score is a proper one, so the true probability minimises it
+  in expectation.
+
+  Args:
+    params: `{"alpha", "beta"}` or `{"variance"}`, each `[utterances, exits, sources]`.
+    estimate_energy: `S = ‖ŝ‖²`, `[utterances, exits, sources]`.
+    snr_min: `[utterances, exits]` dB, the worst source's realised SNR.
+    crosstalk: `[utterances, exits]`, `ρ` (`probabilistic.crosstalk`).
+    num_samples: `[utterances]`, `T`.
+    targets: target SNRs `γ` in dB.
+    start: `{"beta_scale" or "variance_scale": [exits], "crosstalk_slope": [exits]}`
+      to start from, any of them missing (or None) the identity.
+
+  Returns:
+    `{"beta_scale" or "variance_scale": [exits], "crosstalk_slope": [exits]}`.
+  """
+  name = "variance_scale" if _is_gaussian(params) else "beta_scale"
+  widened_name = "variance" if name == "variance_scale" else "beta"
+  num_exits = snr_min.shape[1]
+  time = _float(num_samples)[:, None, None]
+  start = start or {}
+  x0 = np.r_[
+    np.log(start.get(name, np.ones(num_exits))),
+    np.mean(start.get("crosstalk_slope", 0.0)),
+  ]
+  targets = jnp.asarray(targets, jnp.float32)
+  reached = jnp.asarray(snr_min[None] >= np.asarray(targets)[:, None, None], jnp.float32)
+  arrays = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  signal = jnp.asarray(estimate_energy, jnp.float32)
+  rho = jnp.asarray(crosstalk, jnp.float32)[..., None]
+
+  @jax.jit
+  def objective(x):
+    log_scale = x[:num_exits][:, None] + x[num_exits] * rho  # [utterances, exits, 1].
+    scaled = {**arrays, widened_name: arrays[widened_name] * jnp.exp(log_scale)}
+    blocks = {key: value[..., None] for key, value in scaled.items()}  # The one block.
+    probability = jax.vmap(
+      lambda target: jnp.min(
+        probabilistic.snr_exceedance(signal, blocks, target, time[..., None]), axis=-1
+      )
+    )(targets)
+    return jnp.mean((probability - reached) ** 2)
+
+  simplex = np.vstack([x0, x0 + 0.5 * np.eye(num_exits + 1)])
+  result = optimize.minimize(
+    lambda x: float(objective(jnp.asarray(x, jnp.float32))),
+    x0,
+    method="Nelder-Mead",
+    options={
+      "initial_simplex": simplex,
+      "maxiter": 400 * (num_exits + 1),
+      "xatol": 1e-3,
+      "fatol": 1e-7,
+    },
+  )
+  return {
+    name: np.exp(result.x[:num_exits]),
+    "crosstalk_slope": np.full(num_exits, result.x[num_exits]),
+  }
+
+
 def save_posthoc(workdir, scales, regime=None):
   """Writes post-hoc scales to `workdir/POSTHOC_FILE` (JSON); returns the path.
 
@@ -543,8 +623,10 @@ def _posthoc_problem(contents):
     value = contents[name]
     if not (isinstance(value, list) and value and all(map(_is_number, value))):
       return f"{name} is not a list of numbers, one per exit"
-    if not all(math.isfinite(v) and v > 0 for v in value):
-      return f"{name} holds {value}: every scale must be finite and positive"
+    if not all(math.isfinite(v) for v in value):
+      return f"{name} holds {value}: every value must be finite"
+    if name != "crosstalk_slope" and not all(v > 0 for v in value):
+      return f"{name} holds {value}: every scale must be positive"
   if len({len(contents[name]) for name in names}) > 1:
     return "its scales differ in their number of exits"
   regime = contents.get(REGIME_KEY)

@@ -86,7 +86,14 @@ def _parameters(table, scales=None):
       f"None); the table has up to {table.num_blocks}"
     )
   params = {name: value[..., 0] for name, value in table.variance.items()}
-  return params if scales is None else probabilistic.apply_posthoc(params, scales, exit_axis=1)
+  if scales is None:
+    return params
+  if "crosstalk_slope" in scales and table.crosstalk is None:
+    raise ValueError(
+      "the table records no crosstalk, which the scales' crosstalk_slope needs: evaluate again"
+    )
+  crosstalk = None if table.crosstalk is None else table.crosstalk[..., None]
+  return probabilistic.apply_posthoc(params, scales, exit_axis=1, crosstalk=crosstalk)
 
 
 def halves(utterances):
@@ -98,20 +105,44 @@ def halves(utterances):
   return np.flatnonzero(parity == 0), np.flatnonzero(parity == 1)
 
 
-def fit_scales(table, method="nll", fit_alpha=False):
-  """`calibration.fit_posthoc` on every source of every utterance of an exit table."""
+def fit_scales(table, method="nll", fit_alpha=False, targets=stopping.TARGETS_DB):
+  """Post-hoc scales fitted on every source of every utterance of an exit table.
+
+  "nll" and "moments": `calibration.fit_posthoc`'s per-exit scales. "brier": those of
+  "nll", then the scales and a cross-talk slope fitted to the decision at `targets`
+  (`calibration.fit_decision_posthoc`).
+  """
+  if method not in probabilistic.POSTHOC_METHODS:
+    raise ValueError(f"method={method!r}: must be one of {probabilistic.POSTHOC_METHODS}")
+  if fit_alpha and method != "nll":
+    raise ValueError('fit_alpha needs method="nll"')
+  params = _parameters(table)
 
   # `fit_posthoc` takes the exits on the last axis: `[utterances, sources, exits]`.
   def exits_last(values):
     return np.swapaxes(values, 1, 2)
 
-  return calibration.fit_posthoc(
-    {name: exits_last(value) for name, value in _parameters(table).items()},
+  scales = calibration.fit_posthoc(
+    {name: exits_last(value) for name, value in params.items()},
     exits_last(table.error_energy),
     table.num_samples[:, None, None],
-    method=method,
+    method="moments" if method == "moments" else "nll",
     fit_alpha=fit_alpha,
   )
+  if method != "brier":
+    return scales
+  if table.crosstalk is None:
+    raise ValueError("the brier fit needs the table's crosstalk: evaluate again")
+  decision = calibration.fit_decision_posthoc(
+    params,
+    table.estimate_energy,
+    table.snr_min,
+    table.crosstalk,
+    table.num_samples,
+    targets,
+    start=scales,
+  )
+  return {**scales, **decision}
 
 
 def _exceedance(table, params, targets):
@@ -419,7 +450,7 @@ def calibrate(
     fit_source, test_source: random-access examples (`data.open_split(...)`), e.g. the
       validation and test splits; at least `MIN_FIT_UTTERANCES` fit utterances
       (`check_fit_count`, before any work).
-    method, fit_alpha: as in `calibration.fit_posthoc`.
+    method, fit_alpha: as in `fit_scales`.
     target_snr_db, delta, epsilon: the guarantee's `γ`, `δ`, `ε` (`γ` is added to
       `targets`).
     targets: target SNRs `γ` in dB of the report.
@@ -455,7 +486,7 @@ def calibrate(
   check_fit_count(fit_source, max_utterances)
   fit_table, _ = evaluation(fit_source, **regime)
   scale_half, threshold_half = map(fit_table.subset, halves(fit_table.utterance))
-  scales = fit_scales(scale_half, method, fit_alpha)
+  scales = fit_scales(scale_half, method, fit_alpha, targets)
   test_table, summary = evaluation(test_source, **regime)
   # No utterance cut: the chunks evaluated are the whole utterances.
   if np.array_equal(test_table.ids, test_table.utterance):

@@ -80,7 +80,10 @@ def _utterance_outputs(
 ):
   """`_exit_outputs` for one utterance of a padded batch (see `exit_outputs`)."""
   estimates = outputs["estimates"]
-  variance = probabilistic.apply_posthoc(outputs["variance"], posthoc_scales, exit_axis=0)
+  crosstalk = probabilistic.crosstalk(estimates)
+  variance = probabilistic.apply_posthoc(
+    outputs["variance"], posthoc_scales, exit_axis=0, crosstalk=crosstalk[:, None, None]
+  )
   probability = jax.vmap(
     lambda target: probabilistic.exit_probability(
       estimates,
@@ -117,6 +120,7 @@ def _utterance_outputs(
     "snr_min": snr_min,
     "probability": probability,
     "expected_snr_db": expected,
+    "crosstalk": crosstalk,
   }
 
 
@@ -192,7 +196,8 @@ def exit_outputs(
     `si_snr_input`, `snr_input` `[sources]` (the mixture as the estimate); `snr_min`
     `[exits]`, the worst source's SNR under its best permutation (what the oracle
     policy and "reached the target" test); `probability` `[exits, targets]`, the exit
-    probability; `expected_snr_db` `[exits]`, the worst source's expected SNR.
+    probability; `expected_snr_db` `[exits]`, the worst source's expected SNR;
+    `crosstalk` `[exits]`, the estimates' `probabilistic.crosstalk`.
   """
   mixture = jnp.asarray(mixture, jnp.float32)
   outputs = _exit_outputs(

@@ -66,6 +66,9 @@ class ExitTable:
       (`alpha`, `beta` or `variance`) as the probabilities used them (after post-hoc
       scales, if any); one block without `block_length`, else NaN beyond a row's own
       blocks.
+    crosstalk: `[utterances, exits]`, the estimates' `probabilistic.crosstalk`, which
+      a `crosstalk_slope` widens the variance by; None in tables saved before it was
+      recorded.
     chunk_start: `[utterances]` int, a chunk's first sample in its utterance; None when
       utterances were evaluated whole.
     pesq, stoi: `[utterances, exits]`, means over sources; None when not computed, NaN
@@ -91,6 +94,7 @@ class ExitTable:
   error_energy: np.ndarray
   estimate_energy: np.ndarray
   variance: dict
+  crosstalk: np.ndarray | None = None
   chunk_start: np.ndarray | None = None
   pesq: np.ndarray | None = None
   stoi: np.ndarray | None = None
@@ -145,7 +149,8 @@ class ExitTable:
 
     Columns: `id`, `exit` (1-based), `si_snr`, `si_snri`, `snr`, `snri`, `sdr`, `sdri`,
     with PESQ and STOI `pesq`, `stoi` and `problems`, then `snr_min`,
-    `probability_{γ}db` per target, `expected_snr_db`, `num_samples`, and per source
+    `probability_{γ}db` per target, `expected_snr_db`, `crosstalk` (when recorded),
+    `num_samples`, and per source
     `c` (1-based, reference order) `snr_s{c}`, `error_energy_s{c}`,
     `estimate_energy_s{c}` and `{name}_s{c}` for every variance parameter (in order of
     name; a number, or its blocks joined by ";"); for chunks (`chunk_start` given),
@@ -180,7 +185,10 @@ class ExitTable:
     columns["snr_min"] = self.snr_min
     for k, target in enumerate(self.targets_db):
       columns[probability_column(target)] = self.probability[..., k]
-    columns.update(expected_snr_db=self.expected_snr_db, num_samples=each_exit(self.num_samples))
+    columns["expected_snr_db"] = self.expected_snr_db
+    if self.crosstalk is not None:
+      columns["crosstalk"] = self.crosstalk
+    columns["num_samples"] = each_exit(self.num_samples)
     per_source = {
       "snr": self.source_snr,
       "error_energy": self.error_energy,
@@ -321,6 +329,7 @@ def from_exit_outputs(
     expected_snr_db=outputs["expected_snr_db"],
     probability=outputs["probability"],
     source_snr=outputs["snr"],
+    crosstalk=outputs["crosstalk"],
   )
   row = {
     name: (value if value.dtype.kind == "U" else value.astype(np.float64))[None]

@@ -33,6 +33,8 @@ _CALIBRATE_EXAMPLE = (
 
 def _format(value):
   """A default as `--help` shows it: `15`, `5,10,15,20`."""
+  if isinstance(value, str):
+    return value
   return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 
 
@@ -449,8 +451,6 @@ def calibrate_command(args):
   from eesep_jax.analysis import calibration_report
   from eesep_jax.app import separate_files
 
-  if args.fit_alpha and args.method != "nll":
-    raise errors.UsageError("--fit-alpha", "needs --method nll")
   if args.max_utterances is not None and (
     args.max_utterances < calibration_report.MIN_FIT_UTTERANCES
   ):
@@ -459,6 +459,8 @@ def calibrate_command(args):
     )
   config = _data_config(args, runs.load(args.checkpoint).config)
   _apply_run_defaults(args, config)
+  if args.fit_alpha and args.method != "nll":
+    raise errors.UsageError("--fit-alpha", "needs --method nll")
   grid = _grid(args)
   # The fit corpus: the test corpus, unless --fit-dataset/--fit-data-root say otherwise.
   fit_config = config
@@ -756,9 +758,11 @@ def build_parser():
   )
   parser_calibrate.add_argument(
     "--method",
-    choices=("nll", "moments"),
-    default="nll",
-    help="fit the scales by likelihood, or match the mean error variance (default: nll)",
+    choices=("nll", "moments", "brier"),  # probabilistic.POSTHOC_METHODS, without JAX.
+    default=_RunDefault("evaluation.calibration_method"),
+    help="fit the scales by likelihood, match the mean error variance, or fit them and a "
+    "cross-talk slope to the decision P(SNR >= target) at the report's targets "
+    "(default: %(default)s)",
   )
   parser_calibrate.add_argument(
     "--fit-alpha",

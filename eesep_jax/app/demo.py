@@ -178,6 +178,7 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
     workdir,
     workdir / "calibration",
     config=config,
+    method=config.evaluation.calibration_method,
     target_snr_db=target_snr_db,
     **_grid(config, target_snr_db),
   )

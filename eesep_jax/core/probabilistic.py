@@ -543,27 +543,67 @@ def expected_snr_db(estimate, params, config, *, lengths=None):
 # ----------------------------------------------------------------------------------
 # Post-hoc calibration of the variance parameters (fitted by `analysis.calibration`).
 
-# The post-hoc scales each likelihood has (see `apply_posthoc`).
+# The post-hoc scales each likelihood has (see `apply_posthoc`), and the value of each
+# that leaves the parameters as they are.
 LIKELIHOOD_SCALES = {
-  "student": ("beta_scale", "alpha_excess_scale"),
-  "gaussian": ("variance_scale",),
+  "student": ("beta_scale", "alpha_excess_scale", "crosstalk_slope"),
+  "gaussian": ("variance_scale", "crosstalk_slope"),
 }
-POSTHOC_SCALES = LIKELIHOOD_SCALES["student"] + LIKELIHOOD_SCALES["gaussian"]
+POSTHOC_IDENTITY = {
+  "beta_scale": 1.0,
+  "alpha_excess_scale": 1.0,
+  "variance_scale": 1.0,
+  "crosstalk_slope": 0.0,
+}
+POSTHOC_SCALES = tuple(POSTHOC_IDENTITY)
+# How they are fitted (`eesep calibrate --method`, `analysis.calibration`): by
+# likelihood, by the mean error variance, or to the decision, with a cross-talk slope.
+POSTHOC_METHODS = ("nll", "moments", "brier")
 
 
-def apply_posthoc(params, scales, exit_axis=-1):
-  """Applies post-hoc scales: `β ← c_β β`, `α ← 1 + c_α (α − 1)`, `σ² ← c σ²`.
+def crosstalk(estimate):
+  """Cross-talk between an exit's estimates, observable without references:
+  `ρ = max_{i≠j} |ŝᵢᵀŝⱼ| / (‖ŝᵢ‖ ‖ŝⱼ‖)`, `[..., sources, time] -> [...]` in [0, 1].
+
+  A failed separation leaves each speaker in several estimates, which then correlate;
+  leakage bounds an estimate's SNR by about `−20 log10 ρ`. 0 with one source, and for
+  a pair with a silent estimate. Estimates must be zero beyond their valid samples.
+  """
+  estimate = jnp.asarray(estimate)
+  gram = jnp.einsum("...it,...jt->...ij", estimate, estimate)
+  norms = jnp.sqrt(jnp.diagonal(gram, axis1=-2, axis2=-1))
+  products = norms[..., :, None] * norms[..., None, :]
+  cosine = jnp.abs(gram) / jnp.where(products > 0, products, 1.0)
+  others = ~jnp.eye(estimate.shape[-2], dtype=bool)
+  return jnp.max(jnp.where(others, cosine, 0.0), axis=(-2, -1))
+
+
+def _array_module(*values):
+  """jax.numpy when any of `values` is a jax array (traced ones included), else numpy:
+  numpy parameters stay numpy, in their precision."""
+  return jnp if any(isinstance(value, jax.Array) for value in values) else np
+
+
+def apply_posthoc(params, scales, exit_axis=-1, crosstalk=None):
+  """Applies post-hoc scales: `β ← c_β e^{bρ} β`, `α ← 1 + c_α (α − 1)`,
+  `σ² ← c e^{bρ} σ²`.
 
   `α` is scaled above 1, not from 0, so that it stays above 1 (a finite mean variance,
-  docs/method.md §3) for any positive scale. Parameters and scales may be numpy or jax
-  arrays (also traced, under jit), so the stopping loop can apply one exit's scales.
-  Scales of 1 give back the parameters exactly: `1 + (α − 1)` rounds to `α`.
+  docs/method.md §3) for any positive scale. The cross-talk slope `b` widens the
+  variance of estimates that correlate (`crosstalk`), which separation failed on: the
+  variance the network predicts there is that of speech it knows. Parameters and
+  scales may be numpy or jax arrays (also traced, under jit), so the stopping loop can
+  apply one exit's scales. The identity (`POSTHOC_IDENTITY`) gives back the
+  parameters exactly: `1 + (α − 1)` rounds to `α`, and `e^0` is 1.
 
   Args:
     params: `{"alpha", "beta"}` or `{"variance"}`, arrays with an exit axis.
-    scales: from `calibration.fit_posthoc` or `calibration.load_posthoc`: arrays `[exits]`, applied along
-      `exit_axis`, or scalars (one exit's scales, `{name: s[k]}`), applied throughout.
+    scales: from `calibration.fit_posthoc` or `calibration.load_posthoc`: arrays
+      `[exits]`, applied along `exit_axis`, or scalars (one exit's scales,
+      `{name: s[k]}`), applied throughout.
     exit_axis: the exit axis of the parameter arrays.
+    crosstalk: `ρ` of the estimates the parameters belong to (`crosstalk`),
+      broadcastable against the parameters; needed with a `crosstalk_slope`.
 
   Returns:
     The rescaled parameters, a new dict with the same keys.
@@ -572,29 +612,39 @@ def apply_posthoc(params, scales, exit_axis=-1):
   allowed = set(LIKELIHOOD_SCALES["gaussian" if gaussian else "student"])
   if not set(scales) <= allowed or not scales:
     raise ValueError(f"scales {sorted(scales)} do not fit parameters {sorted(params)}")
+  if "crosstalk_slope" in scales and crosstalk is None:
+    raise ValueError("a crosstalk_slope needs the estimates' crosstalk")
 
   def along_exits(name, value):
-    scale = scales.get(name, 1.0)
+    scale = scales.get(name, POSTHOC_IDENTITY[name])
     if np.ndim(scale) == 1:
       shape = [1] * value.ndim
       shape[exit_axis] = scale.size
       scale = scale.reshape(shape)
     return scale
 
+  def widened(name, value):
+    scale = along_exits(name, value)
+    if "crosstalk_slope" not in scales:
+      return value * scale
+    xp = _array_module(value, scale, scales["crosstalk_slope"], crosstalk)
+    return value * scale * xp.exp(along_exits("crosstalk_slope", value) * crosstalk)
+
   if gaussian:
-    return {"variance": params["variance"] * along_exits("variance_scale", params["variance"])}
-  alpha, beta = params["alpha"], params["beta"]
+    return {"variance": widened("variance_scale", params["variance"])}
+  alpha = params["alpha"]
   return {
     "alpha": 1 + along_exits("alpha_excess_scale", alpha) * (alpha - 1),
-    "beta": beta * along_exits("beta_scale", beta),
+    "beta": widened("beta_scale", params["beta"]),
   }
 
 
 def full_posthoc(scales, config):
-  """Every post-hoc scale of a model's likelihood, `[exits]` each; missing ones are 1.
+  """Every post-hoc scale of a model's likelihood, `[exits]` each; missing ones are the
+  identity (`POSTHOC_IDENTITY`).
 
   What the stopping loop takes: one set of arrays whatever was fitted, so that it
-  compiles once (None, no calibration, gives all ones: the identity).
+  compiles once (None, no calibration, gives the identity).
 
   Args:
     scales: `{name: [exits]}` (`calibration.fit_posthoc`, `calibration.load_posthoc`),
@@ -615,7 +665,10 @@ def full_posthoc(scales, config):
       f"post-hoc scales {sorted(scales)} do not fit a {likelihood} variance head (scales: {names})"
     )
   full = {
-    name: np.asarray(scales.get(name, np.ones(config.num_exits)), np.float64) for name in names
+    name: np.asarray(
+      scales.get(name, np.full(config.num_exits, POSTHOC_IDENTITY[name])), np.float64
+    )
+    for name in names
   }
   for name, value in full.items():
     if value.shape != (config.num_exits,):

@@ -89,10 +89,8 @@ def exits_of_set(run, name, source, num_samples, max_utterances=None):
 
 
 def crosstalk(estimates):
-  """`ρ` `[n, exits]` of estimates `[n, exits, 2, time]`."""
-  first, second = estimates[:, :, 0], estimates[:, :, 1]
-  norms = np.linalg.norm(first, axis=-1) * np.linalg.norm(second, axis=-1)
-  return np.abs(np.sum(first * second, axis=-1)) / np.maximum(norms, 1e-12)
+  """`ρ` `[n, exits]` of estimates `[n, exits, 2, time]` (`probabilistic.crosstalk`)."""
+  return np.asarray(probabilistic.crosstalk(estimates), np.float64)
 
 
 def log_scale(outputs, fit):
