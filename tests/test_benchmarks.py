@@ -386,6 +386,14 @@ def test_corpus_breadth_reports_exits_and_honesty(tmp_path, trained_workdir, tin
         np.mean([table.snr_min[i, k] >= gamma for i, k in early])
       )
   assert row["last_exit_reached_share"] == pytest.approx(np.mean(table.snr_min[:, -1] >= gamma))
+  # Per γ, every default target the table has probabilities for.
+  assert list(row["last_exit_by_target"]) == [
+    f"{t:g}" for t in breadth.TARGETS_DB if t in table.targets_db
+  ]
+  for key, entry in row["last_exit_by_target"].items():
+    column = list(table.targets_db).index(float(key))
+    assert entry["mean_probability"] == pytest.approx(table.probability[:, -1, column].mean())
+    assert entry["reached_share"] == pytest.approx(np.mean(table.snr_min[:, -1] >= float(key)))
   assert json.loads(out.read_text())["r"]["other"]["utterances"] == 2
   assert "| r | other | 2 |" in out.with_suffix(".md").read_text()
   # An earlier checkpoint, evaluated as such.

@@ -37,6 +37,12 @@ def _threshold(signal_energy, gamma_db):
 # Reliability.
 
 
+def test_brier_score_hand_computed():
+  assert calibration.brier_score([0.2, 0.9, 0.5], [0, 1, True]) == pytest.approx(
+    (0.04 + 0.01 + 0.25) / 3
+  )
+
+
 def test_reliability_hand_computed():
   result = calibration.reliability([0.05, 0.15, 0.12, 0.95, 1.0], [0, 1, 0, 1, 1])
   np.testing.assert_allclose(result["edges"], np.linspace(0, 1, 11))

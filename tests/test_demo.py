@@ -43,6 +43,7 @@ def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_
     "compute saved",
     "oracle",
     "satisfaction",
+    "mean P, full depth",
     "SI-SNRi (full depth)",
     "Demo finished",
   ):

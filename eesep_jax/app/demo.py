@@ -36,6 +36,7 @@ from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import runs
 from eesep_jax.analysis import calibration_report
+from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import operating_points
 from eesep_jax.app import separate_files
@@ -79,6 +80,11 @@ def _stopping_cells(summary, target_snr_db, confidence):
     ),
     "satisfaction": (
       f"{_share(values, 'satisfaction', i, q)} of {early}" if early else "none stopped early"
+    ),
+    # What the exit probabilities promise, against what happens: honest when they agree.
+    "mean P, full depth": (
+      f"{summary['per_exit'][-1][exit_table.probability_column(target_snr_db)]:.2f} "
+      f"({100 * points.reach[i, full]:.0f}% reach γ)"
     ),
     "SI-SNRi (full depth)": (
       f"{points.means['si_snri'][i, q]:.2f} dB ({points.means['si_snri'][i, full]:.2f})"

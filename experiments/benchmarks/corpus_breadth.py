@@ -15,7 +15,8 @@ checkpoints of those steps (`RUN/eval_<set>_step<N>/`, without post-hoc scales):
   confidence `p` and at p = 0.8: how many utterances the probabilistic policy stops
   before the last exit and the share of them that reach `γ` (asked: ≥ p − 0.1);
 - the last exit's mean `P(SNR ≥ γ)` beside the share whose worst source reaches `γ`
-  there (asked: within 0.1).
+  there (asked: within 0.1), at the run's `γ` and, in a second table, at each of
+  `--targets` the evaluation computed probabilities for.
 Probabilities are as `eesep evaluate` reads them: with the run's post-hoc scales,
 if `eesep calibrate` saved any.
 """
@@ -33,6 +34,7 @@ from eesep_jax.analysis import operating_points
 from eesep_jax.training import checkpoints
 
 EXTRA_CONFIDENCE = 0.8
+TARGETS_DB = (2.0, 3.0, 4.0, 5.0, 6.0)  # The second table's, where the demo's sets differ.
 
 
 def evaluation_table(workdir, name, root, max_utterances=None, step=None):
@@ -83,16 +85,29 @@ def honesty(table, target_snr_db, confidence):
   return early_stops(exits, table.snr_min, target_snr_db, confidence)
 
 
-def measure(table, target_snr_db, confidence):
-  """The report of one run on one set (see the module docstring)."""
+def last_exit_promise(table, target_snr_db):
+  """`(mean P(SNR ≥ γ), share reaching γ)` at the last exit."""
   last_probability = table.probability[:, -1, table.target_index(target_snr_db)]
+  return float(last_probability.mean()), float(np.mean(table.snr_min[:, -1] >= target_snr_db))
+
+
+def measure(table, target_snr_db, confidence, targets=TARGETS_DB):
+  """The report of one run on one set (see the module docstring)."""
+  mean_probability, reached_share = last_exit_promise(table, target_snr_db)
   return {
     "utterances": len(table.ids),
     "si_snri_per_exit": [round(float(v), 3) for v in table.si_snri.mean(axis=0)],
     "target_snr_db": target_snr_db,
     "honesty": [honesty(table, target_snr_db, p) for p in sorted({confidence, EXTRA_CONFIDENCE})],
-    "last_exit_mean_probability": float(last_probability.mean()),
-    "last_exit_reached_share": float(np.mean(table.snr_min[:, -1] >= target_snr_db)),
+    "last_exit_mean_probability": mean_probability,
+    "last_exit_reached_share": reached_share,
+    "last_exit_by_target": {
+      f"{target:g}": dict(
+        zip(("mean_probability", "reached_share"), last_exit_promise(table, target))
+      )
+      for target in targets
+      if target in table.targets_db
+    },
   }
 
 
@@ -118,6 +133,29 @@ def markdown(results):
         f"| {run} | {name} | {row['utterances']} | {exits} | {stops} | "
         f"{row['last_exit_mean_probability']:.2f} / "
         f"{row['last_exit_reached_share']:.2f} (γ = {row['target_snr_db']:g} dB) |"
+      )
+  targets = list(
+    dict.fromkeys(
+      t for sets in results.values() for row in sets.values() for t in row["last_exit_by_target"]
+    )
+  )
+  lines += [
+    "",
+    "Last exit: mean P(SNR ≥ γ) / share reaching γ, per γ",
+    "",
+    "| run | set | " + " | ".join(f"{t} dB" for t in targets) + " |",
+    "|---|---|" + "---|" * len(targets),
+  ]
+  for run, sets in results.items():
+    for name, row in sets.items():
+      cells = [row["last_exit_by_target"].get(t) for t in targets]
+      lines.append(
+        f"| {run} | {name} | "
+        + " | ".join(
+          "–" if c is None else f"{c['mean_probability']:.2f} / {c['reached_share']:.2f}"
+          for c in cells
+        )
+        + " |"
       )
   return "\n".join(lines)
 
@@ -151,6 +189,12 @@ def main(argv=None):
   )
   parser.add_argument("--max-utterances", type=int, default=None)
   parser.add_argument(
+    "--targets",
+    type=lambda text: tuple(float(target) for target in text.split(",")),
+    default=TARGETS_DB,
+    help="targets in dB of the per-γ honesty table (default: %(default)s)",
+  )
+  parser.add_argument(
     "--steps",
     type=lambda text: [int(step) for step in text.split(",")],
     help="evaluate each run's checkpoints of these training steps (rows NAME@STEP, "
@@ -165,7 +209,10 @@ def main(argv=None):
     for step in args.steps or [None]:
       results[run if step is None else f"{run}@{step}"] = {
         name: measure(
-          evaluation_table(workdir, name, root, args.max_utterances, step), target, confidence
+          evaluation_table(workdir, name, root, args.max_utterances, step),
+          target,
+          confidence,
+          args.targets,
         )
         for name, root in pairs(args.set, "set")
       }

@@ -124,7 +124,7 @@ def nll(outputs, fit, num_samples):
 def brier(outputs, fit, target_snr_db, num_samples):
   """Mean Brier score of `P(SNR ≥ γ)` against reaching `γ`, over utterances and exits."""
   reached = outputs["snr_min"] >= target_snr_db
-  return float(np.mean((probability(outputs, fit, target_snr_db, num_samples) - reached) ** 2))
+  return calibration.brier_score(probability(outputs, fit, target_snr_db, num_samples), reached)
 
 
 def fit_variances(outputs, target_snr_db, num_samples):
