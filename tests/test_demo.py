@@ -1,5 +1,6 @@
 """The demo job end to end, on the session's trained run (training resumes at its end)."""
 
+import json
 import shutil
 
 import pytest
@@ -55,7 +56,9 @@ def test_demo_evaluates_separates_and_summarises(tmp_path, tiny_corpus, trained_
     for name in ("evaluation.md", "reach_compute.png", "satisfaction.png"):
       assert (workdir / folder / name).is_file()
   assert (workdir / "calibration" / "calibration.json").is_file()
-  assert (workdir / "posthoc_calibration.json").is_file()
+  # Fitted as the demo config says (`evaluation.calibration_method = "brier"`).
+  posthoc = json.loads((workdir / "posthoc_calibration.json").read_text())
+  assert set(posthoc) == {"beta_scale", "crosstalk_slope", "regime"}
   separated = sorted(path.name for path in (workdir / "separated").iterdir())
   assert len(separated) == 2 and separated[0].endswith("_s1.wav")
 

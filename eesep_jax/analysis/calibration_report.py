@@ -566,7 +566,9 @@ def calibrate_checkpoint(
     fit_split: where the scales are fitted and the threshold certified; None: the
       config's validation split.
     split: where calibration is measured; None: the config's test split.
-    **calibrate_kwargs: `calibrate`'s keywords (`method`, `target_snr_db`, ...).
+    **calibrate_kwargs: `calibrate`'s keywords (`method`, `target_snr_db`, ...);
+      `method` defaults to the config's `evaluation.calibration_method`, as in
+      `eesep calibrate`.
 
   Returns:
     `(report, paths)`: `calibrate`'s report, with `checkpoint`, `dataset` and
@@ -577,6 +579,9 @@ def calibrate_checkpoint(
   run = runs.load(checkpoint)
   config = run.config if config is None else config
   model_config, variables = run.model_config, run.variables
+  calibrate_kwargs.setdefault(
+    "method", config_lib.get_field(config, "evaluation.calibration_method")
+  )
   fit_source = data.open_split(fit_config or config, fit_split or config.data.valid_split)
   test_source = data.open_split(config, split or config.data.test_split)
   scales, table, report = calibrate(

@@ -36,8 +36,8 @@ from eesep_jax import config_lib
 from eesep_jax import data
 from eesep_jax import runs
 from eesep_jax.analysis import calibration_report
-from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import evaluate
+from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import operating_points
 from eesep_jax.app import separate_files
 from eesep_jax.training import train
@@ -184,7 +184,6 @@ def main(workdir="runs/demo", config_path=DEMO_CONFIG, overrides=()):
     workdir,
     workdir / "calibration",
     config=config,
-    method=config.evaluation.calibration_method,
     target_snr_db=target_snr_db,
     **_grid(config, target_snr_db),
   )
