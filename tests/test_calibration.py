@@ -512,6 +512,16 @@ def test_decision_fit_recovers_the_crosstalk_slope_and_lowers_scipys_brier_score
   assert set(gaussian) == {"variance_scale", "crosstalk_slope"}
 
 
+def test_decision_fit_stays_bounded_when_no_utterance_reaches_a_target():
+  rng = _rng(22)
+  params, signal, snr_min, rho, time = _decision_population(rng, 200, np.ones(2), 0.0)
+  fitted = calibration.fit_decision_posthoc(params, signal, snr_min, rho, time, (60.0,))
+  log_scales = np.log(fitted["beta_scale"])
+  assert np.all(np.isfinite(log_scales)) and np.isfinite(fitted["crosstalk_slope"][0])
+  assert np.all(np.abs(log_scales) <= calibration.DECISION_LOG_SCALE_LIMIT + 1e-9)
+  assert abs(fitted["crosstalk_slope"][0]) <= calibration.DECISION_SLOPE_LIMIT + 1e-9
+
+
 def test_save_and_load_posthoc(tmp_path):
   assert calibration.load_posthoc(tmp_path) is None
   scales = {"beta_scale": np.array([3.0, 0.5]), "alpha_excess_scale": np.array([1.0, 1.2])}

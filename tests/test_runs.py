@@ -56,10 +56,11 @@ def test_posthoc_scales_come_whole_with_their_regime(run_copy):
   run = runs.load(run_copy)
   assert run.model_config.num_exits == num_exits
   assert run.model_config.variance.parameterisation.startswith("student")
-  # The scale not fitted is the identity, one per exit.
-  assert set(run.posthoc_scales) == {"beta_scale", "alpha_excess_scale"}
+  # The scales not fitted are the identity, one per exit.
+  assert set(run.posthoc_scales) == {"beta_scale", "alpha_excess_scale", "crosstalk_slope"}
   np.testing.assert_array_equal(run.posthoc_scales["beta_scale"], [1.5] * num_exits)
   np.testing.assert_array_equal(run.posthoc_scales["alpha_excess_scale"], [1.0] * num_exits)
+  np.testing.assert_array_equal(run.posthoc_scales["crosstalk_slope"], [0.0] * num_exits)
   assert run.posthoc_path == str(run_copy / calibration.POSTHOC_FILE)
   assert run.posthoc_regime == {"chunk_seconds": 1.0, "overlap_seconds": 0.25}
   rate = run.model_config.sample_rate

@@ -666,6 +666,8 @@ def honesty_figure(comparison):
     ax.plot([0, 1], [0, 1], color="0.5", linewidth=1)
     for entry in comparison["variants"]:
       measured = entry["sets"][name]
+      if measured["predicted"] is None:  # No probability to promise (written as null).
+        continue
       ax.plot(
         measured["observed"],
         measured["predicted"],

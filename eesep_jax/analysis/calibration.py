@@ -506,6 +506,13 @@ def brier_score(probabilities, outcomes):
   return float(np.mean((_float(probabilities) - np.asarray(outcomes, np.float64)) ** 2))
 
 
+# Bounds on `fit_decision_posthoc`'s `log c_k` and slope `b`: where no fit utterance
+# reaches a target (or every one does), the Brier score falls for ever as the variance
+# grows (or shrinks), and the fit would run to infinite scales.
+DECISION_LOG_SCALE_LIMIT = math.log(1e3)
+DECISION_SLOPE_LIMIT = 10.0
+
+
 def fit_decision_posthoc(
   params, estimate_energy, snr_min, crosstalk, num_samples, targets, start=None
 ):
@@ -520,8 +527,9 @@ def fit_decision_posthoc(
   the network never heard; the Brier score weighs the decision alone.
 
   Minimised by Nelder-Mead over `(log c_k, b)`, from `start` (the likelihood's scales,
-  say: `fit_posthoc`); the score is a proper one, so the true probability minimises it
-  in expectation.
+  say: `fit_posthoc`), within `|log c_k| ≤ DECISION_LOG_SCALE_LIMIT` and
+  `|b| ≤ DECISION_SLOPE_LIMIT`; the score is a proper one, so the true probability
+  minimises it in expectation.
 
   Args:
     params: `{"alpha", "beta"}` or `{"variance"}`, each `[utterances, exits, sources]`.
@@ -563,11 +571,16 @@ def fit_decision_posthoc(
     )(targets)
     return jnp.mean((probability - reached) ** 2)
 
-  simplex = np.vstack([x0, x0 + 0.5 * np.eye(num_exits + 1)])
+  bounds = [(-DECISION_LOG_SCALE_LIMIT, DECISION_LOG_SCALE_LIMIT)] * num_exits + [
+    (-DECISION_SLOPE_LIMIT, DECISION_SLOPE_LIMIT)
+  ]
+  x0 = np.clip(x0, *np.transpose(bounds))
+  simplex = np.clip(np.vstack([x0, x0 + 0.5 * np.eye(num_exits + 1)]), *np.transpose(bounds))
   result = optimize.minimize(
     lambda x: float(objective(jnp.asarray(x, jnp.float32))),
     x0,
     method="Nelder-Mead",
+    bounds=bounds,
     options={
       "initial_simplex": simplex,
       "maxiter": 400 * (num_exits + 1),

@@ -139,6 +139,9 @@ def _variant_result(variant, config, workdir, *, base_model_config, settings, pr
     report, _ = calibration_report.calibrate_checkpoint(
       workdir,
       workdir / CALIBRATION_DIR,
+      # The ablation compares the parameterisations' predicted laws, which a
+      # likelihood fit serves and a decision fit does not (docs/calibration.md).
+      method="nll",
       target_snr_db=settings["target_snr_db"],
       confidences=sorted({*config.evaluation.confidences, settings["confidence"]}),
       max_utterances=settings["max_utterances"],
