@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from conftest import make_exit_table
 from eesep_jax.analysis import calibration_report
@@ -100,6 +101,8 @@ def test_report_layout():
     "sharpness",
     "reliability",
     "pit_histogram",
+    "brier",
+    "brier_mean",
   }
   assert set(report["pooled"]["ece"]) == {"5", "10", "15"}
   assert sum(report["pooled"]["pit_histogram"]) == 200 * 3 * 2
@@ -111,6 +114,28 @@ def test_report_layout():
     assert entry["low"] <= entry["share"] <= entry["high"]
   with pytest.raises(ValueError, match="one variance block"):
     _report(make_exit_table(2, 3, 2, variance={"variance": np.ones((2, 3, 2, 2))}))
+
+
+def test_brier_score_of_the_worst_source_against_scipy():
+  table = _population(5, 300, factor=0.5)
+  report = _report(table)
+  beta = table.variance["beta"][..., 0]
+  for target in (5.0, 10.0, 15.0):
+    threshold = table.estimate_energy / (10 ** (target / 10) - 1)
+    worst = scipy.stats.betaprime.cdf(
+      threshold,
+      table.num_samples[:, None, None] / 2,
+      table.variance["alpha"][..., 0],
+      scale=2 * beta,
+    ).min(axis=-1)  # [utterances, exits]
+    squared = (worst - (table.snr_min >= target)) ** 2
+    key = f"{target:g}"
+    assert report["pooled"]["brier"][key] == pytest.approx(squared.mean(), abs=1e-5)
+    for k, entry in enumerate(report["per_exit"]):
+      assert entry["brier"][key] == pytest.approx(squared[:, k].mean(), abs=1e-5)
+  # Over-confident predictions score worse than calibrated ones.
+  calibrated = _report(_population(5, 300))
+  assert calibrated["pooled"]["brier_mean"] < report["pooled"]["brier_mean"]
 
 
 def test_resampled_ece_of_the_whole_population_is_the_reports():

@@ -13,7 +13,9 @@ The measures of docs/method.md §5 (`calibration`), over an evaluation's exit ta
   NLL of the error energy; sharpness;
 - per utterance, the unit a stopping policy acts on: the probabilistic policy stops at
   the first exit where the worst source's `P(SNR ≥ γ)` (how
-  `probabilistic.exit_probability` combines sources) reaches `p`. Target satisfaction
+  `probabilistic.exit_probability` combines sources) reaches `p`. The Brier score of
+  that probability against the worst source reaching `γ` measures it at every exit
+  (what `--method brier` fits). Target satisfaction
   is the share of the utterances that stopped so (not those that ran out of exits and
   took the last one) whose worst source's SNR (`snr_min`) reaches `γ`, with a
   Clopper–Pearson interval; with the compute and SI-SNRi at the exits taken, the
@@ -235,7 +237,8 @@ def calibration_report(
     mean `si_snri` and measures; `pooled`, the measures over all exits; measures are
     `ece` (`{γ: ECE}`), `ece_mean`, `ks`, `crps` (dB), `nll` (nats), `sharpness` (dB),
     `reliability` (`{γ: {confidence, frequency, count}}` per bin) and `pit_histogram`
-    (`PIT_BINS` counts). `target_satisfaction`, per `(γ, p)`: `target_snr_db`,
+    (`PIT_BINS` counts), per source; and per utterance `brier` (`{γ: Brier score}` of
+    the worst source's `P(SNR ≥ γ)` against `snr_min ≥ γ`) and `brier_mean`. `target_satisfaction`, per `(γ, p)`: `target_snr_db`,
     `confidence`; `count` (utterances that stopped with `P ≥ p`), `share` meeting `γ`
     (NaN if none stopped), its interval `low`, `high`; and `mean_exit`,
     `exit_histogram`, `gmacs_per_second`, `si_snri` at the exits taken.
@@ -264,17 +267,30 @@ def calibration_report(
       targets,
     )
 
-  # Exits are the second-to-last axis of every array measured.
+  worst = probability.min(axis=-1)  # [targets, utterances, exits].
+  reached = table.snr_min >= np.reshape(targets, (-1, 1, 1))
+
+  def decision(select):
+    """The Brier score of what the policy reads, the worst source's `P(SNR ≥ γ)`,
+    against its reaching `γ`: the score `--method brier` fits."""
+    brier = {
+      _key(t): calibration.brier_score(select(p), select(r))
+      for t, p, r in zip(targets, worst, reached)
+    }
+    return {"brier": brier, "brier_mean": float(np.mean(list(brier.values())))}
+
+  # Exits are the second-to-last axis of every per-source array measured, the last of
+  # every per-utterance one.
   per_exit = [
     {
       "exit": k + 1,
       "gmacs_per_second": float(gmacs_per_second[k]),
       "si_snri": float(np.mean(table.si_snri[:, k])),
       **measures(lambda x, k=k: x[..., k, :]),
+      **decision(lambda x, k=k: x[..., k]),
     }
     for k in range(table.num_exits)
   ]
-  worst = probability.min(axis=-1)  # [targets, utterances, exits].
   rows = np.arange(worst.shape[1])
   satisfaction = []
   for target, per_target in zip(targets, worst):
@@ -290,7 +306,7 @@ def calibration_report(
       )
   return {
     "per_exit": per_exit,
-    "pooled": measures(lambda x: x),
+    "pooled": {**measures(lambda x: x), **decision(lambda x: x)},
     "target_satisfaction": satisfaction,
   }
 
@@ -607,7 +623,7 @@ def text_summary(report):
     f"chunks of {regime['chunk_seconds']:g} s (overlap {regime['overlap_seconds']:g} s), "
     f"as `separate` runs them (before -> after post-hoc, "
     f"{report['posthoc']['method']} fit on {report['posthoc']['num_utterances']}):",
-    f"{'exit':>8} {'ECE':>15} {'KS':>15} {'CRPS (dB)':>15} {'NLL':>15}",
+    f"{'exit':>8} {'ECE':>15} {'KS':>15} {'CRPS (dB)':>15} {'NLL':>15} {'Brier':>15}",
   ]
   panels = [
     (str(b["exit"]), b, a)
@@ -620,7 +636,7 @@ def text_summary(report):
       f"{name:>8} "
       + " ".join(
         f"{f'{before[key]:.3f} -> {after[key]:.3f}':>15}"
-        for key in ("ece_mean", "ks", "crps", "nll")
+        for key in ("ece_mean", "ks", "crps", "nll", "brier_mean")
       )
     )
   whole = report["whole_utterances"]
