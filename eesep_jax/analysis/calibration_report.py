@@ -238,10 +238,11 @@ def calibration_report(
     `ece` (`{γ: ECE}`), `ece_mean`, `ks`, `crps` (dB), `nll` (nats), `sharpness` (dB),
     `reliability` (`{γ: {confidence, frequency, count}}` per bin) and `pit_histogram`
     (`PIT_BINS` counts), per source; and per utterance `brier` (`{γ: Brier score}` of
-    the worst source's `P(SNR ≥ γ)` against `snr_min ≥ γ`) and `brier_mean`. `target_satisfaction`, per `(γ, p)`: `target_snr_db`,
-    `confidence`; `count` (utterances that stopped with `P ≥ p`), `share` meeting `γ`
-    (NaN if none stopped), its interval `low`, `high`; and `mean_exit`,
-    `exit_histogram`, `gmacs_per_second`, `si_snri` at the exits taken.
+    the worst source's `P(SNR ≥ γ)` against `snr_min ≥ γ`) and `brier_mean`.
+    `target_satisfaction`, per `(γ, p)`: `target_snr_db`, `confidence`; `count`
+    (utterances that stopped with `P ≥ p`), `share` meeting `γ` (NaN if none stopped),
+    its interval `low`, `high`; and `mean_exit`, `exit_histogram`, `gmacs_per_second`,
+    `si_snri` at the exits taken.
   """
   targets = [float(t) for t in targets]
   params = _parameters(table, scales)  # [utterances, exits, sources] each.
