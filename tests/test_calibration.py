@@ -506,6 +506,10 @@ def test_decision_fit_recovers_the_crosstalk_slope_and_lowers_scipys_brier_score
   assert in_sample(refit["beta_scale"], refit["crosstalk_slope"][0]) < in_sample(
     start["beta_scale"], 0.0
   )
+  # The scales alone, the slope kept where it starts.
+  scales_only = calibration.fit_decision_posthoc(*population, targets, start=start, fit_slope=False)
+  np.testing.assert_array_equal(scales_only["crosstalk_slope"], 0.0)
+  assert in_sample(scales_only["beta_scale"], 0.0) < in_sample(start["beta_scale"], 0.0)
   gaussian = calibration.fit_decision_posthoc(
     {"variance": population[0]["beta"] / 3}, *population[1:], targets
   )

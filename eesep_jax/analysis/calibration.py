@@ -514,7 +514,7 @@ DECISION_SLOPE_LIMIT = 10.0
 
 
 def fit_decision_posthoc(
-  params, estimate_energy, snr_min, crosstalk, num_samples, targets, start=None
+  params, estimate_energy, snr_min, crosstalk, num_samples, targets, start=None, fit_slope=True
 ):
   """Per-exit scales on `β` (or `σ²`) and one cross-talk slope, fitted to the decision.
 
@@ -526,7 +526,7 @@ def fit_decision_posthoc(
   the utterances with middling cross-talk as over-confident at the decision as speech
   the network never heard; the Brier score weighs the decision alone.
 
-  Minimised by Nelder-Mead over `(log c_k, b)`, from `start` (the likelihood's scales,
+  Minimised by Nelder-Mead over `(log c_k, b)` (or `log c_k` alone), from `start` (the likelihood's scales,
   say: `fit_posthoc`), within `|log c_k| ≤ DECISION_LOG_SCALE_LIMIT` and
   `|b| ≤ DECISION_SLOPE_LIMIT`; the score is a proper one, so the true probability
   minimises it in expectation.
@@ -540,6 +540,7 @@ def fit_decision_posthoc(
     targets: target SNRs `γ` in dB.
     start: `{"beta_scale" or "variance_scale": [exits], "crosstalk_slope": [exits]}`
       to start from, any of them missing (or None) the identity.
+    fit_slope: also fit the slope; False keeps `start`'s, and fits the scales alone.
 
   Returns:
     `{"beta_scale" or "variance_scale": [exits], "crosstalk_slope": [exits]}`.
@@ -549,10 +550,8 @@ def fit_decision_posthoc(
   num_exits = snr_min.shape[1]
   time = _float(num_samples)[:, None, None]
   start = start or {}
-  x0 = np.r_[
-    np.log(start.get(name, np.ones(num_exits))),
-    np.mean(start.get("crosstalk_slope", 0.0)),
-  ]
+  slope = float(np.mean(start.get("crosstalk_slope", 0.0)))
+  x0 = np.r_[np.log(start.get(name, np.ones(num_exits))), [slope] if fit_slope else []]
   targets = jnp.asarray(targets, jnp.float32)
   reached = jnp.asarray(snr_min[None] >= np.asarray(targets)[:, None, None], jnp.float32)
   arrays = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
@@ -561,7 +560,8 @@ def fit_decision_posthoc(
 
   @jax.jit
   def objective(x):
-    log_scale = x[:num_exits][:, None] + x[num_exits] * rho  # [utterances, exits, 1].
+    fitted_slope = x[num_exits] if fit_slope else slope
+    log_scale = x[:num_exits][:, None] + fitted_slope * rho  # [utterances, exits, 1].
     scaled = {**arrays, widened_name: arrays[widened_name] * jnp.exp(log_scale)}
     blocks = {key: value[..., None] for key, value in scaled.items()}  # The one block.
     probability = jax.vmap(
@@ -573,9 +573,9 @@ def fit_decision_posthoc(
 
   bounds = [(-DECISION_LOG_SCALE_LIMIT, DECISION_LOG_SCALE_LIMIT)] * num_exits + [
     (-DECISION_SLOPE_LIMIT, DECISION_SLOPE_LIMIT)
-  ]
+  ] * fit_slope
   x0 = np.clip(x0, *np.transpose(bounds))
-  simplex = np.clip(np.vstack([x0, x0 + 0.5 * np.eye(num_exits + 1)]), *np.transpose(bounds))
+  simplex = np.clip(np.vstack([x0, x0 + 0.5 * np.eye(x0.size)]), *np.transpose(bounds))
   result = optimize.minimize(
     lambda x: float(objective(jnp.asarray(x, jnp.float32))),
     x0,
@@ -583,14 +583,14 @@ def fit_decision_posthoc(
     bounds=bounds,
     options={
       "initial_simplex": simplex,
-      "maxiter": 400 * (num_exits + 1),
+      "maxiter": 400 * x0.size,
       "xatol": 1e-3,
       "fatol": 1e-7,
     },
   )
   return {
     name: np.exp(result.x[:num_exits]),
-    "crosstalk_slope": np.full(num_exits, result.x[num_exits]),
+    "crosstalk_slope": np.full(num_exits, result.x[num_exits] if fit_slope else slope),
   }
 
 

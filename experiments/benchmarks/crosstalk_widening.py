@@ -121,16 +121,11 @@ def nll(outputs, fit, num_samples):
   return float(np.mean(calibration.log_energy_nll(energy, _widened(outputs, fit), num_samples)))
 
 
-def brier(outputs, fit, target_snr_db, num_samples):
-  """Mean Brier score of `P(SNR ≥ γ)` against reaching `γ`, over utterances and exits."""
-  reached = outputs["snr_min"] >= target_snr_db
-  return calibration.brier_score(probability(outputs, fit, target_snr_db, num_samples), reached)
-
-
 def fit_variances(outputs, target_snr_db, num_samples):
   """`{name: {"offsets": [exits], "slope"}}` of the fitted variances, on `outputs`:
   by likelihood (`calibration.fit_posthoc` per exit, the slope by a line search),
-  and by the Brier score at `γ` (Nelder-Mead from the likelihood fits)."""
+  and by the Brier score at `γ` (`calibration.fit_decision_posthoc`, what `eesep
+  calibrate --method brier` fits, from the likelihood fits)."""
   num_exits = outputs["alpha"].shape[1]
 
   def by_likelihood(slope):
@@ -148,20 +143,20 @@ def fit_variances(outputs, target_snr_db, num_samples):
   fits = {"scalar": by_likelihood(0.0), "crosstalk": by_likelihood(slope)}
 
   def by_brier(start, with_slope):
-    def unpack(x):
-      return {
-        "offsets": x[:num_exits].tolist(),
-        "slope": float(x[num_exits]) if with_slope else 0.0,
-      }
-
-    x0 = np.r_[start["offsets"], [start["slope"]] if with_slope else []]
-    result = optimize.minimize(
-      lambda x: brier(outputs, unpack(x), target_snr_db, num_samples),
-      x0,
-      method="Nelder-Mead",
-      options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-7},
+    scales = calibration.fit_decision_posthoc(
+      {"alpha": outputs["alpha"], "beta": outputs["beta"]},
+      outputs["signal"],
+      outputs["snr_min"],
+      crosstalk(outputs["estimates"]),
+      np.full(len(outputs["snr_min"]), num_samples),
+      (target_snr_db,),
+      start={"beta_scale": np.exp(start["offsets"]), "crosstalk_slope": start["slope"]},
+      fit_slope=with_slope,
     )
-    return unpack(result.x)
+    return {
+      "offsets": np.log(scales["beta_scale"]).tolist(),
+      "slope": float(scales["crosstalk_slope"][0]),
+    }
 
   fits["scalar (Brier)"] = by_brier(fits["scalar"], with_slope=False)
   fits["crosstalk (Brier)"] = by_brier(fits["crosstalk"], with_slope=True)
