@@ -328,8 +328,9 @@ FIELDS = (
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' targets"),
     Field("evaluation.confidences", Owned(stopping, "CONFIDENCES"), PROBABILITIES,
           resumable=True, added=True, meaning=f"{_NOT_TRAINING}the reports' confidences"),
-    Field("evaluation.calibration_method", "nll", one_of(probabilistic.POSTHOC_METHODS), resumable=True,
-          added=True, meaning=f"{_NOT_TRAINING}how `eesep calibrate` fits the post-hoc scales "
+    Field("evaluation.calibration_method", "nll", one_of(probabilistic.POSTHOC_METHODS),
+          resumable=True, added=True,
+          meaning=f"{_NOT_TRAINING}how `eesep calibrate` fits the post-hoc scales "
           "(docs/calibration.md)"),
     Field("evaluation.delta", 0.1, OPEN_UNIT_INTERVAL, resumable=True, added=True,
           meaning=f"{_NOT_TRAINING}the share of utterances `eesep calibrate`'s certified "

@@ -138,6 +138,17 @@ def test_brier_score_of_the_worst_source_against_scipy():
   assert calibrated["pooled"]["brier_mean"] < report["pooled"]["brier_mean"]
 
 
+def test_a_slope_needs_the_tables_crosstalk():
+  table = _population(3, 20)  # As saved before cross-talk was recorded.
+  assert table.crosstalk is None
+  slope = {"beta_scale": np.ones(3), "crosstalk_slope": np.ones(3)}
+  with pytest.raises(ValueError, match="records no crosstalk"):
+    _report(table, scales=slope)
+  with pytest.raises(ValueError, match="records no crosstalk"):
+    calibration_report.fit_scales(table, "brier")
+  _report(table, scales={"beta_scale": np.ones(3)})  # Scales without a slope need none.
+
+
 def test_resampled_ece_of_the_whole_population_is_the_reports():
   table = _population(2, 60, factor=0.5)
   targets = (5.0, 10.0, 15.0)

@@ -440,6 +440,18 @@ def test_separate_warns_when_its_regime_is_not_the_calibrated_one(
   assert "fitted on whole utterances" in line
 
 
+def test_the_method_choices_are_the_libraries():
+  """The parser lists them without importing JAX; `probabilistic` owns them."""
+  [calibrate] = [
+    parser
+    for action in cli.build_parser()._subparsers._group_actions  # pylint: disable=protected-access
+    for name, parser in action.choices.items()
+    if name == "calibrate"
+  ]
+  [method] = [action for action in calibrate._actions if "--method" in action.option_strings]  # pylint: disable=protected-access
+  assert tuple(method.choices) == probabilistic.POSTHOC_METHODS
+
+
 def test_calibrate_usage_errors(corpus, monkeypatch, capsys):
   config = config_lib.base_config(preset="tiny", dataset="wsj0-mix", data_root=str(corpus))
   monkeypatch.setattr(checkpoints, "read_config", lambda workdir: config)

@@ -90,12 +90,21 @@ def _parameters(table, scales=None):
   params = {name: value[..., 0] for name, value in table.variance.items()}
   if scales is None:
     return params
-  if "crosstalk_slope" in scales and table.crosstalk is None:
-    raise ValueError(
-      "the table records no crosstalk, which the scales' crosstalk_slope needs: evaluate again"
-    )
-  crosstalk = None if table.crosstalk is None else table.crosstalk[..., None]
+  crosstalk = _crosstalk(table)[..., None] if "crosstalk_slope" in scales else None
   return probabilistic.apply_posthoc(params, scales, exit_axis=1, crosstalk=crosstalk)
+
+
+def _crosstalk(table):
+  """The table's cross-talk `[utterances, exits]`, which a cross-talk slope needs.
+
+  Raises:
+    ValueError: for a table saved before cross-talk was recorded.
+  """
+  if table.crosstalk is None:
+    raise ValueError(
+      "the exit table records no crosstalk, which a cross-talk slope needs: evaluate again"
+    )
+  return table.crosstalk
 
 
 def halves(utterances):
@@ -133,13 +142,11 @@ def fit_scales(table, method="nll", fit_alpha=False, targets=stopping.TARGETS_DB
   )
   if method != "brier":
     return scales
-  if table.crosstalk is None:
-    raise ValueError("the brier fit needs the table's crosstalk: evaluate again")
   decision = calibration.fit_decision_posthoc(
     params,
     table.estimate_energy,
     table.snr_min,
-    table.crosstalk,
+    _crosstalk(table),
     table.num_samples,
     targets,
     start=scales,
