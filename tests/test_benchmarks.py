@@ -2,6 +2,7 @@
 (no timing asserted)."""
 
 import importlib.util
+import itertools
 import json
 import pathlib
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+from conftest import make_exit_table
 from eesep_jax import models
 from eesep_jax.training import throughput
 
@@ -28,6 +30,7 @@ SMOKE_TESTS = {
   "input_pipeline.py": "test_input_pipeline_benchmark_runs_at_smoke_size",
   "corpus_breadth.py": "test_corpus_breadth_reports_exits_and_honesty",
   "crosstalk_widening.py": "test_crosstalk_widening_fits_and_reports",
+  "stopping_bound.py": "test_stopping_bound_script_at_smoke_size",
 }
 
 
@@ -479,3 +482,83 @@ def test_crosstalk_widening_policy_walks_the_exits():
     result = script.policy(probability, snr_min, 5.0, confidence)
     assert result["stopped_early"] == early.sum()
     assert result["satisfaction"] == pytest.approx(reached[early].mean())
+
+
+def _brute_force_saving(score, reached, cost, confidence):
+  """The most compute any per-exit thresholds on `score` save with the early stops
+  reaching γ at a rate ≥ `confidence`: every combination of thresholds tried."""
+  num_utterances, num_exits = score.shape
+  candidates = [[*np.unique(score[:, k]), np.inf] for k in range(num_exits - 1)]
+  best = 0.0
+  for thresholds in itertools.product(*candidates):
+    exits = np.full(num_utterances, num_exits - 1)
+    for i in range(num_utterances):
+      exits[i] = next((k for k, t in enumerate(thresholds) if score[i, k] >= t), num_exits - 1)
+    early = exits < num_exits - 1
+    if early.any() and reached[np.arange(num_utterances), exits][early].mean() < confidence:
+      continue
+    best = max(best, 1 - cost[exits].mean() / cost[-1])
+  return best
+
+
+def test_stopping_bound_thresholds_match_brute_force():
+  script = _load_script(SCRIPT.with_name("stopping_bound.py"), "benchmarks_stopping_bound")
+  rng = np.random.default_rng(0)
+  for num_exits, num_utterances in ((2, 12), (3, 10), (4, 7)):
+    for trial in range(4):
+      # Rounded scores: ties, which a threshold cannot split.
+      score = np.round(rng.uniform(size=(num_utterances, num_exits)), 1)
+      reached = rng.uniform(size=score.shape) < 0.3 + 0.6 * score
+      cost = np.cumsum(rng.uniform(0.5, 1.5, size=num_exits))
+      for confidence in (0.6, 0.9):
+        exits = script.best_thresholds(score, reached, cost, confidence)
+        expected = _brute_force_saving(score, reached, cost, confidence)
+        assert script.saved_fraction(exits, cost) == pytest.approx(expected), (trial, num_exits)
+        early, satisfaction = script.stops(exits, reached)
+        assert early == 0 or satisfaction >= confidence - 1e-9
+        # Thresholds, not a free choice: whoever stops at exit k outranks whoever
+        # reached exit k and went on.
+        for k in range(num_exits - 1):
+          went_on = exits > k + 1
+          if np.any(exits == k + 1) and went_on.any():
+            assert score[exits == k + 1, k].min() > score[went_on, k].max()
+
+
+def test_stopping_bound_script_at_smoke_size(tmp_path):
+  script = _load_script(SCRIPT.with_name("stopping_bound.py"), "benchmarks_stopping_bound")
+  rng = np.random.default_rng(1)
+  snr_min = np.sort(rng.normal(5.0, 2.0, size=(40, 3)), axis=1)
+  probability = 1 / (1 + np.exp(-(snr_min - 5.0)))[..., None] + rng.normal(0, 0.1, (40, 3, 1))
+  probability = np.clip(probability, 0, 1)
+  table = make_exit_table(
+    40,
+    3,
+    2,
+    targets_db=np.array([5.0]),
+    snr_min=snr_min,
+    probability=probability,
+    crosstalk=rng.uniform(size=(40, 3)),
+  )
+  folder = tmp_path / "eval"
+  folder.mkdir()
+  table.save(folder / "exit_table.npz")
+  cost = [0.5, 0.75, 1.0]
+  (folder / "evaluation.json").write_text(json.dumps({"gmacs_per_second_by_exit": cost}))
+  out = tmp_path / "bound.json"
+  results = script.main(
+    ["--eval", f"s={folder}", "--targets", "5", "--confidences", "0.8", "--out", str(out)]
+  )
+  [row] = json.loads(out.read_text())["s"]
+  assert row == json.loads(json.dumps(results["s"][0]))
+  reached = snr_min >= 5.0
+  policy = [next((k for k in range(2) if probability[i, k, 0] >= 0.8), 2) for i in range(40)]
+  assert row["policy"]["saved"] == pytest.approx(1 - np.mean(np.array(cost)[policy]))
+  for score, name in ((table.probability[..., 0], "probability"), (-table.crosstalk, "crosstalk")):
+    assert row[f"best_thresholds_{name}"]["saved"] == pytest.approx(
+      _brute_force_saving(score, reached, np.array(cost), 0.8)
+    )
+  oracle = [next((k for k in range(2) if reached[i, k]), 2) for i in range(40)]
+  assert row["oracle"]["saved"] == pytest.approx(1 - np.mean(np.array(cost)[oracle]))
+  assert "| s | 5 | 0.8 |" in out.with_suffix(".md").read_text()
+  with pytest.raises(SystemExit, match="no probabilities at"):
+    script.main(["--eval", f"s={folder}", "--targets", "6"])
