@@ -28,12 +28,16 @@ exit's SNR.
 import argparse
 import json
 import pathlib
+import sys
 
 import numpy as np
 
 from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import operating_points
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import corpus_breadth  # pylint: disable=g-import-not-at-top,wrong-import-position  (the sibling script)
 
 TARGETS_DB = (3.0, 4.0, 5.0, 6.0)
 CONFIDENCES = (0.8, 0.9)
@@ -176,10 +180,7 @@ def main(argv=None):
   parser.add_argument("--out", default=None, help="JSON results (and a .md table beside them)")
   args = parser.parse_args(argv)
   results = {}
-  for spec in args.eval:
-    if "=" not in spec:
-      raise SystemExit(f"--eval {spec!r}: expected NAME=FOLDER")
-    name, folder = spec.split("=", 1)
+  for name, folder in corpus_breadth.pairs(args.eval, "eval"):
     folder = pathlib.Path(folder)
     table = exit_table.load(folder / evaluate.TABLE_FILE)
     report = json.loads((folder / evaluate.JSON_FILE).read_text())
@@ -198,10 +199,7 @@ def main(argv=None):
   table_text = markdown(results)
   print(table_text)
   if args.out:
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table_text + "\n")
+    corpus_breadth.write_results(args.out, results, table_text)
   return results
 
 
