@@ -31,6 +31,7 @@ SMOKE_TESTS = {
   "corpus_breadth.py": "test_corpus_breadth_reports_exits_and_honesty",
   "crosstalk_widening.py": "test_crosstalk_widening_fits_and_reports",
   "stopping_bound.py": "test_stopping_bound_script_at_smoke_size",
+  "depth_gain.py": "test_depth_gain_script_at_smoke_size",
 }
 
 
@@ -562,3 +563,90 @@ def test_stopping_bound_script_at_smoke_size(tmp_path):
   assert "| s | 5 | 0.8 |" in out.with_suffix(".md").read_text()
   with pytest.raises(SystemExit, match="no probabilities at"):
     script.main(["--eval", f"s={folder}", "--targets", "6"])
+
+
+def _evaluation_folder(folder, table, cost):
+  """A folder as `eesep evaluate` writes it, as far as the benchmarks read it."""
+  folder.mkdir()
+  table.save(folder / "exit_table.npz")
+  (folder / "evaluation.json").write_text(json.dumps({"gmacs_per_second_by_exit": list(cost)}))
+  return folder
+
+
+def _quality_table(rng, utterances):
+  si_snri = np.cumsum(rng.exponential(0.3, size=(utterances, 3)), axis=1) + rng.normal(
+    3.0, 2.0, size=(utterances, 1)
+  )
+  predicted = si_snri + rng.normal(0.0, 1.0, size=si_snri.shape)
+  return make_exit_table(utterances, 3, 2, si_snri=si_snri, expected_snr_db=predicted)
+
+
+def test_depth_gain_rules_and_frontier_by_brute_force():
+  script = _load_script(SCRIPT.with_name("depth_gain.py"), "benchmarks_depth_gain")
+  rng = np.random.default_rng(0)
+  table, cost = _quality_table(rng, 30), np.array([0.4, 0.7, 1.0])
+  for price in (0.0, 1.0, 5.0):
+    expected = [
+      1 + max(range(3), key=lambda k: (row[k] - price * cost[k], -k)) for row in table.si_snri
+    ]
+    np.testing.assert_array_equal(script.quality_oracle(table.si_snri, cost, price), expected)
+  threshold = float(np.median(table.expected_snr_db[:, 0]))
+  expected = [
+    next((k + 1 for k in range(2) if row[k] < threshold), 3) for row in table.expected_snr_db
+  ]
+  exits = script.quit_when_hopeless(table.expected_snr_db, threshold)
+  np.testing.assert_array_equal(exits, expected)
+  # The frontier by brute force: every mix of two fixed exits within the budget.
+  gain, gmacs = script.frontier_gain(table.si_snri, cost, exits)
+  fixed = table.si_snri.mean(axis=0)
+  weights = np.linspace(0, 1, 20001)
+  best = max(
+    np.max(
+      np.where(
+        w * cost[i] + (1 - w) * cost[j] <= gmacs + 1e-12, w * fixed[i] + (1 - w) * fixed[j], -np.inf
+      )
+    )
+    for i in range(3)
+    for j in range(3)
+    for w in [weights]
+  )
+  taken = table.si_snri[np.arange(30), exits - 1].mean()
+  assert gmacs == pytest.approx(cost[exits - 1].mean())
+  assert gain == pytest.approx(taken - best, abs=1e-4)
+  # The threshold chosen on a table is the candidate that gains most there.
+  candidates = np.quantile(table.expected_snr_db[:, 0], script.THRESHOLD_QUANTILES)
+  gains = [
+    script.frontier_gain(table.si_snri, cost, script.quit_when_hopeless(table.expected_snr_db, t))[
+      0
+    ]
+    for t in candidates
+  ]
+  assert script.chosen_threshold(table, cost) == pytest.approx(candidates[int(np.argmax(gains))])
+
+
+def test_depth_gain_script_at_smoke_size(tmp_path):
+  script = _load_script(SCRIPT.with_name("depth_gain.py"), "benchmarks_depth_gain")
+  rng = np.random.default_rng(2)
+  cost = [0.4, 0.7, 1.0]
+  fit = _evaluation_folder(tmp_path / "fit", _quality_table(rng, 40), cost)
+  table = _quality_table(rng, 50)
+  folder = _evaluation_folder(tmp_path / "eval", table, cost)
+  out = tmp_path / "gain.json"
+  results = script.main(["--fit", str(fit), "--eval", f"s={folder}", "--out", str(out)])
+  written = json.loads(out.read_text())
+  assert written["sets"]["s"] == json.loads(json.dumps(results["s"]))
+  row = results["s"]
+  threshold = script.chosen_threshold(*script.corpus_breadth.evaluation_folder(fit))
+  assert row["quit_when_hopeless"]["threshold_db"] == pytest.approx(threshold)
+  exits = script.quit_when_hopeless(table.expected_snr_db, threshold)
+  assert row["quit_when_hopeless"]["si_snri"] == pytest.approx(
+    table.si_snri[np.arange(50), exits - 1].mean()
+  )
+  # The oracle at price 0 takes each utterance's best exit; no rule does better.
+  free = next(o for o in row["quality_oracle"] if o["price"] == 0.0)
+  assert free["si_snri"] == pytest.approx(table.si_snri.max(axis=1).mean())
+  for oracle in row["quality_oracle"]:
+    low, high = oracle["frontier_gain_interval"]
+    assert low <= oracle["frontier_gain"] + 1e-9 and oracle["frontier_gain"] <= high + 1e-9
+  assert "| s | 50 |" in out.with_suffix(".md").read_text()
+  assert out.with_suffix(".png").stat().st_size > 0

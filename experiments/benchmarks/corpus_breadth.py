@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 
+from eesep_jax.analysis import evaluate
 from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import operating_points
 from eesep_jax.training import checkpoints
@@ -62,6 +63,14 @@ def evaluation_table(workdir, name, root, max_utterances=None, step=None):
       command += ["--step", str(step), "--no-posthoc"]
     subprocess.run(command, check=True)
   return exit_table.load(path)
+
+
+def evaluation_folder(folder):
+  """`(exit table, compute per exit [exits])` of a folder `eesep evaluate` wrote."""
+  folder = pathlib.Path(folder)
+  report = json.loads((folder / evaluate.JSON_FILE).read_text())
+  cost = np.asarray(report["gmacs_per_second_by_exit"], np.float64)
+  return exit_table.load(folder / evaluate.TABLE_FILE), cost
 
 
 def early_stops(exits, snr_min, target_snr_db, confidence):

@@ -26,14 +26,11 @@ exit's SNR.
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
 import numpy as np
 
-from eesep_jax.analysis import evaluate
-from eesep_jax.analysis import exit_table
 from eesep_jax.analysis import operating_points
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -181,14 +178,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
   results = {}
   for name, folder in corpus_breadth.pairs(args.eval, "eval"):
-    folder = pathlib.Path(folder)
-    table = exit_table.load(folder / evaluate.TABLE_FILE)
-    report = json.loads((folder / evaluate.JSON_FILE).read_text())
-    cost = np.asarray(report["gmacs_per_second_by_exit"], np.float64)
+    table, cost = corpus_breadth.evaluation_folder(folder)
     missing = [t for t in args.targets if t not in table.targets_db]
     if missing:
       raise SystemExit(
-        f"{folder / evaluate.TABLE_FILE}: no probabilities at {missing} dB "
+        f"{folder}: no probabilities at {missing} dB "
         f"(it has {[float(t) for t in table.targets_db]})"
       )
     results[name] = [
