@@ -45,14 +45,6 @@ def saved_fraction(exits, cost):
   return float(1.0 - np.mean(cost[exits - 1]) / cost[-1])
 
 
-def stops(exits, reached):
-  """`(early stops, the share of them reaching γ or None)` of 1-based `exits`,
-  `reached` `[utterances, exits]` bool."""
-  early = exits < reached.shape[1]
-  hits = reached[np.arange(len(exits)), exits - 1][early]
-  return int(early.sum()), float(hits.mean()) if early.any() else None
-
-
 def best_thresholds(score, reached, cost, confidence):
   """The 1-based exit of every utterance under the per-exit thresholds on `score`
   that save the most compute while the early stops reach `γ` at a rate `≥ confidence`.
@@ -119,11 +111,11 @@ def measure(table, cost, target_snr_db, confidence):
     )
   results = {}
   for name, exits in policies.items():
-    early, satisfaction = stops(exits, reached)
+    stopped = corpus_breadth.early_stops(exits, table.snr_min, target_snr_db, confidence)
     results[name] = {
       "saved": saved_fraction(exits, cost),
-      "stopped_early": early,
-      "satisfaction": satisfaction,
+      "stopped_early": stopped["stopped_early"],
+      "satisfaction": stopped["satisfaction"],
       "exit_histogram": np.bincount(exits - 1, minlength=table.num_exits).tolist(),
     }
   return results
