@@ -62,18 +62,14 @@ def frontier_gain(si_snri, cost, exits, weights=None):
   """Mean SI-SNRi at 1-based `exits` minus the static frontier's at their mean compute,
   and that compute: `(gain, gmacs)`, each `[resamples]` for bootstrap `weights`
   `[resamples, utterances]` (None: the utterances as they are, scalars)."""
-  rows = np.arange(len(exits))
-  if weights is None:
-    taken, fixed, gmacs = (
-      si_snri[rows, exits - 1].mean(),
-      si_snri.mean(axis=0),
-      cost[exits - 1].mean(),
-    )
-  else:
-    taken = operating_points.bootstrap_means(weights, si_snri[rows, exits - 1])
-    fixed = operating_points.bootstrap_means(weights, si_snri.T)
-    gmacs = operating_points.bootstrap_means(weights, cost[exits - 1])
-  return taken - operating_points.static_frontier(cost, fixed, gmacs), gmacs
+  mean = (
+    (lambda x: x.mean(axis=-1))
+    if weights is None
+    else (lambda x: operating_points.bootstrap_means(weights, x))
+  )
+  gmacs = mean(cost[exits - 1])
+  taken = mean(si_snri[np.arange(len(exits)), exits - 1])
+  return taken - operating_points.static_frontier(cost, mean(si_snri.T), gmacs), gmacs
 
 
 def measured(si_snri, cost, exits, weights):
